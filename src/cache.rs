@@ -1,0 +1,128 @@
+//! The per-worker tag-to-digest map: bounded (least recently used entries go first) and
+//! expiring (a stale entry is revalidated by HEAD before use). It is only ever a hint that
+//! saves a HEAD: a fresh entry is trusted for at most `ttl` and absence is never cached.
+
+use crate::digest::Digest;
+use lru::LruCache;
+use std::num::NonZeroUsize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    repository: String,
+    tag: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    digest: Digest,
+    learned_at_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct TagCache {
+    map: LruCache<Key, Entry>,
+    ttl_ms: u64,
+}
+
+impl TagCache {
+    pub fn new(max_entries: usize, ttl_seconds: u64) -> TagCache {
+        let cap = NonZeroUsize::new(max_entries).unwrap_or(NonZeroUsize::MIN);
+        TagCache { map: LruCache::new(cap), ttl_ms: ttl_seconds.saturating_mul(1000) }
+    }
+
+    fn key(repository: &str, tag: &str) -> Key {
+        Key { repository: repository.to_string(), tag: tag.to_string() }
+    }
+
+    /// The digest learned for `repository:tag`, if learned less than `ttl` ago.
+    pub fn get(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<Digest> {
+        let key = Self::key(repository, tag);
+        let fresh = match self.map.get(&key) {
+            None => return None,
+            Some(e) => now_ms.saturating_sub(e.learned_at_ms) < self.ttl_ms,
+        };
+        if fresh {
+            self.map.peek(&key).map(|e| e.digest.clone())
+        } else {
+            self.map.pop(&key);
+            None
+        }
+    }
+
+    pub fn put(&mut self, repository: &str, tag: &str, digest: Digest, now_ms: u64) {
+        if self.ttl_ms == 0 {
+            return;
+        }
+        self.map.put(Self::key(repository, tag), Entry { digest, learned_at_ms: now_ms });
+    }
+
+    pub fn forget(&mut self, repository: &str, tag: &str) {
+        self.map.pop(&Self::key(repository, tag));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.map.cap().get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Digest {
+        Digest::sha256(s.as_bytes())
+    }
+
+    #[test]
+    fn fresh_entries_are_served_and_stale_ones_dropped() {
+        let mut c = TagCache::new(10, 60);
+        c.put("app", "v1", d("a"), 1_000);
+        assert_eq!(c.get("app", "v1", 60_999), Some(d("a")));
+        assert_eq!(c.get("app", "v1", 61_000), None);
+        assert!(c.is_empty(), "a stale entry is removed on lookup");
+        assert_eq!(c.get("app", "v2", 0), None);
+    }
+
+    #[test]
+    fn bounded_by_max_entries_least_recent_first() {
+        let mut c = TagCache::new(3, 60);
+        for (i, t) in ["a", "b", "c"].iter().enumerate() {
+            c.put("app", t, d(t), i as u64);
+        }
+        assert!(c.get("app", "a", 10).is_some()); // a is now the most recent
+        c.put("app", "d", d("d"), 11);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get("app", "b", 12), None, "least recently used goes first");
+        assert!(c.get("app", "a", 12).is_some());
+        for i in 0..10_000 {
+            c.put("app", &format!("t{i}"), d("x"), 20);
+            assert!(c.len() <= 3);
+        }
+    }
+
+    #[test]
+    fn zero_ttl_disables_and_forget_removes() {
+        let mut c = TagCache::new(3, 0);
+        c.put("app", "v1", d("a"), 0);
+        assert_eq!(c.get("app", "v1", 0), None);
+        let mut c = TagCache::new(3, 60);
+        c.put("app", "v1", d("a"), 0);
+        c.forget("app", "v1");
+        assert_eq!(c.get("app", "v1", 0), None);
+    }
+
+    #[test]
+    fn repository_and_tag_are_separate_key_parts() {
+        let mut c = TagCache::new(10, 60);
+        c.put("a/b", "c", d("1"), 0);
+        assert_eq!(c.get("a", "b/c", 0), None);
+    }
+}

@@ -1,0 +1,331 @@
+//! Plugin configuration: parsed from the JSON Envoy passes (`StringValue`, Istio's
+//! `pluginConfig`), validated, and compiled once. Any error names the field and the value, and
+//! refuses the whole configuration: there is no half-working policy.
+
+use crate::exclusions::Exclusions;
+use crate::policy::{Policy, Scope};
+use crate::request::is_valid_name;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub upstream: Upstream,
+    pub policy: Policy,
+    pub error_code: String,
+    pub cache: CacheSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub cluster: String,
+    /// `:authority` of dispatched calls; `None`: the request's own.
+    pub authority: Option<String>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_entries: usize,
+    pub ttl_seconds: u64,
+}
+
+/// A configuration refused at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending field, e.g. `repository.dev.immutable_tags`.
+    pub field: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: field `{}`", self.field)?;
+        if !self.value.is_empty() {
+            write!(f, " = {}", self.value)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), value: value.to_string(), reason: reason.into() }
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    global: RawScope,
+    #[serde(default)]
+    repository: BTreeMap<String, RawScope>,
+    error_code: Option<String>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    protect_signature_tags: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    cluster: Option<String>,
+    authority: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    immutable_tags: Option<bool>,
+    #[serde(default)]
+    immutable_tags_exclusions: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_entries: Option<usize>,
+    ttl_seconds: Option<u64>,
+}
+
+pub const DEFAULT_ERROR_CODE: &str = "TAG_IMMUTABLE";
+
+impl Config {
+    /// Parses and validates a configuration. Empty input is the empty policy (every tag mutable).
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
+            RawConfig::default()
+        } else {
+            let de = &mut serde_json::Deserializer::from_slice(bytes);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let field = if path == "." || path.is_empty() { "(root)".to_string() } else { path };
+                err(field, "", inner.to_string())
+            })?
+        };
+        raw.validate()
+    }
+
+    pub fn summary(&self) -> String {
+        let p = &self.policy;
+        let scope = |s: &Scope| {
+            format!(
+                "immutable_tags={} exclusions={}",
+                s.immutable_tags.map_or("unset".to_string(), |b| b.to_string()),
+                s.exclusions.as_ref().map_or(0, |e| e.patterns().len())
+            )
+        };
+        let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
+        format!(
+            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}",
+            scope(&p.global),
+            repos.join(", "),
+            p.protect_signature_tags,
+            self.error_code,
+            self.upstream.cluster,
+            self.upstream.timeout_ms,
+            self.cache.max_entries,
+            self.cache.ttl_seconds
+        )
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let cluster = self.upstream.cluster.unwrap_or_else(|| "registry".into());
+        if cluster.is_empty() {
+            return Err(err("upstream.cluster", "\"\"", "must name an Envoy cluster"));
+        }
+        if let Some(a) = &self.upstream.authority {
+            if a.is_empty() || a.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+                return Err(err("upstream.authority", quoted(a), "must be a host[:port]"));
+            }
+        }
+        let timeout_ms = self.upstream.timeout_ms.unwrap_or(2000);
+        if !(1..=60_000).contains(&timeout_ms) {
+            return Err(err("upstream.timeout_ms", timeout_ms, "must be between 1 and 60000"));
+        }
+        let error_code = self.error_code.unwrap_or_else(|| DEFAULT_ERROR_CODE.into());
+        if error_code.is_empty() || !error_code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+            return Err(err(
+                "error_code",
+                quoted(&error_code),
+                "must be an OCI-style code of A-Z and _ (e.g. TAG_IMMUTABLE, DENIED, CONFLICT)",
+            ));
+        }
+        let max_entries = self.cache.max_entries.unwrap_or(10_000);
+        if !(1..=10_000_000).contains(&max_entries) {
+            return Err(err("cache.max_entries", max_entries, "must be between 1 and 10000000"));
+        }
+        let ttl_seconds = self.cache.ttl_seconds.unwrap_or(60);
+        if ttl_seconds > 86_400 {
+            return Err(err("cache.ttl_seconds", ttl_seconds, "must be at most 86400 (0 disables the cache)"));
+        }
+        let global = compile_scope("global", self.global)?;
+        let mut repositories = Vec::new();
+        for (name, raw) in self.repository {
+            if !is_valid_name(&name) {
+                return Err(err(
+                    format!("repository.{}", quoted(&name)),
+                    quoted(&name),
+                    "keys must be OCI repository names (lower-case, e.g. \"team/app\")",
+                ));
+            }
+            let scope = compile_scope(&format!("repository.{}", quoted(&name)), raw)?;
+            repositories.push((name, scope));
+        }
+        Ok(Config {
+            upstream: Upstream { cluster, authority: self.upstream.authority, timeout_ms },
+            policy: Policy::new(global, repositories, self.protect_signature_tags),
+            error_code,
+            cache: CacheSettings { max_entries, ttl_seconds },
+        })
+    }
+}
+
+fn compile_scope(at: &str, raw: RawScope) -> Result<Scope, ConfigError> {
+    let exclusions = if raw.immutable_tags_exclusions.is_empty() {
+        None
+    } else {
+        let list = &raw.immutable_tags_exclusions;
+        Some(Exclusions::compile(list).map_err(|(i, why)| {
+            let value = list.get(i).map_or(String::new(), |p| quoted(p));
+            err(format!("{at}.immutable_tags_exclusions[{i}]"), value, format!("invalid regular expression: {why}"))
+        })?)
+    };
+    Ok(Scope { immutable_tags: raw.immutable_tags, exclusions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> Config {
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+    fn bad(json: &str) -> ConfigError {
+        Config::from_json(json.as_bytes()).unwrap_err()
+    }
+    fn immutable(c: &Config, repo: &str, tag: &str) -> bool {
+        c.policy.decide(repo, tag).immutable
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg("");
+        assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000 });
+        assert_eq!(c.error_code, "TAG_IMMUTABLE");
+        assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
+        assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
+        assert!(!cfg("{}").policy.may_protect_anything());
+    }
+
+    #[test]
+    fn the_issue_example() {
+        let c = cfg(r#"{
+          "upstream": {"cluster": "registry", "authority": "registry.example", "timeout_ms": 2000},
+          "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
+          "repository": {
+            "dev": {"immutable_tags": false},
+            "staging": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^rc-.*$"]}
+          },
+          "error_code": "TAG_IMMUTABLE",
+          "cache": {"max_entries": 10000, "ttl_seconds": 60}
+        }"#);
+        assert!(immutable(&c, "app", "v1"));
+        assert!(!immutable(&c, "app", "latest"));
+        assert!(!immutable(&c, "dev", "v1"));
+        assert!(!immutable(&c, "dev/app/x", "v1"), "a key covers the repositories below it");
+        assert!(immutable(&c, "devtools", "v1"), "prefix of a name is not a parent");
+        assert!(!immutable(&c, "staging/api", "rc-1"));
+        assert!(immutable(&c, "app", "rc-1"), "staging's list does not leak into global");
+        assert_eq!(c.policy.decide("staging", "rc-2").reason, "repository.\"staging\".immutable_tags_exclusions matches \"^rc-.*$\"");
+        assert_eq!(c.policy.decide("dev/x", "v1").reason, "repository.\"dev\".immutable_tags = false");
+    }
+
+    #[test]
+    fn longest_key_wins_and_lists_replace_not_merge() {
+        let c = cfg(r#"{
+          "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
+          "repository": {
+            "team": {"immutable_tags": false},
+            "team/prod": {"immutable_tags": true, "immutable_tags_exclusions": ["^dev-.*$"]},
+            "other": {"immutable_tags_exclusions": ["^x$"]}
+          }
+        }"#);
+        assert!(!immutable(&c, "team/app", "v1"));
+        assert!(immutable(&c, "team/prod/api", "v1"));
+        assert!(immutable(&c, "team/prod", "latest"), "replaced, not merged");
+        assert!(!immutable(&c, "team/prod", "dev-1"));
+        assert!(immutable(&c, "other", "v1"), "inherits global immutable_tags");
+        assert!(!immutable(&c, "other", "x"));
+        assert!(immutable(&c, "other", "latest"));
+    }
+
+    #[test]
+    fn repository_can_enable_when_global_is_off() {
+        let c = cfg(r#"{"repository": {"prod": {"immutable_tags": true}}}"#);
+        assert!(immutable(&c, "prod/api", "v1"));
+        assert!(!immutable(&c, "app", "v1"));
+    }
+
+    #[test]
+    fn look_ahead_seed_example() {
+        let c = cfg(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^(?!v[0-9]+\\.[0-9]+\\.[0-9]+$).*$"]}}"#);
+        assert!(immutable(&c, "app", "v1.2.3"));
+        assert!(!immutable(&c, "app", "v1.2"));
+        assert!(!immutable(&c, "app", "latest"));
+    }
+
+    #[test]
+    fn signature_tags_mutable_unless_protected() {
+        let sig = format!("sha256-{}.sig", "a".repeat(64));
+        let plain = format!("sha256-{}", "0".repeat(64));
+        let c = cfg(r#"{"global": {"immutable_tags": true}}"#);
+        assert!(!immutable(&c, "app", &sig));
+        assert!(!immutable(&c, "app", &plain));
+        assert!(immutable(&c, "app", "sha256-abc"));
+        let c = cfg(r#"{"global": {"immutable_tags": true}, "protect_signature_tags": true}"#);
+        assert!(immutable(&c, "app", &sig));
+    }
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        let e = bad(r#"{"global": {"immutable_tags": "yes"}}"#);
+        assert_eq!(e.field, "global.immutable_tags");
+        assert!(e.to_string().contains("\"yes\""), "{e}");
+
+        let e = bad(r#"{"global": {"immutable_tags_exclusions": ["^ok$", "(unclosed"]}}"#);
+        assert_eq!(e.field, "global.immutable_tags_exclusions[1]");
+        assert_eq!(e.value, "\"(unclosed\"");
+
+        let e = bad(r#"{"repository": {"dev": {"immutable_tag": true}}}"#);
+        assert_eq!(e.field, "repository.dev.immutable_tag");
+        assert!(e.reason.contains("unknown field"), "{e}");
+
+        let e = bad(r#"{"globl": {}}"#);
+        assert!(e.to_string().contains("globl"), "{e}");
+
+        let e = bad(r#"{"repository": {"Dev": {}}}"#);
+        assert_eq!(e.value, "\"Dev\"");
+
+        assert_eq!(bad(r#"{"error_code": "nope"}"#).field, "error_code");
+        assert_eq!(bad(r#"{"cache": {"max_entries": 0}}"#).field, "cache.max_entries");
+        assert_eq!(bad(r#"{"upstream": {"timeout_ms": 0}}"#).field, "upstream.timeout_ms");
+        assert_eq!(bad(r#"{"upstream": {"cluster": ""}}"#).field, "upstream.cluster");
+        assert!(bad("{not json").to_string().contains("invalid configuration"));
+        assert!(bad("[]").to_string().contains("invalid configuration"));
+    }
+}

@@ -1,0 +1,57 @@
+//! The root context: loads the configuration (refusing a bad one, so Envoy never runs an
+//! unprotected listener) and owns what the worker's HTTP contexts share.
+use super::http::Filter;
+use super::log;
+use crate::cache::TagCache;
+use crate::config::Config;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Per-worker state: one VM per worker thread, so no locking is needed.
+pub struct Worker {
+    pub config: Rc<Config>,
+    pub cache: RefCell<TagCache>,
+}
+
+#[derive(Default)]
+pub struct Root {
+    worker: Option<Rc<Worker>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(s) => {
+                log::error(&format!("immutable-tags {}: cannot read plugin configuration ({s:?})", crate::BUILD));
+                return false;
+            }
+        };
+        match Config::from_json(&bytes) {
+            Ok(config) => {
+                log::info(&format!("immutable-tags {}: policy loaded: {}", crate::BUILD, config.summary()));
+                let cache = TagCache::new(config.cache.max_entries, config.cache.ttl_seconds);
+                self.worker = Some(Rc::new(Worker { config: Rc::new(config), cache: RefCell::new(cache) }));
+                true
+            }
+            Err(e) => {
+                log::error(&format!("immutable-tags {}: {e}", crate::BUILD));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Must never be None: the SDK panics on it.
+        Some(Box::new(Filter::new(self.worker.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,24 @@
+//! immutable-tags: an Envoy proxy-wasm filter that makes OCI registry tags immutable.
+//!
+//! The pure core (everything but `host`) makes every decision and makes no host calls, so it
+//! is tested natively and on wasm32. `host` is the thin proxy-wasm glue, built only for the
+//! Envoy module (`wasm32-wasip1`).
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+pub mod cache;
+pub mod config;
+pub mod digest;
+pub mod exclusions;
+pub mod oci_error;
+pub mod policy;
+pub mod request;
+pub mod verdict;
+
+#[cfg(target_os = "wasi")]
+mod host;
+
+/// Crate version and git commit, stamped by `build.rs`.
+pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IMMUTABLE_TAGS_COMMIT"), ")");

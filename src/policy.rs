@@ -1,0 +1,102 @@
+//! The immutability policy: which `<repository>:<tag>` may never change, and why.
+//!
+//! Angos model: a `global` scope, and `repository` scopes that apply to a repository and every
+//! repository below it (longest key wins). A scope's `immutable_tags` overrides the one above;
+//! a non-empty exclusion list replaces the one above (not merged).
+
+use crate::exclusions::{Exclusions, Match};
+
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub immutable_tags: Option<bool>,
+    /// `None` when the scope's list is absent or empty: the global list applies.
+    pub exclusions: Option<Exclusions>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub global: Scope,
+    /// Repository scopes, longest key first, so the first match is the most specific.
+    pub repositories: Vec<(String, Scope)>,
+    /// Signing tools' fallback tags (`sha256-<hex>[.sig|.att|.sbom]`) are rewritten on every
+    /// signature; they stay mutable unless this is set.
+    pub protect_signature_tags: bool,
+}
+
+/// A decision and the setting that made it, for the 409 body, the logs and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub immutable: bool,
+    pub reason: String,
+}
+
+impl Decision {
+    fn new(immutable: bool, reason: String) -> Self {
+        Decision { immutable, reason }
+    }
+}
+
+impl Policy {
+    pub fn new(global: Scope, mut repositories: Vec<(String, Scope)>, protect_signature_tags: bool) -> Policy {
+        repositories.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Policy { global, repositories, protect_signature_tags }
+    }
+
+    /// Whether any tag at all can be immutable under this policy: lets the filter skip work.
+    pub fn may_protect_anything(&self) -> bool {
+        self.global.immutable_tags == Some(true)
+            || self.repositories.iter().any(|(_, s)| s.immutable_tags == Some(true))
+    }
+
+    fn scope_for(&self, repository: &str) -> Option<(&str, &Scope)> {
+        self.repositories
+            .iter()
+            .find(|(key, _)| {
+                repository == key
+                    || (repository.starts_with(key.as_str())
+                        && repository.as_bytes().get(key.len()) == Some(&b'/'))
+            })
+            .map(|(k, s)| (k.as_str(), s))
+    }
+
+    pub fn decide(&self, repository: &str, tag: &str) -> Decision {
+        let scope = self.scope_for(repository);
+        let (immutable, where_) = match scope.and_then(|(k, s)| s.immutable_tags.map(|v| (v, k))) {
+            Some((v, key)) => (v, format!("repository.\"{key}\".immutable_tags")),
+            None => match self.global.immutable_tags {
+                Some(v) => (v, "global.immutable_tags".to_string()),
+                None => return Decision::new(false, "no immutable_tags setting applies".into()),
+            },
+        };
+        if !immutable {
+            return Decision::new(false, format!("{where_} = false"));
+        }
+        if !self.protect_signature_tags && is_signature_tag(tag) {
+            return Decision::new(false, "signature fallback tag (protect_signature_tags = false)".into());
+        }
+        let (list, list_where) = match scope.and_then(|(k, s)| s.exclusions.as_ref().map(|e| (e, k))) {
+            Some((e, key)) => (Some(e), format!("repository.\"{key}\".immutable_tags_exclusions")),
+            None => (self.global.exclusions.as_ref(), "global.immutable_tags_exclusions".to_string()),
+        };
+        match list.map(|l| l.matches(tag)) {
+            Some(Match::Excluded(p)) => Decision::new(false, format!("{list_where} matches \"{p}\"")),
+            Some(Match::Undecided(p)) => Decision::new(
+                true,
+                format!("{where_} = true (exclusion \"{p}\" hit its backtracking limit)"),
+            ),
+            _ => Decision::new(true, format!("{where_} = true")),
+        }
+    }
+}
+
+/// `sha256-<64 hex>` with an optional cosign suffix: `.sig`, `.att`, `.sbom`.
+pub fn is_signature_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else {
+        return false;
+    };
+    let hex = [".sig", ".att", ".sbom"]
+        .iter()
+        .find_map(|s| rest.strip_suffix(s))
+        .unwrap_or(rest);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

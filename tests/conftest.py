@@ -1,0 +1,83 @@
+"""Fixtures that start the real stack: one registry for the session, and one Envoy per
+(policy, header-stop mode), reused by every test that asks for the same pair."""
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stack  # noqa: E402
+
+# The policy most tests run under: envoy/policy.json, the sample users start from.
+SAMPLE_POLICY = json.loads((stack.ROOT / "envoy" / "policy.json").read_text())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def module_built():
+    if not stack.MODULE.exists():
+        pytest.fail(f"{stack.MODULE} is missing: `make test` builds it before running the tests")
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def registry(workdir):
+    r = stack.Registry(workdir).start()
+    yield r
+    r.stop()
+
+
+class Stacks:
+    """Starts Envoys on demand and stops them all at the end of the session."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.envoys: dict[tuple, stack.Envoy] = {}
+
+    def envoy(self, registry: stack.Registry, policy: dict | str, stop_on_headers: bool = True,
+              concurrency: int = 2, fresh: bool = False, **kw) -> stack.Envoy:
+        key = (registry.port, json.dumps(policy, sort_keys=True), stop_on_headers, concurrency,
+               tuple(sorted(kw.items())))
+        if not fresh and key in self.envoys and self.envoys[key].proc is not None:
+            return self.envoys[key]
+        port, admin = stack.free_port(), stack.free_port()
+        cfg = stack.envoy_config(policy, port, admin, registry.port, stop_on_headers=stop_on_headers, **kw)
+        e = stack.Envoy(self.workdir, cfg, port, admin, concurrency=concurrency).start()
+        self.envoys[key if not fresh else key + (port,)] = e
+        return e
+
+    def stop(self):
+        for e in self.envoys.values():
+            e.stop()
+
+
+@pytest.fixture(scope="session")
+def stacks(workdir):
+    s = Stacks(workdir)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=[True, False], ids=["stop-on-headers", "body-phase"])
+def stop_on_headers(request) -> bool:
+    """Every enforcement test runs with and without `allow_on_headers_stop_iteration`."""
+    return request.param
+
+
+@pytest.fixture
+def envoy(stacks, registry, stop_on_headers):
+    """Envoy with the sample policy (envoy/policy.json) in front of the session registry."""
+    return stacks.envoy(registry, SAMPLE_POLICY, stop_on_headers)
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
