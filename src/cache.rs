@@ -76,6 +76,9 @@ impl TagCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn d(s: &str) -> Digest {
         Digest::sha256(s.as_bytes())

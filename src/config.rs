@@ -211,6 +211,9 @@ fn compile_scope(at: &str, raw: RawScope) -> Result<Scope, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn cfg(json: &str) -> Config {
         Config::from_json(json.as_bytes()).unwrap()

@@ -87,6 +87,9 @@ fn first_line(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn ex(p: &[&str]) -> Exclusions {
         Exclusions::compile(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()

@@ -47,6 +47,9 @@ impl OciError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn body_is_the_oci_error_envelope() {

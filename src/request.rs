@@ -233,6 +233,9 @@ pub fn is_valid_tag(tag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn put(path: &str) -> Request {
         classify("PUT", path)

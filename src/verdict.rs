@@ -62,6 +62,9 @@ pub fn judge(current: Option<&Digest>, pushed: &Digest) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

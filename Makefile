@@ -1,0 +1,35 @@
+# The README's two commands: `make run` and `make test`. Both install what they need first.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
+
+MODULE := target/wasm32-wasip1/release/immutable_tags.wasm
+WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
+
+.PHONY: run test deps build unit clippy wasm-test e2e
+
+## run: registry on :5001, Envoy + filter on :5000 (admin :9901), policy envoy/policy.json
+run: build
+	python tests/stack.py run
+
+## test: every test: unit (native and wasm32), clippy, end-to-end through real Envoy
+test: build unit clippy wasm-test e2e
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	cargo build --release --target wasm32-wasip1 --lib
+	@ls -l $(MODULE)
+
+unit:
+	cargo test --all-targets
+
+clippy:
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
+
+wasm-test: deps
+	$(WASM_TEST_ENV) cargo test --target wasm32-unknown-unknown --lib
+
+e2e: build
+	cd tests && python -m pytest -v -p no:cacheprovider

