@@ -44,6 +44,7 @@ fi
 
 if [ "$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN" ]; then
   say "cargo install wasm-bindgen-cli $WASM_BINDGEN (a few minutes, once)"
-  cargo install --locked --quiet wasm-bindgen-cli --version "$WASM_BINDGEN"
+  # Not --locked: its lock file pins a crate version the registry no longer serves.
+  cargo install --quiet wasm-bindgen-cli --version "$WASM_BINDGEN"
 fi
 say "dependencies ready: $(.venv/bin/envoy --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | head -1), $(docker-registry --version 2>&1 | head -1)"
