@@ -223,3 +223,41 @@ def test_protection_can_be_switched_off(stacks, registry, stop_on_headers, uid):
     assert delete(envoy.url, repo, "v1").status == direct.status != 409
     assert delete(envoy.url, repo, sha256(ms["one"])).status == 202
     assert not exists(registry.url, repo, sha256(ms["one"]))
+
+
+# htpasswd line for alice:secret (bcrypt, cost 4: the registry accepts only bcrypt).
+HTPASSWD = "alice:$2y$04$YUzrbVPfWkvjbEDla1Pxb.j3ZmJONaCPsLCSIbzcAMsOxYBtptq22\n"
+ALICE = {"Authorization": "Basic YWxpY2U6c2VjcmV0"}
+
+
+def test_registry_auth_challenge_is_passed_back(stacks, registry, workdir, stop_on_headers, uid):
+    """A registry that wants credentials: its 401 and WWW-Authenticate reach the client, and the
+    client's credentials reach the registry with every call the filter makes."""
+    htpasswd = workdir / "htpasswd"
+    htpasswd.write_text(HTPASSWD)
+    # Same storage as the session registry (which seeds it without auth), behind htpasswd auth.
+    storage = {"filesystem": {"rootdirectory": str(registry.dir / "data")}, "delete": {"enabled": True}}
+    locked = stack.Registry(workdir, extra={"storage": storage,
+                                            "auth": {"htpasswd": {"realm": "test-realm", "path": str(htpasswd)}}})
+    locked.start()
+    try:
+        envoy = stacks.envoy(locked, SAMPLE_POLICY, stop_on_headers)
+        repo = f"app-{uid}"
+        ms = seed(registry, repo, {"v1": "one", "latest": "two"})
+        d1, d2 = sha256(ms["one"]), sha256(ms["two"])
+
+        r = delete(envoy.url, repo, d2)
+        assert r.status == 401, r
+        assert r.headers["www-authenticate"] == 'Basic realm="test-realm"'
+        assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        assert exists(registry.url, repo, d2)
+
+        r = delete(envoy.url, repo, d1, headers=ALICE)
+        assert r.status == 409, r
+        assert r.json()["errors"][0]["detail"]["tag"] == "v1"
+        assert exists(registry.url, repo, d1)
+
+        assert delete(envoy.url, repo, d2, headers=ALICE).status == 202
+        assert not exists(registry.url, repo, d2)
+    finally:
+        locked.stop()
