@@ -261,3 +261,31 @@ def test_registry_auth_challenge_is_passed_back(stacks, registry, workdir, stop_
         assert not exists(registry.url, repo, d2)
     finally:
         locked.stop()
+
+
+def test_map_forgets_tags_of_a_deleted_manifest(stacks, registry, stop_on_headers, uid):
+    """After a delete by digest passes, the map forgets the tags it had learned for that digest:
+    a tag the registry dropped with the manifest can be pushed again at once."""
+    envoy = stacks.envoy(registry, SAMPLE_POLICY, stop_on_headers, concurrency=1)  # one map
+    repo = f"app-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    d1 = sha256(m1)
+    assert put_manifest(envoy.url, repo, "v1", m1).status == 201  # the map learns v1 -> d1
+    # Behind the filter's back: the manifest and v1 go, the same manifest comes back as "latest".
+    assert delete(registry.url, repo, d1).status == 202
+    assert put_manifest(registry.url, repo, "latest", m1).status == 201
+    assert current_digest(registry.url, repo, "v1") is None
+
+    assert delete(envoy.url, repo, d1).status == 202, "only the mutable latest holds it"
+    r = put_manifest(envoy.url, repo, "v1", m2)
+    assert r.status == 201, ("the map still believed v1 held the deleted manifest", r)
+
+
+def test_invalid_delete_settings_refuse_to_start(workdir, registry):
+    port, admin = stack.free_port(), stack.free_port()
+    cfg = stack.envoy_config(policy(page_size=0), port, admin, registry.port)
+    e = stack.Envoy(workdir, cfg, port, admin).start(expect_failure=True)
+    assert e.proc is None or e.proc.returncode != 0
+    log = e.log()
+    assert "deletes.page_size" in log, log[-3000:]

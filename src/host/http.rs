@@ -367,7 +367,7 @@ impl HttpContext for Filter {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (State::Deleting { repository, digest }, Some(worker)) = (&self.state, &self.worker) {
             // The manifest is gone, and with it every tag that pointed to it.
-            if headers::response(":status").as_deref() == Some("202") {
+            if headers::response(":status").is_some_and(|s| s.starts_with('2')) {
                 if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                     cache.forget_digest(repository, digest);
                 }
