@@ -5,6 +5,9 @@
 //! resumed when it answers. Without `allow_on_headers_stop_iteration` Envoy holds the body back
 //! until then and replays it to `on_http_request_body`; with it the body may arrive first. Either
 //! way the decision is taken once both are known, in whichever callback completes the pair.
+//!
+//! A delete by digest is held at its headers (a DELETE has no body to wait for) while
+//! `super::deletes` lists and checks the repository's immutable tags, then resumed or refused.
 use super::deletes::{DigestDelete, Next};
 use super::root::Worker;
 use super::{headers, log, upstream};
