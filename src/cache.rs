@@ -60,6 +60,19 @@ impl TagCache {
         self.map.pop(&Self::key(repository, tag));
     }
 
+    /// Forgets every tag of `repository` learned to point to `digest` (the manifest is gone).
+    pub fn forget_digest(&mut self, repository: &str, digest: &Digest) {
+        let keys: Vec<Key> = self
+            .map
+            .iter()
+            .filter(|(k, e)| k.repository == repository && e.digest == *digest)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.map.pop(&k);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -120,6 +133,20 @@ mod tests {
         c.put("app", "v1", d("a"), 0);
         c.forget("app", "v1");
         assert_eq!(c.get("app", "v1", 0), None);
+    }
+
+    #[test]
+    fn forget_digest_drops_only_that_repository_and_digest() {
+        let mut c = TagCache::new(10, 60);
+        c.put("app", "a", d("1"), 0);
+        c.put("app", "b", d("1"), 0);
+        c.put("app", "c", d("2"), 0);
+        c.put("other", "a", d("1"), 0);
+        c.forget_digest("app", &d("1"));
+        assert_eq!(c.get("app", "a", 0), None);
+        assert_eq!(c.get("app", "b", 0), None);
+        assert_eq!(c.get("app", "c", 0), Some(d("2")));
+        assert_eq!(c.get("other", "a", 0), Some(d("1")));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub struct Config {
     pub policy: Policy,
     pub error_code: String,
     pub cache: CacheSettings,
+    pub deletes: DeleteSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,17 @@ pub struct Upstream {
 pub struct CacheSettings {
     pub max_entries: usize,
     pub ttl_seconds: u64,
+}
+
+/// Protection of deletes (`deletes` in the JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteSettings {
+    /// Refuse deletes of immutable tags and of manifests an immutable tag points to.
+    pub protect: bool,
+    /// Above this many immutable tags in a repository, a delete by digest is refused unchecked.
+    pub max_immutable_tags: usize,
+    /// `n` of the `tags/list` pages the filter asks for; `None`: the registry's default.
+    pub page_size: Option<u32>,
 }
 
 /// A configuration refused at load.
@@ -74,6 +86,16 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     protect_signature_tags: bool,
+    #[serde(default)]
+    deletes: RawDeletes,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeletes {
+    protect: Option<bool>,
+    max_immutable_tags: Option<usize>,
+    page_size: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,8 +150,9 @@ impl Config {
             )
         };
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
+        let d = &self.deletes;
         format!(
-            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}",
+            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}",
             scope(&p.global),
             repos.join(", "),
             p.protect_signature_tags,
@@ -137,7 +160,10 @@ impl Config {
             self.upstream.cluster,
             self.upstream.timeout_ms,
             self.cache.max_entries,
-            self.cache.ttl_seconds
+            self.cache.ttl_seconds,
+            d.protect,
+            d.max_immutable_tags,
+            d.page_size.map_or("registry default".to_string(), |n| n.to_string())
         )
     }
 }
@@ -173,6 +199,17 @@ impl RawConfig {
         if ttl_seconds > 86_400 {
             return Err(err("cache.ttl_seconds", ttl_seconds, "must be at most 86400 (0 disables the cache)"));
         }
+        let max_immutable_tags = self.deletes.max_immutable_tags.unwrap_or(1000);
+        if !(1..=100_000).contains(&max_immutable_tags) {
+            return Err(err("deletes.max_immutable_tags", max_immutable_tags, "must be between 1 and 100000"));
+        }
+        if let Some(n) = self.deletes.page_size {
+            if !(1..=10_000).contains(&n) {
+                return Err(err("deletes.page_size", n, "must be between 1 and 10000 (omit it for the registry's default)"));
+            }
+        }
+        let deletes =
+            DeleteSettings { protect: self.deletes.protect.unwrap_or(true), max_immutable_tags, page_size: self.deletes.page_size };
         let global = compile_scope("global", self.global)?;
         let mut repositories = Vec::new();
         for (name, raw) in self.repository {
@@ -191,6 +228,7 @@ impl RawConfig {
             policy: Policy::new(global, repositories, self.protect_signature_tags),
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
+            deletes,
         })
     }
 }
@@ -233,6 +271,21 @@ mod tests {
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
+        assert_eq!(c.deletes, DeleteSettings { protect: true, max_immutable_tags: 1000, page_size: None });
+    }
+
+    #[test]
+    fn delete_settings() {
+        let c = cfg(r#"{"deletes": {"protect": false, "max_immutable_tags": 5, "page_size": 100}}"#);
+        assert_eq!(c.deletes, DeleteSettings { protect: false, max_immutable_tags: 5, page_size: Some(100) });
+        assert!(c.summary().contains("deletes protect=false max_immutable_tags=5 page_size=100"), "{}", c.summary());
+        let e = bad(r#"{"deletes": {"max_immutable_tags": 0}}"#);
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("deletes.max_immutable_tags", "0"));
+        let e = bad(r#"{"deletes": {"page_size": 0}}"#);
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("deletes.page_size", "0"));
+        assert_eq!(bad(r#"{"deletes": {"page_size": -1}}"#).field, "deletes.page_size");
+        assert_eq!(bad(r#"{"deletes": {"protect": "yes"}}"#).field, "deletes.protect");
+        assert_eq!(bad(r#"{"deletes": {"protec": true}}"#).field, "deletes.protec");
     }
 
     #[test]

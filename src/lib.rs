@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod deletes;
 pub mod digest;
 pub mod exclusions;
 pub mod oci_error;

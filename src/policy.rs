@@ -48,6 +48,13 @@ impl Policy {
             || self.repositories.iter().any(|(_, s)| s.immutable_tags == Some(true))
     }
 
+    /// Whether any tag of `repository` can be immutable: a repository that cannot hold one
+    /// never pays for listing its tags on a delete by digest.
+    pub fn may_protect_in(&self, repository: &str) -> bool {
+        let own = self.scope_for(repository).and_then(|(_, s)| s.immutable_tags);
+        own.or(self.global.immutable_tags) == Some(true)
+    }
+
     fn scope_for(&self, repository: &str) -> Option<(&str, &Scope)> {
         self.repositories
             .iter()
@@ -99,4 +106,33 @@ pub fn is_signature_tag(tag: &str) -> bool {
         .find_map(|s| rest.strip_suffix(s))
         .unwrap_or(rest);
     hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn scope(v: Option<bool>) -> Scope {
+        Scope { immutable_tags: v, exclusions: None }
+    }
+
+    #[test]
+    fn may_protect_in_follows_the_repository_scope() {
+        let p = Policy::new(scope(None), vec![("prod".into(), scope(Some(true))), ("prod/dev".into(), scope(Some(false)))], false);
+        assert!(p.may_protect_in("prod"));
+        assert!(p.may_protect_in("prod/api"));
+        assert!(!p.may_protect_in("prod/dev/x"));
+        assert!(!p.may_protect_in("app"), "global unset");
+        assert!(!p.may_protect_in("production"));
+        let p = Policy::new(scope(Some(true)), vec![("dev".into(), scope(Some(false))), ("team".into(), scope(None))], false);
+        assert!(p.may_protect_in("app"));
+        assert!(!p.may_protect_in("dev/app"));
+        assert!(p.may_protect_in("team/app"), "inherits global");
+        for (repo, tag) in [("app", "v1"), ("dev/app", "v1"), ("team/x", "v1")] {
+            assert!(p.may_protect_in(repo) || !p.decide(repo, tag).immutable, "{repo}");
+        }
+    }
 }

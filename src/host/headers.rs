@@ -37,3 +37,11 @@ pub fn now_ms() -> u64 {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// The body of a dispatched call's answer; `None` if the host will not give it.
+pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
+    match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size) {
+        Ok(b) => Some(b.unwrap_or_default()),
+        Err(_) => None,
+    }
+}

@@ -5,11 +5,16 @@
 //! resumed when it answers. Without `allow_on_headers_stop_iteration` Envoy holds the body back
 //! until then and replays it to `on_http_request_body`; with it the body may arrive first. Either
 //! way the decision is taken once both are known, in whichever callback completes the pair.
+//!
+//! A delete by digest is held at its headers (a DELETE has no body to wait for) while
+//! `super::deletes` lists and checks the repository's immutable tags, then resumed or refused.
+use super::deletes::{DigestDelete, Next};
 use super::root::Worker;
 use super::{headers, log, upstream};
+use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::oci_error::OciError;
-use crate::request::{classify, Request};
+use crate::request::{classify, Reference, Request};
 use crate::verdict::{judge, read_head, Current, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -29,6 +34,10 @@ enum State {
     Check(Box<Push>),
     /// Let through; learn the tags' digest from the registry's answer.
     Allowed { repository: String, tags: Vec<String> },
+    /// A delete by digest, being checked against the repository's immutable tags.
+    Delete(Box<DigestDelete>),
+    /// A delete by digest let through; on success the map forgets tags pointing to it.
+    Deleting { repository: String, digest: Digest },
     /// Answered locally.
     Done,
 }
@@ -164,6 +173,54 @@ impl Filter {
     }
 }
 
+impl Filter {
+    fn on_delete(&mut self, worker: &Worker, repository: String, reference: Reference) -> Action {
+        let config = &worker.config;
+        if !config.deletes.protect {
+            return Action::Continue;
+        }
+        match reference {
+            Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
+                Some(err) => {
+                    log::info(&format!("immutable-tags: refused delete of {repository}:{tag}: {}", err.message));
+                    self.respond(&err, &[]);
+                    Action::Pause
+                }
+                None => Action::Continue,
+            },
+            // No tag of this repository can be immutable: no listing to pay for.
+            Reference::Digest(_) if !config.policy.may_protect_in(&repository) => Action::Continue,
+            Reference::Digest(digest) => {
+                let (check, next) = DigestDelete::start(worker, &repository, digest);
+                self.state = State::Delete(Box::new(check));
+                self.delete_next(next, false)
+            }
+        }
+    }
+
+    /// Acts on a digest delete's next step. From a call response, allowing means resuming.
+    fn delete_next(&mut self, next: Next, from_call: bool) -> Action {
+        match next {
+            Next::Wait => Action::Pause,
+            Next::Allow => {
+                if let State::Delete(d) = &self.state {
+                    self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
+                }
+                if from_call {
+                    if let Err(s) = hostcalls::resume_http_request() {
+                        log::error(&format!("immutable-tags: cannot resume delete ({s:?})"));
+                    }
+                }
+                Action::Continue
+            }
+            Next::Refuse(err, extra) => {
+                self.respond(&err, &extra);
+                Action::Pause
+            }
+        }
+    }
+}
+
 fn first_tag(push: &Push) -> String {
     push.tags.first().map(|t| t.tag.clone()).unwrap_or_default()
 }
@@ -200,8 +257,13 @@ fn decide(worker: &Worker, push: &Push, body: &[u8]) -> Outcome {
 }
 
 impl Context for Filter {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _trailers: usize) {
         let Some(worker) = self.worker.clone() else { return };
+        if let State::Delete(d) = &mut self.state {
+            let next = d.on_response(&worker, token, body);
+            self.delete_next(next, true);
+            return;
+        }
         let State::Check(push) = &mut self.state else { return };
         let Some(check) = push.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) if x == token)) else {
             return;
@@ -262,7 +324,7 @@ impl HttpContext for Filter {
         let method = headers::request(":method").unwrap_or_default();
         let path = headers::request(":path").unwrap_or_default();
         match classify(&method, &path) {
-            Request::Other | Request::ManifestRead { .. } | Request::ManifestDelete { .. } => Action::Continue,
+            Request::Other | Request::ManifestRead { .. } => Action::Continue,
             Request::Invalid(err) => {
                 self.respond(&err, &[]);
                 Action::Pause
@@ -275,6 +337,14 @@ impl HttpContext for Filter {
                 };
                 self.on_put(&worker, repository, tags, end_of_stream)
             }
+            Request::ManifestDelete { repository, reference } => {
+                let Some(worker) = self.worker.clone() else {
+                    let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
+                    self.respond(&err, &[]);
+                    return Action::Pause;
+                };
+                self.on_delete(&worker, repository, reference)
+            }
         }
     }
 
@@ -283,7 +353,7 @@ impl HttpContext for Filter {
             State::Check(_) if end_of_stream => self.body_complete(body_size),
             // Buffer until the whole manifest is here.
             State::Check(_) => Action::Pause,
-            State::Done => Action::Pause,
+            State::Done | State::Delete(_) => Action::Pause,
             _ => Action::Continue,
         }
     }
@@ -292,12 +362,21 @@ impl HttpContext for Filter {
         match &self.state {
             // Trailers end the body.
             State::Check(_) => self.body_complete(usize::MAX),
-            State::Done => Action::Pause,
+            State::Done | State::Delete(_) => Action::Pause,
             _ => Action::Continue,
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (State::Deleting { repository, digest }, Some(worker)) = (&self.state, &self.worker) {
+            // The manifest is gone, and with it every tag that pointed to it.
+            if headers::response(":status").is_some_and(|s| s.starts_with('2')) {
+                if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+                    cache.forget_digest(repository, digest);
+                }
+            }
+            return Action::Continue;
+        }
         let State::Allowed { repository, tags } = &self.state else { return Action::Continue };
         let Some(worker) = &self.worker else { return Action::Continue };
         let status = headers::response(":status");

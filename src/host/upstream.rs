@@ -21,17 +21,39 @@ pub fn head_manifest(
     repository: &str,
     tag: &str,
 ) -> Result<u32, String> {
+    let path = format!("/v2/{repository}/manifests/{tag}");
+    dispatch(upstream, "HEAD", &path, MANIFEST_ACCEPT, request_authority, authorization)
+}
+
+/// Dispatches `GET <path>` for a `tags/list` page (built or checked by `crate::deletes`) with the
+/// client's credentials.
+pub fn get_tags_list(
+    upstream: &Upstream,
+    request_authority: Option<&str>,
+    authorization: Option<&str>,
+    path: &str,
+) -> Result<u32, String> {
+    dispatch(upstream, "GET", path, "application/json", request_authority, authorization)
+}
+
+fn dispatch(
+    upstream: &Upstream,
+    method: &str,
+    path: &str,
+    accept: &str,
+    request_authority: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<u32, String> {
     let authority = upstream
         .authority
         .as_deref()
         .or(request_authority)
-        .ok_or_else(|| "the request has no :authority to send the HEAD with".to_string())?;
-    let path = format!("/v2/{repository}/manifests/{tag}");
+        .ok_or_else(|| format!("the request has no :authority to send the {method} with"))?;
     let mut headers = vec![
-        (":method", "HEAD"),
-        (":path", path.as_str()),
+        (":method", method),
+        (":path", path),
         (":authority", authority),
-        ("accept", MANIFEST_ACCEPT),
+        ("accept", accept),
         ("user-agent", "immutable-tags"),
     ];
     if let Some(a) = authorization {
@@ -44,5 +66,5 @@ pub fn head_manifest(
         vec![],
         Duration::from_millis(upstream.timeout_ms),
     )
-    .map_err(|s| format!("cannot dispatch HEAD to cluster '{}' ({s:?})", upstream.cluster))
+    .map_err(|s| format!("cannot dispatch {method} to cluster '{}' ({s:?})", upstream.cluster))
 }

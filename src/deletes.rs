@@ -1,0 +1,598 @@
+//! Deletes: an immutable tag cannot be deleted, and neither can a manifest that an immutable
+//! tag points to.
+//!
+//! A delete by tag is judged by the policy alone. A delete by digest needs the registry: the
+//! repository's tags are listed (`GET /v2/<name>/tags/list`, following `Link` pagination), the
+//! immutable ones kept, and their digests learned (tag-to-digest map or `HEAD`). This module
+//! holds that bookkeeping and every decision; the host glue only sends the calls it asks for.
+//! Anything it cannot judge (an upstream error, a garbled answer, too much work) refuses.
+
+use crate::digest::Digest;
+use crate::oci_error::OciError;
+use crate::policy::Policy;
+use crate::request::is_valid_tag;
+use crate::verdict::Current;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Dispatched `HEAD`s in flight at once for one digest delete: enough to hide the round trips,
+/// few enough not to flood the registry with one client's delete.
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// Pages of `tags/list` followed at most; a registry that keeps sending `Link`s is refused.
+pub const MAX_PAGES: usize = 1000;
+
+/// `DELETE /v2/<name>/manifests/<tag>`: refused (409) when the tag is immutable.
+pub fn tag_delete(policy: &Policy, error_code: &str, repository: &str, tag: &str) -> Option<OciError> {
+    let d = policy.decide(repository, tag);
+    d.immutable.then(|| {
+        OciError::new(
+            409,
+            error_code,
+            format!("Tag '{tag}' is immutable and cannot be deleted"),
+            json!({"repository": repository, "tag": tag, "reason": d.reason}),
+        )
+    })
+}
+
+/// The first `tags/list` page; `page_size` is sent as `n` (none: the registry's default).
+pub fn first_page_path(repository: &str, page_size: Option<u32>) -> String {
+    match page_size {
+        Some(n) => format!("/v2/{repository}/tags/list?n={n}"),
+        None => format!("/v2/{repository}/tags/list"),
+    }
+}
+
+#[derive(Deserialize)]
+struct TagsPage {
+    // distribution answers `"tags": null` for a repository whose tags are all gone.
+    tags: Option<Vec<String>>,
+}
+
+/// The tags of one `tags/list` page.
+pub fn parse_tags_page(body: &[u8]) -> Result<Vec<String>, String> {
+    let page: TagsPage =
+        serde_json::from_slice(body).map_err(|e| format!("the registry answered tags/list with invalid JSON ({e})"))?;
+    let tags = page.tags.unwrap_or_default();
+    if let Some(bad) = tags.iter().find(|t| !is_valid_tag(t)) {
+        return Err(format!("the registry listed an invalid tag {:?}", bad.chars().take(140).collect::<String>()));
+    }
+    Ok(tags)
+}
+
+/// The path of the next `tags/list` page from a `Link` header (`<url>; rel="next"`), if any.
+/// `url` may be a path (`/v2/...`), an absolute URL (its path is sent to the same upstream), or
+/// a query (`?n=..&last=..`, relative to `current`). A next page outside this repository's
+/// `tags/list` is an error: following it would judge the wrong repository.
+pub fn next_page_path(link: Option<&str>, repository: &str, current: &str) -> Result<Option<String>, String> {
+    let Some(link) = link else { return Ok(None) };
+    let Some(url) = next_url(link) else { return Ok(None) };
+    let path = if url.starts_with('/') {
+        url.to_string()
+    } else if let Some(q) = url.strip_prefix('?') {
+        let base = current.split_once('?').map_or(current, |(p, _)| p);
+        format!("{base}?{q}")
+    } else if let Some((_, rest)) = url.split_once("://") {
+        match rest.find('/') {
+            Some(i) => rest.get(i..).unwrap_or_default().to_string(),
+            None => return Err(format!("the registry's Link header has no path: {url:?}")),
+        }
+    } else {
+        return Err(format!("the registry's Link header is not a URL this filter follows: {url:?}"));
+    };
+    let expected = format!("/v2/{repository}/tags/list");
+    let (p, _) = path.split_once('?').unwrap_or((path.as_str(), ""));
+    if p != expected || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("the registry's Link header points outside {expected}: {path:?}"));
+    }
+    Ok(Some(path))
+}
+
+/// The target of the `rel="next"` link in a `Link` header (several links may be comma-joined).
+fn next_url(header: &str) -> Option<&str> {
+    header.split('<').skip(1).find_map(|seg| {
+        let (url, params) = seg.split_once('>')?;
+        let params = params.split(',').next().unwrap_or_default();
+        let is_next = params.split(';').any(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            k.trim().eq_ignore_ascii_case("rel")
+                && v.trim().trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
+        });
+        is_next.then_some(url.trim())
+    })
+}
+
+/// Why a delete is refused. `pass_challenge`: a 401/403 from the registry, passed back to the
+/// client with the registry's `WWW-Authenticate` so token auth still works.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub error: OciError,
+    pub pass_challenge: bool,
+}
+
+/// What to do with a digest delete now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Calls are still out (or need sending): wait.
+    Wait,
+    /// No immutable tag holds the digest: pass the delete on.
+    Allow,
+    Refuse(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lookup {
+    Unknown,
+    InFlight,
+    Known(Option<Digest>),
+}
+
+#[derive(Debug)]
+struct Candidate {
+    reason: String,
+    lookup: Lookup,
+}
+
+/// The check behind one `DELETE /v2/<name>/manifests/<digest>`.
+#[derive(Debug)]
+pub struct DigestCheck {
+    repository: String,
+    digest: Digest,
+    error_code: String,
+    max_immutable_tags: usize,
+    /// The repository's immutable tags, by name (deduplicated across pages, ordered).
+    immutable: BTreeMap<String, Candidate>,
+    pages: usize,
+    visited: BTreeSet<String>,
+    listed: bool,
+}
+
+impl DigestCheck {
+    pub fn new(repository: &str, digest: Digest, error_code: &str, max_immutable_tags: usize) -> DigestCheck {
+        DigestCheck {
+            repository: repository.to_string(),
+            digest,
+            error_code: error_code.to_string(),
+            max_immutable_tags,
+            immutable: BTreeMap::new(),
+            pages: 0,
+            visited: BTreeSet::new(),
+            listed: false,
+        }
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The registry could not be asked or did not answer usefully: refuse rather than guess.
+    pub fn unavailable(&self, reason: &str) -> Refusal {
+        let error = OciError::new(
+            503,
+            "UNAVAILABLE",
+            format!("Cannot verify that manifest '{}' is not held by an immutable tag: {reason}", self.digest),
+            json!({"repository": self.repository, "digest": self.digest.to_string(), "reason": reason}),
+        );
+        Refusal { error, pass_challenge: false }
+    }
+
+    fn auth(&self, status: u16) -> Refusal {
+        let (code, msg) = if status == 401 {
+            ("UNAUTHORIZED", "authentication required")
+        } else {
+            ("DENIED", "requested access to the resource is denied")
+        };
+        let error = OciError::new(status, code, msg, json!({"repository": self.repository, "digest": self.digest.to_string()}));
+        Refusal { error, pass_challenge: true }
+    }
+
+    /// Reads one `tags/list` answer (`path` is the page that was asked for). `Ok(Some(next))`:
+    /// fetch that page next; `Ok(None)`: the listing is complete.
+    pub fn on_page(
+        &mut self,
+        policy: &Policy,
+        path: &str,
+        status: Option<&str>,
+        body: &[u8],
+        link: Option<&str>,
+    ) -> Result<Option<String>, Refusal> {
+        self.pages += 1;
+        self.visited.insert(path.to_string());
+        let code = match status.map(|s| s.trim().parse::<u16>()) {
+            None => return Err(self.unavailable("the registry reset the tags/list request")),
+            Some(Err(_)) => return Err(self.unavailable("the registry answered tags/list with an invalid status")),
+            Some(Ok(c)) => c,
+        };
+        let tags = match code {
+            200 => parse_tags_page(body).map_err(|e| self.unavailable(&e))?,
+            // No such repository: no tag can hold the digest (the registry answers the delete).
+            404 => Vec::new(),
+            401 | 403 => return Err(self.auth(code)),
+            504 => return Err(self.unavailable("the registry did not answer tags/list in time (504)")),
+            c => return Err(self.unavailable(&format!("the registry answered tags/list with status {c}"))),
+        };
+        for tag in tags {
+            if self.immutable.contains_key(&tag) {
+                continue;
+            }
+            let d = policy.decide(&self.repository, &tag);
+            if d.immutable {
+                self.immutable.insert(tag, Candidate { reason: d.reason, lookup: Lookup::Unknown });
+            }
+        }
+        if self.immutable.len() > self.max_immutable_tags {
+            let error = OciError::new(
+                409,
+                "DENIED",
+                format!(
+                    "Cannot verify that manifest '{}' is not held by an immutable tag: the repository has more than {} immutable tags to check (deletes.max_immutable_tags)",
+                    self.digest, self.max_immutable_tags
+                ),
+                json!({"repository": self.repository, "digest": self.digest.to_string(), "max_immutable_tags": self.max_immutable_tags}),
+            );
+            return Err(Refusal { error, pass_challenge: false });
+        }
+        let next = if code == 200 { next_page_path(link, &self.repository, path).map_err(|e| self.unavailable(&e))? } else { None };
+        match next {
+            Some(n) if self.visited.contains(&n) => {
+                Err(self.unavailable("the registry's tags/list pagination loops back to a page already read"))
+            }
+            Some(_) if self.pages >= MAX_PAGES => {
+                Err(self.unavailable(&format!("the registry's tags/list has more than {MAX_PAGES} pages")))
+            }
+            Some(n) => Ok(Some(n)),
+            None => {
+                self.listed = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Immutable tags whose digest is not known yet and not being asked for (the host looks
+    /// them up in its map and `learn`s the fresh ones).
+    pub fn unknown(&self) -> Vec<String> {
+        self.immutable.iter().filter(|(_, c)| c.lookup == Lookup::Unknown).map(|(t, _)| t.clone()).collect()
+    }
+
+    /// A tag's digest learned elsewhere (the map); `None`: the tag is absent.
+    pub fn learn(&mut self, tag: &str, digest: Option<Digest>) {
+        if let Some(c) = self.immutable.get_mut(tag) {
+            c.lookup = Lookup::Known(digest);
+        }
+    }
+
+    /// Tags to `HEAD` now, keeping at most `MAX_IN_FLIGHT` out; they are marked in flight.
+    pub fn take_heads(&mut self) -> Vec<String> {
+        let in_flight = self.immutable.values().filter(|c| c.lookup == Lookup::InFlight).count();
+        let room = MAX_IN_FLIGHT.saturating_sub(in_flight);
+        let mut out = Vec::new();
+        for (tag, c) in self.immutable.iter_mut().filter(|(_, c)| c.lookup == Lookup::Unknown).take(room) {
+            c.lookup = Lookup::InFlight;
+            out.push(tag.clone());
+        }
+        out
+    }
+
+    /// A HEAD could not even be sent: the tag goes back to unknown (the host refuses anyway).
+    pub fn on_head(&mut self, tag: &str, answer: Current) -> Result<(), Refusal> {
+        match answer {
+            Current::Present(d) => self.learn(tag, Some(d)),
+            // Deleted since the listing: it holds nothing.
+            Current::Absent => self.learn(tag, None),
+            Current::AuthRequired { status } => return Err(self.auth(status)),
+            Current::Unknown { reason } => return Err(self.unavailable(&format!("tag '{tag}': {reason}"))),
+        }
+        Ok(())
+    }
+
+    /// The decision so far: refuse as soon as one immutable tag is known to hold the digest.
+    pub fn step(&self) -> Step {
+        let mut resolved = self.listed;
+        let mut other_algorithm = None;
+        for (tag, c) in &self.immutable {
+            match &c.lookup {
+                Lookup::Known(Some(d)) if *d == self.digest => return Step::Refuse(self.held(tag, &c.reason)),
+                Lookup::Known(Some(d)) if d.algorithm() != self.digest.algorithm() => other_algorithm = Some(tag),
+                Lookup::Known(_) => {}
+                Lookup::Unknown | Lookup::InFlight => resolved = false,
+            }
+        }
+        if !resolved {
+            return Step::Wait;
+        }
+        if let Some(tag) = other_algorithm {
+            // Digests of different algorithms cannot be compared: the tag might hold this content.
+            let reason = format!("immutable tag '{tag}' is reported with a digest of another algorithm");
+            let error = OciError::new(
+                409,
+                "DENIED",
+                format!("Cannot verify that manifest '{}' is not held by an immutable tag: {reason}", self.digest),
+                json!({"repository": self.repository, "digest": self.digest.to_string(), "tag": tag, "reason": reason}),
+            );
+            return Step::Refuse(Refusal { error, pass_challenge: false });
+        }
+        Step::Allow
+    }
+
+    fn held(&self, tag: &str, reason: &str) -> Refusal {
+        let error = OciError::new(
+            409,
+            &self.error_code,
+            format!("Manifest '{}' is held by immutable tag '{tag}' and cannot be deleted", self.digest),
+            json!({"repository": self.repository, "digest": self.digest.to_string(), "tag": tag, "reason": reason}),
+        );
+        Refusal { error, pass_challenge: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::config::Config;
+
+    fn policy(json: &str) -> Policy {
+        Config::from_json(json.as_bytes()).unwrap().policy
+    }
+    fn global() -> Policy {
+        policy(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^dev-.*$"]}}"#)
+    }
+    fn d(s: &str) -> Digest {
+        Digest::sha256(s.as_bytes())
+    }
+    fn page(tags: &[&str]) -> Vec<u8> {
+        json!({"name": "app", "tags": tags}).to_string().into_bytes()
+    }
+    fn check(max: usize) -> DigestCheck {
+        DigestCheck::new("app", d("target"), "TAG_IMMUTABLE", max)
+    }
+    fn refusal(step: Step) -> OciError {
+        match step {
+            Step::Refuse(r) => r.error,
+            s => panic!("expected a refusal, got {s:?}"),
+        }
+    }
+    const FIRST: &str = "/v2/app/tags/list";
+
+    #[test]
+    fn tag_deletes_follow_the_policy() {
+        let p = global();
+        let e = tag_delete(&p, "TAG_IMMUTABLE", "app", "v1").unwrap();
+        assert_eq!(e.status, 409);
+        assert_eq!(e.code, "TAG_IMMUTABLE");
+        assert_eq!(e.message, "Tag 'v1' is immutable and cannot be deleted");
+        assert_eq!(e.detail, json!({"repository": "app", "tag": "v1", "reason": "global.immutable_tags = true"}));
+        assert_eq!(tag_delete(&p, "CONFLICT", "app", "v1").unwrap().code, "CONFLICT");
+        assert_eq!(tag_delete(&p, "TAG_IMMUTABLE", "app", "latest"), None);
+        assert_eq!(tag_delete(&policy("{}"), "TAG_IMMUTABLE", "app", "v1"), None);
+    }
+
+    #[test]
+    fn pages_parse_and_garbage_is_an_error() {
+        assert_eq!(parse_tags_page(&page(&["v1", "latest"])).unwrap(), vec!["v1", "latest"]);
+        assert_eq!(parse_tags_page(br#"{"name":"app","tags":null}"#).unwrap(), Vec::<String>::new());
+        assert_eq!(parse_tags_page(br#"{"name":"app"}"#).unwrap(), Vec::<String>::new());
+        assert!(parse_tags_page(b"<html>").is_err());
+        assert!(parse_tags_page(br#"{"tags":"v1"}"#).is_err());
+        assert!(parse_tags_page(br#"{"tags":["../x"]}"#).unwrap_err().contains("invalid tag"));
+    }
+
+    #[test]
+    fn link_headers() {
+        let cur = "/v2/app/tags/list?n=2";
+        let ok = |l: &str| next_page_path(Some(l), "app", cur).unwrap();
+        assert_eq!(ok(r#"</v2/app/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/app/tags/list?n=2&last=b"));
+        assert_eq!(ok(r#"<https://reg.example:5000/v2/app/tags/list?last=b&n=2>; rel=next"#).as_deref(), Some("/v2/app/tags/list?last=b&n=2"));
+        assert_eq!(ok(r#"<?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/app/tags/list?n=2&last=b"));
+        assert_eq!(ok(r#"</v2/app/tags/list?last=a>; rel="prev", </v2/app/tags/list?last=c>; REL="Next""#).as_deref(), Some("/v2/app/tags/list?last=c"));
+        assert_eq!(ok(r#"</v2/app/tags/list?last=a>; rel="prev""#), None);
+        assert_eq!(next_page_path(None, "app", cur).unwrap(), None);
+        for bad in [
+            r#"</v2/other/tags/list?last=b>; rel="next""#,
+            r#"</v2/app/tags/list/../../other?last=b>; rel="next""#,
+            r#"<https://reg.example>; rel="next""#,
+            r#"<tags/list?last=b>; rel="next""#,
+            r#"</v2/app/tags/list?last=a b>; rel="next""#,
+        ] {
+            assert!(next_page_path(Some(bad), "app", cur).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_paths() {
+        assert_eq!(first_page_path("team/app", None), "/v2/team/app/tags/list");
+        assert_eq!(first_page_path("team/app", Some(50)), "/v2/team/app/tags/list?n=50");
+    }
+
+    #[test]
+    fn a_digest_held_by_an_immutable_tag_is_refused() {
+        let mut c = check(1000);
+        let next = c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2", "latest", "dev-3"]), None).unwrap();
+        assert_eq!(next, None);
+        assert_eq!(c.unknown(), vec!["v1", "v2"], "only immutable tags are checked");
+        assert_eq!(c.step(), Step::Wait);
+        c.learn("v1", Some(d("other")));
+        assert_eq!(c.take_heads(), vec!["v2"]);
+        assert_eq!(c.take_heads(), Vec::<String>::new(), "in flight is not sent twice");
+        assert_eq!(c.step(), Step::Wait);
+        c.on_head("v2", Current::Present(d("target"))).unwrap();
+        let e = refusal(c.step());
+        assert_eq!(e.status, 409);
+        assert_eq!(e.code, "TAG_IMMUTABLE");
+        assert_eq!(e.message, format!("Manifest '{}' is held by immutable tag 'v2' and cannot be deleted", d("target")));
+        assert_eq!(e.detail["tag"], "v2");
+        assert_eq!(e.detail["digest"], d("target").to_string());
+        assert_eq!(e.detail["reason"], "global.immutable_tags = true");
+    }
+
+    #[test]
+    fn refusal_does_not_wait_for_the_rest() {
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "c"]), None).unwrap();
+        assert_eq!(c.take_heads().len(), 3);
+        c.on_head("b", Current::Present(d("target"))).unwrap();
+        assert!(matches!(c.step(), Step::Refuse(_)));
+    }
+
+    #[test]
+    fn a_digest_held_only_by_mutable_tags_is_allowed() {
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "latest", "dev-1"]), None).unwrap();
+        assert_eq!(c.take_heads(), vec!["v1"]);
+        c.on_head("v1", Current::Present(d("other"))).unwrap();
+        assert_eq!(c.step(), Step::Allow);
+
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.take_heads();
+        c.on_head("v1", Current::Absent).unwrap();
+        assert_eq!(c.step(), Step::Allow, "a tag deleted since the listing holds nothing");
+
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("404"), b"{}", None).unwrap();
+        assert_eq!(c.step(), Step::Allow, "no repository, no tags");
+
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), br#"{"name":"app","tags":null}"#, None).unwrap();
+        assert_eq!(c.step(), Step::Allow);
+    }
+
+    #[test]
+    fn pagination_is_followed_before_deciding() {
+        let mut c = check(1000);
+        let p = global();
+        let link = r#"</v2/app/tags/list?n=2&last=v2>; rel="next""#;
+        let next = c.on_page(&p, "/v2/app/tags/list?n=2", Some("200"), &page(&["v1", "v2"]), Some(link)).unwrap();
+        assert_eq!(next.as_deref(), Some("/v2/app/tags/list?n=2&last=v2"));
+        c.take_heads();
+        c.on_head("v1", Current::Present(d("x"))).unwrap();
+        c.on_head("v2", Current::Present(d("y"))).unwrap();
+        assert_eq!(c.step(), Step::Wait, "more pages to read");
+        let next = c.on_page(&p, "/v2/app/tags/list?n=2&last=v2", Some("200"), &page(&["v2", "v3"]), None).unwrap();
+        assert_eq!(next, None);
+        assert_eq!(c.unknown(), vec!["v3"], "v2 is not checked twice");
+        c.take_heads();
+        c.on_head("v3", Current::Present(d("target"))).unwrap();
+        assert_eq!(refusal(c.step()).detail["tag"], "v3");
+    }
+
+    #[test]
+    fn pagination_loops_are_refused() {
+        let mut c = check(1000);
+        let link = r#"</v2/app/tags/list?n=2>; rel="next""#;
+        let e = c.on_page(&global(), "/v2/app/tags/list?n=2", Some("200"), &page(&["v1"]), Some(link)).unwrap_err();
+        assert_eq!(e.error.status, 503);
+        assert!(e.error.message.contains("loops"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn too_many_pages_are_refused() {
+        let mut c = check(1000);
+        let mut path = FIRST.to_string();
+        let mut refused = None;
+        for i in 0..=MAX_PAGES {
+            let link = format!("</v2/app/tags/list?last=t{i}>; rel=\"next\"");
+            match c.on_page(&policy("{}"), &path, Some("200"), &page(&[]), Some(&link)) {
+                Ok(Some(n)) => path = n,
+                Ok(None) => unreachable!(),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (i, e) = refused.unwrap();
+        assert_eq!(i + 1, MAX_PAGES);
+        assert!(e.error.message.contains("pages"));
+    }
+
+    #[test]
+    fn in_flight_heads_are_bounded() {
+        let mut c = check(1000);
+        let tags: Vec<String> = (0..20).map(|i| format!("v{i:02}")).collect();
+        let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+        c.on_page(&global(), FIRST, Some("200"), &page(&refs), None).unwrap();
+        let first = c.take_heads();
+        assert_eq!(first.len(), MAX_IN_FLIGHT);
+        assert!(c.take_heads().is_empty());
+        c.on_head(&first[0], Current::Present(d("x"))).unwrap();
+        c.on_head(&first[1], Current::Absent).unwrap();
+        assert_eq!(c.take_heads().len(), 2, "one sent for each answer");
+        let mut sent = first.len() + 2;
+        loop {
+            let inflight: Vec<String> =
+                c.immutable.iter().filter(|(_, x)| x.lookup == Lookup::InFlight).map(|(t, _)| t.clone()).collect();
+            assert!(inflight.len() <= MAX_IN_FLIGHT);
+            if inflight.is_empty() {
+                break;
+            }
+            for t in inflight {
+                c.on_head(&t, Current::Present(d("x"))).unwrap();
+            }
+            sent += c.take_heads().len();
+        }
+        assert_eq!(sent, 20, "every immutable tag asked once");
+        assert_eq!(c.step(), Step::Allow);
+    }
+
+    #[test]
+    fn the_bound_on_immutable_tags_refuses_with_a_clear_error() {
+        let mut c = check(2);
+        let e = c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "c", "latest"]), None).unwrap_err();
+        assert_eq!(e.error.status, 409);
+        assert_eq!(e.error.code, "DENIED");
+        assert!(e.error.message.contains("more than 2 immutable tags"), "{}", e.error.message);
+        let mut c = check(2);
+        assert!(c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "latest", "dev-1"]), None).is_ok(), "mutable tags do not count");
+    }
+
+    #[test]
+    fn upstream_errors_refuse_with_503() {
+        for (status, body) in [(Some("500"), &b"{}"[..]), (Some("504"), b""), (None, b""), (Some("x"), b""), (Some("200"), b"not json"), (Some("302"), b"")] {
+            let mut c = check(1000);
+            let e = c.on_page(&global(), FIRST, status, body, None).unwrap_err();
+            assert_eq!(e.error.status, 503, "{status:?}");
+            assert_eq!(e.error.code, "UNAVAILABLE");
+            assert!(!e.pass_challenge);
+            assert_eq!(e.error.detail["digest"], d("target").to_string());
+        }
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.take_heads();
+        let e = c.on_head("v1", Current::Unknown { reason: "the registry did not answer HEAD in time (504)".into() }).unwrap_err();
+        assert_eq!(e.error.status, 503);
+        assert!(e.error.message.contains("tag 'v1'"));
+    }
+
+    #[test]
+    fn auth_answers_pass_back() {
+        for s in [401u16, 403] {
+            let mut c = check(1000);
+            let e = c.on_page(&global(), FIRST, Some(&s.to_string()), b"", None).unwrap_err();
+            assert_eq!(e.error.status, s);
+            assert!(e.pass_challenge);
+            let mut c = check(1000);
+            c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+            c.take_heads();
+            let e = c.on_head("v1", Current::AuthRequired { status: s }).unwrap_err();
+            assert_eq!((e.error.status, e.pass_challenge), (s, true));
+        }
+    }
+
+    #[test]
+    fn another_algorithm_cannot_be_compared() {
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.learn("v1", Some(Digest::of(crate::digest::Algorithm::Sha512, b"x")));
+        let e = refusal(c.step());
+        assert_eq!(e.status, 409);
+        assert!(e.message.contains("another algorithm"));
+    }
+}
