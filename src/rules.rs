@@ -2,13 +2,14 @@
 //! any enabled rule selects both its repository and the tag itself.
 //!
 //! Selectors take doublestar globs (`matching`/`excluding`) or, for tags, an unanchored RE2-style
-//! regex (`regex`). Every pattern of every rule is compiled at load into three sets (repository
+//! regex (`regex`). Regexes are compiled without Unicode classes: as in RE2, `\d`, `\w` and `\s`
+//! are ASCII (tags are ASCII anyway), which also keeps a set of a thousand of them small. Every pattern of every rule is compiled at load into three sets (repository
 //! globs, tag globs, tag regexes), so a decision is one pass over the repository and one over the
 //! tag, then work in proportion to the patterns that matched: not to the number of rules.
 
 use crate::config::ConfigError;
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
-use regex::RegexSet;
+use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -239,7 +240,7 @@ impl Rules {
         let too_big = |what: &str, e: &dyn fmt::Display| err("rules", "", format!("the rules' {what} do not compile together: {e}"));
         out.repo_globs = repo_globs.build().map_err(|e| too_big("repository globs", &e))?;
         out.tag_globs = tag_globs.build().map_err(|e| too_big("tag globs", &e))?;
-        out.tag_regexes = RegexSet::new(&regexes).map_err(|e| too_big("regexes", &e))?;
+        out.tag_regexes = RegexSetBuilder::new(&regexes).unicode(false).build().map_err(|e| too_big("regexes", &e))?;
         Ok(out)
     }
 
@@ -261,10 +262,11 @@ impl Rules {
         if self.rules.is_empty() {
             return None;
         }
-        let repo_hits = owners(&self.repo_owner, self.repo_globs.matches_candidate(&Candidate::from_bytes(repository)));
-        let mut tag_hits = owners(&self.tag_owner, self.tag_globs.matches_candidate(&Candidate::from_bytes(tag)));
-        if !self.regex_owner.is_empty() {
-            tag_hits.extend(self.tag_regexes.matches(tag).iter().filter_map(|i| self.regex_owner.get(i).copied()));
+        let repo_hits = glob_hits(&self.repo_globs, &self.repo_owner, repository);
+        let mut tag_hits = glob_hits(&self.tag_globs, &self.tag_owner, tag);
+        // `is_match` stops at the first match: the common miss costs no per-pattern bookkeeping.
+        if self.tag_regexes.is_match(tag.as_bytes()) {
+            tag_hits.extend(self.tag_regexes.matches(tag.as_bytes()).iter().filter_map(|i| self.regex_owner.get(i).copied()));
             tag_hits.sort_unstable();
             tag_hits.dedup();
         }
@@ -291,9 +293,13 @@ impl Rules {
     }
 }
 
-/// Maps set members to their rules' positions, sorted and without duplicates.
-fn owners(owner: &[usize], members: Vec<usize>) -> Vec<usize> {
-    let mut v: Vec<usize> = members.into_iter().filter_map(|m| owner.get(m).copied()).collect();
+/// The positions of the rules owning the globs that match `s`, sorted and without duplicates.
+fn glob_hits(set: &GlobSet, owner: &[usize], s: &str) -> Vec<usize> {
+    let candidate = Candidate::from_bytes(s);
+    if !set.is_match_candidate(&candidate) {
+        return Vec::new();
+    }
+    let mut v: Vec<usize> = set.matches_candidate(&candidate).into_iter().filter_map(|m| owner.get(m).copied()).collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -350,7 +356,7 @@ fn check_regex(at: &str, re: &str, max: usize) -> Result<(), ConfigError> {
     if len > max {
         return Err(err(at, quoted(re), format!("{len} characters, longer than rules_max_regex_length ({max})")));
     }
-    regex::Regex::new(re).map_err(|e| err(at, quoted(re), format!("invalid regular expression: {}", last_line(&e.to_string()))))?;
+    RegexBuilder::new(re).unicode(false).build().map_err(|e| err(at, quoted(re), format!("invalid regular expression: {}", last_line(&e.to_string()))))?;
     Ok(())
 }
 
@@ -514,6 +520,9 @@ mod tests {
         assert_eq!(hit(&r, "a", "1.0.0"), Some(0));
         assert_eq!(hit(&r, "a", "v2.1.0-rc1"), Some(0), "matched anywhere, as GitLab does");
         assert_eq!(hit(&r, "a", "v2.1"), None);
+        assert_eq!(hit(&r, "a", "\u{661}.\u{662}.\u{663}"), None, "as in RE2, \\d is ASCII");
+        let r = rules(r#"[{"tags": {"regex": "(?i)^LATEST$"}}]"#);
+        assert_eq!(hit(&r, "a", "latest"), Some(0));
         let r = rules(r#"[{"tags": {"regex": "^latest$"}}]"#);
         assert_eq!(hit(&r, "a", "latest"), Some(0));
         assert_eq!(hit(&r, "a", "latest2"), None);
@@ -595,6 +604,11 @@ mod tests {
         assert_eq!(hit(&r, "a", "x"), None);
         assert_eq!(hit(&r, "a", "t0"), Some(1));
         assert_eq!(hit(&r, "a", "y"), Some(0));
+        // A thousand regexes with classes fit in one set.
+        let v: Vec<String> = (0..1000).map(|i| format!(r#"{{"tags": {{"regex": "^rel{i}-\\d+\\.\\w+$"}}}}"#)).collect();
+        let r = rules(&format!("[{}]", v.join(",")));
+        assert_eq!(hit(&r, "a", "rel999-1.x"), Some(999));
+        assert_eq!(hit(&r, "a", "rel1000-1.x"), None);
     }
 
     // Through the whole configuration: OR logic with the `global`/`repository` scopes.
