@@ -7,7 +7,7 @@
 use immutable_tags::config::Config;
 use immutable_tags::request::{is_valid_name, is_valid_tag};
 use immutable_tags::BUILD;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: immutable-tags explain --config <policy.json | -> <repository> <tag>
@@ -73,12 +73,17 @@ fn read_config(path: &str) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not worth a panic.
+fn out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let e = match parse(&args) {
         Ok(Some(e)) => e,
         Ok(None) => {
-            println!("immutable-tags {BUILD}\n{USAGE}");
+            out(&format!("immutable-tags {BUILD}\n{USAGE}\n"));
             return ExitCode::SUCCESS;
         }
         Err(why) => {
@@ -108,13 +113,13 @@ fn main() -> ExitCode {
     } else {
         "mutable: pushes pass unchecked"
     };
-    println!("{}:{}: {verdict}", e.repository, e.tag);
-    println!("reason: {}", d.reason);
+    let mut text = format!("{}:{}: {verdict}\nreason: {}\n", e.repository, e.tag, d.reason);
     if !policy.rules.is_empty() {
-        match policy.matching_rule(&e.repository, &e.tag) {
-            Some(r) => println!("first matching rule: {}: {}", r.reason(), r.description()),
-            None => println!("first matching rule: none of {} enabled", policy.rules.enabled()),
-        }
+        text += &match policy.matching_rule(&e.repository, &e.tag) {
+            Some(r) => format!("first matching rule: {}: {}\n", r.reason(), r.description()),
+            None => format!("first matching rule: none of {} enabled\n", policy.rules.enabled()),
+        };
     }
+    out(&text);
     ExitCode::SUCCESS
 }
