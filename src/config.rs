@@ -5,6 +5,7 @@
 use crate::exclusions::Exclusions;
 use crate::policy::{Policy, Scope};
 use crate::request::is_valid_name;
+use crate::rules::{RawRule, Rules, DEFAULT_MAX_REGEX_LENGTH, MAX_REGEX_LENGTH_LIMIT};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,6 +89,10 @@ struct RawConfig {
     protect_signature_tags: bool,
     #[serde(default)]
     deletes: RawDeletes,
+    /// Harbor/STACKIT/GitLab-style rule list (see rules.rs).
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    rules_max_regex_length: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,9 +157,11 @@ impl Config {
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         let d = &self.deletes;
         format!(
-            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}",
+            "global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}",
             scope(&p.global),
             repos.join(", "),
+            p.rules.enabled(),
+            p.rules.disabled(),
             p.protect_signature_tags,
             self.error_code,
             self.upstream.cluster,
@@ -223,9 +230,14 @@ impl RawConfig {
             let scope = compile_scope(&format!("repository.{}", quoted(&name)), raw)?;
             repositories.push((name, scope));
         }
+        let max_regex = self.rules_max_regex_length.unwrap_or(DEFAULT_MAX_REGEX_LENGTH);
+        if !(1..=MAX_REGEX_LENGTH_LIMIT).contains(&max_regex) {
+            return Err(err("rules_max_regex_length", max_regex, format!("must be between 1 and {MAX_REGEX_LENGTH_LIMIT}")));
+        }
+        let rules = Rules::compile(self.rules, max_regex)?;
         Ok(Config {
             upstream: Upstream { cluster, authority: self.upstream.authority, timeout_ms },
-            policy: Policy::new(global, repositories, self.protect_signature_tags),
+            policy: Policy::new(global, repositories, self.protect_signature_tags).with_rules(rules),
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
             deletes,

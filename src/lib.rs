@@ -16,6 +16,7 @@ pub mod exclusions;
 pub mod oci_error;
 pub mod policy;
 pub mod request;
+pub mod rules;
 pub mod verdict;
 
 #[cfg(target_os = "wasi")]

@@ -3,8 +3,12 @@
 //! Angos model: a `global` scope, and `repository` scopes that apply to a repository and every
 //! repository below it (longest key wins). A scope's `immutable_tags` overrides the one above;
 //! a non-empty exclusion list replaces the one above (not merged).
+//!
+//! Harbor/STACKIT/GitLab model: `rules` (see rules.rs). A tag is immutable when the scopes say
+//! so OR any enabled rule selects it.
 
 use crate::exclusions::{Exclusions, Match};
+use crate::rules::{Rule, Rules};
 
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -21,6 +25,8 @@ pub struct Policy {
     /// Signing tools' fallback tags (`sha256-<hex>[.sig|.att|.sbom]`) are rewritten on every
     /// signature; they stay mutable unless this is set.
     pub protect_signature_tags: bool,
+    /// Rule lists; scope exclusions do not exempt a tag from them.
+    pub rules: Rules,
 }
 
 /// A decision and the setting that made it, for the 409 body, the logs and `explain`.
@@ -39,20 +45,31 @@ impl Decision {
 impl Policy {
     pub fn new(global: Scope, mut repositories: Vec<(String, Scope)>, protect_signature_tags: bool) -> Policy {
         repositories.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        Policy { global, repositories, protect_signature_tags }
+        Policy { global, repositories, protect_signature_tags, rules: Rules::default() }
+    }
+
+    pub fn with_rules(mut self, rules: Rules) -> Policy {
+        self.rules = rules;
+        self
     }
 
     /// Whether any tag at all can be immutable under this policy: lets the filter skip work.
     pub fn may_protect_anything(&self) -> bool {
         self.global.immutable_tags == Some(true)
             || self.repositories.iter().any(|(_, s)| s.immutable_tags == Some(true))
+            || !self.rules.is_empty()
+    }
+
+    /// The first enabled rule that selects `repository:tag`, whatever the scopes say.
+    pub fn matching_rule(&self, repository: &str, tag: &str) -> Option<&Rule> {
+        self.rules.first_match(repository, tag)
     }
 
     /// Whether any tag of `repository` can be immutable: a repository that cannot hold one
     /// never pays for listing its tags on a delete by digest.
     pub fn may_protect_in(&self, repository: &str) -> bool {
         let own = self.scope_for(repository).and_then(|(_, s)| s.immutable_tags);
-        own.or(self.global.immutable_tags) == Some(true)
+        own.or(self.global.immutable_tags) == Some(true) || self.rules.may_select_repository(repository)
     }
 
     fn scope_for(&self, repository: &str) -> Option<(&str, &Scope)> {
@@ -67,6 +84,23 @@ impl Policy {
     }
 
     pub fn decide(&self, repository: &str, tag: &str) -> Decision {
+        let scoped = self.decide_scopes(repository, tag);
+        if scoped.immutable || self.rules.is_empty() {
+            return scoped;
+        }
+        match self.rules.first_match(repository, tag) {
+            None => Decision::new(false, format!("{}; no rule matches", scoped.reason)),
+            // The signature-tag default covers rules too: `"tags": {"matching": "**"}` must not
+            // break signing.
+            Some(_) if !self.protect_signature_tags && is_signature_tag(tag) => {
+                Decision::new(false, "signature fallback tag (protect_signature_tags = false)".into())
+            }
+            Some(rule) => Decision::new(true, rule.reason()),
+        }
+    }
+
+    /// The `global`/`repository` scopes' decision alone.
+    fn decide_scopes(&self, repository: &str, tag: &str) -> Decision {
         let scope = self.scope_for(repository);
         let (immutable, where_) = match scope.and_then(|(k, s)| s.immutable_tags.map(|v| (v, k))) {
             Some((v, key)) => (v, format!("repository.\"{key}\".immutable_tags")),

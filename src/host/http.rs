@@ -25,6 +25,9 @@ use std::rc::Rc;
 pub struct Filter {
     worker: Option<Rc<Worker>>,
     state: State,
+    /// The tag in a push's path. Only it is learned from a `201`: a registry may ignore
+    /// `?tag=` (distribution 2.8 does) and still answer `201`.
+    path_tag: Option<String>,
 }
 
 enum State {
@@ -75,7 +78,7 @@ enum Outcome {
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass }
+        Filter { worker, state: State::Pass, path_tag: None }
     }
 
     fn respond(&mut self, err: &OciError, extra: &[(&str, String)]) {
@@ -329,7 +332,10 @@ impl HttpContext for Filter {
                 self.respond(&err, &[]);
                 Action::Pause
             }
-            Request::ManifestPut { repository, tags, .. } => {
+            Request::ManifestPut { repository, reference, tags } => {
+                if let Reference::Tag(t) = reference {
+                    self.path_tag = Some(t);
+                }
                 let Some(worker) = self.worker.clone() else {
                     let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
                     self.respond(&err, &[]);
@@ -386,7 +392,11 @@ impl HttpContext for Filter {
                 (Some("201"), Some(d)) => {
                     let now = headers::now_ms();
                     for t in tags {
-                        cache.put(repository, t, d.clone(), now);
+                        if self.path_tag.as_ref() == Some(t) {
+                            cache.put(repository, t, d.clone(), now);
+                        } else {
+                            cache.forget(repository, t);
+                        }
                     }
                 }
                 _ => {

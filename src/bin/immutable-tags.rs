@@ -1,0 +1,125 @@
+//! `immutable-tags explain`: asks the filter's own policy code whether `<repository>:<tag>` is
+//! immutable under a configuration, and why, without deploying it.
+//!
+//! Exit status: 0 when a decision was printed, 1 when the configuration cannot be read or is
+//! invalid (with the line the filter would log), 2 on a usage error.
+
+use immutable_tags::config::Config;
+use immutable_tags::request::{is_valid_name, is_valid_tag};
+use immutable_tags::BUILD;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: immutable-tags explain --config <policy.json | -> <repository> <tag>
+       immutable-tags explain --config <policy.json | -> <repository>:<tag>
+
+Prints whether the tag is immutable under the configuration and the setting or rule that
+decides it. The configuration is the filter's plugin configuration (JSON); `-` reads stdin.";
+
+struct Explain {
+    config: String,
+    repository: String,
+    tag: String,
+}
+
+fn parse(args: &[String]) -> Result<Option<Explain>, String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("explain") => {}
+        Some("-h" | "--help" | "help") => return Ok(None),
+        Some(other) => return Err(format!("unknown command {other:?}")),
+        None => return Err("missing command".into()),
+    }
+    let mut config = None;
+    let mut positional = Vec::new();
+    while let Some(a) = it.next() {
+        if a == "-h" || a == "--help" {
+            return Ok(None);
+        } else if a == "--config" || a == "-c" {
+            config = Some(it.next().ok_or("--config needs a file")?.clone());
+        } else if let Some(v) = a.strip_prefix("--config=") {
+            config = Some(v.to_string());
+        } else if a.starts_with("--") {
+            return Err(format!("unknown option {a:?}"));
+        } else {
+            positional.push(a.clone());
+        }
+    }
+    let config = config.ok_or("--config is required")?;
+    let (repository, tag) = match positional.as_slice() {
+        [r, t] => (r.clone(), t.clone()),
+        [reference] => match reference.rsplit_once(':') {
+            Some((r, t)) => (r.to_string(), t.to_string()),
+            None => return Err(format!("{reference:?}: give <repository> <tag> or <repository>:<tag>")),
+        },
+        _ => return Err("give <repository> <tag> or <repository>:<tag>".into()),
+    };
+    if !is_valid_name(&repository) {
+        return Err(format!("{repository:?} is not an OCI repository name (lower-case, e.g. team/app)"));
+    }
+    if !is_valid_tag(&tag) {
+        return Err(format!("{tag:?} is not an OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})"));
+    }
+    Ok(Some(Explain { config, repository, tag }))
+}
+
+fn read_config(path: &str) -> std::io::Result<Vec<u8>> {
+    if path == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        Ok(buf)
+    } else {
+        std::fs::read(path)
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not worth a panic.
+fn out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let e = match parse(&args) {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            out(&format!("immutable-tags {BUILD}\n{USAGE}\n"));
+            return ExitCode::SUCCESS;
+        }
+        Err(why) => {
+            eprintln!("immutable-tags: {why}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let bytes = match read_config(&e.config) {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("immutable-tags: cannot read {}: {why}", e.config);
+            return ExitCode::from(1);
+        }
+    };
+    let config = match Config::from_json(&bytes) {
+        Ok(c) => c,
+        Err(why) => {
+            // The very line the filter logs when Envoy loads this configuration.
+            eprintln!("immutable-tags {BUILD}: {why}");
+            return ExitCode::from(1);
+        }
+    };
+    let policy = &config.policy;
+    let d = policy.decide(&e.repository, &e.tag);
+    let verdict = if d.immutable {
+        "immutable: a push of a different manifest is refused with 409"
+    } else {
+        "mutable: pushes pass unchecked"
+    };
+    let mut text = format!("{}:{}: {verdict}\nreason: {}\n", e.repository, e.tag, d.reason);
+    if !policy.rules.is_empty() {
+        text += &match policy.matching_rule(&e.repository, &e.tag) {
+            Some(r) => format!("first matching rule: {}: {}\n", r.reason(), r.description()),
+            None => format!("first matching rule: none of {} enabled\n", policy.rules.enabled()),
+        };
+    }
+    out(&text);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,748 @@
+//! Rule lists, the way Harbor, STACKIT and GitLab express immutability: a tag is immutable when
+//! any enabled rule selects both its repository and the tag itself.
+//!
+//! Selectors take doublestar globs (`matching`/`excluding`) or, for tags, an unanchored RE2-style
+//! regex (`regex`). Regexes are compiled without Unicode classes: as in RE2, `\d`, `\w` and `\s`
+//! are ASCII (tags are ASCII anyway), which also keeps a set of a thousand of them small. Every pattern of every rule is compiled at load into three sets (repository
+//! globs, tag globs, tag regexes), so a decision is one pass over the repository and one over the
+//! tag, then work in proportion to the patterns that matched: not to the number of rules.
+
+use crate::config::ConfigError;
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+/// Longest `regex` accepted (characters) unless `rules_max_regex_length` says otherwise.
+/// GitLab allows 100; long patterns are rarely honest and cost memory in the set.
+pub const DEFAULT_MAX_REGEX_LENGTH: usize = 256;
+/// Upper bound of `rules_max_regex_length` itself.
+pub const MAX_REGEX_LENGTH_LIMIT: usize = 10_000;
+
+/// One entry of `rules` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    name: Option<String>,
+    #[serde(default)]
+    disabled: bool,
+    repositories: Option<RawRepositories>,
+    tags: Option<RawTags>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepositories {
+    matching: Option<Patterns>,
+    excluding: Option<Patterns>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTags {
+    matching: Option<Patterns>,
+    excluding: Option<Patterns>,
+    regex: Option<String>,
+}
+
+/// A `matching`/`excluding` value: one string or an array of strings.
+struct Patterns {
+    values: Vec<String>,
+    is_array: bool,
+}
+
+impl<'de> Deserialize<'de> for Patterns {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Patterns;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a glob, a comma-separated string of globs, or an array of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Patterns, E> {
+                Ok(Patterns { values: vec![v.to_string()], is_array: false })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Patterns, A::Error> {
+                let mut values = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    values.push(v);
+                }
+                Ok(Patterns { values, is_array: true })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Select {
+    /// No selector: everything.
+    Any,
+    /// Selected when one of the selector's patterns matches.
+    Matching,
+    /// Selected when none of the selector's patterns matches.
+    Excluding,
+}
+
+/// An enabled rule, compiled.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    index: usize,
+    name: Option<String>,
+    repositories: Select,
+    tags: Select,
+    description: String,
+}
+
+impl Rule {
+    /// Position in the configured `rules` array.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Names the rule for the 409's `reason` and the logs: `rule "<name>" (rules[i])`, or
+    /// `rules[i]` when unnamed.
+    pub fn reason(&self) -> String {
+        match &self.name {
+            Some(n) => format!("rule {} (rules[{}])", quoted(n), self.index),
+            None => format!("rules[{}]", self.index),
+        }
+    }
+
+    /// The rule's selectors as configured, e.g. `repositories matching ["**"], tags regex "^v"`.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+/// Every enabled rule, compiled into sets.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Enabled rules in configuration order; "position" below means an index into this.
+    rules: Vec<Rule>,
+    disabled: usize,
+    repo_globs: GlobSet,
+    /// Position of the rule that owns each member of `repo_globs`.
+    repo_owner: Vec<usize>,
+    tag_globs: GlobSet,
+    tag_owner: Vec<usize>,
+    tag_regexes: RegexSet,
+    regex_owner: Vec<usize>,
+    /// Positions of the rules with no `matching`/`regex` selector, in order: they match unless
+    /// one of their exclusions hits.
+    without_matching: Vec<usize>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            rules: Vec::new(),
+            disabled: 0,
+            repo_globs: GlobSet::empty(),
+            repo_owner: Vec::new(),
+            tag_globs: GlobSet::empty(),
+            tag_owner: Vec::new(),
+            tag_regexes: RegexSet::empty(),
+            regex_owner: Vec::new(),
+            without_matching: Vec::new(),
+        }
+    }
+}
+
+impl Rules {
+    /// Compiles the `rules` array; errors name the field (`rules[2].tags.regex`) and value.
+    pub(crate) fn compile(raw: Vec<RawRule>, max_regex_length: usize) -> Result<Rules, ConfigError> {
+        let mut out = Rules::default();
+        let mut repo_globs = GlobSetBuilder::new();
+        let mut tag_globs = GlobSetBuilder::new();
+        let mut regexes = Vec::new();
+        for (index, rule) in raw.into_iter().enumerate() {
+            let at = format!("rules[{index}]");
+            if let Some(n) = &rule.name {
+                if n.trim().is_empty() || n.chars().any(char::is_control) || n.chars().count() > 200 {
+                    return Err(err(
+                        format!("{at}.name"),
+                        quoted(n),
+                        "must be 1 to 200 characters without control characters",
+                    ));
+                }
+            }
+            // Validated even when disabled: enabling a rule later must not reveal a bad pattern.
+            let position = out.rules.len();
+            let mut description = Vec::new();
+            let repositories = match rule.repositories {
+                None => Select::Any,
+                Some(r) => {
+                    let at = format!("{at}.repositories");
+                    let (select, key, patterns) = one_of(&at, r.matching, r.excluding, None)?;
+                    let Some(patterns) = patterns else {
+                        return Err(err(at, "", "`regex` is only for tags"));
+                    };
+                    let globs = compile_globs(&format!("{at}.{key}"), &patterns)?;
+                    description.push(format!("repositories {key} {}", list(&globs)));
+                    if !rule.disabled {
+                        for (_, g) in globs {
+                            repo_globs.add(g);
+                            out.repo_owner.push(position);
+                        }
+                    }
+                    select
+                }
+            };
+            let tags = match rule.tags {
+                None => Select::Any,
+                Some(t) => {
+                    let at = format!("{at}.tags");
+                    let (select, key, patterns) = one_of(&at, t.matching, t.excluding, t.regex.as_ref())?;
+                    match patterns {
+                        Some(patterns) => {
+                            let globs = compile_globs(&format!("{at}.{key}"), &patterns)?;
+                            description.push(format!("tags {key} {}", list(&globs)));
+                            if !rule.disabled {
+                                for (_, g) in globs {
+                                    tag_globs.add(g);
+                                    out.tag_owner.push(position);
+                                }
+                            }
+                        }
+                        None => {
+                            let re = t.regex.unwrap_or_default();
+                            check_regex(&format!("{at}.regex"), &re, max_regex_length)?;
+                            description.push(format!("tags regex {}", quoted(&re)));
+                            if !rule.disabled {
+                                regexes.push(re);
+                                out.regex_owner.push(position);
+                            }
+                        }
+                    }
+                    select
+                }
+            };
+            if rule.disabled {
+                out.disabled += 1;
+                continue;
+            }
+            if repositories != Select::Matching && tags != Select::Matching {
+                out.without_matching.push(position);
+            }
+            let description = if description.is_empty() {
+                "every tag of every repository".to_string()
+            } else {
+                description.join(", ")
+            };
+            out.rules.push(Rule { index, name: rule.name, repositories, tags, description });
+        }
+        let too_big = |what: &str, e: &dyn fmt::Display| err("rules", "", format!("the rules' {what} do not compile together: {e}"));
+        out.repo_globs = repo_globs.build().map_err(|e| too_big("repository globs", &e))?;
+        out.tag_globs = tag_globs.build().map_err(|e| too_big("tag globs", &e))?;
+        out.tag_regexes = RegexSetBuilder::new(&regexes).unicode(false).build().map_err(|e| too_big("regexes", &e))?;
+        Ok(out)
+    }
+
+    /// Whether any rule is enabled.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn enabled(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn disabled(&self) -> usize {
+        self.disabled
+    }
+
+    /// Whether some enabled rule selects `repository` (for some tag): a repository no rule
+    /// selects never needs a tag listing on a digest delete.
+    pub fn may_select_repository(&self, repository: &str) -> bool {
+        let hits = glob_hits(&self.repo_globs, &self.repo_owner, repository);
+        self.rules.iter().enumerate().any(|(position, rule)| match rule.repositories {
+            Select::Any => true,
+            Select::Matching => hits.binary_search(&position).is_ok(),
+            Select::Excluding => hits.binary_search(&position).is_err(),
+        })
+    }
+
+    /// The first enabled rule (in configuration order) that selects `repository:tag`.
+    pub fn first_match(&self, repository: &str, tag: &str) -> Option<&Rule> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let repo_hits = glob_hits(&self.repo_globs, &self.repo_owner, repository);
+        let mut tag_hits = glob_hits(&self.tag_globs, &self.tag_owner, tag);
+        // `is_match` stops at the first match: the common miss costs no per-pattern bookkeeping.
+        if self.tag_regexes.is_match(tag.as_bytes()) {
+            tag_hits.extend(self.tag_regexes.matches(tag.as_bytes()).iter().filter_map(|i| self.regex_owner.get(i).copied()));
+            tag_hits.sort_unstable();
+            tag_hits.dedup();
+        }
+        let selects = |position: usize| {
+            let Some(rule) = self.rules.get(position) else { return false };
+            let hit = |hits: &[usize]| hits.binary_search(&position).is_ok();
+            let ok = |s: Select, hits: &[usize]| match s {
+                Select::Any => true,
+                Select::Matching => hit(hits),
+                Select::Excluding => !hit(hits),
+            };
+            ok(rule.repositories, &repo_hits) && ok(rule.tags, &tag_hits)
+        };
+        // A rule with a `matching`/`regex` selector can only match if that selector hit.
+        let hit = repo_hits.iter().chain(tag_hits.iter()).copied().filter(|&p| selects(p)).min();
+        // Every rule this skips was hit by one of its exclusions, so it runs at most
+        // (number of hits + 1) times, however many rules there are.
+        let unhit = self.without_matching.iter().copied().find(|&p| selects(p));
+        let position = match (hit, unhit) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        self.rules.get(position)
+    }
+}
+
+/// The positions of the rules owning the globs that match `s`, sorted and without duplicates.
+fn glob_hits(set: &GlobSet, owner: &[usize], s: &str) -> Vec<usize> {
+    let candidate = Candidate::from_bytes(s);
+    if !set.is_match_candidate(&candidate) {
+        return Vec::new();
+    }
+    let mut v: Vec<usize> = set.matches_candidate(&candidate).into_iter().filter_map(|m| owner.get(m).copied()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+type Chosen = (Select, &'static str, Option<Patterns>);
+
+/// Exactly one of `matching`, `excluding`, `regex`. `None` patterns: it is the regex.
+fn one_of(at: &str, matching: Option<Patterns>, excluding: Option<Patterns>, regex: Option<&String>) -> Result<Chosen, ConfigError> {
+    match (matching, excluding, regex) {
+        (Some(m), None, None) => Ok((Select::Matching, "matching", Some(m))),
+        (None, Some(e), None) => Ok((Select::Excluding, "excluding", Some(e))),
+        (None, None, Some(_)) => Ok((Select::Matching, "regex", None)),
+        _ => {
+            let want = if at.ends_with(".tags") { "`matching`, `excluding` or `regex`" } else { "`matching` or `excluding`" };
+            Err(err(at, "", format!("give exactly one of {want} (omit the selector to select everything)")))
+        }
+    }
+}
+
+/// Splits every string at top-level commas and compiles each glob.
+fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, globset::Glob)>, ConfigError> {
+    if patterns.values.is_empty() {
+        return Err(err(at, "[]", "give at least one pattern (omit the selector to select everything)"));
+    }
+    let mut out = Vec::new();
+    for (i, value) in patterns.values.iter().enumerate() {
+        let field = if patterns.is_array { format!("{at}[{i}]") } else { at.to_string() };
+        for item in split_top_level(value) {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(err(field, quoted(value), "empty pattern (a stray comma?)"));
+            }
+            let glob = GlobBuilder::new(item)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| err(&field, quoted(value), format!("invalid glob: {e}")))?;
+            out.push((item.to_string(), glob));
+        }
+    }
+    Ok(out)
+}
+
+fn list(globs: &[(String, globset::Glob)]) -> String {
+    let items: Vec<String> = globs.iter().map(|(s, _)| quoted(s)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn check_regex(at: &str, re: &str, max: usize) -> Result<(), ConfigError> {
+    let len = re.chars().count();
+    if len == 0 {
+        return Err(err(at, "\"\"", "empty regex (use \".*\" to select every tag)"));
+    }
+    if len > max {
+        return Err(err(at, quoted(re), format!("{len} characters, longer than rules_max_regex_length ({max})")));
+    }
+    RegexBuilder::new(re).unicode(false).build().map_err(|e| err(at, quoted(re), format!("invalid regular expression: {}", last_line(&e.to_string()))))?;
+    Ok(())
+}
+
+/// Splits at commas outside `{...}` and `[...]` (and not escaped), so the Harbor/STACKIT
+/// comma list `rc,test,nightly` is three globs while `v{1,2}.*` stays one.
+pub fn split_top_level(s: &str) -> Vec<&str> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut depth, mut i) = (0, 0usize, 0);
+    // Inside a class, the position after which `]` closes it (a `]` first is literal).
+    let mut class_from: Option<usize> = None;
+    while let Some(&c) = b.get(i) {
+        if c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if let Some(from) = class_from {
+            if c == b']' && i > from {
+                class_from = None;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'[' => {
+                let negated = matches!(b.get(i + 1), Some(b'!' | b'^'));
+                class_from = Some(i + 1 + usize::from(negated));
+            }
+            b'{' => depth += 1,
+            b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => {
+                out.push(s.get(start..i).unwrap_or_default());
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(s.get(start..).unwrap_or_default());
+    out
+}
+
+fn err(field: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), value: value.into(), reason: reason.into() }
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or(s).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn try_rules(json: &str) -> Result<Rules, ConfigError> {
+        let raw: Vec<RawRule> = serde_json::from_str(json).unwrap();
+        Rules::compile(raw, DEFAULT_MAX_REGEX_LENGTH)
+    }
+    fn rules(json: &str) -> Rules {
+        try_rules(json).unwrap()
+    }
+    fn hit(r: &Rules, repo: &str, tag: &str) -> Option<usize> {
+        r.first_match(repo, tag).map(Rule::index)
+    }
+
+    #[test]
+    fn split_keeps_braces_and_classes_together() {
+        assert_eq!(split_top_level("rc,test,nightly"), ["rc", "test", "nightly"]);
+        assert_eq!(split_top_level("v{1,2}.*,latest"), ["v{1,2}.*", "latest"]);
+        assert_eq!(split_top_level("{a,{b,c}},d"), ["{a,{b,c}}", "d"]);
+        assert_eq!(split_top_level("[,],x"), ["[,]", "x"]);
+        assert_eq!(split_top_level("[],x],y"), ["[],x]", "y"], "a leading ] is literal in a class");
+        assert_eq!(split_top_level("[!],x],y"), ["[!],x]", "y"]);
+        assert_eq!(split_top_level(r"a\,b,c"), [r"a\,b", "c"]);
+        assert_eq!(split_top_level("one"), ["one"]);
+        assert_eq!(split_top_level("a,"), ["a", ""]);
+        assert_eq!(split_top_level("{a,b"), ["{a,b"], "unclosed: left for the glob compiler to refuse");
+    }
+
+    #[test]
+    fn seed_examples_harbor_and_stackit() {
+        // All tags of all repositories.
+        let r = rules(r#"[{"repositories": {"matching": "**"}, "tags": {"matching": "**"}}]"#);
+        assert_eq!(hit(&r, "app", "v1"), Some(0));
+        assert_eq!(hit(&r, "team/a/b", "latest"), Some(0));
+        // Everything except rc, test, nightly.
+        let r = rules(r#"[{"repositories": {"matching": "**"}, "tags": {"excluding": "rc,test,nightly"}}]"#);
+        assert_eq!(hit(&r, "team/app", "v1"), Some(0));
+        for t in ["rc", "test", "nightly"] {
+            assert_eq!(hit(&r, "team/app", t), None, "{t}");
+        }
+        assert_eq!(hit(&r, "team/app", "rc1"), Some(0), "the globs are whole-tag");
+        // Release tags only.
+        let r = rules(r#"[{"repositories": {"matching": "**"}, "tags": {"matching": "v*.*.*"}}]"#);
+        assert_eq!(hit(&r, "app", "v1.2.3"), Some(0));
+        assert_eq!(hit(&r, "app", "v1.2.3-rc1"), Some(0), "`*` is any sequence, as in Harbor");
+        assert_eq!(hit(&r, "app", "v1.2"), None);
+        assert_eq!(hit(&r, "app", "latest"), None);
+    }
+
+    #[test]
+    fn repository_selection_alone() {
+        let r = rules(r#"[{"repositories": {"matching": "team-a/**"}, "tags": {"matching": "v*"}},
+                          {"repositories": {"excluding": "sandbox/**"}, "tags": {"regex": "^x"}, "disabled": true}]"#);
+        assert!(r.may_select_repository("team-a/api"));
+        assert!(!r.may_select_repository("team-b/api"));
+        assert!(!r.may_select_repository("app"), "a disabled rule selects nothing");
+        let r = rules(r#"[{"repositories": {"excluding": "sandbox/**"}}]"#);
+        assert!(r.may_select_repository("app"));
+        assert!(!r.may_select_repository("sandbox/x"));
+        assert!(rules(r#"[{"tags": {"matching": "v*"}}]"#).may_select_repository("anything"));
+    }
+
+    #[test]
+    fn star_stays_in_one_segment_and_doublestar_crosses() {
+        let r = rules(r#"[{"repositories": {"matching": "team-a/*"}}]"#);
+        assert_eq!(hit(&r, "team-a/api", "v1"), Some(0));
+        assert_eq!(hit(&r, "team-a/api/x", "v1"), None);
+        assert_eq!(hit(&r, "team-a", "v1"), None);
+        let r = rules(r#"[{"repositories": {"matching": "team-a/**"}}]"#);
+        assert_eq!(hit(&r, "team-a/api", "v1"), Some(0));
+        assert_eq!(hit(&r, "team-a/api/x", "v1"), Some(0));
+        assert_eq!(hit(&r, "team-ab/api", "v1"), None);
+        let r = rules(r#"[{"repositories": {"matching": "**/api"}}]"#);
+        assert_eq!(hit(&r, "api", "v1"), Some(0));
+        assert_eq!(hit(&r, "a/b/api", "v1"), Some(0));
+        assert_eq!(hit(&r, "a/b/api2", "v1"), None);
+        let r = rules(r#"[{"repositories": {"matching": "*"}}]"#);
+        assert_eq!(hit(&r, "app", "v1"), Some(0));
+        assert_eq!(hit(&r, "team/app", "v1"), None, "`*` does not cross `/`");
+    }
+
+    #[test]
+    fn question_mark_classes_and_braces() {
+        let r = rules(r#"[{"tags": {"matching": "v?.[0-9]"}}]"#);
+        assert_eq!(hit(&r, "a", "v1.2"), Some(0));
+        assert_eq!(hit(&r, "a", "v10.2"), None);
+        assert_eq!(hit(&r, "a", "v1.x"), None);
+        let r = rules(r#"[{"tags": {"matching": "{release,stable}-*,v{1,2}"}}]"#);
+        for t in ["release-1", "stable-x", "v1", "v2"] {
+            assert_eq!(hit(&r, "a", t), Some(0), "{t}");
+        }
+        for t in ["v3", "release", "{release", "v{1"] {
+            assert_eq!(hit(&r, "a", t), None, "{t}");
+        }
+        // Harbor's API stores the UI's comma list as one brace glob: both forms are the same.
+        let r = rules(r#"[{"tags": {"excluding": "{rc,test,nightly}"}}]"#);
+        assert_eq!(hit(&r, "a", "rc"), None);
+        assert_eq!(hit(&r, "a", "v1"), Some(0));
+    }
+
+    #[test]
+    fn arrays_and_comma_strings_are_the_same() {
+        let a = rules(r#"[{"repositories": {"matching": ["team-a/**", "team-b/api"]}}]"#);
+        let b = rules(r#"[{"repositories": {"matching": "team-a/**, team-b/api"}}]"#);
+        let c = rules(r#"[{"repositories": {"matching": ["team-a/**,team-b/api"]}}]"#);
+        for r in [&a, &b, &c] {
+            assert_eq!(hit(r, "team-a/x", "v1"), Some(0));
+            assert_eq!(hit(r, "team-b/api", "v1"), Some(0));
+            assert_eq!(hit(r, "team-b/web", "v1"), None);
+        }
+    }
+
+    #[test]
+    fn regex_is_unanchored_unless_anchored() {
+        let r = rules(r#"[{"tags": {"regex": "\\d+\\.\\d+\\.\\d+"}}]"#);
+        assert_eq!(hit(&r, "a", "1.0.0"), Some(0));
+        assert_eq!(hit(&r, "a", "v2.1.0-rc1"), Some(0), "matched anywhere, as GitLab does");
+        assert_eq!(hit(&r, "a", "v2.1"), None);
+        assert_eq!(hit(&r, "a", "\u{661}.\u{662}.\u{663}"), None, "as in RE2, \\d is ASCII");
+        let r = rules(r#"[{"tags": {"regex": "(?i)^LATEST$"}}]"#);
+        assert_eq!(hit(&r, "a", "latest"), Some(0));
+        let r = rules(r#"[{"tags": {"regex": "^latest$"}}]"#);
+        assert_eq!(hit(&r, "a", "latest"), Some(0));
+        assert_eq!(hit(&r, "a", "latest2"), None);
+        let r = rules(r#"[{"tags": {"regex": "stable|release"}}]"#);
+        assert_eq!(hit(&r, "a", "1.0-stable"), Some(0));
+        assert_eq!(hit(&r, "a", "release-2"), Some(0));
+        assert_eq!(hit(&r, "a", "main"), None);
+        let r = rules(r#"[{"tags": {"regex": ".*"}}]"#);
+        assert_eq!(hit(&r, "a", "anything"), Some(0));
+    }
+
+    #[test]
+    fn the_issue_example_first_rule_wins_the_reason() {
+        let r = rules(r#"[
+          {"name": "all but scratch tags", "repositories": {"matching": "**"}, "tags": {"excluding": "rc,test,nightly"}},
+          {"repositories": {"matching": ["team-a/**", "team-b/api"]}, "tags": {"matching": "v*.*.*"}},
+          {"repositories": {"excluding": "sandbox/**"}, "tags": {"regex": "\\d+\\.\\d+\\.\\d+"}},
+          {"tags": {"matching": "**"}, "disabled": true}
+        ]"#);
+        assert_eq!(r.enabled(), 3);
+        assert_eq!(r.disabled(), 1);
+        let m = r.first_match("team-a/api", "v1.2.3").unwrap();
+        assert_eq!(m.index(), 0);
+        assert_eq!(m.reason(), r#"rule "all but scratch tags" (rules[0])"#);
+        assert_eq!(hit(&r, "team-a/api", "rc"), None, "the disabled catch-all has no effect");
+        assert_eq!(hit(&r, "sandbox/x", "test"), None);
+        assert_eq!(r.rules.get(1).unwrap().reason(), "rules[1]");
+        assert_eq!(
+            r.rules.get(1).unwrap().description(),
+            r#"repositories matching ["team-a/**", "team-b/api"], tags matching ["v*.*.*"]"#
+        );
+    }
+
+    #[test]
+    fn excluding_and_any_combinations() {
+        let r = rules(r#"[
+          {"repositories": {"excluding": "sandbox/**"}, "tags": {"excluding": "latest"}},
+          {"repositories": {"matching": "sandbox/**"}, "tags": {"regex": "^v"}},
+          {}
+        ]"#);
+        assert_eq!(hit(&r, "app", "v1"), Some(0));
+        assert_eq!(hit(&r, "app", "latest"), Some(2), "the empty rule selects everything");
+        assert_eq!(hit(&r, "sandbox/x", "v1"), Some(1));
+        assert_eq!(hit(&r, "sandbox/x", "dev"), Some(2));
+        let r = rules(r#"[{"repositories": {"excluding": "sandbox/**"}, "tags": {"excluding": "latest"}}]"#);
+        assert_eq!(hit(&r, "sandbox/x", "v1"), None);
+        assert_eq!(hit(&r, "app", "latest"), None);
+        assert_eq!(r.rules.first().unwrap().description(), r#"repositories excluding ["sandbox/**"], tags excluding ["latest"]"#);
+        assert_eq!(rules("[{}]").rules.first().unwrap().description(), "every tag of every repository");
+    }
+
+    #[test]
+    fn disabled_rules_have_no_effect_but_are_validated() {
+        let r = rules(r#"[{"tags": {"matching": "**"}, "disabled": true}]"#);
+        assert!(r.is_empty());
+        assert_eq!(hit(&r, "a", "v1"), None);
+        let e = try_rules(r#"[{"tags": {"regex": "("}, "disabled": true}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].tags.regex");
+    }
+
+    #[test]
+    fn thousand_rules_decide_by_sets() {
+        // Rule i protects tag `t<i>` in repository `r<i>`; the last one is a regex rule.
+        let mut v: Vec<String> = (0..999)
+            .map(|i| format!(r#"{{"name": "r{i}", "repositories": {{"matching": "r{i}"}}, "tags": {{"matching": "t{i}"}}}}"#))
+            .collect();
+        v.push(r#"{"name": "last", "tags": {"regex": "^final-\\d+$"}}"#.into());
+        let r = rules(&format!("[{}]", v.join(",")));
+        assert_eq!(r.enabled(), 1000);
+        assert_eq!(hit(&r, "r0", "t0"), Some(0));
+        assert_eq!(hit(&r, "r998", "t998"), Some(998));
+        assert_eq!(hit(&r, "r998", "t997"), None);
+        assert_eq!(hit(&r, "any/repo", "final-7"), Some(999));
+        assert_eq!(hit(&r, "r5", "t6"), None);
+        // Many exclusion rules, each hit by its own exclusion, and one that is not.
+        let mut v: Vec<String> = (0..999).map(|i| format!(r#"{{"tags": {{"excluding": "x,t{i}"}}}}"#)).collect();
+        v.push(r#"{"tags": {"excluding": "x"}}"#.into());
+        let r = rules(&format!("[{}]", v.join(",")));
+        assert_eq!(hit(&r, "a", "x"), None);
+        assert_eq!(hit(&r, "a", "t0"), Some(1));
+        assert_eq!(hit(&r, "a", "y"), Some(0));
+        // A thousand regexes with classes fit in one set.
+        let v: Vec<String> = (0..1000).map(|i| format!(r#"{{"tags": {{"regex": "^rel{i}-\\d+\\.\\w+$"}}}}"#)).collect();
+        let r = rules(&format!("[{}]", v.join(",")));
+        assert_eq!(hit(&r, "a", "rel999-1.x"), Some(999));
+        assert_eq!(hit(&r, "a", "rel1000-1.x"), None);
+    }
+
+    // Through the whole configuration: OR logic with the `global`/`repository` scopes.
+    fn cfg(json: &str) -> crate::config::Config {
+        crate::config::Config::from_json(json.as_bytes()).unwrap()
+    }
+    fn decide(c: &crate::config::Config, repo: &str, tag: &str) -> (bool, String) {
+        let d = c.policy.decide(repo, tag);
+        (d.immutable, d.reason)
+    }
+
+    #[test]
+    fn rules_or_scopes() {
+        let c = cfg(r#"{
+          "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^v.*"]},
+          "repository": {"dev": {"immutable_tags": false}},
+          "rules": [{"name": "releases", "tags": {"regex": "^v\\d"}}, {"repositories": {"matching": "dev/keep"}}]
+        }"#);
+        assert_eq!(decide(&c, "app", "main"), (true, "global.immutable_tags = true".into()), "the scope decides first");
+        assert_eq!(
+            decide(&c, "app", "v1"),
+            (true, r#"rule "releases" (rules[0])"#.into()),
+            "a scope exclusion does not exempt a tag from a rule"
+        );
+        assert_eq!(decide(&c, "app", "latest"), (false, r#"global.immutable_tags_exclusions matches "^latest$"; no rule matches"#.into()));
+        assert_eq!(decide(&c, "dev/x", "v2"), (true, r#"rule "releases" (rules[0])"#.into()));
+        assert_eq!(decide(&c, "dev/keep", "main"), (true, "rules[1]".into()));
+        assert_eq!(decide(&c, "dev/x", "main"), (false, r#"repository."dev".immutable_tags = false; no rule matches"#.into()));
+        assert!(c.summary().contains("rules: 2 enabled, 0 disabled"), "{}", c.summary());
+    }
+
+    #[test]
+    fn rules_alone_and_may_protect_anything() {
+        let c = cfg(r#"{"rules": [{"tags": {"matching": "v*.*.*"}}]}"#);
+        assert!(c.policy.may_protect_anything());
+        assert_eq!(decide(&c, "app", "v1.2.3"), (true, "rules[0]".into()));
+        assert_eq!(decide(&c, "app", "main"), (false, "no immutable_tags setting applies; no rule matches".into()));
+        let c = cfg(r#"{"rules": [{"tags": {"matching": "**"}, "disabled": true}]}"#);
+        assert!(!c.policy.may_protect_anything(), "only disabled rules: nothing to protect");
+        assert_eq!(decide(&c, "app", "v1"), (false, "no immutable_tags setting applies".into()));
+    }
+
+    #[test]
+    fn signature_tags_stay_mutable_under_rules_unless_protected() {
+        let sig = format!("sha256-{}.sig", "a".repeat(64));
+        let c = cfg(r#"{"rules": [{"tags": {"matching": "**"}}]}"#);
+        assert_eq!(decide(&c, "app", &sig), (false, "signature fallback tag (protect_signature_tags = false)".into()));
+        assert!(decide(&c, "app", "sha256-abc").0);
+        let c = cfg(r#"{"rules": [{"tags": {"matching": "**"}}], "protect_signature_tags": true}"#);
+        assert_eq!(decide(&c, "app", &sig), (true, "rules[0]".into()));
+    }
+
+    #[test]
+    fn config_errors_for_rules() {
+        let bad = |json: &str| crate::config::Config::from_json(json.as_bytes()).unwrap_err();
+        let e = bad(r#"{"rules": [{}, {}, {"tags": {"regex": "(x"}}]}"#);
+        assert!(e.to_string().starts_with(r#"invalid configuration: field `rules[2].tags.regex` = "(x": invalid regular expression"#), "{e}");
+        let e = bad(r#"{"rules": [{"tags": {"matching": 5}}]}"#);
+        assert_eq!(e.field, "rules[0].tags.matching");
+        assert!(e.reason.contains("comma-separated"), "{e}");
+        let e = bad(r#"{"rules": [{"repositories": {"regex": "x"}}]}"#);
+        assert_eq!(e.field, "rules[0].repositories.regex");
+        assert!(e.reason.contains("unknown field"), "{e}");
+        let e = bad(r#"{"rules": [{"tag": {}}]}"#);
+        assert_eq!(e.field, "rules[0].tag");
+        let e = bad(r#"{"rules": [{"disabled": "yes"}]}"#);
+        assert_eq!(e.field, "rules[0].disabled");
+        let e = bad(r#"{"rules_max_regex_length": 0}"#);
+        assert_eq!(e.field, "rules_max_regex_length");
+        let e = bad(r#"{"rules_max_regex_length": 3, "rules": [{"tags": {"regex": "abcd"}}]}"#);
+        assert_eq!(e.field, "rules[0].tags.regex");
+        assert!(e.reason.contains("longer than rules_max_regex_length (3)"), "{e}");
+        assert!(bad(r#"{"rules": {}}"#).to_string().contains("rules"));
+    }
+
+    #[test]
+    fn errors_name_field_and_value() {
+        let e = try_rules(r#"[{}, {}, {"tags": {"regex": "(unclosed"}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[2].tags.regex");
+        assert_eq!(e.value, "\"(unclosed\"");
+        assert!(e.reason.starts_with("invalid regular expression"), "{e}");
+
+        let e = try_rules(r#"[{"tags": {"regex": "(?=x)"}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].tags.regex", "look-around is not RE2");
+
+        let long = "a".repeat(257);
+        let e = try_rules(&format!(r#"[{{"tags": {{"regex": "{long}"}}}}]"#)).unwrap_err();
+        assert!(e.reason.contains("rules_max_regex_length (256)"), "{e}");
+        let raw: Vec<RawRule> = serde_json::from_str(&format!(r#"[{{"tags": {{"regex": "{long}"}}}}]"#)).unwrap();
+        assert!(Rules::compile(raw, 300).is_ok());
+
+        let e = try_rules(r#"[{"tags": {"matching": "v*", "excluding": "rc"}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].tags");
+        assert!(e.reason.contains("exactly one of"), "{e}");
+        let e = try_rules(r#"[{"repositories": {}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].repositories");
+
+        let e = try_rules(r#"[{"tags": {"matching": ["v*", "{a,b"]}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].tags.matching[1]");
+        assert_eq!(e.value, "\"{a,b\"");
+        assert!(e.reason.starts_with("invalid glob"), "{e}");
+
+        let e = try_rules(r#"[{"tags": {"excluding": "rc,,test"}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].tags.excluding");
+        assert!(e.reason.contains("empty pattern"), "{e}");
+        let e = try_rules(r#"[{"tags": {"excluding": []}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].tags.excluding");
+        let e = try_rules(r#"[{"tags": {"regex": ""}}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].tags.regex");
+        let e = try_rules(r#"[{"name": "bad\nname"}]"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].name");
+    }
+}
