@@ -15,6 +15,25 @@ pub struct Config {
     pub policy: Policy,
     pub error_code: String,
     pub cache: CacheSettings,
+    pub mode: Mode,
+}
+
+/// `enforce` refuses; `audit` evaluates everything the same way, logs and counts what it would
+/// refuse, and lets it through (for a rollout: read the log for a week, then enforce).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +93,7 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     protect_signature_tags: bool,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -129,7 +149,8 @@ impl Config {
         };
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         format!(
-            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}",
+            "mode={}; global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}",
+            self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
             p.protect_signature_tags,
@@ -173,6 +194,11 @@ impl RawConfig {
         if ttl_seconds > 86_400 {
             return Err(err("cache.ttl_seconds", ttl_seconds, "must be at most 86400 (0 disables the cache)"));
         }
+        let mode = match self.mode.as_deref() {
+            None | Some("enforce") => Mode::Enforce,
+            Some("audit") => Mode::Audit,
+            Some(other) => return Err(err("mode", quoted(other), "must be \"enforce\" (the default) or \"audit\"")),
+        };
         let global = compile_scope("global", self.global)?;
         let mut repositories = Vec::new();
         for (name, raw) in self.repository {
@@ -191,6 +217,7 @@ impl RawConfig {
             policy: Policy::new(global, repositories, self.protect_signature_tags),
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
+            mode,
         })
     }
 }
@@ -330,5 +357,18 @@ mod tests {
         assert_eq!(bad(r#"{"upstream": {"cluster": ""}}"#).field, "upstream.cluster");
         assert!(bad("{not json").to_string().contains("invalid configuration"));
         assert!(bad("[]").to_string().contains("invalid configuration"));
+    }
+
+    #[test]
+    fn mode_is_enforce_unless_audit() {
+        assert_eq!(cfg("{}").mode, Mode::Enforce);
+        assert_eq!(cfg(r#"{"mode": "enforce"}"#).mode, Mode::Enforce);
+        assert_eq!(cfg(r#"{"mode": "audit"}"#).mode, Mode::Audit);
+        assert!(cfg(r#"{"mode": "audit"}"#).summary().starts_with("mode=audit; "));
+        for m in ["\"Audit\"", "\"dry-run\"", "\"\""] {
+            let e = bad(&format!(r#"{{"mode": {m}}}"#));
+            assert_eq!((e.field.as_str(), e.value.as_str()), ("mode", m), "{e}");
+        }
+        assert_eq!(bad(r#"{"mode": true}"#).field, "mode");
     }
 }

@@ -37,3 +37,11 @@ pub fn now_ms() -> u64 {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// A host property as text (e.g. `["source", "address"]`); `None` if absent or unreadable.
+pub fn property(path: &[&str]) -> Option<String> {
+    match hostcalls::get_property(path.to_vec()) {
+        Ok(Some(v)) => String::from_utf8(v).ok(),
+        _ => None,
+    }
+}

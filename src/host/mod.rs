@@ -5,6 +5,7 @@
 mod headers;
 mod http;
 mod log;
+mod metrics;
 mod root;
 mod upstream;
 
