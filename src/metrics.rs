@@ -1,8 +1,8 @@
 //! The filter's counters: their names (one prefix, listed in the README) and which counter a
 //! refusal moves. The host side (`host::metrics`) defines and increments them.
 
-/// Every counter the filter keeps. Envoy shows `immutable_tags.<name>` at `/stats` (custom wasm
-/// stats live under Envoy's `wasmcustom.` namespace, which `/stats` hides and Prometheus drops).
+/// Every counter the filter keeps. Envoy puts custom wasm stats in its `wasmcustom` namespace:
+/// `wasmcustom.immutable_tags.<name>` at `/stats`, `immutable_tags_<name>` at `/stats/prometheus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
     /// Every request the filter ran on (the routes in envoy.yaml keep blob traffic away).

@@ -23,6 +23,9 @@ use std::rc::Rc;
 pub struct Filter {
     worker: Option<Rc<Worker>>,
     state: State,
+    /// Who sent a checked request, read in the headers phase for the audit record (Envoy
+    /// refuses header reads in later phases with BadArgument, which the SDK turns into a panic).
+    request: RequestInfo,
 }
 
 enum State {
@@ -70,7 +73,7 @@ enum Outcome {
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass }
+        Filter { worker, state: State::Pass, request: RequestInfo::default() }
     }
 
     fn count(&self, counter: Counter) {
@@ -84,22 +87,14 @@ impl Filter {
     /// mode: returns `Continue`). Return the result from a request callback; from a call
     /// response, `Continue` means the caller must resume the request.
     fn respond(&mut self, err: &OciError, extra: &[(&str, String)]) -> Action {
-        let method = headers::request(":method");
-        let kind = Refusal::of(method.as_deref().unwrap_or_default(), err.status, &err.code);
+        let kind = Refusal::of(self.request.method.as_deref().unwrap_or_default(), err.status, &err.code);
         let mode = self.worker.as_ref().map_or(Mode::Enforce, |w| w.config.mode);
         let rule = match (&self.worker, audit::subject(err)) {
             (Some(w), Some((repository, tag))) => Some(w.config.policy.decide(repository, tag).reason),
             _ => None,
         };
-        let info = RequestInfo {
-            method,
-            path: headers::request(":path"),
-            request_id: headers::request("x-request-id"),
-            client_address: headers::property(&["source", "address"]),
-            user_agent: headers::request("user-agent"),
-        };
         // Warn: a refused write deserves an operator's eye; it shows at Envoy's default level.
-        log::warn(&audit::refusal_record(mode, kind, err, rule.as_deref(), &info).to_string());
+        log::warn(&audit::refusal_record(mode, kind, err, rule.as_deref(), &self.request).to_string());
         self.count(kind.counter());
         if mode == Mode::Audit {
             self.count(Counter::AuditWouldRefuse);
@@ -316,6 +311,13 @@ impl HttpContext for Filter {
         let request = classify(&method, &path);
         if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::Invalid(_)) {
             self.count(Counter::RequestsChecked);
+            self.request = RequestInfo {
+                method: Some(method),
+                path: Some(path),
+                request_id: headers::request("x-request-id"),
+                client_address: headers::property(&["source", "address"]),
+                user_agent: headers::request("user-agent"),
+            };
         }
         match request {
             Request::Other | Request::ManifestRead { .. } | Request::ManifestDelete { .. } => Action::Continue,
