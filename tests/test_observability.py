@@ -213,3 +213,57 @@ def test_blob_traffic_skips_the_filter_and_manifest_writes_do_not(stacks, regist
     before = counters(envoy)
     request(envoy.url, "PUT", f"/v2/{repo}/blobs/uploads/%41", body=b"")
     assert moved(before, counters(envoy)) == {"requests_seen": 1}
+
+
+def test_reconfiguration_logs_the_build_and_new_policy_and_keeps_counting(workdir, registry, uid):
+    """A listener update (file-based LDS) reconfigures the filter: it logs its build and the new
+    policy again, and the counters carry on."""
+    import os
+    import time
+
+    import yaml
+
+    port, admin = stack.free_port(), stack.free_port()
+    cfg = stack.envoy_config(SAMPLE_POLICY, port, admin, registry.port)
+    listener = cfg["static_resources"].pop("listeners")[0]
+    lds = workdir / f"lds-{port}.yaml"
+
+    def write_listener(policy: dict) -> None:
+        wasm = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+        wasm["configuration"]["value"] = json.dumps(policy)
+        tmp = workdir / f"lds-{port}.tmp"
+        tmp.write_text(yaml.safe_dump({"resources": [
+            {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **listener}]}))
+        os.rename(tmp, lds)  # Envoy watches for the file being moved into place
+
+    write_listener(SAMPLE_POLICY)
+    cfg["dynamic_resources"] = {"lds_config": {"path_config_source": {"path": str(lds)}, "resource_api_version": "V3"}}
+    cfg["node"] = {"id": "immutable-tags-test", "cluster": "immutable-tags-test"}  # required by LDS
+    envoy = stack.Envoy(workdir, cfg, port, admin).start()
+    try:
+        repo = f"reconf-{uid}"
+        m1 = make_manifest(registry.url, repo, "one")
+        m2 = make_manifest(registry.url, repo, "two")
+        assert put_manifest(envoy.url, repo, "v1", m1).status == 201
+        assert put_manifest(envoy.url, repo, "v1", m2).status == 409
+        assert counters(envoy)["overwrites_refused"] == 1
+        assert "policy loaded: mode=enforce; " in envoy.log()
+        assert "policy loaded: mode=audit; " not in envoy.log()
+
+        write_listener(AUDIT_POLICY)
+        deadline = time.monotonic() + 30
+        while "policy loaded: mode=audit; " not in envoy.log():
+            assert time.monotonic() < deadline, envoy.log()[-3000:]
+            time.sleep(0.2)
+        line = next(x for x in envoy.log().splitlines() if "policy loaded: mode=audit; " in x)
+        assert "immutable-tags 0.1.0 (" in line, line  # version and commit
+
+        # New connections get the new listener (and filter configuration).
+        deadline = time.monotonic() + 30
+        while (r := put_manifest(envoy.url, repo, "v1", m2)).status != 201:
+            assert r.status == 409 and time.monotonic() < deadline, r
+            time.sleep(0.2)
+        c = counters(envoy)
+        assert c["audit_would_refuse"] == 1 and c["overwrites_refused"] >= 2, c
+    finally:
+        envoy.stop()
