@@ -5,7 +5,11 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 MODULE := target/wasm32-wasip1/release/immutable_tags.wasm
 WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 
-.PHONY: run test deps build unit clippy wasm-test e2e
+.PHONY: run test deps build unit clippy wasm-test e2e image
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE ?= 127.0.0.1:5000/immutable-tags:$(VERSION)
+TLS_VERIFY ?= true
 
 ## run: registry on :5001, Envoy + filter on :5000 (admin :9901), policy envoy/policy.json
 run: build
@@ -33,3 +37,9 @@ wasm-test: deps
 
 e2e: build
 	cd tests && python -m pytest -v -p no:cacheprovider
+
+## image: the OCI image Istio and Envoy Gateway pull (one layer with plugin.wasm), pushed to
+## IMAGE with skopeo; no Docker engine. e.g. make image IMAGE=127.0.0.1:5000/immutable-tags:0.1.0 TLS_VERIFY=false
+image: build
+	python3 scripts/wasm_image.py --module $(MODULE) --layout target/oci --tag $(VERSION) \
+		--push $(IMAGE) --dest-tls-verify=$(TLS_VERIFY)

@@ -17,6 +17,25 @@ pub struct Config {
     pub error_code: String,
     pub cache: CacheSettings,
     pub deletes: DeleteSettings,
+    pub mode: Mode,
+}
+
+/// `enforce` refuses; `audit` evaluates everything the same way, logs and counts what it would
+/// refuse, and lets it through (for a rollout: read the log for a week, then enforce).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +106,7 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     protect_signature_tags: bool,
+    mode: Option<String>,
     #[serde(default)]
     deletes: RawDeletes,
     /// Harbor/STACKIT/GitLab-style rule list (see rules.rs).
@@ -157,7 +177,8 @@ impl Config {
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         let d = &self.deletes;
         format!(
-            "global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}",
+            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}",
+            self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
             p.rules.enabled(),
@@ -217,6 +238,11 @@ impl RawConfig {
         }
         let deletes =
             DeleteSettings { protect: self.deletes.protect.unwrap_or(true), max_immutable_tags, page_size: self.deletes.page_size };
+        let mode = match self.mode.as_deref() {
+            None | Some("enforce") => Mode::Enforce,
+            Some("audit") => Mode::Audit,
+            Some(other) => return Err(err("mode", quoted(other), "must be \"enforce\" (the default) or \"audit\"")),
+        };
         let global = compile_scope("global", self.global)?;
         let mut repositories = Vec::new();
         for (name, raw) in self.repository {
@@ -241,6 +267,7 @@ impl RawConfig {
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
             deletes,
+            mode,
         })
     }
 }
@@ -395,5 +422,18 @@ mod tests {
         assert_eq!(bad(r#"{"upstream": {"cluster": ""}}"#).field, "upstream.cluster");
         assert!(bad("{not json").to_string().contains("invalid configuration"));
         assert!(bad("[]").to_string().contains("invalid configuration"));
+    }
+
+    #[test]
+    fn mode_is_enforce_unless_audit() {
+        assert_eq!(cfg("{}").mode, Mode::Enforce);
+        assert_eq!(cfg(r#"{"mode": "enforce"}"#).mode, Mode::Enforce);
+        assert_eq!(cfg(r#"{"mode": "audit"}"#).mode, Mode::Audit);
+        assert!(cfg(r#"{"mode": "audit"}"#).summary().starts_with("mode=audit; "));
+        for m in ["\"Audit\"", "\"dry-run\"", "\"\""] {
+            let e = bad(&format!(r#"{{"mode": {m}}}"#));
+            assert_eq!((e.field.as_str(), e.value.as_str()), ("mode", m), "{e}");
+        }
+        assert_eq!(bad(r#"{"mode": true}"#).field, "mode");
     }
 }

@@ -8,11 +8,13 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod deletes;
 pub mod digest;
 pub mod exclusions;
+pub mod metrics;
 pub mod oci_error;
 pub mod policy;
 pub mod request;

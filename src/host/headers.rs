@@ -45,3 +45,11 @@ pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
         Err(_) => None,
     }
 }
+
+/// A host property as text (e.g. `["source", "address"]`); `None` if absent or unreadable.
+pub fn property(path: &[&str]) -> Option<String> {
+    match hostcalls::get_property(path.to_vec()) {
+        Ok(Some(v)) => String::from_utf8(v).ok(),
+        _ => None,
+    }
+}

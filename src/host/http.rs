@@ -12,7 +12,10 @@ use super::deletes::{DigestDelete, Next};
 use super::root::Worker;
 use super::{headers, log, upstream};
 use crate::deletes::tag_delete;
+use crate::audit::{self, RequestInfo};
+use crate::config::Mode;
 use crate::digest::Digest;
+use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::request::{classify, Reference, Request};
 use crate::verdict::{judge, read_head, Current, Verdict};
@@ -28,6 +31,9 @@ pub struct Filter {
     /// The tag in a push's path. Only it is learned from a `201`: a registry may ignore
     /// `?tag=` (distribution 2.8 does) and still answer `201`.
     path_tag: Option<String>,
+    /// Who sent a checked request, read in the headers phase for the audit record (Envoy
+    /// refuses header reads in later phases with BadArgument, which the SDK turns into a panic).
+    request: RequestInfo,
 }
 
 enum State {
@@ -72,22 +78,55 @@ impl Push {
 
 /// What to do with the request once a decision is taken.
 enum Outcome {
-    Allow,
+    /// Let through; one counter per tag (new tag or same digest).
+    Allow(Vec<Counter>),
     Refuse(OciError, Vec<(&'static str, String)>),
 }
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass, path_tag: None }
+        Filter { worker, state: State::Pass, path_tag: None, request: RequestInfo::default() }
     }
 
-    fn respond(&mut self, err: &OciError, extra: &[(&str, String)]) {
+    fn count(&self, counter: Counter) {
+        if let Some(w) = &self.worker {
+            w.metrics.add(counter);
+        }
+    }
+
+    /// The single refusal path. Counts the refusal, logs one JSON record of it, then answers
+    /// with `err` (enforce mode: returns `Pause`) or lets the request through unchanged (audit
+    /// mode: returns `Continue`). Return the result from a request callback; from a call
+    /// response, `Continue` means the caller must resume the request.
+    fn respond(&mut self, err: &OciError, extra: &[(&str, String)]) -> Action {
+        let kind = Refusal::of(self.request.method.as_deref().unwrap_or_default(), err.status, &err.code);
+        let mode = self.worker.as_ref().map_or(Mode::Enforce, |w| w.config.mode);
+        let rule = match (&self.worker, audit::subject(err)) {
+            (Some(w), Some((repository, tag))) => Some(w.config.policy.decide(repository, tag).reason),
+            _ => None,
+        };
+        // Warn: a refused write deserves an operator's eye; it shows at Envoy's default level.
+        log::warn(&audit::refusal_record(mode, kind, err, rule.as_deref(), &self.request).to_string());
+        self.count(kind.counter());
+        if mode == Mode::Audit {
+            self.count(Counter::AuditWouldRefuse);
+            // Let it through as an allowed push would go, so the map learns the new digest.
+            self.state = match std::mem::replace(&mut self.state, State::Pass) {
+                State::Check(push) => State::Allowed {
+                    repository: push.repository,
+                    tags: push.tags.into_iter().map(|t| t.tag).collect(),
+                },
+                other => other,
+            };
+            return Action::Continue;
+        }
         let mut hdrs: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         hdrs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         if let Err(s) = hostcalls::send_http_response(u32::from(err.status), hdrs, Some(err.body().as_bytes())) {
             log::error(&format!("immutable-tags: cannot send local reply ({s:?})"));
         }
         self.state = State::Done;
+        Action::Pause
     }
 
     fn on_put(&mut self, worker: &Worker, repository: String, tags: Vec<String>, end_of_stream: bool) -> Action {
@@ -96,6 +135,8 @@ impl Filter {
             let d = worker.config.policy.decide(&repository, &tag);
             if d.immutable {
                 checks.push((tag, d.reason));
+            } else {
+                worker.metrics.add(Counter::PushesMutable);
             }
         }
         if checks.is_empty() {
@@ -107,6 +148,7 @@ impl Filter {
         let mut push = Push { repository, tags: Vec::new(), body: end_of_stream.then(Vec::new), headers_paused: false };
         for (tag, reason) in checks {
             let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&push.repository, &tag, now));
+            worker.metrics.add(if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
             let lookup = match cached {
                 Some(d) => Lookup::Known(Some(d)),
                 None => match upstream::head_manifest(
@@ -116,12 +158,11 @@ impl Filter {
                     &push.repository,
                     &tag,
                 ) {
-                    Ok(token) => Lookup::Pending(token),
-                    Err(why) => {
-                        log::warn(&format!("immutable-tags: {why}"));
-                        self.respond(&OciError::upstream(&push.repository, &tag, &why), &[]);
-                        return Action::Pause;
+                    Ok(token) => {
+                        worker.metrics.add(Counter::HeadCallsDispatched);
+                        Lookup::Pending(token)
                     }
+                    Err(why) => return self.respond(&OciError::upstream(&push.repository, &tag, &why), &[]),
                 },
             };
             push.tags.push(TagCheck { tag, reason, lookup });
@@ -145,15 +186,15 @@ impl Filter {
         let Some(body) = &push.body else { return None };
         let worker = self.worker.clone()?;
         match decide(&worker, push, body) {
-            Outcome::Allow => {
+            Outcome::Allow(counters) => {
+                for c in counters {
+                    worker.metrics.add(c);
+                }
                 let tags = push.tags.iter().map(|t| t.tag.clone()).collect();
                 self.state = State::Allowed { repository: push.repository.clone(), tags };
                 Some(Action::Continue)
             }
-            Outcome::Refuse(err, extra) => {
-                self.respond(&err, &extra);
-                Some(Action::Pause)
-            }
+            Outcome::Refuse(err, extra) => Some(self.respond(&err, &extra)),
         }
     }
 
@@ -167,8 +208,7 @@ impl Filter {
             None => {
                 let (repo, tag) = (push.repository.clone(), first_tag(push));
                 let err = OciError::new(500, "MANIFEST_INVALID", "The filter could not read the manifest body", json!({"repository": repo, "tag": tag}));
-                self.respond(&err, &[]);
-                return Action::Pause;
+                return self.respond(&err, &[]);
             }
         }
         // Still waiting for a HEAD: the call response decides and resumes.
@@ -184,11 +224,7 @@ impl Filter {
         }
         match reference {
             Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
-                Some(err) => {
-                    log::info(&format!("immutable-tags: refused delete of {repository}:{tag}: {}", err.message));
-                    self.respond(&err, &[]);
-                    Action::Pause
-                }
+                Some(err) => self.respond(&err, &[]),
                 None => Action::Continue,
             },
             // No tag of this repository can be immutable: no listing to pay for.
@@ -201,26 +237,28 @@ impl Filter {
         }
     }
 
-    /// Acts on a digest delete's next step. From a call response, allowing means resuming.
+    /// Acts on a digest delete's next step. From a call response, letting it go means resuming.
     fn delete_next(&mut self, next: Next, from_call: bool) -> Action {
-        match next {
-            Next::Wait => Action::Pause,
-            Next::Allow => {
-                if let State::Delete(d) = &self.state {
-                    self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
-                }
-                if from_call {
-                    if let Err(s) = hostcalls::resume_http_request() {
-                        log::error(&format!("immutable-tags: cannot resume delete ({s:?})"));
-                    }
-                }
-                Action::Continue
+        let action = match next {
+            Next::Wait => return Action::Pause,
+            Next::Allow => Action::Continue,
+            Next::Refuse(err, extra) => self.respond(&err, &extra),
+        };
+        if action == Action::Continue {
+            if let State::Delete(d) = &self.state {
+                self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
             }
-            Next::Refuse(err, extra) => {
-                self.respond(&err, &extra);
-                Action::Pause
+            if from_call {
+                resume_request("delete check");
             }
         }
+        action
+    }
+}
+
+fn resume_request(after: &str) {
+    if let Err(s) = hostcalls::resume_http_request() {
+        log::error(&format!("immutable-tags: cannot resume request after {after} ({s:?})"));
     }
 }
 
@@ -230,33 +268,34 @@ fn first_tag(push: &Push) -> String {
 
 fn decide(worker: &Worker, push: &Push, body: &[u8]) -> Outcome {
     let sha256 = Digest::sha256(body);
+    let mut allowed = Vec::new();
     for t in &push.tags {
         let Lookup::Known(current) = &t.lookup else { continue };
         let pushed = match current {
             Some(c) if c.algorithm() != sha256.algorithm() => Digest::of(c.algorithm(), body),
             _ => sha256.clone(),
         };
-        if let Verdict::Overwrite { current } = judge(current.as_ref(), &pushed) {
-            let err = OciError::new(
-                409,
-                &worker.config.error_code,
-                format!("Tag '{}' is immutable and cannot be overwritten", t.tag),
-                json!({
-                    "repository": push.repository,
-                    "tag": t.tag,
-                    "current_digest": current.to_string(),
-                    "pushed_digest": pushed.to_string(),
-                    "reason": t.reason,
-                }),
-            );
-            log::info(&format!(
-                "immutable-tags: refused overwrite of {}:{} ({} -> {}): {}",
-                push.repository, t.tag, current, pushed, t.reason
-            ));
-            return Outcome::Refuse(err, Vec::new());
+        match judge(current.as_ref(), &pushed) {
+            Verdict::AllowNew => allowed.push(Counter::PushesAllowedNewTag),
+            Verdict::AllowSame => allowed.push(Counter::PushesAllowedSameDigest),
+            Verdict::Overwrite { current } => {
+                let err = OciError::new(
+                    409,
+                    &worker.config.error_code,
+                    format!("Tag '{}' is immutable and cannot be overwritten", t.tag),
+                    json!({
+                        "repository": push.repository,
+                        "tag": t.tag,
+                        "current_digest": current.to_string(),
+                        "pushed_digest": pushed.to_string(),
+                        "reason": t.reason,
+                    }),
+                );
+                return Outcome::Refuse(err, Vec::new());
+            }
         }
     }
-    Outcome::Allow
+    Outcome::Allow(allowed)
 }
 
 impl Context for Filter {
@@ -290,64 +329,70 @@ impl Context for Filter {
                 };
                 let err = OciError::new(status, code, msg, json!({"repository": push.repository, "tag": check.tag}));
                 let extra: Vec<(&str, String)> = challenge.map(|c| ("www-authenticate", c)).into_iter().collect();
-                self.respond(&err, &extra);
+                if let Action::Continue = self.respond(&err, &extra) {
+                    resume_request("audit");
+                }
                 return;
             }
             Current::Unknown { reason } => {
-                log::warn(&format!("immutable-tags: {}:{}: {reason}", push.repository, check.tag));
                 let err = OciError::upstream(&push.repository, &check.tag, &reason);
-                self.respond(&err, &[]);
+                // The request is paused while a HEAD is in flight: audit mode resumes it.
+                if let Action::Continue = self.respond(&err, &[]) {
+                    resume_request("audit");
+                }
                 return;
             }
         }
         if push.pending() {
             return;
         }
-        let resume = |what: &str| {
-            if let Err(s) = hostcalls::resume_http_request() {
-                log::error(&format!("immutable-tags: cannot resume request after {what} ({s:?})"));
-            }
-        };
         if push.body.is_none() {
             // Without the body yet: let the headers go (Envoy then replays the held body to us).
             if push.headers_paused {
                 push.headers_paused = false;
-                resume("HEAD");
+                resume_request("HEAD");
             }
             return;
         }
         if let Some(Action::Continue) = self.try_decide() {
-            resume("decision");
+            resume_request("decision");
         }
     }
 }
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.count(Counter::RequestsSeen);
         let method = headers::request(":method").unwrap_or_default();
         let path = headers::request(":path").unwrap_or_default();
-        match classify(&method, &path) {
+        let request = classify(&method, &path);
+        if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::Invalid(_)) {
+            self.count(Counter::RequestsChecked);
+            self.request = RequestInfo {
+                method: Some(method),
+                path: Some(path),
+                request_id: headers::request("x-request-id"),
+                client_address: headers::property(&["source", "address"]),
+                user_agent: headers::request("user-agent"),
+            };
+        }
+        match request {
             Request::Other | Request::ManifestRead { .. } => Action::Continue,
-            Request::Invalid(err) => {
-                self.respond(&err, &[]);
-                Action::Pause
-            }
+            Request::Invalid(err) => self.respond(&err, &[]),
             Request::ManifestPut { repository, reference, tags } => {
                 if let Reference::Tag(t) = reference {
                     self.path_tag = Some(t);
                 }
                 let Some(worker) = self.worker.clone() else {
                     let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
-                    self.respond(&err, &[]);
-                    return Action::Pause;
+                    return self.respond(&err, &[]);
                 };
                 self.on_put(&worker, repository, tags, end_of_stream)
             }
             Request::ManifestDelete { repository, reference } => {
                 let Some(worker) = self.worker.clone() else {
                     let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
-                    self.respond(&err, &[]);
-                    return Action::Pause;
+                    return self.respond(&err, &[]);
                 };
                 self.on_delete(&worker, repository, reference)
             }

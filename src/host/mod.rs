@@ -6,6 +6,7 @@ mod deletes;
 mod headers;
 mod http;
 mod log;
+mod metrics;
 mod root;
 mod upstream;
 

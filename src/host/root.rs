@@ -2,6 +2,7 @@
 //! unprotected listener) and owns what the worker's HTTP contexts share.
 use super::http::Filter;
 use super::log;
+use super::metrics::Metrics;
 use crate::cache::TagCache;
 use crate::config::Config;
 use proxy_wasm::hostcalls;
@@ -14,6 +15,7 @@ use std::rc::Rc;
 pub struct Worker {
     pub config: Rc<Config>,
     pub cache: RefCell<TagCache>,
+    pub metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -34,9 +36,11 @@ impl RootContext for Root {
         };
         match Config::from_json(&bytes) {
             Ok(config) => {
+                // Logged on every (re)configuration, so the log says which build and policy run.
                 log::info(&format!("immutable-tags {}: policy loaded: {}", crate::BUILD, config.summary()));
                 let cache = TagCache::new(config.cache.max_entries, config.cache.ttl_seconds);
-                self.worker = Some(Rc::new(Worker { config: Rc::new(config), cache: RefCell::new(cache) }));
+                let metrics = Metrics::define();
+                self.worker = Some(Rc::new(Worker { config: Rc::new(config), cache: RefCell::new(cache), metrics }));
                 true
             }
             Err(e) => {

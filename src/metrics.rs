@@ -1,0 +1,188 @@
+//! The filter's counters: their names (one prefix, listed in the README) and which counter a
+//! refusal moves. The host side (`host::metrics`) defines and increments them.
+
+/// Every counter the filter keeps. Envoy puts custom wasm stats in its `wasmcustom` namespace:
+/// `wasmcustom.immutable_tags.<name>` at `/stats`, `immutable_tags_<name>` at `/stats/prometheus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Every request the filter ran on (the routes in envoy.yaml keep blob traffic away).
+    RequestsSeen,
+    /// Manifest writes (PUT, DELETE, or unreadable) the filter judged.
+    RequestsChecked,
+    /// Tags pushed that the policy leaves mutable.
+    PushesMutable,
+    /// Immutable tags pushed for the first time.
+    PushesAllowedNewTag,
+    /// Immutable tags re-pushed with the digest they already have.
+    PushesAllowedSameDigest,
+    OverwritesRefused,
+    DeletesRefused,
+    /// Manifest writes the filter cannot read with certainty (400).
+    InvalidRequestsRefused,
+    /// The registry could not tell the current digest (unreachable, timeout, 5xx, garbage): 503.
+    UpstreamErrors,
+    /// The registry answered the filter's HEAD with 401/403, passed on to the client.
+    Unauthorized,
+    /// The filter could not judge for a reason of its own (no configuration, unreadable body).
+    InternalErrors,
+    HeadCallsDispatched,
+    MapHits,
+    MapMisses,
+    /// Refusals let through because `"mode": "audit"`.
+    AuditWouldRefuse,
+}
+
+pub const PREFIX: &str = "immutable_tags.";
+
+impl Counter {
+    pub const ALL: [Counter; 15] = [
+        Counter::RequestsSeen,
+        Counter::RequestsChecked,
+        Counter::PushesMutable,
+        Counter::PushesAllowedNewTag,
+        Counter::PushesAllowedSameDigest,
+        Counter::OverwritesRefused,
+        Counter::DeletesRefused,
+        Counter::InvalidRequestsRefused,
+        Counter::UpstreamErrors,
+        Counter::Unauthorized,
+        Counter::InternalErrors,
+        Counter::HeadCallsDispatched,
+        Counter::MapHits,
+        Counter::MapMisses,
+        Counter::AuditWouldRefuse,
+    ];
+
+    /// The name without the prefix.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Counter::RequestsSeen => "requests_seen",
+            Counter::RequestsChecked => "requests_checked",
+            Counter::PushesMutable => "pushes_mutable_tag",
+            Counter::PushesAllowedNewTag => "pushes_allowed_new_tag",
+            Counter::PushesAllowedSameDigest => "pushes_allowed_same_digest",
+            Counter::OverwritesRefused => "overwrites_refused",
+            Counter::DeletesRefused => "deletes_refused",
+            Counter::InvalidRequestsRefused => "invalid_requests_refused",
+            Counter::UpstreamErrors => "upstream_errors",
+            Counter::Unauthorized => "unauthorized",
+            Counter::InternalErrors => "internal_errors",
+            Counter::HeadCallsDispatched => "head_calls_dispatched",
+            Counter::MapHits => "map_hits",
+            Counter::MapMisses => "map_misses",
+            Counter::AuditWouldRefuse => "audit_would_refuse",
+        }
+    }
+
+    pub fn name(self) -> String {
+        format!("{PREFIX}{}", self.short_name())
+    }
+
+    /// Position in `ALL`, where the host keeps the metric ids.
+    pub fn index(self) -> usize {
+        Counter::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+/// Why a request was refused: picks the counter and is logged as `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Overwrite,
+    Delete,
+    Invalid,
+    Upstream,
+    Unauthorized,
+    Internal,
+}
+
+impl Refusal {
+    /// Reads the kind from the request method and the refusal's status and code, so every
+    /// caller of the single refusal path is counted without saying so: 400 is an unreadable
+    /// request, 401/403 the registry's own answer, 503/UNAVAILABLE the registry's trouble, other
+    /// 5xx the filter's; anything else refuses a DELETE (delete protection) or a PUT (overwrite).
+    pub fn of(method: &str, status: u16, code: &str) -> Refusal {
+        match status {
+            400 => Refusal::Invalid,
+            401 | 403 => Refusal::Unauthorized,
+            _ if status == 503 || code == "UNAVAILABLE" => Refusal::Upstream,
+            500..=599 => Refusal::Internal,
+            _ if method.eq_ignore_ascii_case("DELETE") => Refusal::Delete,
+            _ => Refusal::Overwrite,
+        }
+    }
+
+    pub fn counter(self) -> Counter {
+        match self {
+            Refusal::Overwrite => Counter::OverwritesRefused,
+            Refusal::Delete => Counter::DeletesRefused,
+            Refusal::Invalid => Counter::InvalidRequestsRefused,
+            Refusal::Upstream => Counter::UpstreamErrors,
+            Refusal::Unauthorized => Counter::Unauthorized,
+            Refusal::Internal => Counter::InternalErrors,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Overwrite => "overwrite",
+            Refusal::Delete => "delete",
+            Refusal::Invalid => "invalid_request",
+            Refusal::Upstream => "upstream_error",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Internal => "internal_error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn names_are_unique_prefixed_and_stat_safe() {
+        let names: Vec<String> = Counter::ALL.iter().map(|c| c.name()).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(n.starts_with("immutable_tags."), "{n}");
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
+                "{n}"
+            );
+            assert!(!names[..i].contains(n), "duplicate {n}");
+            assert_eq!(Counter::ALL[Counter::ALL[i].index()], Counter::ALL[i]);
+        }
+        assert_eq!(
+            Counter::OverwritesRefused.name(),
+            "immutable_tags.overwrites_refused"
+        );
+    }
+
+    #[test]
+    fn refusals_pick_their_counter() {
+        assert_eq!(Refusal::of("PUT", 409, "TAG_IMMUTABLE"), Refusal::Overwrite);
+        assert_eq!(Refusal::of("PUT", 409, "DENIED"), Refusal::Overwrite);
+        assert_eq!(Refusal::of("delete", 409, "TAG_IMMUTABLE"), Refusal::Delete);
+        assert_eq!(Refusal::of("DELETE", 405, "UNSUPPORTED"), Refusal::Delete);
+        assert_eq!(Refusal::of("DELETE", 400, "NAME_INVALID"), Refusal::Invalid);
+        assert_eq!(
+            Refusal::of("PUT", 400, "MANIFEST_INVALID"),
+            Refusal::Invalid
+        );
+        assert_eq!(Refusal::of("PUT", 503, "UNAVAILABLE"), Refusal::Upstream);
+        assert_eq!(Refusal::of("DELETE", 503, "UNAVAILABLE"), Refusal::Upstream);
+        assert_eq!(
+            Refusal::of("PUT", 401, "UNAUTHORIZED"),
+            Refusal::Unauthorized
+        );
+        assert_eq!(Refusal::of("PUT", 403, "DENIED"), Refusal::Unauthorized);
+        assert_eq!(
+            Refusal::of("PUT", 500, "MANIFEST_INVALID"),
+            Refusal::Internal
+        );
+        assert_eq!(Refusal::Delete.counter(), Counter::DeletesRefused);
+        assert_eq!(Refusal::Upstream.as_str(), "upstream_error");
+    }
+}
