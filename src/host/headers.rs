@@ -1,16 +1,13 @@
-//! Header and clock access that never panics: values are read as bytes (the SDK's `String`
-//! getters unwrap on non-UTF-8) and anything unreadable is `None`.
-use proxy_wasm::hostcalls;
+//! Header, body, property and clock access that never panics: values are read as bytes (the
+//! SDK's `String` getters unwrap on non-UTF-8) through `abi`, and anything unreadable is `None`.
+use super::abi;
 use proxy_wasm::types::{BufferType, MapType};
-use std::time::UNIX_EPOCH;
 
 fn value(map: MapType, name: &str) -> Option<String> {
-    match hostcalls::get_map_value_bytes(map, name) {
-        Ok(Some(v)) => String::from_utf8(v).ok(),
-        _ => None,
-    }
+    abi::header(map, name).ok().flatten().and_then(|v| String::from_utf8(v).ok())
 }
 
+/// A request header. Only valid in the request-headers phase: Envoy refuses the read later.
 pub fn request(name: &str) -> Option<String> {
     value(MapType::HttpRequestHeaders, name)
 }
@@ -23,33 +20,25 @@ pub fn call_response(name: &str) -> Option<String> {
     value(MapType::HttpCallResponseHeaders, name)
 }
 
-/// The whole buffered request body; `None` if the host will not give it.
-pub fn request_body(size: usize) -> Option<Vec<u8>> {
-    match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
-        Ok(b) => Some(b.unwrap_or_default()),
-        Err(_) => None,
-    }
+fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
+    abi::buffer(kind, 0, size).ok().map(Option::unwrap_or_default)
 }
 
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// The whole buffered request body; `None` if the host will not give it.
+pub fn request_body(size: usize) -> Option<Vec<u8>> {
+    body(BufferType::HttpRequestBody, size)
 }
 
 /// The body of a dispatched call's answer; `None` if the host will not give it.
 pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
-    match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size) {
-        Ok(b) => Some(b.unwrap_or_default()),
-        Err(_) => None,
-    }
+    body(BufferType::HttpCallResponseBody, size)
 }
 
 /// A host property as text (e.g. `["source", "address"]`); `None` if absent or unreadable.
 pub fn property(path: &[&str]) -> Option<String> {
-    match hostcalls::get_property(path.to_vec()) {
-        Ok(Some(v)) => String::from_utf8(v).ok(),
-        _ => None,
-    }
+    abi::property(path).ok().flatten().and_then(|v| String::from_utf8(v).ok())
+}
+
+pub fn now_ms() -> u64 {
+    abi::now_nanos().map_or(0, |n| n / 1_000_000)
 }

@@ -10,7 +10,7 @@
 //! `super::deletes` lists and checks the repository's immutable tags, then resumed or refused.
 use super::deletes::{DigestDelete, Next};
 use super::root::Worker;
-use super::{headers, log, upstream};
+use super::{abi, headers, log, upstream};
 use crate::deletes::tag_delete;
 use crate::audit::{self, RequestInfo};
 use crate::config::Mode;
@@ -19,7 +19,6 @@ use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::request::{classify, Reference, Request};
 use crate::verdict::{judge, read_head, Current, Verdict};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use serde_json::json;
@@ -122,7 +121,7 @@ impl Filter {
         }
         let mut hdrs: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         hdrs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        if let Err(s) = hostcalls::send_http_response(u32::from(err.status), hdrs, Some(err.body().as_bytes())) {
+        if let Err(s) = abi::send_local_response(u32::from(err.status), &hdrs, err.body().as_bytes()) {
             log::error(&format!("immutable-tags: cannot send local reply ({s:?})"));
         }
         self.state = State::Done;
@@ -257,7 +256,7 @@ impl Filter {
 }
 
 fn resume_request(after: &str) {
-    if let Err(s) = hostcalls::resume_http_request() {
+    if let Err(s) = abi::resume_request() {
         log::error(&format!("immutable-tags: cannot resume request after {after} ({s:?})"));
     }
 }

@@ -1,7 +1,9 @@
 //! proxy-wasm glue: reads host values, calls the pure core, acts on its answer. Every host call
-//! goes through `proxy_wasm::hostcalls`, whose `Result`s we handle: the SDK's trait helpers
-//! `unwrap()` host results, and a panic would trap the VM for every later request.
+//! goes through `abi`, which turns every host status into a `Result`: the SDK's trait helpers
+//! and `hostcalls` wrappers panic on statuses they do not expect, and a panic traps the VM for
+//! every later request.
 
+mod abi;
 mod deletes;
 mod headers;
 mod http;

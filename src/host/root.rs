@@ -1,11 +1,11 @@
 //! The root context: loads the configuration (refusing a bad one, so Envoy never runs an
 //! unprotected listener) and owns what the worker's HTTP contexts share.
+use super::abi;
 use super::http::Filter;
 use super::log;
 use super::metrics::Metrics;
 use crate::cache::TagCache;
 use crate::config::Config;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
@@ -27,7 +27,7 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        let bytes = match abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(s) => {
                 log::error(&format!("immutable-tags {}: cannot read plugin configuration ({s:?})", crate::BUILD));

@@ -1,0 +1,166 @@
+//! The proxy-wasm host calls this filter makes, declared here so that every status the host
+//! returns is a value we handle. The SDK's `hostcalls` wrappers `panic!` on any status they do
+//! not expect (Envoy answers BadArgument to a request-header read after the headers phase, for
+//! example), and a panic traps the VM for every later request. Statuses are read as raw `u32`:
+//! an unknown value is an error here, not undefined behaviour.
+//!
+//! Dispatching HTTP calls stays with the SDK (`hostcalls::dispatch_http_call`), because the SDK
+//! must register the call to route its answer to our context; it returns `Err` for the statuses
+//! Envoy gives it (Ok, BadArgument, InternalFailure).
+#![allow(clashing_extern_declarations)] // the SDK declares the same imports with enum types
+
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+use std::ptr::{null, null_mut};
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+}
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+const STREAM_HTTP_REQUEST: u32 = 0;
+
+/// A host status other than Ok.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u32);
+
+fn check(status: u32) -> Result<(), Status> {
+    if status == OK {
+        Ok(())
+    } else {
+        Err(Status(status))
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's exported allocator.
+///
+/// # Safety
+/// `data`/`size` must come from a host call that just returned Ok with them.
+unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// Reads something the host returns as bytes: `Ok(None)` for NotFound.
+fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec<u8>>, Status> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    match call(&mut data, &mut size) {
+        // SAFETY: the host returned Ok with a buffer it allocated for us.
+        OK => Ok(Some(unsafe { owned(data, size) })),
+        NOT_FOUND => Ok(None),
+        s => Err(Status(s)),
+    }
+}
+
+pub fn log(level: LogLevel, message: &str) -> Result<(), Status> {
+    // SAFETY: pointer and length of a live &str.
+    check(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
+}
+
+pub fn now_nanos() -> Result<u64, Status> {
+    let mut t = 0u64;
+    // SAFETY: the host writes one u64 through a valid pointer.
+    check(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
+    Ok(t)
+}
+
+pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    // SAFETY: valid key pointer/length; out-pointers are valid for the call.
+    read(|d, s| unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), d, s) })
+}
+
+pub fn buffer(kind: BufferType, start: usize, max_size: usize) -> Result<Option<Vec<u8>>, Status> {
+    // SAFETY: out-pointers are valid for the call.
+    read(|d, s| unsafe { proxy_get_buffer_bytes(kind as u32, start, max_size, d, s) })
+}
+
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    // The host's path encoding: each segment followed by a NUL.
+    let mut p = Vec::new();
+    for seg in path {
+        p.extend_from_slice(seg.as_bytes());
+        p.push(0);
+    }
+    // SAFETY: valid path pointer/length; out-pointers are valid for the call.
+    read(|d, s| unsafe { proxy_get_property(p.as_ptr(), p.len(), d, s) })
+}
+
+/// Serializes header pairs in the host's map format: count, (key len, value len)*, then each
+/// key and value NUL-terminated; lengths are little-endian u32.
+fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut out = Vec::new();
+    out.extend_from_slice(&len(pairs.len()));
+    for (k, v) in pairs {
+        out.extend_from_slice(&len(k.len()));
+        out.extend_from_slice(&len(v.len()));
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
+    let h = serialize(headers);
+    // SAFETY: valid pointers and lengths for the duration of the call; -1: no gRPC status.
+    check(unsafe { proxy_send_local_response(status, null(), 0, body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1) })
+}
+
+pub fn resume_request() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
+}
+
+pub fn define_counter(name: &str) -> Result<u32, Status> {
+    let mut id = 0u32;
+    // SAFETY: valid name pointer/length; the host writes one u32.
+    check(unsafe { proxy_define_metric(MetricType::Counter as u32, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment(id: u32, by: i64) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_increment_metric(id, by) })
+}
