@@ -9,6 +9,7 @@
 )]
 
 pub mod cache;
+pub mod claims;
 pub mod config;
 pub mod digest;
 pub mod exclusions;
