@@ -15,6 +15,27 @@ pub struct Config {
     pub policy: Policy,
     pub error_code: String,
     pub cache: CacheSettings,
+    pub claims: ClaimSettings,
+    pub on_upstream_error: OnUpstreamError,
+}
+
+/// Process-wide tag claims (see `claims`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimSettings {
+    /// How long a claim (and a committed record) lives; above the longest a push can take.
+    pub ttl_ms: u64,
+    /// Number of shared-data slots the claims hash into: the memory bound.
+    pub slots: u32,
+}
+
+/// What to do with a push to an immutable tag when the registry cannot tell its current digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUpstreamError {
+    /// Refuse with 503 (the default: nothing passes unchecked).
+    Refuse,
+    /// Let the push through unchecked (only when set explicitly).
+    Allow,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +95,16 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     protect_signature_tags: bool,
+    #[serde(default)]
+    claims: RawClaims,
+    on_upstream_error: Option<OnUpstreamError>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClaims {
+    ttl_seconds: Option<u64>,
+    slots: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -129,7 +160,7 @@ impl Config {
         };
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         format!(
-            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}",
+            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; claims ttl_seconds={} slots={}; on_upstream_error={:?}",
             scope(&p.global),
             repos.join(", "),
             p.protect_signature_tags,
@@ -137,7 +168,10 @@ impl Config {
             self.upstream.cluster,
             self.upstream.timeout_ms,
             self.cache.max_entries,
-            self.cache.ttl_seconds
+            self.cache.ttl_seconds,
+            self.claims.ttl_ms / 1000,
+            self.claims.slots,
+            self.on_upstream_error
         )
     }
 }
@@ -173,6 +207,14 @@ impl RawConfig {
         if ttl_seconds > 86_400 {
             return Err(err("cache.ttl_seconds", ttl_seconds, "must be at most 86400 (0 disables the cache)"));
         }
+        let claim_ttl = self.claims.ttl_seconds.unwrap_or(60);
+        if !(1..=3600).contains(&claim_ttl) {
+            return Err(err("claims.ttl_seconds", claim_ttl, "must be between 1 and 3600"));
+        }
+        let slots = self.claims.slots.unwrap_or(1024);
+        if !(1..=16_384).contains(&slots) {
+            return Err(err("claims.slots", slots, "must be between 1 and 16384"));
+        }
         let global = compile_scope("global", self.global)?;
         let mut repositories = Vec::new();
         for (name, raw) in self.repository {
@@ -191,6 +233,8 @@ impl RawConfig {
             policy: Policy::new(global, repositories, self.protect_signature_tags),
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
+            claims: ClaimSettings { ttl_ms: claim_ttl * 1000, slots },
+            on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
         })
     }
 }
@@ -231,6 +275,8 @@ mod tests {
         assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000 });
         assert_eq!(c.error_code, "TAG_IMMUTABLE");
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
+        assert_eq!(c.claims, ClaimSettings { ttl_ms: 60_000, slots: 1024 });
+        assert_eq!(c.on_upstream_error, OnUpstreamError::Refuse, "refusing is the default");
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
     }
@@ -330,5 +376,20 @@ mod tests {
         assert_eq!(bad(r#"{"upstream": {"cluster": ""}}"#).field, "upstream.cluster");
         assert!(bad("{not json").to_string().contains("invalid configuration"));
         assert!(bad("[]").to_string().contains("invalid configuration"));
+    }
+
+    #[test]
+    fn claims_and_on_upstream_error() {
+        let c = cfg(r#"{"claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
+        assert_eq!(c.claims, ClaimSettings { ttl_ms: 5_000, slots: 8 });
+        assert_eq!(c.on_upstream_error, OnUpstreamError::Allow);
+        assert_eq!(cfg(r#"{"on_upstream_error": "refuse"}"#).on_upstream_error, OnUpstreamError::Refuse);
+        let e = bad(r#"{"on_upstream_error": "ALLOW"}"#);
+        assert_eq!(e.field, "on_upstream_error");
+        assert!(e.reason.contains("unknown variant"), "{e}");
+        assert_eq!(bad(r#"{"claims": {"ttl_seconds": 0}}"#).field, "claims.ttl_seconds");
+        assert_eq!(bad(r#"{"claims": {"slots": 0}}"#).field, "claims.slots");
+        assert_eq!(bad(r#"{"claims": {"slots": 100000}}"#).field, "claims.slots");
+        assert_eq!(bad(r#"{"claims": {"ttl": 1}}"#).field, "claims.ttl");
     }
 }

@@ -6,7 +6,9 @@
 //! until then and replays it to `on_http_request_body`; with it the body may arrive first. Either
 //! way the decision is taken once both are known, in whichever callback completes the pair.
 use super::root::Worker;
-use super::{headers, log, upstream};
+use super::{claims, headers, log, upstream};
+use crate::claims::absence_still_fenced;
+use crate::config::OnUpstreamError;
 use crate::digest::Digest;
 use crate::oci_error::OciError;
 use crate::request::{classify, Request};
@@ -27,8 +29,9 @@ enum State {
     Pass,
     /// A push to at least one immutable tag, being checked.
     Check(Box<Push>),
-    /// Let through; learn the tags' digest from the registry's answer.
-    Allowed { repository: String, tags: Vec<String> },
+    /// Let through; learn the tags' digest from the registry's answer, and commit (2xx) or
+    /// release (anything else, or a stream that dies first) the tags' claims.
+    Allowed { repository: String, tags: Vec<String>, claims: Vec<TagClaim> },
     /// Answered locally.
     Done,
 }
@@ -39,6 +42,16 @@ struct Push {
     /// The complete request body, once it has arrived.
     body: Option<Vec<u8>>,
     headers_paused: bool,
+    /// When the tags' state was looked up: an "absent" older than the claim TTL is not trusted.
+    looked_up_ms: u64,
+}
+
+/// A tag's process-wide claim (see `claims`), taken just before the push is let through.
+struct TagClaim {
+    tag: String,
+    digest: String,
+    /// Whether this push holds the claim (and so must release it if the push fails).
+    held: bool,
 }
 
 struct TagCheck {
@@ -60,7 +73,7 @@ impl Push {
 
 /// What to do with the request once a decision is taken.
 enum Outcome {
-    Allow,
+    Allow(Vec<TagClaim>),
     Refuse(OciError, Vec<(&'static str, String)>),
 }
 
@@ -92,7 +105,8 @@ impl Filter {
         let authority = headers::request(":authority");
         let authorization = headers::request("authorization");
         let now = headers::now_ms();
-        let mut push = Push { repository, tags: Vec::new(), body: end_of_stream.then(Vec::new), headers_paused: false };
+        let mut push =
+            Push { repository, tags: Vec::new(), body: end_of_stream.then(Vec::new), headers_paused: false, looked_up_ms: now };
         for (tag, reason) in checks {
             let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&push.repository, &tag, now));
             let lookup = match cached {
@@ -105,6 +119,10 @@ impl Filter {
                     &tag,
                 ) {
                     Ok(token) => Lookup::Pending(token),
+                    Err(why) if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+                        log::warn(&format!("immutable-tags: {}:{tag}: {why}; allowed (on_upstream_error = allow)", push.repository));
+                        Lookup::Known(None)
+                    }
                     Err(why) => {
                         log::warn(&format!("immutable-tags: {why}"));
                         self.respond(&OciError::upstream(&push.repository, &tag, &why), &[]);
@@ -133,9 +151,9 @@ impl Filter {
         let Some(body) = &push.body else { return None };
         let worker = self.worker.clone()?;
         match decide(&worker, push, body) {
-            Outcome::Allow => {
+            Outcome::Allow(claims) => {
                 let tags = push.tags.iter().map(|t| t.tag.clone()).collect();
-                self.state = State::Allowed { repository: push.repository.clone(), tags };
+                self.state = State::Allowed { repository: push.repository.clone(), tags, claims };
                 Some(Action::Continue)
             }
             Outcome::Refuse(err, extra) => {
@@ -170,12 +188,14 @@ fn first_tag(push: &Push) -> String {
 
 fn decide(worker: &Worker, push: &Push, body: &[u8]) -> Outcome {
     let sha256 = Digest::sha256(body);
+    let mut allowed = Vec::new();
     for t in &push.tags {
         let Lookup::Known(current) = &t.lookup else { continue };
         let pushed = match current {
             Some(c) if c.algorithm() != sha256.algorithm() => Digest::of(c.algorithm(), body),
             _ => sha256.clone(),
         };
+        allowed.push((t, current.is_none(), pushed.to_string()));
         if let Verdict::Overwrite { current } = judge(current.as_ref(), &pushed) {
             let err = OciError::new(
                 409,
@@ -196,10 +216,83 @@ fn decide(worker: &Worker, push: &Push, body: &[u8]) -> Outcome {
             return Outcome::Refuse(err, Vec::new());
         }
     }
-    Outcome::Allow
+    claim_all(worker, push, allowed)
+}
+
+/// Claims every tag of a push about to be let through (see `claims`); on any refusal, gives
+/// back the claims already taken and refuses the whole push.
+fn claim_all(worker: &Worker, push: &Push, allowed: Vec<(&TagCheck, bool, String)>) -> Outcome {
+    let settings = &worker.config.claims;
+    let now = headers::now_ms();
+    let mut taken: Vec<TagClaim> = Vec::new();
+    let give_back = |taken: &[TagClaim]| {
+        for c in taken.iter().filter(|c| c.held) {
+            claims::release(settings, &push.repository, &c.tag, &c.digest, now);
+        }
+    };
+    for (t, absent, pushed) in allowed {
+        if absent && !absence_still_fenced(push.looked_up_ms, now, settings.ttl_ms) {
+            give_back(&taken);
+            let why = "the push took longer than claims.ttl_seconds; retry it";
+            return Outcome::Refuse(OciError::upstream(&push.repository, &t.tag, why), Vec::new());
+        }
+        match claims::claim(settings, &push.repository, &t.tag, &pushed, now) {
+            claims::Claimed::Proceed { held } => taken.push(TagClaim { tag: t.tag.clone(), digest: pushed, held }),
+            claims::Claimed::Conflict { digest, committed } => {
+                give_back(&taken);
+                let detail = if committed { "was just pushed with another manifest" } else { "is being pushed with another manifest (a push of that tag is in flight)" };
+                let err = OciError::new(
+                    409,
+                    &worker.config.error_code,
+                    format!("Tag '{}' is immutable and cannot be overwritten", t.tag),
+                    json!({
+                        "repository": push.repository,
+                        "tag": t.tag,
+                        "current_digest": digest,
+                        "pushed_digest": pushed,
+                        "reason": t.reason,
+                        "in_flight": format!("tag '{}' {detail}", t.tag),
+                    }),
+                );
+                log::info(&format!(
+                    "immutable-tags: refused concurrent push of {}:{} ({pushed}; claimed by {digest})",
+                    push.repository, t.tag
+                ));
+                return Outcome::Refuse(err, Vec::new());
+            }
+            claims::Claimed::Unavailable(why) => {
+                give_back(&taken);
+                log::warn(&format!("immutable-tags: {}:{}: {why}", push.repository, t.tag));
+                return Outcome::Refuse(OciError::upstream(&push.repository, &t.tag, &why), Vec::new());
+            }
+        }
+    }
+    Outcome::Allow(taken)
+}
+
+/// Commits (the registry stored the push) or releases a push's claims.
+fn settle(worker: &Worker, repository: &str, tag_claims: &[TagClaim], stored: bool) {
+    let now = headers::now_ms();
+    for c in tag_claims {
+        if stored {
+            claims::commit(&worker.config.claims, repository, &c.tag, &c.digest, now);
+        } else if c.held {
+            claims::release(&worker.config.claims, repository, &c.tag, &c.digest, now);
+        }
+    }
 }
 
 impl Context for Filter {
+    /// The stream ended. A push let through that never saw the registry's answer (client gone,
+    /// upstream reset) gives its claims back now rather than at expiry.
+    fn on_done(&mut self) -> bool {
+        if let (State::Allowed { repository, claims, .. }, Some(worker)) = (&self.state, self.worker.clone()) {
+            settle(&worker, repository, claims, false);
+            self.state = State::Pass;
+        }
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
         let Some(worker) = self.worker.clone() else { return };
         let State::Check(push) = &mut self.state else { return };
@@ -227,6 +320,10 @@ impl Context for Filter {
                 let extra: Vec<(&str, String)> = challenge.map(|c| ("www-authenticate", c)).into_iter().collect();
                 self.respond(&err, &extra);
                 return;
+            }
+            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+                log::warn(&format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", push.repository, check.tag));
+                check.lookup = Lookup::Known(None);
             }
             Current::Unknown { reason } => {
                 log::warn(&format!("immutable-tags: {}:{}: {reason}", push.repository, check.tag));
@@ -298,9 +395,11 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let State::Allowed { repository, tags } = &self.state else { return Action::Continue };
-        let Some(worker) = &self.worker else { return Action::Continue };
+        let State::Allowed { repository, tags, claims } = &self.state else { return Action::Continue };
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
         let status = headers::response(":status");
+        let stored = status.as_deref().is_some_and(|s| s.len() == 3 && s.starts_with('2'));
+        settle(&worker, repository, claims, stored);
         let digest = headers::response("docker-content-digest").and_then(|d| Digest::parse(d.trim()));
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
             match (status.as_deref(), digest) {
@@ -317,6 +416,7 @@ impl HttpContext for Filter {
                 }
             }
         }
+        self.state = State::Pass;
         Action::Continue
     }
 }

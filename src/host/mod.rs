@@ -2,6 +2,7 @@
 //! goes through `proxy_wasm::hostcalls`, whose `Result`s we handle: the SDK's trait helpers
 //! `unwrap()` host results, and a panic would trap the VM for every later request.
 
+mod claims;
 mod headers;
 mod http;
 mod log;

@@ -35,6 +35,7 @@ impl RootContext for Root {
         match Config::from_json(&bytes) {
             Ok(config) => {
                 log::info(&format!("immutable-tags {}: policy loaded: {}", crate::BUILD, config.summary()));
+                super::claims::create_slots(&config.claims);
                 let cache = TagCache::new(config.cache.max_entries, config.cache.ttl_seconds);
                 self.worker = Some(Rc::new(Worker { config: Rc::new(config), cache: RefCell::new(cache) }));
                 true
