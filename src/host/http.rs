@@ -11,7 +11,7 @@ use crate::claims::absence_still_fenced;
 use crate::config::OnUpstreamError;
 use crate::digest::Digest;
 use crate::oci_error::OciError;
-use crate::request::{classify, Request};
+use crate::request::{classify, refuses_method_override, Request, METHOD_OVERRIDE_HEADERS};
 use crate::verdict::{judge, read_head, Current, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -358,6 +358,11 @@ impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let method = headers::request(":method").unwrap_or_default();
         let path = headers::request(":path").unwrap_or_default();
+        if METHOD_OVERRIDE_HEADERS.iter().any(|h| headers::request(h).is_some()) && refuses_method_override(&path) {
+            let msg = "Method override headers are not accepted on manifest routes";
+            self.respond(&OciError::unclassifiable("UNSUPPORTED", msg, &path), &[]);
+            return Action::Pause;
+        }
         match classify(&method, &path) {
             Request::Other | Request::ManifestRead { .. } | Request::ManifestDelete { .. } => Action::Continue,
             Request::Invalid(err) => {
