@@ -21,5 +21,9 @@ pub mod verdict;
 #[cfg(target_os = "wasi")]
 mod host;
 
+// Property tests over the pure core (proptest is a native-only dev-dependency).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod fuzz;
+
 /// Crate version and git commit, stamped by `build.rs`.
 pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IMMUTABLE_TAGS_COMMIT"), ")");
