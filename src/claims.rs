@@ -14,7 +14,8 @@
 //! every write. This module is pure: it turns a slot's bytes and `now` into a decision and the
 //! bytes to write back; `host::claims` does the reads and CAS writes.
 
-/// Live records one slot may hold; a claim that finds its slot full is refused (503).
+/// Live records one slot may hold. A claim that finds its slot full evicts the oldest committed
+/// record, or is refused (503) if all are claims in flight.
 pub const MAX_RECORDS: usize = 16;
 
 /// Every slot starts with this line, so an existing slot is never empty (an empty value and a
@@ -85,6 +86,30 @@ impl Slot {
     fn find(&mut self, repository: &str, tag: &str) -> Option<&mut Record> {
         self.records.iter_mut().find(|r| r.is(repository, tag))
     }
+
+    /// Makes room for one more record: when full, the committed record closest to expiry
+    /// goes (it only fences pushes whose HEAD ran before its commit, and the oldest commit is
+    /// the least likely to still have one in flight). Claims in flight are never evicted:
+    /// `false` if the slot is full of them.
+    fn make_room(&mut self) -> bool {
+        if self.records.len() < MAX_RECORDS {
+            return true;
+        }
+        let oldest = self
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.kind == Kind::Committed)
+            .min_by_key(|(_, r)| r.expires_ms)
+            .map(|(i, _)| i);
+        match oldest {
+            Some(i) => {
+                self.records.remove(i);
+                self.records.len() < MAX_RECORDS
+            }
+            None => false,
+        }
+    }
 }
 
 fn parse_record(line: &str) -> Option<Record> {
@@ -138,7 +163,7 @@ pub enum Claim {
     Proceed,
     /// Another digest holds the tag: refuse with 409. `committed`: it is already stored.
     Conflict { digest: String, committed: bool },
-    /// The slot holds [`MAX_RECORDS`] live records: refuse with 503 rather than grow.
+    /// The slot holds [`MAX_RECORDS`] claims in flight: refuse with 503 rather than grow.
     Full,
 }
 
@@ -160,7 +185,7 @@ pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u64
         }
         return Claim::Write(s.encode());
     }
-    if s.records.len() >= MAX_RECORDS {
+    if !s.make_room() {
         return Claim::Full;
     }
     s.records.push(Record {
@@ -175,7 +200,7 @@ pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u64
 }
 
 /// The registry stored `digest` under the tag: keep a committed record for one more TTL.
-/// `None`: nothing to write (no room for a record whose claim had already expired).
+/// `None`: nothing to write (the claim had expired and the slot is full of claims in flight).
 pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms);
@@ -186,7 +211,7 @@ pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u6
         r.holders = 0;
         r.digest = digest.to_string();
         r.expires_ms = expires_ms;
-    } else if s.records.len() < MAX_RECORDS {
+    } else if s.make_room() {
         s.records.push(Record {
             kind: Kind::Committed,
             expires_ms,
@@ -313,6 +338,24 @@ mod tests {
         assert_eq!(commit(&s, "app", "new", D, 1, TTL), None);
         let s = written(claim(&s, "app", "new", D, TTL, TTL));
         assert_eq!(Slot::decode(&s).records.len(), 1);
+    }
+
+    #[test]
+    fn a_full_slot_evicts_the_oldest_commit_first() {
+        let mut s = empty_slot();
+        for i in 0..MAX_RECORDS as u64 {
+            let tag = format!("t{i}");
+            s = written(claim(&s, "app", &tag, D, i, TTL));
+            s = commit(&s, "app", &tag, D, i, TTL).unwrap();
+        }
+        s = written(claim(&s, "app", "new", E, 100, TTL));
+        let recs = Slot::decode(&s).records;
+        assert_eq!(recs.len(), MAX_RECORDS);
+        assert!(!recs.iter().any(|r| r.tag == "t0"), "the oldest commit went");
+        assert!(recs.iter().any(|r| r.tag == "t1"));
+        // Claims in flight are never evicted.
+        let s = commit(&s, "app", "late", E, 101, TTL).unwrap();
+        assert!(Slot::decode(&s).records.iter().any(|r| r.tag == "new" && r.kind == Kind::Claimed));
     }
 
     #[test]

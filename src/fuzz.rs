@@ -294,7 +294,10 @@ proptest! {
                             let conflict = matches!(claims::claim(&slot, r, t, other, now, TTL), Claim::Conflict { .. });
                             prop_assert!(conflict, "a live claim fences another digest");
                         }
-                        Claim::Full => prop_assert!(Slot::decode(&slot).records.iter().filter(|x| x.expires_ms > now).count() >= MAX_RECORDS),
+                        Claim::Full => {
+                            let live_claims = Slot::decode(&slot).records.iter().filter(|x| x.expires_ms > now && x.kind == claims::Kind::Claimed).count();
+                            prop_assert!(live_claims >= MAX_RECORDS, "refused only when full of claims in flight");
+                        }
                         Claim::Proceed | Claim::Conflict { .. } => {}
                     }
                 }

@@ -81,3 +81,20 @@ def test_same_digest_pushed_concurrently_never_conflicts(stacks, registry, stop_
             assert r.status == 503 and "status 500" in r.json()["errors"][0]["message"], r
     assert current_digest(registry.url, repo, "v1") == sha256(m)
     assert put_manifest(envoy.url, repo, "v1", m).status == 201, "identical re-push (a CI retry) succeeds"
+
+
+def test_tiny_bounds_hold_far_more_tags_and_still_protect(stacks, registry, uid):
+    """One claim slot (16 records) and a 2-entry tag map, then 60 distinct tags: every push is
+    judged, none is refused for lack of room (old commits make way), overwrites still fail."""
+    policy = dict(SAMPLE_POLICY, cache={"max_entries": 2, "ttl_seconds": 60}, claims={"slots": 1, "ttl_seconds": 60})
+    envoy = stacks.envoy(registry, policy, True)
+    repo = f"bounds-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    tags = [f"v{i}" for i in range(60)]
+    for t in tags:
+        r = put_manifest(envoy.url, repo, t, m1)
+        assert r.status == 201, (t, r)
+    for t in tags[::7]:
+        assert put_manifest(envoy.url, repo, t, m2).status == 409, t
+        assert current_digest(registry.url, repo, t) == sha256(m1)
