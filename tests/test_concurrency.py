@@ -17,6 +17,7 @@ def test_racing_pushes_to_a_new_tag_exactly_one_wins(stacks, registry, stop_on_h
     manifests = [make_manifest(registry.url, repo, f"client-{i}") for i in range(CLIENTS)]
     assert len({sha256(m) for m in manifests}) == CLIENTS
 
+    in_flight_seen = 0
     for round_ in range(ROUNDS):
         tag = f"v{round_}.0.0"
         barrier = threading.Barrier(CLIENTS)
@@ -48,12 +49,16 @@ def test_racing_pushes_to_a_new_tag_exactly_one_wins(stacks, registry, stop_on_h
             assert err["code"] == "TAG_IMMUTABLE", err
             assert err["detail"]["tag"] == tag and err["detail"]["pushed_digest"] == sha256(manifests[i]), err
             assert err["detail"]["current_digest"] == won, err
+            if "in_flight" in err["detail"]:  # refused by the claim, before the registry had it
+                assert won in err["detail"]["in_flight"], err
+                in_flight_seen += 1
 
         # Afterwards the tag behaves like any pushed tag: the winner may re-push, others may not.
         assert put_manifest(envoy.url, repo, tag, manifests[winners[0]]).status == 201
         loser = (winners[0] + 1) % CLIENTS
         assert put_manifest(envoy.url, repo, tag, manifests[loser]).status == 409
         assert current_digest(registry.url, repo, tag) == won
+    assert in_flight_seen > 0, "some pushes met the claim while the winner was in flight"
 
 
 def test_same_digest_pushed_concurrently_never_conflicts(stacks, registry, stop_on_headers, uid):

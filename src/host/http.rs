@@ -240,20 +240,21 @@ fn claim_all(worker: &Worker, push: &Push, allowed: Vec<(&TagCheck, bool, String
             claims::Claimed::Proceed { held } => taken.push(TagClaim { tag: t.tag.clone(), digest: pushed, held }),
             claims::Claimed::Conflict { digest, committed } => {
                 give_back(&taken);
-                let detail = if committed { "was just pushed with another manifest" } else { "is being pushed with another manifest (a push of that tag is in flight)" };
-                let err = OciError::new(
-                    409,
-                    &worker.config.error_code,
-                    format!("Tag '{}' is immutable and cannot be overwritten", t.tag),
-                    json!({
-                        "repository": push.repository,
-                        "tag": t.tag,
-                        "current_digest": digest,
-                        "pushed_digest": pushed,
-                        "reason": t.reason,
-                        "in_flight": format!("tag '{}' {detail}", t.tag),
-                    }),
-                );
+                let mut detail = json!({
+                    "repository": push.repository,
+                    "tag": t.tag,
+                    "current_digest": digest,
+                    "pushed_digest": pushed,
+                    "reason": t.reason,
+                });
+                if !committed {
+                    // The registry does not hold it yet: say why it is refused all the same.
+                    if let Some(d) = detail.as_object_mut() {
+                        d.insert("in_flight".into(), json!(format!("a push of tag '{}' with digest {digest} is in flight", t.tag)));
+                    }
+                }
+                let msg = format!("Tag '{}' is immutable and cannot be overwritten", t.tag);
+                let err = OciError::new(409, &worker.config.error_code, msg, detail);
                 log::info(&format!(
                     "immutable-tags: refused concurrent push of {}:{} ({pushed}; claimed by {digest})",
                     push.repository, t.tag
