@@ -1,9 +1,15 @@
-"""Upstream trouble is never a bypass: the push is refused with an OCI JSON body."""
+"""Upstream trouble is never a bypass: the push is refused with an OCI JSON body, and the filter
+recovers by itself once the registry answers again."""
 from __future__ import annotations
 
+import time
+
+import pytest
+
 import stack
-from oci import current_digest, make_manifest, put_manifest, sha256
 from conftest import SAMPLE_POLICY
+from fakes import FaultyUpstream
+from oci import current_digest, make_manifest, put_manifest, request, sha256
 
 
 def test_registry_down_refuses_and_recovers(stacks, workdir, stop_on_headers, uid):
@@ -35,12 +41,6 @@ def test_registry_down_refuses_and_recovers(stacks, workdir, stop_on_headers, ui
 
 
 # --- a misbehaving upstream on loopback (fakes.FaultyUpstream) ------------------------------
-
-import time  # noqa: E402
-
-import pytest  # noqa: E402
-
-from fakes import FaultyUpstream  # noqa: E402
 
 # Every HEAD goes to the upstream (no map), and a stalled HEAD times out quickly.
 FAULT_POLICY = dict(SAMPLE_POLICY, upstream={"cluster": "registry", "timeout_ms": 500}, cache={"ttl_seconds": 0})
@@ -139,7 +139,6 @@ def test_dead_stream_releases_its_claim(stacks, registry, faulty, stop_on_header
     faulty.fault = "put-stall"
     try:
         with pytest.raises(OSError):  # socket.timeout: the client gives up
-            from oci import request
             request(envoy.url, "PUT", f"/v2/{repo}/manifests/v1", body=m1,
                     headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, timeout=1)
     finally:
