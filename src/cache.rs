@@ -36,13 +36,19 @@ impl TagCache {
 
     /// The digest learned for `repository:tag`, if learned less than `ttl` ago.
     pub fn get(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<Digest> {
+        self.get_since(repository, tag, now_ms).map(|(d, _)| d)
+    }
+
+    /// Like `get`, with the time the entry was learned: what the map says is only known to be
+    /// true since then.
+    pub fn get_since(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<(Digest, u64)> {
         let key = Self::key(repository, tag);
         let fresh = match self.map.get(&key) {
             None => return None,
             Some(e) => now_ms.saturating_sub(e.learned_at_ms) < self.ttl_ms,
         };
         if fresh {
-            self.map.peek(&key).map(|e| e.digest.clone())
+            self.map.peek(&key).map(|e| (e.digest.clone(), e.learned_at_ms))
         } else {
             self.map.pop(&key);
             None
@@ -102,6 +108,7 @@ mod tests {
         let mut c = TagCache::new(10, 60);
         c.put("app", "v1", d("a"), 1_000);
         assert_eq!(c.get("app", "v1", 60_999), Some(d("a")));
+        assert_eq!(c.get_since("app", "v1", 60_999), Some((d("a"), 1_000)));
         assert_eq!(c.get("app", "v1", 61_000), None);
         assert!(c.is_empty(), "a stale entry is removed on lookup");
         assert_eq!(c.get("app", "v2", 0), None);

@@ -18,6 +18,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub deletes: DeleteSettings,
     pub mode: Mode,
+    pub claims: ClaimSettings,
+    pub on_upstream_error: OnUpstreamError,
 }
 
 /// `enforce` refuses; `audit` evaluates everything the same way, logs and counts what it would
@@ -36,6 +38,25 @@ impl Mode {
             Mode::Audit => "audit",
         }
     }
+}
+
+/// Process-wide tag claims (see `claims`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimSettings {
+    /// How long a claim (and a committed record) lives; above the longest a push can take.
+    pub ttl_ms: u64,
+    /// Number of shared-data slots the claims hash into: the memory bound.
+    pub slots: u32,
+}
+
+/// What to do with a push to an immutable tag when the registry cannot tell its current digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUpstreamError {
+    /// Refuse with 503 (the default: nothing passes unchecked).
+    Refuse,
+    /// Let the push through unchecked (only when set explicitly).
+    Allow,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +134,9 @@ struct RawConfig {
     #[serde(default)]
     rules: Vec<RawRule>,
     rules_max_regex_length: Option<usize>,
+    #[serde(default)]
+    claims: RawClaims,
+    on_upstream_error: Option<OnUpstreamError>,
 }
 
 #[derive(Deserialize, Default)]
@@ -121,6 +145,13 @@ struct RawDeletes {
     protect: Option<bool>,
     max_immutable_tags: Option<usize>,
     page_size: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClaims {
+    ttl_seconds: Option<u64>,
+    slots: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -177,7 +208,7 @@ impl Config {
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         let d = &self.deletes;
         format!(
-            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}",
+            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={}; on_upstream_error={:?}",
             self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
@@ -191,7 +222,10 @@ impl Config {
             self.cache.ttl_seconds,
             d.protect,
             d.max_immutable_tags,
-            d.page_size.map_or("registry default".to_string(), |n| n.to_string())
+            d.page_size.map_or("registry default".to_string(), |n| n.to_string()),
+            self.claims.ttl_ms / 1000,
+            self.claims.slots,
+            self.on_upstream_error
         )
     }
 }
@@ -243,6 +277,14 @@ impl RawConfig {
             Some("audit") => Mode::Audit,
             Some(other) => return Err(err("mode", quoted(other), "must be \"enforce\" (the default) or \"audit\"")),
         };
+        let claim_ttl = self.claims.ttl_seconds.unwrap_or(60);
+        if !(1..=3600).contains(&claim_ttl) {
+            return Err(err("claims.ttl_seconds", claim_ttl, "must be between 1 and 3600"));
+        }
+        let slots = self.claims.slots.unwrap_or(1024);
+        if !(1..=16_384).contains(&slots) {
+            return Err(err("claims.slots", slots, "must be between 1 and 16384"));
+        }
         let global = compile_scope("global", self.global)?;
         let mut repositories = Vec::new();
         for (name, raw) in self.repository {
@@ -268,6 +310,8 @@ impl RawConfig {
             cache: CacheSettings { max_entries, ttl_seconds },
             deletes,
             mode,
+            claims: ClaimSettings { ttl_ms: claim_ttl * 1000, slots },
+            on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
         })
     }
 }
@@ -308,6 +352,8 @@ mod tests {
         assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000 });
         assert_eq!(c.error_code, "TAG_IMMUTABLE");
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
+        assert_eq!(c.claims, ClaimSettings { ttl_ms: 60_000, slots: 1024 });
+        assert_eq!(c.on_upstream_error, OnUpstreamError::Refuse, "refusing is the default");
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
         assert_eq!(c.deletes, DeleteSettings { protect: true, max_immutable_tags: 1000, page_size: None });
@@ -435,5 +481,20 @@ mod tests {
             assert_eq!((e.field.as_str(), e.value.as_str()), ("mode", m), "{e}");
         }
         assert_eq!(bad(r#"{"mode": true}"#).field, "mode");
+    }
+
+    #[test]
+    fn claims_and_on_upstream_error() {
+        let c = cfg(r#"{"claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
+        assert_eq!(c.claims, ClaimSettings { ttl_ms: 5_000, slots: 8 });
+        assert_eq!(c.on_upstream_error, OnUpstreamError::Allow);
+        assert_eq!(cfg(r#"{"on_upstream_error": "refuse"}"#).on_upstream_error, OnUpstreamError::Refuse);
+        let e = bad(r#"{"on_upstream_error": "ALLOW"}"#);
+        assert_eq!(e.field, "on_upstream_error");
+        assert!(e.reason.contains("unknown variant"), "{e}");
+        assert_eq!(bad(r#"{"claims": {"ttl_seconds": 0}}"#).field, "claims.ttl_seconds");
+        assert_eq!(bad(r#"{"claims": {"slots": 0}}"#).field, "claims.slots");
+        assert_eq!(bad(r#"{"claims": {"slots": 100000}}"#).field, "claims.slots");
+        assert_eq!(bad(r#"{"claims": {"ttl": 1}}"#).field, "claims.ttl");
     }
 }

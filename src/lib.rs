@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod claims;
 pub mod config;
 pub mod deletes;
 pub mod digest;
@@ -23,6 +24,10 @@ pub mod verdict;
 
 #[cfg(target_os = "wasi")]
 mod host;
+
+// Property tests over the pure core (proptest is a native-only dev-dependency).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod fuzz;
 
 /// Crate version and git commit, stamped by `build.rs`.
 pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IMMUTABLE_TAGS_COMMIT"), ")");

@@ -1,9 +1,15 @@
-"""Upstream trouble is never a bypass: the push is refused with an OCI JSON body."""
+"""Upstream trouble is never a bypass: the push is refused with an OCI JSON body, and the filter
+recovers by itself once the registry answers again."""
 from __future__ import annotations
 
+import time
+
+import pytest
+
 import stack
-from oci import current_digest, make_manifest, put_manifest, sha256
 from conftest import SAMPLE_POLICY
+from fakes import FaultyUpstream
+from oci import current_digest, make_manifest, put_manifest, request, sha256
 
 
 def test_registry_down_refuses_and_recovers(stacks, workdir, stop_on_headers, uid):
@@ -32,3 +38,134 @@ def test_registry_down_refuses_and_recovers(stacks, workdir, stop_on_headers, ui
     finally:
         reg.stop()
 
+
+
+# --- a misbehaving upstream on loopback (fakes.FaultyUpstream) ------------------------------
+
+# Every HEAD goes to the upstream (no map), and a stalled HEAD times out quickly.
+FAULT_POLICY = dict(SAMPLE_POLICY, upstream={"cluster": "registry", "timeout_ms": 500}, cache={"ttl_seconds": 0})
+
+
+@pytest.fixture(scope="module")
+def faulty(registry):
+    f = FaultyUpstream(registry.port, stack.free_port()).start()
+    yield f
+    f.stop()
+
+
+def assert_refused_503(r, repo: str, tag: str) -> dict:
+    assert r.status == 503, r
+    assert r.headers["content-type"] == "application/json", r
+    err = r.json()["errors"][0]
+    assert err["code"] == "UNAVAILABLE", err
+    assert err["detail"]["repository"] == repo and err["detail"]["tag"] == tag, err
+    return err
+
+
+def assert_serving(envoy, registry, repo: str, tag: str, m1: bytes, m2: bytes) -> None:
+    """The filter judges normally: overwrite refused, identical re-push and new tags pass."""
+    r = put_manifest(envoy.url, repo, tag, m2)
+    assert r.status == 409, r
+    assert put_manifest(envoy.url, repo, tag, m1).status == 201
+    assert current_digest(registry.url, repo, tag) == sha256(m1)
+    assert put_manifest(envoy.url, repo, f"{tag}-new", m2).status == 201
+
+
+@pytest.mark.parametrize("fault", ["reset", "stall", "500", "garbage", "no-digest", "bad-digest"])
+def test_upstream_fault_refuses_and_recovers(stacks, registry, faulty, stop_on_headers, uid, fault):
+    envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
+    repo = f"fault-{fault}-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    assert put_manifest(registry.url, repo, "v1", m1).status == 201
+
+    faulty.fault = fault
+    try:
+        heads = faulty.heads
+        started = time.monotonic()
+        err = assert_refused_503(put_manifest(envoy.url, repo, "v1", m2), repo, "v1")
+        assert time.monotonic() - started < 10, "refused promptly, not hung"
+        assert faulty.heads > heads, "the fault was really met"
+        assert "registry" in err["message"], err
+        assert_refused_503(put_manifest(envoy.url, repo, "v1", m1), repo, "v1")
+        assert_refused_503(put_manifest(envoy.url, repo, "fresh", m2), repo, "fresh")
+    finally:
+        faulty.fault = "pass"
+    assert current_digest(registry.url, repo, "v1") == sha256(m1), "checked on the registry itself"
+    assert current_digest(registry.url, repo, "fresh") is None
+    assert_serving(envoy, registry, repo, "v1", m1, m2)
+
+
+def test_connection_refused_refuses_and_recovers(stacks, registry, faulty, stop_on_headers, uid):
+    envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
+    repo = f"refused-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    assert put_manifest(registry.url, repo, "v1", m1).status == 201
+    faulty.stop()  # nothing listens on the upstream port now
+    try:
+        assert_refused_503(put_manifest(envoy.url, repo, "v1", m2), repo, "v1")
+        assert_refused_503(put_manifest(envoy.url, repo, "fresh", m2), repo, "fresh")
+    finally:
+        faulty.start()
+    assert current_digest(registry.url, repo, "v1") == sha256(m1)
+    assert_serving(envoy, registry, repo, "v1", m1, m2)
+
+
+def test_failed_push_releases_its_claim(stacks, registry, faulty, stop_on_headers, uid):
+    """The registry refuses the push (5xx): the tag's claim is released at once, so another
+    manifest may be pushed to the still-absent tag without waiting for the claim to expire."""
+    envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
+    repo = f"release-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    faulty.fault = "put-500"
+    try:
+        assert put_manifest(envoy.url, repo, "v1", m1).status == 500
+    finally:
+        faulty.fault = "pass"
+    assert current_digest(registry.url, repo, "v1") is None
+    assert put_manifest(envoy.url, repo, "v1", m2).status == 201
+    assert current_digest(registry.url, repo, "v1") == sha256(m2)
+
+
+def test_dead_stream_releases_its_claim(stacks, registry, faulty, stop_on_headers, uid):
+    """The client gives up while the registry stalls on the push: the stream ends, the claim is
+    released, and a later push to the (still absent) tag is judged normally."""
+    envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
+    repo = f"dead-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    faulty.fault = "put-stall"
+    try:
+        with pytest.raises(OSError):  # socket.timeout: the client gives up
+            request(envoy.url, "PUT", f"/v2/{repo}/manifests/v1", body=m1,
+                    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, timeout=1)
+    finally:
+        faulty.fault = "pass"
+    deadline = time.monotonic() + 10
+    while True:  # Envoy notices the closed client connection asynchronously
+        r = put_manifest(envoy.url, repo, "v1", m2)
+        if r.status != 409 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status == 201, r
+    assert current_digest(registry.url, repo, "v1") == sha256(m2)
+
+
+def test_on_upstream_error_allow_gives_up_the_check(stacks, registry, faulty, stop_on_headers, uid):
+    """`on_upstream_error: allow` (explicit only) lets pushes through while the registry cannot
+    answer HEAD: an overwrite then lands. This is what the README says it gives up."""
+    envoy = stacks.envoy(faulty, dict(FAULT_POLICY, on_upstream_error="allow"), stop_on_headers)
+    repo = f"allow-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    assert put_manifest(registry.url, repo, "v1", m1).status == 201
+    faulty.fault = "500"
+    try:
+        assert put_manifest(envoy.url, repo, "v1", m2).status == 201
+    finally:
+        faulty.fault = "pass"
+    assert current_digest(registry.url, repo, "v1") == sha256(m2), "the overwrite went through"
+    r = put_manifest(envoy.url, repo, "v1", m1)
+    assert r.status == 409, "with a healthy registry it judges as usual"

@@ -49,10 +49,25 @@ extern "C" {
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
 }
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
+pub const CAS_MISMATCH: u32 = 8;
 const STREAM_HTTP_REQUEST: u32 = 0;
 
 /// A host status other than Ok.
@@ -163,4 +178,23 @@ pub fn define_counter(name: &str) -> Result<u32, Status> {
 pub fn increment(id: u32, by: i64) -> Result<(), Status> {
     // SAFETY: no pointers.
     check(unsafe { proxy_increment_metric(id, by) })
+}
+
+/// Process-wide shared data: the value (if any) and its CAS token.
+pub fn get_shared(key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
+    let (mut data, mut size, mut cas) = (null_mut(), 0usize, 0u32);
+    // SAFETY: valid key pointer/length; out-pointers are valid for the call.
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
+        // SAFETY: Ok with a host-allocated buffer.
+        OK => Ok((Some(unsafe { owned(data, size) }), cas)),
+        NOT_FOUND => Ok((None, 0)),
+        s => Err(Status(s)),
+    }
+}
+
+/// Writes shared data if its CAS token is still `cas` (0: unconditionally);
+/// `Err(Status(CAS_MISMATCH))` if another writer came first.
+pub fn set_shared(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+    // SAFETY: valid pointers and lengths for the duration of the call.
+    check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
 }

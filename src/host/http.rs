@@ -10,14 +10,15 @@
 //! `super::deletes` lists and checks the repository's immutable tags, then resumed or refused.
 use super::deletes::{DigestDelete, Next};
 use super::root::Worker;
-use super::{abi, headers, log, upstream};
-use crate::deletes::tag_delete;
+use super::{abi, claims, headers, log, upstream};
 use crate::audit::{self, RequestInfo};
-use crate::config::Mode;
+use crate::claims::absence_still_fenced;
+use crate::config::{Mode, OnUpstreamError};
+use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
-use crate::request::{classify, Reference, Request};
+use crate::request::{classify, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
 use crate::verdict::{judge, read_head, Current, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -40,8 +41,9 @@ enum State {
     Pass,
     /// A push to at least one immutable tag, being checked.
     Check(Box<Push>),
-    /// Let through; learn the tags' digest from the registry's answer.
-    Allowed { repository: String, tags: Vec<String> },
+    /// Let through; learn the tags' digest from the registry's answer, and commit (2xx) or
+    /// release (anything else, or a stream that dies first) the tags' claims.
+    Allowed { repository: String, tags: Vec<String>, claims: Vec<TagClaim> },
     /// A delete by digest, being checked against the repository's immutable tags.
     Delete(Box<DigestDelete>),
     /// A delete by digest let through; on success the map forgets tags pointing to it.
@@ -56,12 +58,25 @@ struct Push {
     /// The complete request body, once it has arrived.
     body: Option<Vec<u8>>,
     headers_paused: bool,
+    /// When the tags' state was looked up: an "absent" older than the claim TTL is not trusted.
+    looked_up_ms: u64,
+}
+
+/// A tag's process-wide claim (see `claims`), taken just before the push is let through.
+struct TagClaim {
+    tag: String,
+    digest: String,
+    /// Whether this push holds the claim (and so must release it if the push fails).
+    held: bool,
 }
 
 struct TagCheck {
     tag: String,
     reason: String,
     lookup: Lookup,
+    /// What the lookup says is known to hold since then: the map entry's learning time, or
+    /// when the HEAD was sent.
+    since_ms: u64,
 }
 
 enum Lookup {
@@ -77,8 +92,8 @@ impl Push {
 
 /// What to do with the request once a decision is taken.
 enum Outcome {
-    /// Let through; one counter per tag (new tag or same digest).
-    Allow(Vec<Counter>),
+    /// Let through: one counter per tag (new tag or same digest), and the claims taken.
+    Allow(Vec<Counter>, Vec<TagClaim>),
     Refuse(OciError, Vec<(&'static str, String)>),
 }
 
@@ -114,6 +129,7 @@ impl Filter {
                 State::Check(push) => State::Allowed {
                     repository: push.repository,
                     tags: push.tags.into_iter().map(|t| t.tag).collect(),
+                    claims: Vec::new(),
                 },
                 other => other,
             };
@@ -144,12 +160,14 @@ impl Filter {
         let authority = headers::request(":authority");
         let authorization = headers::request("authorization");
         let now = headers::now_ms();
-        let mut push = Push { repository, tags: Vec::new(), body: end_of_stream.then(Vec::new), headers_paused: false };
+        let mut push =
+            Push { repository, tags: Vec::new(), body: end_of_stream.then(Vec::new), headers_paused: false, looked_up_ms: now };
         for (tag, reason) in checks {
-            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&push.repository, &tag, now));
+            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.repository, &tag, now));
             worker.metrics.add(if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
+            let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
             let lookup = match cached {
-                Some(d) => Lookup::Known(Some(d)),
+                Some((d, _)) => Lookup::Known(Some(d)),
                 None => match upstream::head_manifest(
                     &worker.config.upstream,
                     authority.as_deref(),
@@ -161,10 +179,14 @@ impl Filter {
                         worker.metrics.add(Counter::HeadCallsDispatched);
                         Lookup::Pending(token)
                     }
+                    Err(why) if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+                        log::warn(&format!("immutable-tags: {}:{tag}: {why}; allowed (on_upstream_error = allow)", push.repository));
+                        Lookup::Known(None)
+                    }
                     Err(why) => return self.respond(&OciError::upstream(&push.repository, &tag, &why), &[]),
                 },
             };
-            push.tags.push(TagCheck { tag, reason, lookup });
+            push.tags.push(TagCheck { tag, reason, lookup, since_ms });
         }
         if push.pending() {
             push.headers_paused = true;
@@ -185,12 +207,12 @@ impl Filter {
         let Some(body) = &push.body else { return None };
         let worker = self.worker.clone()?;
         match decide(&worker, push, body) {
-            Outcome::Allow(counters) => {
+            Outcome::Allow(counters, claims) => {
                 for c in counters {
                     worker.metrics.add(c);
                 }
                 let tags = push.tags.iter().map(|t| t.tag.clone()).collect();
-                self.state = State::Allowed { repository: push.repository.clone(), tags };
+                self.state = State::Allowed { repository: push.repository.clone(), tags, claims };
                 Some(Action::Continue)
             }
             Outcome::Refuse(err, extra) => Some(self.respond(&err, &extra)),
@@ -267,6 +289,7 @@ fn first_tag(push: &Push) -> String {
 
 fn decide(worker: &Worker, push: &Push, body: &[u8]) -> Outcome {
     let sha256 = Digest::sha256(body);
+    let mut counters = Vec::new();
     let mut allowed = Vec::new();
     for t in &push.tags {
         let Lookup::Known(current) = &t.lookup else { continue };
@@ -275,8 +298,8 @@ fn decide(worker: &Worker, push: &Push, body: &[u8]) -> Outcome {
             _ => sha256.clone(),
         };
         match judge(current.as_ref(), &pushed) {
-            Verdict::AllowNew => allowed.push(Counter::PushesAllowedNewTag),
-            Verdict::AllowSame => allowed.push(Counter::PushesAllowedSameDigest),
+            Verdict::AllowNew => counters.push(Counter::PushesAllowedNewTag),
+            Verdict::AllowSame => counters.push(Counter::PushesAllowedSameDigest),
             Verdict::Overwrite { current } => {
                 let err = OciError::new(
                     409,
@@ -293,11 +316,95 @@ fn decide(worker: &Worker, push: &Push, body: &[u8]) -> Outcome {
                 return Outcome::Refuse(err, Vec::new());
             }
         }
+        allowed.push((t, current.is_none(), pushed.to_string()));
     }
-    Outcome::Allow(allowed)
+    match claim_all(worker, push, allowed) {
+        Outcome::Allow(_, claims) => Outcome::Allow(counters, claims),
+        refused => refused,
+    }
+}
+
+/// Claims every tag of a push about to be let through (see `claims`); on any refusal, gives
+/// back the claims already taken and refuses the whole push.
+fn claim_all(worker: &Worker, push: &Push, allowed: Vec<(&TagCheck, bool, String)>) -> Outcome {
+    let settings = &worker.config.claims;
+    let now = headers::now_ms();
+    let mut taken: Vec<TagClaim> = Vec::new();
+    let give_back = |taken: &[TagClaim]| {
+        for c in taken.iter().filter(|c| c.held) {
+            claims::release(settings, &push.repository, &c.tag, &c.digest, now);
+        }
+    };
+    for (t, absent, pushed) in allowed {
+        if absent && !absence_still_fenced(push.looked_up_ms, now, settings.ttl_ms) {
+            give_back(&taken);
+            let why = "the push took longer than claims.ttl_seconds; retry it";
+            return Outcome::Refuse(OciError::upstream(&push.repository, &t.tag, why), Vec::new());
+        }
+        match claims::claim(settings, &push.repository, &t.tag, &pushed, now, t.since_ms) {
+            claims::Claimed::Proceed { held } => taken.push(TagClaim { tag: t.tag.clone(), digest: pushed, held }),
+            claims::Claimed::Conflict { digest, committed } => {
+                give_back(&taken);
+                let mut detail = json!({
+                    "repository": push.repository,
+                    "tag": t.tag,
+                    "current_digest": digest,
+                    "pushed_digest": pushed,
+                    "reason": t.reason,
+                });
+                if !committed {
+                    // The registry does not hold it yet: say why it is refused all the same.
+                    if let Some(d) = detail.as_object_mut() {
+                        d.insert("in_flight".into(), json!(format!("a push of tag '{}' with digest {digest} is in flight", t.tag)));
+                    }
+                }
+                let msg = format!("Tag '{}' is immutable and cannot be overwritten", t.tag);
+                let err = OciError::new(409, &worker.config.error_code, msg, detail);
+                log::info(&format!(
+                    "immutable-tags: refused concurrent push of {}:{} ({pushed}; claimed by {digest})",
+                    push.repository, t.tag
+                ));
+                return Outcome::Refuse(err, Vec::new());
+            }
+            claims::Claimed::Unavailable(why) => {
+                give_back(&taken);
+                log::warn(&format!("immutable-tags: {}:{}: {why}", push.repository, t.tag));
+                return Outcome::Refuse(OciError::upstream(&push.repository, &t.tag, &why), Vec::new());
+            }
+        }
+    }
+    Outcome::Allow(Vec::new(), taken)
+}
+
+/// Commits (the registry stored the push) or releases a push's claims.
+/// Settles a push's claims once the registry answered, or the stream died (`stored`: None).
+/// Only the path's tag is known to be written by a 2xx (a registry may ignore `?tag=`): its
+/// record is committed with the digest stored; every other claim held is released.
+fn settle(worker: &Worker, repository: &str, tag_claims: &[TagClaim], stored: Option<(&str, &str)>) {
+    let now = headers::now_ms();
+    let settings = &worker.config.claims;
+    if let Some((tag, digest)) = stored {
+        claims::commit(settings, repository, tag, digest, now);
+    }
+    for c in tag_claims.iter().filter(|c| c.held) {
+        if stored.is_some_and(|(tag, _)| tag == c.tag) {
+            continue; // the commit replaced our claim
+        }
+        claims::release(settings, repository, &c.tag, &c.digest, now);
+    }
 }
 
 impl Context for Filter {
+    /// The stream ended. A push let through that never saw the registry's answer (client gone,
+    /// upstream reset) gives its claims back now rather than at expiry.
+    fn on_done(&mut self) -> bool {
+        if let (State::Allowed { repository, claims, .. }, Some(worker)) = (&self.state, self.worker.clone()) {
+            settle(&worker, repository, claims, None);
+            self.state = State::Pass;
+        }
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _trailers: usize) {
         let Some(worker) = self.worker.clone() else { return };
         if let State::Delete(d) = &mut self.state {
@@ -333,6 +440,10 @@ impl Context for Filter {
                 }
                 return;
             }
+            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+                log::warn(&format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", push.repository, check.tag));
+                check.lookup = Lookup::Known(None);
+            }
             Current::Unknown { reason } => {
                 let err = OciError::upstream(&push.repository, &check.tag, &reason);
                 // The request is paused while a HEAD is in flight: audit mode resumes it.
@@ -364,6 +475,10 @@ impl HttpContext for Filter {
         self.count(Counter::RequestsSeen);
         let method = headers::request(":method").unwrap_or_default();
         let path = headers::request(":path").unwrap_or_default();
+        if METHOD_OVERRIDE_HEADERS.iter().any(|h| headers::request(h).is_some()) && refuses_method_override(&path) {
+            let msg = "Method override headers are not accepted on manifest routes";
+            return self.respond(&OciError::unclassifiable("UNSUPPORTED", msg, &path), &[]);
+        }
         let request = classify(&method, &path);
         if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::Invalid(_)) {
             self.count(Counter::RequestsChecked);
@@ -427,10 +542,21 @@ impl HttpContext for Filter {
             }
             return Action::Continue;
         }
-        let State::Allowed { repository, tags } = &self.state else { return Action::Continue };
-        let Some(worker) = &self.worker else { return Action::Continue };
+        let State::Allowed { repository, tags, claims } = &self.state else { return Action::Continue };
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
         let status = headers::response(":status");
         let digest = headers::response("docker-content-digest").and_then(|d| Digest::parse(d.trim()));
+        let stored_ok = status.as_deref().is_some_and(|s| s.len() == 3 && s.starts_with('2'));
+        // The digest the path's tag now holds: the registry's word, else the one we claimed.
+        let path_tag = self.path_tag.as_deref().filter(|t| tags.iter().any(|x| x == t));
+        let stored_digest = digest.as_ref().map(Digest::to_string).or_else(|| {
+            claims.iter().find(|c| Some(c.tag.as_str()) == path_tag).map(|c| c.digest.clone())
+        });
+        let stored = match (stored_ok, path_tag, stored_digest.as_deref()) {
+            (true, Some(t), Some(d)) => Some((t, d)),
+            _ => None,
+        };
+        settle(&worker, repository, claims, stored);
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
             match (status.as_deref(), digest) {
                 (Some("201"), Some(d)) => {
@@ -450,6 +576,7 @@ impl HttpContext for Filter {
                 }
             }
         }
+        self.state = State::Pass;
         Action::Continue
     }
 }

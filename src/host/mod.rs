@@ -5,6 +5,7 @@
 
 mod abi;
 mod deletes;
+mod claims;
 mod headers;
 mod http;
 mod log;

@@ -38,6 +38,7 @@ impl RootContext for Root {
             Ok(config) => {
                 // Logged on every (re)configuration, so the log says which build and policy run.
                 log::info(&format!("immutable-tags {}: policy loaded: {}", crate::BUILD, config.summary()));
+                super::claims::create_slots(&config.claims);
                 let cache = TagCache::new(config.cache.max_entries, config.cache.ttl_seconds);
                 let metrics = Metrics::define();
                 self.worker = Some(Rc::new(Worker { config: Rc::new(config), cache: RefCell::new(cache), metrics }));

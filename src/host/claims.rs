@@ -1,0 +1,83 @@
+//! Claims in Envoy shared data (process-wide, compare-and-swap): reads a slot, asks the pure
+//! `claims` module what to write, writes it back with CAS, and retries when another worker
+//! wrote first.
+use super::abi::{self, Status, CAS_MISMATCH};
+use super::log;
+use crate::claims::{self, Claim};
+use crate::config::ClaimSettings;
+
+/// Attempts before a contended slot is given up on (the push is then refused with 503).
+const CAS_ATTEMPTS: usize = 32;
+
+/// The outcome of a claim, for the HTTP context.
+pub enum Claimed {
+    /// Let the push through; `held`: release or commit it when the registry answers.
+    Proceed { held: bool },
+    Conflict { digest: String, committed: bool },
+    /// Refuse with 503, for this reason.
+    Unavailable(String),
+}
+
+/// Creates every slot that does not exist yet. Done at configuration, before traffic: a CAS
+/// write to a missing key is unconditional, so slots must exist before two workers race.
+pub fn create_slots(settings: &ClaimSettings) {
+    for i in 0..settings.slots {
+        let key = claims::slot_key(settings.slots, i);
+        if let Ok((None, _)) = abi::get_shared(&key) {
+            if let Err(s) = abi::set_shared(&key, &claims::empty_slot(), 0) {
+                log::warn(&format!("immutable-tags: cannot create claim slot {key} ({s:?})"));
+            }
+        }
+    }
+}
+
+/// Reads the slot, lets `step` decide, writes with CAS. `step` returns the bytes to write (or
+/// none) and the result; retried on CAS mismatch.
+fn update<T>(settings: &ClaimSettings, repository: &str, tag: &str, step: impl Fn(&[u8]) -> (Option<Vec<u8>>, T)) -> Result<T, String> {
+    let key = claims::slot_key(settings.slots, claims::slot_index(repository, tag, settings.slots));
+    for _ in 0..CAS_ATTEMPTS {
+        let (bytes, cas) = abi::get_shared(&key).map_err(|s| format!("cannot read claim slot ({s:?})"))?;
+        let Some(bytes) = bytes.filter(|_| cas != 0) else {
+            // Not created at configuration (should not happen): create it, then read again.
+            abi::set_shared(&key, &claims::empty_slot(), 0).map_err(|s| format!("cannot create claim slot ({s:?})"))?;
+            continue;
+        };
+        let (write, result) = step(&bytes);
+        let Some(write) = write else { return Ok(result) };
+        match abi::set_shared(&key, &write, cas) {
+            Ok(()) => return Ok(result),
+            Err(Status(CAS_MISMATCH)) => continue,
+            Err(s) => return Err(format!("cannot write claim slot ({s:?})")),
+        }
+    }
+    Err(format!("claim slot still contended after {CAS_ATTEMPTS} attempts"))
+}
+
+/// Claims the tag for a push whose view of it dates from `known_since_ms` (see
+/// `claims::claim_known_since`).
+pub fn claim(settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, now_ms: u64, known_since_ms: u64) -> Claimed {
+    let step = |slot: &[u8]| claims::claim_known_since(slot, repository, tag, digest, now_ms, settings.ttl_ms, known_since_ms);
+    let r = update(settings, repository, tag, |slot| match step(slot) {
+        Claim::Write(b) => (Some(b), Claimed::Proceed { held: true }),
+        Claim::Proceed => (None, Claimed::Proceed { held: false }),
+        Claim::Conflict { digest, committed } => (None, Claimed::Conflict { digest, committed }),
+        Claim::Full => (None, Claimed::Unavailable("too many pushes in flight (claim slot full)".into())),
+    });
+    r.unwrap_or_else(Claimed::Unavailable)
+}
+
+/// Best effort: a failure only means the record lives until it expires.
+pub fn commit(settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, now_ms: u64) {
+    let r = update(settings, repository, tag, |slot| (claims::commit(slot, repository, tag, digest, now_ms, settings.ttl_ms), ()));
+    if let Err(why) = r {
+        log::warn(&format!("immutable-tags: cannot commit claim on {repository}:{tag}: {why}"));
+    }
+}
+
+/// Best effort: a failure only means the claim lives until it expires.
+pub fn release(settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, now_ms: u64) {
+    let r = update(settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, now_ms), ()));
+    if let Err(why) = r {
+        log::warn(&format!("immutable-tags: cannot release claim on {repository}:{tag}: {why}"));
+    }
+}
