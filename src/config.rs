@@ -15,6 +15,8 @@ pub struct Config {
     pub policy: Policy,
     pub error_code: String,
     pub cache: CacheSettings,
+    /// Rewrite reads of immutable tags the map knows to reads by digest (see `pull`).
+    pub pin_immutable_pulls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,8 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     protect_signature_tags: bool,
+    #[serde(default)]
+    pin_immutable_pulls: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -129,7 +133,7 @@ impl Config {
         };
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         format!(
-            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}",
+            "global: {}; repositories: [{}]; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; pin_immutable_pulls={}",
             scope(&p.global),
             repos.join(", "),
             p.protect_signature_tags,
@@ -137,7 +141,8 @@ impl Config {
             self.upstream.cluster,
             self.upstream.timeout_ms,
             self.cache.max_entries,
-            self.cache.ttl_seconds
+            self.cache.ttl_seconds,
+            self.pin_immutable_pulls
         )
     }
 }
@@ -191,6 +196,7 @@ impl RawConfig {
             policy: Policy::new(global, repositories, self.protect_signature_tags),
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
+            pin_immutable_pulls: self.pin_immutable_pulls,
         })
     }
 }
@@ -233,6 +239,15 @@ mod tests {
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
+        assert!(!c.pin_immutable_pulls, "pinning is opt-in");
+    }
+
+    #[test]
+    fn pin_immutable_pulls_is_a_boolean() {
+        assert!(cfg(r#"{"pin_immutable_pulls": true}"#).pin_immutable_pulls);
+        assert!(cfg(r#"{"pin_immutable_pulls": true}"#).summary().contains("pin_immutable_pulls=true"));
+        let e = bad(r#"{"pin_immutable_pulls": "yes"}"#);
+        assert_eq!(e.field, "pin_immutable_pulls");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod digest;
 pub mod exclusions;
 pub mod oci_error;
 pub mod policy;
+pub mod pull;
 pub mod request;
 pub mod verdict;
 

@@ -6,10 +6,10 @@
 //! until then and replays it to `on_http_request_body`; with it the body may arrive first. Either
 //! way the decision is taken once both are known, in whichever callback completes the pair.
 use super::root::Worker;
-use super::{headers, log, upstream};
+use super::{headers, log, pull, upstream};
 use crate::digest::Digest;
 use crate::oci_error::OciError;
-use crate::request::{classify, Request};
+use crate::request::{classify, Reference, Request};
 use crate::verdict::{judge, read_head, Current, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -31,6 +31,8 @@ enum State {
     Allowed { repository: String, tags: Vec<String> },
     /// Answered locally.
     Done,
+    /// A read of an immutable tag with `pin_immutable_pulls`; `pinned`: sent by digest.
+    Pull { repository: String, tag: String, pinned: bool },
 }
 
 struct Push {
@@ -262,6 +264,14 @@ impl HttpContext for Filter {
         let method = headers::request(":method").unwrap_or_default();
         let path = headers::request(":path").unwrap_or_default();
         match classify(&method, &path) {
+            Request::ManifestRead { repository, reference: Reference::Tag(tag) } => {
+                if let Some(worker) = self.worker.clone().filter(|w| w.config.pin_immutable_pulls) {
+                    if let Some(pinned) = pull::on_read(&worker, &repository, &tag, &path) {
+                        self.state = State::Pull { repository, tag, pinned };
+                    }
+                }
+                Action::Continue
+            }
             Request::Other | Request::ManifestRead { .. } | Request::ManifestDelete { .. } => Action::Continue,
             Request::Invalid(err) => {
                 self.respond(&err, &[]);
@@ -298,8 +308,12 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let State::Allowed { repository, tags } = &self.state else { return Action::Continue };
         let Some(worker) = &self.worker else { return Action::Continue };
+        if let State::Pull { repository, tag, pinned } = &self.state {
+            pull::on_response(worker, repository, tag, *pinned);
+            return Action::Continue;
+        }
+        let State::Allowed { repository, tags } = &self.state else { return Action::Continue };
         let status = headers::response(":status");
         let digest = headers::response("docker-content-digest").and_then(|d| Digest::parse(d.trim()));
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {

@@ -5,6 +5,7 @@
 mod headers;
 mod http;
 mod log;
+mod pull;
 mod root;
 mod upstream;
 
