@@ -5,6 +5,7 @@
 //! a non-empty exclusion list replaces the one above (not merged).
 
 use crate::exclusions::{Exclusions, Match};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -21,6 +22,9 @@ pub struct Policy {
     /// Signing tools' fallback tags (`sha256-<hex>[.sig|.att|.sbom]`) are rewritten on every
     /// signature; they stay mutable unless this is set.
     pub protect_signature_tags: bool,
+    /// Index into `repositories` by key: finding a scope costs one lookup per path component
+    /// of the repository, however many scopes there are.
+    by_key: HashMap<String, usize>,
 }
 
 /// A decision and the setting that made it, for the 409 body, the logs and `explain`.
@@ -39,7 +43,8 @@ impl Decision {
 impl Policy {
     pub fn new(global: Scope, mut repositories: Vec<(String, Scope)>, protect_signature_tags: bool) -> Policy {
         repositories.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        Policy { global, repositories, protect_signature_tags }
+        let by_key = repositories.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        Policy { global, repositories, protect_signature_tags, by_key }
     }
 
     /// Whether any tag at all can be immutable under this policy: lets the filter skip work.
@@ -48,15 +53,15 @@ impl Policy {
             || self.repositories.iter().any(|(_, s)| s.immutable_tags == Some(true))
     }
 
+    /// The scope of the longest key that is `repository` or one of its parents.
     fn scope_for(&self, repository: &str) -> Option<(&str, &Scope)> {
-        self.repositories
-            .iter()
-            .find(|(key, _)| {
-                repository == key
-                    || (repository.starts_with(key.as_str())
-                        && repository.as_bytes().get(key.len()) == Some(&b'/'))
-            })
-            .map(|(k, s)| (k.as_str(), s))
+        let mut candidate = repository;
+        loop {
+            if let Some((k, s)) = self.by_key.get(candidate).and_then(|&i| self.repositories.get(i)) {
+                return Some((k.as_str(), s));
+            }
+            candidate = candidate.rsplit_once('/')?.0;
+        }
     }
 
     pub fn decide(&self, repository: &str, tag: &str) -> Decision {
