@@ -7,7 +7,7 @@ MODULE := target/wasm32-wasip1/release/immutable_tags.wasm
 WASM_OPT := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 
-.PHONY: run test deps build unit clippy wasm-test e2e
+.PHONY: run test deps build unit clippy wasm-test e2e bench
 
 ## run: registry on :5001, Envoy + filter on :5000 (admin :9901), policy envoy/policy.json
 run: build
@@ -37,3 +37,7 @@ wasm-test: deps
 
 e2e: build
 	cd tests && python -m pytest -v -p no:cacheprovider
+
+## bench: the filter's cost, side by side (a few minutes): bench/results.md, bench/ratios.svg
+bench: build
+	python bench/bench.py
