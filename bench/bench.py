@@ -189,6 +189,7 @@ def ordinary_traffic(st: Stack, rounds: int, seconds: float) -> dict:
             "p50_us": med([x["p50_us"] for x in runs[name]]),
             "p99_us": med([x["p99_us"] for x in runs[name]]),
             "rps_ratio": med([x["rps"] for x in ratios]),
+            "rps_ratio_range": [min(x["rps"] for x in ratios), max(x["rps"] for x in ratios)],
             "p50_ratio": med([x["p50_us"] for x in ratios]),
             "p99_ratio": med([x["p99_us"] for x in ratios]),
         }
@@ -424,8 +425,9 @@ def report(res: dict) -> tuple[str, list[tuple[str, float, float | None, str]]]:
     meta = res["meta"]
     L.append("# immutable-tags: benchmark results\n")
     L.append(f"`make bench` on {meta['date']}, commit `{meta['commit']}`, {meta['cpus']} CPUs, "
-             f"Envoy {meta['envoy']}, mode `{meta['mode']}`. Ratios are medians over {meta['rounds']} "
-             "alternating rounds of the same run; absolute numbers on a shared machine are noise.\n")
+             f"Envoy {meta['envoy']}, mode `{meta['mode']}`, load average {meta['load_before']:.1f} before and "
+             f"{meta['load_after']:.1f} after. Ratios are medians over {meta['rounds']} alternating rounds of the "
+             "same run; absolute numbers on a shared machine are noise.\n")
     L.append("![ratios](ratios.svg)\n")
 
     t = res["traffic"]
@@ -455,11 +457,12 @@ def report(res: dict) -> tuple[str, list[tuple[str, float, float | None, str]]]:
     L.append("")
 
     L.append("## 1. Ordinary traffic (blob GETs and `/v2/`, `wrk`, in front of an Envoy direct response)\n")
-    L.append("| Envoy | requests/s | p50 | p99 | throughput ratio | p50 ratio | p99 ratio |")
+    L.append("| Envoy | requests/s | p50 | p99 | throughput ratio (rounds' range) | p50 ratio | p99 ratio |")
     L.append("|---|---|---|---|---|---|---|")
     for name, x in t.items():
+        lo, hi = x["rps_ratio_range"]
         L.append(f"| {name} | {x['rps']:,.0f} | {fmt_us(x['p50_us'])} | {fmt_us(x['p99_us'])} | "
-                 f"{x['rps_ratio']:.3f} | {x['p50_ratio']:.2f} | {x['p99_ratio']:.2f} |")
+                 f"{x['rps_ratio']:.3f} ({lo:.2f}–{hi:.2f}) | {x['p50_ratio']:.2f} | {x['p99_ratio']:.2f} |")
     L.append("")
     bars.append(("traffic, shipped config", shipped["rps_ratio"], TARGETS["shipped_rps"], "min"))
     bars.append(("traffic, filter on every route", every["rps_ratio"], TARGETS["everywhere_rps"], "min"))
@@ -544,7 +547,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not stack.MODULE.exists():
         sys.exit(f"{stack.MODULE} is missing: run `make bench` (it builds the module first)")
-    rounds, seconds, n_push, n_pull = (1, 1, 4, 5) if a.quick else (5, 3, 40, 60)
+    rounds, seconds, n_push, n_pull = (1, 1, 4, 5) if a.quick else (9, 2, 50, 60)
     work = Path(tempfile.mkdtemp(prefix="immutable-tags-bench-"))
     st = Stack(work)
     res = {}
@@ -557,6 +560,7 @@ def main(argv=None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit, "cpus": os.cpu_count(), "envoy": envoy_version.group(0) if envoy_version else "?",
             "mode": "quick" if a.quick else "full", "rounds": rounds, "pushes": n_push,
+            "load_before": os.getloadavg()[0],
         }
         res["module_bytes"] = stack.MODULE.stat().st_size
         print("== ordinary traffic", flush=True)
@@ -567,6 +571,7 @@ def main(argv=None) -> int:
         res["pinning"] = pinning(st, rounds, n_pull, delay=0.02)
         print("== native benches", flush=True)
         res["native"] = native(a.quick)
+        res["meta"]["load_after"] = os.getloadavg()[0]
     finally:
         st.stop()
     md, bars = report(res)
