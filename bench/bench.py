@@ -149,16 +149,26 @@ def parse_duration(s: str) -> float:
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
 
 
-def wrk(url: str, seconds: float, script: Path, connections: int = 8) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: float, script: Path, connections: int = 8, pid: int | None = None) -> dict:
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    # CPU per request of the Envoy under test: far less sensitive to other load than throughput.
+    cpu_us = (cpu_seconds(pid) - cpu0) * 1e6 / max(total, 1) if pid else float("nan")
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}")
-    return {"rps": rps, "p50_us": parse_duration(pct["50"]), "p99_us": parse_duration(pct["99"])}
+    return {"rps": rps, "p50_us": parse_duration(pct["50"]), "p99_us": parse_duration(pct["99"]), "cpu_us": cpu_us}
 
 
 def ordinary_traffic(st: Stack, rounds: int, seconds: float) -> dict:
@@ -177,11 +187,11 @@ def ordinary_traffic(st: Stack, rounds: int, seconds: float) -> dict:
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]  # alternate who goes first
         for name in order:
-            runs[name].append(wrk(configs[name].url, seconds, script))
+            runs[name].append(wrk(configs[name].url, seconds, script, pid=configs[name].proc.pid))
     out = {}
     for name in names:
         ratios = [
-            {k: run[k] / base[k] for k in ("rps", "p50_us", "p99_us")}
+            {k: run[k] / base[k] for k in ("rps", "p50_us", "p99_us", "cpu_us")}
             for run, base in zip(runs[name], runs["no filter"])
         ]
         out[name] = {
@@ -192,6 +202,9 @@ def ordinary_traffic(st: Stack, rounds: int, seconds: float) -> dict:
             "rps_ratio_range": [min(x["rps"] for x in ratios), max(x["rps"] for x in ratios)],
             "p50_ratio": med([x["p50_us"] for x in ratios]),
             "p99_ratio": med([x["p99_us"] for x in ratios]),
+            "cpu_us": med([x["cpu_us"] for x in runs[name]]),
+            # Throughput the same CPU buys, relative to no filter: 1 / (CPU per request ratio).
+            "capacity_ratio": med([1 / x["cpu_us"] for x in ratios]),
         }
     return out
 
@@ -441,10 +454,12 @@ def report(res: dict) -> tuple[str, list[tuple[str, float, float | None, str]]]:
     def row(name, measured, ok):
         L.append(f"| {name} | {measured} | {'met' if ok else '**not met**'} |")
 
-    row("ordinary traffic, shipped config: >= 0.98 of no-filter throughput", f"{shipped['rps_ratio']:.3f}",
-        shipped["rps_ratio"] >= TARGETS["shipped_rps"])
-    row("filter on every route: >= 0.85 of no-filter throughput", f"{every['rps_ratio']:.3f}",
-        every["rps_ratio"] >= TARGETS["everywhere_rps"])
+    for label, x, target in [("ordinary traffic, shipped config", shipped, TARGETS["shipped_rps"]),
+                             ("filter on every route", every, TARGETS["everywhere_rps"])]:
+        row(f"{label}: >= {target} of no-filter throughput (requests/s ratio)", f"{x['rps_ratio']:.3f}",
+            x["rps_ratio"] >= target)
+        row(f"{label}: >= {target} of no-filter throughput (per CPU second)", f"{x['capacity_ratio']:.3f}",
+            x["capacity_ratio"] >= target)
     row("new tag push: at most one upstream HEAD", f"{push['new tag']['heads_per_push']:.2f} HEAD/push",
         push["new tag"]["heads_per_push"] <= 1)
     row("identical re-push, fresh map entry: no HEAD", f"{push['identical re-push']['heads_per_push']:.2f} HEAD/push",
@@ -457,15 +472,22 @@ def report(res: dict) -> tuple[str, list[tuple[str, float, float | None, str]]]:
     L.append("")
 
     L.append("## 1. Ordinary traffic (blob GETs and `/v2/`, `wrk`, in front of an Envoy direct response)\n")
-    L.append("| Envoy | requests/s | p50 | p99 | throughput ratio (rounds' range) | p50 ratio | p99 ratio |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append("| Envoy | requests/s | p50 | p99 | Envoy CPU/request | throughput ratio (rounds' range) | "
+             "per-CPU ratio | p50 ratio | p99 ratio |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for name, x in t.items():
         lo, hi = x["rps_ratio_range"]
         L.append(f"| {name} | {x['rps']:,.0f} | {fmt_us(x['p50_us'])} | {fmt_us(x['p99_us'])} | "
-                 f"{x['rps_ratio']:.3f} ({lo:.2f}–{hi:.2f}) | {x['p50_ratio']:.2f} | {x['p99_ratio']:.2f} |")
+                 f"{x['cpu_us']:.1f} µs | {x['rps_ratio']:.3f} ({lo:.2f}–{hi:.2f}) | {x['capacity_ratio']:.3f} | "
+                 f"{x['p50_ratio']:.2f} | {x['p99_ratio']:.2f} |")
+    L.append("\nThroughput ratio: requests/s with the filter over requests/s without, per round. Per-CPU "
+             "ratio: the same from the Envoy process's CPU time per request (the throughput a saturated "
+             "Envoy would reach), which other load on the machine disturbs much less.\n")
     L.append("")
-    bars.append(("traffic, shipped config", shipped["rps_ratio"], TARGETS["shipped_rps"], "min"))
-    bars.append(("traffic, filter on every route", every["rps_ratio"], TARGETS["everywhere_rps"], "min"))
+    bars.append(("requests/s, shipped config", shipped["rps_ratio"], TARGETS["shipped_rps"], "min"))
+    bars.append(("requests/CPU-s, shipped config", shipped["capacity_ratio"], TARGETS["shipped_rps"], "min"))
+    bars.append(("requests/s, filter on every route", every["rps_ratio"], TARGETS["everywhere_rps"], "min"))
+    bars.append(("requests/CPU-s, filter on every route", every["capacity_ratio"], TARGETS["everywhere_rps"], "min"))
 
     L.append(f"## 2. Manifest pushes to a real registry ({meta['pushes']} per round, one client, keep-alive)\n")
     L.append("| push | pushes/s with filter | without | ratio | latency added per push | registry HEADs per push |")

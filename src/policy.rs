@@ -87,7 +87,7 @@ impl Policy {
             Some(Match::Excluded(p)) => Decision::new(false, format!("{list_where} matches \"{p}\"")),
             Some(Match::Undecided(p)) => Decision::new(
                 true,
-                format!("{where_} = true (exclusion \"{p}\" hit its backtracking limit)"),
+                format!("{where_} = true (exclusion \"{p}\" could not be evaluated)"),
             ),
             _ => Decision::new(true, format!("{where_} = true")),
         }
