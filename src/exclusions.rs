@@ -1,21 +1,29 @@
 //! Exclusion patterns (Angos `immutable_tags_exclusions`): regular expressions matched against
-//! the whole tag. Plain patterns are compiled together into one `RegexSet`, so matching costs
-//! one pass however many there are; patterns that need look-around (the seeds' "protect release
-//! tags only" example) fall back to `fancy-regex`, with a backtracking limit.
+//! the whole tag.
+//!
+//! Patterns are compiled with `regex-automata`'s lazy DFA, in ASCII mode: tags are ASCII, so
+//! Unicode tables would only cost module size (`\d`, `\w`, `\s` and `(?i)` are ASCII classes,
+//! `.` is any byte). Plain patterns are compiled together into one DFA, so matching costs one
+//! pass over the tag however many there are. Look-ahead is accepted at the start of a pattern
+//! (the seeds' "protect release tags only" example, `^(?!v[0-9]+\.[0-9]+\.[0-9]+$).*$`): each
+//! look-ahead is its own DFA, tested at the tag's start. Everything here runs in time linear in
+//! the tag (no backtracking), so no pattern can stall a worker.
 
-use regex::RegexSet;
-
-/// Backtracking steps a look-around pattern may take on one tag before the match is abandoned.
-/// Tags are at most 128 bytes, so honest patterns stay far below it.
-const BACKTRACK_LIMIT: usize = 100_000;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
+use std::cell::RefCell;
 
 #[derive(Debug, Clone)]
 pub struct Exclusions {
     patterns: Vec<String>,
-    /// Index into `patterns` for each member of `set`.
-    set_index: Vec<usize>,
-    set: RegexSet,
-    fancy: Vec<(usize, fancy_regex::Regex)>,
+    /// Every plain pattern (no look-ahead), in one DFA whose pattern IDs index `plain_index`.
+    plain: Option<Matcher>,
+    /// Index into `patterns` for each pattern of `plain`.
+    plain_index: Vec<usize>,
+    /// Patterns with leading look-aheads, by index into `patterns`.
+    guarded: Vec<(usize, Guarded)>,
 }
 
 /// The outcome of matching a tag.
@@ -24,35 +32,92 @@ pub enum Match<'a> {
     /// The tag matches this pattern: it is excluded (mutable).
     Excluded(&'a str),
     NotExcluded,
-    /// A look-around pattern gave up (backtracking limit): the tag is treated as not
+    /// The matcher could not finish (the lazy DFA gave up): the tag is treated as not
     /// excluded, the safe side.
     Undecided(&'a str),
+}
+
+/// `(?=A)`/`(?!A)`... then the rest `B`: matches when every look-ahead holds at the tag's
+/// start and `B` matches the whole tag.
+#[derive(Debug, Clone)]
+struct Guarded {
+    /// (negated, `A` anchored at the start only)
+    look_aheads: Vec<(bool, Matcher)>,
+    rest: Matcher,
+}
+
+/// A lazy DFA and its cache. One VM per worker thread: the `RefCell` is never contended.
+#[derive(Debug, Clone)]
+struct Matcher {
+    dfa: DFA,
+    cache: RefCell<Cache>,
+}
+
+impl Matcher {
+    fn new(patterns: &[String]) -> Result<Matcher, String> {
+        let dfa = DFA::builder()
+            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .thompson(thompson::Config::new().utf8(false))
+            .build_many(patterns)
+            .map_err(|e| error_text(&e))?;
+        let cache = RefCell::new(dfa.create_cache());
+        Ok(Matcher { dfa, cache })
+    }
+
+    /// The pattern that matches at the start of `tag` (`Err`: the DFA gave up).
+    fn find(&self, tag: &str) -> Result<Option<usize>, ()> {
+        let input = Input::new(tag.as_bytes()).anchored(Anchored::Yes);
+        let run = |cache: &mut Cache| self.dfa.try_search_fwd(cache, &input);
+        let found = match self.cache.try_borrow_mut() {
+            Ok(mut cache) => run(&mut cache),
+            Err(_) => run(&mut self.dfa.create_cache()),
+        };
+        found.map(|m| m.map(|hm| hm.pattern().as_usize())).map_err(|_| ())
+    }
+}
+
+/// regex-syntax errors span several lines (pattern, caret, message); keep it on one.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s = inner.to_string();
+        src = inner.source();
+    }
+    let msg = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>();
+    let msg = msg.join(" ");
+    if msg.contains("look-around") || msg.contains("backreferences") {
+        format!("{msg} (look-ahead is supported at the start of a pattern only, e.g. ^(?!v[0-9]+$).*$)")
+    } else {
+        msg
+    }
 }
 
 impl Exclusions {
     /// Compiles `patterns`; the error names the index of the first bad pattern and why.
     pub fn compile(patterns: &[String]) -> Result<Exclusions, (usize, String)> {
         let mut plain = Vec::new();
-        let mut set_index = Vec::new();
-        let mut fancy = Vec::new();
+        let mut plain_index = Vec::new();
+        let mut guarded = Vec::new();
         for (i, p) in patterns.iter().enumerate() {
-            let anchored = format!("^(?:{p})$");
-            match regex::Regex::new(&anchored) {
-                Ok(_) => {
-                    plain.push(anchored);
-                    set_index.push(i);
-                }
-                Err(plain_err) => {
-                    let re = fancy_regex::RegexBuilder::new(&anchored)
-                        .backtrack_limit(BACKTRACK_LIMIT)
-                        .build()
-                        .map_err(|e| (i, format!("{e} (as a plain regex: {})", first_line(&plain_err.to_string()))))?;
-                    fancy.push((i, re));
-                }
+            let (heads, rest) = split_look_aheads(p).map_err(|why| (i, why))?;
+            let whole = format!("^(?:{rest})$");
+            if heads.is_empty() {
+                // Compiled alone first, so an error names its own pattern.
+                Matcher::new(std::slice::from_ref(&whole)).map_err(|why| (i, why))?;
+                plain.push(whole);
+                plain_index.push(i);
+                continue;
             }
+            let mut look_aheads = Vec::new();
+            for (negated, body) in heads {
+                look_aheads.push((negated, Matcher::new(&[format!("^(?:{body})")]).map_err(|why| (i, why))?));
+            }
+            let rest = Matcher::new(&[whole]).map_err(|why| (i, why))?;
+            guarded.push((i, Guarded { look_aheads, rest }));
         }
-        let set = RegexSet::new(&plain).map_err(|e| (0, e.to_string()))?;
-        Ok(Exclusions { patterns: patterns.to_vec(), set_index, set, fancy })
+        let plain = if plain.is_empty() { None } else { Some(Matcher::new(&plain).map_err(|why| (0, why))?) };
+        Ok(Exclusions { patterns: patterns.to_vec(), plain, plain_index, guarded })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,23 +130,127 @@ impl Exclusions {
 
     pub fn matches(&self, tag: &str) -> Match<'_> {
         let pattern = |i: usize| self.patterns.get(i).map_or("", String::as_str);
-        if let Some(m) = self.set.matches(tag).iter().next() {
-            return Match::Excluded(pattern(self.set_index.get(m).copied().unwrap_or(0)));
-        }
         let mut undecided = None;
-        for (i, re) in &self.fancy {
-            match re.is_match(tag) {
-                Ok(true) => return Match::Excluded(pattern(*i)),
-                Ok(false) => {}
-                Err(_) => undecided = undecided.or(Some(pattern(*i))),
+        if let Some(set) = &self.plain {
+            match set.find(tag) {
+                Ok(Some(id)) => return Match::Excluded(pattern(self.plain_index.get(id).copied().unwrap_or(0))),
+                Ok(None) => {}
+                Err(()) => undecided = Some(pattern(self.plain_index.first().copied().unwrap_or(0))),
+            }
+        }
+        'patterns: for (i, g) in &self.guarded {
+            for (negated, m) in &g.look_aheads {
+                match m.find(tag) {
+                    Ok(found) if found.is_some() != *negated => {}
+                    Ok(_) => continue 'patterns,
+                    Err(()) => {
+                        undecided = undecided.or(Some(pattern(*i)));
+                        continue 'patterns;
+                    }
+                }
+            }
+            match g.rest.find(tag) {
+                Ok(Some(_)) => return Match::Excluded(pattern(*i)),
+                Ok(None) => {}
+                Err(()) => undecided = undecided.or(Some(pattern(*i))),
             }
         }
         undecided.map_or(Match::NotExcluded, Match::Undecided)
     }
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().last().unwrap_or(s).trim()
+/// Leading look-aheads (negated, body) and the rest of a pattern.
+type Split<'a> = (Vec<(bool, &'a str)>, &'a str);
+
+/// Splits `^(?!A)(?=B)rest` into its leading look-aheads and the rest. A pattern with no
+/// leading look-ahead comes back whole. Refuses a top-level `|` after a look-ahead, whose
+/// meaning (`(?!A)x|y` guards only `x`) a split would change.
+fn split_look_aheads(p: &str) -> Result<Split<'_>, String> {
+    let mut rest = p.strip_prefix('^').unwrap_or(p);
+    let mut heads = Vec::new();
+    loop {
+        let negated = if rest.starts_with("(?!") {
+            true
+        } else if rest.starts_with("(?=") {
+            false
+        } else {
+            break;
+        };
+        let close = group_end(rest).ok_or_else(|| "unclosed look-ahead group".to_string())?;
+        let body = rest.get(3..close).unwrap_or("");
+        heads.push((negated, body));
+        rest = rest.get(close + 1..).unwrap_or("");
+    }
+    if heads.is_empty() {
+        return Ok((heads, p));
+    }
+    if has_top_level_alternation(rest) {
+        return Err("a top-level `|` after a look-ahead: wrap the alternatives in a group, e.g. ^(?!x)(?:a|b)$".into());
+    }
+    Ok((heads, rest))
+}
+
+/// Walks a pattern, calling `each(depth, byte, offset)` for every byte outside escapes and
+/// character classes; stops when `each` returns true and gives that offset.
+fn walk(p: &str, mut each: impl FnMut(usize, u8, usize) -> bool) -> Option<usize> {
+    let b = p.as_bytes();
+    let (mut i, mut depth, mut class) = (0usize, 0usize, 0usize);
+    while let Some(&c) = b.get(i) {
+        if c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if class > 0 {
+            match c {
+                // A `]` right after `[` or `[^` is a literal.
+                b'[' => {
+                    class += 1;
+                    i += 1;
+                    if b.get(i) == Some(&b'^') {
+                        i += 1;
+                    }
+                    if b.get(i) == Some(&b']') {
+                        i += 1;
+                    }
+                    continue;
+                }
+                b']' => class -= 1,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'[' => {
+                class = 1;
+                i += 1;
+                if b.get(i) == Some(&b'^') {
+                    i += 1;
+                }
+                if b.get(i) == Some(&b']') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if each(depth, c, i) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Offset of the `)` closing the group that opens at offset 0.
+fn group_end(p: &str) -> Option<usize> {
+    walk(p, |depth, c, _| c == b')' && depth == 0)
+}
+
+fn has_top_level_alternation(p: &str) -> bool {
+    walk(p, |depth, c, _| c == b'|' && depth == 0).is_some()
 }
 
 #[cfg(test)]
@@ -94,14 +263,19 @@ mod tests {
     fn ex(p: &[&str]) -> Exclusions {
         Exclusions::compile(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
+    fn bad(p: &[&str]) -> (usize, String) {
+        Exclusions::compile(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err()
+    }
 
     #[test]
     fn whole_tag_is_matched() {
         let e = ex(&["latest", "^rc-.*$"]);
         assert_eq!(e.matches("latest"), Match::Excluded("latest"));
         assert_eq!(e.matches("latest2"), Match::NotExcluded);
+        assert_eq!(e.matches("xlatest"), Match::NotExcluded);
         assert_eq!(e.matches("rc-1"), Match::Excluded("^rc-.*$"));
         assert_eq!(e.matches("v1"), Match::NotExcluded);
+        assert_eq!(ex(&["a|b"]).matches("ab"), Match::NotExcluded, "alternation is grouped before anchoring");
     }
 
     #[test]
@@ -109,7 +283,18 @@ mod tests {
         let e = ex(&[r"^v\d+\.\d+$", r"^pr-\d+$", "^.*-SNAPSHOT$"]);
         assert_eq!(e.matches("v1.2"), Match::Excluded(r"^v\d+\.\d+$"));
         assert_eq!(e.matches("v1.2.3"), Match::NotExcluded);
+        assert_eq!(e.matches("pr-42"), Match::Excluded(r"^pr-\d+$"));
+        assert_eq!(e.matches("pr-x"), Match::NotExcluded);
         assert_eq!(e.matches("1.0-SNAPSHOT"), Match::Excluded("^.*-SNAPSHOT$"));
+    }
+
+    #[test]
+    fn ascii_classes_and_case_insensitivity() {
+        let e = ex(&[r"^\w+-\s?dev$", "(?i)^nightly$", r"^[[:digit:]]+\D$"]);
+        assert_eq!(e.matches("a_1-dev"), Match::Excluded(r"^\w+-\s?dev$"));
+        assert_eq!(e.matches("NightLY"), Match::Excluded("(?i)^nightly$"));
+        assert_eq!(e.matches("123x"), Match::Excluded(r"^[[:digit:]]+\D$"));
+        assert_eq!(e.matches("123"), Match::NotExcluded);
     }
 
     #[test]
@@ -119,19 +304,54 @@ mod tests {
         assert_eq!(e.matches("v1.2.3"), Match::NotExcluded);
         assert_eq!(e.matches("v1.2.3-rc1"), Match::Excluded(p));
         assert_eq!(e.matches("latest"), Match::Excluded(p));
+        let e = ex(&["latest", p]);
+        assert_eq!(e.matches("latest"), Match::Excluded("latest"), "plain patterns first");
+        assert_eq!(e.matches("v2.0.0"), Match::NotExcluded);
+    }
+
+    #[test]
+    fn positive_and_chained_look_aheads() {
+        let p = r"(?=v)(?![^.]*\.[^.]*\.)[\w.]+";
+        let e = ex(&[p]);
+        assert_eq!(e.matches("v1.2"), Match::Excluded(p));
+        assert_eq!(e.matches("v1.2.3"), Match::NotExcluded);
+        assert_eq!(e.matches("x1.2"), Match::NotExcluded);
+        // Parentheses and brackets inside the look-ahead do not end it early.
+        let q = r"^(?!(a|b)[)\]]\)).*$";
+        let e = ex(&[q]);
+        assert_eq!(e.matches("a])"), Match::NotExcluded);
+        assert_eq!(e.matches("a)x"), Match::Excluded(q));
     }
 
     #[test]
     fn bad_pattern_is_reported_with_its_index() {
-        let err = Exclusions::compile(&["ok".into(), "(".into()]).unwrap_err();
+        let err = bad(&["ok", "("]);
         assert_eq!(err.0, 1);
+        assert!(!err.1.contains('\n'), "{}", err.1);
     }
 
     #[test]
-    fn runaway_backtracking_is_undecided_not_excluded() {
-        // The back-reference keeps the whole pattern in fancy-regex's backtracking VM.
-        let p = r"^(?=((a+)\2?)+b).*$";
-        let e = ex(&[p]);
-        assert_eq!(e.matches(&"a".repeat(100)), Match::Undecided(p));
+    fn unsupported_constructs_are_refused_at_load() {
+        for (p, says) in [
+            (r"^v(?=1).*$", "start of a pattern"),
+            (r"^(a)\1$", "start of a pattern"),
+            (r"^(?<=a)b$", "start of a pattern"),
+            (r"^(?!x)a|b$", "top-level `|`"),
+            (r"^(?!x", "unclosed"),
+            (r"^\p{Greek}$", "Unicode"),
+        ] {
+            let (i, why) = bad(&["ok", p]);
+            assert_eq!(i, 1, "{p}");
+            assert!(why.contains(says), "{p}: {why}");
+        }
+    }
+
+    #[test]
+    fn many_patterns_share_one_pass() {
+        let list: Vec<String> = (0..1000).map(|i| format!("^feature-{i}-.*$")).collect();
+        let e = Exclusions::compile(&list).unwrap();
+        assert_eq!(e.matches("feature-999-x"), Match::Excluded("^feature-999-.*$"));
+        assert_eq!(e.matches("feature-1000-x"), Match::NotExcluded);
+        assert!(e.guarded.is_empty());
     }
 }

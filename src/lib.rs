@@ -18,6 +18,7 @@ pub mod exclusions;
 pub mod metrics;
 pub mod oci_error;
 pub mod policy;
+pub mod pull;
 pub mod request;
 pub mod rules;
 pub mod verdict;

@@ -9,6 +9,7 @@
 
 use crate::exclusions::{Exclusions, Match};
 use crate::rules::{Rule, Rules};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -27,6 +28,9 @@ pub struct Policy {
     pub protect_signature_tags: bool,
     /// Rule lists; scope exclusions do not exempt a tag from them.
     pub rules: Rules,
+    /// Index into `repositories` by key: finding a scope costs one lookup per path component
+    /// of the repository, however many scopes there are.
+    by_key: HashMap<String, usize>,
 }
 
 /// A decision and the setting that made it, for the 409 body, the logs and `explain`.
@@ -45,7 +49,8 @@ impl Decision {
 impl Policy {
     pub fn new(global: Scope, mut repositories: Vec<(String, Scope)>, protect_signature_tags: bool) -> Policy {
         repositories.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        Policy { global, repositories, protect_signature_tags, rules: Rules::default() }
+        let by_key = repositories.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        Policy { global, repositories, protect_signature_tags, rules: Rules::default(), by_key }
     }
 
     pub fn with_rules(mut self, rules: Rules) -> Policy {
@@ -72,15 +77,15 @@ impl Policy {
         own.or(self.global.immutable_tags) == Some(true) || self.rules.may_select_repository(repository)
     }
 
+    /// The scope of the longest key that is `repository` or one of its parents.
     fn scope_for(&self, repository: &str) -> Option<(&str, &Scope)> {
-        self.repositories
-            .iter()
-            .find(|(key, _)| {
-                repository == key
-                    || (repository.starts_with(key.as_str())
-                        && repository.as_bytes().get(key.len()) == Some(&b'/'))
-            })
-            .map(|(k, s)| (k.as_str(), s))
+        let mut candidate = repository;
+        loop {
+            if let Some((k, s)) = self.by_key.get(candidate).and_then(|&i| self.repositories.get(i)) {
+                return Some((k.as_str(), s));
+            }
+            candidate = candidate.rsplit_once('/')?.0;
+        }
     }
 
     pub fn decide(&self, repository: &str, tag: &str) -> Decision {
@@ -123,7 +128,7 @@ impl Policy {
             Some(Match::Excluded(p)) => Decision::new(false, format!("{list_where} matches \"{p}\"")),
             Some(Match::Undecided(p)) => Decision::new(
                 true,
-                format!("{where_} = true (exclusion \"{p}\" hit its backtracking limit)"),
+                format!("{where_} = true (exclusion \"{p}\" could not be evaluated)"),
             ),
             _ => Decision::new(true, format!("{where_} = true")),
         }

@@ -94,6 +94,19 @@ class Registry:
         return sum(1 for line in self.log_path.read_text(errors="replace").splitlines() if '"HEAD /v2/' in line)
 
 
+# The route `pin_immutable_pulls` needs (README, "Pull pinning"): put it first in envoy.yaml's
+# routes, so the filter sees manifest reads while blob reads keep skipping it.
+MANIFEST_READS_ROUTE = """
+name: manifest-reads
+match:
+  safe_regex: {regex: "/v2/.+/manifests/[^/]+"}
+  headers:
+  - name: ":method"
+    string_match: {safe_regex: {regex: "GET|HEAD"}}
+route: {cluster: registry, timeout: 0s}
+"""
+
+
 def envoy_config(
     policy: dict | str,
     listen_port: int,
@@ -102,8 +115,10 @@ def envoy_config(
     stop_on_headers: bool = True,
     module: Path = MODULE,
     filter_everywhere: bool = False,
+    manifest_reads: bool = False,
 ) -> dict:
-    """envoy/envoy.yaml with ports, module path, policy and the header-stop switch replaced."""
+    """envoy/envoy.yaml with ports, module path, policy and the header-stop switch replaced.
+    `manifest_reads`: add MANIFEST_READS_ROUTE (the filter on manifest GET/HEAD, for pinning)."""
     cfg = yaml.safe_load(ENVOY_YAML.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = cfg["static_resources"]["listeners"][0]
@@ -116,6 +131,8 @@ def envoy_config(
         wasm["allow_on_headers_stop_iteration"] = True
     else:
         wasm.pop("allow_on_headers_stop_iteration", None)
+    if manifest_reads:
+        hcm["route_config"]["virtual_hosts"][0]["routes"].insert(0, yaml.safe_load(MANIFEST_READS_ROUTE))
     if filter_everywhere:
         for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
             route.pop("typed_per_filter_config", None)

@@ -23,6 +23,13 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -120,6 +127,11 @@ pub fn now_nanos() -> Result<u64, Status> {
 pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: valid key pointer/length; out-pointers are valid for the call.
     read(|d, s| unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), d, s) })
+}
+
+pub fn replace_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: valid pointers and lengths for the duration of the call.
+    check(unsafe { proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 pub fn buffer(kind: BufferType, start: usize, max_size: usize) -> Result<Option<Vec<u8>>, Status> {

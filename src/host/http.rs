@@ -10,7 +10,7 @@
 //! `super::deletes` lists and checks the repository's immutable tags, then resumed or refused.
 use super::deletes::{DigestDelete, Next};
 use super::root::Worker;
-use super::{abi, claims, headers, log, upstream};
+use super::{abi, claims, headers, log, pull, upstream};
 use crate::audit::{self, RequestInfo};
 use crate::claims::absence_still_fenced;
 use crate::config::{Mode, OnUpstreamError};
@@ -50,6 +50,8 @@ enum State {
     Deleting { repository: String, digest: Digest },
     /// Answered locally.
     Done,
+    /// A read of an immutable tag with `pin_immutable_pulls`; `pinned`: sent by digest.
+    Pull { repository: String, tag: String, pinned: bool },
 }
 
 struct Push {
@@ -484,13 +486,21 @@ impl HttpContext for Filter {
             self.count(Counter::RequestsChecked);
             self.request = RequestInfo {
                 method: Some(method),
-                path: Some(path),
+                path: Some(path.clone()),
                 request_id: headers::request("x-request-id"),
                 client_address: headers::property(&["source", "address"]),
                 user_agent: headers::request("user-agent"),
             };
         }
         match request {
+            Request::ManifestRead { repository, reference: Reference::Tag(tag) } => {
+                if let Some(worker) = self.worker.clone().filter(|w| w.config.pin_immutable_pulls) {
+                    if let Some(pinned) = pull::on_read(&worker, &repository, &tag, &path) {
+                        self.state = State::Pull { repository, tag, pinned };
+                    }
+                }
+                Action::Continue
+            }
             Request::Other | Request::ManifestRead { .. } => Action::Continue,
             Request::Invalid(err) => self.respond(&err, &[]),
             Request::ManifestPut { repository, reference, tags } => {
@@ -533,7 +543,12 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let (State::Deleting { repository, digest }, Some(worker)) = (&self.state, &self.worker) {
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        if let State::Pull { repository, tag, pinned } = &self.state {
+            pull::on_response(&worker, repository, tag, *pinned);
+            return Action::Continue;
+        }
+        if let State::Deleting { repository, digest } = &self.state {
             // The manifest is gone, and with it every tag that pointed to it.
             if headers::response(":status").is_some_and(|s| s.starts_with('2')) {
                 if let Ok(mut cache) = worker.cache.try_borrow_mut() {
@@ -543,7 +558,6 @@ impl HttpContext for Filter {
             return Action::Continue;
         }
         let State::Allowed { repository, tags, claims } = &self.state else { return Action::Continue };
-        let Some(worker) = self.worker.clone() else { return Action::Continue };
         let status = headers::response(":status");
         let digest = headers::response("docker-content-digest").and_then(|d| Digest::parse(d.trim()));
         let stored_ok = status.as_deref().is_some_and(|s| s.len() == 3 && s.starts_with('2'));

@@ -10,6 +10,7 @@ mod headers;
 mod http;
 mod log;
 mod metrics;
+mod pull;
 mod root;
 mod upstream;
 

@@ -1,0 +1,31 @@
+"""The benchmark (`make bench`) in its quick mode: every part runs, so it cannot rot, and the
+push targets that are counts, not timings, hold."""
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+
+import stack
+
+sys.path.insert(0, str(stack.ROOT / "bench"))
+
+import bench  # noqa: E402
+
+
+def test_quick_benchmark_runs_and_counts_heads(tmp_path):
+    assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["pushes"]["new tag"]["heads_per_push"] <= 1, "a new tag costs at most one HEAD"
+    assert res["pushes"]["identical re-push"]["heads_per_push"] == 0, "a warm map costs no HEAD"
+    assert res["pushes"]["overwrite"]["heads_per_push"] == 0
+    assert set(res["traffic"]) == {"no filter", "filter, shipped config", "filter on every route"}
+    assert all(x["rps"] > 0 for x in res["traffic"].values())
+    assert res["pinning"]["pulls_per_s"] > 0 and res["pinning"]["pulls_per_s_not_pinned"] > 0
+    assert {d["case"] for d in res["native"]["decision"]} == {"exclusion patterns", "repository scopes"}
+    assert res["native"]["memory"]["max_entries"] > 0
+    md = (tmp_path / "results.md").read_text()
+    for heading in ["## Targets", "## 1. Ordinary traffic", "## 2. Manifest pushes", "## 3. Pull pinning", "## 4. Module"]:
+        assert heading in md
+    svg = ET.parse(tmp_path / "ratios.svg").getroot()
+    assert svg.tag.endswith("svg") and len(svg.findall(".//{http://www.w3.org/2000/svg}rect")) > 5
