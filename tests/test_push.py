@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from conftest import SAMPLE_POLICY
 from oci import ACCEPT, current_digest, make_manifest, put_manifest, request, sha256
 
 EXPECTED_KEYS = {"repository", "tag", "current_digest", "pushed_digest", "reason"}
@@ -141,3 +142,20 @@ def test_percent_encoded_paths_are_read_like_the_registry(envoy, registry, uid):
                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
     assert r.status == 409, r
     assert current_digest(registry.url, repo, "v1") == sha256(m1)
+
+
+def test_a_stale_map_entry_is_checked_with_the_registry_before_refusing(stacks, registry, stop_on_headers, uid):
+    envoy = stacks.envoy(registry, SAMPLE_POLICY, stop_on_headers, concurrency=1)  # one map
+    repo = f"stale-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    assert put_manifest(envoy.url, repo, "v1", m1).status == 201  # the map learns v1 -> m1
+    # Behind the filter's back the manifest, and with it the tag, goes away.
+    assert request(registry.url, "DELETE", f"/v2/{repo}/manifests/{sha256(m1)}").status == 202
+    heads = registry.head_requests()
+    r = put_manifest(envoy.url, repo, "v1", m2)
+    assert r.status == 201, ("the map's stale v1 -> m1 was taken for the registry's word", r)
+    assert registry.head_requests() == heads + 1, "exactly one HEAD confirmed it"
+    assert current_digest(registry.url, repo, "v1") == sha256(m2)
+    # And an overwrite of the new digest is still refused.
+    assert put_manifest(envoy.url, repo, "v1", m1).status == 409

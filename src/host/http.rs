@@ -62,6 +62,9 @@ struct Push {
     headers_paused: bool,
     /// When the tags' state was looked up: an "absent" older than the claim TTL is not trusted.
     looked_up_ms: u64,
+    /// The client's `:authority` and credentials, for HEADs sent after the headers phase.
+    authority: Option<String>,
+    authorization: Option<String>,
 }
 
 /// A tag's process-wide claim (see `claims`), taken just before the push is let through.
@@ -79,6 +82,8 @@ struct TagCheck {
     /// What the lookup says is known to hold since then: the map entry's learning time, or
     /// when the HEAD was sent.
     since_ms: u64,
+    /// The lookup came from the map, not from the registry.
+    from_map: bool,
 }
 
 enum Lookup {
@@ -159,28 +164,25 @@ impl Filter {
         if checks.is_empty() {
             return Action::Continue;
         }
-        let authority = headers::request(":authority");
-        let authorization = headers::request("authorization");
         let now = headers::now_ms();
-        let mut push =
-            Push { repository, tags: Vec::new(), body: end_of_stream.then(Vec::new), headers_paused: false, looked_up_ms: now };
+        let mut push = Push {
+            repository,
+            tags: Vec::new(),
+            body: end_of_stream.then(Vec::new),
+            headers_paused: false,
+            looked_up_ms: now,
+            authority: headers::request(":authority"),
+            authorization: headers::request("authorization"),
+        };
         for (tag, reason) in checks {
             let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.repository, &tag, now));
             worker.metrics.add(if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
             let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
+            let from_map = cached.is_some();
             let lookup = match cached {
                 Some((d, _)) => Lookup::Known(Some(d)),
-                None => match upstream::head_manifest(
-                    &worker.config.upstream,
-                    authority.as_deref(),
-                    authorization.as_deref(),
-                    &push.repository,
-                    &tag,
-                ) {
-                    Ok(token) => {
-                        worker.metrics.add(Counter::HeadCallsDispatched);
-                        Lookup::Pending(token)
-                    }
+                None => match send_head(worker, &push, &tag) {
+                    Ok(token) => Lookup::Pending(token),
                     Err(why) if worker.config.on_upstream_error == OnUpstreamError::Allow => {
                         log::warn(&format!("immutable-tags: {}:{tag}: {why}; allowed (on_upstream_error = allow)", push.repository));
                         Lookup::Known(None)
@@ -188,15 +190,20 @@ impl Filter {
                     Err(why) => return self.respond(&OciError::upstream(&push.repository, &tag, &why), &[]),
                 },
             };
-            push.tags.push(TagCheck { tag, reason, lookup, since_ms });
-        }
-        if push.pending() {
-            push.headers_paused = true;
-            self.state = State::Check(Box::new(push));
-            return Action::Pause;
+            push.tags.push(TagCheck { tag, reason, lookup, since_ms, from_map });
         }
         self.state = State::Check(Box::new(push));
-        self.try_decide().unwrap_or(Action::Continue)
+        if let Some(action) = self.try_decide() {
+            return action;
+        }
+        // Waiting: for a HEAD (hold the headers until it answers), or only for the body.
+        match &mut self.state {
+            State::Check(push) if push.pending() => {
+                push.headers_paused = true;
+                Action::Pause
+            }
+            _ => Action::Continue,
+        }
     }
 
     /// Decides if both digests are known. `None`: still waiting. The returned action is for a
@@ -208,6 +215,36 @@ impl Filter {
         }
         let Some(body) = &push.body else { return None };
         let worker = self.worker.clone()?;
+        // A refusal rests on the registry's own word, asked with the client's credentials: a
+        // map entry that disagrees with the push is checked again first (it may be stale, and
+        // a 409 from the map alone would tell an unauthenticated client the tag's digest).
+        let stale: Vec<usize> = push
+            .tags
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.from_map && matches!(&t.lookup, Lookup::Known(Some(d)) if *d != Digest::of(d.algorithm(), body)))
+            .map(|(i, _)| i)
+            .collect();
+        if !stale.is_empty() {
+            let State::Check(push) = &mut self.state else { return None };
+            for i in stale {
+                let Some(tag) = push.tags.get(i).map(|t| t.tag.clone()) else { continue };
+                match send_head(&worker, push, &tag) {
+                    Ok(token) => {
+                        if let Some(t) = push.tags.get_mut(i) {
+                            (t.lookup, t.from_map, t.since_ms) = (Lookup::Pending(token), false, headers::now_ms());
+                        }
+                    }
+                    Err(why) => {
+                        let err = OciError::upstream(&push.repository, &tag, &why);
+                        return Some(self.respond(&err, &[]));
+                    }
+                }
+            }
+            return None;
+        }
+        let State::Check(push) = &self.state else { return None };
+        let Some(body) = &push.body else { return None };
         match decide(&worker, push, body) {
             Outcome::Allow(counters, claims) => {
                 for c in counters {
@@ -283,6 +320,14 @@ fn resume_request(after: &str) {
     if let Err(s) = abi::resume_request() {
         log::error(&format!("immutable-tags: cannot resume request after {after} ({s:?})"));
     }
+}
+
+/// Sends the HEAD that learns `tag`'s current digest, counted.
+fn send_head(worker: &Worker, push: &Push, tag: &str) -> Result<u32, String> {
+    let (authority, authorization) = (push.authority.as_deref(), push.authorization.as_deref());
+    let token = upstream::head_manifest(&worker.config.upstream, authority, authorization, &push.repository, tag)?;
+    worker.metrics.add(Counter::HeadCallsDispatched);
+    Ok(token)
 }
 
 fn first_tag(push: &Push) -> String {
