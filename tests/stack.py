@@ -206,6 +206,8 @@ class Envoy:
 def run(args: argparse.Namespace) -> int:
     """`make run`: registry on :5001, Envoy with the filter on :5000, admin on :9901."""
     policy = Path(args.policy).read_text()
+    # Stop both children on SIGTERM too (a supervisor, `timeout`), not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="immutable-tags-"))
     registry = Registry(work, port=5001).start()
     cfg = envoy_config(policy, 5000, 9901, registry.port)
