@@ -3,13 +3,18 @@
 //!
 //! Selectors take doublestar globs (`matching`/`excluding`) or, for tags, an unanchored RE2-style
 //! regex (`regex`). Regexes are compiled without Unicode classes: as in RE2, `\d`, `\w` and `\s`
-//! are ASCII (tags are ASCII anyway), which also keeps a set of a thousand of them small. Every pattern of every rule is compiled at load into three sets (repository
-//! globs, tag globs, tag regexes), so a decision is one pass over the repository and one over the
-//! tag, then work in proportion to the patterns that matched: not to the number of rules.
+//! are ASCII (tags are ASCII anyway), which also keeps a set of a thousand of them small.
+//!
+//! Each glob is translated into a regex (glob.rs); every pattern of every rule is then compiled
+//! at load into two lazy DFAs (pattern.rs): one of the repository globs, one of the tag globs
+//! and regexes. So a decision is one pass over the repository and one over the tag,
+//! then work in proportion to the patterns that matched: not to the number of rules. (Matching
+//! with `globset` and `regex::RegexSet` instead pulled their engines and Unicode tables into
+//! the module, more than doubling its size.)
 
 use crate::config::ConfigError;
-use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
-use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
+use crate::glob;
+use crate::pattern::Matcher;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -121,46 +126,29 @@ impl Rule {
 }
 
 /// Every enabled rule, compiled into sets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
     /// Enabled rules in configuration order; "position" below means an index into this.
     rules: Vec<Rule>,
     disabled: usize,
-    repo_globs: GlobSet,
-    /// Position of the rule that owns each member of `repo_globs`.
+    /// The repository globs of every enabled rule (`None`: there are none).
+    repo_set: Option<Matcher>,
+    /// Position of the rule that owns each pattern of `repo_set`.
     repo_owner: Vec<usize>,
-    tag_globs: GlobSet,
+    /// The tag globs and tag regexes of every enabled rule.
+    tag_set: Option<Matcher>,
     tag_owner: Vec<usize>,
-    tag_regexes: RegexSet,
-    regex_owner: Vec<usize>,
     /// Positions of the rules with no `matching`/`regex` selector, in order: they match unless
     /// one of their exclusions hits.
     without_matching: Vec<usize>,
-}
-
-impl Default for Rules {
-    fn default() -> Self {
-        Rules {
-            rules: Vec::new(),
-            disabled: 0,
-            repo_globs: GlobSet::empty(),
-            repo_owner: Vec::new(),
-            tag_globs: GlobSet::empty(),
-            tag_owner: Vec::new(),
-            tag_regexes: RegexSet::empty(),
-            regex_owner: Vec::new(),
-            without_matching: Vec::new(),
-        }
-    }
 }
 
 impl Rules {
     /// Compiles the `rules` array; errors name the field (`rules[2].tags.regex`) and value.
     pub(crate) fn compile(raw: Vec<RawRule>, max_regex_length: usize) -> Result<Rules, ConfigError> {
         let mut out = Rules::default();
-        let mut repo_globs = GlobSetBuilder::new();
-        let mut tag_globs = GlobSetBuilder::new();
-        let mut regexes = Vec::new();
+        let mut repo_patterns = Vec::new();
+        let mut tag_patterns = Vec::new();
         for (index, rule) in raw.into_iter().enumerate() {
             let at = format!("rules[{index}]");
             if let Some(n) = &rule.name {
@@ -186,8 +174,8 @@ impl Rules {
                     let globs = compile_globs(&format!("{at}.{key}"), &patterns)?;
                     description.push(format!("repositories {key} {}", list(&globs)));
                     if !rule.disabled {
-                        for (_, g) in globs {
-                            repo_globs.add(g);
+                        for (_, re) in globs {
+                            repo_patterns.push(re);
                             out.repo_owner.push(position);
                         }
                     }
@@ -204,8 +192,8 @@ impl Rules {
                             let globs = compile_globs(&format!("{at}.{key}"), &patterns)?;
                             description.push(format!("tags {key} {}", list(&globs)));
                             if !rule.disabled {
-                                for (_, g) in globs {
-                                    tag_globs.add(g);
+                                for (_, re) in globs {
+                                    tag_patterns.push(re);
                                     out.tag_owner.push(position);
                                 }
                             }
@@ -215,8 +203,8 @@ impl Rules {
                             check_regex(&format!("{at}.regex"), &re, max_regex_length)?;
                             description.push(format!("tags regex {}", quoted(&re)));
                             if !rule.disabled {
-                                regexes.push(re);
-                                out.regex_owner.push(position);
+                                tag_patterns.push(re);
+                                out.tag_owner.push(position);
                             }
                         }
                     }
@@ -237,10 +225,14 @@ impl Rules {
             };
             out.rules.push(Rule { index, name: rule.name, repositories, tags, description });
         }
-        let too_big = |what: &str, e: &dyn fmt::Display| err("rules", "", format!("the rules' {what} do not compile together: {e}"));
-        out.repo_globs = repo_globs.build().map_err(|e| too_big("repository globs", &e))?;
-        out.tag_globs = tag_globs.build().map_err(|e| too_big("tag globs", &e))?;
-        out.tag_regexes = RegexSetBuilder::new(&regexes).unicode(false).build().map_err(|e| too_big("regexes", &e))?;
+        let set = |what: &str, patterns: &[String]| match patterns {
+            [] => Ok(None),
+            _ => Matcher::all(patterns)
+                .map(Some)
+                .map_err(|e| err("rules", "", format!("the rules' {what} do not compile together: {e}"))),
+        };
+        out.repo_set = set("repository globs", &repo_patterns)?;
+        out.tag_set = set("tag globs and regexes", &tag_patterns)?;
         Ok(out)
     }
 
@@ -260,7 +252,9 @@ impl Rules {
     /// Whether some enabled rule selects `repository` (for some tag): a repository no rule
     /// selects never needs a tag listing on a digest delete.
     pub fn may_select_repository(&self, repository: &str) -> bool {
-        let hits = glob_hits(&self.repo_globs, &self.repo_owner, repository);
+        let Ok(hits) = set_hits(&self.repo_set, &self.repo_owner, repository) else {
+            return true; // the safe side: the caller then checks the tags
+        };
         self.rules.iter().enumerate().any(|(position, rule)| match rule.repositories {
             Select::Any => true,
             Select::Matching => hits.binary_search(&position).is_ok(),
@@ -273,14 +267,13 @@ impl Rules {
         if self.rules.is_empty() {
             return None;
         }
-        let repo_hits = glob_hits(&self.repo_globs, &self.repo_owner, repository);
-        let mut tag_hits = glob_hits(&self.tag_globs, &self.tag_owner, tag);
-        // `is_match` stops at the first match: the common miss costs no per-pattern bookkeeping.
-        if self.tag_regexes.is_match(tag.as_bytes()) {
-            tag_hits.extend(self.tag_regexes.matches(tag.as_bytes()).iter().filter_map(|i| self.regex_owner.get(i).copied()));
-            tag_hits.sort_unstable();
-            tag_hits.dedup();
-        }
+        let (Ok(repo_hits), Ok(tag_hits)) =
+            (set_hits(&self.repo_set, &self.repo_owner, repository), set_hits(&self.tag_set, &self.tag_owner, tag))
+        else {
+            // The matcher could not finish (pattern.rs: not as configured): the safe side is
+            // an immutable tag, so the first rule answers.
+            return self.rules.first();
+        };
         let selects = |position: usize| {
             let Some(rule) = self.rules.get(position) else { return false };
             let hit = |hits: &[usize]| hits.binary_search(&position).is_ok();
@@ -304,16 +297,14 @@ impl Rules {
     }
 }
 
-/// The positions of the rules owning the globs that match `s`, sorted and without duplicates.
-fn glob_hits(set: &GlobSet, owner: &[usize], s: &str) -> Vec<usize> {
-    let candidate = Candidate::from_bytes(s);
-    if !set.is_match_candidate(&candidate) {
-        return Vec::new();
-    }
-    let mut v: Vec<usize> = set.matches_candidate(&candidate).into_iter().filter_map(|m| owner.get(m).copied()).collect();
+/// The positions of the rules owning the patterns that match `s`, sorted and without
+/// duplicates (`Err`: the matcher could not finish).
+fn set_hits(set: &Option<Matcher>, owner: &[usize], s: &str) -> Result<Vec<usize>, ()> {
+    let Some(set) = set else { return Ok(Vec::new()) };
+    let mut v: Vec<usize> = set.every_match(s)?.into_iter().filter_map(|m| owner.get(m).copied()).collect();
     v.sort_unstable();
     v.dedup();
-    v
+    Ok(v)
 }
 
 type Chosen = (Select, &'static str, Option<Patterns>);
@@ -331,8 +322,9 @@ fn one_of(at: &str, matching: Option<Patterns>, excluding: Option<Patterns>, reg
     }
 }
 
-/// Splits every string at top-level commas and compiles each glob.
-fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, globset::Glob)>, ConfigError> {
+/// Splits every string at top-level commas and translates each glob into a whole-string regex:
+/// (glob, regex).
+fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, String)>, ConfigError> {
     if patterns.values.is_empty() {
         return Err(err(at, "[]", "give at least one pattern (omit the selector to select everything)"));
     }
@@ -344,17 +336,15 @@ fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, globset::
             if item.is_empty() {
                 return Err(err(field, quoted(value), "empty pattern (a stray comma?)"));
             }
-            let glob = GlobBuilder::new(item)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| err(&field, quoted(value), format!("invalid glob: {e}")))?;
-            out.push((item.to_string(), glob));
+            let re = glob::to_regex(item).map_err(|e| err(&field, quoted(value), format!("invalid glob {}: {e}", quoted(item))))?;
+            // `(?s)`: `**` crosses everything, as it did under globset's matcher.
+            out.push((item.to_string(), format!("(?s){re}")));
         }
     }
     Ok(out)
 }
 
-fn list(globs: &[(String, globset::Glob)]) -> String {
+fn list(globs: &[(String, String)]) -> String {
     let items: Vec<String> = globs.iter().map(|(s, _)| quoted(s)).collect();
     format!("[{}]", items.join(", "))
 }
@@ -367,7 +357,7 @@ fn check_regex(at: &str, re: &str, max: usize) -> Result<(), ConfigError> {
     if len > max {
         return Err(err(at, quoted(re), format!("{len} characters, longer than rules_max_regex_length ({max})")));
     }
-    RegexBuilder::new(re).unicode(false).build().map_err(|e| err(at, quoted(re), format!("invalid regular expression: {}", last_line(&e.to_string()))))?;
+    Matcher::all(std::slice::from_ref(&re.to_string())).map_err(|e| err(at, quoted(re), format!("invalid regular expression: {e}")))?;
     Ok(())
 }
 
@@ -416,10 +406,6 @@ fn err(field: impl Into<String>, value: impl Into<String>, reason: impl Into<Str
 
 fn quoted(s: &str) -> String {
     serde_json::Value::from(s).to_string()
-}
-
-fn last_line(s: &str) -> &str {
-    s.lines().last().unwrap_or(s).trim()
 }
 
 #[cfg(test)]
