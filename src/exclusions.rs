@@ -97,7 +97,7 @@ impl Exclusions {
             match set.find(tag) {
                 Ok(Some(id)) => return Match::Excluded(pattern(self.plain_index.get(id).copied().unwrap_or(0))),
                 Ok(None) => {}
-                Err(()) => undecided = Some(pattern(self.plain_index.first().copied().unwrap_or(0))),
+                Err(_) => undecided = Some(pattern(self.plain_index.first().copied().unwrap_or(0))),
             }
         }
         'patterns: for (i, g) in &self.guarded {
@@ -105,7 +105,7 @@ impl Exclusions {
                 match m.find(tag) {
                     Ok(found) if found.is_some() != *negated => {}
                     Ok(_) => continue 'patterns,
-                    Err(()) => {
+                    Err(_) => {
                         undecided = undecided.or(Some(pattern(*i)));
                         continue 'patterns;
                     }
@@ -114,7 +114,7 @@ impl Exclusions {
             match g.rest.find(tag) {
                 Ok(Some(_)) => return Match::Excluded(pattern(*i)),
                 Ok(None) => {}
-                Err(()) => undecided = undecided.or(Some(pattern(*i))),
+                Err(_) => undecided = undecided.or(Some(pattern(*i))),
             }
         }
         undecided.map_or(Match::NotExcluded, Match::Undecided)

@@ -15,6 +15,10 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind};
 use std::cell::RefCell;
 
+/// The lazy DFA could not finish a search (not as configured here; see the module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unfinished;
+
 /// A lazy DFA and its scratch space. One VM per worker thread: the `RefCell` is never
 /// contended (a fresh scratch is made if it ever were).
 #[derive(Debug, Clone)]
@@ -62,22 +66,22 @@ impl Matcher {
     }
 
     /// The pattern that matches at the start of `hay` (`Err`: the DFA gave up).
-    pub fn find(&self, hay: &str) -> Result<Option<usize>, ()> {
+    pub fn find(&self, hay: &str) -> Result<Option<usize>, Unfinished> {
         let input = Input::new(hay.as_bytes()).anchored(Anchored::Yes);
         let found = self.with_scratch(|s| self.dfa.try_search_fwd(&mut s.cache, &input));
-        found.map(|m| m.map(|hm| hm.pattern().as_usize())).map_err(|_| ())
+        found.map(|m| m.map(|hm| hm.pattern().as_usize())).map_err(|_| Unfinished)
     }
 
     /// Every pattern that matches anywhere in `hay`, in one overlapping pass (for a matcher
     /// built with `all`). Each ID appears once, in no particular order.
-    pub fn every_match(&self, hay: &str) -> Result<Vec<usize>, ()> {
+    pub fn every_match(&self, hay: &str) -> Result<Vec<usize>, Unfinished> {
         let input = Input::new(hay.as_bytes());
         self.with_scratch(|s| {
             let mut hits = Vec::new();
             let mut state = OverlappingState::start();
             let outcome = loop {
                 if self.dfa.try_search_overlapping_fwd(&mut s.cache, &input, &mut state).is_err() {
-                    break Err(());
+                    break Err(Unfinished);
                 }
                 let Some(m) = state.get_match() else { break Ok(()) };
                 let id = m.pattern().as_usize();
