@@ -1,6 +1,6 @@
-//! Policy decision time with 1 vs 1,000 exclusion patterns and 1 vs 1,000 repository scopes
-//! (the pure core, natively). `cargo bench --bench decision` measures; run without `--bench`
-//! (as `cargo test --all-targets` does) it only checks that it works, in a blink.
+//! Policy decision time with 1 vs 1,000 exclusion patterns, 1 vs 1,000 repository scopes and
+//! 1 vs 1,000 rules (the pure core, natively). `cargo bench --bench decision` measures; run
+//! without `--bench` (as `cargo test --all-targets` does) it only checks that it works, in a blink.
 //! Prints one JSON line per case for bench/bench.py.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -24,10 +24,19 @@ fn scopes(n: usize) -> Config {
     Config::from_json(json.to_string().as_bytes()).unwrap()
 }
 
-// Rules (the `rules` array another change adds): add `fn rules(n: usize) -> Config` building
-// `n` rules and a ("rules", rules) line in CASES below; bench.py reports every case it prints.
+/// A policy of `n` glob rules in the Harbor/STACKIT form, rule i protecting tags `dev-*` of the
+/// repositories `team<i>/app/**`, then one GitLab-style regex rule (so that `queries` hits the
+/// same kinds of rules for any `n`).
+fn rules(n: usize) -> Config {
+    let mut list: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"name": format!("r{i}"), "repositories": {"matching": format!("team{i}/app/**")}, "tags": {"matching": "dev-*"}}))
+        .collect();
+    list.push(serde_json::json!({"name": "features", "tags": {"regex": "^feature-\\d+-"}}));
+    Config::from_json(serde_json::json!({"rules": list}).to_string().as_bytes()).unwrap()
+}
+
 type Case = (&'static str, fn(usize) -> Config);
-const CASES: [Case; 2] = [("exclusion patterns", exclusions), ("repository scopes", scopes)];
+const CASES: [Case; 3] = [("exclusion patterns", exclusions), ("repository scopes", scopes), ("rules", rules)];
 
 /// The same mix of work for any `n`: a third of the requests match an exclusion pattern, a
 /// third fall in a repository scope and match its pattern, a third miss everything (the full

@@ -1,19 +1,15 @@
 //! Exclusion patterns (Angos `immutable_tags_exclusions`): regular expressions matched against
 //! the whole tag.
 //!
-//! Patterns are compiled with `regex-automata`'s lazy DFA, in ASCII mode: tags are ASCII, so
-//! Unicode tables would only cost module size (`\d`, `\w`, `\s` and `(?i)` are ASCII classes,
-//! `.` is any byte). Plain patterns are compiled together into one DFA, so matching costs one
-//! pass over the tag however many there are. Look-ahead is accepted at the start of a pattern
-//! (the seeds' "protect release tags only" example, `^(?!v[0-9]+\.[0-9]+\.[0-9]+$).*$`): each
-//! look-ahead is its own DFA, tested at the tag's start. Everything here runs in time linear in
-//! the tag (no backtracking), so no pattern can stall a worker.
+//! Patterns are compiled with `regex-automata`'s lazy DFA, in ASCII mode (see pattern.rs:
+//! `\d`, `\w`, `\s` and `(?i)` are ASCII classes). Plain patterns are compiled together into
+//! one DFA, so matching costs one pass over the tag however many there are. Look-ahead is
+//! accepted at the start of a pattern (the seeds' "protect release tags only" example,
+//! `^(?!v[0-9]+\.[0-9]+\.[0-9]+$).*$`): each look-ahead is its own DFA, tested at the tag's
+//! start. Everything here runs in time linear in the tag (no backtracking), so no pattern can
+//! stall a worker.
 
-use regex_automata::hybrid::dfa::{Cache, DFA};
-use regex_automata::nfa::thompson;
-use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input};
-use std::cell::RefCell;
+use crate::pattern::Matcher;
 
 #[derive(Debug, Clone)]
 pub struct Exclusions {
@@ -46,51 +42,17 @@ struct Guarded {
     rest: Matcher,
 }
 
-/// A lazy DFA and its cache. One VM per worker thread: the `RefCell` is never contended.
-#[derive(Debug, Clone)]
-struct Matcher {
-    dfa: DFA,
-    cache: RefCell<Cache>,
-}
-
-impl Matcher {
-    fn new(patterns: &[String]) -> Result<Matcher, String> {
-        let dfa = DFA::builder()
-            .syntax(syntax::Config::new().unicode(false).utf8(false))
-            .thompson(thompson::Config::new().utf8(false))
-            .build_many(patterns)
-            .map_err(|e| error_text(&e))?;
-        let cache = RefCell::new(dfa.create_cache());
-        Ok(Matcher { dfa, cache })
-    }
-
-    /// The pattern that matches at the start of `tag` (`Err`: the DFA gave up).
-    fn find(&self, tag: &str) -> Result<Option<usize>, ()> {
-        let input = Input::new(tag.as_bytes()).anchored(Anchored::Yes);
-        let run = |cache: &mut Cache| self.dfa.try_search_fwd(cache, &input);
-        let found = match self.cache.try_borrow_mut() {
-            Ok(mut cache) => run(&mut cache),
-            Err(_) => run(&mut self.dfa.create_cache()),
-        };
-        found.map(|m| m.map(|hm| hm.pattern().as_usize())).map_err(|_| ())
-    }
-}
-
-/// regex-syntax errors span several lines (pattern, caret, message); keep it on one.
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s = inner.to_string();
-        src = inner.source();
-    }
-    let msg = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>();
-    let msg = msg.join(" ");
-    if msg.contains("look-around") || msg.contains("backreferences") {
-        format!("{msg} (look-ahead is supported at the start of a pattern only, e.g. ^(?!v[0-9]+$).*$)")
+/// The pattern engine's error text, with a hint where these patterns differ from it.
+fn error_text(e: String) -> String {
+    if e.contains("look-around") || e.contains("backreferences") {
+        format!("{e} (look-ahead is supported at the start of a pattern only, e.g. ^(?!v[0-9]+$).*$)")
     } else {
-        msg
+        e
     }
+}
+
+fn compile_one(patterns: &[String]) -> Result<Matcher, String> {
+    Matcher::new(patterns).map_err(error_text)
 }
 
 impl Exclusions {
@@ -104,19 +66,19 @@ impl Exclusions {
             let whole = format!("^(?:{rest})$");
             if heads.is_empty() {
                 // Compiled alone first, so an error names its own pattern.
-                Matcher::new(std::slice::from_ref(&whole)).map_err(|why| (i, why))?;
+                compile_one(std::slice::from_ref(&whole)).map_err(|why| (i, why))?;
                 plain.push(whole);
                 plain_index.push(i);
                 continue;
             }
             let mut look_aheads = Vec::new();
             for (negated, body) in heads {
-                look_aheads.push((negated, Matcher::new(&[format!("^(?:{body})")]).map_err(|why| (i, why))?));
+                look_aheads.push((negated, compile_one(&[format!("^(?:{body})")]).map_err(|why| (i, why))?));
             }
-            let rest = Matcher::new(&[whole]).map_err(|why| (i, why))?;
+            let rest = compile_one(&[whole]).map_err(|why| (i, why))?;
             guarded.push((i, Guarded { look_aheads, rest }));
         }
-        let plain = if plain.is_empty() { None } else { Some(Matcher::new(&plain).map_err(|why| (0, why))?) };
+        let plain = if plain.is_empty() { None } else { Some(compile_one(&plain).map_err(|why| (0, why))?) };
         Ok(Exclusions { patterns: patterns.to_vec(), plain, plain_index, guarded })
     }
 
@@ -135,7 +97,7 @@ impl Exclusions {
             match set.find(tag) {
                 Ok(Some(id)) => return Match::Excluded(pattern(self.plain_index.get(id).copied().unwrap_or(0))),
                 Ok(None) => {}
-                Err(()) => undecided = Some(pattern(self.plain_index.first().copied().unwrap_or(0))),
+                Err(_) => undecided = Some(pattern(self.plain_index.first().copied().unwrap_or(0))),
             }
         }
         'patterns: for (i, g) in &self.guarded {
@@ -143,7 +105,7 @@ impl Exclusions {
                 match m.find(tag) {
                     Ok(found) if found.is_some() != *negated => {}
                     Ok(_) => continue 'patterns,
-                    Err(()) => {
+                    Err(_) => {
                         undecided = undecided.or(Some(pattern(*i)));
                         continue 'patterns;
                     }
@@ -152,7 +114,7 @@ impl Exclusions {
             match g.rest.find(tag) {
                 Ok(Some(_)) => return Match::Excluded(pattern(*i)),
                 Ok(None) => {}
-                Err(()) => undecided = undecided.or(Some(pattern(*i))),
+                Err(_) => undecided = undecided.or(Some(pattern(*i))),
             }
         }
         undecided.map_or(Match::NotExcluded, Match::Undecided)

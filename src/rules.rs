@@ -3,13 +3,18 @@
 //!
 //! Selectors take doublestar globs (`matching`/`excluding`) or, for tags, an unanchored RE2-style
 //! regex (`regex`). Regexes are compiled without Unicode classes: as in RE2, `\d`, `\w` and `\s`
-//! are ASCII (tags are ASCII anyway), which also keeps a set of a thousand of them small. Every pattern of every rule is compiled at load into three sets (repository
-//! globs, tag globs, tag regexes), so a decision is one pass over the repository and one over the
-//! tag, then work in proportion to the patterns that matched: not to the number of rules.
+//! are ASCII (tags are ASCII anyway), which also keeps a set of a thousand of them small.
+//!
+//! Each glob is translated into a regex (glob.rs); every pattern of every rule is then compiled
+//! at load into two lazy DFAs (pattern.rs): one of the repository globs, one of the tag globs
+//! and regexes. So a decision is one pass over the repository and one over the tag,
+//! then work in proportion to the patterns that matched: not to the number of rules. (Matching
+//! with `globset` and `regex::RegexSet` instead pulled their engines and Unicode tables into
+//! the module, more than doubling its size.)
 
 use crate::config::ConfigError;
-use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
-use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
+use crate::glob;
+use crate::pattern::{Matcher, Unfinished};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -93,6 +98,9 @@ pub struct Rule {
     repositories: Select,
     tags: Select,
     description: String,
+    /// Its patterns' IDs in `Rules::repo_set` and `Rules::tag_set`.
+    repo_ids: Vec<usize>,
+    tag_ids: Vec<usize>,
 }
 
 impl Rule {
@@ -121,46 +129,32 @@ impl Rule {
 }
 
 /// Every enabled rule, compiled into sets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
     /// Enabled rules in configuration order; "position" below means an index into this.
     rules: Vec<Rule>,
     disabled: usize,
-    repo_globs: GlobSet,
-    /// Position of the rule that owns each member of `repo_globs`.
-    repo_owner: Vec<usize>,
-    tag_globs: GlobSet,
-    tag_owner: Vec<usize>,
-    tag_regexes: RegexSet,
-    regex_owner: Vec<usize>,
+    /// The distinct repository globs of every enabled rule (`None`: there are none).
+    repo_set: Option<Matcher>,
+    /// For each pattern of `repo_set`, the rules (positions, ascending) that select
+    /// repositories `matching` it: a hit makes them candidates.
+    repo_candidates: Vec<Vec<usize>>,
+    /// The distinct tag globs and tag regexes of every enabled rule.
+    tag_set: Option<Matcher>,
+    /// For each pattern of `tag_set`, the rules selecting tags with it that have no
+    /// repository `matching` (those with one are candidates through `repo_candidates`).
+    tag_candidates: Vec<Vec<usize>>,
     /// Positions of the rules with no `matching`/`regex` selector, in order: they match unless
     /// one of their exclusions hits.
     without_matching: Vec<usize>,
-}
-
-impl Default for Rules {
-    fn default() -> Self {
-        Rules {
-            rules: Vec::new(),
-            disabled: 0,
-            repo_globs: GlobSet::empty(),
-            repo_owner: Vec::new(),
-            tag_globs: GlobSet::empty(),
-            tag_owner: Vec::new(),
-            tag_regexes: RegexSet::empty(),
-            regex_owner: Vec::new(),
-            without_matching: Vec::new(),
-        }
-    }
 }
 
 impl Rules {
     /// Compiles the `rules` array; errors name the field (`rules[2].tags.regex`) and value.
     pub(crate) fn compile(raw: Vec<RawRule>, max_regex_length: usize) -> Result<Rules, ConfigError> {
         let mut out = Rules::default();
-        let mut repo_globs = GlobSetBuilder::new();
-        let mut tag_globs = GlobSetBuilder::new();
-        let mut regexes = Vec::new();
+        let mut repo_patterns = Distinct::default();
+        let mut tag_patterns = Distinct::default();
         for (index, rule) in raw.into_iter().enumerate() {
             let at = format!("rules[{index}]");
             if let Some(n) = &rule.name {
@@ -175,6 +169,7 @@ impl Rules {
             // Validated even when disabled: enabling a rule later must not reveal a bad pattern.
             let position = out.rules.len();
             let mut description = Vec::new();
+            let (mut repo_ids, mut tag_ids) = (Vec::new(), Vec::new());
             let repositories = match rule.repositories {
                 None => Select::Any,
                 Some(r) => {
@@ -186,10 +181,7 @@ impl Rules {
                     let globs = compile_globs(&format!("{at}.{key}"), &patterns)?;
                     description.push(format!("repositories {key} {}", list(&globs)));
                     if !rule.disabled {
-                        for (_, g) in globs {
-                            repo_globs.add(g);
-                            out.repo_owner.push(position);
-                        }
+                        repo_ids = globs.into_iter().map(|(_, re)| repo_patterns.id(re)).collect();
                     }
                     select
                 }
@@ -204,10 +196,7 @@ impl Rules {
                             let globs = compile_globs(&format!("{at}.{key}"), &patterns)?;
                             description.push(format!("tags {key} {}", list(&globs)));
                             if !rule.disabled {
-                                for (_, g) in globs {
-                                    tag_globs.add(g);
-                                    out.tag_owner.push(position);
-                                }
+                                tag_ids = globs.into_iter().map(|(_, re)| tag_patterns.id(re)).collect();
                             }
                         }
                         None => {
@@ -215,8 +204,7 @@ impl Rules {
                             check_regex(&format!("{at}.regex"), &re, max_regex_length)?;
                             description.push(format!("tags regex {}", quoted(&re)));
                             if !rule.disabled {
-                                regexes.push(re);
-                                out.regex_owner.push(position);
+                                tag_ids = vec![tag_patterns.id(re)];
                             }
                         }
                     }
@@ -227,7 +215,15 @@ impl Rules {
                 out.disabled += 1;
                 continue;
             }
-            if repositories != Select::Matching && tags != Select::Matching {
+            repo_ids.sort_unstable();
+            repo_ids.dedup();
+            tag_ids.sort_unstable();
+            tag_ids.dedup();
+            if repositories == Select::Matching {
+                candidate(&mut out.repo_candidates, &repo_ids, position);
+            } else if tags == Select::Matching {
+                candidate(&mut out.tag_candidates, &tag_ids, position);
+            } else {
                 out.without_matching.push(position);
             }
             let description = if description.is_empty() {
@@ -235,12 +231,16 @@ impl Rules {
             } else {
                 description.join(", ")
             };
-            out.rules.push(Rule { index, name: rule.name, repositories, tags, description });
+            out.rules.push(Rule { index, name: rule.name, repositories, tags, description, repo_ids, tag_ids });
         }
-        let too_big = |what: &str, e: &dyn fmt::Display| err("rules", "", format!("the rules' {what} do not compile together: {e}"));
-        out.repo_globs = repo_globs.build().map_err(|e| too_big("repository globs", &e))?;
-        out.tag_globs = tag_globs.build().map_err(|e| too_big("tag globs", &e))?;
-        out.tag_regexes = RegexSetBuilder::new(&regexes).unicode(false).build().map_err(|e| too_big("regexes", &e))?;
+        let set = |what: &str, patterns: &[String]| match patterns {
+            [] => Ok(None),
+            _ => Matcher::all(patterns)
+                .map(Some)
+                .map_err(|e| err("rules", "", format!("the rules' {what} do not compile together: {e}"))),
+        };
+        out.repo_set = set("repository globs", &repo_patterns.patterns)?;
+        out.tag_set = set("tag globs and regexes", &tag_patterns.patterns)?;
         Ok(out)
     }
 
@@ -260,12 +260,10 @@ impl Rules {
     /// Whether some enabled rule selects `repository` (for some tag): a repository no rule
     /// selects never needs a tag listing on a digest delete.
     pub fn may_select_repository(&self, repository: &str) -> bool {
-        let hits = glob_hits(&self.repo_globs, &self.repo_owner, repository);
-        self.rules.iter().enumerate().any(|(position, rule)| match rule.repositories {
-            Select::Any => true,
-            Select::Matching => hits.binary_search(&position).is_ok(),
-            Select::Excluding => hits.binary_search(&position).is_err(),
-        })
+        let Ok(hits) = set_hits(&self.repo_set, repository) else {
+            return true; // the safe side: the caller then checks the tags
+        };
+        self.rules.iter().any(|rule| selected(rule.repositories, &rule.repo_ids, &hits))
     }
 
     /// The first enabled rule (in configuration order) that selects `repository:tag`.
@@ -273,47 +271,85 @@ impl Rules {
         if self.rules.is_empty() {
             return None;
         }
-        let repo_hits = glob_hits(&self.repo_globs, &self.repo_owner, repository);
-        let mut tag_hits = glob_hits(&self.tag_globs, &self.tag_owner, tag);
-        // `is_match` stops at the first match: the common miss costs no per-pattern bookkeeping.
-        if self.tag_regexes.is_match(tag.as_bytes()) {
-            tag_hits.extend(self.tag_regexes.matches(tag.as_bytes()).iter().filter_map(|i| self.regex_owner.get(i).copied()));
-            tag_hits.sort_unstable();
-            tag_hits.dedup();
-        }
+        let (Ok(repo_hits), Ok(tag_hits)) = (set_hits(&self.repo_set, repository), set_hits(&self.tag_set, tag)) else {
+            // The matcher could not finish (pattern.rs: not as configured): the safe side is
+            // an immutable tag, so the first rule answers.
+            return self.rules.first();
+        };
         let selects = |position: usize| {
-            let Some(rule) = self.rules.get(position) else { return false };
-            let hit = |hits: &[usize]| hits.binary_search(&position).is_ok();
-            let ok = |s: Select, hits: &[usize]| match s {
-                Select::Any => true,
-                Select::Matching => hit(hits),
-                Select::Excluding => !hit(hits),
-            };
-            ok(rule.repositories, &repo_hits) && ok(rule.tags, &tag_hits)
+            self.rules.get(position).is_some_and(|rule| {
+                selected(rule.repositories, &rule.repo_ids, &repo_hits) && selected(rule.tags, &rule.tag_ids, &tag_hits)
+            })
         };
-        // A rule with a `matching`/`regex` selector can only match if that selector hit.
-        let hit = repo_hits.iter().chain(tag_hits.iter()).copied().filter(|&p| selects(p)).min();
-        // Every rule this skips was hit by one of its exclusions, so it runs at most
-        // (number of hits + 1) times, however many rules there are.
-        let unhit = self.without_matching.iter().copied().find(|&p| selects(p));
-        let position = match (hit, unhit) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
-        self.rules.get(position)
+        // A rule with a `matching`/`regex` selector can only match if one of its patterns hit:
+        // the candidates are the owners of the patterns that hit. Each list is in order, so
+        // only its first rule that selects counts; the rules it skips were refused by their
+        // other selector.
+        let mut best: Option<usize> = None;
+        let lists = repo_hits
+            .iter()
+            .filter_map(|&id| self.repo_candidates.get(id))
+            .chain(tag_hits.iter().filter_map(|&id| self.tag_candidates.get(id)));
+        for list in lists {
+            let mut before_best = list.iter().copied().take_while(|&p| best.map_or(true, |b| p < b));
+            if let Some(p) = before_best.find(|&p| selects(p)) {
+                best = Some(p);
+            }
+        }
+        // Every rule this skips was hit by one of its exclusions.
+        let unhit = self.without_matching.iter().copied().take_while(|&p| best.map_or(true, |b| p < b)).find(|&p| selects(p));
+        self.rules.get(unhit.or(best)?)
     }
 }
 
-/// The positions of the rules owning the globs that match `s`, sorted and without duplicates.
-fn glob_hits(set: &GlobSet, owner: &[usize], s: &str) -> Vec<usize> {
-    let candidate = Candidate::from_bytes(s);
-    if !set.is_match_candidate(&candidate) {
-        return Vec::new();
+/// Whether a selector with these patterns selects, given the patterns that hit (sorted).
+fn selected(select: Select, ids: &[usize], hits: &[usize]) -> bool {
+    let hit = || ids.iter().any(|id| hits.binary_search(id).is_ok());
+    match select {
+        Select::Any => true,
+        Select::Matching => hit(),
+        Select::Excluding => !hit(),
     }
-    let mut v: Vec<usize> = set.matches_candidate(&candidate).into_iter().filter_map(|m| owner.get(m).copied()).collect();
+}
+
+/// Adds `position` to the candidates of each pattern in `ids`.
+fn candidate(lists: &mut Vec<Vec<usize>>, ids: &[usize], position: usize) {
+    for &id in ids {
+        if lists.len() <= id {
+            lists.resize_with(id + 1, Vec::new);
+        }
+        if let Some(list) = lists.get_mut(id) {
+            list.push(position);
+        }
+    }
+}
+
+/// Patterns compiled once however many rules use them (a thousand rules on `v*` are one
+/// pattern in the DFA, which then reports one hit, not a thousand).
+#[derive(Default)]
+struct Distinct {
+    patterns: Vec<String>,
+    ids: std::collections::HashMap<String, usize>,
+}
+
+impl Distinct {
+    fn id(&mut self, pattern: String) -> usize {
+        let next = self.patterns.len();
+        let id = *self.ids.entry(pattern.clone()).or_insert(next);
+        if id == next {
+            self.patterns.push(pattern);
+        }
+        id
+    }
+}
+
+/// The IDs of the patterns of `set` that match `s`, sorted (`Err`: the matcher could not
+/// finish).
+fn set_hits(set: &Option<Matcher>, s: &str) -> Result<Vec<usize>, Unfinished> {
+    let Some(set) = set else { return Ok(Vec::new()) };
+    let mut v = set.every_match(s)?;
     v.sort_unstable();
-    v.dedup();
-    v
+    Ok(v)
 }
 
 type Chosen = (Select, &'static str, Option<Patterns>);
@@ -331,8 +367,9 @@ fn one_of(at: &str, matching: Option<Patterns>, excluding: Option<Patterns>, reg
     }
 }
 
-/// Splits every string at top-level commas and compiles each glob.
-fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, globset::Glob)>, ConfigError> {
+/// Splits every string at top-level commas and translates each glob into a whole-string regex:
+/// (glob, regex).
+fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, String)>, ConfigError> {
     if patterns.values.is_empty() {
         return Err(err(at, "[]", "give at least one pattern (omit the selector to select everything)"));
     }
@@ -344,17 +381,15 @@ fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, globset::
             if item.is_empty() {
                 return Err(err(field, quoted(value), "empty pattern (a stray comma?)"));
             }
-            let glob = GlobBuilder::new(item)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| err(&field, quoted(value), format!("invalid glob: {e}")))?;
-            out.push((item.to_string(), glob));
+            let re = glob::to_regex(item).map_err(|e| err(&field, quoted(value), format!("invalid glob {}: {e}", quoted(item))))?;
+            // `(?s)`: `**` crosses everything, as it did under globset's matcher.
+            out.push((item.to_string(), format!("(?s){re}")));
         }
     }
     Ok(out)
 }
 
-fn list(globs: &[(String, globset::Glob)]) -> String {
+fn list(globs: &[(String, String)]) -> String {
     let items: Vec<String> = globs.iter().map(|(s, _)| quoted(s)).collect();
     format!("[{}]", items.join(", "))
 }
@@ -367,7 +402,7 @@ fn check_regex(at: &str, re: &str, max: usize) -> Result<(), ConfigError> {
     if len > max {
         return Err(err(at, quoted(re), format!("{len} characters, longer than rules_max_regex_length ({max})")));
     }
-    RegexBuilder::new(re).unicode(false).build().map_err(|e| err(at, quoted(re), format!("invalid regular expression: {}", last_line(&e.to_string()))))?;
+    Matcher::all(std::slice::from_ref(&re.to_string())).map_err(|e| err(at, quoted(re), format!("invalid regular expression: {e}")))?;
     Ok(())
 }
 
@@ -416,10 +451,6 @@ fn err(field: impl Into<String>, value: impl Into<String>, reason: impl Into<Str
 
 fn quoted(s: &str) -> String {
     serde_json::Value::from(s).to_string()
-}
-
-fn last_line(s: &str) -> &str {
-    s.lines().last().unwrap_or(s).trim()
 }
 
 #[cfg(test)]
@@ -599,6 +630,25 @@ mod tests {
     }
 
     #[test]
+    fn shared_patterns_serve_every_rule_that_uses_them() {
+        let r = rules(r#"[
+          {"repositories": {"matching": "a/**"}, "tags": {"matching": "v*"}},
+          {"repositories": {"excluding": "a/**"}, "tags": {"matching": "v*"}},
+          {"repositories": {"matching": "b/**"}, "tags": {"excluding": "v*"}},
+          {"tags": {"matching": "v*,x"}}
+        ]"#);
+        assert_eq!(hit(&r, "a/x", "v1"), Some(0));
+        assert_eq!(hit(&r, "c", "v1"), Some(1));
+        assert_eq!(hit(&r, "b/x", "w"), Some(2));
+        assert_eq!(hit(&r, "a/x", "x"), Some(3));
+        assert_eq!(hit(&r, "a/x", "w"), None);
+        // The first rule on a shared pattern is refused by its other selector; the next answers.
+        let r = rules(r#"[{"repositories": {"excluding": "a/**"}, "tags": {"matching": "v*"}}, {"tags": {"matching": "v*"}}]"#);
+        assert_eq!(hit(&r, "a/x", "v1"), Some(1));
+        assert_eq!(hit(&r, "b", "v1"), Some(0));
+    }
+
+    #[test]
     fn disabled_rules_have_no_effect_but_are_validated() {
         let r = rules(r#"[{"tags": {"matching": "**"}, "disabled": true}]"#);
         assert!(r.is_empty());
@@ -628,6 +678,14 @@ mod tests {
         assert_eq!(hit(&r, "a", "x"), None);
         assert_eq!(hit(&r, "a", "t0"), Some(1));
         assert_eq!(hit(&r, "a", "y"), Some(0));
+        // A thousand rules on the same tag glob, each for its own repositories (the bench's case).
+        let v: Vec<String> =
+            (0..1000).map(|i| format!(r#"{{"repositories": {{"matching": "team{i}/**"}}, "tags": {{"matching": "dev-*"}}}}"#)).collect();
+        let r = rules(&format!("[{}]", v.join(",")));
+        assert_eq!(hit(&r, "team999/app", "dev-1"), Some(999));
+        assert_eq!(hit(&r, "team0/app", "dev-1"), Some(0));
+        assert_eq!(hit(&r, "team1000/app", "dev-1"), None);
+        assert_eq!(hit(&r, "team5/app", "v1"), None);
         // A thousand regexes with classes fit in one set.
         let v: Vec<String> = (0..1000).map(|i| format!(r#"{{"tags": {{"regex": "^rel{i}-\\d+\\.\\w+$"}}}}"#)).collect();
         let r = rules(&format!("[{}]", v.join(",")));
