@@ -23,7 +23,7 @@ def test_quick_benchmark_runs_and_counts_heads(tmp_path):
     assert set(res["traffic"]) == {"no filter", "filter, shipped config", "filter on every route"}
     assert all(x["rps"] > 0 for x in res["traffic"].values())
     assert res["pinning"]["pulls_per_s"] > 0 and res["pinning"]["pulls_per_s_not_pinned"] > 0
-    assert {d["case"] for d in res["native"]["decision"]} == {"exclusion patterns", "repository scopes"}
+    assert {d["case"] for d in res["native"]["decision"]} == {"exclusion patterns", "repository scopes", "rules"}
     assert res["native"]["memory"]["max_entries"] > 0
     md = (tmp_path / "results.md").read_text()
     for heading in ["## Targets", "## 1. Ordinary traffic", "## 2. Manifest pushes", "## 3. Pull pinning", "## 4. Module"]:
