@@ -162,38 +162,26 @@ fn walk(p: &str, mut each: impl FnMut(usize, u8, usize) -> bool) -> Option<usize
             i += 2;
             continue;
         }
+        if c == b'[' {
+            // Classes nest (`[[:digit:]]`); a `]` right after `[` or `[^` is a literal.
+            class += 1;
+            i += 1;
+            if b.get(i) == Some(&b'^') {
+                i += 1;
+            }
+            if b.get(i) == Some(&b']') {
+                i += 1;
+            }
+            continue;
+        }
         if class > 0 {
-            match c {
-                // A `]` right after `[` or `[^` is a literal.
-                b'[' => {
-                    class += 1;
-                    i += 1;
-                    if b.get(i) == Some(&b'^') {
-                        i += 1;
-                    }
-                    if b.get(i) == Some(&b']') {
-                        i += 1;
-                    }
-                    continue;
-                }
-                b']' => class -= 1,
-                _ => {}
+            if c == b']' {
+                class -= 1;
             }
             i += 1;
             continue;
         }
         match c {
-            b'[' => {
-                class = 1;
-                i += 1;
-                if b.get(i) == Some(&b'^') {
-                    i += 1;
-                }
-                if b.get(i) == Some(&b']') {
-                    i += 1;
-                }
-                continue;
-            }
             b'(' => depth += 1,
             b')' => depth = depth.saturating_sub(1),
             _ => {}

@@ -78,6 +78,25 @@ def envoy(stacks, registry, stop_on_headers):
     return stacks.envoy(registry, SAMPLE_POLICY, stop_on_headers)
 
 
+# htpasswd line for alice:secret (bcrypt, cost 4: the registry accepts only bcrypt).
+HTPASSWD = "alice:$2y$04$YUzrbVPfWkvjbEDla1Pxb.j3ZmJONaCPsLCSIbzcAMsOxYBtptq22\n"
+ALICE = {"Authorization": "Basic YWxpY2U6c2VjcmV0"}
+
+
+@pytest.fixture
+def locked(registry, workdir):
+    """A registry that wants credentials (htpasswd: alice), on the session registry's storage,
+    so tests seed it without auth through `registry`."""
+    htpasswd = workdir / "htpasswd"
+    htpasswd.write_text(HTPASSWD)
+    storage = {"filesystem": {"rootdirectory": str(registry.dir / "data")}, "delete": {"enabled": True}}
+    r = stack.Registry(workdir, extra={"storage": storage,
+                                       "auth": {"htpasswd": {"realm": "test-realm", "path": str(htpasswd)}}})
+    r.start()
+    yield r
+    r.stop()
+
+
 @pytest.fixture
 def uid() -> str:
     return uuid.uuid4().hex[:10]

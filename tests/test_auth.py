@@ -3,37 +3,25 @@ the client's credentials reach the registry with the filter's HEADs, and a warm 
 answers an unauthenticated client with another image's digest."""
 from __future__ import annotations
 
-import stack
-from conftest import SAMPLE_POLICY
+from conftest import ALICE, SAMPLE_POLICY
 from oci import current_digest, make_manifest, put_manifest, sha256
-from test_deletes import ALICE, HTPASSWD
 
 
-def test_push_needs_the_registrys_credentials(stacks, registry, workdir, stop_on_headers, uid):
-    htpasswd = workdir / "htpasswd-push"
-    htpasswd.write_text(HTPASSWD)
-    # Same storage as the session registry (which seeds blobs without auth), behind htpasswd.
-    storage = {"filesystem": {"rootdirectory": str(registry.dir / "data")}, "delete": {"enabled": True}}
-    locked = stack.Registry(workdir, extra={"storage": storage,
-                                            "auth": {"htpasswd": {"realm": "test-realm", "path": str(htpasswd)}}})
-    locked.start()
-    try:
-        envoy = stacks.envoy(locked, SAMPLE_POLICY, stop_on_headers, concurrency=1)  # one map
-        repo = f"auth-{uid}"
-        m1 = make_manifest(registry.url, repo, "one")
-        m2 = make_manifest(registry.url, repo, "two")
+def test_push_needs_the_registrys_credentials(stacks, registry, locked, stop_on_headers, uid):
+    envoy = stacks.envoy(locked, SAMPLE_POLICY, stop_on_headers, concurrency=1)  # one map
+    repo = f"auth-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
 
-        assert put_manifest(envoy.url, repo, "v1", m1, headers=ALICE).status == 201  # the map learns v1
+    assert put_manifest(envoy.url, repo, "v1", m1, headers=ALICE).status == 201  # the map learns v1
 
-        r = put_manifest(envoy.url, repo, "v1", m2)  # no credentials, warm map
-        assert r.status == 401, r
-        assert r.headers["www-authenticate"] == 'Basic realm="test-realm"'
-        assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
-        assert sha256(m1) not in r.body.decode(), "an unauthenticated client learns no digest"
+    r = put_manifest(envoy.url, repo, "v1", m2)  # no credentials, warm map
+    assert r.status == 401, r
+    assert r.headers["www-authenticate"] == 'Basic realm="test-realm"'
+    assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert sha256(m1) not in r.body.decode(), "an unauthenticated client learns no digest"
 
-        r = put_manifest(envoy.url, repo, "v1", m2, headers=ALICE)
-        assert r.status == 409, r
-        assert put_manifest(envoy.url, repo, "v1", m1, headers=ALICE).status == 201
-        assert current_digest(registry.url, repo, "v1") == sha256(m1)
-    finally:
-        locked.stop()
+    r = put_manifest(envoy.url, repo, "v1", m2, headers=ALICE)
+    assert r.status == 409, r
+    assert put_manifest(envoy.url, repo, "v1", m1, headers=ALICE).status == 201
+    assert current_digest(registry.url, repo, "v1") == sha256(m1)

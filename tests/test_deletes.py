@@ -7,7 +7,7 @@ import copy
 import pytest
 
 import stack
-from conftest import SAMPLE_POLICY
+from conftest import ALICE, SAMPLE_POLICY
 from oci import current_digest, head_manifest, make_manifest, put_manifest, request, sha256
 from pager import Pager
 
@@ -225,42 +225,27 @@ def test_protection_can_be_switched_off(stacks, registry, stop_on_headers, uid):
     assert not exists(registry.url, repo, sha256(ms["one"]))
 
 
-# htpasswd line for alice:secret (bcrypt, cost 4: the registry accepts only bcrypt).
-HTPASSWD = "alice:$2y$04$YUzrbVPfWkvjbEDla1Pxb.j3ZmJONaCPsLCSIbzcAMsOxYBtptq22\n"
-ALICE = {"Authorization": "Basic YWxpY2U6c2VjcmV0"}
-
-
-def test_registry_auth_challenge_is_passed_back(stacks, registry, workdir, stop_on_headers, uid):
+def test_registry_auth_challenge_is_passed_back(stacks, registry, locked, stop_on_headers, uid):
     """A registry that wants credentials: its 401 and WWW-Authenticate reach the client, and the
     client's credentials reach the registry with every call the filter makes."""
-    htpasswd = workdir / "htpasswd"
-    htpasswd.write_text(HTPASSWD)
-    # Same storage as the session registry (which seeds it without auth), behind htpasswd auth.
-    storage = {"filesystem": {"rootdirectory": str(registry.dir / "data")}, "delete": {"enabled": True}}
-    locked = stack.Registry(workdir, extra={"storage": storage,
-                                            "auth": {"htpasswd": {"realm": "test-realm", "path": str(htpasswd)}}})
-    locked.start()
-    try:
-        envoy = stacks.envoy(locked, SAMPLE_POLICY, stop_on_headers)
-        repo = f"app-{uid}"
-        ms = seed(registry, repo, {"v1": "one", "latest": "two"})
-        d1, d2 = sha256(ms["one"]), sha256(ms["two"])
+    envoy = stacks.envoy(locked, SAMPLE_POLICY, stop_on_headers)
+    repo = f"app-{uid}"
+    ms = seed(registry, repo, {"v1": "one", "latest": "two"})
+    d1, d2 = sha256(ms["one"]), sha256(ms["two"])
 
-        r = delete(envoy.url, repo, d2)
-        assert r.status == 401, r
-        assert r.headers["www-authenticate"] == 'Basic realm="test-realm"'
-        assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
-        assert exists(registry.url, repo, d2)
+    r = delete(envoy.url, repo, d2)
+    assert r.status == 401, r
+    assert r.headers["www-authenticate"] == 'Basic realm="test-realm"'
+    assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert exists(registry.url, repo, d2)
 
-        r = delete(envoy.url, repo, d1, headers=ALICE)
-        assert r.status == 409, r
-        assert r.json()["errors"][0]["detail"]["tag"] == "v1"
-        assert exists(registry.url, repo, d1)
+    r = delete(envoy.url, repo, d1, headers=ALICE)
+    assert r.status == 409, r
+    assert r.json()["errors"][0]["detail"]["tag"] == "v1"
+    assert exists(registry.url, repo, d1)
 
-        assert delete(envoy.url, repo, d2, headers=ALICE).status == 202
-        assert not exists(registry.url, repo, d2)
-    finally:
-        locked.stop()
+    assert delete(envoy.url, repo, d2, headers=ALICE).status == 202
+    assert not exists(registry.url, repo, d2)
 
 
 def test_map_forgets_tags_of_a_deleted_manifest(stacks, registry, stop_on_headers, uid):
