@@ -62,9 +62,7 @@ pub fn classify(method: &str, raw_path: &str) -> Request {
         Some((p, q)) => (p, Some(q)),
         None => (raw_path, None),
     };
-    // Cheap pre-filter, no allocation: a path with no escape that never says "manifests"
-    // cannot be a manifests route. Everything else goes through the full parse.
-    if !raw.contains('%') && !mentions_manifests(raw) {
+    if !may_name_manifests(raw) {
         return Request::Other;
     }
     let is_write = matches!(method, Method::Put | Method::Delete);
@@ -138,6 +136,14 @@ pub fn classify(method: &str, raw_path: &str) -> Request {
 /// proxy or framework between Envoy and the registry might not, turning a request the filter
 /// took for a read into a write: on a manifests path they are refused.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Cheap pre-filter, no allocation: a path (query aside) with no escape that never says
+/// "manifests" cannot be a manifests route, whatever the method. Everything else goes through
+/// the full parse. The shipped Envoy config's route for the filter mirrors this test.
+pub fn may_name_manifests(raw_path: &str) -> bool {
+    let raw = raw_path.split_once('?').map_or(raw_path, |(p, _)| p);
+    raw.contains('%') || mentions_manifests(raw)
+}
 
 /// Whether a request carrying a method-override header must be refused: its path is (or, once
 /// decoded, might be) a manifests route. A path that cannot be decoded counts too.

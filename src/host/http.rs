@@ -18,7 +18,7 @@ use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
-use crate::request::{classify, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
+use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
 use crate::verdict::{judge, read_head, Current, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -520,8 +520,12 @@ impl Context for Filter {
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.count(Counter::RequestsSeen);
-        let method = headers::request(":method").unwrap_or_default();
         let path = headers::request(":path").unwrap_or_default();
+        // Most traffic (blobs, uploads, /v2/) ends here, after one header read.
+        if !may_name_manifests(&path) {
+            return Action::Continue;
+        }
+        let method = headers::request(":method").unwrap_or_default();
         if METHOD_OVERRIDE_HEADERS.iter().any(|h| headers::request(h).is_some()) && refuses_method_override(&path) {
             let msg = "Method override headers are not accepted on manifest routes";
             return self.respond(&OciError::unclassifiable("UNSUPPORTED", msg, &path), &[]);
