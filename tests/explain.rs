@@ -129,3 +129,18 @@ fn usage_errors() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8(out.stdout).unwrap().contains("explain --config"));
 }
+
+#[test]
+fn check_validates_every_file_and_names_the_bad_field() {
+    let good = policy_file(ISSUE_EXAMPLE);
+    let bad = policy_file(r#"{"rules": [{"tags": {"regex": "("}}]}"#);
+    let o = run(&["check", good.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("ok {}: mode=enforce", good.display())));
+
+    let o = run(&["check", good.to_str().unwrap(), bad.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&format!("invalid {}: invalid configuration: field `rules[0].tags.regex`", bad.display())), "{text}");
+    assert_eq!(run(&["check"], None).status.code(), Some(2));
+}

@@ -1,6 +1,6 @@
 """Every policy shipped in envoy/ (the Envoy config, policy files, the Istio WasmPlugin and the
 Envoy Gateway EnvoyExtensionPolicy) is valid for the filter, checked by the filter's own parser
-(examples/check_policy.rs), so the examples never drift from the product."""
+(`immutable-tags check`), so the examples never drift from the product."""
 from __future__ import annotations
 
 import json
@@ -51,15 +51,15 @@ def all_policies() -> dict[str, list[tuple[str, str]]]:
 
 @pytest.fixture(scope="module")
 def check_policy():
-    subprocess.run(["cargo", "build", "--quiet", "--example", "check_policy"], cwd=stack.ROOT, check=True)
-    exe = stack.ROOT / "target" / "debug" / "examples" / "check_policy"
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "immutable-tags"], cwd=stack.ROOT, check=True)
+    exe = stack.ROOT / "target" / "debug" / "immutable-tags"
 
     def run(tmp: Path, policies: list[str]) -> subprocess.CompletedProcess:
         files = []
         for i, p in enumerate(policies):
             files.append(tmp / f"policy-{i}.json")
             files[-1].write_text(p)
-        return subprocess.run([str(exe), *map(str, files)], capture_output=True, text=True)
+        return subprocess.run([str(exe), "check", *map(str, files)], capture_output=True, text=True)
 
     return run
 

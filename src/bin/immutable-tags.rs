@@ -1,8 +1,9 @@
 //! `immutable-tags explain`: asks the filter's own policy code whether `<repository>:<tag>` is
 //! immutable under a configuration, and why, without deploying it.
+//! `immutable-tags check`: validates policy files with the filter's own parser.
 //!
-//! Exit status: 0 when a decision was printed, 1 when the configuration cannot be read or is
-//! invalid (with the line the filter would log), 2 on a usage error.
+//! Exit status: 0 when a decision was printed (every file is valid), 1 when a configuration
+//! cannot be read or is invalid (with the line the filter would log), 2 on a usage error.
 
 use immutable_tags::config::Config;
 use immutable_tags::request::{is_valid_name, is_valid_tag};
@@ -12,9 +13,11 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: immutable-tags explain --config <policy.json | -> <repository> <tag>
        immutable-tags explain --config <policy.json | -> <repository>:<tag>
+       immutable-tags check <policy.json>...
 
 Prints whether the tag is immutable under the configuration and the setting or rule that
-decides it. The configuration is the filter's plugin configuration (JSON); `-` reads stdin.";
+decides it; `check` validates each file and prints its effective policy or its error. The
+configuration is the filter's plugin configuration (JSON); `-` reads stdin.";
 
 struct Explain {
     config: String,
@@ -78,8 +81,38 @@ fn out(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+/// `check FILE...`: every file through the filter's parser; 1 if any is unreadable or invalid.
+fn check(files: &[String]) -> ExitCode {
+    if files.is_empty() {
+        eprintln!("immutable-tags: check needs at least one file\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    let mut ok = true;
+    for path in files {
+        match read_config(path).map(|b| Config::from_json(&b)) {
+            Ok(Ok(c)) => out(&format!("ok {path}: {}\n", c.summary())),
+            Ok(Err(why)) => {
+                ok = false;
+                out(&format!("invalid {path}: {why}\n"));
+            }
+            Err(why) => {
+                ok = false;
+                out(&format!("unreadable {path}: {why}\n"));
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(("check", files)) = args.split_first().map(|(c, rest)| (c.as_str(), rest)) {
+        return check(files);
+    }
     let e = match parse(&args) {
         Ok(Some(e)) => e,
         Ok(None) => {
