@@ -6,7 +6,7 @@ use crate::exclusions::Exclusions;
 use crate::policy::{Policy, Scope};
 use crate::request::is_valid_name;
 use crate::rules::{RawRule, Rules, DEFAULT_MAX_REGEX_LENGTH, MAX_REGEX_LENGTH_LIMIT};
-use serde::Deserialize;
+use crate::json_doc::{Fields, Json};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -52,8 +52,7 @@ pub struct ClaimSettings {
 }
 
 /// What to do with a push to an immutable tag when the registry cannot tell its current digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUpstreamError {
     /// Refuse with 503 (the default: nothing passes unchecked).
     Refuse,
@@ -115,67 +114,51 @@ fn quoted(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawConfig {
-    #[serde(default)]
     upstream: RawUpstream,
-    #[serde(default)]
     global: RawScope,
-    #[serde(default)]
     repository: BTreeMap<String, RawScope>,
     error_code: Option<String>,
-    #[serde(default)]
     cache: RawCache,
-    #[serde(default)]
     protect_signature_tags: bool,
     mode: Option<String>,
-    #[serde(default)]
     deletes: RawDeletes,
     /// Harbor/STACKIT/GitLab-style rule list (see rules.rs).
-    #[serde(default)]
     rules: Vec<RawRule>,
     rules_max_regex_length: Option<usize>,
-    #[serde(default)]
     claims: RawClaims,
     on_upstream_error: Option<OnUpstreamError>,
-    #[serde(default)]
     pin_immutable_pulls: bool,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawDeletes {
     protect: Option<bool>,
     max_immutable_tags: Option<usize>,
     page_size: Option<u32>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawClaims {
     ttl_seconds: Option<u64>,
     slots: Option<u32>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawUpstream {
     cluster: Option<String>,
     authority: Option<String>,
     timeout_ms: Option<u64>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawScope {
     immutable_tags: Option<bool>,
-    #[serde(default)]
     immutable_tags_exclusions: Vec<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawCache {
     max_entries: Option<usize>,
     ttl_seconds: Option<u64>,
@@ -189,13 +172,7 @@ impl Config {
         let raw: RawConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
             RawConfig::default()
         } else {
-            let de = &mut serde_json::Deserializer::from_slice(bytes);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let field = if path == "." || path.is_empty() { "(root)".to_string() } else { path };
-                err(field, "", inner.to_string())
-            })?
+            RawConfig::read(&Json::parse(bytes)?)?
         };
         raw.validate()
     }
@@ -235,7 +212,114 @@ impl Config {
     }
 }
 
+fn usize_max() -> u64 {
+    u64::try_from(usize::MAX).unwrap_or(u64::MAX)
+}
+
+/// Narrows a value `opt_uint` already bounded to the type's maximum.
+fn narrow<T: TryFrom<u64>>(n: Option<u64>) -> Option<T> {
+    n.and_then(|n| T::try_from(n).ok())
+}
+
+/// An object field that is its type's default when absent.
+fn object<'a>(f: &Fields<'a>, name: &str, allowed: &[&str]) -> Result<Option<Fields<'a>>, ConfigError> {
+    f.present(name).map(|v| v.fields(&f.at(name), allowed)).transpose()
+}
+
 impl RawConfig {
+    fn read(doc: &Json) -> Result<RawConfig, ConfigError> {
+        let f = doc.fields(
+            "",
+            &[
+                "upstream",
+                "global",
+                "repository",
+                "error_code",
+                "cache",
+                "protect_signature_tags",
+                "mode",
+                "deletes",
+                "rules",
+                "rules_max_regex_length",
+                "claims",
+                "on_upstream_error",
+                "pin_immutable_pulls",
+            ],
+        )?;
+        let upstream = match object(&f, "upstream", &["cluster", "authority", "timeout_ms"])? {
+            None => RawUpstream::default(),
+            Some(u) => RawUpstream {
+                cluster: u.opt_string("cluster")?,
+                authority: u.opt_string("authority")?,
+                timeout_ms: u.opt_uint("timeout_ms", "u64", u64::MAX)?,
+            },
+        };
+        let global = match f.present("global") {
+            None => RawScope::default(),
+            Some(v) => RawScope::read(v, "global")?,
+        };
+        let mut repository = BTreeMap::new();
+        if let Some(v) = f.present("repository") {
+            let Json::Object(entries) = v else {
+                return Err(v.invalid_type("repository", "a map"));
+            };
+            // As serde's map: a repeated key's last value wins.
+            for (name, scope) in entries {
+                repository.insert(name.clone(), RawScope::read(scope, &format!("repository.{name}"))?);
+            }
+        }
+        let cache = match object(&f, "cache", &["max_entries", "ttl_seconds"])? {
+            None => RawCache::default(),
+            Some(c) => RawCache {
+                max_entries: narrow(c.opt_uint("max_entries", "usize", usize_max())?),
+                ttl_seconds: c.opt_uint("ttl_seconds", "u64", u64::MAX)?,
+            },
+        };
+        let deletes = match object(&f, "deletes", &["protect", "max_immutable_tags", "page_size"])? {
+            None => RawDeletes::default(),
+            Some(d) => RawDeletes {
+                protect: d.opt_bool("protect")?,
+                max_immutable_tags: narrow(d.opt_uint("max_immutable_tags", "usize", usize_max())?),
+                page_size: narrow(d.opt_uint("page_size", "u32", u32::MAX.into())?),
+            },
+        };
+        let claims = match object(&f, "claims", &["ttl_seconds", "slots"])? {
+            None => RawClaims::default(),
+            Some(c) => RawClaims {
+                ttl_seconds: c.opt_uint("ttl_seconds", "u64", u64::MAX)?,
+                slots: narrow(c.opt_uint("slots", "u32", u32::MAX.into())?),
+            },
+        };
+        let rules = match f.present("rules") {
+            None => Vec::new(),
+            Some(v) => RawRule::read_all(v, "rules")?,
+        };
+        let on_upstream_error = match f.get("on_upstream_error") {
+            None => None,
+            Some(Json::Str(s)) if s == "refuse" => Some(OnUpstreamError::Refuse),
+            Some(Json::Str(s)) if s == "allow" => Some(OnUpstreamError::Allow),
+            Some(Json::Str(s)) => {
+                return Err(err("on_upstream_error", "", format!("unknown variant `{s}`, expected `refuse` or `allow`")))
+            }
+            Some(v) => return Err(v.invalid_type("on_upstream_error", "`refuse` or `allow`")),
+        };
+        Ok(RawConfig {
+            upstream,
+            global,
+            repository,
+            error_code: f.opt_string("error_code")?,
+            cache,
+            protect_signature_tags: f.bool_or_false("protect_signature_tags")?,
+            mode: f.opt_string("mode")?,
+            deletes,
+            rules,
+            rules_max_regex_length: narrow(f.opt_uint("rules_max_regex_length", "usize", usize_max())?),
+            claims,
+            on_upstream_error,
+            pin_immutable_pulls: f.bool_or_false("pin_immutable_pulls")?,
+        })
+    }
+
     fn validate(self) -> Result<Config, ConfigError> {
         let cluster = self.upstream.cluster.unwrap_or_else(|| "registry".into());
         if cluster.is_empty() {
@@ -318,6 +402,16 @@ impl RawConfig {
             claims: ClaimSettings { ttl_ms: claim_ttl * 1000, slots },
             on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
             pin_immutable_pulls: self.pin_immutable_pulls,
+        })
+    }
+}
+
+impl RawScope {
+    fn read(v: &Json, at: &str) -> Result<RawScope, ConfigError> {
+        let f = v.fields(at, &["immutable_tags", "immutable_tags_exclusions"])?;
+        Ok(RawScope {
+            immutable_tags: f.opt_bool("immutable_tags")?,
+            immutable_tags_exclusions: f.strings_or_empty("immutable_tags_exclusions")?,
         })
     }
 }
@@ -471,6 +565,13 @@ mod tests {
         assert_eq!(e.field, "repository.dev.immutable_tag");
         assert!(e.reason.contains("unknown field"), "{e}");
 
+        let e = bad(r#"{"mode": "audit", "mode": "enforce"}"#);
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("mode", "duplicate field `mode`"));
+        let e = bad(r#"{"cache": {"max_entries": 1.5}}"#);
+        assert_eq!(e.to_string(), "invalid configuration: field `cache.max_entries`: invalid type: floating point `1.5`, expected usize");
+        let e = bad(r#"{"on_upstream_error": "deny"}"#);
+        assert_eq!(e.reason, "unknown variant `deny`, expected `refuse` or `allow`");
+        assert!(bad("{} x").reason.contains("trailing characters"), "nothing after the document");
         let e = bad(r#"{"globl": {}}"#);
         assert!(e.to_string().contains("globl"), "{e}");
 

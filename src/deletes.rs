@@ -12,7 +12,7 @@ use crate::oci_error::OciError;
 use crate::policy::Policy;
 use crate::request::is_valid_tag;
 use crate::verdict::Current;
-use serde::Deserialize;
+use crate::json_doc::Json;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,17 +44,19 @@ pub fn first_page_path(repository: &str, page_size: Option<u32>) -> String {
     }
 }
 
-#[derive(Deserialize)]
-struct TagsPage {
-    // distribution answers `"tags": null` for a repository whose tags are all gone.
-    tags: Option<Vec<String>>,
-}
-
 /// The tags of one `tags/list` page.
 pub fn parse_tags_page(body: &[u8]) -> Result<Vec<String>, String> {
-    let page: TagsPage =
-        serde_json::from_slice(body).map_err(|e| format!("the registry answered tags/list with invalid JSON ({e})"))?;
-    let tags = page.tags.unwrap_or_default();
+    let invalid = |e: String| format!("the registry answered tags/list with invalid JSON ({e})");
+    let page = Json::parse(body).map_err(|e| invalid(e.reason))?;
+    // Other fields (`name`) are ignored; distribution answers `"tags": null` for a repository
+    // whose tags are all gone.
+    let tags = match &page {
+        Json::Object(entries) => match entries.iter().find(|(k, _)| k == "tags") {
+            None | Some((_, Json::Null)) => Vec::new(),
+            Some((_, v)) => v.strings("tags").map_err(|e| invalid(format!("{} at {}", e.reason, e.field)))?,
+        },
+        other => return Err(invalid(other.invalid_type("", "struct TagsPage").reason)),
+    };
     if let Some(bad) = tags.iter().find(|t| !is_valid_tag(t)) {
         return Err(format!("the registry listed an invalid tag {:?}", bad.chars().take(140).collect::<String>()));
     }

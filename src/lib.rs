@@ -16,6 +16,7 @@ pub mod deletes;
 pub mod digest;
 pub mod exclusions;
 pub mod glob;
+pub mod json_doc;
 pub mod metrics;
 pub mod oci_error;
 pub mod pattern;

@@ -15,9 +15,7 @@
 use crate::config::ConfigError;
 use crate::glob;
 use crate::pattern::{Matcher, Unfinished};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
-use std::fmt;
+use crate::json_doc::{Fields, Json};
 
 /// Longest `regex` accepted (characters) unless `rules_max_regex_length` says otherwise.
 /// GitLab allows 100; long patterns are rarely honest and cost memory in the set.
@@ -26,25 +24,18 @@ pub const DEFAULT_MAX_REGEX_LENGTH: usize = 256;
 pub const MAX_REGEX_LENGTH_LIMIT: usize = 10_000;
 
 /// One entry of `rules` as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     name: Option<String>,
-    #[serde(default)]
     disabled: bool,
     repositories: Option<RawRepositories>,
     tags: Option<RawTags>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRepositories {
     matching: Option<Patterns>,
     excluding: Option<Patterns>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTags {
     matching: Option<Patterns>,
     excluding: Option<Patterns>,
@@ -57,26 +48,47 @@ struct Patterns {
     is_array: bool,
 }
 
-impl<'de> Deserialize<'de> for Patterns {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Patterns;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a glob, a comma-separated string of globs, or an array of them")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Patterns, E> {
-                Ok(Patterns { values: vec![v.to_string()], is_array: false })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Patterns, A::Error> {
-                let mut values = Vec::new();
-                while let Some(v) = seq.next_element::<String>()? {
-                    values.push(v);
-                }
-                Ok(Patterns { values, is_array: true })
-            }
+impl Patterns {
+    fn read(f: &Fields<'_>, name: &str) -> Result<Option<Patterns>, ConfigError> {
+        match f.get(name) {
+            None => Ok(None),
+            Some(Json::Str(v)) => Ok(Some(Patterns { values: vec![v.clone()], is_array: false })),
+            Some(v @ Json::Array(_)) => Ok(Some(Patterns { values: v.strings(&f.at(name))?, is_array: true })),
+            Some(v) => Err(v.invalid_type(&f.at(name), "a glob, a comma-separated string of globs, or an array of them")),
         }
-        d.deserialize_any(V)
+    }
+}
+
+impl RawRule {
+    /// The `rules` array as written.
+    pub(crate) fn read_all(v: &Json, at: &str) -> Result<Vec<RawRule>, ConfigError> {
+        let Json::Array(items) = v else {
+            return Err(v.invalid_type(at, "a sequence"));
+        };
+        items.iter().enumerate().map(|(i, item)| RawRule::read(item, &format!("{at}[{i}]"))).collect()
+    }
+
+    fn read(v: &Json, at: &str) -> Result<RawRule, ConfigError> {
+        let f = v.fields(at, &["name", "disabled", "repositories", "tags"])?;
+        let repositories = match f.get("repositories") {
+            None => None,
+            Some(r) => {
+                let r = r.fields(&f.at("repositories"), &["matching", "excluding"])?;
+                Some(RawRepositories { matching: Patterns::read(&r, "matching")?, excluding: Patterns::read(&r, "excluding")? })
+            }
+        };
+        let tags = match f.get("tags") {
+            None => None,
+            Some(t) => {
+                let t = t.fields(&f.at("tags"), &["matching", "excluding", "regex"])?;
+                Some(RawTags {
+                    matching: Patterns::read(&t, "matching")?,
+                    excluding: Patterns::read(&t, "excluding")?,
+                    regex: t.opt_string("regex")?,
+                })
+            }
+        };
+        Ok(RawRule { name: f.opt_string("name")?, disabled: f.bool_or_false("disabled")?, repositories, tags })
     }
 }
 
@@ -461,7 +473,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn try_rules(json: &str) -> Result<Rules, ConfigError> {
-        let raw: Vec<RawRule> = serde_json::from_str(json).unwrap();
+        let raw = RawRule::read_all(&Json::parse(json.as_bytes()).unwrap(), "rules").unwrap();
         Rules::compile(raw, DEFAULT_MAX_REGEX_LENGTH)
     }
     fn rules(json: &str) -> Rules {
@@ -779,7 +791,8 @@ mod tests {
         let long = "a".repeat(257);
         let e = try_rules(&format!(r#"[{{"tags": {{"regex": "{long}"}}}}]"#)).unwrap_err();
         assert!(e.reason.contains("rules_max_regex_length (256)"), "{e}");
-        let raw: Vec<RawRule> = serde_json::from_str(&format!(r#"[{{"tags": {{"regex": "{long}"}}}}]"#)).unwrap();
+        let json = format!(r#"[{{"tags": {{"regex": "{long}"}}}}]"#);
+        let raw = RawRule::read_all(&Json::parse(json.as_bytes()).unwrap(), "rules").unwrap();
         assert!(Rules::compile(raw, 300).is_ok());
 
         let e = try_rules(r#"[{"tags": {"matching": "v*", "excluding": "rc"}}]"#).unwrap_err();
