@@ -35,6 +35,14 @@ def registry(workdir):
     r.stop()
 
 
+@pytest.fixture
+def own_registry(workdir):
+    """A registry of the test's own, which it may stop and start (the session one stays up)."""
+    r = stack.Registry(workdir).start()
+    yield r
+    r.stop()
+
+
 class Stacks:
     """Starts Envoys on demand and stops them all at the end of the session."""
 

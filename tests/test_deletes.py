@@ -190,29 +190,25 @@ def test_too_many_immutable_tags_refuses_with_a_clear_error(stacks, registry, st
     assert exists(registry.url, repo, sha256(ms["two"]))
 
 
-def test_registry_down_refuses_with_the_manifest_intact(stacks, workdir, stop_on_headers, uid):
-    reg = stack.Registry(workdir).start()
-    try:
-        envoy = stacks.envoy(reg, SAMPLE_POLICY, stop_on_headers)
-        repo = f"app-{uid}"
-        ms = seed(reg, repo, {"v1": "one", "latest": "two"})
-        d2 = sha256(ms["two"])
-        reg.stop()
+def test_registry_down_refuses_with_the_manifest_intact(stacks, own_registry, stop_on_headers, uid):
+    envoy = stacks.envoy(own_registry, SAMPLE_POLICY, stop_on_headers)
+    repo = f"app-{uid}"
+    ms = seed(own_registry, repo, {"v1": "one", "latest": "two"})
+    d2 = sha256(ms["two"])
+    own_registry.stop()
 
-        r = delete(envoy.url, repo, d2)
-        assert r.status == 503, r
-        assert r.headers["content-type"] == "application/json"
-        err = r.json()["errors"][0]
-        assert err["code"] == "UNAVAILABLE"
-        assert err["detail"]["digest"] == d2 and err["detail"]["repository"] == repo
-        assert d2 in err["message"]
+    r = delete(envoy.url, repo, d2)
+    assert r.status == 503, r
+    assert r.headers["content-type"] == "application/json"
+    err = r.json()["errors"][0]
+    assert err["code"] == "UNAVAILABLE"
+    assert err["detail"]["digest"] == d2 and err["detail"]["repository"] == repo
+    assert d2 in err["message"]
 
-        reg.start()
-        assert exists(reg.url, repo, d2), "the manifest is intact"
-        assert delete(envoy.url, repo, d2).status == 202, "served normally once the registry is back"
-        assert not exists(reg.url, repo, d2)
-    finally:
-        reg.stop()
+    own_registry.start()
+    assert exists(own_registry.url, repo, d2), "the manifest is intact"
+    assert delete(envoy.url, repo, d2).status == 202, "served normally once the registry is back"
+    assert not exists(own_registry.url, repo, d2)
 
 
 def test_protection_can_be_switched_off(stacks, registry, stop_on_headers, uid):

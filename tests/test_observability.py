@@ -87,20 +87,16 @@ def test_counters_move_with_each_outcome(stacks, registry, stop_on_headers, uid)
     assert f"immutable_tags_overwrites_refused{{}} {c5['overwrites_refused']}" in prom.splitlines()
 
 
-def test_upstream_error_is_counted(stacks, workdir, stop_on_headers, uid):
-    reg = stack.Registry(workdir).start()
-    try:
-        envoy = stacks.envoy(reg, SAMPLE_POLICY, stop_on_headers)
-        repo = f"down-{uid}"
-        m1 = make_manifest(reg.url, repo, "one")
-        reg.stop()
-        c0 = counters(envoy)
-        r = put_manifest(envoy.url, repo, "v1", m1)
-        assert r.status == 503 and r.json()["errors"][0]["code"] == "UNAVAILABLE", r
-        assert moved(c0, counters(envoy)) == {"requests_seen": 1, "requests_checked": 1, "map_misses": 1,
-                                              "head_calls_dispatched": 1, "upstream_errors": 1}
-    finally:
-        reg.stop()
+def test_upstream_error_is_counted(stacks, own_registry, stop_on_headers, uid):
+    envoy = stacks.envoy(own_registry, SAMPLE_POLICY, stop_on_headers)
+    repo = f"down-{uid}"
+    m1 = make_manifest(own_registry.url, repo, "one")
+    own_registry.stop()
+    c0 = counters(envoy)
+    r = put_manifest(envoy.url, repo, "v1", m1)
+    assert r.status == 503 and r.json()["errors"][0]["code"] == "UNAVAILABLE", r
+    assert moved(c0, counters(envoy)) == {"requests_seen": 1, "requests_checked": 1, "map_misses": 1,
+                                          "head_calls_dispatched": 1, "upstream_errors": 1}
 
 
 def test_refusal_log_line_carries_every_field(stacks, registry, uid):
@@ -169,21 +165,17 @@ def test_audit_mode_lets_an_overwrite_through_and_logs_and_counts_it(stacks, reg
     assert moved(c2, counters(envoy))["invalid_requests_refused"] == 1
 
 
-def test_audit_mode_lets_a_push_through_when_the_registry_cannot_answer(stacks, workdir, stop_on_headers, uid):
-    reg = stack.Registry(workdir).start()
-    try:
-        envoy = stacks.envoy(reg, AUDIT_POLICY, stop_on_headers)
-        repo = f"audit-down-{uid}"
-        m1 = make_manifest(reg.url, repo, "one")
-        reg.stop()
-        c0 = counters(envoy)
-        r = put_manifest(envoy.url, repo, "v1", m1)
-        # Let through: Envoy's router then fails to reach the registry (no OCI body from us).
-        assert r.status == 503 and b"UNAVAILABLE" not in r.body, r
-        d = moved(c0, counters(envoy))
-        assert d["upstream_errors"] == 1 and d["audit_would_refuse"] == 1, d
-    finally:
-        reg.stop()
+def test_audit_mode_lets_a_push_through_when_the_registry_cannot_answer(stacks, own_registry, stop_on_headers, uid):
+    envoy = stacks.envoy(own_registry, AUDIT_POLICY, stop_on_headers)
+    repo = f"audit-down-{uid}"
+    m1 = make_manifest(own_registry.url, repo, "one")
+    own_registry.stop()
+    c0 = counters(envoy)
+    r = put_manifest(envoy.url, repo, "v1", m1)
+    # Let through: Envoy's router then fails to reach the registry (no OCI body from us).
+    assert r.status == 503 and b"UNAVAILABLE" not in r.body, r
+    d = moved(c0, counters(envoy))
+    assert d["upstream_errors"] == 1 and d["audit_would_refuse"] == 1, d
 
 
 def test_blob_traffic_skips_the_filter_and_manifest_writes_do_not(stacks, registry, uid):
