@@ -22,6 +22,8 @@ pub struct Config {
     pub on_upstream_error: OnUpstreamError,
     /// Rewrite reads of immutable tags the map knows to reads by digest (see `pull`).
     pub pin_immutable_pulls: bool,
+    /// Largest manifest the filter buffers to hash; a larger push is refused with 413.
+    pub max_manifest_bytes: usize,
 }
 
 /// `enforce` refuses; `audit` evaluates everything the same way, logs and counts what it would
@@ -130,6 +132,7 @@ struct RawConfig {
     claims: RawClaims,
     on_upstream_error: Option<OnUpstreamError>,
     pin_immutable_pulls: bool,
+    max_manifest_bytes: Option<u64>,
 }
 
 #[derive(Default)]
@@ -166,6 +169,10 @@ struct RawCache {
 
 pub const DEFAULT_ERROR_CODE: &str = "TAG_IMMUTABLE";
 
+/// 4 MiB, the shipped route's `request_body_buffer_limit`: the filter refuses a larger manifest
+/// itself rather than rely on Envoy's 413, which does not come while headers are held.
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
 impl Config {
     /// Parses and validates a configuration. Empty input is the empty policy (every tag mutable).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
@@ -189,7 +196,7 @@ impl Config {
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         let d = &self.deletes;
         format!(
-            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={}; on_upstream_error={:?}; pin_immutable_pulls={}",
+            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",
             self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
@@ -207,7 +214,8 @@ impl Config {
             self.claims.ttl_ms / 1000,
             self.claims.slots,
             self.on_upstream_error,
-            self.pin_immutable_pulls
+            self.pin_immutable_pulls,
+            self.max_manifest_bytes
         )
     }
 }
@@ -244,6 +252,7 @@ impl RawConfig {
                 "claims",
                 "on_upstream_error",
                 "pin_immutable_pulls",
+                "max_manifest_bytes",
             ],
         )?;
         let upstream = match object(&f, "upstream", &["cluster", "authority", "timeout_ms"])? {
@@ -317,6 +326,7 @@ impl RawConfig {
             claims,
             on_upstream_error,
             pin_immutable_pulls: f.bool_or_false("pin_immutable_pulls")?,
+            max_manifest_bytes: f.opt_uint("max_manifest_bytes", "u64", u64::MAX)?,
         })
     }
 
@@ -374,6 +384,11 @@ impl RawConfig {
         if !(1..=16_384).contains(&slots) {
             return Err(err("claims.slots", slots, "must be between 1 and 16384"));
         }
+        let max_manifest = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
+        let max_manifest_bytes = match usize::try_from(max_manifest) {
+            Ok(n) if (1024..=64 << 20).contains(&n) => n,
+            _ => return Err(err("max_manifest_bytes", max_manifest, "must be between 1024 and 67108864 (64 MiB)")),
+        };
         let global = compile_scope("global", self.global)?;
         let mut repositories = Vec::new();
         for (name, raw) in self.repository {
@@ -402,6 +417,7 @@ impl RawConfig {
             claims: ClaimSettings { ttl_ms: claim_ttl * 1000, slots },
             on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
             pin_immutable_pulls: self.pin_immutable_pulls,
+            max_manifest_bytes,
         })
     }
 }
@@ -472,6 +488,15 @@ mod tests {
         assert_eq!(bad(r#"{"deletes": {"page_size": -1}}"#).field, "deletes.page_size");
         assert_eq!(bad(r#"{"deletes": {"protect": "yes"}}"#).field, "deletes.protect");
         assert_eq!(bad(r#"{"deletes": {"protec": true}}"#).field, "deletes.protec");
+    }
+
+    #[test]
+    fn max_manifest_bytes_is_bounded() {
+        assert_eq!(cfg("{}").max_manifest_bytes, 4 << 20);
+        assert_eq!(cfg(r#"{"max_manifest_bytes": 8388608}"#).max_manifest_bytes, 8 << 20);
+        for bad_value in ["0", "1023", "67108865", "-1", "\"big\""] {
+            assert_eq!(bad(&format!(r#"{{"max_manifest_bytes": {bad_value}}}"#)).field, "max_manifest_bytes", "{bad_value}");
+        }
     }
 
     #[test]

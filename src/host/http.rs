@@ -573,7 +573,15 @@ impl HttpContext for Filter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let max = self.worker.as_ref().map_or(usize::MAX, |w| w.config.max_manifest_bytes);
         match &self.state {
+            // Refused here rather than left to Envoy's buffer limit: a body that outgrows the
+            // buffer while the headers are held meets flow control, not a 413, and would hang.
+            State::Check(push) if body_size > max => {
+                let detail = json!({"repository": push.repository, "tag": first_tag(push), "limit": max});
+                let msg = format!("The manifest is larger than max_manifest_bytes ({max} bytes)");
+                self.respond(&OciError::new(413, "SIZE_INVALID", msg, detail), &[])
+            }
             State::Check(_) if end_of_stream => self.body_complete(body_size),
             // Buffer until the whole manifest is here.
             State::Check(_) => Action::Pause,
