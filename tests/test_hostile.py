@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -31,10 +32,10 @@ def raw(port: int, head: bytes, body: bytes = b"", expect_continue: bool = False
             if not data.startswith(b"HTTP/1.1 100"):
                 return parse_status(data), data
             data = b""
-        try:
-            s.sendall(body)
-        except OSError:
-            pass  # refused early (413): the answer is still readable
+        # Send while reading: a refusal (413) may come, and the connection close, mid-body; read
+        # at once, before a reset can discard the answer from the socket's buffer.
+        sender = threading.Thread(target=send_quietly, args=(s, body), daemon=True)
+        sender.start()
         while not complete(data):
             try:
                 chunk = s.recv(65536)
@@ -43,9 +44,17 @@ def raw(port: int, head: bytes, body: bytes = b"", expect_continue: bool = False
             if not chunk:
                 break
             data += chunk
+        sender.join(timeout)
         return parse_status(data), data
     finally:
         s.close()
+
+
+def send_quietly(s: socket.socket, body: bytes) -> None:
+    try:
+        s.sendall(body)
+    except OSError:
+        pass  # refused early: the answer is read by the caller
 
 
 def complete(data: bytes) -> bool:
