@@ -60,8 +60,6 @@ struct Push {
     /// The complete request body, once it has arrived.
     body: Option<Vec<u8>>,
     headers_paused: bool,
-    /// When the tags' state was looked up: an "absent" older than the claim TTL is not trusted.
-    looked_up_ms: u64,
     /// The client's `:authority` and credentials, for HEADs sent after the headers phase.
     authority: Option<String>,
     authorization: Option<String>,
@@ -80,7 +78,7 @@ struct TagCheck {
     reason: String,
     lookup: Lookup,
     /// What the lookup says is known to hold since then: the map entry's learning time, or
-    /// when the HEAD was sent.
+    /// when the HEAD was sent. An "absent" older than the claim TTL is not trusted.
     since_ms: u64,
     /// The lookup came from the map, not from the registry.
     from_map: bool,
@@ -170,7 +168,6 @@ impl Filter {
             tags: Vec::new(),
             body: end_of_stream.then(Vec::new),
             headers_paused: false,
-            looked_up_ms: now,
             authority: headers::request(":authority"),
             authorization: headers::request("authorization"),
         };
@@ -383,7 +380,7 @@ fn claim_all(worker: &Worker, push: &Push, allowed: Vec<(&TagCheck, bool, String
         }
     };
     for (t, absent, pushed) in allowed {
-        if absent && !absence_still_fenced(push.looked_up_ms, now, settings.ttl_ms) {
+        if absent && !absence_still_fenced(t.since_ms, now, settings.ttl_ms) {
             give_back(&taken);
             let why = "the push took longer than claims.ttl_seconds; retry it";
             return Outcome::Refuse(OciError::upstream(&push.repository, &t.tag, why), Vec::new());
