@@ -68,6 +68,8 @@ pub struct Upstream {
     /// `:authority` of dispatched calls; `None`: the request's own.
     pub authority: Option<String>,
     pub timeout_ms: u64,
+    /// Timeout of the manifest PUT the filter sends itself once it let a push through.
+    pub write_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +155,7 @@ struct RawUpstream {
     cluster: Option<String>,
     authority: Option<String>,
     timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -255,12 +258,13 @@ impl RawConfig {
                 "max_manifest_bytes",
             ],
         )?;
-        let upstream = match object(&f, "upstream", &["cluster", "authority", "timeout_ms"])? {
+        let upstream = match object(&f, "upstream", &["cluster", "authority", "timeout_ms", "write_timeout_ms"])? {
             None => RawUpstream::default(),
             Some(u) => RawUpstream {
                 cluster: u.opt_string("cluster")?,
                 authority: u.opt_string("authority")?,
                 timeout_ms: u.opt_uint("timeout_ms", "u64", u64::MAX)?,
+                write_timeout_ms: u.opt_uint("write_timeout_ms", "u64", u64::MAX)?,
             },
         };
         let global = match f.present("global") {
@@ -344,6 +348,10 @@ impl RawConfig {
         if !(1..=60_000).contains(&timeout_ms) {
             return Err(err("upstream.timeout_ms", timeout_ms, "must be between 1 and 60000"));
         }
+        let write_timeout_ms = self.upstream.write_timeout_ms.unwrap_or(30_000);
+        if !(1..=300_000).contains(&write_timeout_ms) {
+            return Err(err("upstream.write_timeout_ms", write_timeout_ms, "must be between 1 and 300000"));
+        }
         let error_code = self.error_code.unwrap_or_else(|| DEFAULT_ERROR_CODE.into());
         if error_code.is_empty() || !error_code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
             return Err(err(
@@ -408,7 +416,7 @@ impl RawConfig {
         }
         let rules = Rules::compile(self.rules, max_regex)?;
         Ok(Config {
-            upstream: Upstream { cluster, authority: self.upstream.authority, timeout_ms },
+            upstream: Upstream { cluster, authority: self.upstream.authority, timeout_ms, write_timeout_ms },
             policy: Policy::new(global, repositories, self.protect_signature_tags).with_rules(rules),
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
@@ -465,7 +473,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = cfg("");
-        assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000 });
+        assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000, write_timeout_ms: 30_000 });
         assert_eq!(c.error_code, "TAG_IMMUTABLE");
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
         assert_eq!(c.claims, ClaimSettings { ttl_ms: 60_000, slots: 1024 });

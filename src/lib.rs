@@ -1,8 +1,9 @@
 //! immutable-tags: an Envoy proxy-wasm filter that makes OCI registry tags immutable.
 //!
-//! The pure core (everything but `host`) makes every decision and makes no host calls, so it
-//! is tested natively and on wasm32. `host` is the thin proxy-wasm glue, built only for the
-//! Envoy module (`wasm32-wasip1`).
+//! The pure core (everything but `filter` and `host`) makes every decision and makes no host
+//! calls, so it is tested natively and on wasm32. `filter` is the per-request state machine,
+//! written against a small host interface and tested natively with a fake host. `host` is the
+//! thin proxy-wasm glue that runs it in Envoy, built only for the module (`wasm32-wasip1`).
 #![cfg_attr(
     test,
     allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
@@ -15,7 +16,9 @@ pub mod config;
 pub mod deletes;
 pub mod digest;
 pub mod exclusions;
+pub mod filter;
 pub mod glob;
+pub mod header_map;
 pub mod json_doc;
 pub mod metrics;
 pub mod oci_error;

@@ -54,6 +54,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_get_shared_data(
@@ -129,6 +130,13 @@ pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
     read(|d, s| unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), d, s) })
 }
 
+/// Every entry of a header map (undecodable entries dropped, see `header_map::decode`).
+pub fn headers(map: MapType) -> Result<Vec<(String, String)>, Status> {
+    // SAFETY: out-pointers are valid for the call.
+    let bytes = read(|d, s| unsafe { proxy_get_header_map_pairs(map as u32, d, s) })?;
+    Ok(bytes.map(|b| crate::header_map::decode(&b)).unwrap_or_default())
+}
+
 pub fn replace_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: valid pointers and lengths for the duration of the call.
     check(unsafe { proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
@@ -150,27 +158,8 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     read(|d, s| unsafe { proxy_get_property(p.as_ptr(), p.len(), d, s) })
 }
 
-/// Serializes header pairs in the host's map format: count, (key len, value len)*, then each
-/// key and value NUL-terminated; lengths are little-endian u32.
-fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    let mut out = Vec::new();
-    out.extend_from_slice(&len(pairs.len()));
-    for (k, v) in pairs {
-        out.extend_from_slice(&len(k.len()));
-        out.extend_from_slice(&len(v.len()));
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
-    let h = serialize(headers);
+    let h = crate::header_map::encode(headers);
     // SAFETY: valid pointers and lengths for the duration of the call; -1: no gRPC status.
     check(unsafe { proxy_send_local_response(status, null(), 0, body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1) })
 }

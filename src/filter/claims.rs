@@ -1,15 +1,15 @@
 //! Claims in Envoy shared data (process-wide, compare-and-swap): reads a slot, asks the pure
-//! `claims` module what to write, writes it back with CAS, and retries when another worker
+//! `crate::claims` what to write, writes it back with CAS, and retries when another worker
 //! wrote first.
-use super::abi::{self, Status, CAS_MISMATCH};
-use super::log;
+use super::host::{Host, Level, SharedError};
 use crate::claims::{self, Claim};
 use crate::config::ClaimSettings;
 
 /// Attempts before a contended slot is given up on (the push is then refused with 503).
-const CAS_ATTEMPTS: usize = 32;
+pub const CAS_ATTEMPTS: usize = 32;
 
-/// The outcome of a claim, for the HTTP context.
+/// The outcome of a claim, for the push flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
     /// Let the push through; `held`: release or commit it when the registry answers.
     Proceed { held: bool },
@@ -20,12 +20,12 @@ pub enum Claimed {
 
 /// Creates every slot that does not exist yet. Done at configuration, before traffic: a CAS
 /// write to a missing key is unconditional, so slots must exist before two workers race.
-pub fn create_slots(settings: &ClaimSettings) {
+pub fn create_slots(host: &dyn Host, settings: &ClaimSettings) {
     for i in 0..settings.slots {
         let key = claims::slot_key(settings.slots, i);
-        if let Ok((None, _)) = abi::get_shared(&key) {
-            if let Err(s) = abi::set_shared(&key, &claims::empty_slot(), 0) {
-                log::warn(&format!("immutable-tags: cannot create claim slot {key} ({s:?})"));
+        if let Ok((None, _)) = host.shared_get(&key) {
+            if let Err(e) = host.shared_set(&key, &claims::empty_slot(), 0) {
+                host.log(Level::Warn, &format!("immutable-tags: cannot create claim slot {key} ({e:?})"));
             }
         }
     }
@@ -33,21 +33,27 @@ pub fn create_slots(settings: &ClaimSettings) {
 
 /// Reads the slot, lets `step` decide, writes with CAS. `step` returns the bytes to write (or
 /// none) and the result; retried on CAS mismatch.
-fn update<T>(settings: &ClaimSettings, repository: &str, tag: &str, step: impl Fn(&[u8]) -> (Option<Vec<u8>>, T)) -> Result<T, String> {
+fn update<T>(
+    host: &dyn Host,
+    settings: &ClaimSettings,
+    repository: &str,
+    tag: &str,
+    step: impl Fn(&[u8]) -> (Option<Vec<u8>>, T),
+) -> Result<T, String> {
     let key = claims::slot_key(settings.slots, claims::slot_index(repository, tag, settings.slots));
     for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = abi::get_shared(&key).map_err(|s| format!("cannot read claim slot ({s:?})"))?;
+        let (bytes, cas) = host.shared_get(&key).map_err(|s| format!("cannot read claim slot ({s})"))?;
         let Some(bytes) = bytes.filter(|_| cas != 0) else {
             // Not created at configuration (should not happen): create it, then read again.
-            abi::set_shared(&key, &claims::empty_slot(), 0).map_err(|s| format!("cannot create claim slot ({s:?})"))?;
+            host.shared_set(&key, &claims::empty_slot(), 0).map_err(|s| format!("cannot create claim slot ({s:?})"))?;
             continue;
         };
         let (write, result) = step(&bytes);
         let Some(write) = write else { return Ok(result) };
-        match abi::set_shared(&key, &write, cas) {
+        match host.shared_set(&key, &write, cas) {
             Ok(()) => return Ok(result),
-            Err(Status(CAS_MISMATCH)) => continue,
-            Err(s) => return Err(format!("cannot write claim slot ({s:?})")),
+            Err(SharedError::CasMismatch) => continue,
+            Err(SharedError::Other(s)) => return Err(format!("cannot write claim slot ({s})")),
         }
     }
     Err(format!("claim slot still contended after {CAS_ATTEMPTS} attempts"))
@@ -55,9 +61,10 @@ fn update<T>(settings: &ClaimSettings, repository: &str, tag: &str, step: impl F
 
 /// Claims the tag for a push whose view of it dates from `known_since_ms` (see
 /// `claims::claim_known_since`).
-pub fn claim(settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, now_ms: u64, known_since_ms: u64) -> Claimed {
+pub fn claim(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, known_since_ms: u64) -> Claimed {
+    let now_ms = host.now_ms();
     let step = |slot: &[u8]| claims::claim_known_since(slot, repository, tag, digest, now_ms, settings.ttl_ms, known_since_ms);
-    let r = update(settings, repository, tag, |slot| match step(slot) {
+    let r = update(host, settings, repository, tag, |slot| match step(slot) {
         Claim::Write(b) => (Some(b), Claimed::Proceed { held: true }),
         Claim::Proceed => (None, Claimed::Proceed { held: false }),
         Claim::Conflict { digest, committed } => (None, Claimed::Conflict { digest, committed }),
@@ -67,17 +74,19 @@ pub fn claim(settings: &ClaimSettings, repository: &str, tag: &str, digest: &str
 }
 
 /// Best effort: a failure only means the record lives until it expires.
-pub fn commit(settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, now_ms: u64) {
-    let r = update(settings, repository, tag, |slot| (claims::commit(slot, repository, tag, digest, now_ms, settings.ttl_ms), ()));
+pub fn commit(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) {
+    let now_ms = host.now_ms();
+    let r = update(host, settings, repository, tag, |slot| (claims::commit(slot, repository, tag, digest, now_ms, settings.ttl_ms), ()));
     if let Err(why) = r {
-        log::warn(&format!("immutable-tags: cannot commit claim on {repository}:{tag}: {why}"));
+        host.log(Level::Warn, &format!("immutable-tags: cannot commit claim on {repository}:{tag}: {why}"));
     }
 }
 
 /// Best effort: a failure only means the claim lives until it expires.
-pub fn release(settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, now_ms: u64) {
-    let r = update(settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, now_ms), ()));
+pub fn release(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) {
+    let now_ms = host.now_ms();
+    let r = update(host, settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, now_ms), ()));
     if let Err(why) = r {
-        log::warn(&format!("immutable-tags: cannot release claim on {repository}:{tag}: {why}"));
+        host.log(Level::Warn, &format!("immutable-tags: cannot release claim on {repository}:{tag}: {why}"));
     }
 }

@@ -1,8 +1,10 @@
-//! Host side of a delete by digest: sends the `tags/list` and `HEAD` calls that
-//! `crate::deletes::DigestCheck` asks for, answers from the per-worker map where it can, and
-//! feeds the registry's answers back. Every decision is the core's; the filter acts on `Next`.
-use super::root::Worker;
-use super::{headers, log, upstream};
+//! Deletes of immutable tags. A delete by tag is judged at its headers. A delete by digest is
+//! held at its headers (a DELETE has no body) while this lists the repository's tags
+//! (`tags/list` pages) and HEADs its immutable ones, as `crate::deletes::DigestCheck` asks,
+//! answering from the per-worker map where it can; then it is resumed or refused.
+use super::host::{Host, Level};
+use super::upstream::{self, Caller};
+use super::worker::Worker;
 use crate::deletes::{first_page_path, DigestCheck, Refusal, Step};
 use crate::digest::Digest;
 use crate::oci_error::OciError;
@@ -10,7 +12,7 @@ use crate::verdict::{read_head, Current};
 use std::collections::HashMap;
 
 /// A `tags/list` page larger than this is refused: 1,000 maximal tags are about 130 KiB.
-const MAX_PAGE_BYTES: usize = 4 << 20;
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 
 enum Call {
     /// A `tags/list` page, by the path asked for.
@@ -21,8 +23,7 @@ enum Call {
 pub struct DigestDelete {
     check: DigestCheck,
     calls: HashMap<u32, Call>,
-    authority: Option<String>,
-    authorization: Option<String>,
+    caller: Caller,
 }
 
 /// What the filter does with the delete now.
@@ -34,15 +35,14 @@ pub enum Next {
 
 impl DigestDelete {
     /// Starts the check with the first `tags/list` page; reads the request's headers.
-    pub fn start(worker: &Worker, repository: &str, digest: Digest) -> (DigestDelete, Next) {
+    pub fn start(host: &dyn Host, worker: &Worker, repository: &str, digest: Digest) -> (DigestDelete, Next) {
         let config = &worker.config;
         let mut d = DigestDelete {
             check: DigestCheck::new(repository, digest, &config.error_code, config.deletes.max_immutable_tags),
             calls: HashMap::new(),
-            authority: headers::request(":authority"),
-            authorization: headers::request("authorization"),
+            caller: Caller::of(host),
         };
-        let next = d.list(worker, first_page_path(repository, config.deletes.page_size));
+        let next = d.list(host, worker, first_page_path(repository, config.deletes.page_size));
         (d, next)
     }
 
@@ -54,35 +54,34 @@ impl DigestDelete {
         self.check.digest()
     }
 
-    fn list(&mut self, worker: &Worker, path: String) -> Next {
-        let (authority, authorization) = (self.authority.as_deref(), self.authorization.as_deref());
-        match upstream::get_tags_list(&worker.config.upstream, authority, authorization, &path) {
+    fn list(&mut self, host: &dyn Host, worker: &Worker, path: String) -> Next {
+        match upstream::get_tags_list(host, &worker.config.upstream, &self.caller, &path) {
             Ok(token) => {
                 self.calls.insert(token, Call::List(path));
                 Next::Wait
             }
-            Err(why) => self.refuse(self.check.unavailable(&why)),
+            Err(why) => self.refuse(host, self.check.unavailable(&why)),
         }
     }
 
-    /// A dispatched call answered (to be called from `on_http_call_response`).
-    pub fn on_response(&mut self, worker: &Worker, token: u32, body_size: usize) -> Next {
+    /// A dispatched call answered.
+    pub fn on_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
         let Some(call) = self.calls.remove(&token) else { return Next::Wait };
-        let status = headers::call_response(":status");
+        let status = host.call_response_header(":status");
         match call {
             Call::List(path) => {
                 if body_size > MAX_PAGE_BYTES {
                     let why = format!("the registry's tags/list page is larger than {MAX_PAGE_BYTES} bytes");
-                    return self.refuse(self.check.unavailable(&why));
+                    return self.refuse(host, self.check.unavailable(&why));
                 }
-                let Some(body) = headers::call_response_body(body_size) else {
-                    return self.refuse(self.check.unavailable("cannot read the registry's tags/list answer"));
+                let Some(body) = host.call_response_body(body_size) else {
+                    return self.refuse(host, self.check.unavailable("cannot read the registry's tags/list answer"));
                 };
-                let link = headers::call_response("link");
+                let link = host.call_response_header("link");
                 match self.check.on_page(&worker.config.policy, &path, status.as_deref(), &body, link.as_deref()) {
-                    Err(r) => return self.refuse(r),
+                    Err(r) => return self.refuse(host, r),
                     Ok(Some(next)) => {
-                        if let Next::Refuse(e, h) = self.list(worker, next) {
+                        if let Next::Refuse(e, h) = self.list(host, worker, next) {
                             return Next::Refuse(e, h);
                         }
                     }
@@ -90,25 +89,25 @@ impl DigestDelete {
                 }
             }
             Call::Head(tag) => {
-                let digest = headers::call_response("docker-content-digest");
+                let digest = host.call_response_header("docker-content-digest");
                 let answer = read_head(status.as_deref(), digest.as_deref());
                 if let Current::Present(d) = &answer {
                     if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                        c.put(self.check.repository(), &tag, d.clone(), headers::now_ms());
+                        c.put(self.check.repository(), &tag, d.clone(), host.now_ms());
                     }
                 }
                 if let Err(r) = self.check.on_head(&tag, answer) {
-                    return self.refuse(r);
+                    return self.refuse(host, r);
                 }
             }
         }
-        self.advance(worker)
+        self.advance(host, worker)
     }
 
     /// Learns what the map knows fresh, decides if it can, else sends the next HEADs.
-    fn advance(&mut self, worker: &Worker) -> Next {
+    pub fn advance(&mut self, host: &dyn Host, worker: &Worker) -> Next {
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-            let now = headers::now_ms();
+            let now = host.now_ms();
             for tag in self.check.unknown() {
                 if let Some(d) = cache.get(self.check.repository(), &tag, now) {
                     self.check.learn(&tag, Some(d));
@@ -116,31 +115,28 @@ impl DigestDelete {
             }
         }
         match self.check.step() {
-            Step::Refuse(r) => return self.refuse(r),
+            Step::Refuse(r) => return self.refuse(host, r),
             Step::Allow => return Next::Allow,
             Step::Wait => {}
         }
-        let (authority, authorization) = (self.authority.as_deref(), self.authorization.as_deref());
         for tag in self.check.take_heads() {
-            match upstream::head_manifest(&worker.config.upstream, authority, authorization, self.check.repository(), &tag) {
+            match upstream::head_manifest(host, &worker.config.upstream, &self.caller, self.check.repository(), &tag) {
                 Ok(token) => {
                     self.calls.insert(token, Call::Head(tag));
                 }
-                Err(why) => return self.refuse(self.check.unavailable(&why)),
+                Err(why) => return self.refuse(host, self.check.unavailable(&why)),
             }
         }
         Next::Wait
     }
 
-    fn refuse(&self, r: Refusal) -> Next {
-        log::info(&format!(
-            "immutable-tags: refused delete of {}@{}: {}",
-            self.check.repository(),
-            self.check.digest(),
-            r.error.message
-        ));
+    fn refuse(&self, host: &dyn Host, r: Refusal) -> Next {
+        host.log(
+            Level::Info,
+            &format!("immutable-tags: refused delete of {}@{}: {}", self.check.repository(), self.check.digest(), r.error.message),
+        );
         let extra = if r.pass_challenge {
-            headers::call_response("www-authenticate").map(|c| ("www-authenticate", c)).into_iter().collect()
+            host.call_response_header("www-authenticate").map(|c| ("www-authenticate", c)).into_iter().collect()
         } else {
             Vec::new()
         };

@@ -1,0 +1,267 @@
+//! A fake host for native tests of the state machine: headers, body, dispatched calls, shared
+//! data with CAS, a clock and local replies, all in memory and inspectable. Shared data and the
+//! clock can be shared between several fakes (`share_with`), so tests run "workers" that race.
+use super::host::{Host, Level, SharedError};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: u64,
+}
+
+impl Call {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+pub type Intruder = Box<dyn FnOnce(&Process)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Process-wide things: shared data and the clock.
+#[derive(Default)]
+pub struct Process {
+    pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    pub next_cas: Cell<u32>,
+    pub now_ms: Cell<u64>,
+    /// CAS mismatches to force on the next shared-data writes (another worker "wrote first").
+    pub forced_cas_mismatches: Cell<u32>,
+    pub cas_writes: Cell<u32>,
+    pub counters: RefCell<Vec<(String, u64)>>,
+}
+
+#[derive(Default)]
+pub struct FakeHost {
+    pub process: Rc<Process>,
+    pub request_headers: RefCell<Vec<(String, String)>>,
+    /// The body Envoy has buffered so far.
+    pub body: RefCell<Vec<u8>>,
+    pub response_headers: RefCell<Vec<(String, String)>>,
+    pub calls: RefCell<Vec<Call>>,
+    next_token: Cell<u32>,
+    /// Set while `answer` runs: the dispatched call's answer.
+    call_answer: RefCell<Option<Reply>>,
+    pub replies: RefCell<Vec<Reply>>,
+    pub resumes: Cell<u32>,
+    pub logs: RefCell<Vec<(Level, String)>>,
+    /// Runs once inside the next `shared_get`, after the value was read: another worker
+    /// writing between this one's read and its compare-and-swap.
+    pub intruder: RefCell<Option<Intruder>>,
+    /// Dispatches fail with this message (e.g. an unknown cluster).
+    pub dispatch_error: RefCell<Option<String>>,
+    /// Header writes fail.
+    pub refuse_header_writes: Cell<bool>,
+    pub pending: RefCell<VecDeque<u32>>,
+}
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        let h = FakeHost::default();
+        h.process.now_ms.set(1_000_000);
+        h
+    }
+
+    /// Another "worker" of the same Envoy: same shared data and clock, its own streams.
+    pub fn share_with(&self) -> FakeHost {
+        FakeHost { process: self.process.clone(), ..FakeHost::default() }
+    }
+
+    pub fn request(&self, method: &str, path: &str, extra: &[(&str, &str)]) {
+        let mut h = vec![
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "registry.test".to_string()),
+            (":scheme".to_string(), "http".to_string()),
+        ];
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        *self.request_headers.borrow_mut() = h;
+        self.body.borrow_mut().clear();
+        *self.response_headers.borrow_mut() = Vec::new();
+    }
+
+    pub fn request_header_value(&self, name: &str) -> Option<String> {
+        self.request_headers.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.process.now_ms.set(self.process.now_ms.get() + ms);
+    }
+
+    /// The calls dispatched so far with this method.
+    pub fn calls_with(&self, method: &str) -> Vec<Call> {
+        self.calls.borrow().iter().filter(|c| c.header(":method") == Some(method)).cloned().collect()
+    }
+
+    pub fn last_call(&self) -> Option<Call> {
+        self.calls.borrow().last().cloned()
+    }
+
+    /// Makes `reply` the answer visible while the filter handles the call's response.
+    pub fn set_answer(&self, reply: Option<Reply>) {
+        *self.call_answer.borrow_mut() = reply;
+    }
+
+    pub fn reply(&self) -> Option<Reply> {
+        self.replies.borrow().last().cloned()
+    }
+
+    pub fn counter(&self, short: &str) -> u64 {
+        self.process.counters.borrow().iter().filter(|(n, _)| n.ends_with(short)).map(|(_, v)| *v).sum()
+    }
+}
+
+pub fn answer(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut h = vec![(":status".to_string(), status.to_string())];
+    h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Reply { status, headers: h, body: body.to_vec() }
+}
+
+impl Host for FakeHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.request_header_value(name)
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request_headers.borrow().clone()
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), String> {
+        if self.refuse_header_writes.get() {
+            return Err("BadArgument".into());
+        }
+        let mut h = self.request_headers.borrow_mut();
+        match h.iter_mut().find(|(k, _)| k == name) {
+            Some(e) => e.1 = value.to_string(),
+            None => h.push((name.to_string(), value.to_string())),
+        }
+        Ok(())
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        let b = self.body.borrow();
+        Some(b.get(..size.min(b.len())).unwrap_or_default().to_vec())
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.response_headers.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    fn property(&self, path: &[&str]) -> Option<String> {
+        (path == ["source", "address"]).then(|| "127.0.0.1:40000".to_string())
+    }
+
+    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {
+        if let Some(e) = self.dispatch_error.borrow().clone() {
+            return Err(e);
+        }
+        let token = self.next_token.get() + 1;
+        self.next_token.set(token);
+        self.calls.borrow_mut().push(Call {
+            cluster: cluster.to_string(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: body.map(<[u8]>::to_vec),
+            timeout_ms,
+        });
+        self.pending.borrow_mut().push_back(token);
+        Ok(token)
+    }
+
+    fn call_response_header(&self, name: &str) -> Option<String> {
+        let a = self.call_answer.borrow();
+        a.as_ref()?.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    fn call_response_headers(&self) -> Vec<(String, String)> {
+        self.call_answer.borrow().as_ref().map(|a| a.headers.clone()).unwrap_or_default()
+    }
+
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        let a = self.call_answer.borrow();
+        let b = &a.as_ref()?.body;
+        Some(b.get(..size.min(b.len())).unwrap_or_default().to_vec())
+    }
+
+    fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
+        let read = match self.process.shared.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), *cas),
+            None => (None, 0),
+        };
+        if let Some(intrude) = self.intruder.borrow_mut().take() {
+            intrude(&self.process);
+        }
+        Ok(read)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
+        let p = &self.process;
+        if cas != 0 {
+            p.cas_writes.set(p.cas_writes.get() + 1);
+            if p.forced_cas_mismatches.get() > 0 {
+                p.forced_cas_mismatches.set(p.forced_cas_mismatches.get() - 1);
+                return Err(SharedError::CasMismatch);
+            }
+        }
+        let mut shared = p.shared.borrow_mut();
+        if cas != 0 && shared.get(key).map(|(_, c)| *c) != Some(cas) {
+            return Err(SharedError::CasMismatch);
+        }
+        let next = p.next_cas.get() + 1;
+        p.next_cas.set(next);
+        shared.insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.process.now_ms.get()
+    }
+
+    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+        let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.replies.borrow_mut().push(Reply { status, headers, body: body.to_vec() });
+        Ok(())
+    }
+
+    fn resume_request(&self) -> Result<(), String> {
+        self.resumes.set(self.resumes.get() + 1);
+        Ok(())
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_string()));
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        let mut c = self.process.counters.borrow_mut();
+        if let Some(i) = c.iter().position(|(n, _)| n == name) {
+            return u32::try_from(i).ok();
+        }
+        c.push((name.to_string(), 0));
+        u32::try_from(c.len() - 1).ok()
+    }
+
+    fn increment(&self, id: u32) {
+        if let Some(e) = self.process.counters.borrow_mut().get_mut(id as usize) {
+            e.1 += 1;
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The small host interface the filter's state machine runs on. Envoy's proxy-wasm ABI
+//! implements it in `crate::host` (wasm only); `fake` implements it for native tests, so every
+//! flow is tested without Envoy. Every method reports failure as a value: a host status the
+//! filter did not expect must never become a panic (it would trap the VM for every request).
+
+/// Log levels the filter uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why a shared-data write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedError {
+    /// Another writer came first (compare-and-swap).
+    CasMismatch,
+    Other(String),
+}
+
+pub trait Host {
+    /// A request header as text; `None` when absent, unreadable, or outside the headers phase.
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// Every request header, pseudo-headers included (headers phase only).
+    fn request_headers(&self) -> Vec<(String, String)>;
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), String>;
+    /// The request body buffered so far (body phase only); `None` if the host will not give it.
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn response_header(&self, name: &str) -> Option<String>;
+    /// A host property as text (e.g. `["source", "address"]`).
+    fn property(&self, path: &[&str]) -> Option<String>;
+
+    /// Sends an HTTP call to `cluster`; its answer arrives as `Filter::on_call_response(token)`.
+    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String>;
+    /// Within `on_call_response`: the answer's headers and body.
+    fn call_response_header(&self, name: &str) -> Option<String>;
+    fn call_response_headers(&self) -> Vec<(String, String)>;
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
+
+    /// Process-wide shared data: the value (if any) and its CAS token.
+    fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String>;
+    /// Writes if the CAS token is still `cas` (0: unconditionally).
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError>;
+
+    fn now_ms(&self) -> u64;
+    /// Answers the client locally (the request, if any part of it went upstream, is reset).
+    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String>;
+    /// Lets a request the filter held at its headers go on.
+    fn resume_request(&self) -> Result<(), String>;
+
+    fn log(&self, level: Level, message: &str);
+    fn define_counter(&self, name: &str) -> Option<u32>;
+    fn increment(&self, id: u32);
+}

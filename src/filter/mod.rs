@@ -1,0 +1,361 @@
+//! The HTTP filter's state machine, one instance per request, written against the small
+//! [`host::Host`] interface: `crate::host` drives it from Envoy's proxy-wasm callbacks, and the
+//! native tests drive it with a fake host. It classifies the request at its headers and hands
+//! it to its flow: `push` (manifest writes), `delete` (deletes), `pull` (pinned reads); every
+//! other request leaves after one header read.
+pub mod claims;
+pub mod delete;
+pub mod host;
+pub mod pull;
+pub mod push;
+pub mod upstream;
+pub mod worker;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod fake;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests;
+
+use crate::audit::{self, RequestInfo};
+use crate::config::Mode;
+use crate::deletes::tag_delete;
+use crate::digest::Digest;
+use crate::metrics::{Counter, Refusal};
+use crate::oci_error::OciError;
+use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
+use delete::DigestDelete;
+use host::{Host, Level};
+use push::Push;
+use serde_json::json;
+use std::rc::Rc;
+use worker::Worker;
+
+/// What a request callback tells the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    /// Hold the headers, or buffer the body chunk.
+    Pause,
+}
+
+pub struct Filter {
+    worker: Option<Rc<Worker>>,
+    state: State,
+    /// Who sent a checked request, read in the headers phase for the audit record (Envoy
+    /// refuses header reads in later phases).
+    request: RequestInfo,
+}
+
+enum State {
+    /// Nothing to do for this request.
+    Pass,
+    /// A push to at least one immutable tag: being checked, or written by the filter.
+    Push(Box<Push>),
+    /// A delete by digest, being checked against the repository's immutable tags.
+    Delete(Box<DigestDelete>),
+    /// A delete by digest let through; on success the map forgets tags pointing to it.
+    Deleting { repository: String, digest: Digest },
+    /// A read of an immutable tag with `pin_immutable_pulls`; `pinned`: sent by digest.
+    Pull { repository: String, tag: String, pinned: bool },
+    /// Answered locally.
+    Done,
+}
+
+/// Where a flow's next step is acted on: a request callback answers with an `Action`; a call
+/// response must resume the request itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum From {
+    Request,
+    Call,
+}
+
+impl Filter {
+    pub fn new(worker: Option<Rc<Worker>>) -> Filter {
+        Filter { worker, state: State::Pass, request: RequestInfo::default() }
+    }
+
+    fn count(&self, h: &dyn Host, counter: Counter) {
+        if let Some(w) = &self.worker {
+            w.count(h, counter);
+        }
+    }
+
+    pub fn on_request_headers(&mut self, h: &dyn Host, end_of_stream: bool) -> Action {
+        self.count(h, Counter::RequestsSeen);
+        let path = h.request_header(":path").unwrap_or_default();
+        // Most traffic (blobs, uploads, /v2/) ends here, after one header read.
+        if !may_name_manifests(&path) {
+            return Action::Continue;
+        }
+        let method = h.request_header(":method").unwrap_or_default();
+        if METHOD_OVERRIDE_HEADERS.iter().any(|n| h.request_header(n).is_some()) && refuses_method_override(&path) {
+            let msg = "Method override headers are not accepted on manifest routes";
+            return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
+        }
+        let request = classify(&method, &path);
+        if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::Invalid(_)) {
+            self.count(h, Counter::RequestsChecked);
+            self.request = RequestInfo {
+                method: Some(method),
+                path: Some(path.clone()),
+                request_id: h.request_header("x-request-id"),
+                client_address: h.property(&["source", "address"]),
+                user_agent: h.request_header("user-agent"),
+            };
+        }
+        let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. });
+        let Some(worker) = self.worker.clone() else {
+            if !needs_worker {
+                return Action::Continue;
+            }
+            let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
+            return self.refuse(h, &err, &[], From::Request);
+        };
+        match request {
+            Request::ManifestRead { repository, reference: Reference::Tag(tag) } if worker.config.pin_immutable_pulls => {
+                if let Some(pinned) = pull::on_read(h, &worker, &repository, &tag, &path) {
+                    self.state = State::Pull { repository, tag, pinned };
+                }
+                Action::Continue
+            }
+            Request::Other | Request::ManifestRead { .. } => Action::Continue,
+            Request::Invalid(err) => self.refuse(h, &err, &[], From::Request),
+            Request::ManifestPut { repository, reference, tags } => {
+                self.on_put(h, &worker, repository, reference, tags, end_of_stream)
+            }
+            Request::ManifestDelete { repository, reference } => self.on_delete(h, &worker, repository, reference),
+        }
+    }
+
+    fn on_put(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, tags: Vec<String>, end_of_stream: bool) -> Action {
+        let mut checks = Vec::new();
+        for tag in tags {
+            let d = worker.config.policy.decide(&repository, &tag);
+            if d.immutable {
+                checks.push((tag, d.reason));
+            } else {
+                worker.count(h, Counter::PushesMutable);
+            }
+        }
+        if checks.is_empty() {
+            return Action::Continue;
+        }
+        let path_tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        match Push::start(h, worker, repository, path_tag, checks, end_of_stream) {
+            Ok((push, next)) => {
+                self.state = State::Push(Box::new(push));
+                self.push_next(h, next, From::Request)
+            }
+            Err(err) => self.refuse(h, &err, &[], From::Request),
+        }
+    }
+
+    /// Acts on a push's next step.
+    fn push_next(&mut self, h: &dyn Host, next: push::Next, from: From) -> Action {
+        match next {
+            push::Next::Wait => Action::Pause,
+            push::Next::Release => self.resume(h, from, "the lookup"),
+            push::Next::Refuse(err, extra) => self.refuse(h, &err, &extra, from),
+            push::Next::Relay { status, headers, body } => {
+                self.state = State::Done;
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                if let Err(s) = h.send_response(status, &headers, &body) {
+                    h.log(Level::Error, &format!("immutable-tags: cannot relay the registry's answer ({s})"));
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    /// Lets held headers go: from a request callback by answering `Continue`, from a call
+    /// response by resuming.
+    fn resume(&self, h: &dyn Host, from: From, after: &str) -> Action {
+        if from == From::Call {
+            if let Err(s) = h.resume_request() {
+                h.log(Level::Error, &format!("immutable-tags: cannot resume request after {after} ({s})"));
+            }
+        }
+        Action::Continue
+    }
+
+    /// The single refusal path. Counts the refusal, logs one JSON record of it, then answers with
+    /// `err` (enforce mode) or lets the request through as if allowed (audit mode).
+    fn refuse(&mut self, h: &dyn Host, err: &OciError, extra: &[(&str, String)], from: From) -> Action {
+        let kind = Refusal::of(self.request.method.as_deref().unwrap_or_default(), err.status, &err.code);
+        let mode = self.worker.as_ref().map_or(Mode::Enforce, |w| w.config.mode);
+        let rule = match (&self.worker, audit::subject(err)) {
+            (Some(w), Some((repository, tag))) => Some(w.config.policy.decide(repository, tag).reason),
+            _ => None,
+        };
+        // Warn: a refused write deserves an operator's eye; it shows at Envoy's default level.
+        h.log(Level::Warn, &audit::refusal_record(mode, kind, err, rule.as_deref(), &self.request).to_string());
+        self.count(h, kind.counter());
+        if mode == Mode::Audit {
+            self.count(h, Counter::AuditWouldRefuse);
+            return self.let_through(h, from);
+        }
+        let mut hdrs: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        hdrs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        if let Err(s) = h.send_response(err.status, &hdrs, err.body().as_bytes()) {
+            h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
+        }
+        self.state = State::Done;
+        Action::Pause
+    }
+
+    /// Audit mode: a request that would have been refused goes on as an allowed one would.
+    fn let_through(&mut self, h: &dyn Host, from: From) -> Action {
+        let Some(worker) = self.worker.clone() else { return self.resume(h, from, "audit") };
+        match std::mem::replace(&mut self.state, State::Pass) {
+            State::Push(mut push) => {
+                if !push.checking() {
+                    // The write itself failed: nothing more to let through.
+                    self.state = State::Done;
+                    let err = OciError::upstream(&push.repository, &push.first_tag(), "the registry did not take the write");
+                    if let Err(s) = h.send_response(err.status, &[("content-type", "application/json")], err.body().as_bytes()) {
+                        h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
+                    }
+                    return Action::Pause;
+                }
+                let next = push.write(h, &worker, Vec::new());
+                self.state = State::Push(push);
+                match next {
+                    // The write failed to go out: answer, whatever the mode.
+                    push::Next::Refuse(err, _) => {
+                        self.state = State::Done;
+                        if let Err(s) = h.send_response(err.status, &[("content-type", "application/json")], err.body().as_bytes()) {
+                            h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
+                        }
+                        Action::Pause
+                    }
+                    _ => Action::Pause,
+                }
+            }
+            State::Delete(d) => {
+                self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
+                self.resume(h, from, "audit")
+            }
+            other => {
+                self.state = other;
+                self.resume(h, from, "audit")
+            }
+        }
+    }
+
+    pub fn on_request_body(&mut self, h: &dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        match &mut self.state {
+            State::Push(push) => {
+                let next = push.on_body(h, &worker, body_size, end_of_stream);
+                self.push_next(h, next, From::Request);
+                // Never release a byte of a push: it is buffered until the filter writes it.
+                Action::Pause
+            }
+            State::Done | State::Delete(_) => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    pub fn on_request_trailers(&mut self, h: &dyn Host) -> Action {
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        match &mut self.state {
+            State::Push(push) => {
+                let next = push.on_trailers(h, &worker);
+                self.push_next(h, next, From::Request);
+                Action::Pause
+            }
+            State::Done | State::Delete(_) => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    pub fn on_call_response(&mut self, h: &dyn Host, token: u32, body_size: usize) {
+        let Some(worker) = self.worker.clone() else { return };
+        match &mut self.state {
+            State::Delete(d) => {
+                let next = d.on_response(h, &worker, token, body_size);
+                self.delete_next(h, next, From::Call);
+            }
+            State::Push(push) => {
+                let next = push.on_call_response(h, &worker, token, body_size);
+                self.push_next(h, next, From::Call);
+            }
+            _ => {}
+        }
+    }
+
+    /// The registry's answer to what went upstream. For a push that is the harmless request's
+    /// answer: held, and replaced by the filter's own answer.
+    pub fn on_response_headers(&mut self, h: &dyn Host) -> Action {
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        match &self.state {
+            State::Push(_) => Action::Pause,
+            State::Pull { repository, tag, pinned } => {
+                pull::on_response(h, &worker, repository, tag, *pinned);
+                Action::Continue
+            }
+            State::Deleting { repository, digest } => {
+                // The manifest is gone, and with it every tag that pointed to it.
+                if h.response_header(":status").is_some_and(|s| s.starts_with('2')) {
+                    if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+                        cache.forget_digest(repository, digest);
+                    }
+                }
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    pub fn on_response_body(&mut self) -> Action {
+        match self.state {
+            State::Push(_) => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    /// The stream ended.
+    pub fn on_done(&mut self, h: &dyn Host) {
+        if let (State::Push(push), Some(worker)) = (&mut self.state, self.worker.clone()) {
+            push.on_done(h, &worker);
+        }
+        self.state = State::Pass;
+    }
+
+    fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
+        let config = &worker.config;
+        if !config.deletes.protect {
+            return Action::Continue;
+        }
+        match reference {
+            Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
+                Some(err) => self.refuse(h, &err, &[], From::Request),
+                None => Action::Continue,
+            },
+            // No tag of this repository can be immutable: no listing to pay for.
+            Reference::Digest(_) if !config.policy.may_protect_in(&repository) => Action::Continue,
+            Reference::Digest(digest) => {
+                let (check, next) = DigestDelete::start(h, worker, &repository, digest);
+                self.state = State::Delete(Box::new(check));
+                self.delete_next(h, next, From::Request)
+            }
+        }
+    }
+
+    /// Acts on a digest delete's next step.
+    fn delete_next(&mut self, h: &dyn Host, next: delete::Next, from: From) -> Action {
+        match next {
+            delete::Next::Wait => Action::Pause,
+            delete::Next::Refuse(err, extra) => self.refuse(h, &err, &extra, from),
+            delete::Next::Allow => {
+                if let State::Delete(d) = &self.state {
+                    self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
+                }
+                self.resume(h, from, "delete check")
+            }
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! A push to at least one immutable tag: the one flow that can change what a tag holds.
+//!
+//! The invariant: no request that can store a manifest reaches the registry before the filter
+//! decided to let that write through, and the digest judged is the digest of exactly the bytes
+//! the registry receives. So the client's PUT itself never goes upstream:
+//!
+//! 1. At its headers the request is rewritten into a harmless `OPTIONS` of the same path, and
+//!    the tag's current digest is learned (map, or a dispatched HEAD). While a HEAD is in flight
+//!    the headers are held; with `allow_on_headers_stop_iteration` Envoy still delivers the
+//!    body meanwhile.
+//! 2. If the lookups are done before the whole body is here, the headers are let go: the
+//!    harmless request goes upstream, so that Envoy (Istio-style, without
+//!    `allow_on_headers_stop_iteration`) delivers the body. Its answer is held and dropped.
+//! 3. The body is buffered whole (never released), hashed, judged, claimed.
+//! 4. An allowed push is written by the filter itself: a dispatched PUT with the client's path,
+//!    headers and exactly the judged bytes; the registry's answer (status, headers, body) is
+//!    relayed to the client. A refused push is answered locally; nothing reached the registry.
+use super::claims::{self, Claimed};
+use super::host::{Host, Level};
+use super::upstream::{self, Caller};
+use super::worker::Worker;
+use crate::claims::absence_still_fenced;
+use crate::config::OnUpstreamError;
+use crate::digest::Digest;
+use crate::metrics::Counter;
+use crate::oci_error::OciError;
+use crate::verdict::{judge, read_head, Current, Verdict};
+use serde_json::json;
+
+/// The method the request that goes upstream before the decision is rewritten to: safe and
+/// idempotent by HTTP's rules, so no registry stores anything for it; the path (and so the
+/// route) stays the same.
+pub const HARMLESS_METHOD: &str = "OPTIONS";
+
+pub struct Push {
+    pub repository: String,
+    /// The tag in the path: only it is known to be written by a 2xx (a registry may ignore
+    /// `?tag=`, as distribution 2.8 does).
+    path_tag: Option<String>,
+    /// The client's path, query included, for the PUT the filter sends.
+    path: String,
+    tags: Vec<TagCheck>,
+    caller: Caller,
+    /// The client's headers, replayed on the PUT.
+    client_headers: Vec<(String, String)>,
+    /// The complete request body, once it has arrived.
+    body: Option<Vec<u8>>,
+    /// The client's headers are held (a HEAD is in flight).
+    headers_held: bool,
+    phase: Phase,
+}
+
+enum Phase {
+    Checking,
+    /// The PUT is on its way; `claims` are settled when it answers.
+    Writing { token: u32, claims: Vec<TagClaim> },
+    /// The registry answered the PUT (or reset it).
+    Written,
+}
+
+/// A tag's process-wide claim (see `claims`), taken just before the push is written.
+#[derive(Debug, Clone)]
+pub struct TagClaim {
+    tag: String,
+    digest: String,
+    /// Whether this push holds the claim (and so must release it if the push fails).
+    held: bool,
+}
+
+struct TagCheck {
+    tag: String,
+    reason: String,
+    lookup: Lookup,
+    /// What the lookup says is known to hold since then: the map entry's learning time, or
+    /// when the HEAD was sent. An "absent" older than the claim TTL is not trusted.
+    since_ms: u64,
+    /// The lookup came from the map, not from the registry.
+    from_map: bool,
+}
+
+enum Lookup {
+    Pending(u32),
+    Known(Option<Digest>),
+}
+
+/// What the filter does next with a push.
+pub enum Next {
+    /// Nothing yet (waiting for a HEAD, the body, or the registry's answer to the PUT).
+    Wait,
+    /// Let the held headers go (the harmless request), so that the body arrives.
+    Release,
+    Refuse(OciError, Vec<(&'static str, String)>),
+    /// Answer the client with the registry's answer to the PUT.
+    Relay { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+}
+
+impl Push {
+    /// Starts checking a push at its headers: reads what later phases need, rewrites the request
+    /// into the harmless one, and looks the tags up. `Err`: refuse at once.
+    pub fn start(
+        host: &dyn Host,
+        worker: &Worker,
+        repository: String,
+        path_tag: Option<String>,
+        checks: Vec<(String, String)>,
+        end_of_stream: bool,
+    ) -> Result<(Push, Next), OciError> {
+        let client_headers = host.request_headers();
+        let header = |name: &str| client_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let path = header(":path").unwrap_or_default().to_string();
+        let first = checks.first().map(|(t, _)| t.clone()).unwrap_or_default();
+        // A body announced larger than the limit is refused before a byte of it is buffered.
+        let max = worker.config.max_manifest_bytes;
+        if let Some(len) = header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            if len > max as u64 {
+                return Err(too_large(&repository, &first, max));
+            }
+        }
+        if let Err(why) = host.set_request_header(":method", HARMLESS_METHOD) {
+            let msg = format!("The filter could not hold the push back from the registry ({why})");
+            return Err(OciError::new(500, "UNKNOWN", msg, json!({"repository": repository, "tag": first})));
+        }
+        let caller = Caller {
+            authority: header(":authority").map(str::to_string),
+            authorization: header("authorization").map(str::to_string),
+        };
+        let mut push = Push {
+            repository,
+            path_tag,
+            path,
+            tags: Vec::new(),
+            caller,
+            client_headers,
+            body: end_of_stream.then(Vec::new),
+            headers_held: false,
+            phase: Phase::Checking,
+        };
+        let now = host.now_ms();
+        for (tag, reason) in checks {
+            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.repository, &tag, now));
+            worker.count(host, if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
+            let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
+            let from_map = cached.is_some();
+            let lookup = match cached {
+                Some((d, _)) => Lookup::Known(Some(d)),
+                None => match push.send_head(host, worker, &tag) {
+                    Ok(token) => Lookup::Pending(token),
+                    Err(why) if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+                        let msg = format!("immutable-tags: {}:{tag}: {why}; allowed (on_upstream_error = allow)", push.repository);
+                        host.log(Level::Warn, &msg);
+                        Lookup::Known(None)
+                    }
+                    Err(why) => return Err(OciError::upstream(&push.repository, &tag, &why)),
+                },
+            };
+            push.tags.push(TagCheck { tag, reason, lookup, since_ms, from_map });
+        }
+        // The headers are held until `progress` lets them go.
+        push.headers_held = true;
+        let next = push.progress(host, worker);
+        Ok((push, next))
+    }
+
+    pub fn first_tag(&self) -> String {
+        self.tags.first().map(|t| t.tag.clone()).unwrap_or_default()
+    }
+
+    fn pending(&self) -> bool {
+        self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_)))
+    }
+
+    /// Whether the filter is still judging (as opposed to writing).
+    pub fn checking(&self) -> bool {
+        matches!(self.phase, Phase::Checking)
+    }
+
+    /// Sends the HEAD that learns `tag`'s current digest, counted.
+    fn send_head(&self, host: &dyn Host, worker: &Worker, tag: &str) -> Result<u32, String> {
+        let token = upstream::head_manifest(host, &worker.config.upstream, &self.caller, &self.repository, tag)?;
+        worker.count(host, Counter::HeadCallsDispatched);
+        Ok(token)
+    }
+
+    /// A body chunk arrived; `end_of_stream`: the body is complete (`size` bytes buffered).
+    pub fn on_body(&mut self, host: &dyn Host, worker: &Worker, size: usize, end_of_stream: bool) -> Next {
+        let max = worker.config.max_manifest_bytes;
+        if !self.checking() || self.body.is_some() {
+            return Next::Wait;
+        }
+        // Refused here rather than left to Envoy's buffer limit: a body that outgrows the buffer
+        // while the headers are held meets flow control, not a 413, and would hang.
+        if size > max {
+            return Next::Refuse(too_large(&self.repository, &self.first_tag(), max), Vec::new());
+        }
+        if !end_of_stream {
+            return Next::Wait;
+        }
+        self.body_complete(host, worker, size)
+    }
+
+    /// Trailers end the body.
+    pub fn on_trailers(&mut self, host: &dyn Host, worker: &Worker) -> Next {
+        if !self.checking() || self.body.is_some() {
+            return Next::Wait;
+        }
+        self.body_complete(host, worker, usize::MAX)
+    }
+
+    fn body_complete(&mut self, host: &dyn Host, worker: &Worker, size: usize) -> Next {
+        match host.request_body(size) {
+            Some(b) if b.len() > worker.config.max_manifest_bytes => {
+                let max = worker.config.max_manifest_bytes;
+                Next::Refuse(too_large(&self.repository, &self.first_tag(), max), Vec::new())
+            }
+            Some(b) => {
+                self.body = Some(b);
+                self.progress(host, worker)
+            }
+            None => {
+                let detail = json!({"repository": self.repository, "tag": self.first_tag()});
+                Next::Refuse(OciError::new(500, "MANIFEST_INVALID", "The filter could not read the manifest body", detail), Vec::new())
+            }
+        }
+    }
+
+    /// A dispatched call answered: a HEAD of the check, or the PUT.
+    pub fn on_call_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
+        if let Phase::Writing { token: t, .. } = &self.phase {
+            return if *t == token { self.written(host, worker, body_size) } else { Next::Wait };
+        }
+        let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) if x == token)) else {
+            return Next::Wait;
+        };
+        let status = host.call_response_header(":status");
+        let digest = host.call_response_header("docker-content-digest");
+        match read_head(status.as_deref(), digest.as_deref()) {
+            Current::Present(d) => {
+                if let Ok(mut c) = worker.cache.try_borrow_mut() {
+                    c.put(&self.repository, &check.tag, d.clone(), host.now_ms());
+                }
+                check.lookup = Lookup::Known(Some(d));
+            }
+            Current::Absent => check.lookup = Lookup::Known(None),
+            Current::AuthRequired { status } => {
+                let (code, msg) = if status == 401 {
+                    ("UNAUTHORIZED", "authentication required")
+                } else {
+                    ("DENIED", "requested access to the resource is denied")
+                };
+                let err = OciError::new(status, code, msg, json!({"repository": self.repository, "tag": check.tag}));
+                let challenge = host.call_response_header("www-authenticate");
+                return Next::Refuse(err, challenge.map(|c| ("www-authenticate", c)).into_iter().collect());
+            }
+            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+                let msg = format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", self.repository, check.tag);
+                host.log(Level::Warn, &msg);
+                check.lookup = Lookup::Known(None);
+            }
+            Current::Unknown { reason } => {
+                return Next::Refuse(OciError::upstream(&self.repository, &check.tag, &reason), Vec::new());
+            }
+        }
+        self.progress(host, worker)
+    }
+
+    /// After any new fact: decides if both digests are known; lets the held headers go if only
+    /// the body is missing.
+    fn progress(&mut self, host: &dyn Host, worker: &Worker) -> Next {
+        if self.pending() {
+            return Next::Wait;
+        }
+        if self.body.is_none() {
+            if self.headers_held {
+                self.headers_held = false;
+                return Next::Release;
+            }
+            return Next::Wait;
+        }
+        self.decide(host, worker)
+    }
+
+    fn decide(&mut self, host: &dyn Host, worker: &Worker) -> Next {
+        let Some(body) = &self.body else { return Next::Wait };
+        // A refusal rests on the registry's own word, asked with the client's credentials: a map
+        // entry that disagrees with the push is checked again first (it may be stale, and a 409
+        // from the map alone would tell an unauthenticated client the tag's digest).
+        let stale: Vec<String> = self
+            .tags
+            .iter()
+            .filter(|t| t.from_map && matches!(&t.lookup, Lookup::Known(Some(d)) if *d != Digest::of(d.algorithm(), body)))
+            .map(|t| t.tag.clone())
+            .collect();
+        if !stale.is_empty() {
+            for tag in stale {
+                let token = match self.send_head(host, worker, &tag) {
+                    Ok(token) => token,
+                    Err(why) => return Next::Refuse(OciError::upstream(&self.repository, &tag, &why), Vec::new()),
+                };
+                if let Some(t) = self.tags.iter_mut().find(|t| t.tag == tag) {
+                    (t.lookup, t.from_map, t.since_ms) = (Lookup::Pending(token), false, host.now_ms());
+                }
+            }
+            return Next::Wait;
+        }
+        match self.judge(host, worker, body) {
+            Ok((counters, claims)) => {
+                for c in counters {
+                    worker.count(host, c);
+                }
+                self.write(host, worker, claims)
+            }
+            Err(err) => Next::Refuse(err, Vec::new()),
+        }
+    }
+
+    /// Judges every tag against the body and claims the ones let through.
+    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<TagClaim>), OciError> {
+        let sha256 = Digest::sha256(body);
+        let mut counters = Vec::new();
+        let mut allowed = Vec::new();
+        for t in &self.tags {
+            let Lookup::Known(current) = &t.lookup else { continue };
+            let pushed = match current {
+                Some(c) if c.algorithm() != sha256.algorithm() => Digest::of(c.algorithm(), body),
+                _ => sha256.clone(),
+            };
+            match judge(current.as_ref(), &pushed) {
+                Verdict::AllowNew => counters.push(Counter::PushesAllowedNewTag),
+                Verdict::AllowSame => counters.push(Counter::PushesAllowedSameDigest),
+                Verdict::Overwrite { current } => {
+                    return Err(self.overwrite(worker, &t.tag, &t.reason, &current.to_string(), &pushed.to_string(), None));
+                }
+            }
+            allowed.push((t, current.is_none(), pushed.to_string()));
+        }
+        let claims = self.claim_all(host, worker, allowed)?;
+        Ok((counters, claims))
+    }
+
+    fn overwrite(&self, worker: &Worker, tag: &str, reason: &str, current: &str, pushed: &str, in_flight: Option<String>) -> OciError {
+        let mut detail = json!({
+            "repository": self.repository,
+            "tag": tag,
+            "current_digest": current,
+            "pushed_digest": pushed,
+            "reason": reason,
+        });
+        if let (Some(why), Some(d)) = (in_flight, detail.as_object_mut()) {
+            d.insert("in_flight".into(), json!(why));
+        }
+        let msg = format!("Tag '{tag}' is immutable and cannot be overwritten");
+        OciError::new(409, &worker.config.error_code, msg, detail)
+    }
+
+    /// Claims every tag of a push about to be written (see `claims`); on any refusal, gives back
+    /// the claims already taken and refuses the whole push.
+    fn claim_all(&self, host: &dyn Host, worker: &Worker, allowed: Vec<(&TagCheck, bool, String)>) -> Result<Vec<TagClaim>, OciError> {
+        let settings = &worker.config.claims;
+        let mut taken: Vec<TagClaim> = Vec::new();
+        let give_back = |taken: &[TagClaim]| {
+            for c in taken.iter().filter(|c| c.held) {
+                claims::release(host, settings, &self.repository, &c.tag, &c.digest);
+            }
+        };
+        for (t, absent, pushed) in allowed {
+            if absent && !absence_still_fenced(t.since_ms, host.now_ms(), settings.ttl_ms) {
+                give_back(&taken);
+                let why = "the push took longer than claims.ttl_seconds; retry it";
+                return Err(OciError::upstream(&self.repository, &t.tag, why));
+            }
+            match claims::claim(host, settings, &self.repository, &t.tag, &pushed, t.since_ms) {
+                Claimed::Proceed { held } => taken.push(TagClaim { tag: t.tag.clone(), digest: pushed, held }),
+                Claimed::Conflict { digest, committed } => {
+                    give_back(&taken);
+                    host.log(
+                        Level::Info,
+                        &format!("immutable-tags: refused concurrent push of {}:{} ({pushed}; claimed by {digest})", self.repository, t.tag),
+                    );
+                    // The registry does not hold it yet: say why it is refused all the same.
+                    let in_flight = (!committed).then(|| format!("a push of tag '{}' with digest {digest} is in flight", t.tag));
+                    return Err(self.overwrite(worker, &t.tag, &t.reason, &digest, &pushed, in_flight));
+                }
+                Claimed::Unavailable(why) => {
+                    give_back(&taken);
+                    host.log(Level::Warn, &format!("immutable-tags: {}:{}: {why}", self.repository, t.tag));
+                    return Err(OciError::upstream(&self.repository, &t.tag, &why));
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Sends the PUT: exactly the judged bytes, with the client's path and headers. Also the
+    /// audit-mode path for a push that would have been refused (`claims` empty then).
+    pub fn write(&mut self, host: &dyn Host, worker: &Worker, claims: Vec<TagClaim>) -> Next {
+        let body = self.body.as_deref().unwrap_or_default();
+        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &self.client_headers, body) {
+            Ok(token) => {
+                self.phase = Phase::Writing { token, claims };
+                Next::Wait
+            }
+            Err(why) => {
+                self.settle(host, worker, &claims, None);
+                Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), &why), Vec::new())
+            }
+        }
+    }
+
+    /// The registry answered the PUT: settle the claims, teach the map, relay the answer.
+    fn written(&mut self, host: &dyn Host, worker: &Worker, body_size: usize) -> Next {
+        let Phase::Writing { claims, .. } = std::mem::replace(&mut self.phase, Phase::Written) else { return Next::Wait };
+        let status = host.call_response_header(":status").and_then(|s| s.trim().parse::<u16>().ok());
+        let tags: Vec<String> = self.tags.iter().map(|t| t.tag.clone()).collect();
+        let forget_all = |worker: &Worker| {
+            if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+                for t in &tags {
+                    cache.forget(&self.repository, t);
+                }
+            }
+        };
+        let Some(status) = status.filter(|s| (100..=599).contains(s)) else {
+            // A reset: the registry may or may not have stored it. The claims stay until they
+            // expire, so no other digest gets in meanwhile.
+            forget_all(worker);
+            let why = "the registry reset the manifest upload; it may or may not have stored it";
+            return Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), why), Vec::new());
+        };
+        let digest = host.call_response_header("docker-content-digest").and_then(|d| Digest::parse(d.trim()));
+        let path_tag = self.path_tag.clone().filter(|t| tags.contains(t));
+        if (200..300).contains(&status) {
+            // The digest the path's tag now holds: the registry's word, else the one we claimed.
+            let stored = digest.as_ref().map(Digest::to_string).or_else(|| {
+                claims.iter().find(|c| Some(&c.tag) == path_tag.as_ref()).map(|c| c.digest.clone())
+            });
+            let stored = path_tag.as_deref().zip(stored.as_deref());
+            self.settle(host, worker, &claims, stored);
+            if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+                for t in &tags {
+                    match (&digest, Some(t) == path_tag.as_ref()) {
+                        (Some(d), true) if status == 201 => cache.put(&self.repository, t, d.clone(), host.now_ms()),
+                        _ => cache.forget(&self.repository, t),
+                    }
+                }
+            }
+        } else if status == 504 {
+            // Envoy's answer to a call that timed out: the outcome is unknown, as for a reset.
+            forget_all(worker);
+        } else {
+            self.settle(host, worker, &claims, None);
+            forget_all(worker);
+        }
+        let headers = host
+            .call_response_headers()
+            .into_iter()
+            .filter(|(k, _)| upstream::relayed_response_header(k))
+            .collect();
+        let body = if body_size == 0 { Vec::new() } else { host.call_response_body(body_size).unwrap_or_default() };
+        Next::Relay { status, headers, body }
+    }
+
+    /// Settles the claims once the registry answered, or the stream died (`stored`: None).
+    /// Only the path's tag is known to be written by a 2xx: its record is committed with the
+    /// digest stored; every other claim held is released.
+    fn settle(&self, host: &dyn Host, worker: &Worker, tag_claims: &[TagClaim], stored: Option<(&str, &str)>) {
+        let settings = &worker.config.claims;
+        if let Some((tag, digest)) = stored {
+            claims::commit(host, settings, &self.repository, tag, digest);
+        }
+        for c in tag_claims.iter().filter(|c| c.held) {
+            if stored.is_some_and(|(tag, _)| tag == c.tag) {
+                continue; // the commit replaced our claim
+            }
+            claims::release(host, settings, &self.repository, &c.tag, &c.digest);
+        }
+    }
+
+    /// The stream ended early (client gone). A PUT in flight is cancelled by Envoy with the
+    /// stream: its outcome is unknown, so its claims stay until they expire.
+    pub fn on_done(&mut self, host: &dyn Host, worker: &Worker) {
+        if let Phase::Writing { .. } = self.phase {
+            host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", self.repository));
+            if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+                for t in &self.tags {
+                    cache.forget(&self.repository, &t.tag);
+                }
+            }
+        }
+    }
+}
+
+fn too_large(repository: &str, tag: &str, max: usize) -> OciError {
+    let detail = json!({"repository": repository, "tag": tag, "limit": max});
+    let msg = format!("The manifest is larger than max_manifest_bytes ({max} bytes)");
+    OciError::new(413, "SIZE_INVALID", msg, detail)
+}

@@ -1,0 +1,101 @@
+//! `filter::host::Host` on Envoy's proxy-wasm ABI, through `abi` (which never panics).
+use super::abi::{self, Status, CAS_MISMATCH};
+use crate::filter::host::{Host, Level, SharedError};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use std::time::Duration;
+
+pub struct WasmHost;
+
+fn text(v: Result<Option<Vec<u8>>, Status>) -> Option<String> {
+    v.ok().flatten().and_then(|b| String::from_utf8(b).ok())
+}
+
+fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
+    abi::buffer(kind, 0, size).ok().map(Option::unwrap_or_default)
+}
+
+impl Host for WasmHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        text(abi::header(MapType::HttpRequestHeaders, name))
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        abi::headers(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), String> {
+        abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()).map_err(|s| format!("{s:?}"))
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        body(BufferType::HttpRequestBody, size)
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        text(abi::header(MapType::HttpResponseHeaders, name))
+    }
+
+    fn property(&self, path: &[&str]) -> Option<String> {
+        text(abi::property(path))
+    }
+
+    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {
+        // The SDK's call, not ours: it registers the token so the answer reaches this context.
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], Duration::from_millis(timeout_ms))
+            .map_err(|s| format!("{s:?}"))
+    }
+
+    fn call_response_header(&self, name: &str) -> Option<String> {
+        text(abi::header(MapType::HttpCallResponseHeaders, name))
+    }
+
+    fn call_response_headers(&self) -> Vec<(String, String)> {
+        abi::headers(MapType::HttpCallResponseHeaders).unwrap_or_default()
+    }
+
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        body(BufferType::HttpCallResponseBody, size)
+    }
+
+    fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
+        abi::get_shared(key).map_err(|s| format!("{s:?}"))
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
+        match abi::set_shared(key, value, cas) {
+            Ok(()) => Ok(()),
+            Err(Status(CAS_MISMATCH)) => Err(SharedError::CasMismatch),
+            Err(s) => Err(SharedError::Other(format!("{s:?}"))),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        abi::now_nanos().map_or(0, |n| n / 1_000_000)
+    }
+
+    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+        abi::send_local_response(u32::from(status), headers, body).map_err(|s| format!("{s:?}"))
+    }
+
+    fn resume_request(&self) -> Result<(), String> {
+        abi::resume_request().map_err(|s| format!("{s:?}"))
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        let level = match level {
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        let _ = abi::log(level, message);
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        abi::define_counter(name).ok()
+    }
+
+    fn increment(&self, id: u32) {
+        let _ = abi::increment(id, 1);
+    }
+}
