@@ -19,7 +19,7 @@ import pytest
 
 from conftest import SAMPLE_POLICY
 from oci import oci_layout
-from zuul import CREDS, EMPTY_DIGEST, Zuul
+from zuul import CREDS, EMPTY_DIGEST, NAMESPACE, Zuul
 
 TAG = "v1.0.0"  # immutable under the sample policy (any repository but dev/, staging/, releases/)
 REFUSAL = f"Tag '{TAG}' is immutable and cannot be overwritten"  # the filter's message
@@ -56,7 +56,7 @@ def refused_and_intact(p: subprocess.CompletedProcess, took: float, zuul: Zuul, 
     """The refused push of another image: the client failed and said why, and zuul still holds
     `digest` under the tag. Every fact goes into the message, so one failure shows them all."""
     now, stored = zuul.tag_digest(repo, TAG), zuul.stored_tag(repo, TAG)
-    puts = zuul.log().count(f"Put manifest _local {repo} {TAG} ")
+    puts = zuul.log().count(f"Put manifest {NAMESPACE} {repo} {TAG} ")  # zuul logs each PUT it handles
     facts = (f"{client} exited {p.returncode} after {took:.1f}s; zuul's tag {TAG} answers {now} "
              f"(expected {digest}); zuul stores {stored}; manifest PUTs that reached zuul: {puts}\n"
              f"--- {client} output:\n{p.stdout}{p.stderr}")
