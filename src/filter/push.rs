@@ -8,9 +8,11 @@
 //!    the tag's current digest is learned (map, or a dispatched HEAD). While a HEAD is in flight
 //!    the headers are held; with `allow_on_headers_stop_iteration` Envoy still delivers the
 //!    body meanwhile.
-//! 2. If the lookups are done before the whole body is here, the headers are let go: the
+//! 2. If the lookups are done before any of the body is here, the headers are let go: the
 //!    harmless request goes upstream, so that Envoy (Istio-style, without
-//!    `allow_on_headers_stop_iteration`) delivers the body. Its answer is held and dropped.
+//!    `allow_on_headers_stop_iteration`) delivers the body. Its answer is held and dropped. If
+//!    part of the body already arrived behind held headers, they stay held: resuming them would
+//!    release those bytes upstream.
 //! 3. The body is buffered whole (never released), hashed, judged, claimed.
 //! 4. An allowed push is written by the filter itself: a dispatched PUT with the client's path,
 //!    headers and exactly the judged bytes; the registry's answer (status, headers, body) is
@@ -47,6 +49,10 @@ pub struct Push {
     body: Option<Vec<u8>>,
     /// The client's headers are held (a HEAD is in flight).
     headers_held: bool,
+    /// Body bytes reached the filter while the headers were held (only with
+    /// `allow_on_headers_stop_iteration`): the headers must then stay held until the decision,
+    /// since resuming them would also release the buffered bytes upstream.
+    body_seen: bool,
     phase: Phase,
 }
 
@@ -133,6 +139,7 @@ impl Push {
             client_headers,
             body: end_of_stream.then(Vec::new),
             headers_held: false,
+            body_seen: false,
             phase: Phase::Checking,
         };
         let now = host.now_ms();
@@ -187,6 +194,7 @@ impl Push {
         if !self.checking() || self.body.is_some() {
             return Next::Wait;
         }
+        self.body_seen |= size > 0;
         // Refused here rather than left to Envoy's buffer limit: a body that outgrows the buffer
         // while the headers are held meets flow control, not a 413, and would hang.
         if size > max {
@@ -264,13 +272,13 @@ impl Push {
     }
 
     /// After any new fact: decides if both digests are known; lets the held headers go if only
-    /// the body is missing.
+    /// the body is missing and none of it is buffered behind them.
     fn progress(&mut self, host: &dyn Host, worker: &Worker) -> Next {
         if self.pending() {
             return Next::Wait;
         }
         if self.body.is_none() {
-            if self.headers_held {
+            if self.headers_held && !self.body_seen {
                 self.headers_held = false;
                 return Next::Release;
             }

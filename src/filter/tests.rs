@@ -137,6 +137,8 @@ fn a_body_split_around_the_head_answer_is_judged_whole() {
     let spaces = vec![b' '; 1024];
     assert_eq!(send_part(&mut f, &h, &spaces), Action::Pause);
     respond(&mut f, &h, head_answer(Some(M1)));
+    // Resuming now would release the spaces upstream: the headers stay held.
+    assert_eq!(h.resumes.get(), 0);
     assert_eq!(send_body(&mut f, &h, &[M1]), vec![Action::Pause]);
     assert!(h.calls_with("PUT").is_empty(), "a refused push never reaches the registry");
     let r = h.reply().unwrap();
@@ -156,6 +158,7 @@ fn an_honest_identical_repush_in_parts_is_allowed() {
     let half = M1.len() / 2;
     send_part(&mut f, &h, &M1[..half]);
     respond(&mut f, &h, head_answer(Some(M1)));
+    assert_eq!(h.resumes.get(), 0);
     send_body(&mut f, &h, &[&M1[half..]]);
     let puts = h.calls_with("PUT");
     assert_eq!(puts.len(), 1);
