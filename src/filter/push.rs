@@ -79,6 +79,7 @@ struct TagCheck {
     lookup: Lookup,
     /// What the lookup says is known to hold since then: the map entry's learning time, or
     /// when the HEAD was sent. An "absent" older than the claim TTL is not trusted.
+    /// [`NO_VIEW`] when nothing was learned (`on_upstream_error = allow`).
     since_ms: u64,
     /// The lookup came from the map, not from the registry.
     from_map: bool,
@@ -88,6 +89,11 @@ enum Lookup {
     Pending(u32),
     Known(Option<Digest>),
 }
+
+/// The `since_ms` of a lookup that learned nothing (the registry could not answer and
+/// `on_upstream_error = allow` let the push on as if the tag were absent): such a guess is no
+/// view of the registry, so every claim record still fences it.
+const NO_VIEW: u64 = 0;
 
 /// What the filter does next with a push.
 pub enum Next {
@@ -148,14 +154,14 @@ impl Push {
             worker.count(host, if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
             let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
             let from_map = cached.is_some();
-            let lookup = match cached {
-                Some((d, _)) => Lookup::Known(Some(d)),
+            let (lookup, since_ms) = match cached {
+                Some((d, _)) => (Lookup::Known(Some(d)), since_ms),
                 None => match push.send_head(host, worker, &tag) {
-                    Ok(token) => Lookup::Pending(token),
+                    Ok(token) => (Lookup::Pending(token), since_ms),
                     Err(why) if worker.config.on_upstream_error == OnUpstreamError::Allow => {
                         let msg = format!("immutable-tags: {}:{tag}: {why}; allowed (on_upstream_error = allow)", push.repository);
                         host.log(Level::Warn, &msg);
-                        Lookup::Known(None)
+                        (Lookup::Known(None), NO_VIEW)
                     }
                     Err(why) => return Err(OciError::upstream(&push.repository, &tag, &why)),
                 },
@@ -262,7 +268,7 @@ impl Push {
             Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow => {
                 let msg = format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", self.repository, check.tag);
                 host.log(Level::Warn, &msg);
-                check.lookup = Lookup::Known(None);
+                (check.lookup, check.since_ms) = (Lookup::Known(None), NO_VIEW);
             }
             Current::Unknown { reason } => {
                 return Next::Refuse(OciError::upstream(&self.repository, &check.tag, &reason), Vec::new());
@@ -371,7 +377,7 @@ impl Push {
             }
         };
         for (t, absent, pushed) in allowed {
-            if absent && !absence_still_fenced(t.since_ms, host.now_ms(), settings.ttl_ms) {
+            if absent && t.since_ms != NO_VIEW && !absence_still_fenced(t.since_ms, host.now_ms(), settings.ttl_ms) {
                 give_back(&taken);
                 let why = "the push took longer than claims.ttl_seconds; retry it";
                 return Err(OciError::upstream(&self.repository, &t.tag, why));

@@ -437,3 +437,21 @@ fn a_delete_by_digest_makes_the_map_forget_its_tags() {
     assert_eq!(put_headers(&mut f, &h, "v1", M2), Action::Pause);
     assert_eq!(h.calls_with("HEAD").len(), heads + 1);
 }
+
+#[test]
+fn an_upstream_error_let_through_by_policy_is_still_fenced_by_the_claims() {
+    // on_upstream_error = allow gives up the registry's word, not the claims': a push that
+    // learned nothing must not override what a push through this Envoy just committed.
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "on_upstream_error": "allow", "cache": {"ttl_seconds": 0}}"#);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    h.advance(1000);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M2);
+    respond(&mut f, &h, answer(504, &[], b"upstream request timeout"));
+    send_body(&mut f, &h, &[M2]);
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
+    assert_eq!(h.calls_with("PUT").len(), 1);
+}
