@@ -11,7 +11,7 @@
 //! `c` a claim in flight written at `at_ms`, `d` the registry stored it at `at_ms`. Both live
 //! one claims TTL past `at_ms` (the same rules as `crate::claims`), and every record is bound
 //! to its writer's lease, so a replica that dies leaves nothing past the lease.
-use serde_json::{json, Value};
+use crate::json_doc::Json;
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -47,11 +47,28 @@ pub fn unb64(text: &str) -> Option<Vec<u8>> {
 }
 
 /// An int64 of the gateway: a JSON string, or a number from a lenient writer.
-fn int64(v: Option<&Value>) -> Option<i64> {
+fn int64(v: Option<&Json>) -> Option<i64> {
     match v? {
-        Value::String(s) => s.parse().ok(),
-        n => n.as_i64(),
+        Json::Str(s) => s.parse().ok(),
+        Json::Unsigned(n) => i64::try_from(*n).ok(),
+        Json::Signed(n) => Some(*n),
+        _ => None,
     }
+}
+
+fn text(v: Option<&Json>) -> Option<&str> {
+    match v? {
+        Json::Str(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Follows object fields (names) and array items (numbers) from `v`.
+fn at<'a>(v: &'a Json, path: &[&str]) -> Option<&'a Json> {
+    path.iter().try_fold(v, |v, p| match p.parse::<usize>() {
+        Ok(i) => v.item(i),
+        Err(_) => v.field(p),
+    })
 }
 
 /// The etcd key of `repository:tag` (both already valid OCI names: no separator ambiguity).
@@ -85,44 +102,43 @@ impl Record {
 }
 
 /// Create the claim if the key does not exist (`create_revision == 0`), else read it back.
+/// (Every string in these bodies is base64 or digits: nothing to escape.)
 pub fn claim_txn(key: &str, record: &Record, lease: i64) -> String {
     let k = b64(key.as_bytes());
-    json!({
-        "compare": [{"key": k, "target": "CREATE", "create_revision": "0"}],
-        "success": [{"request_put": {"key": k, "value": b64(record.encode().as_bytes()), "lease": lease.to_string()}}],
-        "failure": [{"request_range": {"key": k}}],
-    })
-    .to_string()
+    let put = put(&k, record, lease);
+    format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
+}
+
+fn put(k: &str, record: &Record, lease: i64) -> String {
+    let v = b64(record.encode().as_bytes());
+    format!(r#"{{"request_put":{{"key":"{k}","value":"{v}","lease":"{lease}"}}}}"#)
+}
+
+fn mod_is(k: &str, mod_revision: i64) -> String {
+    format!(r#""compare":[{{"key":"{k}","target":"MOD","mod_revision":"{mod_revision}"}}]"#)
 }
 
 /// Write `record` only if the key is still at `mod_revision` (replacing an expired record, or
 /// committing our own claim), else read it back.
 pub fn put_if_txn(key: &str, mod_revision: i64, record: &Record, lease: i64) -> String {
     let k = b64(key.as_bytes());
-    json!({
-        "compare": [{"key": k, "target": "MOD", "mod_revision": mod_revision.to_string()}],
-        "success": [{"request_put": {"key": k, "value": b64(record.encode().as_bytes()), "lease": lease.to_string()}}],
-        "failure": [{"request_range": {"key": k}}],
-    })
-    .to_string()
+    let (compare, put) = (mod_is(&k, mod_revision), put(&k, record, lease));
+    format!(r#"{{{compare},"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
 /// Delete the key only if it is still at `mod_revision` (our own record, untouched since).
 pub fn delete_if_txn(key: &str, mod_revision: i64) -> String {
     let k = b64(key.as_bytes());
-    json!({
-        "compare": [{"key": k, "target": "MOD", "mod_revision": mod_revision.to_string()}],
-        "success": [{"request_delete_range": {"key": k}}],
-    })
-    .to_string()
+    let compare = mod_is(&k, mod_revision);
+    format!(r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}]}}"#)
 }
 
 pub fn grant_body(ttl_seconds: u64) -> String {
-    json!({"TTL": ttl_seconds.to_string()}).to_string()
+    format!(r#"{{"TTL":"{ttl_seconds}"}}"#)
 }
 
 pub fn keepalive_body(lease: i64) -> String {
-    json!({"ID": lease.to_string()}).to_string()
+    format!(r#"{{"ID":"{lease}"}}"#)
 }
 
 /// What an answer from etcd says.
@@ -136,9 +152,9 @@ pub enum Answer<T> {
 }
 
 /// The common part: a 200 with a JSON object that is not an error body.
-fn json_answer(status: Option<u16>, body: &[u8]) -> Result<Value, Answer<()>> {
-    let doc: Option<Value> = serde_json::from_slice(body).ok();
-    let message = doc.as_ref().and_then(|d| d.get("message").or_else(|| d.get("error"))).and_then(Value::as_str);
+fn json_answer(status: Option<u16>, body: &[u8]) -> Result<Json, Answer<()>> {
+    let doc = Json::parse(body).ok();
+    let message = doc.as_ref().and_then(|d| text(d.field("message")).or_else(|| text(d.field("error"))));
     if let Some(m) = message {
         if m.contains("lease not found") {
             return Err(Answer::LeaseGone);
@@ -146,7 +162,7 @@ fn json_answer(status: Option<u16>, body: &[u8]) -> Result<Value, Answer<()>> {
         return Err(Answer::Failed(format!("etcd answered {}: {m}", status.unwrap_or(0))));
     }
     match (status, doc) {
-        (Some(200), Some(d)) if d.is_object() => Ok(d),
+        (Some(200), Some(d @ Json::Object(_))) => Ok(d),
         (Some(200), _) => Err(Answer::Failed("etcd answered something unreadable".into())),
         (Some(s), _) => Err(Answer::Failed(format!("etcd answered {s}"))),
         (None, _) => Err(Answer::Failed("etcd reset the call".into())),
@@ -175,8 +191,8 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
         Ok(d) => d,
         Err(a) => return lift(a),
     };
-    let revision = int64(doc.pointer("/header/revision"));
-    if doc.get("succeeded").and_then(Value::as_bool) == Some(true) {
+    let revision = int64(at(&doc, &["header", "revision"]));
+    if matches!(doc.field("succeeded"), Some(Json::Bool(true))) {
         return match revision {
             Some(revision) => Answer::Ok(Txn::Done { revision }),
             None => Answer::Failed("etcd answered a txn without a revision".into()),
@@ -185,10 +201,10 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
     if revision.is_none() {
         return Answer::Failed("etcd answered something unreadable".into());
     }
-    let Some(kv) = doc.pointer("/responses/0/response_range/kvs/0") else { return Answer::Ok(Txn::Found(None)) };
-    let value = kv.get("value").and_then(Value::as_str).unwrap_or_default();
+    let Some(kv) = at(&doc, &["responses", "0", "response_range", "kvs", "0"]) else { return Answer::Ok(Txn::Found(None)) };
+    let value = text(kv.field("value")).unwrap_or_default();
     let record = unb64(value).and_then(|v| String::from_utf8(v).ok()).and_then(|v| Record::decode(&v));
-    match (record, int64(kv.get("mod_revision"))) {
+    match (record, int64(kv.field("mod_revision"))) {
         (Some(r), Some(m)) => Answer::Ok(Txn::Found(Some((r, m)))),
         _ => Answer::Failed("etcd holds a claim record this filter cannot read".into()),
     }
@@ -197,7 +213,7 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
 /// A granted lease's ID.
 pub fn parse_grant(status: Option<u16>, body: &[u8]) -> Answer<i64> {
     match json_answer(status, body) {
-        Ok(d) => match int64(d.get("ID")) {
+        Ok(d) => match int64(d.field("ID")) {
             Some(id) if id != 0 => Answer::Ok(id),
             _ => Answer::Failed("etcd granted no lease".into()),
         },
@@ -208,9 +224,9 @@ pub fn parse_grant(status: Option<u16>, body: &[u8]) -> Answer<i64> {
 /// A keepalive: the lease lives on (`TTL` > 0), or it is gone.
 pub fn parse_keepalive(status: Option<u16>, body: &[u8]) -> Answer<()> {
     match json_answer(status, body) {
-        Ok(d) => match int64(d.pointer("/result/TTL")) {
+        Ok(d) => match int64(at(&d, &["result", "TTL"])) {
             Some(ttl) if ttl > 0 => Answer::Ok(()),
-            _ if d.get("result").is_some() => Answer::LeaseGone,
+            _ if d.field("result").is_some() => Answer::LeaseGone,
             _ => Answer::Failed("etcd answered something unreadable".into()),
         },
         Err(a) => a,
@@ -244,6 +260,7 @@ pub fn judge_found(record: &Record, digest: &str, now_ms: u64, ttl_ms: u64, know
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
