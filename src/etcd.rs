@@ -46,12 +46,12 @@ pub fn unb64(text: &str) -> Option<Vec<u8>> {
     (bits < 6 && acc & ((1 << bits) - 1) == 0).then_some(out)
 }
 
-/// An int64 of the gateway: a JSON string, or a number from a lenient writer.
-fn int64(v: Option<&Json>) -> Option<i64> {
+/// An int64 of the gateway (a JSON string; a number from a lenient writer). Revisions and
+/// lease IDs etcd hands out are never negative.
+fn int64(v: Option<&Json>) -> Option<u64> {
     match v? {
         Json::Str(s) => s.parse().ok(),
-        Json::Unsigned(n) => i64::try_from(*n).ok(),
-        Json::Signed(n) => Some(*n),
+        Json::Unsigned(n) => Some(*n),
         _ => None,
     }
 }
@@ -63,12 +63,9 @@ fn text(v: Option<&Json>) -> Option<&str> {
     }
 }
 
-/// Follows object fields (names) and array items (numbers) from `v`.
+/// Follows object fields from `v`.
 fn at<'a>(v: &'a Json, path: &[&str]) -> Option<&'a Json> {
-    path.iter().try_fold(v, |v, p| match p.parse::<usize>() {
-        Ok(i) => v.item(i),
-        Err(_) => v.field(p),
-    })
+    path.iter().try_fold(v, |v, p| v.field(p))
 }
 
 /// The etcd key of `repository:tag` (both already valid OCI names: no separator ambiguity).
@@ -103,31 +100,31 @@ impl Record {
 
 /// Create the claim if the key does not exist (`create_revision == 0`), else read it back.
 /// (Every string in these bodies is base64 or digits: nothing to escape.)
-pub fn claim_txn(key: &str, record: &Record, lease: i64) -> String {
+pub fn claim_txn(key: &str, record: &Record, lease: u64) -> String {
     let k = b64(key.as_bytes());
     let put = put(&k, record, lease);
     format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
-fn put(k: &str, record: &Record, lease: i64) -> String {
+fn put(k: &str, record: &Record, lease: u64) -> String {
     let v = b64(record.encode().as_bytes());
     format!(r#"{{"request_put":{{"key":"{k}","value":"{v}","lease":"{lease}"}}}}"#)
 }
 
-fn mod_is(k: &str, mod_revision: i64) -> String {
+fn mod_is(k: &str, mod_revision: u64) -> String {
     format!(r#""compare":[{{"key":"{k}","target":"MOD","mod_revision":"{mod_revision}"}}]"#)
 }
 
 /// Write `record` only if the key is still at `mod_revision` (replacing an expired record, or
 /// committing our own claim), else read it back.
-pub fn put_if_txn(key: &str, mod_revision: i64, record: &Record, lease: i64) -> String {
+pub fn put_if_txn(key: &str, mod_revision: u64, record: &Record, lease: u64) -> String {
     let k = b64(key.as_bytes());
     let (compare, put) = (mod_is(&k, mod_revision), put(&k, record, lease));
     format!(r#"{{{compare},"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
 /// Delete the key only if it is still at `mod_revision` (our own record, untouched since).
-pub fn delete_if_txn(key: &str, mod_revision: i64) -> String {
+pub fn delete_if_txn(key: &str, mod_revision: u64) -> String {
     let k = b64(key.as_bytes());
     let compare = mod_is(&k, mod_revision);
     format!(r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}]}}"#)
@@ -137,7 +134,7 @@ pub fn grant_body(ttl_seconds: u64) -> String {
     format!(r#"{{"TTL":"{ttl_seconds}"}}"#)
 }
 
-pub fn keepalive_body(lease: i64) -> String {
+pub fn keepalive_body(lease: u64) -> String {
     format!(r#"{{"ID":"{lease}"}}"#)
 }
 
@@ -154,7 +151,7 @@ pub enum Answer<T> {
 /// The common part: a 200 with a JSON object that is not an error body.
 fn json_answer(status: Option<u16>, body: &[u8]) -> Result<Json, Answer<()>> {
     let doc = Json::parse(body).ok();
-    let message = doc.as_ref().and_then(|d| text(d.field("message")).or_else(|| text(d.field("error"))));
+    let message = doc.as_ref().and_then(|d| text(d.field("message")));
     if let Some(m) = message {
         if m.contains("lease not found") {
             return Err(Answer::LeaseGone);
@@ -181,9 +178,9 @@ fn lift<T>(a: Answer<()>) -> Answer<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Txn {
     /// The compare held and the write is done: the key is now at `revision`.
-    Done { revision: i64 },
+    Done { revision: u64 },
     /// The compare failed: the key as read back (`None`: it does not exist).
-    Found(Option<(Record, i64)>),
+    Found(Option<(Record, u64)>),
 }
 
 pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
@@ -201,7 +198,8 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
     if revision.is_none() {
         return Answer::Failed("etcd answered something unreadable".into());
     }
-    let Some(kv) = at(&doc, &["responses", "0", "response_range", "kvs", "0"]) else { return Answer::Ok(Txn::Found(None)) };
+    let range = doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_range", "kvs"]));
+    let Some(kv) = range.and_then(|kvs| kvs.item(0)) else { return Answer::Ok(Txn::Found(None)) };
     let value = text(kv.field("value")).unwrap_or_default();
     let record = unb64(value).and_then(|v| String::from_utf8(v).ok()).and_then(|v| Record::decode(&v));
     match (record, int64(kv.field("mod_revision"))) {
@@ -211,7 +209,7 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
 }
 
 /// A granted lease's ID.
-pub fn parse_grant(status: Option<u16>, body: &[u8]) -> Answer<i64> {
+pub fn parse_grant(status: Option<u16>, body: &[u8]) -> Answer<u64> {
     match json_answer(status, body) {
         Ok(d) => match int64(d.field("ID")) {
             Some(id) if id != 0 => Answer::Ok(id),
@@ -292,7 +290,7 @@ mod tests {
         let t: Value = serde_json::from_str(&delete_if_txn("k", 9_007_199_254_740_993)).unwrap();
         assert_eq!(t["compare"][0]["mod_revision"], "9007199254740993", "int64 beyond f64 precision stays exact");
         assert_eq!(grant_body(60), r#"{"TTL":"60"}"#);
-        assert_eq!(keepalive_body(-3), r#"{"ID":"-3"}"#);
+        assert_eq!(keepalive_body(7_587_888_229_823_741_952), r#"{"ID":"7587888229823741952"}"#);
     }
 
     #[test]

@@ -272,9 +272,9 @@ impl Host for FakeHost {
 #[derive(Default)]
 pub struct FakeEtcd {
     /// key (raw) -> (value (raw), mod_revision, lease)
-    pub kv: RefCell<HashMap<String, (String, i64, i64)>>,
-    pub revision: Cell<i64>,
-    pub leases: RefCell<Vec<i64>>,
+    pub kv: RefCell<HashMap<String, (String, u64, u64)>>,
+    pub revision: Cell<u64>,
+    pub leases: RefCell<Vec<u64>>,
 }
 
 impl FakeEtcd {
@@ -285,15 +285,15 @@ impl FakeEtcd {
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
         let raw = |v: &Value| String::from_utf8(unb64(v.as_str().unwrap_or_default()).unwrap_or_default()).unwrap_or_default();
         let ok = |v: Value| answer(200, &[("content-type", "application/json")], v.to_string().as_bytes());
-        let header = |r: i64| json!({"cluster_id": "1", "revision": r.to_string()});
+        let header = |r: u64| json!({"cluster_id": "1", "revision": r.to_string()});
         match call.header(":path") {
             Some("/v3/lease/grant") => {
-                let id = 7_000 + self.leases.borrow().len() as i64 + 1;
+                let id = 7_000 + self.leases.borrow().len() as u64 + 1;
                 self.leases.borrow_mut().push(id);
                 ok(json!({"header": header(self.revision.get()), "ID": id.to_string(), "TTL": s(&body["TTL"])}))
             }
             Some("/v3/lease/keepalive") => {
-                let id: i64 = s(&body["ID"]).parse().unwrap_or(0);
+                let id: u64 = s(&body["ID"]).parse().unwrap_or(0);
                 let mut result = json!({"header": header(self.revision.get()), "ID": id.to_string()});
                 if self.leases.borrow().contains(&id) {
                     result["TTL"] = json!("60");
@@ -313,7 +313,7 @@ impl FakeEtcd {
                 let mut responses = Vec::new();
                 for op in ops.as_array().cloned().unwrap_or_default() {
                     if let Some(p) = op.get("request_put") {
-                        let lease: i64 = s(&p["lease"]).parse().unwrap_or(0);
+                        let lease: u64 = s(&p["lease"]).parse().unwrap_or(0);
                         if lease != 0 && !self.leases.borrow().contains(&lease) {
                             let m = "etcdserver: requested lease not found";
                             return answer(400, &[], json!({"error": m, "message": m, "code": 5}).to_string().as_bytes());
@@ -345,7 +345,7 @@ impl FakeEtcd {
     }
 
     /// The lease ends (its replica died and the TTL passed): its keys go.
-    pub fn expire(&self, lease: i64) {
+    pub fn expire(&self, lease: u64) {
         self.leases.borrow_mut().retain(|l| *l != lease);
         self.kv.borrow_mut().retain(|_, (_, _, l)| *l != lease);
     }

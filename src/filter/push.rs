@@ -75,7 +75,7 @@ pub struct TagClaim {
     /// Whether this push holds the claim (and so must release it if the push fails).
     held: bool,
     /// The store's version of the record we hold (etcd).
-    revision: i64,
+    revision: u64,
 }
 
 /// A tag judged allowed, still to be claimed.
@@ -89,7 +89,8 @@ struct Want {
 }
 
 struct Claiming {
-    wants: std::collections::VecDeque<Want>,
+    /// Last first.
+    wants: Vec<Want>,
     taken: Vec<TagClaim>,
     /// The claim waiting for the store's answer, and for which tag.
     in_flight: Option<(claims::etcd::InFlight, Want)>,
@@ -345,7 +346,8 @@ impl Push {
                 for c in counters {
                     worker.count(host, c);
                 }
-                self.phase = Phase::Claiming(Claiming { wants: wants.into(), taken: Vec::new(), in_flight: None });
+                let wants = wants.into_iter().rev().collect();
+                self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None });
                 self.claim_next(host, worker)
             }
             Err(err) => Next::Refuse(self.overwrite(worker, err), Vec::new()),
@@ -402,7 +404,7 @@ impl Push {
     fn claim_next(&mut self, host: &dyn Host, worker: &Worker) -> Next {
         loop {
             let Phase::Claiming(c) = &mut self.phase else { return Next::Wait };
-            let Some(want) = c.wants.pop_front() else { break };
+            let Some(want) = c.wants.pop() else { break };
             let ttl_ms = worker.config.claims.ttl_ms;
             if want.absent && !absence_still_fenced(want.since_ms, host.now_ms(), ttl_ms) {
                 self.give_back(host, worker);

@@ -478,7 +478,7 @@ fn etcd_calls(h: &FakeHost) -> usize {
     h.calls.borrow().iter().filter(|c| c.cluster == "etcd").count()
 }
 
-/// A replica: its own process, its worker, its lease granted by the root's first tick.
+/// A replica: its own process, its worker.
 fn replica(etcd: &FakeEtcd, policy: &str) -> (FakeHost, Rc<Worker>) {
     let h = FakeHost::new();
     let w = worker(&h, policy);
@@ -486,10 +486,25 @@ fn replica(etcd: &FakeEtcd, policy: &str) -> (FakeHost, Rc<Worker>) {
     (h, w)
 }
 
+/// Answers the pending etcd calls (lease grant, claim) until the push waits on something else.
+fn answer_etcd(f: &mut Filter, h: &FakeHost, etcd: &FakeEtcd) {
+    loop {
+        let Some(token) = h.pending.borrow().front().copied() else { return };
+        if h.calls.borrow()[token as usize - 1].cluster != "etcd" {
+            return;
+        }
+        respond_with(f, h, |c| etcd.answer(c));
+    }
+}
+
 /// Headers, HEAD (absent), whole body: the push is then at its claim.
 fn to_claim(h: &FakeHost, w: &Rc<Worker>, body: &[u8]) -> Filter {
+    to_claim_tag(h, w, "v1", body)
+}
+
+fn to_claim_tag(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8]) -> Filter {
     let mut f = Filter::new(Some(w.clone()));
-    put_headers(&mut f, h, "v1", body);
+    put_headers(&mut f, h, tag, body);
     respond(&mut f, h, head_answer(None));
     send_body(&mut f, h, &[body]);
     f
@@ -499,18 +514,25 @@ fn to_claim(h: &FakeHost, w: &Rc<Worker>, body: &[u8]) -> Filter {
 fn an_etcd_claim_is_one_txn_before_the_put_and_the_commit_goes_through_the_root() {
     let etcd = FakeEtcd::default();
     let (h, w) = replica(&etcd, ETCD_POLICY);
-    assert_eq!(etcd.leases.borrow().len(), 1, "the root granted this worker's lease");
+    assert!(etcd.leases.borrow().is_empty(), "granted by the first claim that needs it");
+    // The first claim grants the worker's lease, then claims.
+    let mut f = to_claim_tag(&h, &w, "v0", M2);
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!((etcd.leases.borrow().len(), etcd_calls(&h)), (1, 2));
+    respond(&mut f, &h, created(M2));
+    f.on_done(&h);
+    // The next push: one txn, and nothing upstream before it is granted.
     let before = etcd_calls(&h);
     let mut f = to_claim(&h, &w, M1);
     let txn = h.last_call().unwrap();
     assert_eq!((txn.cluster.as_str(), txn.header(":path"), txn.header(":authority")), ("etcd", Some("/v3/kv/txn"), Some("etcd.test")));
     assert_eq!(txn.timeout_ms, 500);
-    assert!(h.calls_with("PUT").is_empty(), "nothing goes upstream before the claim is granted");
-    respond_with(&mut f, &h, |c| etcd.answer(c));
+    assert!(h.calls_with("PUT").len() == 1, "only the first push's PUT so far");
+    answer_etcd(&mut f, &h, &etcd);
     assert_eq!(etcd_calls(&h) - before, 1, "one etcd round trip per push");
     assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M1))));
     assert_eq!(etcd.kv.borrow()[KEY].2, etcd.leases.borrow()[0], "bound to the worker's lease");
-    assert_eq!(h.calls_with("PUT").len(), 1);
+    assert_eq!(h.calls_with("PUT").len(), 2);
     respond(&mut f, &h, created(M1));
     assert_eq!(h.reply().unwrap().status, 201);
     f.on_done(&h);
@@ -531,8 +553,8 @@ fn replicas_sharing_etcd_have_one_winner() {
     let (h2, w2) = replica(&etcd, ETCD_POLICY);
     let mut f1 = to_claim(&h1, &w1, M1);
     let mut f2 = to_claim(&h2, &w2, M2);
-    respond_with(&mut f1, &h1, |c| etcd.answer(c));
-    respond_with(&mut f2, &h2, |c| etcd.answer(c));
+    answer_etcd(&mut f1, &h1, &etcd);
+    answer_etcd(&mut f2, &h2, &etcd);
     assert_eq!(h1.calls_with("PUT").len(), 1);
     assert!(h2.calls_with("PUT").is_empty(), "the second replica must not write");
     let r = h2.reply().unwrap();
@@ -543,7 +565,7 @@ fn replicas_sharing_etcd_have_one_winner() {
     respond(&mut f1, &h1, created(M1));
     run_root(&h1, &w1, &etcd);
     let mut f3 = to_claim(&h2, &w2, M2);
-    respond_with(&mut f3, &h2, |c| etcd.answer(c));
+    answer_etcd(&mut f3, &h2, &etcd);
     assert_eq!(h2.reply().unwrap().status, 409);
     assert!(h2.calls_with("PUT").is_empty());
 }
@@ -569,16 +591,24 @@ fn etcd_failures_refuse_with_503_naming_the_claim_store_and_send_no_put() {
         ("timeout", answer(504, &[], b"upstream request timeout")),
         ("reset", Reply { status: 0, headers: vec![], body: vec![] }),
     ];
-    for (what, reply) in cases {
+    for ((what, reply), warm) in cases.into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
         let etcd = FakeEtcd::default();
         let (h, w) = replica(&etcd, ETCD_POLICY);
+        if warm {
+            // The lease is there: the claim txn itself fails (else the lease grant does).
+            let mut f = to_claim_tag(&h, &w, "v0", M2);
+            answer_etcd(&mut f, &h, &etcd);
+            respond(&mut f, &h, created(M2));
+            f.on_done(&h);
+        }
+        let puts = h.calls_with("PUT").len();
         let mut f = to_claim(&h, &w, M1);
         respond_with(&mut f, &h, |_| reply.clone());
         let r = h.reply().unwrap_or_else(|| panic!("{what}: no answer"));
         assert_eq!(r.status, 503, "{what}");
         let msg = r.json()["errors"][0]["message"].as_str().unwrap().to_string();
         assert!(msg.contains("claim store (etcd, cluster 'etcd')"), "{what}: {msg}");
-        assert!(h.calls_with("PUT").is_empty(), "{what}");
+        assert_eq!(h.calls_with("PUT").len(), puts, "{what}");
         assert_eq!(etcd.value(KEY), None, "{what}");
     }
 }
@@ -591,8 +621,16 @@ fn a_connect_failure_is_tried_once_more_before_refusing() {
     let mut f = to_claim(&h, &w, M1);
     respond_with(&mut f, &h, |_| envoy_503.clone());
     assert!(h.reply().is_none(), "tried again");
-    respond_with(&mut f, &h, |c| etcd.answer(c));
+    answer_etcd(&mut f, &h, &etcd);
     assert_eq!(h.calls_with("PUT").len(), 1);
+    respond(&mut f, &h, created(M1));
+    // Three times in a row: refused.
+    let mut f = to_claim_tag(&h, &w, "v2", M2);
+    let mut n = 0;
+    while respond_with(&mut f, &h, |c| { assert_eq!(c.cluster, "etcd"); envoy_503.clone() }) {
+        n += 1;
+    }
+    assert_eq!((n, h.reply().unwrap().status), (3, 503));
 }
 
 #[test]
@@ -605,11 +643,11 @@ fn pushes_that_need_no_claim_make_no_etcd_calls() {
     assert_eq!(etcd_calls(&h), before, "a mutable tag");
     // A first push (one claim) teaches the map; the identical re-push needs no claim.
     let mut f = to_claim(&h, &w, M1);
-    respond_with(&mut f, &h, |c| etcd.answer(c));
+    answer_etcd(&mut f, &h, &etcd);
     respond(&mut f, &h, created(M1));
     f.on_done(&h);
     let after_first = etcd_calls(&h);
-    assert_eq!(after_first, before + 1);
+    assert_eq!(after_first, before + 2, "lease grant and claim");
     assert_eq!(push(&h, &w, "v1", M1, Some(M1)).status, 201);
     assert_eq!(etcd_calls(&h), after_first, "an identical re-push with a fresh map entry");
 }
@@ -619,7 +657,7 @@ fn a_failed_write_releases_its_etcd_claim_through_the_root() {
     let etcd = FakeEtcd::default();
     let (h, w) = replica(&etcd, ETCD_POLICY);
     let mut f = to_claim(&h, &w, M1);
-    respond_with(&mut f, &h, |c| etcd.answer(c));
+    answer_etcd(&mut f, &h, &etcd);
     respond(&mut f, &h, answer(500, &[], b"{}"));
     assert_eq!(h.reply().unwrap().status, 500);
     assert!(etcd.value(KEY).is_some());
@@ -634,9 +672,9 @@ fn a_lease_that_is_gone_is_granted_again_and_a_dead_replicas_claim_goes_with_its
     let (h2, w2) = replica(&etcd, ETCD_POLICY);
     // Replica 1 claims and dies before writing.
     let mut f1 = to_claim(&h1, &w1, M1);
-    respond_with(&mut f1, &h1, |c| etcd.answer(c));
+    answer_etcd(&mut f1, &h1, &etcd);
     let mut f2 = to_claim(&h2, &w2, M2);
-    respond_with(&mut f2, &h2, |c| etcd.answer(c));
+    answer_etcd(&mut f2, &h2, &etcd);
     assert_eq!(h2.reply().unwrap().status, 409);
     let first = etcd.leases.borrow()[0];
     etcd.expire(first);
@@ -648,4 +686,5 @@ fn a_lease_that_is_gone_is_granted_again_and_a_dead_replicas_claim_goes_with_its
     assert_eq!(h2.reply().unwrap().status, 201);
     assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M2))));
     assert_eq!(etcd.leases.borrow().len(), 1, "a new lease");
+    assert!(h2.calls.borrow().iter().any(|c| c.header(":path") == Some("/v3/lease/grant")));
 }

@@ -4,9 +4,9 @@
 //! - A claim is one txn (create the key if absent, else read it back): one round trip before
 //!   the PUT goes upstream. A record found stale (expired, or committed before this push's
 //!   view of the tag) is replaced with a second txn that compares its `mod_revision`.
-//! - Every record is bound to this worker's lease (TTL = `claims.ttl_seconds`), granted and
-//!   kept alive by the root context's tick: no lease round trip per push, and a replica that
-//!   dies leaves nothing past one TTL.
+//! - Every record is bound to this worker's lease (TTL = `claims.ttl_seconds`), granted by the
+//!   first claim that needs it and kept alive by the root context's tick: no lease round trip
+//!   per push, and a replica that dies leaves nothing past one TTL.
 //! - Commit and release go through the root context's queue, never through the stream: calls
 //!   a stream dispatched are cancelled when it ends, and the commit must not delay the
 //!   client's answer. It is safe if a commit is lost (etcd down right then): the claim record
@@ -17,8 +17,12 @@ use crate::etcd::{self as wire, Answer, Found, Record, Txn};
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
 
-/// Calls one claim may make (grant, claim, replace, and one retry) before it gives up.
-const MAX_STEPS: u32 = 5;
+/// Calls one claim may make (grant, claim, replace, retries) before it gives up.
+const MAX_STEPS: u32 = 6;
+
+/// Tries after a connect failure: with round robin over 3 members and one down, the third try
+/// at the latest reaches a live one.
+const CONNECT_RETRIES: u32 = 2;
 
 /// A claim waiting for etcd's answer to the call `token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,7 @@ pub struct InFlight {
     since_ms: u64,
     step: Step,
     steps: u32,
+    retries: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,23 +41,22 @@ enum Step {
     Grant,
     Claim,
     /// Replace the stale record found at this `mod_revision`.
-    Replace(i64),
+    Replace(u64),
 }
 
 /// What the root context sends (it outlives the streams).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
-    Grant,
-    Keepalive(i64),
-    Commit { key: String, revision: i64, record: Record },
+    Keepalive(u64),
+    Commit { key: String, revision: u64, record: Record },
     /// Delete our record if untouched since `revision`, once `due_ms` has come.
-    Delete { key: String, revision: i64, due_ms: u64 },
+    Delete { key: String, revision: u64, due_ms: u64 },
 }
 
 /// Per worker: the lease and the root context's queue.
 #[derive(Debug, Default)]
 pub struct State {
-    lease: Option<i64>,
+    lease: Option<u64>,
     keepalive_due_ms: u64,
     queue: Vec<Op>,
     in_flight: Vec<(u32, Op)>,
@@ -71,7 +75,7 @@ fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str) -> Result<u32
         .map_err(|why| format!("cannot dispatch to cluster '{}' ({why})", e.cluster))
 }
 
-fn lease(worker: &Worker) -> Option<i64> {
+fn lease(worker: &Worker) -> Option<u64> {
     worker.etcd.try_borrow().ok().and_then(|s| s.lease)
 }
 
@@ -82,7 +86,7 @@ fn ttl_seconds(worker: &Worker) -> u64 {
 pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, since_ms: u64) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let key = wire::key(&e.prefix, repository, tag);
-    send(host, worker, e, InFlight { token: 0, key, digest: digest.to_string(), since_ms, step: Step::Claim, steps: 0 })
+    send(host, worker, e, InFlight { token: 0, key, digest: digest.to_string(), since_ms, step: Step::Claim, steps: 0, retries: 0 })
 }
 
 /// Sends the claim's next call; without a lease, grants one first.
@@ -127,7 +131,8 @@ fn connect_failure(status: Option<u16>, body: &[u8]) -> bool {
 pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size: usize) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let (status, body) = answer(host, body_size);
-    if connect_failure(status, &body) && f.steps < MAX_STEPS {
+    if connect_failure(status, &body) && f.retries < CONNECT_RETRIES {
+        f.retries += 1;
         return send(host, worker, e, f);
     }
     if f.step == Step::Grant {
@@ -135,6 +140,7 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
             Answer::Ok(id) => {
                 if let Ok(mut s) = worker.etcd.try_borrow_mut() {
                     s.lease.get_or_insert(id);
+                    s.keepalive_due_ms = host.now_ms() + worker.config.claims.ttl_ms / 3;
                 }
                 f.step = Step::Claim;
                 send(host, worker, e, f)
@@ -180,7 +186,7 @@ fn enqueue(worker: &Worker, op: Op) {
 }
 
 /// Queues the commit of our claim at `revision` (0: we hold no record, nothing to commit).
-pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: i64) {
+pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: u64) {
     let Some(e) = &worker.config.claims.etcd else { return };
     if revision != 0 {
         let record = Record { committed: true, at_ms: host.now_ms(), digest: digest.to_string() };
@@ -189,7 +195,7 @@ pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, dig
 }
 
 /// Queues the release of our claim at `revision`.
-pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, revision: i64) {
+pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, revision: u64) {
     let Some(e) = &worker.config.claims.etcd else { return };
     if revision != 0 {
         enqueue(worker, Op::Delete { key: wire::key(&e.prefix, repository, tag), revision, due_ms: host.now_ms() });
@@ -203,22 +209,18 @@ pub fn tick(host: &dyn Host, worker: &Worker) {
     let Ok(mut s) = worker.etcd.try_borrow_mut() else { return };
     let now = host.now_ms();
     let mut ops: Vec<Op> = Vec::new();
-    let busy = |s: &State, f: fn(&Op) -> bool| s.in_flight.iter().any(|(_, o)| f(o));
-    match s.lease {
-        None if !busy(&s, |o| matches!(o, Op::Grant)) => ops.push(Op::Grant),
-        Some(l) if now >= s.keepalive_due_ms && !busy(&s, |o| matches!(o, Op::Keepalive(_))) => {
-            s.keepalive_due_ms = now + worker.config.claims.ttl_ms / 3;
-            ops.push(Op::Keepalive(l));
-        }
-        _ => {}
+    if let Some(l) = s.lease.filter(|_| now >= s.keepalive_due_ms) {
+        s.keepalive_due_ms = now + worker.config.claims.ttl_ms / 3;
+        ops.push(Op::Keepalive(l));
     }
-    let (due, later): (Vec<Op>, Vec<Op>) =
-        std::mem::take(&mut s.queue).into_iter().partition(|o| !matches!(o, Op::Delete { due_ms, .. } if *due_ms > now));
-    s.queue = later;
-    ops.extend(due);
+    for op in std::mem::take(&mut s.queue) {
+        match op {
+            Op::Delete { due_ms, .. } if due_ms > now => s.queue.push(op),
+            op => ops.push(op),
+        }
+    }
     for op in ops {
         let (path, body) = match &op {
-            Op::Grant => ("/v3/lease/grant", wire::grant_body(ttl_seconds(worker))),
             Op::Keepalive(l) => ("/v3/lease/keepalive", wire::keepalive_body(*l)),
             Op::Commit { key, revision, record } => match s.lease {
                 Some(l) => ("/v3/kv/txn", wire::put_if_txn(key, *revision, record, l)),
@@ -243,14 +245,6 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
     let now = host.now_ms();
     let failed = |why: &str| host.log(Level::Warn, &format!("immutable-tags: {}", down(e, why)));
     match op {
-        Op::Grant => match wire::parse_grant(status, &body) {
-            Answer::Ok(id) => {
-                s.lease = Some(id);
-                s.keepalive_due_ms = now + worker.config.claims.ttl_ms / 3;
-            }
-            Answer::LeaseGone => failed("no lease granted"),
-            Answer::Failed(why) => failed(&why),
-        },
         Op::Keepalive(l) => match wire::parse_keepalive(status, &body) {
             Answer::Ok(()) => {}
             Answer::LeaseGone => {

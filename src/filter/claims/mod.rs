@@ -13,7 +13,7 @@ use super::worker::Worker;
 pub enum Claimed {
     /// Let the push through; `held`: release or commit it when the registry answers;
     /// `revision`: the store's version of our record (etcd; 0 in shared data).
-    Proceed { held: bool, revision: i64 },
+    Proceed { held: bool, revision: u64 },
     Conflict { digest: String, committed: bool },
     /// Refuse with 503, for this reason (it names the claim store).
     Unavailable(String),
@@ -45,7 +45,7 @@ pub fn on_response(host: &dyn Host, worker: &Worker, claim: etcd::InFlight, body
 
 /// The registry stored `digest` under `tag`: keep the record one more TTL. Never delays the
 /// client's answer (etcd: handed to the root context, see `etcd`).
-pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: i64) {
+pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: u64) {
     match &worker.config.claims.etcd {
         None => shared_data::commit(host, &worker.config.claims, repository, tag, digest),
         Some(_) => etcd::commit(host, worker, repository, tag, digest, revision),
@@ -53,7 +53,7 @@ pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, dig
 }
 
 /// Gives back a claim this push held (the push failed or was refused).
-pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: i64) {
+pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: u64) {
     match &worker.config.claims.etcd {
         None => shared_data::release(host, &worker.config.claims, repository, tag, digest),
         Some(_) => etcd::release(host, worker, repository, tag, revision),
