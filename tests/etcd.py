@@ -127,11 +127,20 @@ class EtcdCluster:
         for m in self.members:
             m.stop()
 
-    def get(self, key: str) -> str | None:
-        """The value at `key` (text), or None."""
+    def get_kv(self, key: str) -> dict | None:
+        """The key-value record at `key` as the gateway gives it (value still base64), or None."""
         r = self.call("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
         kvs = r.get("kvs") or []
-        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+        return kvs[0] if kvs else None
+
+    def get(self, key: str) -> str | None:
+        """The value at `key` (text), or None."""
+        kv = self.get_kv(key)
+        return base64.b64decode(kv["value"]).decode() if kv else None
+
+    def lease_ttl(self, lease: str) -> int:
+        """Seconds the lease has left; -1 once it expired."""
+        return int(self.call("/v3/lease/timetolive", {"ID": lease})["TTL"])
 
     def envoy_cluster(self) -> dict:
         """The Envoy cluster the filter calls: every member, mutual TLS, and a member that

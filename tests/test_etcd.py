@@ -104,6 +104,10 @@ def test_one_winner_across_replicas(replicas, registry, etcd, uid):
         # The record in etcd is the winner's, under the prefix.
         record = etcd.get(f"/immutable-tags/{repo}:{tag}")
         assert record is not None and record.endswith(sha256(ms[winners(results)[0]])), record
+    # Records are bound to their worker's lease, which the root's timer keeps alive past its TTL.
+    lease = etcd.get_kv(f"/immutable-tags/{repo}:v{ROUNDS - 1}")["lease"]
+    time.sleep(TTL + 1)
+    assert etcd.lease_ttl(lease) > 0, "the live replica's lease is kept alive"
 
 
 def test_without_etcd_replicas_let_extra_winners_through(workdir, registry, uid):
@@ -199,13 +203,13 @@ def test_a_replica_killed_while_holding_a_claim_frees_the_tag_when_its_lease_exp
         doomed.proc = None
         r = put_manifest(replicas[0].url, repo, "v1", m2)
         assert r.status == 409 and "in_flight" in r.json()["errors"][0]["detail"], r
-        # The lease (TTL s) expires with nobody to keep it alive: the claim goes with it.
+        # The lease (TTL s) expires with nobody to keep it alive: etcd deletes the claim with it
+        # (a record without a lease would stay until a later claim found it stale).
         deadline = time.monotonic() + TTL + 10
-        while True:
-            r = put_manifest(replicas[1].url, repo, "v1", m2)
-            if r.status != 409 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        while etcd.get(key) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert etcd.get(key) is None, "the dead replica's claim went with its lease"
+        r = put_manifest(replicas[1].url, repo, "v1", m2)
         assert r.status == 201, r
         assert current_digest(registry.url, repo, "v1") == sha256(m2)
     finally:
