@@ -450,7 +450,7 @@ const ETCD_POLICY: &str = r#"{"upstream": {"cluster": "registry"},
 const KEY: &str = "/immutable-tags/app:v1";
 
 /// Answers the oldest pending call of `h` with `reply(call)`; `true` if there was one.
-fn respond_with(f: &mut Filter, h: &FakeHost, reply: impl Fn(&super::fake::Call) -> Reply) -> bool {
+fn respond_with(f: &mut Filter, h: &FakeHost, mut reply: impl FnMut(&super::fake::Call) -> Reply) -> bool {
     let Some(token) = h.pending.borrow_mut().pop_front() else { return false };
     let call = h.calls.borrow()[token as usize - 1].clone();
     let r = reply(&call);
@@ -687,4 +687,59 @@ fn a_lease_that_is_gone_is_granted_again_and_a_dead_replicas_claim_goes_with_its
     assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M2))));
     assert_eq!(etcd.leases.borrow().len(), 1, "a new lease");
     assert!(h2.calls.borrow().iter().any(|c| c.header(":path") == Some("/v3/lease/grant")));
+}
+
+#[test]
+fn a_multi_tag_push_claims_one_tag_at_a_time_and_gives_back_on_a_conflict() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    // Tag b is claimed by another replica's push of M2.
+    etcd.kv.borrow_mut().insert("/immutable-tags/app:b".into(), (format!("c 1000000 {}", sha(M2)), 1, 0));
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", &format!("/v2/app/manifests/{}?tag=a&tag=b", sha(M1)), &[CT, ("content-length", &len)]);
+    f.on_request_headers(&h, false);
+    respond(&mut f, &h, head_answer(None));
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    let mut claimed = Vec::new();
+    while respond_with(&mut f, &h, |c| {
+        claimed.push(c.header(":path").unwrap_or_default().to_string());
+        assert_eq!(h.pending.borrow().len(), 0, "one etcd call at a time");
+        etcd.answer(c)
+    }) {}
+    assert_eq!(claimed, ["/v3/lease/grant", "/v3/kv/txn", "/v3/kv/txn"]);
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["tag"], "b");
+    assert!(h.calls_with("PUT").is_empty());
+    assert!(etcd.value("/immutable-tags/app:a").is_some(), "claimed before b was refused");
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd.value("/immutable-tags/app:a"), None, "given back");
+}
+
+#[test]
+fn the_root_keeps_the_lease_alive_and_a_lost_lease_is_granted_again() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim_tag(&h, &w, "v0", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    let lease = etcd.leases.borrow()[0];
+    let keepalives = || h.calls.borrow().iter().filter(|c| c.header(":path") == Some("/v3/lease/keepalive")).count();
+    run_root(&h, &w, &etcd);
+    assert_eq!(keepalives(), 0, "not due yet");
+    h.advance(20_000); // a third of the TTL
+    run_root(&h, &w, &etcd);
+    assert_eq!(keepalives(), 1);
+    assert_eq!(h.calls.borrow().last().unwrap().body.as_deref(), Some(format!(r#"{{"ID":"{lease}"}}"#).as_bytes()));
+    // etcd lost the lease: the keepalive says so, the next claim grants a new one.
+    etcd.expire(lease);
+    h.advance(20_000);
+    run_root(&h, &w, &etcd);
+    let grants = || h.calls.borrow().iter().filter(|c| c.header(":path") == Some("/v3/lease/grant")).count();
+    let before = grants();
+    let mut f = to_claim_tag(&h, &w, "v1", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!(grants(), before + 1);
+    assert_eq!(h.calls_with("PUT").len(), 2);
 }
