@@ -102,8 +102,14 @@ def test_one_winner_across_replicas(replicas, registry, etcd, uid):
         results = race(replicas, repo, tag, ms)
         assert_one_winner(results, registry, repo, tag, ms, f"round {round_}")
         # The record in etcd is the winner's, under the prefix.
-        record = etcd.get(f"/immutable-tags/{repo}:{tag}")
-        assert record is not None and record.endswith(sha256(ms[winners(results)[0]])), record
+        key, won = f"/immutable-tags/{repo}:{tag}", sha256(ms[winners(results)[0]])
+        record = etcd.get(key)
+        assert record is not None and record.endswith(won), record
+        # The winner's replica commits it from its root context, after the client's answer.
+        deadline = time.monotonic() + 2
+        while not (etcd.get(key) or "").startswith("d ") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert etcd.get(key) == f"d {etcd.get(key).split()[1]} {won}", etcd.get(key)
     # Records are bound to their worker's lease, which the root's timer keeps alive past its TTL.
     lease = etcd.get_kv(f"/immutable-tags/{repo}:v{ROUNDS - 1}")["lease"]
     time.sleep(TTL + 1)
