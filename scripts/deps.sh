@@ -11,8 +11,10 @@ ZUUL_REGISTRY=1.3.0         # PyPI zuul-registry: a registry of another make (te
 # wrk: the benchmark's load generator.
 # podman: a real client that retries a refused manifest on its own (tests/test_zuul.py); apt
 # brings its runtime (crun, conmon, containernetworking-plugins), unused by push and pull.
+# etcd-server: the claims store across replicas (tests/test_etcd.py starts a 3-member cluster);
+# openssl: that test makes the cluster's mutual-TLS certificates with its CLI.
 APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1 curl=7.88.1-10+deb12u15 wrk=4.1.0-3+b2
-          podman=4.3.1+ds1-8+deb12u1+b3)
+          podman=4.3.1+ds1-8+deb12u1+b3 etcd-server=3.4.23-4+b4 openssl=3.0.19-1~deb12u2)
 
 say() { printf '==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -44,13 +44,27 @@ impl Mode {
     }
 }
 
-/// Process-wide tag claims (see `claims`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Tag claims (see `claims`): in Envoy shared data, or in etcd when `etcd` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimSettings {
     /// How long a claim (and a committed record) lives; above the longest a push can take.
+    /// With etcd also the TTL of each worker's lease.
     pub ttl_ms: u64,
     /// Number of shared-data slots the claims hash into: the memory bound.
     pub slots: u32,
+    pub etcd: Option<EtcdSettings>,
+}
+
+/// `claims.etcd`: claims shared by every Envoy replica, in etcd (see `etcd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// The Envoy cluster that reaches etcd's client port.
+    pub cluster: String,
+    /// `:authority` of the calls (default: the cluster name).
+    pub authority: String,
+    /// Every key the filter writes starts with it (so etcd's RBAC can confine the filter).
+    pub prefix: String,
+    pub timeout_ms: u64,
 }
 
 /// What to do with a push to an immutable tag when the registry cannot tell its current digest.
@@ -148,6 +162,15 @@ struct RawDeletes {
 struct RawClaims {
     ttl_seconds: Option<u64>,
     slots: Option<u32>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Default)]
+struct RawEtcd {
+    cluster: Option<String>,
+    authority: Option<String>,
+    prefix: Option<String>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -199,7 +222,7 @@ impl Config {
         let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
         let d = &self.deletes;
         format!(
-            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",
+            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={} store={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",
             self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
@@ -216,6 +239,7 @@ impl Config {
             d.page_size.map_or("registry default".to_string(), |n| n.to_string()),
             self.claims.ttl_ms / 1000,
             self.claims.slots,
+            self.claims.etcd.as_ref().map_or("shared-data".to_string(), |e| format!("etcd cluster={} prefix={} timeout_ms={}", e.cluster, e.prefix, e.timeout_ms)),
             self.on_upstream_error,
             self.pin_immutable_pulls,
             self.max_manifest_bytes
@@ -296,11 +320,20 @@ impl RawConfig {
                 page_size: narrow(d.opt_uint("page_size", "u32", u32::MAX.into())?),
             },
         };
-        let claims = match object(&f, "claims", &["ttl_seconds", "slots"])? {
+        let claims = match object(&f, "claims", &["ttl_seconds", "slots", "etcd"])? {
             None => RawClaims::default(),
             Some(c) => RawClaims {
                 ttl_seconds: c.opt_uint("ttl_seconds", "u64", u64::MAX)?,
                 slots: narrow(c.opt_uint("slots", "u32", u32::MAX.into())?),
+                etcd: match object(&c, "etcd", &["cluster", "authority", "prefix", "timeout_ms"])? {
+                    None => None,
+                    Some(e) => Some(RawEtcd {
+                        cluster: e.opt_string("cluster")?,
+                        authority: e.opt_string("authority")?,
+                        prefix: e.opt_string("prefix")?,
+                        timeout_ms: e.opt_uint("timeout_ms", "u64", u64::MAX)?,
+                    }),
+                },
             },
         };
         let rules = match f.present("rules") {
@@ -392,6 +425,7 @@ impl RawConfig {
         if !(1..=16_384).contains(&slots) {
             return Err(err("claims.slots", slots, "must be between 1 and 16384"));
         }
+        let etcd = self.claims.etcd.map(RawEtcd::validate).transpose()?;
         let max_manifest = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
         let max_manifest_bytes = match usize::try_from(max_manifest) {
             Ok(n) if (1024..=64 << 20).contains(&n) => n,
@@ -422,11 +456,34 @@ impl RawConfig {
             cache: CacheSettings { max_entries, ttl_seconds },
             deletes,
             mode,
-            claims: ClaimSettings { ttl_ms: claim_ttl * 1000, slots },
+            claims: ClaimSettings { ttl_ms: claim_ttl * 1000, slots, etcd },
             on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
             pin_immutable_pulls: self.pin_immutable_pulls,
             max_manifest_bytes,
         })
+    }
+}
+
+impl RawEtcd {
+    fn validate(self) -> Result<EtcdSettings, ConfigError> {
+        let cluster = match self.cluster {
+            Some(c) if !c.is_empty() => c,
+            Some(c) => return Err(err("claims.etcd.cluster", quoted(&c), "must name an Envoy cluster")),
+            None => return Err(err("claims.etcd.cluster", "(absent)", "is required: the Envoy cluster that reaches etcd")),
+        };
+        let authority = self.authority.unwrap_or_else(|| cluster.clone());
+        if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(err("claims.etcd.authority", quoted(&authority), "must be a host[:port]"));
+        }
+        let prefix = self.prefix.unwrap_or_else(|| "/immutable-tags/".into());
+        if prefix.is_empty() {
+            return Err(err("claims.etcd.prefix", "\"\"", "must not be empty (it confines the filter's keys)"));
+        }
+        let timeout_ms = self.timeout_ms.unwrap_or(1000);
+        if !(1..=60_000).contains(&timeout_ms) {
+            return Err(err("claims.etcd.timeout_ms", timeout_ms, "must be between 1 and 60000"));
+        }
+        Ok(EtcdSettings { cluster, authority, prefix, timeout_ms })
     }
 }
 
@@ -476,7 +533,7 @@ mod tests {
         assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000, write_timeout_ms: 30_000 });
         assert_eq!(c.error_code, "TAG_IMMUTABLE");
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
-        assert_eq!(c.claims, ClaimSettings { ttl_ms: 60_000, slots: 1024 });
+        assert_eq!(c.claims, ClaimSettings { ttl_ms: 60_000, slots: 1024, etcd: None });
         assert_eq!(c.on_upstream_error, OnUpstreamError::Refuse, "refusing is the default");
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
@@ -635,7 +692,7 @@ mod tests {
     #[test]
     fn claims_and_on_upstream_error() {
         let c = cfg(r#"{"claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
-        assert_eq!(c.claims, ClaimSettings { ttl_ms: 5_000, slots: 8 });
+        assert_eq!(c.claims, ClaimSettings { ttl_ms: 5_000, slots: 8, etcd: None });
         assert_eq!(c.on_upstream_error, OnUpstreamError::Allow);
         assert_eq!(cfg(r#"{"on_upstream_error": "refuse"}"#).on_upstream_error, OnUpstreamError::Refuse);
         let e = bad(r#"{"on_upstream_error": "ALLOW"}"#);
@@ -645,5 +702,26 @@ mod tests {
         assert_eq!(bad(r#"{"claims": {"slots": 0}}"#).field, "claims.slots");
         assert_eq!(bad(r#"{"claims": {"slots": 100000}}"#).field, "claims.slots");
         assert_eq!(bad(r#"{"claims": {"ttl": 1}}"#).field, "claims.ttl");
+    }
+
+    #[test]
+    fn claims_in_etcd() {
+        let c = cfg(r#"{"claims": {"etcd": {"cluster": "etcd"}}}"#);
+        let want = EtcdSettings { cluster: "etcd".into(), authority: "etcd".into(), prefix: "/immutable-tags/".into(), timeout_ms: 1000 };
+        assert_eq!(c.claims.etcd, Some(want));
+        let c = cfg(r#"{"claims": {"etcd": {"cluster": "e", "authority": "etcd:2379", "prefix": "/x/", "timeout_ms": 300}}}"#);
+        let want = EtcdSettings { cluster: "e".into(), authority: "etcd:2379".into(), prefix: "/x/".into(), timeout_ms: 300 };
+        assert_eq!(c.claims.etcd, Some(want));
+        for (json, field) in [
+            (r#"{"claims": {"etcd": {}}}"#, "claims.etcd.cluster"),
+            (r#"{"claims": {"etcd": {"cluster": ""}}}"#, "claims.etcd.cluster"),
+            (r#"{"claims": {"etcd": {"cluster": "e", "endpoints": []}}}"#, "claims.etcd.endpoints"),
+            (r#"{"claims": {"etcd": {"cluster": "e", "timeout_ms": 0}}}"#, "claims.etcd.timeout_ms"),
+            (r#"{"claims": {"etcd": {"cluster": "e", "prefix": ""}}}"#, "claims.etcd.prefix"),
+            (r#"{"claims": {"etcd": {"cluster": "e", "authority": "a b"}}}"#, "claims.etcd.authority"),
+            (r#"{"claims": {"etcd": "etcd"}}"#, "claims.etcd"),
+        ] {
+            assert_eq!(bad(json).field, field, "{json}");
+        }
     }
 }

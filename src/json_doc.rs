@@ -93,6 +93,18 @@ impl Json {
         serde_json::from_slice(bytes).map_err(|e| fail("", e.to_string()))
     }
 
+    /// A field of an object; `None` if absent or not an object.
+    pub fn field(&self, name: &str) -> Option<&Json> {
+        let Json::Object(entries) = self else { return None };
+        entries.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// An item of an array; `None` if absent or not an array.
+    pub fn item(&self, i: usize) -> Option<&Json> {
+        let Json::Array(items) = self else { return None };
+        items.get(i)
+    }
+
     /// What the value is, for errors (serde's wording: `string "x"`, `integer `5``).
     fn unexpected(&self) -> String {
         match self {

@@ -15,6 +15,7 @@ pub mod claims;
 pub mod config;
 pub mod deletes;
 pub mod digest;
+pub mod etcd;
 pub mod exclusions;
 pub mod filter;
 pub mod glob;

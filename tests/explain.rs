@@ -144,3 +144,25 @@ fn check_validates_every_file_and_names_the_bad_field() {
     assert!(text.contains(&format!("invalid {}: invalid configuration: field `rules[0].tags.regex`", bad.display())), "{text}");
     assert_eq!(run(&["check"], None).status.code(), Some(2));
 }
+
+#[test]
+fn check_and_explain_validate_claims_in_etcd() {
+    let good = policy_file(r#"{"global": {"immutable_tags": true}, "claims": {"etcd": {"cluster": "etcd"}}}"#);
+    let o = run(&["check", good.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("store=etcd cluster=etcd prefix=/immutable-tags/ timeout_ms=1000"), "{text}");
+    for (json, field) in [
+        (r#"{"claims": {"etcd": {}}}"#, "claims.etcd.cluster"),
+        (r#"{"claims": {"etcd": {"cluster": "etcd", "timeout_ms": 0}}}"#, "claims.etcd.timeout_ms"),
+        (r#"{"claims": {"etcd": {"cluster": "etcd", "endpoint": "x"}}}"#, "claims.etcd.endpoint"),
+    ] {
+        let bad = policy_file(json);
+        let o = run(&["check", bad.to_str().unwrap()], None);
+        assert_eq!(o.status.code(), Some(1), "{json}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("field `{field}`")), "{json}: {o:?}");
+        let (code, _, err) = explain(json, &["app", "v1"]);
+        assert_eq!(code, 1, "{json}");
+        assert!(err.contains(&format!("field `{field}`")), "{json}: {err}");
+    }
+}

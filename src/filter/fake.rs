@@ -265,3 +265,92 @@ impl Host for FakeHost {
         }
     }
 }
+
+/// A tiny etcd for the claims in etcd: answers the gateway calls the filter sends (txn with
+/// one compare, lease grant and keepalive) as etcd 3.4 does, over one key space shared by
+/// every "replica" (each its own `FakeHost`).
+#[derive(Default)]
+pub struct FakeEtcd {
+    /// key (raw) -> (value (raw), mod_revision, lease)
+    pub kv: RefCell<HashMap<String, (String, u64, u64)>>,
+    pub revision: Cell<u64>,
+    pub leases: RefCell<Vec<u64>>,
+}
+
+impl FakeEtcd {
+    pub fn answer(&self, call: &Call) -> Reply {
+        use crate::etcd::{b64, unb64};
+        use serde_json::{json, Value};
+        let body: Value = serde_json::from_slice(call.body.as_deref().unwrap_or_default()).unwrap_or(Value::Null);
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let raw = |v: &Value| String::from_utf8(unb64(v.as_str().unwrap_or_default()).unwrap_or_default()).unwrap_or_default();
+        let ok = |v: Value| answer(200, &[("content-type", "application/json")], v.to_string().as_bytes());
+        let header = |r: u64| json!({"cluster_id": "1", "revision": r.to_string()});
+        match call.header(":path") {
+            Some("/v3/lease/grant") => {
+                let id = 7_000 + self.leases.borrow().len() as u64 + 1;
+                self.leases.borrow_mut().push(id);
+                ok(json!({"header": header(self.revision.get()), "ID": id.to_string(), "TTL": s(&body["TTL"])}))
+            }
+            Some("/v3/lease/keepalive") => {
+                let id: u64 = s(&body["ID"]).parse().unwrap_or(0);
+                let mut result = json!({"header": header(self.revision.get()), "ID": id.to_string()});
+                if self.leases.borrow().contains(&id) {
+                    result["TTL"] = json!("60");
+                }
+                ok(json!({"result": result}))
+            }
+            Some("/v3/kv/txn") => {
+                let c = &body["compare"][0];
+                let key = raw(&c["key"]);
+                let current = self.kv.borrow().get(&key).cloned();
+                let holds = match s(&c["target"]).as_str() {
+                    "CREATE" => current.is_none(),
+                    "MOD" => current.as_ref().map(|(_, m, _)| m.to_string()) == Some(s(&c["mod_revision"])),
+                    _ => false,
+                };
+                let ops = if holds { &body["success"] } else { &body["failure"] };
+                let mut responses = Vec::new();
+                for op in ops.as_array().cloned().unwrap_or_default() {
+                    if let Some(p) = op.get("request_put") {
+                        let lease: u64 = s(&p["lease"]).parse().unwrap_or(0);
+                        if lease != 0 && !self.leases.borrow().contains(&lease) {
+                            let m = "etcdserver: requested lease not found";
+                            return answer(400, &[], json!({"error": m, "message": m, "code": 5}).to_string().as_bytes());
+                        }
+                        self.revision.set(self.revision.get() + 1);
+                        self.kv.borrow_mut().insert(raw(&p["key"]), (raw(&p["value"]), self.revision.get(), lease));
+                        responses.push(json!({"response_put": {"header": header(self.revision.get())}}));
+                    } else if op.get("request_delete_range").is_some() {
+                        self.revision.set(self.revision.get() + 1);
+                        self.kv.borrow_mut().remove(&key);
+                        responses.push(json!({"response_delete_range": {"header": header(self.revision.get()), "deleted": "1"}}));
+                    } else if op.get("request_range").is_some() {
+                        let mut r = json!({"header": header(self.revision.get())});
+                        if let Some((v, m, l)) = &current {
+                            r["kvs"] = json!([{"key": b64(key.as_bytes()), "mod_revision": m.to_string(), "create_revision": m.to_string(), "value": b64(v.as_bytes()), "lease": l.to_string()}]);
+                            r["count"] = json!("1");
+                        }
+                        responses.push(json!({"response_range": r}));
+                    }
+                }
+                let mut out = json!({"header": header(self.revision.get()), "responses": responses});
+                if holds {
+                    out["succeeded"] = json!(true); // omitted when false, as the gateway does
+                }
+                ok(out)
+            }
+            _ => answer(404, &[], b"404 page not found"),
+        }
+    }
+
+    /// The lease ends (its replica died and the TTL passed): its keys go.
+    pub fn expire(&self, lease: u64) {
+        self.leases.borrow_mut().retain(|l| *l != lease);
+        self.kv.borrow_mut().retain(|_, (_, _, l)| *l != lease);
+    }
+
+    pub fn value(&self, key: &str) -> Option<String> {
+        self.kv.borrow().get(key).map(|(v, _, _)| v.clone())
+    }
+}

@@ -13,7 +13,8 @@
 //!    `allow_on_headers_stop_iteration`) delivers the body. Its answer is held and dropped. If
 //!    part of the body already arrived behind held headers, they stay held: resuming them would
 //!    release those bytes upstream.
-//! 3. The body is buffered whole (never released), hashed, judged, claimed.
+//! 3. The body is buffered whole (never released), hashed, judged, claimed: one tag at a time,
+//!    each claim answered at once (shared data) or by a dispatched call (etcd, `claims`).
 //! 4. An allowed push is written by the filter itself: a dispatched PUT with the client's path,
 //!    headers and exactly the judged bytes; the registry's answer (status, headers, body) is
 //!    relayed to the client. A refused push is answered locally; nothing reached the registry.
@@ -58,19 +59,41 @@ pub struct Push {
 
 enum Phase {
     Checking,
+    /// Judged allowed: claiming the tags one at a time (`claims`).
+    Claiming(Claiming),
     /// The PUT is on its way; `claims` are settled when it answers.
     Writing { token: u32, claims: Vec<TagClaim> },
     /// The registry answered the PUT (or reset it).
     Written,
 }
 
-/// A tag's process-wide claim (see `claims`), taken just before the push is written.
+/// A tag's claim (see `claims`), taken just before the push is written.
 #[derive(Debug, Clone)]
 pub struct TagClaim {
     tag: String,
     digest: String,
     /// Whether this push holds the claim (and so must release it if the push fails).
     held: bool,
+    /// The store's version of the record we hold (etcd).
+    revision: u64,
+}
+
+/// A tag judged allowed, still to be claimed.
+struct Want {
+    tag: String,
+    reason: String,
+    /// The registry does not hold the tag.
+    absent: bool,
+    pushed: String,
+    since_ms: u64,
+}
+
+struct Claiming {
+    /// Last first.
+    wants: Vec<Want>,
+    taken: Vec<TagClaim>,
+    /// The claim waiting for the store's answer, and for which tag.
+    in_flight: Option<(claims::etcd::InFlight, Want)>,
 }
 
 struct TagCheck {
@@ -184,7 +207,7 @@ impl Push {
 
     /// Whether the filter is still judging (as opposed to writing).
     pub fn checking(&self) -> bool {
-        matches!(self.phase, Phase::Checking)
+        matches!(self.phase, Phase::Checking | Phase::Claiming(_))
     }
 
     /// Sends the HEAD that learns `tag`'s current digest, counted.
@@ -241,6 +264,14 @@ impl Push {
     pub fn on_call_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
         if let Phase::Writing { token: t, .. } = &self.phase {
             return if *t == token { self.written(host, worker, body_size) } else { Next::Wait };
+        }
+        if let Phase::Claiming(c) = &mut self.phase {
+            let Some((f, want)) = c.in_flight.take_if(|(f, _)| f.token == token) else { return Next::Wait };
+            let result = claims::on_response(host, worker, f, body_size);
+            return match self.claimed(host, worker, want, result) {
+                Some(next) => next,
+                None => self.claim_next(host, worker),
+            };
         }
         let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) if x == token)) else {
             return Next::Wait;
@@ -316,19 +347,23 @@ impl Push {
             }
             return Next::Wait;
         }
-        match self.judge(host, worker, body) {
-            Ok((counters, claims)) => {
+        match self.judge(body) {
+            Ok((counters, wants)) => {
                 for c in counters {
                     worker.count(host, c);
                 }
-                self.write(host, worker, claims)
+                let wants = wants.into_iter().rev().collect();
+                self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None });
+                self.claim_next(host, worker)
             }
-            Err(err) => Next::Refuse(err, Vec::new()),
+            Err(err) => Next::Refuse(self.overwrite(worker, err), Vec::new()),
         }
     }
 
-    /// Judges every tag against the body and claims the ones let through.
-    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<TagClaim>), OciError> {
+    /// Judges every tag against the body: the tags to claim, or the overwrite refused
+    /// (tag, reason, current, pushed).
+    #[allow(clippy::type_complexity)]
+    fn judge(&self, body: &[u8]) -> Result<(Vec<Counter>, Vec<Want>), (String, String, String, String)> {
         let sha256 = Digest::sha256(body);
         let mut counters = Vec::new();
         let mut allowed = Vec::new();
@@ -342,16 +377,20 @@ impl Push {
                 Verdict::AllowNew => counters.push(Counter::PushesAllowedNewTag),
                 Verdict::AllowSame => counters.push(Counter::PushesAllowedSameDigest),
                 Verdict::Overwrite { current } => {
-                    return Err(self.overwrite(worker, &t.tag, &t.reason, &current.to_string(), &pushed.to_string(), None));
+                    return Err((t.tag.clone(), t.reason.clone(), current.to_string(), pushed.to_string()));
                 }
             }
-            allowed.push((t, current.is_none(), pushed.to_string()));
+            let (tag, reason, absent, since_ms) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms);
+            allowed.push(Want { tag, reason, absent, pushed: pushed.to_string(), since_ms });
         }
-        let claims = self.claim_all(host, worker, allowed)?;
-        Ok((counters, claims))
+        Ok((counters, allowed))
     }
 
-    fn overwrite(&self, worker: &Worker, tag: &str, reason: &str, current: &str, pushed: &str, in_flight: Option<String>) -> OciError {
+    fn overwrite(&self, worker: &Worker, (tag, reason, current, pushed): (String, String, String, String)) -> OciError {
+        self.conflict(worker, &tag, &reason, &current, &pushed, None)
+    }
+
+    fn conflict(&self, worker: &Worker, tag: &str, reason: &str, current: &str, pushed: &str, in_flight: Option<String>) -> OciError {
         let mut detail = json!({
             "repository": self.repository,
             "tag": tag,
@@ -366,42 +405,65 @@ impl Push {
         OciError::new(409, &worker.config.error_code, msg, detail)
     }
 
-    /// Claims every tag of a push about to be written (see `claims`); on any refusal, gives back
-    /// the claims already taken and refuses the whole push.
-    fn claim_all(&self, host: &dyn Host, worker: &Worker, allowed: Vec<(&TagCheck, bool, String)>) -> Result<Vec<TagClaim>, OciError> {
-        let settings = &worker.config.claims;
-        let mut taken: Vec<TagClaim> = Vec::new();
-        let give_back = |taken: &[TagClaim]| {
-            for c in taken.iter().filter(|c| c.held) {
-                claims::release(host, settings, &self.repository, &c.tag, &c.digest);
-            }
-        };
-        for (t, absent, pushed) in allowed {
-            if absent && t.since_ms != NO_VIEW && !absence_still_fenced(t.since_ms, host.now_ms(), settings.ttl_ms) {
-                give_back(&taken);
+    /// Claims the next tag of a push about to be written (see `claims`); once every tag is
+    /// claimed, writes it. A claim the store answers later leaves the push waiting.
+    fn claim_next(&mut self, host: &dyn Host, worker: &Worker) -> Next {
+        loop {
+            let Phase::Claiming(c) = &mut self.phase else { return Next::Wait };
+            let Some(want) = c.wants.pop() else { break };
+            let ttl_ms = worker.config.claims.ttl_ms;
+            if want.absent && want.since_ms != NO_VIEW && !absence_still_fenced(want.since_ms, host.now_ms(), ttl_ms) {
+                self.give_back(host, worker);
                 let why = "the push took longer than claims.ttl_seconds; retry it";
-                return Err(OciError::upstream(&self.repository, &t.tag, why));
+                return Next::Refuse(OciError::upstream(&self.repository, &want.tag, why), Vec::new());
             }
-            match claims::claim(host, settings, &self.repository, &t.tag, &pushed, t.since_ms) {
-                Claimed::Proceed { held } => taken.push(TagClaim { tag: t.tag.clone(), digest: pushed, held }),
-                Claimed::Conflict { digest, committed } => {
-                    give_back(&taken);
-                    host.log(
-                        Level::Info,
-                        &format!("immutable-tags: refused concurrent push of {}:{} ({pushed}; claimed by {digest})", self.repository, t.tag),
-                    );
-                    // The registry does not hold it yet: say why it is refused all the same.
-                    let in_flight = (!committed).then(|| format!("a push of tag '{}' with digest {digest} is in flight", t.tag));
-                    return Err(self.overwrite(worker, &t.tag, &t.reason, &digest, &pushed, in_flight));
-                }
-                Claimed::Unavailable(why) => {
-                    give_back(&taken);
-                    host.log(Level::Warn, &format!("immutable-tags: {}:{}: {why}", self.repository, t.tag));
-                    return Err(OciError::upstream(&self.repository, &t.tag, &why));
-                }
+            if !claims::needed(worker, want.absent) {
+                continue;
+            }
+            let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, want.since_ms);
+            if let Some(next) = self.claimed(host, worker, want, result) {
+                return next;
             }
         }
-        Ok(taken)
+        let Phase::Claiming(c) = std::mem::replace(&mut self.phase, Phase::Checking) else { return Next::Wait };
+        self.write(host, worker, c.taken)
+    }
+
+    /// Acts on a claim's outcome: `None` to go on with the next tag.
+    fn claimed(&mut self, host: &dyn Host, worker: &Worker, want: Want, result: Claimed) -> Option<Next> {
+        let Phase::Claiming(c) = &mut self.phase else { return Some(Next::Wait) };
+        match result {
+            Claimed::Proceed { held, revision } => {
+                c.taken.push(TagClaim { tag: want.tag, digest: want.pushed, held, revision });
+                None
+            }
+            Claimed::Pending(f) => {
+                c.in_flight = Some((f, want));
+                Some(Next::Wait)
+            }
+            Claimed::Conflict { digest, committed } => {
+                self.give_back(host, worker);
+                let (repository, tag, pushed) = (&self.repository, &want.tag, &want.pushed);
+                host.log(Level::Info, &format!("immutable-tags: refused concurrent push of {repository}:{tag} ({pushed}; claimed by {digest})"));
+                // The registry does not hold it yet: say why it is refused all the same.
+                let in_flight = (!committed).then(|| format!("a push of tag '{tag}' with digest {digest} is in flight"));
+                Some(Next::Refuse(self.conflict(worker, tag, &want.reason, &digest, pushed, in_flight), Vec::new()))
+            }
+            Claimed::Unavailable(why) => {
+                self.give_back(host, worker);
+                host.log(Level::Warn, &format!("immutable-tags: {}:{}: {why}", self.repository, want.tag));
+                Some(Next::Refuse(OciError::upstream(&self.repository, &want.tag, &why), Vec::new()))
+            }
+        }
+    }
+
+    /// Releases the claims this push took so far (it is refused, or its stream ended).
+    fn give_back(&mut self, host: &dyn Host, worker: &Worker) {
+        if let Phase::Claiming(c) = &mut self.phase {
+            for t in std::mem::take(&mut c.taken).iter().filter(|t| t.held) {
+                claims::release(host, worker, &self.repository, &t.tag, &t.digest, t.revision);
+            }
+        }
     }
 
     /// Sends the PUT: exactly the judged bytes, with the client's path and headers. Also the
@@ -476,21 +538,24 @@ impl Push {
     /// Only the path's tag is known to be written by a 2xx: its record is committed with the
     /// digest stored; every other claim held is released.
     fn settle(&self, host: &dyn Host, worker: &Worker, tag_claims: &[TagClaim], stored: Option<(&str, &str)>) {
-        let settings = &worker.config.claims;
         if let Some((tag, digest)) = stored {
-            claims::commit(host, settings, &self.repository, tag, digest);
+            let revision = tag_claims.iter().find(|c| c.tag == tag && c.held).map_or(0, |c| c.revision);
+            claims::commit(host, worker, &self.repository, tag, digest, revision);
         }
         for c in tag_claims.iter().filter(|c| c.held) {
             if stored.is_some_and(|(tag, _)| tag == c.tag) {
                 continue; // the commit replaced our claim
             }
-            claims::release(host, settings, &self.repository, &c.tag, &c.digest);
+            claims::release(host, worker, &self.repository, &c.tag, &c.digest, c.revision);
         }
     }
 
     /// The stream ended early (client gone). A PUT in flight is cancelled by Envoy with the
     /// stream: its outcome is unknown, so its claims stay until they expire.
     pub fn on_done(&mut self, host: &dyn Host, worker: &Worker) {
+        // Claims taken for a push that never went out are given back (one still in flight in
+        // the store expires on its own).
+        self.give_back(host, worker);
         if let Phase::Writing { .. } = self.phase {
             host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", self.repository));
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {

@@ -455,3 +455,309 @@ fn an_upstream_error_let_through_by_policy_is_still_fenced_by_the_claims() {
     assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
     assert_eq!(h.calls_with("PUT").len(), 1);
 }
+
+// ---- Claims in etcd (`claims.etcd`): every "replica" is its own FakeHost (own process, own
+// shared data), all talking to one FakeEtcd.
+
+use super::claims::etcd as etcd_claims;
+use super::fake::FakeEtcd;
+
+const ETCD_POLICY: &str = r#"{"upstream": {"cluster": "registry"},
+  "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
+  "claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}}"#;
+const KEY: &str = "/immutable-tags/app:v1";
+
+/// Answers the oldest pending call of `h` with `reply(call)`; `true` if there was one.
+fn respond_with(f: &mut Filter, h: &FakeHost, mut reply: impl FnMut(&super::fake::Call) -> Reply) -> bool {
+    let Some(token) = h.pending.borrow_mut().pop_front() else { return false };
+    let call = h.calls.borrow()[token as usize - 1].clone();
+    let r = reply(&call);
+    let size = r.body.len();
+    h.set_answer(Some(r));
+    f.on_call_response(h, token, size);
+    h.set_answer(None);
+    true
+}
+
+/// The root context's timer, and etcd's answers to what it sent.
+fn run_root(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd) {
+    etcd_claims::tick(h, w);
+    while let Some(token) = h.pending.borrow_mut().pop_front() {
+        let call = h.calls.borrow()[token as usize - 1].clone();
+        let r = etcd.answer(&call);
+        let size = r.body.len();
+        h.set_answer(Some(r));
+        etcd_claims::on_root_response(h, w, token, size);
+        h.set_answer(None);
+    }
+}
+
+fn etcd_calls(h: &FakeHost) -> usize {
+    h.calls.borrow().iter().filter(|c| c.cluster == "etcd").count()
+}
+
+/// A replica: its own process, its worker.
+fn replica(etcd: &FakeEtcd, policy: &str) -> (FakeHost, Rc<Worker>) {
+    let h = FakeHost::new();
+    let w = worker(&h, policy);
+    run_root(&h, &w, etcd);
+    (h, w)
+}
+
+/// Answers the pending etcd calls (lease grant, claim) until the push waits on something else.
+fn answer_etcd(f: &mut Filter, h: &FakeHost, etcd: &FakeEtcd) {
+    loop {
+        let Some(token) = h.pending.borrow().front().copied() else { return };
+        if h.calls.borrow()[token as usize - 1].cluster != "etcd" {
+            return;
+        }
+        respond_with(f, h, |c| etcd.answer(c));
+    }
+}
+
+/// Headers, HEAD (absent), whole body: the push is then at its claim.
+fn to_claim(h: &FakeHost, w: &Rc<Worker>, body: &[u8]) -> Filter {
+    to_claim_tag(h, w, "v1", body)
+}
+
+fn to_claim_tag(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8]) -> Filter {
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, h, tag, body);
+    respond(&mut f, h, head_answer(None));
+    send_body(&mut f, h, &[body]);
+    f
+}
+
+#[test]
+fn an_etcd_claim_is_one_txn_before_the_put_and_the_commit_goes_through_the_root() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    assert!(etcd.leases.borrow().is_empty(), "granted by the first claim that needs it");
+    // The first claim grants the worker's lease, then claims.
+    let mut f = to_claim_tag(&h, &w, "v0", M2);
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!((etcd.leases.borrow().len(), etcd_calls(&h)), (1, 2));
+    respond(&mut f, &h, created(M2));
+    f.on_done(&h);
+    // The next push: one txn, and nothing upstream before it is granted.
+    let before = etcd_calls(&h);
+    let mut f = to_claim(&h, &w, M1);
+    let txn = h.last_call().unwrap();
+    assert_eq!((txn.cluster.as_str(), txn.header(":path"), txn.header(":authority")), ("etcd", Some("/v3/kv/txn"), Some("etcd.test")));
+    assert_eq!(txn.timeout_ms, 500);
+    assert!(h.calls_with("PUT").len() == 1, "only the first push's PUT so far");
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!(etcd_calls(&h) - before, 1, "one etcd round trip per push");
+    assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M1))));
+    assert_eq!(etcd.kv.borrow()[KEY].2, etcd.leases.borrow()[0], "bound to the worker's lease");
+    assert_eq!(h.calls_with("PUT").len(), 2);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    f.on_done(&h);
+    // The commit is sent by the root context, after the client got its answer.
+    assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M1))));
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd.value(KEY), Some(format!("d 1000000 {}", sha(M1))));
+    // One TTL later the root deletes the committed record.
+    h.advance(60_000);
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd.value(KEY), None);
+}
+
+#[test]
+fn replicas_sharing_etcd_have_one_winner() {
+    let etcd = FakeEtcd::default();
+    let (h1, w1) = replica(&etcd, ETCD_POLICY);
+    let (h2, w2) = replica(&etcd, ETCD_POLICY);
+    let mut f1 = to_claim(&h1, &w1, M1);
+    let mut f2 = to_claim(&h2, &w2, M2);
+    answer_etcd(&mut f1, &h1, &etcd);
+    answer_etcd(&mut f2, &h2, &etcd);
+    assert_eq!(h1.calls_with("PUT").len(), 1);
+    assert!(h2.calls_with("PUT").is_empty(), "the second replica must not write");
+    let r = h2.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
+    assert!(r.json()["errors"][0]["detail"]["in_flight"].as_str().unwrap().contains("in flight"));
+    // Once committed, a later view of the tag from before the commit still meets the record.
+    respond(&mut f1, &h1, created(M1));
+    run_root(&h1, &w1, &etcd);
+    let mut f3 = to_claim(&h2, &w2, M2);
+    answer_etcd(&mut f3, &h2, &etcd);
+    assert_eq!(h2.reply().unwrap().status, 409);
+    assert!(h2.calls_with("PUT").is_empty());
+}
+
+#[test]
+fn without_etcd_replicas_each_let_a_different_manifest_through() {
+    // Shared data is per process: this is the hole `claims.etcd` closes (and what the test
+    // above would see if the claims were not in etcd).
+    let (h1, h2) = (FakeHost::new(), FakeHost::new());
+    let (w1, w2) = (worker(&h1, POLICY), worker(&h2, POLICY));
+    let _f1 = to_claim(&h1, &w1, M1);
+    let _f2 = to_claim(&h2, &w2, M2);
+    assert_eq!(h1.calls_with("PUT").len() + h2.calls_with("PUT").len(), 2);
+}
+
+#[test]
+fn etcd_failures_refuse_with_503_naming_the_claim_store_and_send_no_put() {
+    let quorum = br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
+    let cases: Vec<(&str, Reply)> = vec![
+        ("error body", answer(503, &[], quorum)),
+        ("5xx", answer(500, &[], b"internal")),
+        ("garbage", answer(200, &[], b"<html>not json")),
+        ("timeout", answer(504, &[], b"upstream request timeout")),
+        ("reset", Reply { status: 0, headers: vec![], body: vec![] }),
+    ];
+    for ((what, reply), warm) in cases.into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
+        let etcd = FakeEtcd::default();
+        let (h, w) = replica(&etcd, ETCD_POLICY);
+        if warm {
+            // The lease is there: the claim txn itself fails (else the lease grant does).
+            let mut f = to_claim_tag(&h, &w, "v0", M2);
+            answer_etcd(&mut f, &h, &etcd);
+            respond(&mut f, &h, created(M2));
+            f.on_done(&h);
+        }
+        let puts = h.calls_with("PUT").len();
+        let mut f = to_claim(&h, &w, M1);
+        respond_with(&mut f, &h, |_| reply.clone());
+        let r = h.reply().unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(r.status, 503, "{what}");
+        let msg = r.json()["errors"][0]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("claim store (etcd, cluster 'etcd')"), "{what}: {msg}");
+        assert_eq!(h.calls_with("PUT").len(), puts, "{what}");
+        assert_eq!(etcd.value(KEY), None, "{what}");
+    }
+}
+
+#[test]
+fn a_connect_failure_is_tried_once_more_before_refusing() {
+    let envoy_503 = answer(503, &[], b"upstream connect error or disconnect/reset before headers. reset reason: connection failure");
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    respond_with(&mut f, &h, |_| envoy_503.clone());
+    assert!(h.reply().is_none(), "tried again");
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!(h.calls_with("PUT").len(), 1);
+    respond(&mut f, &h, created(M1));
+    // Three times in a row: refused.
+    let mut f = to_claim_tag(&h, &w, "v2", M2);
+    let mut n = 0;
+    while respond_with(&mut f, &h, |c| { assert_eq!(c.cluster, "etcd"); envoy_503.clone() }) {
+        n += 1;
+    }
+    assert_eq!((n, h.reply().unwrap().status), (3, 503));
+}
+
+#[test]
+fn pushes_that_need_no_claim_make_no_etcd_calls() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let before = etcd_calls(&h);
+    let mut f = Filter::new(Some(w.clone()));
+    assert_eq!(put_headers(&mut f, &h, "latest", M1), super::Action::Continue);
+    assert_eq!(etcd_calls(&h), before, "a mutable tag");
+    // A first push (one claim) teaches the map; the identical re-push needs no claim.
+    let mut f = to_claim(&h, &w, M1);
+    answer_etcd(&mut f, &h, &etcd);
+    respond(&mut f, &h, created(M1));
+    f.on_done(&h);
+    let after_first = etcd_calls(&h);
+    assert_eq!(after_first, before + 2, "lease grant and claim");
+    assert_eq!(push(&h, &w, "v1", M1, Some(M1)).status, 201);
+    assert_eq!(etcd_calls(&h), after_first, "an identical re-push with a fresh map entry");
+}
+
+#[test]
+fn a_failed_write_releases_its_etcd_claim_through_the_root() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    answer_etcd(&mut f, &h, &etcd);
+    respond(&mut f, &h, answer(500, &[], b"{}"));
+    assert_eq!(h.reply().unwrap().status, 500);
+    assert!(etcd.value(KEY).is_some());
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd.value(KEY), None, "released");
+}
+
+#[test]
+fn a_lease_that_is_gone_is_granted_again_and_a_dead_replicas_claim_goes_with_its_lease() {
+    let etcd = FakeEtcd::default();
+    let (h1, w1) = replica(&etcd, ETCD_POLICY);
+    let (h2, w2) = replica(&etcd, ETCD_POLICY);
+    // Replica 1 claims and dies before writing.
+    let mut f1 = to_claim(&h1, &w1, M1);
+    answer_etcd(&mut f1, &h1, &etcd);
+    let mut f2 = to_claim(&h2, &w2, M2);
+    answer_etcd(&mut f2, &h2, &etcd);
+    assert_eq!(h2.reply().unwrap().status, 409);
+    let first = etcd.leases.borrow()[0];
+    etcd.expire(first);
+    // Replica 2 may now push; its own lease expired too (etcd was away): granted again.
+    let second = etcd.leases.borrow()[0];
+    etcd.expire(second);
+    let mut f3 = to_claim(&h2, &w2, M2);
+    while respond_with(&mut f3, &h2, |c| if c.cluster == "etcd" { etcd.answer(c) } else { created(M2) }) {}
+    assert_eq!(h2.reply().unwrap().status, 201);
+    assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M2))));
+    assert_eq!(etcd.leases.borrow().len(), 1, "a new lease");
+    assert!(h2.calls.borrow().iter().any(|c| c.header(":path") == Some("/v3/lease/grant")));
+}
+
+#[test]
+fn a_multi_tag_push_claims_one_tag_at_a_time_and_gives_back_on_a_conflict() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    // Tag b is claimed by another replica's push of M2.
+    etcd.kv.borrow_mut().insert("/immutable-tags/app:b".into(), (format!("c 1000000 {}", sha(M2)), 1, 0));
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", &format!("/v2/app/manifests/{}?tag=a&tag=b", sha(M1)), &[CT, ("content-length", &len)]);
+    f.on_request_headers(&h, false);
+    respond(&mut f, &h, head_answer(None));
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    let mut claimed = Vec::new();
+    while respond_with(&mut f, &h, |c| {
+        claimed.push(c.header(":path").unwrap_or_default().to_string());
+        assert_eq!(h.pending.borrow().len(), 0, "one etcd call at a time");
+        etcd.answer(c)
+    }) {}
+    assert_eq!(claimed, ["/v3/lease/grant", "/v3/kv/txn", "/v3/kv/txn"]);
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["tag"], "b");
+    assert!(h.calls_with("PUT").is_empty());
+    assert!(etcd.value("/immutable-tags/app:a").is_some(), "claimed before b was refused");
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd.value("/immutable-tags/app:a"), None, "given back");
+}
+
+#[test]
+fn the_root_keeps_the_lease_alive_and_a_lost_lease_is_granted_again() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim_tag(&h, &w, "v0", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    let lease = etcd.leases.borrow()[0];
+    let keepalives = || h.calls.borrow().iter().filter(|c| c.header(":path") == Some("/v3/lease/keepalive")).count();
+    run_root(&h, &w, &etcd);
+    assert_eq!(keepalives(), 0, "not due yet");
+    h.advance(20_000); // a third of the TTL
+    run_root(&h, &w, &etcd);
+    assert_eq!(keepalives(), 1);
+    assert_eq!(h.calls.borrow().last().unwrap().body.as_deref(), Some(format!(r#"{{"ID":"{lease}"}}"#).as_bytes()));
+    // etcd lost the lease: the keepalive says so, the next claim grants a new one.
+    etcd.expire(lease);
+    h.advance(20_000);
+    run_root(&h, &w, &etcd);
+    let grants = || h.calls.borrow().iter().filter(|c| c.header(":path") == Some("/v3/lease/grant")).count();
+    let before = grants();
+    let mut f = to_claim_tag(&h, &w, "v1", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!(grants(), before + 1);
+    assert_eq!(h.calls_with("PUT").len(), 2);
+}

@@ -8,6 +8,8 @@ use std::cell::RefCell;
 pub struct Worker {
     pub config: Config,
     pub cache: RefCell<TagCache>,
+    /// With `claims.etcd`: this worker's lease and the root context's queue.
+    pub etcd: RefCell<super::claims::etcd::State>,
     /// Envoy's metric id per `Counter::ALL` position; `None` if it could not be defined.
     counters: Vec<Option<u32>>,
 }
@@ -18,8 +20,10 @@ impl Worker {
     pub fn new(host: &dyn Host, config: Config) -> Worker {
         let cache = TagCache::new(config.cache.max_entries, config.cache.ttl_seconds);
         let counters = Counter::ALL.iter().map(|c| host.define_counter(&c.name())).collect();
-        super::claims::create_slots(host, &config.claims);
-        Worker { config, cache: RefCell::new(cache), counters }
+        if config.claims.etcd.is_none() {
+            super::claims::shared_data::create_slots(host, &config.claims);
+        }
+        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters }
     }
 
     /// Best effort: a metric is never worth failing a request for.

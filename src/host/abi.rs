@@ -54,6 +54,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
@@ -167,6 +168,11 @@ pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -
 pub fn resume_request() -> Result<(), Status> {
     // SAFETY: no pointers.
     check(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
+}
+
+pub fn set_tick_period(ms: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_tick_period_milliseconds(ms) })
 }
 
 pub fn define_counter(name: &str) -> Result<u32, Status> {

@@ -15,7 +15,14 @@ pub struct Root {
     worker: Option<Rc<Worker>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// A call the root context sent (etcd claims: lease, commits, releases).
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _trailers: usize) {
+        if let Some(w) = &self.worker {
+            crate::filter::claims::etcd::on_root_response(&WasmHost, w, token, body);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -31,13 +38,26 @@ impl RootContext for Root {
             Ok(config) => {
                 // Logged on every (re)configuration, so the log says which build and policy run.
                 host.log(Level::Info, &format!("immutable-tags {}: policy loaded: {}", crate::BUILD, config.summary()));
+                let etcd = config.claims.etcd.is_some();
                 self.worker = Some(Rc::new(Worker::new(&host, config)));
+                // With etcd the root keeps the worker's lease alive and sends commits/releases.
+                let period = if etcd { crate::filter::claims::etcd::TICK_MS as u32 } else { 0 };
+                if let Err(s) = abi::set_tick_period(period) {
+                    host.log(Level::Error, &format!("immutable-tags: cannot set the tick period ({s:?})"));
+                    return !etcd;
+                }
                 true
             }
             Err(e) => {
                 host.log(Level::Error, &format!("immutable-tags {}: {e}", crate::BUILD));
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(w) = &self.worker {
+            crate::filter::claims::etcd::tick(&WasmHost, w);
         }
     }
 

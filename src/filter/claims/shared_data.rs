@@ -1,22 +1,13 @@
 //! Claims in Envoy shared data (process-wide, compare-and-swap): reads a slot, asks the pure
 //! `crate::claims` what to write, writes it back with CAS, and retries when another worker
 //! wrote first.
-use super::host::{Host, Level, SharedError};
+use super::Claimed;
 use crate::claims::{self, Claim};
 use crate::config::ClaimSettings;
+use crate::filter::host::{Host, Level, SharedError};
 
 /// Attempts before a contended slot is given up on (the push is then refused with 503).
 pub const CAS_ATTEMPTS: usize = 32;
-
-/// The outcome of a claim, for the push flow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claimed {
-    /// Let the push through; `held`: release or commit it when the registry answers.
-    Proceed { held: bool },
-    Conflict { digest: String, committed: bool },
-    /// Refuse with 503, for this reason.
-    Unavailable(String),
-}
 
 /// Creates every slot that does not exist yet. Done at configuration, before traffic: a CAS
 /// write to a missing key is unconditional, so slots must exist before two workers race.
@@ -65,8 +56,8 @@ pub fn claim(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &
     let now_ms = host.now_ms();
     let step = |slot: &[u8]| claims::claim_known_since(slot, repository, tag, digest, now_ms, settings.ttl_ms, known_since_ms);
     let r = update(host, settings, repository, tag, |slot| match step(slot) {
-        Claim::Write(b) => (Some(b), Claimed::Proceed { held: true }),
-        Claim::Proceed => (None, Claimed::Proceed { held: false }),
+        Claim::Write(b) => (Some(b), Claimed::Proceed { held: true, revision: 0 }),
+        Claim::Proceed => (None, Claimed::Proceed { held: false, revision: 0 }),
         Claim::Conflict { digest, committed } => (None, Claimed::Conflict { digest, committed }),
         Claim::Full => (None, Claimed::Unavailable("too many pushes in flight (claim slot full)".into())),
     });

@@ -1,0 +1,365 @@
+//! Claims in etcd (`claims.etcd`), the encoding half: the JSON bodies of etcd's v3 gateway
+//! (`/v3/kv/txn`, `/v3/lease/grant`, `/v3/lease/keepalive`) and what their answers mean.
+//! Pure: `filter::claims::etcd` dispatches the calls.
+//!
+//! The gateway speaks proto3 JSON: keys and values are base64, int64 fields (revisions, lease
+//! IDs, TTLs) are JSON strings, and fields at their default value are omitted (a txn whose
+//! compare failed has no `succeeded`, a range with no match has no `kvs`, a lease that is gone
+//! answers a keepalive without `TTL`). Errors come as `{"error","message","code"}`.
+//!
+//! A record is one key, `<prefix><repository>:<tag>`, whose value is `c|d <at_ms> <digest>`:
+//! `c` a claim in flight written at `at_ms`, `d` the registry stored it at `at_ms`. Both live
+//! one claims TTL past `at_ms` (the same rules as `crate::claims`), and every record is bound
+//! to its writer's lease, so a replica that dies leaves nothing past the lease.
+use crate::json_doc::Json;
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (what the gateway writes and reads for `bytes` fields).
+pub fn b64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            let c = if i <= chunk.len() { B64.get((n >> (18 - 6 * i) & 63) as usize).copied().unwrap_or(b'=') } else { b'=' };
+            out.push(char::from(c));
+        }
+    }
+    out
+}
+
+/// Decodes standard base64 (padding optional); `None` on any other byte.
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = B64.iter().position(|b| *b == c)? as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits & 0xff) as u8);
+        }
+    }
+    // Leftover bits must be zero padding of a valid length.
+    (bits < 6 && acc & ((1 << bits) - 1) == 0).then_some(out)
+}
+
+/// An int64 of the gateway (a JSON string; a number from a lenient writer). Revisions and
+/// lease IDs etcd hands out are never negative.
+fn int64(v: Option<&Json>) -> Option<u64> {
+    match v? {
+        Json::Str(s) => s.parse().ok(),
+        Json::Unsigned(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn text(v: Option<&Json>) -> Option<&str> {
+    match v? {
+        Json::Str(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Follows object fields from `v`.
+fn at<'a>(v: &'a Json, path: &[&str]) -> Option<&'a Json> {
+    path.iter().try_fold(v, |v, p| v.field(p))
+}
+
+/// The etcd key of `repository:tag` (both already valid OCI names: no separator ambiguity).
+pub fn key(prefix: &str, repository: &str, tag: &str) -> String {
+    format!("{prefix}{repository}:{tag}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub committed: bool,
+    pub at_ms: u64,
+    pub digest: String,
+}
+
+impl Record {
+    pub fn encode(&self) -> String {
+        format!("{} {} {}", if self.committed { 'd' } else { 'c' }, self.at_ms, self.digest)
+    }
+
+    pub fn decode(text: &str) -> Option<Record> {
+        let mut f = text.split(' ');
+        let committed = match f.next()? {
+            "c" => false,
+            "d" => true,
+            _ => return None,
+        };
+        let at_ms = f.next()?.parse().ok()?;
+        let digest = f.next().filter(|d| !d.is_empty())?.to_string();
+        f.next().is_none().then_some(Record { committed, at_ms, digest })
+    }
+}
+
+/// Create the claim if the key does not exist (`create_revision == 0`), else read it back.
+/// (Every string in these bodies is base64 or digits: nothing to escape.)
+pub fn claim_txn(key: &str, record: &Record, lease: u64) -> String {
+    let k = b64(key.as_bytes());
+    let put = put(&k, record, lease);
+    format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
+}
+
+fn put(k: &str, record: &Record, lease: u64) -> String {
+    let v = b64(record.encode().as_bytes());
+    format!(r#"{{"request_put":{{"key":"{k}","value":"{v}","lease":"{lease}"}}}}"#)
+}
+
+fn mod_is(k: &str, mod_revision: u64) -> String {
+    format!(r#""compare":[{{"key":"{k}","target":"MOD","mod_revision":"{mod_revision}"}}]"#)
+}
+
+/// Write `record` only if the key is still at `mod_revision` (replacing an expired record, or
+/// committing our own claim), else read it back.
+pub fn put_if_txn(key: &str, mod_revision: u64, record: &Record, lease: u64) -> String {
+    let k = b64(key.as_bytes());
+    let (compare, put) = (mod_is(&k, mod_revision), put(&k, record, lease));
+    format!(r#"{{{compare},"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
+}
+
+/// Delete the key only if it is still at `mod_revision` (our own record, untouched since).
+pub fn delete_if_txn(key: &str, mod_revision: u64) -> String {
+    let k = b64(key.as_bytes());
+    let compare = mod_is(&k, mod_revision);
+    format!(r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}]}}"#)
+}
+
+pub fn grant_body(ttl_seconds: u64) -> String {
+    format!(r#"{{"TTL":"{ttl_seconds}"}}"#)
+}
+
+pub fn keepalive_body(lease: u64) -> String {
+    format!(r#"{{"ID":"{lease}"}}"#)
+}
+
+/// What an answer from etcd says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    Ok(T),
+    /// The writer's lease is gone (expired or revoked): grant a new one and retry.
+    LeaseGone,
+    /// Anything else: unreachable, timed out, no quorum, an error body, garbage.
+    Failed(String),
+}
+
+/// The common part: a 200 with a JSON object that is not an error body.
+fn json_answer(status: Option<u16>, body: &[u8]) -> Result<Json, Answer<()>> {
+    let doc = Json::parse(body).ok();
+    let message = doc.as_ref().and_then(|d| text(d.field("message")));
+    if let Some(m) = message {
+        if m.contains("lease not found") {
+            return Err(Answer::LeaseGone);
+        }
+        return Err(Answer::Failed(format!("etcd answered {}: {m}", status.unwrap_or(0))));
+    }
+    match (status, doc) {
+        (Some(200), Some(d @ Json::Object(_))) => Ok(d),
+        (Some(200), _) => Err(Answer::Failed("etcd answered something unreadable".into())),
+        (Some(s), _) => Err(Answer::Failed(format!("etcd answered {s}"))),
+        (None, _) => Err(Answer::Failed("etcd reset the call".into())),
+    }
+}
+
+fn lift<T>(a: Answer<()>) -> Answer<T> {
+    match a {
+        Answer::LeaseGone => Answer::LeaseGone,
+        Answer::Failed(m) => Answer::Failed(m),
+        Answer::Ok(()) => Answer::Failed(String::new()),
+    }
+}
+
+/// The outcome of a txn from [`claim_txn`], [`put_if_txn`] or [`delete_if_txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Txn {
+    /// The compare held and the write is done: the key is now at `revision`.
+    Done { revision: u64 },
+    /// The compare failed: the key as read back (`None`: it does not exist).
+    Found(Option<(Record, u64)>),
+}
+
+pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
+    let doc = match json_answer(status, body) {
+        Ok(d) => d,
+        Err(a) => return lift(a),
+    };
+    let revision = int64(at(&doc, &["header", "revision"]));
+    if matches!(doc.field("succeeded"), Some(Json::Bool(true))) {
+        return match revision {
+            Some(revision) => Answer::Ok(Txn::Done { revision }),
+            None => Answer::Failed("etcd answered a txn without a revision".into()),
+        };
+    }
+    if revision.is_none() {
+        return Answer::Failed("etcd answered something unreadable".into());
+    }
+    let range = doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_range", "kvs"]));
+    let Some(kv) = range.and_then(|kvs| kvs.item(0)) else { return Answer::Ok(Txn::Found(None)) };
+    let value = text(kv.field("value")).unwrap_or_default();
+    let record = unb64(value).and_then(|v| String::from_utf8(v).ok()).and_then(|v| Record::decode(&v));
+    match (record, int64(kv.field("mod_revision"))) {
+        (Some(r), Some(m)) => Answer::Ok(Txn::Found(Some((r, m)))),
+        _ => Answer::Failed("etcd holds a claim record this filter cannot read".into()),
+    }
+}
+
+/// A granted lease's ID.
+pub fn parse_grant(status: Option<u16>, body: &[u8]) -> Answer<u64> {
+    match json_answer(status, body) {
+        Ok(d) => match int64(d.field("ID")) {
+            Some(id) if id != 0 => Answer::Ok(id),
+            _ => Answer::Failed("etcd granted no lease".into()),
+        },
+        Err(a) => lift(a),
+    }
+}
+
+/// A keepalive: the lease lives on (`TTL` > 0), or it is gone.
+pub fn parse_keepalive(status: Option<u16>, body: &[u8]) -> Answer<()> {
+    match json_answer(status, body) {
+        Ok(d) => match int64(at(&d, &["result", "TTL"])) {
+            Some(ttl) if ttl > 0 => Answer::Ok(()),
+            _ if d.field("result").is_some() => Answer::LeaseGone,
+            _ => Answer::Failed("etcd answered something unreadable".into()),
+        },
+        Err(a) => a,
+    }
+}
+
+/// What a claim does with the record it found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The same digest is claimed or stored: let the push through without holding anything.
+    Proceed,
+    /// Another digest holds the tag.
+    Conflict { digest: String, committed: bool },
+    /// The record no longer counts: replace it (compare on its `mod_revision`).
+    Replace,
+}
+
+/// The rules of `crate::claims::claim_known_since`: a record lives one TTL past its time; a
+/// committed record only fences views of the tag older than its commit.
+pub fn judge_found(record: &Record, digest: &str, now_ms: u64, ttl_ms: u64, known_since_ms: u64) -> Found {
+    if record.digest == digest {
+        return Found::Proceed;
+    }
+    let expired = record.at_ms.saturating_add(ttl_ms) <= now_ms;
+    if expired || (record.committed && known_since_ms > record.at_ms) {
+        return Found::Replace;
+    }
+    Found::Conflict { digest: record.digest.clone(), committed: record.committed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn base64_round_trips_and_matches_the_standard() {
+        for (raw, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("/immutable-tags/a:v1", "L2ltbXV0YWJsZS10YWdzL2E6djE=")] {
+            assert_eq!(b64(raw.as_bytes()), enc);
+            assert_eq!(unb64(enc).unwrap(), raw.as_bytes());
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(unb64(&b64(&all)).unwrap(), all);
+        assert_eq!(unb64("Zg").unwrap(), b"f");
+        assert_eq!(unb64("Z!=="), None);
+        assert_eq!(unb64("Zh=="), None, "non-zero padding bits");
+        assert_eq!(unb64("Z"), None, "a lone sextet is not a byte");
+    }
+
+    #[test]
+    fn requests_carry_base64_and_int64_strings() {
+        let r = Record { committed: false, at_ms: 5, digest: "sha256:ab".into() };
+        let t: Value = serde_json::from_str(&claim_txn("/p/a:v1", &r, 7)).unwrap();
+        assert_eq!(t["compare"][0], json!({"key": b64(b"/p/a:v1"), "target": "CREATE", "create_revision": "0"}));
+        assert_eq!(t["success"][0]["request_put"]["lease"], "7");
+        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"c 5 sha256:ab");
+        assert_eq!(t["failure"][0]["request_range"]["key"], b64(b"/p/a:v1"));
+        let t: Value = serde_json::from_str(&put_if_txn("k", 42, &Record { committed: true, ..r }, 7)).unwrap();
+        assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "MOD", "mod_revision": "42"}));
+        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"d 5 sha256:ab");
+        let t: Value = serde_json::from_str(&delete_if_txn("k", 9_007_199_254_740_993)).unwrap();
+        assert_eq!(t["compare"][0]["mod_revision"], "9007199254740993", "int64 beyond f64 precision stays exact");
+        assert_eq!(grant_body(60), r#"{"TTL":"60"}"#);
+        assert_eq!(keepalive_body(7_587_888_229_823_741_952), r#"{"ID":"7587888229823741952"}"#);
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_junk() {
+        let r = Record { committed: true, at_ms: 123, digest: "sha256:ab".into() };
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+        for junk in ["", "x 1 d", "c one d", "c 1", "c 1 ", "c 1 d extra"] {
+            assert_eq!(Record::decode(junk), None, "{junk:?}");
+        }
+    }
+
+    fn txn(body: &str) -> Answer<Txn> {
+        parse_txn(Some(200), body.as_bytes())
+    }
+
+    #[test]
+    fn txn_answers() {
+        let ok = r#"{"header":{"revision":"12"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"12"}}}]}"#;
+        assert_eq!(txn(ok), Answer::Ok(Txn::Done { revision: 12 }));
+        // A failed compare omits `succeeded`; the range read back holds the record.
+        let value = b64(b"c 77 sha256:other");
+        let found = format!(
+            r#"{{"header":{{"revision":"13"}},"responses":[{{"response_range":{{"header":{{"revision":"13"}},"kvs":[{{"key":"YQ==","create_revision":"2","mod_revision":"11","version":"1","value":"{value}","lease":"5"}}],"count":"1"}}}}]}}"#
+        );
+        let rec = Record { committed: false, at_ms: 77, digest: "sha256:other".into() };
+        assert_eq!(txn(&found), Answer::Ok(Txn::Found(Some((rec, 11)))));
+        // The key vanished between compare and range: no `kvs`.
+        assert_eq!(txn(r#"{"header":{"revision":"13"},"responses":[{"response_range":{"header":{"revision":"13"}}}]}"#), Answer::Ok(Txn::Found(None)));
+        // A delete-if whose compare failed has no responses at all.
+        assert_eq!(txn(r#"{"header":{"revision":"13"}}"#), Answer::Ok(Txn::Found(None)));
+        let unreadable = found.replace(&value, &b64(b"something else"));
+        assert!(matches!(txn(&unreadable), Answer::Failed(m) if m.contains("cannot read")));
+    }
+
+    #[test]
+    fn error_bodies_timeouts_and_garbage_fail() {
+        let lease = r#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#;
+        assert_eq!(txn(lease), Answer::LeaseGone);
+        assert_eq!(parse_txn(Some(400), lease.as_bytes()), Answer::LeaseGone);
+        let quorum = r#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
+        assert_eq!(parse_txn(Some(503), quorum.as_bytes()), Answer::Failed("etcd answered 503: etcdserver: request timed out".into()));
+        assert_eq!(parse_txn(Some(504), b"upstream request timeout"), Answer::Failed("etcd answered 504".into()));
+        assert_eq!(parse_txn(None, b""), Answer::Failed("etcd reset the call".into()));
+        assert!(matches!(txn("<html>"), Answer::Failed(m) if m.contains("unreadable")));
+        assert!(matches!(txn("[]"), Answer::Failed(m) if m.contains("unreadable")));
+        assert!(matches!(txn("{}"), Answer::Failed(m) if m.contains("unreadable")));
+        assert!(matches!(txn(r#"{"header":{},"succeeded":true}"#), Answer::Failed(_)));
+    }
+
+    #[test]
+    fn lease_answers() {
+        let grant = br#"{"header":{"revision":"1"},"ID":"4111120382571439109","TTL":"5"}"#;
+        assert_eq!(parse_grant(Some(200), grant), Answer::Ok(4_111_120_382_571_439_109));
+        assert!(matches!(parse_grant(Some(200), br#"{"header":{}}"#), Answer::Failed(_)));
+        let alive = br#"{"result":{"header":{"revision":"2"},"ID":"9","TTL":"5"}}"#;
+        assert_eq!(parse_keepalive(Some(200), alive), Answer::Ok(()));
+        // A lease that is gone answers without `TTL`.
+        assert_eq!(parse_keepalive(Some(200), br#"{"result":{"header":{"revision":"2"},"ID":"999"}}"#), Answer::LeaseGone);
+        assert!(matches!(parse_keepalive(Some(504), b"timeout"), Answer::Failed(_)));
+    }
+
+    #[test]
+    fn found_records_follow_the_claim_rules() {
+        let claim = Record { committed: false, at_ms: 1_000, digest: "sha256:a".into() };
+        assert_eq!(judge_found(&claim, "sha256:a", 1_500, 1_000, 0), Found::Proceed);
+        assert_eq!(judge_found(&claim, "sha256:b", 1_500, 1_000, 1_400), Found::Conflict { digest: "sha256:a".into(), committed: false });
+        assert_eq!(judge_found(&claim, "sha256:b", 2_000, 1_000, 1_400), Found::Replace, "expired");
+        let done = Record { committed: true, ..claim };
+        assert_eq!(judge_found(&done, "sha256:b", 1_500, 1_000, 900), Found::Conflict { digest: "sha256:a".into(), committed: true });
+        assert_eq!(judge_found(&done, "sha256:b", 1_500, 1_000, 1_200), Found::Replace, "seen after the commit: deleted since");
+    }
+}
