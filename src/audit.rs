@@ -47,6 +47,7 @@ pub fn refusal_record(
         "current_digest": detail("current_digest"),
         "pushed_digest": detail("pushed_digest"),
         "rule": rule,
+        "break_glass": detail("break_glass"),
         "method": req.method,
         "path": req.path,
         "request_id": req.request_id,

@@ -17,10 +17,12 @@
 //! 4. An allowed push is written by the filter itself: a dispatched PUT with the client's path,
 //!    headers and exactly the judged bytes; the registry's answer (status, headers, body) is
 //!    relayed to the client. A refused push is answered locally; nothing reached the registry.
+use super::break_glass::{self as bg, Asked};
 use super::claims::{self, Claimed};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
+use crate::break_glass::Action;
 use crate::claims::absence_still_fenced;
 use crate::config::OnUpstreamError;
 use crate::digest::Digest;
@@ -54,6 +56,11 @@ pub struct Push {
     /// since resuming them would also release the buffered bytes upstream.
     body_seen: bool,
     phase: Phase,
+    /// Break-glass: what the request asks for, the registry-auth probe in flight, and the
+    /// overrides granted (logged once the registry accepted the write).
+    asked: Asked,
+    probe: Option<u32>,
+    overrides: Vec<(serde_json::Value, String, String)>,
 }
 
 enum Phase {
@@ -130,6 +137,8 @@ impl Push {
             authority: header(":authority").map(str::to_string),
             authorization: header("authorization").map(str::to_string),
         };
+        let asked = Asked::read(worker, |n| header(n).map(str::to_string));
+        let probe = bg::probe(host, worker, &asked, &caller);
         let mut push = Push {
             repository,
             path_tag,
@@ -141,6 +150,9 @@ impl Push {
             headers_held: false,
             body_seen: false,
             phase: Phase::Checking,
+            asked,
+            probe,
+            overrides: Vec::new(),
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
@@ -173,7 +185,7 @@ impl Push {
     }
 
     fn pending(&self) -> bool {
-        self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_)))
+        self.probe.is_some() || self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_)))
     }
 
     /// Whether the filter is still judging (as opposed to writing).
@@ -235,6 +247,11 @@ impl Push {
     pub fn on_call_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
         if let Phase::Writing { token: t, .. } = &self.phase {
             return if *t == token { self.written(host, worker, body_size) } else { Next::Wait };
+        }
+        if self.probe == Some(token) {
+            bg::learn(host, worker);
+            self.probe = None;
+            return self.progress(host, worker);
         }
         let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) if x == token)) else {
             return Next::Wait;
@@ -311,7 +328,8 @@ impl Push {
             return Next::Wait;
         }
         match self.judge(host, worker, body) {
-            Ok((counters, claims)) => {
+            Ok((counters, claims, overrides)) => {
+                self.overrides = overrides;
                 for c in counters {
                     worker.count(host, c);
                 }
@@ -322,9 +340,11 @@ impl Push {
     }
 
     /// Judges every tag against the body and claims the ones let through.
-    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<TagClaim>), OciError> {
+    #[allow(clippy::type_complexity)]
+    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<TagClaim>, Vec<(serde_json::Value, String, String)>), OciError> {
         let sha256 = Digest::sha256(body);
         let mut counters = Vec::new();
+        let mut overrides = Vec::new();
         let mut allowed = Vec::new();
         for t in &self.tags {
             let Lookup::Known(current) = &t.lookup else { continue };
@@ -336,13 +356,22 @@ impl Push {
                 Verdict::AllowNew => counters.push(Counter::PushesAllowedNewTag),
                 Verdict::AllowSame => counters.push(Counter::PushesAllowedSameDigest),
                 Verdict::Overwrite { current } => {
-                    return Err(self.overwrite(worker, &t.tag, &t.reason, &current.to_string(), &pushed.to_string(), None));
+                    let (current, new) = (current.to_string(), pushed.to_string());
+                    match bg::grant(host, worker, Action::Overwrite, &self.repository, &t.tag, &self.asked) {
+                        // Judged as allowed from here on: claimed like any other write.
+                        Ok(record) => overrides.push((record, current, new)),
+                        Err(why) => {
+                            let mut err = self.overwrite(worker, &t.tag, &t.reason, &current, &new, None);
+                            bg::explain(&mut err, why);
+                            return Err(err);
+                        }
+                    }
                 }
             }
             allowed.push((t, current.is_none(), pushed.to_string()));
         }
         let claims = self.claim_all(host, worker, allowed)?;
-        Ok((counters, claims))
+        Ok((counters, claims, overrides))
     }
 
     fn overwrite(&self, worker: &Worker, tag: &str, reason: &str, current: &str, pushed: &str, in_flight: Option<String>) -> OciError {
@@ -442,6 +471,9 @@ impl Push {
             });
             let stored = path_tag.as_deref().zip(stored.as_deref());
             self.settle(host, worker, &claims, stored);
+            for (record, current, pushed) in std::mem::take(&mut self.overrides) {
+                bg::done(host, worker, record, Some(current), Some(pushed));
+            }
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
                     match (&digest, Some(t) == path_tag.as_ref()) {
