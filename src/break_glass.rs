@@ -9,13 +9,12 @@
 use crate::config::ConfigError;
 use crate::glob;
 use crate::json_doc::{Fields, Json};
-use crate::pattern::Matcher;
+use crate::exclusions::{Exclusions, Match};
 
 pub const DEFAULT_REASON_HEADER: &str = "x-break-glass-reason";
-/// How long a window opened by `POST /immutable-tags/break-glass/<repository>:<tag>` lasts.
+/// How long a window lasts: opened by a read of the tag that carries the reason header and that
+/// the registry answered 2xx (for clients that cannot send headers on a push: skopeo, podman).
 pub const WINDOW_MS: u64 = 300_000;
-/// The filter-owned path prefix of that request (never forwarded to the registry).
-pub const WINDOW_PATH: &str = "/immutable-tags/break-glass/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -37,7 +36,7 @@ pub struct BreakGlass {
     pub principals: Vec<String>,
     /// The globs as written (empty: every repository) and their matcher.
     pub repositories: Vec<String>,
-    matcher: Option<Matcher>,
+    matcher: Option<Exclusions>,
     pub actions: Vec<Action>,
     /// Lower-case, as Envoy hands header names to the filter.
     pub reason_header: String,
@@ -54,62 +53,58 @@ pub struct Ask<'a> {
     pub registry_auth: Option<bool>,
 }
 
-fn quoted(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
-}
-
-fn err(field: &str, value: String, reason: &str) -> ConfigError {
+fn err(field: &str, value: &str, reason: &str) -> ConfigError {
+    let value = if value.is_empty() { String::new() } else { serde_json::Value::from(value).to_string() };
     ConfigError { field: format!("break_glass.{field}"), value, reason: reason.into() }
 }
 
 impl BreakGlass {
-    /// Reads the `break_glass` object; errors name `break_glass.<field>`.
+    /// Reads the `break_glass` object; errors name `break_glass.<field>` and the value.
     pub fn read(v: &Json) -> Result<BreakGlass, ConfigError> {
         let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header"])?;
         let principals = f.strings_or_empty("principals")?;
-        if principals.is_empty() {
-            return Err(err("principals", String::new(), "must list at least one principal"));
-        }
-        if let Some((i, p)) = principals.iter().enumerate().find(|(_, p)| p.is_empty() || p.chars().any(char::is_control)) {
-            return Err(err(&format!("principals[{i}]"), quoted(p), "must be a non-empty name"));
-        }
         let repositories = f.strings_or_empty("repositories")?;
-        let mut res = Vec::new();
-        for (i, g) in repositories.iter().enumerate() {
-            res.push(glob::to_regex(g).map_err(|why| err(&format!("repositories[{i}]"), quoted(g), &why))?);
-        }
-        let matcher = match res.is_empty() {
-            true => None,
-            false => Some(Matcher::new(&res).map_err(|why| err("repositories", String::new(), &why))?),
-        };
-        let actions = match f.present("actions") {
-            None => vec![Action::Overwrite, Action::Delete],
-            Some(a) => {
-                let mut out = Vec::new();
-                for (i, s) in a.strings("break_glass.actions")?.iter().enumerate() {
-                    out.push(match s.as_str() {
-                        "overwrite" => Action::Overwrite,
-                        "delete" => Action::Delete,
-                        _ => return Err(err(&format!("actions[{i}]"), quoted(s), "must be \"overwrite\" or \"delete\"")),
-                    });
-                }
-                out
-            }
-        };
+        let names = f.strings_or_empty("actions")?;
         let header = f.opt_string("reason_header")?.unwrap_or_else(|| DEFAULT_REASON_HEADER.into());
-        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(err("reason_header", quoted(&header), "must be a header name (letters, digits, - and _)"));
+        let mut actions = Vec::new();
+        for a in &names {
+            actions.push(match a.as_str() {
+                "overwrite" => Action::Overwrite,
+                "delete" => Action::Delete,
+                _ => return Err(err("actions", a, "must be \"overwrite\" or \"delete\"")),
+            });
         }
+        if f.present("actions").is_none() {
+            actions = vec![Action::Overwrite, Action::Delete];
+        }
+        let bad = if principals.is_empty() || principals.iter().any(String::is_empty) {
+            Some(("principals", "", "must list non-empty principal names"))
+        } else if actions.is_empty() {
+            Some(("actions", "", "must list \"overwrite\", \"delete\" or both"))
+        } else if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            Some(("reason_header", header.as_str(), "must be a header name (letters, digits, - and _)"))
+        } else {
+            None
+        };
+        if let Some((field, value, why)) = bad {
+            return Err(err(field, value, why));
+        }
+        let mut res = Vec::new();
+        for g in &repositories {
+            res.push(glob::to_regex(g).map_err(|why| err("repositories", g, &why))?);
+        }
+        // The exclusion matcher's code, reused: "excluded" reads "selected" here.
+        let matcher = if res.is_empty() { None } else { Some(Exclusions::compile(&res).map_err(|(_, why)| err("repositories", "", &why))?) };
         Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase() })
     }
 
-    /// Whether `action` on `repository` can be overridden at all (by someone).
+    /// Whether `action` on `repository` can be overridden at all (by someone), or why not.
     pub fn covers(&self, action: Action, repository: &str) -> Result<(), String> {
         if !self.actions.contains(&action) {
             return Err(format!("break_glass.actions does not include \"{}\"", action.as_str()));
         }
         match &self.matcher {
-            Some(m) if !matches!(m.find(repository), Ok(Some(_))) => {
+            Some(m) if !matches!(m.matches(repository), Match::Excluded(_)) => {
                 Err(format!("repository '{repository}' is not in break_glass.repositories"))
             }
             _ => Ok(()),
@@ -213,13 +208,6 @@ impl Window {
     }
 }
 
-/// `<repository>:<tag>` of a window path, if it is one.
-pub fn window_target(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix(WINDOW_PATH)?;
-    let (repository, tag) = rest.split_once('?').map_or(rest, |(p, _)| p).rsplit_once(':')?;
-    (crate::request::is_valid_name(repository) && crate::request::is_valid_tag(tag)).then_some((repository, tag))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,10 +231,11 @@ mod tests {
             (r#"{"principals": "release-admin"}"#, "break_glass.principals"),
             (r#"{"principals": [1]}"#, "break_glass.principals[0]"),
             (r#"{"principals": []}"#, "break_glass.principals"),
-            (r#"{"principals": ["a"], "actions": ["push"]}"#, "break_glass.actions[0]"),
+            (r#"{"principals": ["a"], "actions": ["push"]}"#, "break_glass.actions"),
             (r#"{"principals": ["a"], "reason_header": ""}"#, "break_glass.reason_header"),
-            (r#"{"principals": ["a"], "repositories": ["{a"]}"#, "break_glass.repositories[0]"),
+            (r#"{"principals": ["a"], "repositories": ["{a"]}"#, "break_glass.repositories"),
             (r#"{"principals": ["a"], "who": 1}"#, "break_glass.who"),
+            (r#"{"principals": ["a"], "actions": []}"#, "break_glass.actions"),
         ] {
             assert_eq!(bg(json).unwrap_err().field, field, "{json}");
         }
@@ -282,14 +271,10 @@ mod tests {
     }
 
     #[test]
-    fn windows_open_expire_and_parse_paths() {
+    fn windows_open_and_expire() {
         let w = Window { principal: "release-admin".into(), reason: "CVE\nx".into(), expires_ms: 100 };
         assert_eq!(Window::open(&w.encode(), 99), Some(w.clone()));
         assert_eq!(Window::open(&w.encode(), 100), None);
         assert_eq!(Window::open(b"", 1), None, "used up");
-        assert_eq!(window_target("/immutable-tags/break-glass/prod/api:v1"), Some(("prod/api", "v1")));
-        assert_eq!(window_target("/immutable-tags/break-glass/Prod:v1"), None);
-        assert_eq!(window_target("/immutable-tags/break-glass/prod"), None);
-        assert_eq!(window_target("/v2/prod/manifests/v1"), None);
     }
 }

@@ -18,14 +18,14 @@ mod fake;
 mod tests;
 
 use crate::audit::{self, RequestInfo};
-use crate::break_glass::{window_target, Action as BgAction, WINDOW_PATH};
+use crate::break_glass::Action as BgAction;
 use crate::config::Mode;
 use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
-use break_glass::{self as bg, Asked, Opening};
+use break_glass::{self as bg, Asked, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
 use push::Push;
@@ -64,13 +64,10 @@ enum State {
     Pull { repository: String, tag: String, pinned: bool },
     /// Answered locally.
     Done,
-    /// A delete held while the anonymous `GET /v2/` learns whether the registry demands
-    /// authentication (break-glass needs it; at most once a minute per worker).
-    Probing { token: u32, repository: String, reference: Reference },
     /// A refused delete let through by break-glass: logged once the registry accepted it.
-    Overridden { repository: String, tag: String, digest: Option<Digest>, record: Value },
-    /// Opening a break-glass window.
-    Opening(Box<Opening>),
+    Overridden { repository: String, tag: String, digest: Option<Digest>, granted: Box<Granted> },
+    /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
+    Window { repository: String, tag: String },
 }
 
 /// Where a flow's next step is acted on: a request callback answers with an `Action`; a call
@@ -95,9 +92,6 @@ impl Filter {
     pub fn on_request_headers(&mut self, h: &dyn Host, end_of_stream: bool) -> Action {
         self.count(h, Counter::RequestsSeen);
         let path = h.request_header(":path").unwrap_or_default();
-        if path.starts_with(WINDOW_PATH) {
-            return self.on_window(h, &path);
-        }
         // Most traffic (blobs, uploads, /v2/) ends here, after one header read.
         if !may_name_manifests(&path) {
             return Action::Continue;
@@ -126,6 +120,13 @@ impl Filter {
             let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
             return self.refuse(h, &err, &[], From::Request);
         };
+        if matches!(request, Request::ManifestRead { reference: Reference::Tag(_), .. }) && worker.config.break_glass.is_some() {
+            self.asked = Asked::read(&worker, &|n| h.request_header(n));
+            if let (Some(_), Request::ManifestRead { repository, reference: Reference::Tag(tag) }) = (&self.asked.reason, &request) {
+                self.state = State::Window { repository: repository.clone(), tag: tag.clone() };
+                return Action::Continue;
+            }
+        }
         match request {
             Request::ManifestRead { repository, reference: Reference::Tag(tag) } if worker.config.pin_immutable_pulls => {
                 if let Some(pinned) = pull::on_read(h, &worker, &repository, &tag, &path) {
@@ -139,43 +140,9 @@ impl Filter {
                 self.on_put(h, &worker, repository, reference, tags, end_of_stream)
             }
             Request::ManifestDelete { repository, reference } => {
-                self.asked = Asked::read(&worker, |n| h.request_header(n));
-                self.on_delete(h, &worker, repository, reference, true)
+                self.asked = Asked::read(&worker, &|n| h.request_header(n));
+                self.on_delete(h, &worker, repository, reference)
             }
-        }
-    }
-
-    /// `POST /immutable-tags/break-glass/<repository>:<tag>` (see `break_glass::Opening`).
-    fn on_window(&mut self, h: &dyn Host, path: &str) -> Action {
-        let Some(worker) = self.worker.clone().filter(|w| w.config.break_glass.is_some()) else { return Action::Continue };
-        let Some((repository, tag)) = window_target(path).filter(|_| h.request_header(":method").as_deref() == Some("POST")) else {
-            let err = OciError::unclassifiable("UNSUPPORTED", "Expected POST /immutable-tags/break-glass/<repository>:<tag>", path);
-            return self.refuse(h, &err, &[], From::Request);
-        };
-        let asked = Asked::read(&worker, |n| h.request_header(n));
-        let caller = upstream::Caller::of(h);
-        let probe = bg::probe(h, &worker, &asked, &caller);
-        let head = upstream::head_manifest(h, &worker.config.upstream, &caller, repository, tag).ok();
-        let (repository, tag) = (repository.to_string(), tag.to_string());
-        let opening = Opening { repository, tag, asked, probe, head, head_status: None };
-        if probe.is_none() && head.is_none() {
-            let answer = opening.decide(h, &worker);
-            return self.window_answer(h, answer, From::Request);
-        }
-        self.state = State::Opening(Box::new(opening));
-        Action::Pause
-    }
-
-    fn window_answer(&mut self, h: &dyn Host, answer: Result<Value, OciError>, from: From) -> Action {
-        match answer {
-            Ok(v) => {
-                self.state = State::Done;
-                if let Err(s) = h.send_response(201, &[("content-type", "application/json")], v.to_string().as_bytes()) {
-                    h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
-                }
-                Action::Pause
-            }
-            Err(err) => self.refuse(h, &err, &[], from),
         }
     }
 
@@ -306,7 +273,7 @@ impl Filter {
                 // Never release a byte of a push: it is buffered until the filter writes it.
                 Action::Pause
             }
-            State::Done | State::Delete(_) | State::Probing { .. } | State::Opening(_) => Action::Pause,
+            State::Done | State::Delete(_) => Action::Pause,
             _ => Action::Continue,
         }
     }
@@ -319,7 +286,7 @@ impl Filter {
                 self.push_next(h, next, From::Request);
                 Action::Pause
             }
-            State::Done | State::Delete(_) | State::Probing { .. } | State::Opening(_) => Action::Pause,
+            State::Done | State::Delete(_) => Action::Pause,
             _ => Action::Continue,
         }
     }
@@ -335,19 +302,7 @@ impl Filter {
                 let next = push.on_call_response(h, &worker, token, body_size);
                 self.push_next(h, next, From::Call);
             }
-            State::Probing { token: t, .. } if *t == token => {
-                bg::learn(h, &worker);
-                if let State::Probing { repository, reference, .. } = std::mem::replace(&mut self.state, State::Pass) {
-                    if self.on_delete(h, &worker, repository, reference, false) == Action::Continue {
-                        self.resume(h, From::Call, "the probe");
-                    }
-                }
-            }
-            State::Opening(o) => {
-                if let Some(answer) = o.on_response(h, &worker, token) {
-                    self.window_answer(h, answer, From::Call);
-                }
-            }
+
             _ => {}
         }
     }
@@ -356,6 +311,7 @@ impl Filter {
     /// answer: held, and replaced by the filter's own answer.
     pub fn on_response_headers(&mut self, h: &dyn Host) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let ok = h.response_header(":status").is_some_and(|s| s.starts_with('2'));
         match &self.state {
             State::Push(_) => Action::Pause,
             State::Pull { repository, tag, pinned } => {
@@ -371,16 +327,18 @@ impl Filter {
                 }
                 Action::Continue
             }
-            State::Overridden { repository, tag, digest, record } => {
-                if h.response_header(":status").is_some_and(|s| s.starts_with('2')) {
-                    if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-                        cache.forget(repository, tag);
-                        if let Some(d) = digest {
-                            cache.forget_digest(repository, d);
-                        }
+            State::Overridden { repository, tag, digest, granted } if ok => {
+                if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+                    cache.forget(repository, tag);
+                    if let Some(d) = digest {
+                        cache.forget_digest(repository, d);
                     }
-                    bg::done(h, &worker, record.clone(), digest.as_ref().map(Digest::to_string), None);
                 }
+                bg::done(h, &worker, granted, digest.as_ref().map(Digest::to_string).as_deref(), None);
+                Action::Continue
+            }
+            State::Window { repository, tag } if ok => {
+                bg::open_window(h, &worker, repository, tag, &self.asked);
                 Action::Continue
             }
             _ => Action::Continue,
@@ -402,14 +360,10 @@ impl Filter {
         self.state = State::Pass;
     }
 
-    fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, may_probe: bool) -> Action {
+    fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
         let config = &worker.config;
         if !config.deletes.protect {
             return Action::Continue;
-        }
-        if let Some(token) = bg::probe(h, worker, &self.asked, &upstream::Caller::of(h)).filter(|_| may_probe) {
-            self.state = State::Probing { token, repository, reference };
-            return Action::Pause;
         }
         match reference {
             Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
@@ -448,9 +402,9 @@ impl Filter {
     fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
         if let Some((repository, tag)) = audit::subject(&err).filter(|_| err.status == 409).map(|(r, t)| (r.to_string(), t.to_string())) {
             match bg::grant(h, worker, BgAction::Delete, &repository, &tag, &self.asked) {
-                Ok(record) => {
+                Ok(granted) => {
                     let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
-                    self.state = State::Overridden { repository, tag, digest, record };
+                    self.state = State::Overridden { repository, tag, digest, granted: Box::new(granted) };
                     return self.resume(h, from, "break-glass");
                 }
                 Err(why) => bg::explain(&mut err, why),

@@ -17,7 +17,7 @@
 //! 4. An allowed push is written by the filter itself: a dispatched PUT with the client's path,
 //!    headers and exactly the judged bytes; the registry's answer (status, headers, body) is
 //!    relayed to the client. A refused push is answered locally; nothing reached the registry.
-use super::break_glass::{self as bg, Asked};
+use super::break_glass::{self as bg, Asked, Granted};
 use super::claims::{self, Claimed};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
@@ -56,11 +56,10 @@ pub struct Push {
     /// since resuming them would also release the buffered bytes upstream.
     body_seen: bool,
     phase: Phase,
-    /// Break-glass: what the request asks for, the registry-auth probe in flight, and the
-    /// overrides granted (logged once the registry accepted the write).
+    /// Break-glass: what the request asks for, and the overrides granted (logged once the
+    /// registry accepted the write).
     asked: Asked,
-    probe: Option<u32>,
-    overrides: Vec<(serde_json::Value, String, String)>,
+    overrides: Vec<(Granted, String, String)>,
 }
 
 enum Phase {
@@ -137,8 +136,7 @@ impl Push {
             authority: header(":authority").map(str::to_string),
             authorization: header("authorization").map(str::to_string),
         };
-        let asked = Asked::read(worker, |n| header(n).map(str::to_string));
-        let probe = bg::probe(host, worker, &asked, &caller);
+        let asked = Asked::read(worker, &|n| header(n).map(str::to_string));
         let mut push = Push {
             repository,
             path_tag,
@@ -151,7 +149,6 @@ impl Push {
             body_seen: false,
             phase: Phase::Checking,
             asked,
-            probe,
             overrides: Vec::new(),
         };
         let now = host.now_ms();
@@ -185,7 +182,7 @@ impl Push {
     }
 
     fn pending(&self) -> bool {
-        self.probe.is_some() || self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_)))
+        self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_)))
     }
 
     /// Whether the filter is still judging (as opposed to writing).
@@ -247,11 +244,6 @@ impl Push {
     pub fn on_call_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
         if let Phase::Writing { token: t, .. } = &self.phase {
             return if *t == token { self.written(host, worker, body_size) } else { Next::Wait };
-        }
-        if self.probe == Some(token) {
-            bg::learn(host, worker);
-            self.probe = None;
-            return self.progress(host, worker);
         }
         let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) if x == token)) else {
             return Next::Wait;
@@ -341,7 +333,7 @@ impl Push {
 
     /// Judges every tag against the body and claims the ones let through.
     #[allow(clippy::type_complexity)]
-    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<TagClaim>, Vec<(serde_json::Value, String, String)>), OciError> {
+    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<TagClaim>, Vec<(Granted, String, String)>), OciError> {
         let sha256 = Digest::sha256(body);
         let mut counters = Vec::new();
         let mut overrides = Vec::new();
@@ -471,8 +463,8 @@ impl Push {
             });
             let stored = path_tag.as_deref().zip(stored.as_deref());
             self.settle(host, worker, &claims, stored);
-            for (record, current, pushed) in std::mem::take(&mut self.overrides) {
-                bg::done(host, worker, record, Some(current), Some(pushed));
+            for (g, current, pushed) in &self.overrides {
+                bg::done(host, worker, g, Some(current), Some(pushed));
             }
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {

@@ -71,6 +71,7 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
 }
 
 const OK: u32 = 0;
@@ -116,6 +117,11 @@ fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option<Vec
 pub fn log(level: LogLevel, message: &str) -> Result<(), Status> {
     // SAFETY: pointer and length of a live &str.
     check(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
+}
+
+pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
+    // SAFETY: plain value.
+    check(unsafe { proxy_set_tick_period_milliseconds(period) })
 }
 
 pub fn now_nanos() -> Result<u64, Status> {

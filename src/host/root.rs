@@ -15,7 +15,16 @@ pub struct Root {
     worker: Option<Rc<Worker>>,
 }
 
-impl Context for Root {}
+/// How often the root context asks the registry whether it demands authentication (break-glass).
+const PROBE_PERIOD_MS: u32 = 10_000;
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        if let Some(w) = &self.worker {
+            crate::filter::break_glass::learn(&WasmHost, w);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -31,13 +40,26 @@ impl RootContext for Root {
             Ok(config) => {
                 // Logged on every (re)configuration, so the log says which build and policy run.
                 host.log(Level::Info, &format!("immutable-tags {}: policy loaded: {}", crate::BUILD, config.summary()));
-                self.worker = Some(Rc::new(Worker::new(&host, config)));
+                let worker = Rc::new(Worker::new(&host, config));
+                if worker.config.break_glass.is_some() {
+                    if let Err(s) = abi::set_tick_period_ms(PROBE_PERIOD_MS) {
+                        host.log(Level::Error, &format!("immutable-tags: cannot set a tick period ({s:?}): break-glass stays off"));
+                    }
+                    crate::filter::break_glass::probe(&host, &worker);
+                }
+                self.worker = Some(worker);
                 true
             }
             Err(e) => {
                 host.log(Level::Error, &format!("immutable-tags {}: {e}", crate::BUILD));
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(w) = &self.worker {
+            crate::filter::break_glass::probe(&WasmHost, w);
         }
     }
 
