@@ -97,6 +97,8 @@ def test_htpasswd_a_proven_listed_principal_with_a_reason_overwrites(stacks, reg
         assert r.status == 409, (expect, r)
         assert expect in why(r), (expect, r.body)
         assert current_digest(registry.url, repo, "v1") == sha256(m1)
+    refusals = [json.loads(l[l.index("{"):]) for l in envoy.log().splitlines() if '"event":"immutable_tags.refusal"' in l]
+    assert any(r["repository"] == repo and "principal 'bob' is not in" in (r["break_glass"] or "") for r in refusals)
     # No reason: an ordinary refusal (nothing was asked of break-glass, so it says nothing).
     r = put_manifest(envoy.url, repo, "v1", m2, headers=ADMIN)
     assert r.status == 409 and why(r) == "", r

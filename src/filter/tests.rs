@@ -441,10 +441,12 @@ fn a_delete_by_digest_makes_the_map_forget_its_tags() {
 
 // --- break-glass ---
 
-const BG: &str = r#"{"global": {"immutable_tags": true}, "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+const BG: &str = r#"{"global": {"immutable_tags": true}, "break_glass": {"principals": ["admin", "sre"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 /// `Basic admin:pw` and `Basic bob:pw`.
 const ADMIN: (&str, &str) = ("authorization", "Basic YWRtaW46cHc=");
 const BOB: (&str, &str) = ("authorization", "Basic Ym9iOnB3");
+/// `Basic sre:pw`: listed too.
+const SRE: (&str, &str) = ("authorization", "Basic c3JlOnB3");
 const REASON: (&str, &str) = ("x-break-glass-reason", "CVE-2026-1 in v1");
 
 /// A worker that learned whether the registry demands authentication (`None`: not learned).
@@ -600,7 +602,7 @@ fn a_window_lets_one_push_of_its_principal_through_without_the_header() {
     open("200", BOB);
     assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[BOB], created(M2)).status, 409, "an unlisted principal opens nothing");
     open("200", ADMIN);
-    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[BOB], created(M2)).status, 409, "the window is the principal's");
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[SRE], created(M2)).status, 409, "the window is the principal's");
     let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2));
     assert_eq!(r.status, 201, "{:?} {:?}", r.json(), h.logs.borrow());
     assert_eq!(bg_lines(&h)[0]["reason"], REASON.1);
@@ -626,4 +628,13 @@ fn the_probe_learns_from_the_registry_answer() {
     }
     h.advance(60_000);
     assert_eq!(super::break_glass::registry_auth(&h, &w), None, "stale knowledge is no knowledge");
+}
+
+#[test]
+fn audit_mode_overrides_and_logs_like_enforce() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, &BG.replace(r#"{"global""#, r#"{"mode": "audit", "global""#), Some(true));
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    assert_eq!(bg_lines(&h)[0]["mode"], "audit");
+    assert_eq!((h.counter("break_glass_overrides"), h.counter("audit_would_refuse")), (1, 0), "an override is no refusal");
 }
