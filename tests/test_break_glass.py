@@ -137,7 +137,7 @@ def test_a_registry_without_auth_proves_nobody(stacks, registry, uid):
     repo = f"prod/noauth-{uid}"
     m1, m2 = make_manifest(registry.url, repo, "one"), make_manifest(registry.url, repo, "two")
     assert put_manifest(envoy.url, repo, "v1", m1).status == 201
-    bearer = {"Authorization": "Bearer " + jwt.encode({"sub": "release-admin"}, "k", algorithm="HS256")}
+    bearer = {"Authorization": "Bearer " + jwt.encode({"sub": "release-admin"}, "a key of 32 bytes, not the registry", algorithm="HS256")}
     for creds in (ADMIN, bearer):
         r = wait_for_probe(envoy, envoy.url, repo, "v1", m2, {**creds, "X-Break-Glass-Reason": REASON})
         assert r.status == 409, r
