@@ -30,8 +30,6 @@ enum Token {
 
 /// The regex matching exactly the strings `glob` matches (anchored at both ends), or why the
 /// glob is invalid.
-// Not inlined: rules.rs and break_glass.rs both call it (module size).
-#[inline(never)]
 pub fn to_regex(glob: &str) -> Result<String, String> {
     let mut p = Parser { chars: glob.chars().peekable(), prev: None, cur: None, alternates: Vec::new(), branches: vec![Vec::new()] };
     p.parse()?;
