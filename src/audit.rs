@@ -47,6 +47,7 @@ pub fn refusal_record(
         "current_digest": detail("current_digest"),
         "pushed_digest": detail("pushed_digest"),
         "rule": rule,
+        "break_glass": detail("break_glass"),
         "method": req.method,
         "path": req.path,
         "request_id": req.request_id,
@@ -106,7 +107,7 @@ mod tests {
                 "message": "Tag 'v1.4.2' is immutable and cannot be overwritten",
                 "repository": "prod/api", "tag": "v1.4.2",
                 "current_digest": "sha256:aa", "pushed_digest": "sha256:bb",
-                "rule": "global.immutable_tags = true",
+                "rule": "global.immutable_tags = true", "break_glass": null,
                 "method": "PUT", "path": "/v2/prod/api/manifests/v1.4.2", "request_id": "req-1",
                 "client_address": "10.0.0.7:51234", "user_agent": "skopeo/1.9",
             })
@@ -134,6 +135,7 @@ mod tests {
             "current_digest",
             "pushed_digest",
             "rule",
+            "break_glass",
             "method",
             "request_id",
             "client_address",
@@ -145,6 +147,14 @@ mod tests {
             !r.to_string().contains('\n'),
             "control characters are escaped"
         );
+    }
+
+    #[test]
+    fn a_refused_override_says_why() {
+        let mut err = overwrite();
+        err.detail["break_glass"] = json!("principal 'bob' is not in break_glass.principals");
+        let r = refusal_record(Mode::Enforce, Refusal::Overwrite, &err, None, &info());
+        assert_eq!(r["break_glass"], "principal 'bob' is not in break_glass.principals");
     }
 
     #[test]

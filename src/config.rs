@@ -2,6 +2,7 @@
 //! `pluginConfig`), validated, and compiled once. Any error names the field and the value, and
 //! refuses the whole configuration: there is no half-working policy.
 
+use crate::break_glass::BreakGlass;
 use crate::exclusions::Exclusions;
 use crate::policy::{Policy, Scope};
 use crate::request::is_valid_name;
@@ -24,6 +25,8 @@ pub struct Config {
     pub pin_immutable_pulls: bool,
     /// Largest manifest the filter buffers to hash; a larger push is refused with 413.
     pub max_manifest_bytes: usize,
+    /// The break-glass exception (see `break_glass`); `None`: no override ever.
+    pub break_glass: Option<BreakGlass>,
 }
 
 /// `enforce` refuses; `audit` evaluates everything the same way, logs and counts what it would
@@ -149,6 +152,7 @@ struct RawConfig {
     on_upstream_error: Option<OnUpstreamError>,
     pin_immutable_pulls: bool,
     max_manifest_bytes: Option<u64>,
+    break_glass: Option<BreakGlass>,
 }
 
 #[derive(Default)]
@@ -280,6 +284,7 @@ impl RawConfig {
                 "on_upstream_error",
                 "pin_immutable_pulls",
                 "max_manifest_bytes",
+                "break_glass",
             ],
         )?;
         let upstream = match object(&f, "upstream", &["cluster", "authority", "timeout_ms", "write_timeout_ms"])? {
@@ -364,6 +369,7 @@ impl RawConfig {
             on_upstream_error,
             pin_immutable_pulls: f.bool_or_false("pin_immutable_pulls")?,
             max_manifest_bytes: f.opt_uint("max_manifest_bytes", "u64", u64::MAX)?,
+            break_glass: f.present("break_glass").map(BreakGlass::read).transpose()?,
         })
     }
 
@@ -460,6 +466,7 @@ impl RawConfig {
             on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
             pin_immutable_pulls: self.pin_immutable_pulls,
             max_manifest_bytes,
+            break_glass: self.break_glass,
         })
     }
 }

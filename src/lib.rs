@@ -10,6 +10,7 @@
 )]
 
 pub mod audit;
+pub mod break_glass;
 pub mod cache;
 pub mod claims;
 pub mod config;

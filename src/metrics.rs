@@ -30,12 +30,14 @@ pub enum Counter {
     MapMisses,
     /// Refusals let through because `"mode": "audit"`.
     AuditWouldRefuse,
+    /// Overwrites and deletes let through by break-glass that the registry accepted.
+    BreakGlassOverrides,
 }
 
 pub const PREFIX: &str = "immutable_tags.";
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::RequestsSeen,
         Counter::RequestsChecked,
         Counter::PushesMutable,
@@ -51,6 +53,7 @@ impl Counter {
         Counter::MapHits,
         Counter::MapMisses,
         Counter::AuditWouldRefuse,
+        Counter::BreakGlassOverrides,
     ];
 
     /// The name without the prefix.
@@ -71,6 +74,7 @@ impl Counter {
             Counter::MapHits => "map_hits",
             Counter::MapMisses => "map_misses",
             Counter::AuditWouldRefuse => "audit_would_refuse",
+            Counter::BreakGlassOverrides => "break_glass_overrides",
         }
     }
 

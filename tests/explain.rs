@@ -166,3 +166,35 @@ fn check_and_explain_validate_claims_in_etcd() {
         assert!(err.contains(&format!("field `{field}`")), "{json}: {err}");
     }
 }
+
+const BREAK_GLASS: &str = r#"{"global": {"immutable_tags": true},
+  "break_glass": {"principals": ["release-admin", "sre"], "repositories": ["prod/**"], "actions": ["overwrite"]}}"#;
+
+#[test]
+fn explain_says_who_may_override_and_why_a_request_would_not() {
+    let (code, out, _) = explain(BREAK_GLASS, &["prod/api", "v1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("break-glass: overwrite may be overridden by release-admin, sre with the x-break-glass-reason header\n"), "{out}");
+    assert!(out.contains("break-glass: no delete override: break_glass.actions does not include \"delete\"\n"), "{out}");
+    let (_, out, _) = explain(BREAK_GLASS, &["dev/api", "v1"]);
+    assert!(out.contains("no overwrite override: repository 'dev/api' is not in break_glass.repositories"), "{out}");
+    let (_, out, _) = explain(BREAK_GLASS, &["--as", "bob", "--reason", "CVE", "prod/api", "v1"]);
+    assert!(out.contains("overwrite by bob: refused: principal 'bob' is not in break_glass.principals"), "{out}");
+    let (_, out, _) = explain(BREAK_GLASS, &["--as", "sre", "prod/api", "v1"]);
+    assert!(out.contains("overwrite by sre: refused: no x-break-glass-reason header"), "{out}");
+    let (_, out, _) = explain(BREAK_GLASS, &["--as", "sre", "--reason", "CVE", "prod/api:v1"]);
+    assert!(out.contains("overwrite by sre: overridden"), "{out}");
+}
+
+#[test]
+fn check_prints_break_glass_and_names_its_bad_field() {
+    let good = policy_file(BREAK_GLASS);
+    let o = run(&["check", good.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("; break_glass: principals [release-admin, sre], repositories [prod/**], actions [overwrite], reason header x-break-glass-reason"), "{text}");
+    let bad = policy_file(r#"{"break_glass": {"principals": "release-admin"}}"#);
+    let o = run(&["check", bad.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("field `break_glass.principals`"), "{o:?}");
+}

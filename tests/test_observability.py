@@ -13,7 +13,7 @@ AUDIT_POLICY = dict(SAMPLE_POLICY, mode="audit")
 RECORD_FIELDS = {
     "event", "mode", "action", "kind", "status", "code", "message", "repository", "tag",
     "current_digest", "pushed_digest", "rule", "method", "path", "request_id", "client_address",
-    "user_agent",
+    "user_agent", "break_glass",
 }
 
 
@@ -119,7 +119,7 @@ def test_refusal_log_line_carries_every_field(stacks, registry, uid):
         "message": "Tag 'v1.4.2' is immutable and cannot be overwritten",
         "repository": repo, "tag": "v1.4.2",
         "current_digest": sha256(m1), "pushed_digest": sha256(m2),
-        "rule": "global.immutable_tags = true",
+        "rule": "global.immutable_tags = true", "break_glass": None,
         "method": "PUT", "path": f"/v2/{repo}/manifests/v1.4.2",
         "request_id": rid, "user_agent": "ci-bot/7",
     }

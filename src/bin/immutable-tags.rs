@@ -5,22 +5,27 @@
 //! Exit status: 0 when a decision was printed (every file is valid), 1 when a configuration
 //! cannot be read or is invalid (with the line the filter would log), 2 on a usage error.
 
+use immutable_tags::break_glass::{Action, Ask};
 use immutable_tags::config::Config;
 use immutable_tags::request::{is_valid_name, is_valid_tag};
 use immutable_tags::BUILD;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: immutable-tags explain --config <policy.json | -> <repository> <tag>
-       immutable-tags explain --config <policy.json | -> <repository>:<tag>
+const USAGE: &str = "usage: immutable-tags explain --config <policy.json | -> [--as <principal>] [--reason <text>] <repository> <tag>
+       immutable-tags explain --config <policy.json | -> [--as <principal>] [--reason <text>] <repository>:<tag>
        immutable-tags check <policy.json>...
 
 Prints whether the tag is immutable under the configuration and the setting or rule that
 decides it; `check` validates each file and prints its effective policy or its error. The
-configuration is the filter's plugin configuration (JSON); `-` reads stdin.";
+configuration is the filter's plugin configuration (JSON); `-` reads stdin. With `break_glass`,
+`explain` says who may override the tag, and (`--as`, `--reason`) whether a request by that
+principal would, or why not (taking the registry's authentication as proven).";
 
 struct Explain {
     config: String,
+    principal: Option<String>,
+    reason: Option<String>,
     repository: String,
     tag: String,
 }
@@ -34,12 +39,17 @@ fn parse(args: &[String]) -> Result<Option<Explain>, String> {
         None => return Err("missing command".into()),
     }
     let mut config = None;
+    let (mut principal, mut reason) = (None, None);
     let mut positional = Vec::new();
     while let Some(a) = it.next() {
         if a == "-h" || a == "--help" {
             return Ok(None);
         } else if a == "--config" || a == "-c" {
             config = Some(it.next().ok_or("--config needs a file")?.clone());
+        } else if a == "--as" {
+            principal = Some(it.next().ok_or("--as needs a principal")?.clone());
+        } else if a == "--reason" {
+            reason = Some(it.next().ok_or("--reason needs a text")?.clone());
         } else if let Some(v) = a.strip_prefix("--config=") {
             config = Some(v.to_string());
         } else if a.starts_with("--") {
@@ -63,7 +73,7 @@ fn parse(args: &[String]) -> Result<Option<Explain>, String> {
     if !is_valid_tag(&tag) {
         return Err(format!("{tag:?} is not an OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})"));
     }
-    Ok(Some(Explain { config, repository, tag }))
+    Ok(Some(Explain { config, principal, reason, repository, tag }))
 }
 
 fn read_config(path: &str) -> std::io::Result<Vec<u8>> {
@@ -90,7 +100,7 @@ fn check(files: &[String]) -> ExitCode {
     let mut ok = true;
     for path in files {
         match read_config(path).map(|b| Config::from_json(&b)) {
-            Ok(Ok(c)) => out(&format!("ok {path}: {}\n", c.summary())),
+            Ok(Ok(c)) => out(&format!("ok {path}: {}{}\n", c.summary(), break_glass_summary(&c))),
             Ok(Err(why)) => {
                 ok = false;
                 out(&format!("invalid {path}: {why}\n"));
@@ -106,6 +116,36 @@ fn check(files: &[String]) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `break_glass` as `check` prints it (not in `Config::summary`: the module logs that, and every
+/// byte of the module counts).
+fn break_glass_summary(c: &Config) -> String {
+    let Some(b) = &c.break_glass else { return "; break_glass: off".into() };
+    let repos = if b.repositories.is_empty() { "every repository".to_string() } else { b.repositories.join(", ") };
+    let actions: Vec<&str> = b.actions.iter().map(|a| a.as_str()).collect();
+    format!("; break_glass: principals [{}], repositories [{repos}], actions [{}], reason header {}", b.principals.join(", "), actions.join(", "), b.reason_header)
+}
+
+/// Who may override an immutable tag, and whether the given request would.
+fn explain_break_glass(c: &Config, e: &Explain) -> String {
+    let Some(b) = &c.break_glass else { return String::new() };
+    let mut text = String::new();
+    for action in [Action::Overwrite, Action::Delete] {
+        let line = match (b.covers(action, &e.repository), &e.principal) {
+            (Err(why), _) => format!("no {} override: {why}", action.as_str()),
+            (Ok(()), None) => format!("{} may be overridden by {} with the {} header", action.as_str(), b.principals.join(", "), b.reason_header),
+            (Ok(()), Some(p)) => {
+                let ask = Ask { principal: Some(p), reason: e.reason.as_deref(), registry_auth: Some(true) };
+                match b.grant(action, &e.repository, &ask) {
+                    Ok(()) => format!("{} by {p}: overridden (once the registry authenticates {p} and accepts it)", action.as_str()),
+                    Err(why) => format!("{} by {p}: refused: {why}", action.as_str()),
+                }
+            }
+        };
+        text += &format!("break-glass: {line}\n");
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -152,6 +192,9 @@ fn main() -> ExitCode {
             Some(r) => format!("first matching rule: {}: {}\n", r.reason(), r.description()),
             None => format!("first matching rule: none of {} enabled\n", policy.rules.enabled()),
         };
+    }
+    if d.immutable {
+        text += &explain_break_glass(&config, &e);
     }
     out(&text);
     ExitCode::SUCCESS

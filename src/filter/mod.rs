@@ -3,6 +3,7 @@
 //! native tests drive it with a fake host. It classifies the request at its headers and hands
 //! it to its flow: `push` (manifest writes), `delete` (deletes), `pull` (pinned reads); every
 //! other request leaves after one header read.
+pub mod break_glass;
 pub mod claims;
 pub mod delete;
 pub mod host;
@@ -17,16 +18,18 @@ mod fake;
 mod tests;
 
 use crate::audit::{self, RequestInfo};
+use crate::break_glass::Action as BgAction;
 use crate::config::Mode;
 use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
+use break_glass::{self as bg, Asked, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
 use push::Push;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::rc::Rc;
 use worker::Worker;
 
@@ -44,6 +47,8 @@ pub struct Filter {
     /// Who sent a checked request, read in the headers phase for the audit record (Envoy
     /// refuses header reads in later phases).
     request: RequestInfo,
+    /// What a delete asks of break-glass, read at its headers.
+    asked: Asked,
 }
 
 enum State {
@@ -59,6 +64,10 @@ enum State {
     Pull { repository: String, tag: String, pinned: bool },
     /// Answered locally.
     Done,
+    /// A refused delete let through by break-glass: logged once the registry accepted it.
+    Overridden { repository: String, tag: String, digest: Option<Digest>, granted: Box<Granted> },
+    /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
+    Window { repository: String, tag: String },
 }
 
 /// Where a flow's next step is acted on: a request callback answers with an `Action`; a call
@@ -71,7 +80,7 @@ enum From {
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass, request: RequestInfo::default() }
+        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default() }
     }
 
     fn count(&self, h: &dyn Host, counter: Counter) {
@@ -111,6 +120,13 @@ impl Filter {
             let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
             return self.refuse(h, &err, &[], From::Request);
         };
+        if matches!(request, Request::ManifestRead { reference: Reference::Tag(_), .. }) && worker.config.break_glass.is_some() {
+            self.asked = Asked::read(&worker, &|n| h.request_header(n));
+            if let (Some(_), Request::ManifestRead { repository, reference: Reference::Tag(tag) }) = (&self.asked.reason, &request) {
+                self.state = State::Window { repository: repository.clone(), tag: tag.clone() };
+                return Action::Continue;
+            }
+        }
         match request {
             Request::ManifestRead { repository, reference: Reference::Tag(tag) } if worker.config.pin_immutable_pulls => {
                 if let Some(pinned) = pull::on_read(h, &worker, &repository, &tag, &path) {
@@ -123,7 +139,10 @@ impl Filter {
             Request::ManifestPut { repository, reference, tags } => {
                 self.on_put(h, &worker, repository, reference, tags, end_of_stream)
             }
-            Request::ManifestDelete { repository, reference } => self.on_delete(h, &worker, repository, reference),
+            Request::ManifestDelete { repository, reference } => {
+                self.asked = Asked::read(&worker, &|n| h.request_header(n));
+                self.on_delete(h, &worker, repository, reference)
+            }
         }
     }
 
@@ -283,6 +302,7 @@ impl Filter {
                 let next = push.on_call_response(h, &worker, token, body_size);
                 self.push_next(h, next, From::Call);
             }
+
             _ => {}
         }
     }
@@ -291,6 +311,7 @@ impl Filter {
     /// answer: held, and replaced by the filter's own answer.
     pub fn on_response_headers(&mut self, h: &dyn Host) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let ok = h.response_header(":status").is_some_and(|s| s.starts_with('2'));
         match &self.state {
             State::Push(_) => Action::Pause,
             State::Pull { repository, tag, pinned } => {
@@ -304,6 +325,20 @@ impl Filter {
                         cache.forget_digest(repository, digest);
                     }
                 }
+                Action::Continue
+            }
+            State::Overridden { repository, tag, digest, granted } if ok => {
+                if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+                    cache.forget(repository, tag);
+                    if let Some(d) = digest {
+                        cache.forget_digest(repository, d);
+                    }
+                }
+                bg::done(h, &worker, granted, digest.as_ref().map(Digest::to_string).as_deref(), None);
+                Action::Continue
+            }
+            State::Window { repository, tag } if ok => {
+                bg::open_window(h, &worker, repository, tag, &self.asked);
                 Action::Continue
             }
             _ => Action::Continue,
@@ -332,7 +367,7 @@ impl Filter {
         }
         match reference {
             Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
-                Some(err) => self.refuse(h, &err, &[], From::Request),
+                Some(err) => self.delete_refused(h, worker, err, Vec::new(), From::Request),
                 None => Action::Continue,
             },
             // No tag of this repository can be immutable: no listing to pay for.
@@ -349,7 +384,10 @@ impl Filter {
     fn delete_next(&mut self, h: &dyn Host, next: delete::Next, from: From) -> Action {
         match next {
             delete::Next::Wait => Action::Pause,
-            delete::Next::Refuse(err, extra) => self.refuse(h, &err, &extra, from),
+            delete::Next::Refuse(err, extra) => match self.worker.clone() {
+                Some(worker) => self.delete_refused(h, &worker, err, extra, from),
+                None => self.refuse(h, &err, &extra, from),
+            },
             delete::Next::Allow => {
                 if let State::Delete(d) = &self.state {
                     self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
@@ -357,5 +395,21 @@ impl Filter {
                 self.resume(h, from, "delete check")
             }
         }
+    }
+
+    /// A delete of an immutable tag (or of a manifest one holds) is refused, unless break-glass
+    /// lifts the refusal: then it goes to the registry, and is logged once the registry accepted.
+    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
+        if let Some((repository, tag)) = audit::subject(&err).filter(|_| err.status == 409).map(|(r, t)| (r.to_string(), t.to_string())) {
+            match bg::grant(h, worker, BgAction::Delete, &repository, &tag, &self.asked) {
+                Ok(granted) => {
+                    let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
+                    self.state = State::Overridden { repository, tag, digest, granted: Box::new(granted) };
+                    return self.resume(h, from, "break-glass");
+                }
+                Err(why) => bg::explain(&mut err, why),
+            }
+        }
+        self.refuse(h, &err, &extra, from)
     }
 }

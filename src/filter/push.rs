@@ -18,10 +18,12 @@
 //! 4. An allowed push is written by the filter itself: a dispatched PUT with the client's path,
 //!    headers and exactly the judged bytes; the registry's answer (status, headers, body) is
 //!    relayed to the client. A refused push is answered locally; nothing reached the registry.
+use super::break_glass::{self as bg, Asked, Granted};
 use super::claims::{self, Claimed};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
+use crate::break_glass::Action;
 use crate::claims::absence_still_fenced;
 use crate::config::OnUpstreamError;
 use crate::digest::Digest;
@@ -55,6 +57,10 @@ pub struct Push {
     /// since resuming them would also release the buffered bytes upstream.
     body_seen: bool,
     phase: Phase,
+    /// Break-glass: what the request asks for, and the overrides granted (logged once the
+    /// registry accepted the write).
+    asked: Asked,
+    overrides: Vec<(Granted, String, String)>,
 }
 
 enum Phase {
@@ -159,6 +165,7 @@ impl Push {
             authority: header(":authority").map(str::to_string),
             authorization: header("authorization").map(str::to_string),
         };
+        let asked = Asked::read(worker, &|n| header(n).map(str::to_string));
         let mut push = Push {
             repository,
             path_tag,
@@ -170,6 +177,8 @@ impl Push {
             headers_held: false,
             body_seen: false,
             phase: Phase::Checking,
+            asked,
+            overrides: Vec::new(),
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
@@ -347,8 +356,9 @@ impl Push {
             }
             return Next::Wait;
         }
-        match self.judge(body) {
-            Ok((counters, wants)) => {
+        match self.judge(host, worker, body) {
+            Ok((counters, wants, overrides)) => {
+                self.overrides = overrides;
                 for c in counters {
                     worker.count(host, c);
                 }
@@ -356,16 +366,17 @@ impl Push {
                 self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None });
                 self.claim_next(host, worker)
             }
-            Err(err) => Next::Refuse(self.overwrite(worker, err), Vec::new()),
+            Err(err) => Next::Refuse(err, Vec::new()),
         }
     }
 
-    /// Judges every tag against the body: the tags to claim, or the overwrite refused
-    /// (tag, reason, current, pushed).
+    /// Judges every tag against the body: the tags to claim and the break-glass overrides
+    /// granted, or the overwrite refused.
     #[allow(clippy::type_complexity)]
-    fn judge(&self, body: &[u8]) -> Result<(Vec<Counter>, Vec<Want>), (String, String, String, String)> {
+    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<Want>, Vec<(Granted, String, String)>), OciError> {
         let sha256 = Digest::sha256(body);
         let mut counters = Vec::new();
+        let mut overrides = Vec::new();
         let mut allowed = Vec::new();
         for t in &self.tags {
             let Lookup::Known(current) = &t.lookup else { continue };
@@ -377,17 +388,22 @@ impl Push {
                 Verdict::AllowNew => counters.push(Counter::PushesAllowedNewTag),
                 Verdict::AllowSame => counters.push(Counter::PushesAllowedSameDigest),
                 Verdict::Overwrite { current } => {
-                    return Err((t.tag.clone(), t.reason.clone(), current.to_string(), pushed.to_string()));
+                    let (current, new) = (current.to_string(), pushed.to_string());
+                    match bg::grant(host, worker, Action::Overwrite, &self.repository, &t.tag, &self.asked) {
+                        // Judged as allowed from here on: claimed like any other write.
+                        Ok(record) => overrides.push((record, current, new)),
+                        Err(why) => {
+                            let mut err = self.conflict(worker, &t.tag, &t.reason, &current, &new, None);
+                            bg::explain(&mut err, why);
+                            return Err(err);
+                        }
+                    }
                 }
             }
             let (tag, reason, absent, since_ms) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms);
             allowed.push(Want { tag, reason, absent, pushed: pushed.to_string(), since_ms });
         }
-        Ok((counters, allowed))
-    }
-
-    fn overwrite(&self, worker: &Worker, (tag, reason, current, pushed): (String, String, String, String)) -> OciError {
-        self.conflict(worker, &tag, &reason, &current, &pushed, None)
+        Ok((counters, allowed, overrides))
     }
 
     fn conflict(&self, worker: &Worker, tag: &str, reason: &str, current: &str, pushed: &str, in_flight: Option<String>) -> OciError {
@@ -510,6 +526,9 @@ impl Push {
             });
             let stored = path_tag.as_deref().zip(stored.as_deref());
             self.settle(host, worker, &claims, stored);
+            for (g, current, pushed) in &self.overrides {
+                bg::done(host, worker, g, Some(current), Some(pushed));
+            }
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
                     match (&digest, Some(t) == path_tag.as_ref()) {

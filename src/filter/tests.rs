@@ -2,6 +2,7 @@
 //! callbacks in the order Envoy can deliver them and checks what reached "the registry" (the
 //! dispatched calls) and what the client got.
 use super::fake::{answer, FakeHost, Reply};
+use super::host::Host;
 use super::worker::Worker;
 use super::{Action, Filter};
 use crate::config::Config;
@@ -760,4 +761,209 @@ fn the_root_keeps_the_lease_alive_and_a_lost_lease_is_granted_again() {
     answer_etcd(&mut f, &h, &etcd);
     assert_eq!(grants(), before + 1);
     assert_eq!(h.calls_with("PUT").len(), 2);
+}
+
+// --- break-glass ---
+
+const BG: &str = r#"{"global": {"immutable_tags": true}, "break_glass": {"principals": ["admin", "sre"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+/// `Basic admin:pw` and `Basic bob:pw`.
+const ADMIN: (&str, &str) = ("authorization", "Basic YWRtaW46cHc=");
+const BOB: (&str, &str) = ("authorization", "Basic Ym9iOnB3");
+/// `Basic sre:pw`: listed too.
+const SRE: (&str, &str) = ("authorization", "Basic c3JlOnB3");
+const REASON: (&str, &str) = ("x-break-glass-reason", "CVE-2026-1 in v1");
+
+/// A worker that learned whether the registry demands authentication (`None`: not learned).
+fn bg_worker(h: &FakeHost, policy: &str, registry_auth: Option<bool>) -> Rc<Worker> {
+    let w = worker(h, policy);
+    w.registry_auth.set(registry_auth.map(|a| (a, h.now_ms())));
+    w
+}
+
+/// A push of `body` to `app:tag` with `extra` headers over a tag that holds `holds`; `put`: the
+/// registry's answer to the filter's PUT.
+fn bg_push(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8], holds: &[u8], extra: &[(&str, &str)], put: Reply) -> Reply {
+    let mut f = Filter::new(Some(w.clone()));
+    let len = body.len().to_string();
+    let mut headers = vec![CT, ("content-length", len.as_str())];
+    headers.extend_from_slice(extra);
+    h.replies.borrow_mut().clear();
+    h.request("PUT", &format!("/v2/app/manifests/{tag}"), &headers);
+    f.on_request_headers(h, false);
+    if !h.pending.borrow().is_empty() {
+        respond(&mut f, h, head_answer(Some(holds)));
+    }
+    send_body(&mut f, h, &[body]);
+    let mut put = Some(put);
+    while let Some(call) = h.last_call().filter(|_| !h.pending.borrow().is_empty()) {
+        match call.header(":method") {
+            Some("HEAD") => respond(&mut f, h, head_answer(Some(holds))),
+            _ => respond(&mut f, h, put.take().expect("one PUT")),
+        }
+    }
+    h.reply().expect("an answer")
+}
+
+fn bg_lines(h: &FakeHost) -> Vec<serde_json::Value> {
+    h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "immutable_tags.break_glass").collect()
+}
+
+fn why(r: &Reply) -> String {
+    r.json()["errors"][0]["detail"]["break_glass"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn a_proven_listed_principal_with_a_reason_overwrites_and_is_audited() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON, ("x-request-id", "req-7")], created(M2));
+    assert_eq!(r.status, 201);
+    let puts = h.calls_with("PUT");
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].body.as_deref(), Some(M2));
+    assert_eq!(puts[0].header("authorization"), Some(ADMIN.1), "the registry checks the same credentials");
+    let lines = bg_lines(&h);
+    assert_eq!(lines.len(), 1);
+    let l = &lines[0];
+    assert_eq!((l["principal"].as_str(), l["reason"].as_str(), l["action"].as_str()), (Some("admin"), Some(REASON.1), Some("overwrite")));
+    assert_eq!((l["repository"].as_str(), l["tag"].as_str(), l["request_id"].as_str()), (Some("app"), Some("v1"), Some("req-7")));
+    assert_eq!(l["current_digest"], sha(M1));
+    assert_eq!(l["pushed_digest"], sha(M2));
+    assert!(!h.logs.borrow().iter().any(|(_, m)| m.contains("YWRtaW46cHc")), "never a credential");
+    assert_eq!(h.counter("break_glass_overrides"), 1);
+    assert_eq!(h.counter("overwrites_refused"), 0);
+}
+
+#[test]
+fn an_override_the_registry_refuses_is_not_counted() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    let denied = answer(401, &[("www-authenticate", "Basic realm=x")], br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
+    let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON], denied);
+    assert_eq!(r.status, 401, "the registry's answer is relayed");
+    assert!(bg_lines(&h).is_empty());
+    assert_eq!(h.counter("break_glass_overrides"), 0);
+}
+
+#[test]
+fn an_override_is_refused_and_the_refusal_says_why() {
+    for (auth, extra, expect) in [
+        (Some(false), vec![ADMIN, REASON], "does not demand authentication, so principal 'admin' is unproven"),
+        (None, vec![ADMIN, REASON], "could not learn"),
+        (Some(true), vec![BOB, REASON], "principal 'bob' is not in break_glass.principals"),
+        (Some(true), vec![ADMIN, ("x-break-glass-reason", " ")], "header is empty"),
+        (Some(true), vec![("authorization", "Bearer opaque"), REASON], "names no principal"),
+        (Some(true), vec![ADMIN], ""),
+    ] {
+        let h = FakeHost::new();
+        let w = bg_worker(&h, BG, auth);
+        let r = bg_push(&h, &w, "v1", M2, M1, &extra, created(M2));
+        assert_eq!(r.status, 409, "{expect}");
+        assert!(h.calls_with("PUT").is_empty(), "{expect}");
+        assert!(why(&r).contains(expect), "{} / {expect}", why(&r));
+        assert_eq!(why(&r).is_empty(), expect.is_empty(), "nothing asked: nothing said");
+        assert_eq!(h.counter("break_glass_overrides"), 0);
+    }
+    // Out of scope: another repository.
+    let h = FakeHost::new();
+    let w = bg_worker(&h, &BG.replace(r#"["app"]"#, r#"["prod/**"]"#), Some(true));
+    let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON], created(M2));
+    assert!(why(&r).contains("repository 'app' is not in break_glass.repositories"), "{}", why(&r));
+}
+
+#[test]
+fn overrides_race_for_the_claim_like_any_write() {
+    // Two workers of one Envoy, two overriding pushes of different manifests: one winner.
+    let h1 = FakeHost::new();
+    let h2 = h1.share_with();
+    let (w1, w2) = (bg_worker(&h1, BG, Some(true)), bg_worker(&h2, BG, Some(true)));
+    let (mut a, mut b) = (Filter::new(Some(w1)), Filter::new(Some(w2)));
+    for (f, h, body) in [(&mut a, &h1, M2), (&mut b, &h2, b"{\"other\":1}".as_slice())] {
+        h.request("PUT", "/v2/app/manifests/v1", &[CT, ADMIN, REASON]);
+        f.on_request_headers(h, false);
+        respond(f, h, head_answer(Some(M1)));
+        send_body(f, h, &[body]);
+    }
+    assert_eq!(h1.calls_with("PUT").len() + h2.calls_with("PUT").len(), 1, "one winner");
+    assert_eq!(h2.reply().unwrap().status, 409);
+}
+
+#[test]
+fn deletes_are_overridden_only_when_the_actions_allow_it() {
+    for (policy, status, count) in [(BG.to_string(), None, 1), (BG.replace(r#", "delete"]"#, "]"), Some(409), 0)] {
+        let h = FakeHost::new();
+        let w = bg_worker(&h, &policy, Some(true));
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        let action = f.on_request_headers(&h, true);
+        assert_eq!(h.reply().map(|r| r.status), status);
+        if status.is_none() {
+            assert_eq!(action, Action::Continue);
+            h.response_headers.borrow_mut().push((":status".into(), "202".into()));
+            f.on_response_headers(&h);
+        } else {
+            assert!(why(&h.reply().unwrap()).contains("does not include \"delete\""));
+        }
+        assert_eq!(h.counter("break_glass_overrides"), count);
+        assert_eq!(bg_lines(&h).len() as u64, count);
+    }
+}
+
+#[test]
+fn a_window_lets_one_push_of_its_principal_through_without_the_header() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    // Opened by a read of the tag carrying the reason that the registry answered 2xx.
+    let open = |status: &str, auth| {
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("HEAD", "/v2/app/manifests/v1", &[auth, REASON]);
+        assert_eq!(f.on_request_headers(&h, true), Action::Continue);
+        h.response_headers.borrow_mut().push((":status".into(), status.into()));
+        f.on_response_headers(&h);
+    };
+    open("401", ADMIN);
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2)).status, 409, "a read the registry refused opens nothing");
+    open("200", BOB);
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[BOB], created(M2)).status, 409, "an unlisted principal opens nothing");
+    open("200", ADMIN);
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[SRE], created(M2)).status, 409, "the window is the principal's");
+    let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2));
+    assert_eq!(r.status, 201, "{:?} {:?}", r.json(), h.logs.borrow());
+    assert_eq!(bg_lines(&h)[0]["reason"], REASON.1);
+    let r = bg_push(&h, &w, "v1", M1, M2, &[ADMIN], created(M1));
+    assert_eq!(r.status, 409, "used up");
+    // A window expires.
+    open("200", ADMIN);
+    h.advance(crate::break_glass::WINDOW_MS);
+    assert_eq!(bg_push(&h, &w, "v1", M1, M2, &[ADMIN], created(M1)).status, 409, "expired");
+}
+
+#[test]
+fn the_probe_learns_from_the_registry_answer() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    super::break_glass::probe(&h, &w);
+    let call = h.last_call().unwrap();
+    assert_eq!((call.header(":method"), call.header(":path"), call.header("authorization")), (Some("GET"), Some("/v2/"), None));
+    for (status, learned) in [("500", None), ("401", Some(true)), ("200", Some(false))] {
+        let token = h.pending.borrow_mut().pop_front().unwrap();
+        h.set_answer(Some(answer(status.parse().unwrap(), &[], b"")));
+        // Another root call's answer (etcd) is not the probe's.
+        assert!(!super::break_glass::learn(&h, &w, token + 100));
+        assert!(super::break_glass::learn(&h, &w, token));
+        assert_eq!(super::break_glass::registry_auth(&h, &w), learned, "{status}");
+        h.advance(super::break_glass::PROBE_PERIOD_MS);
+        super::break_glass::probe(&h, &w);
+    }
+    h.advance(60_000);
+    assert_eq!(super::break_glass::registry_auth(&h, &w), None, "stale knowledge is no knowledge");
+}
+
+#[test]
+fn audit_mode_overrides_and_logs_like_enforce() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, &BG.replace(r#"{"global""#, r#"{"mode": "audit", "global""#), Some(true));
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    assert_eq!(bg_lines(&h)[0]["mode"], "audit");
+    assert_eq!((h.counter("break_glass_overrides"), h.counter("audit_would_refuse")), (1, 0), "an override is no refusal");
 }

@@ -3,7 +3,7 @@ use super::host::Host;
 use crate::cache::TagCache;
 use crate::config::Config;
 use crate::metrics::Counter;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 pub struct Worker {
     pub config: Config,
@@ -12,6 +12,10 @@ pub struct Worker {
     pub etcd: RefCell<super::claims::etcd::State>,
     /// Envoy's metric id per `Counter::ALL` position; `None` if it could not be defined.
     counters: Vec<Option<u32>>,
+    /// Whether the registry demands authentication, and when that was learned (break-glass).
+    pub registry_auth: Cell<Option<(bool, u64)>>,
+    /// The root's probe of that: the call in flight, and when the next one is due.
+    pub auth_probe: Cell<(Option<u32>, u64)>,
 }
 
 impl Worker {
@@ -23,7 +27,7 @@ impl Worker {
         if config.claims.etcd.is_none() {
             super::claims::shared_data::create_slots(host, &config.claims);
         }
-        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters }
+        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)) }
     }
 
     /// Best effort: a metric is never worth failing a request for.

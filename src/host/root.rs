@@ -16,10 +16,13 @@ pub struct Root {
 }
 
 impl Context for Root {
-    /// A call the root context sent (etcd claims: lease, commits, releases).
+    /// A call the root context sent: the break-glass probe, or etcd claims' lease, commits
+    /// and releases.
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _trailers: usize) {
         if let Some(w) = &self.worker {
-            crate::filter::claims::etcd::on_root_response(&WasmHost, w, token, body);
+            if !crate::filter::break_glass::learn(&WasmHost, w, token) {
+                crate::filter::claims::etcd::on_root_response(&WasmHost, w, token, body);
+            }
         }
     }
 }
@@ -38,14 +41,23 @@ impl RootContext for Root {
             Ok(config) => {
                 // Logged on every (re)configuration, so the log says which build and policy run.
                 host.log(Level::Info, &format!("immutable-tags {}: policy loaded: {}", crate::BUILD, config.summary()));
-                let etcd = config.claims.etcd.is_some();
-                self.worker = Some(Rc::new(Worker::new(&host, config)));
-                // With etcd the root keeps the worker's lease alive and sends commits/releases.
-                let period = if etcd { crate::filter::claims::etcd::TICK_MS as u32 } else { 0 };
-                if let Err(s) = abi::set_tick_period(period) {
+                let worker = Rc::new(Worker::new(&host, config));
+                // The root keeps an etcd lease alive and sends commits/releases (claims.etcd),
+                // and asks the registry whether it demands authentication (break_glass).
+                let etcd = worker.config.claims.etcd.is_some();
+                let period = if etcd {
+                    crate::filter::claims::etcd::TICK_MS
+                } else if worker.config.break_glass.is_some() {
+                    crate::filter::break_glass::PROBE_PERIOD_MS
+                } else {
+                    0
+                };
+                if let Err(s) = abi::set_tick_period(u32::try_from(period).unwrap_or(u32::MAX)) {
                     host.log(Level::Error, &format!("immutable-tags: cannot set the tick period ({s:?})"));
                     return !etcd;
                 }
+                crate::filter::break_glass::probe(&host, &worker);
+                self.worker = Some(worker);
                 true
             }
             Err(e) => {
@@ -58,6 +70,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(w) = &self.worker {
             crate::filter::claims::etcd::tick(&WasmHost, w);
+            crate::filter::break_glass::probe(&WasmHost, w);
         }
     }
 
