@@ -288,7 +288,8 @@ impl Filter {
     }
 
     /// The registry's answer to what went upstream. For a push that is the harmless request's
-    /// answer: held, and replaced by the filter's own answer.
+    /// answer: held (`Pause`: the host stops it whole, body included), and replaced by the
+    /// filter's own answer.
     pub fn on_response_headers(&mut self, h: &dyn Host) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
         match &self.state {
@@ -310,11 +311,16 @@ impl Filter {
         }
     }
 
-    pub fn on_response_body(&mut self) -> Action {
-        match self.state {
-            State::Push(_) => Action::Pause,
-            _ => Action::Continue,
-        }
+    /// Nothing to remember for this request: it keeps no state past its headers.
+    pub fn idle(&self) -> bool {
+        matches!(self.state, State::Pass)
+    }
+
+    /// Still judging or writing once the answer from upstream arrived: only a push, which
+    /// holds the harmless request's answer (whole: the response body never reaches the
+    /// filter) until it relays the registry's answer to its own PUT.
+    pub fn in_flight(&self) -> bool {
+        matches!(self.state, State::Push(_) | State::Delete(_))
     }
 
     /// The stream ended.

@@ -1,9 +1,6 @@
 //! `filter::host::Host` on Envoy's proxy-wasm ABI, through `abi` (which never panics).
-use super::abi::{self, Status, CAS_MISMATCH};
+use super::abi::{self, BufferType, LogLevel, MapType, Status, CAS_MISMATCH};
 use crate::filter::host::{Host, Level, SharedError};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
-use std::time::Duration;
 
 pub struct WasmHost;
 
@@ -41,9 +38,11 @@ impl Host for WasmHost {
     }
 
     fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {
-        // The SDK's call, not ours: it registers the token so the answer reaches this context.
-        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], Duration::from_millis(timeout_ms))
-            .map_err(|s| format!("{s:?}"))
+        let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+        let token = abi::http_call(cluster, headers, body, timeout).map_err(|s| format!("{s:?}"))?;
+        // The answer is routed to the stream that is calling now.
+        super::exports::register_call(token);
+        Ok(token)
     }
 
     fn call_response_header(&self, name: &str) -> Option<String> {
