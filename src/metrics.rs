@@ -30,12 +30,15 @@ pub enum Counter {
     MapMisses,
     /// Refusals let through because `"mode": "audit"`.
     AuditWouldRefuse,
+    /// Streams under judgement that ended before their answer passed the filter (client gone),
+    /// whose state the root's timer dropped.
+    StreamsSwept,
 }
 
 pub const PREFIX: &str = "immutable_tags.";
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::RequestsSeen,
         Counter::RequestsChecked,
         Counter::PushesMutable,
@@ -51,6 +54,7 @@ impl Counter {
         Counter::MapHits,
         Counter::MapMisses,
         Counter::AuditWouldRefuse,
+        Counter::StreamsSwept,
     ];
 
     /// The name without the prefix.
@@ -71,6 +75,7 @@ impl Counter {
             Counter::MapHits => "map_hits",
             Counter::MapMisses => "map_misses",
             Counter::AuditWouldRefuse => "audit_would_refuse",
+            Counter::StreamsSwept => "streams_swept",
         }
     }
 

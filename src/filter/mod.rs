@@ -323,6 +323,15 @@ impl Filter {
         matches!(self.state, State::Push(_) | State::Delete(_))
     }
 
+    /// The host destroyed the stream before its answer passed (found by the root's timer).
+    /// An answered stream (a relayed push, a refusal) is not counted: its answer was sent.
+    pub fn on_swept(&mut self, h: &dyn Host) {
+        if !matches!(self.state, State::Done) {
+            self.count(h, Counter::StreamsSwept);
+        }
+        self.on_done(h);
+    }
+
     /// The stream ended.
     pub fn on_done(&mut self, h: &dyn Host) {
         if let (State::Push(push), Some(worker)) = (&mut self.state, self.worker.clone()) {

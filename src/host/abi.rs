@@ -8,11 +8,12 @@
 use std::ptr::{null, null_mut};
 
 /// Header maps (`proxy_get_header_map_*`).
+#[allow(clippy::enum_variant_names)] // the ABI's names
 #[derive(Debug, Clone, Copy)]
 pub enum MapType {
-    HttpRequestHeaders = 0,
-    HttpResponseHeaders = 2,
-    HttpCallResponseHeaders = 6,
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+    CallResponseHeaders = 6,
 }
 
 /// Buffers (`proxy_get_buffer_bytes`).

@@ -201,7 +201,7 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
     }
     for id in &gone {
         if let Some(mut f) = STREAMS.with(|s| s.borrow_mut().remove(id)) {
-            f.on_done(&WasmHost);
+            f.on_swept(&WasmHost);
         }
     }
     CALLS.with(|c| c.borrow_mut().retain(|_, stream| !gone.contains(stream)));

@@ -14,15 +14,15 @@ fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
 
 impl Host for WasmHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        text(abi::header(MapType::HttpRequestHeaders, name))
+        text(abi::header(MapType::RequestHeaders, name))
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
-        abi::headers(MapType::HttpRequestHeaders).unwrap_or_default()
+        abi::headers(MapType::RequestHeaders).unwrap_or_default()
     }
 
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), String> {
-        abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()).map_err(|s| format!("{s:?}"))
+        abi::replace_header(MapType::RequestHeaders, name, value.as_bytes()).map_err(|s| format!("{s:?}"))
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -30,7 +30,7 @@ impl Host for WasmHost {
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
-        text(abi::header(MapType::HttpResponseHeaders, name))
+        text(abi::header(MapType::ResponseHeaders, name))
     }
 
     fn property(&self, path: &[&str]) -> Option<String> {
@@ -46,11 +46,11 @@ impl Host for WasmHost {
     }
 
     fn call_response_header(&self, name: &str) -> Option<String> {
-        text(abi::header(MapType::HttpCallResponseHeaders, name))
+        text(abi::header(MapType::CallResponseHeaders, name))
     }
 
     fn call_response_headers(&self) -> Vec<(String, String)> {
-        abi::headers(MapType::HttpCallResponseHeaders).unwrap_or_default()
+        abi::headers(MapType::CallResponseHeaders).unwrap_or_default()
     }
 
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
