@@ -185,7 +185,7 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
     );
 }
 
-/// The root's timer: drops the state of streams the host has destroyed.
+/// The root's timer: drops the state of streams, and the roots, the host has destroyed.
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_id: u32) {
     let ids: Vec<u32> = STREAMS.with(|s| s.borrow().keys().copied().collect());
@@ -195,6 +195,8 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
             gone.push(id);
         }
     }
+    // Roots of replaced configurations go too, so that one root is again the common case.
+    ROOTS.with(|r| r.borrow_mut().retain(|root| root.id == root_id || abi::set_effective_context(root.id).is_ok()));
     let _ = abi::set_effective_context(root_id);
     if gone.is_empty() {
         return;
