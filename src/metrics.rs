@@ -32,12 +32,15 @@ pub enum Counter {
     AuditWouldRefuse,
     /// Overwrites and deletes let through by break-glass that the registry accepted.
     BreakGlassOverrides,
+    /// Streams under judgement that ended before their answer passed the filter (client gone),
+    /// whose state the root's timer dropped.
+    StreamsSwept,
 }
 
 pub const PREFIX: &str = "immutable_tags.";
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::RequestsSeen,
         Counter::RequestsChecked,
         Counter::PushesMutable,
@@ -54,6 +57,7 @@ impl Counter {
         Counter::MapMisses,
         Counter::AuditWouldRefuse,
         Counter::BreakGlassOverrides,
+        Counter::StreamsSwept,
     ];
 
     /// The name without the prefix.
@@ -75,6 +79,7 @@ impl Counter {
             Counter::MapMisses => "map_misses",
             Counter::AuditWouldRefuse => "audit_would_refuse",
             Counter::BreakGlassOverrides => "break_glass_overrides",
+            Counter::StreamsSwept => "streams_swept",
         }
     }
 

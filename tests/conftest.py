@@ -50,7 +50,7 @@ class Stacks:
         self.workdir = workdir
         self.envoys: dict[tuple, stack.Envoy] = {}
 
-    def envoy(self, registry: stack.Registry, policy: dict | str, stop_on_headers: bool = True,
+    def envoy(self, registry: stack.Registry, policy: dict | str, stop_on_headers: bool | str = True,
               concurrency: int = 2, fresh: bool = False, **kw) -> stack.Envoy:
         key = (registry.port, json.dumps(policy, sort_keys=True), stop_on_headers, concurrency,
                tuple(sorted(kw.items())))
@@ -74,9 +74,11 @@ def stacks(workdir):
     s.stop()
 
 
-@pytest.fixture(params=[True, False], ids=["stop-on-headers", "body-phase"])
-def stop_on_headers(request) -> bool:
-    """Every enforcement test runs with and without `allow_on_headers_stop_iteration`."""
+@pytest.fixture(params=[True, False, stack.ISTIO], ids=["stop-on-headers", "body-phase", "istio"])
+def stop_on_headers(request) -> bool | str:
+    """Every enforcement test runs with and without `allow_on_headers_stop_iteration`, and in
+    the config Istio's WasmPlugin generates (filter on every route, empty vm_id, root_id set,
+    no allow_on_headers_stop_iteration)."""
     return request.param
 
 

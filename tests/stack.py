@@ -112,18 +112,31 @@ route: {cluster: registry, timeout: 0s}
 """
 
 
+# The third filter configuration the suite runs in (conftest `stop_on_headers`).
+ISTIO = "istio"
+
+
+def istio_style(wasm: dict) -> None:
+    """The Wasm filter config as Istio's WasmPlugin generates it: empty vm_id, root_id = the
+    plugin's name, no allow_on_headers_stop_iteration (the caller puts it on every route)."""
+    wasm.pop("allow_on_headers_stop_iteration", None)
+    wasm["vm_config"]["vm_id"] = ""
+    wasm["name"] = wasm["root_id"] = "istio-system.immutable-tags"
+
+
 def envoy_config(
     policy: dict | str,
     listen_port: int,
     admin_port: int,
     registry_port: int,
-    stop_on_headers: bool = True,
+    stop_on_headers: bool | str = True,
     module: Path = MODULE,
     filter_everywhere: bool = False,
     manifest_reads: bool = False,
 ) -> dict:
     """envoy/envoy.yaml with ports, module path, policy and the header-stop switch replaced.
-    `manifest_reads`: add MANIFEST_READS_ROUTE (the filter on manifest GET/HEAD, for pinning)."""
+    `manifest_reads`: add MANIFEST_READS_ROUTE (the filter on manifest GET/HEAD, for pinning).
+    `stop_on_headers` = ISTIO: the config Istio's WasmPlugin generates (see `istio_style`)."""
     cfg = yaml.safe_load(ENVOY_YAML.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = cfg["static_resources"]["listeners"][0]
@@ -132,10 +145,13 @@ def envoy_config(
     wasm = hcm["http_filters"][0]["typed_config"]["config"]
     wasm["vm_config"]["code"]["local"]["filename"] = str(module)
     wasm["configuration"]["value"] = policy if isinstance(policy, str) else json.dumps(policy)
-    if stop_on_headers:
+    if stop_on_headers is True:
         wasm["allow_on_headers_stop_iteration"] = True
     else:
         wasm.pop("allow_on_headers_stop_iteration", None)
+    if stop_on_headers == ISTIO:
+        istio_style(wasm)
+        filter_everywhere = True
     if manifest_reads:
         hcm["route_config"]["virtual_hosts"][0]["routes"].insert(0, yaml.safe_load(MANIFEST_READS_ROUTE))
     if filter_everywhere:

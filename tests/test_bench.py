@@ -25,8 +25,18 @@ def test_quick_benchmark_runs_and_counts_heads(tmp_path):
     assert res["pinning"]["pulls_per_s"] > 0 and res["pinning"]["pulls_per_s_not_pinned"] > 0
     assert {d["case"] for d in res["native"]["decision"]} == {"exclusion patterns", "repository scopes", "rules"}
     assert res["native"]["memory"]["max_entries"] > 0
+    # Istio's path: both peers built and measured in the same run as the filter, paired by round.
+    ist = res["istio"]
+    assert set(ist["configs"]) == {"bare", "floor", "sdk", "this", "reads_off"}
+    assert all(x["cpu_us"] >= 0 for x in ist["configs"].values())
+    assert ist["peer_bytes"]["floor"] < ist["peer_bytes"]["sdk-noop"]
+    assert len(ist["this_minus_floor"]["rounds"]) == res["meta"]["rounds"]
+    assert res["istio_blobs"]["mib"] > 0 and "per_cpu" in res["istio_blobs"]["upload"]
+    assert res["registry_traffic"]["per_cpu"]["median"] >= 0
+    assert res["pushes"]["new tag"]["cpu_us"] >= 0  # clock ticks: a quick run may see none
     md = (tmp_path / "results.md").read_text()
-    for heading in ["## Targets", "## 1. Ordinary traffic", "## 2. Manifest pushes", "## 3. Pull pinning", "## 4. Module"]:
+    for heading in ["## Targets", "## 1. Ordinary traffic", "## 2. Manifest pushes", "## 3. Pull pinning", "## 4. Module",
+                    "## 5. Istio's path"]:
         assert heading in md
     svg = ET.parse(tmp_path / "ratios.svg").getroot()
     assert svg.tag.endswith("svg") and len(svg.findall(".//{http://www.w3.org/2000/svg}rect")) > 5

@@ -273,3 +273,29 @@ def test_audit_mode_lets_protected_deletes_through_and_counts_them(stacks, regis
     assert head_manifest(registry.url, repo, sha256(m1)).status == 404
     d = moved(c0, counters(envoy))
     assert d["deletes_refused"] == 1 and d["audit_would_refuse"] == 1, d
+
+
+def test_a_push_abandoned_mid_body_has_its_state_swept(stacks, registry, stop_on_headers, uid):
+    """The module exports no proxy_on_done/proxy_on_delete (README "Limits"): the state of a
+    stream under judgement whose client left is dropped by the root's timer, and counted."""
+    import socket
+    import time
+
+    envoy = stacks.envoy(registry, SAMPLE_POLICY, stop_on_headers, concurrency=1)
+    repo = f"swept-{uid}"
+    c0 = counters(envoy)
+    s = socket.create_connection(("127.0.0.1", envoy.port))
+    s.sendall(f"PUT /v2/{repo}/manifests/v1.0.0 HTTP/1.1\r\nHost: x\r\n"
+              "Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1000\r\n\r\n{\"sche".encode())
+    time.sleep(0.5)  # the filter has the stream under judgement
+    s.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and moved(c0, counters(envoy)).get("streams_swept", 0) < 1:
+        time.sleep(0.25)
+    assert moved(c0, counters(envoy)).get("streams_swept", 0) >= 1, moved(c0, counters(envoy))
+    # And a complete push afterwards is neither swept nor disturbed.
+    m = make_manifest(registry.url, repo, "after")
+    c1 = counters(envoy)
+    assert put_manifest(envoy.url, repo, "v1.0.1", m).status == 201
+    time.sleep(2.5)  # past a sweep
+    assert "streams_swept" not in moved(c1, counters(envoy))

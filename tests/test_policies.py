@@ -45,7 +45,10 @@ def all_policies() -> dict[str, list[tuple[str, str]]]:
     for f in sorted(ENVOY_DIR.rglob("*.json")):
         out[str(f.relative_to(stack.ROOT))] = [("file", f.read_text())]
     for f in sorted(ENVOY_DIR.rglob("*.yaml")):
-        out[str(f.relative_to(stack.ROOT))] = [p for d in yaml.safe_load_all(f.read_text()) for p in embedded_policies(d)]
+        docs = list(yaml.safe_load_all(f.read_text()))
+        if all(isinstance(d, dict) and d.get("kind") == "EnvoyFilter" for d in docs):
+            continue  # a route patch (envoy/istio/reads-without-filter.yaml): no policy in it
+        out[str(f.relative_to(stack.ROOT))] = [p for d in docs for p in embedded_policies(d)]
     return out
 
 
@@ -93,11 +96,94 @@ def test_istio_cluster_name_is_the_service_entry_one():
     assert plugin["spec"]["url"].startswith("oci://")
 
 
-def test_envoy_gateway_cluster_name_is_the_target_route_one():
+def eg_docs():
     docs = list(yaml.safe_load_all((ENVOY_DIR / "envoy-gateway" / "immutable-tags.yaml").read_text()))
     policy = next(d for d in docs if d["kind"] == "EnvoyExtensionPolicy")
-    (target,) = policy["spec"]["targetRefs"]
-    route = next(d for d in docs if d["kind"] == "HTTPRoute" and d["metadata"]["name"] == target["name"])
+    routes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "HTTPRoute"}
+    return policy, routes
+
+
+def test_envoy_gateway_cluster_name_is_the_write_rule_one():
+    policy, routes = eg_docs()
+    targets = policy["spec"]["targetRefs"]
+    route = routes[targets[0]["name"]]
+    index = [r["name"] for r in route["spec"]["rules"]].index("writes")
     ns = route["metadata"]["namespace"]
-    assert policy["spec"]["wasm"][0]["config"]["upstream"]["cluster"] == f"httproute/{ns}/{route['metadata']['name']}/rule/0"
+    assert policy["spec"]["wasm"][0]["config"]["upstream"]["cluster"] == f"httproute/{ns}/{route['metadata']['name']}/rule/{index}"
     assert policy["spec"]["wasm"][0]["failOpen"] is False
+
+
+def gateway_api_rule(route: dict, method: str, path: str, headers: dict) -> str:
+    """The rule Gateway API's precedence picks (HTTPRoute spec, "Precedence"): among matching
+    matches, exact path over prefix, longer prefix, then a method match, then more header
+    matches, then rule order. Covers the match kinds the example uses (others: error)."""
+    best = None
+    for i, rule in enumerate(route["spec"]["rules"]):
+        for m in rule["matches"]:
+            assert set(m) <= {"path", "method", "headers"}, m
+            assert m["path"]["type"] == "PathPrefix", m
+            prefix = m["path"]["value"]
+            if not (path == prefix or path.startswith(prefix.rstrip("/") + "/")):
+                continue
+            if "method" in m and m["method"] != method:
+                continue
+            hs = m.get("headers", [])
+            for h in hs:
+                assert h["type"] == "RegularExpression" and h["value"] == ".*", h
+            if not all(h["name"].lower() in headers for h in hs):
+                continue
+            key = (len(prefix), "method" in m, len(hs), -i)
+            if best is None or key > best[0]:
+                best = (key, rule["name"])
+    assert best is not None, (method, path)
+    return best[1]
+
+
+MANIFEST = "/v2/team/app/manifests/v1.0.0"
+BLOB = "/v2/team/app/blobs/sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("method,path,headers,filtered", [
+    ("GET", MANIFEST, {}, False),
+    ("HEAD", MANIFEST, {}, False),
+    ("GET", BLOB, {}, False),
+    ("PUT", MANIFEST, {}, True),
+    # The push rewritten into the harmless request re-matches routes: still the filter's rule.
+    ("OPTIONS", MANIFEST, {}, True),
+    ("DELETE", MANIFEST, {}, True),
+    ("POST", "/v2/team/app/blobs/uploads/", {}, True),
+    ("PATCH", "/v2/team/app/blobs/uploads/abc", {}, True),
+    ("get", MANIFEST, {}, True),
+    ("GET", MANIFEST, {"x-http-method-override": "PUT"}, True),
+    ("HEAD", MANIFEST, {"x-http-method": "DELETE"}, True),
+    ("GET", MANIFEST, {"x-method-override": "PUT"}, True),
+])
+def test_envoy_gateway_only_reads_skip_the_filter(method, path, headers, filtered):
+    policy, routes = eg_docs()
+    targets = policy["spec"]["targetRefs"]
+    assert len({t["name"] for t in targets}) == 1 and all("sectionName" in t for t in targets)
+    route = routes[targets[0]["name"]]
+    rule = gateway_api_rule(route, method, path, headers)
+    assert (rule in {t["sectionName"] for t in targets}) == filtered, rule
+
+
+def test_istio_reads_patch_disables_the_plugin_on_the_read_route_only():
+    docs = list(yaml.safe_load_all((ENVOY_DIR / "istio" / "immutable-tags.yaml").read_text()))
+    plugin = next(d for d in docs if d["kind"] == "WasmPlugin")
+    vs = next(d for d in docs if d["kind"] == "VirtualService")
+    (patch_doc,) = yaml.safe_load_all((ENVOY_DIR / "istio" / "reads-without-filter.yaml").read_text())
+    (cp,) = patch_doc["spec"]["configPatches"]
+    assert cp["applyTo"] == "HTTP_ROUTE" and cp["patch"]["operation"] == "MERGE"
+    route_name = cp["match"]["routeConfiguration"]["vhost"]["route"]["name"]
+    # Istio names the plugin's filter <namespace>.<name>.
+    filter_name = f"{plugin['metadata']['namespace']}.{plugin['metadata']['name']}"
+    assert cp["patch"]["value"]["typed_per_filter_config"][filter_name]["disabled"] is True
+    http = {r["name"]: r for r in vs["spec"]["http"]}
+    reads = http[route_name]
+    assert sorted(m["method"]["exact"] for m in reads["match"]) == ["GET", "HEAD"]
+    for m in reads["match"]:
+        assert set(m["withoutHeaders"]) == {"x-http-method-override", "x-http-method", "x-method-override"}
+    # Everything else (writes, overrides, the harmless OPTIONS) takes a later route by path only.
+    later = vs["spec"]["http"][[r["name"] for r in vs["spec"]["http"]].index(route_name) + 1:]
+    assert later and all("match" not in r for r in later)
+    assert [r["route"] for r in later][0] == reads["route"]

@@ -90,7 +90,7 @@ def test_skopeo_overwrite_is_refused_and_the_tag_stays(stacks, zuul, stop_on_hea
     # shows at the next try, which the destroyed tag then lets through.
     for attempt in range(3):
         other, took = copy(b)
-        print(f"\nskopeo refused ({'stop-on-headers' if stop_on_headers else 'body-phase'}, try {attempt + 1}): "
+        print(f"\nskopeo refused ({ {True: 'stop-on-headers', False: 'body-phase'}.get(stop_on_headers, stop_on_headers) }, try {attempt + 1}): "
               f"exit {other.returncode} after {took:.1f}s\n{other.stderr}")
         refused_and_intact(other, took, zuul, repo, digest, f"skopeo (try {attempt + 1})")
 
@@ -153,7 +153,7 @@ def test_podman_overwrite_is_refused_and_the_tag_stays_through_its_retries(stack
     # podman retries a failed manifest upload on its own, a second or two apart: the tag must
     # still hold A after the last try, and podman must give up.
     other, took, _ = podman.push(b, dest)
-    print(f"\npodman refused ({'stop-on-headers' if stop_on_headers else 'body-phase'}): "
+    print(f"\npodman refused ({ {True: 'stop-on-headers', False: 'body-phase'}.get(stop_on_headers, stop_on_headers) }): "
           f"exit {other.returncode} after {took:.1f}s\n{other.stderr}")
     refused_and_intact(other, took, zuul, repo, digest, "podman")
 

@@ -308,7 +308,8 @@ impl Filter {
     }
 
     /// The registry's answer to what went upstream. For a push that is the harmless request's
-    /// answer: held, and replaced by the filter's own answer.
+    /// answer: held (`Pause`: the host stops it whole, body included), and replaced by the
+    /// filter's own answer.
     pub fn on_response_headers(&mut self, h: &dyn Host) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
         let ok = h.response_header(":status").is_some_and(|s| s.starts_with('2'));
@@ -345,11 +346,25 @@ impl Filter {
         }
     }
 
-    pub fn on_response_body(&mut self) -> Action {
-        match self.state {
-            State::Push(_) => Action::Pause,
-            _ => Action::Continue,
+    /// Nothing to remember for this request: it keeps no state past its headers.
+    pub fn idle(&self) -> bool {
+        matches!(self.state, State::Pass)
+    }
+
+    /// Still judging or writing once the answer from upstream arrived: only a push, which
+    /// holds the harmless request's answer (whole: the response body never reaches the
+    /// filter) until it relays the registry's answer to its own PUT.
+    pub fn in_flight(&self) -> bool {
+        matches!(self.state, State::Push(_) | State::Delete(_))
+    }
+
+    /// The host destroyed the stream before its answer passed (found by the root's timer).
+    /// An answered stream (a relayed push, a refusal) is not counted: its answer was sent.
+    pub fn on_swept(&mut self, h: &dyn Host) {
+        if !matches!(self.state, State::Done) {
+            self.count(h, Counter::StreamsSwept);
         }
+        self.on_done(h);
     }
 
     /// The stream ended.

@@ -119,7 +119,7 @@ fn a_new_tag_is_written_by_the_filter_with_exactly_the_judged_bytes() {
     assert!(h.replies.borrow().is_empty(), "no answer before the registry's");
     // Its answer to the harmless request is held, never passed on.
     assert_eq!(f.on_response_headers(&h), Action::Pause);
-    assert_eq!(f.on_response_body(), Action::Pause);
+    assert!(f.in_flight(), "a push holding the harmless answer keeps its state");
     respond(&mut f, &h, created(M1));
     let r = h.reply().unwrap();
     assert_eq!(r.status, 201);
@@ -966,4 +966,43 @@ fn audit_mode_overrides_and_logs_like_enforce() {
     assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
     assert_eq!(bg_lines(&h)[0]["mode"], "audit");
     assert_eq!((h.counter("break_glass_overrides"), h.counter("audit_would_refuse")), (1, 0), "an override is no refusal");
+}
+
+/// The host glue keeps state only for streams that are not `idle` at their headers, and drops it
+/// when the answer passes unless the stream is `in_flight`: ordinary requests cost no state.
+#[test]
+fn only_streams_under_judgement_keep_state_and_only_until_their_answer() {
+    let h = FakeHost::new();
+    let pinning = r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#;
+    let w = worker(&h, pinning);
+    for (method, path) in [
+        ("GET", "/v2/"),
+        ("GET", "/v2/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000"),
+        ("PATCH", "/v2/app/blobs/uploads/abc"),
+        ("GET", "/v2/app/tags/list"),
+    ] {
+        let mut f = Filter::new(Some(w.clone()));
+        h.request(method, path, &[]);
+        assert_eq!(f.on_request_headers(&h, true), Action::Continue);
+        assert!(f.idle(), "{method} {path} keeps no state");
+    }
+    // A read of an immutable tag under pinning: state until its answer, none after.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("GET", "/v2/app/manifests/v1", &[]);
+    assert_eq!(f.on_request_headers(&h, true), Action::Continue);
+    assert!(!f.idle());
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
+    assert_eq!(f.on_response_headers(&h), Action::Continue);
+    assert!(!f.in_flight());
+    // A push stays in flight past the harmless answer, until its own answer is relayed.
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v2", M1);
+    assert!(!f.idle());
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    assert_eq!(f.on_response_headers(&h), Action::Pause);
+    assert!(f.in_flight());
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    assert!(!f.in_flight());
 }

@@ -4,13 +4,34 @@
 //! example), and a panic traps the VM for every later request. Statuses are read as raw `u32`:
 //! an unknown value is an error here, not undefined behaviour.
 //!
-//! Dispatching HTTP calls stays with the SDK (`hostcalls::dispatch_http_call`), because the SDK
-//! must register the call to route its answer to our context; it returns `Err` for the statuses
-//! Envoy gives it (Ok, BadArgument, InternalFailure).
-#![allow(clashing_extern_declarations)] // the SDK declares the same imports with enum types
-
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+//! The module has no proxy-wasm SDK: the enum values below are the ABI's (proxy-wasm spec 0.2.1).
 use std::ptr::{null, null_mut};
+
+/// Header maps (`proxy_get_header_map_*`).
+#[allow(clippy::enum_variant_names)] // the ABI's names
+#[derive(Debug, Clone, Copy)]
+pub enum MapType {
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+    CallResponseHeaders = 6,
+}
+
+/// Buffers (`proxy_get_buffer_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub enum BufferType {
+    HttpRequestBody = 0,
+    HttpCallResponseBody = 4,
+    PluginConfiguration = 7,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum LogLevel {
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+const METRIC_COUNTER: u32 = 0;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -54,7 +75,6 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
-    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
@@ -72,6 +92,20 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
+    fn proxy_set_tick_period_milliseconds(period_ms: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
 }
 
 const OK: u32 = 0;
@@ -91,7 +125,7 @@ fn check(status: u32) -> Result<(), Status> {
     }
 }
 
-/// Takes ownership of a buffer the host allocated through the SDK's exported allocator.
+/// Takes ownership of a buffer the host allocated through our `proxy_on_memory_allocate`.
 ///
 /// # Safety
 /// `data`/`size` must come from a host call that just returned Ok with them.
@@ -170,15 +204,10 @@ pub fn resume_request() -> Result<(), Status> {
     check(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
 }
 
-pub fn set_tick_period(ms: u32) -> Result<(), Status> {
-    // SAFETY: no pointers.
-    check(unsafe { proxy_set_tick_period_milliseconds(ms) })
-}
-
 pub fn define_counter(name: &str) -> Result<u32, Status> {
     let mut id = 0u32;
     // SAFETY: valid name pointer/length; the host writes one u32.
-    check(unsafe { proxy_define_metric(MetricType::Counter as u32, name.as_ptr(), name.len(), &mut id) })?;
+    check(unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
 }
 
@@ -204,4 +233,29 @@ pub fn get_shared(key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
 pub fn set_shared(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
     // SAFETY: valid pointers and lengths for the duration of the call.
     check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
+}
+
+/// Sends an HTTP call to `cluster`; the host answers with `proxy_on_http_call_response` on the
+/// calling stream's context, carrying the returned token.
+pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u32) -> Result<u32, Status> {
+    let h = crate::header_map::encode(headers);
+    let t = crate::header_map::encode(&[]);
+    let (b, n) = body.map_or((null(), 0), |b| (b.as_ptr(), b.len()));
+    let mut token = 0u32;
+    // SAFETY: valid pointers and lengths for the duration of the call.
+    check(unsafe { proxy_http_call(cluster.as_ptr(), cluster.len(), h.as_ptr(), h.len(), b, n, t.as_ptr(), t.len(), timeout_ms, &mut token) })?;
+    Ok(token)
+}
+
+pub fn set_tick_period_ms(period_ms: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
+}
+
+/// Makes `context_id` the target of the following host calls. BadArgument when no such
+/// context exists any more: the host forgets a stream's context when the stream is destroyed,
+/// which is how the root's timer tells a finished stream from a live one.
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_effective_context(context_id) })
 }

@@ -1,9 +1,6 @@
 //! `filter::host::Host` on Envoy's proxy-wasm ABI, through `abi` (which never panics).
-use super::abi::{self, Status, CAS_MISMATCH};
+use super::abi::{self, BufferType, LogLevel, MapType, Status, CAS_MISMATCH};
 use crate::filter::host::{Host, Level, SharedError};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
-use std::time::Duration;
 
 pub struct WasmHost;
 
@@ -17,15 +14,15 @@ fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
 
 impl Host for WasmHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        text(abi::header(MapType::HttpRequestHeaders, name))
+        text(abi::header(MapType::RequestHeaders, name))
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
-        abi::headers(MapType::HttpRequestHeaders).unwrap_or_default()
+        abi::headers(MapType::RequestHeaders).unwrap_or_default()
     }
 
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), String> {
-        abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()).map_err(|s| format!("{s:?}"))
+        abi::replace_header(MapType::RequestHeaders, name, value.as_bytes()).map_err(|s| format!("{s:?}"))
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -33,7 +30,7 @@ impl Host for WasmHost {
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
-        text(abi::header(MapType::HttpResponseHeaders, name))
+        text(abi::header(MapType::ResponseHeaders, name))
     }
 
     fn property(&self, path: &[&str]) -> Option<String> {
@@ -41,17 +38,19 @@ impl Host for WasmHost {
     }
 
     fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {
-        // The SDK's call, not ours: it registers the token so the answer reaches this context.
-        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], Duration::from_millis(timeout_ms))
-            .map_err(|s| format!("{s:?}"))
+        let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+        let token = abi::http_call(cluster, headers, body, timeout).map_err(|s| format!("{s:?}"))?;
+        // The answer is routed to the stream that is calling now.
+        super::exports::register_call(token);
+        Ok(token)
     }
 
     fn call_response_header(&self, name: &str) -> Option<String> {
-        text(abi::header(MapType::HttpCallResponseHeaders, name))
+        text(abi::header(MapType::CallResponseHeaders, name))
     }
 
     fn call_response_headers(&self) -> Vec<(String, String)> {
-        abi::headers(MapType::HttpCallResponseHeaders).unwrap_or_default()
+        abi::headers(MapType::CallResponseHeaders).unwrap_or_default()
     }
 
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {

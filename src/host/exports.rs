@@ -1,0 +1,237 @@
+//! The module's entry points: only the proxy-wasm callbacks the filter needs.
+//!
+//! The host (proxy-wasm-cpp-host) skips a callback the module does not export, and every
+//! exported per-stream callback is one more VM entry for every request. So there is no
+//! `proxy_on_context_create`, `proxy_on_done`, `proxy_on_delete`, `proxy_on_log`, no response
+//! body or trailers callback: an ordinary request (blob GET or upload chunk aside) costs
+//! `proxy_on_request_headers` and `proxy_on_response_headers`, and keeps no state.
+//!
+//! Streams under judgement (a push, a delete, a pinned read) get an entry in `STREAMS` at their
+//! headers; it leaves when the registry's answer passes the filter. The host never tells us a
+//! stream died (that is `proxy_on_done`/`proxy_on_delete`), so the root's timer sweeps: the host
+//! refuses `proxy_set_effective_context` for a context it destroyed.
+//!
+//! `tests/test_exports.py` pins this export set.
+use super::abi;
+use super::root::{self, Root};
+use super::wasm::WasmHost;
+use crate::filter::host::{Host, Level};
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// The root's timer period: how long a finished stream's state may outlive it.
+const SWEEP_PERIOD_MS: u32 = 2_000;
+
+// The ABI's header and data statuses.
+const CONTINUE: u32 = 0;
+/// Headers: StopIteration (Envoy turns it into StopAllIterationAndWatermark without
+/// `allow_on_headers_stop_iteration`); body: StopIterationAndBuffer; trailers: StopIteration.
+const PAUSE: u32 = 1;
+/// Headers: StopAllIterationAndWatermark whatever the filter config says, so the body of a held
+/// response never reaches a body callback (the module exports none).
+const STOP_ALL: u32 = 4;
+
+thread_local! {
+    static ROOTS: RefCell<Vec<Root>> = const { RefCell::new(Vec::new()) };
+    static STREAMS: RefCell<BTreeMap<u32, Filter>> = const { RefCell::new(BTreeMap::new()) };
+    /// Dispatched call token -> the stream that made it.
+    static CALLS: RefCell<BTreeMap<u32, u32>> = const { RefCell::new(BTreeMap::new()) };
+    /// The stream whose callback runs now (0: a root callback).
+    static CURRENT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Records that `token`'s answer belongs to the current stream.
+pub fn register_call(token: u32) {
+    let stream = CURRENT.with(Cell::get);
+    CALLS.with(|c| c.borrow_mut().insert(token, stream));
+}
+
+fn code(a: Action) -> u32 {
+    match a {
+        Action::Continue => CONTINUE,
+        Action::Pause => PAUSE,
+    }
+}
+
+/// Runs `f` on the stream's state, if it has any; the state is out of the table meanwhile, so
+/// nothing the host does during the callback can find it borrowed. `keep` decides whether it
+/// goes back.
+fn with_stream(id: u32, f: impl FnOnce(&mut Filter) -> u32, keep: impl FnOnce(&Filter) -> bool) -> u32 {
+    let Some(mut filter) = STREAMS.with(|s| s.borrow_mut().remove(&id)) else { return CONTINUE };
+    CURRENT.with(|c| c.set(id));
+    let status = f(&mut filter);
+    CURRENT.with(|c| c.set(0));
+    if keep(&filter) {
+        STREAMS.with(|s| s.borrow_mut().insert(id, filter));
+    }
+    status
+}
+
+/// The configuration a new stream runs with. One root is the usual case and costs nothing;
+/// with several (plugins sharing a VM, or an update draining the old one), the host's
+/// `plugin_name` names the stream's plugin, and the newest root of that name wins. No match:
+/// no configuration, so writes are refused (fail closed).
+fn worker_for_stream() -> Option<std::rc::Rc<crate::filter::worker::Worker>> {
+    ROOTS.with(|r| {
+        let roots = r.borrow();
+        match roots.as_slice() {
+            [only] => only.worker.clone(),
+            _ => {
+                let name = abi::property(&["plugin_name"]).ok().flatten().and_then(|b| String::from_utf8(b).ok());
+                roots.iter().rev().find(|root| root.name.is_some() && root.name == name).and_then(|root| root.worker.clone())
+            }
+        }
+    })
+}
+
+/// Declares the ABI version the host speaks to us in.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// The host's allocator for buffers it hands us: `abi::owned` frees them as a `Vec<u8>` of
+/// exactly `size` bytes, so the allocation is a boxed slice of exactly that size.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    Box::into_raw(vec![0u8; size].into_boxed_slice()).cast::<u8>()
+}
+
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// The reactor's initializer: the host calls it once after instantiating the module.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    // SAFETY: runs the module's static constructors once, as the host calls this once.
+    #[cfg(target_os = "wasi")]
+    unsafe {
+        __wasm_call_ctors();
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_id: u32, _size: usize) -> u32 {
+    let worker = root::configure();
+    let ok = worker.is_some();
+    let name = abi::property(&["plugin_name"]).ok().flatten().and_then(|b| String::from_utf8(b).ok());
+    ROOTS.with(|r| {
+        let mut roots = r.borrow_mut();
+        // A root reconfigured in place replaces its worker: keep its place (its age).
+        match roots.iter_mut().find(|root| root.id == root_id) {
+            Some(root) => {
+                root.worker = worker;
+                root.name = name;
+            }
+            None => roots.push(Root { id: root_id, name, worker }),
+        }
+    });
+    if let Some(w) = worker_of(root_id) {
+        // The root's timer sweeps dead streams; with claims.etcd it also keeps the worker's
+        // lease alive and sends commits and releases, so it runs more often.
+        let period = if w.config.claims.etcd.is_some() { crate::filter::claims::etcd::TICK_MS as u32 } else { SWEEP_PERIOD_MS };
+        if let Err(s) = abi::set_tick_period_ms(period) {
+            WasmHost.log(Level::Error, &format!("immutable-tags: cannot set the tick period ({s:?})"));
+            return 0;
+        }
+        // Break-glass: does the registry demand authentication?
+        crate::filter::break_glass::probe(&WasmHost, &w);
+    }
+    u32::from(ok)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, end_of_stream: u32) -> u32 {
+    let mut filter = Filter::new(worker_for_stream());
+    CURRENT.with(|c| c.set(id));
+    let action = filter.on_request_headers(&WasmHost, end_of_stream != 0);
+    CURRENT.with(|c| c.set(0));
+    // Most requests leave here with nothing to remember.
+    if !filter.idle() {
+        STREAMS.with(|s| s.borrow_mut().insert(id, filter));
+    }
+    code(action)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(id: u32, size: usize, end_of_stream: u32) -> u32 {
+    with_stream(id, |f| code(f.on_request_body(&WasmHost, size, end_of_stream != 0)), |_| true)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(id: u32, _trailers: usize) -> u32 {
+    with_stream(id, |f| code(f.on_request_trailers(&WasmHost)), |_| true)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(id: u32, _headers: usize, _end_of_stream: u32) -> u32 {
+    with_stream(
+        id,
+        |f| match f.on_response_headers(&WasmHost) {
+            Action::Continue => CONTINUE,
+            Action::Pause => STOP_ALL,
+        },
+        // The answer passed: only a push still holding the harmless request's answer stays.
+        Filter::in_flight,
+    )
+}
+
+/// The worker of a root context, if it has a valid configuration.
+fn worker_of(root_id: u32) -> Option<Rc<Worker>> {
+    ROOTS.with(|r| r.borrow().iter().find(|root| root.id == root_id).and_then(|root| root.worker.clone()))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    let stream = CALLS.with(|c| c.borrow_mut().remove(&token)).unwrap_or(id);
+    // A call the root sent: the break-glass probe, or etcd claims' lease, commits, releases.
+    if let Some(w) = (stream == 0).then(|| worker_of(id)).flatten() {
+        if !crate::filter::break_glass::learn(&WasmHost, &w, token) {
+            crate::filter::claims::etcd::on_root_response(&WasmHost, &w, token, body_size);
+        }
+        return;
+    }
+    // Host calls from here act on the stream that made the call.
+    if abi::set_effective_context(stream).is_err() {
+        return;
+    }
+    with_stream(
+        stream,
+        |f| {
+            f.on_call_response(&WasmHost, token, body_size);
+            CONTINUE
+        },
+        |_| true,
+    );
+}
+
+/// The root's timer: drops the state of streams, and the roots, the host has destroyed.
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_id: u32) {
+    if let Some(w) = worker_of(root_id) {
+        crate::filter::claims::etcd::tick(&WasmHost, &w);
+        crate::filter::break_glass::probe(&WasmHost, &w);
+    }
+    let ids: Vec<u32> = STREAMS.with(|s| s.borrow().keys().copied().collect());
+    let mut gone = Vec::new();
+    for id in ids {
+        if abi::set_effective_context(id).is_err() {
+            gone.push(id);
+        }
+    }
+    // Roots of replaced configurations go too, so that one root is again the common case.
+    ROOTS.with(|r| r.borrow_mut().retain(|root| root.id == root_id || abi::set_effective_context(root.id).is_ok()));
+    let _ = abi::set_effective_context(root_id);
+    if gone.is_empty() {
+        return;
+    }
+    for id in &gone {
+        if let Some(mut f) = STREAMS.with(|s| s.borrow_mut().remove(id)) {
+            f.on_swept(&WasmHost);
+        }
+    }
+    CALLS.with(|c| c.borrow_mut().retain(|_, stream| !gone.contains(stream)));
+}
