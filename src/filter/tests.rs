@@ -341,6 +341,22 @@ fn concurrent_pushes_of_different_manifests_to_a_new_tag_have_one_winner() {
     }
 }
 
+/// Every claim record in the fake process's shared data, decoded.
+fn records(h: &FakeHost) -> Vec<crate::claims::Record> {
+    h.process.shared.borrow().values().flat_map(|(v, _)| crate::claims::Slot::decode(v).records).collect()
+}
+
+#[test]
+fn a_stored_push_turns_its_claim_into_a_committed_record() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let r = records(&h);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].kind, r[0].holders, r[0].digest.as_str()), (crate::claims::Kind::Committed, 0, sha(M1).as_str()));
+    assert_eq!((r[0].repository.as_str(), r[0].tag.as_str()), ("app", "v1"));
+}
+
 #[test]
 fn a_failed_write_releases_the_claim_and_is_relayed() {
     let h = FakeHost::new();
