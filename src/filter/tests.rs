@@ -453,3 +453,35 @@ fn a_delete_by_digest_makes_the_map_forget_its_tags() {
     assert_eq!(put_headers(&mut f, &h, "v1", M2), Action::Pause);
     assert_eq!(h.calls_with("HEAD").len(), heads + 1);
 }
+
+#[test]
+fn a_tags_list_page_over_the_bound_refuses_the_delete() {
+    use super::delete::MAX_PAGE_BYTES;
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let page = |size: usize| {
+        let mut b = br#"{"name":"app","tags":[]"#.to_vec();
+        b.resize(size - 1, b' ');
+        b.push(b'}');
+        b
+    };
+    // Exactly the bound: read, and the delete goes on (no tag holds the digest).
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    let resumes = h.resumes.get();
+    respond(&mut f, &h, answer(200, &[("content-type", "application/json")], &page(MAX_PAGE_BYTES)));
+    assert_eq!(h.resumes.get(), resumes + 1);
+    assert!(h.reply().is_none());
+    // One byte more: the filter cannot judge, so it refuses (503), never lets the delete through.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    respond(&mut f, &h, answer(200, &[("content-type", "application/json")], &page(MAX_PAGE_BYTES + 1)));
+    assert_eq!(h.resumes.get(), 0);
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
+}
