@@ -485,3 +485,49 @@ fn a_tags_list_page_over_the_bound_refuses_the_delete() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
 }
+
+const LIMIT_1K: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#;
+
+#[test]
+fn a_manifest_of_exactly_the_limit_is_judged_and_written() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    // Announced by its Content-Length.
+    assert_eq!(push(&h, &w, "v1", &[b' '; 1024], None).status, 201);
+    // Chunked, in two parts.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v2", &[CT, ("transfer-encoding", "chunked")]);
+    f.on_request_headers(&h, false);
+    respond(&mut f, &h, head_answer(None));
+    h.body.borrow_mut().clear();
+    send_body(&mut f, &h, &[&[b' '; 512], &[b' '; 512]]);
+    let puts = h.calls_with("PUT");
+    assert_eq!(puts.last().and_then(|c| c.body.as_ref()).map(Vec::len), Some(1024));
+}
+
+#[test]
+fn a_body_jumping_past_the_limit_is_refused_before_it_ends() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v1", &[CT, ("transfer-encoding", "chunked")]);
+    f.on_request_headers(&h, false);
+    respond(&mut f, &h, head_answer(None));
+    send_part(&mut f, &h, &[b' '; 1000]);
+    assert!(h.reply().is_none());
+    send_part(&mut f, &h, &[b' '; 1000]); // 2000 bytes, more to come: refused now, not at the end
+    let r = h.reply().expect("refused while the body still grows");
+    let e = &r.json()["errors"][0];
+    assert_eq!((r.status, e["code"].as_str(), e["detail"]["tag"].as_str()), (413, Some("SIZE_INVALID"), Some("v1")));
+    assert!(h.calls_with("PUT").is_empty());
+}
+
+#[test]
+fn an_announced_oversized_manifest_names_the_tag() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v7", &[b' '; 1025]);
+    let r = h.reply().unwrap();
+    assert_eq!(r.json()["errors"][0]["detail"], serde_json::json!({"repository": "app", "tag": "v7", "limit": 1024}));
+}
