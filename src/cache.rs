@@ -106,7 +106,9 @@ mod tests {
     #[test]
     fn fresh_entries_are_served_and_stale_ones_dropped() {
         let mut c = TagCache::new(10, 60);
+        assert!(c.is_empty());
         c.put("app", "v1", d("a"), 1_000);
+        assert!(!c.is_empty());
         assert_eq!(c.get("app", "v1", 60_999), Some(d("a")));
         assert_eq!(c.get_since("app", "v1", 60_999), Some((d("a"), 1_000)));
         assert_eq!(c.get("app", "v1", 61_000), None);

@@ -375,6 +375,38 @@ mod tests {
     }
 
     #[test]
+    fn records_with_a_missing_or_extra_field_are_dropped() {
+        let good = "c 100 1 sha256:dddd app v1";
+        let bad = [
+            "c 100 1  app v1",                // no digest
+            "c 100 1 sha256:dddd  v1",        // no repository
+            "c 100 1 sha256:dddd app ",       // no tag
+            "c 100 1 sha256:dddd app v1 x",   // one field too many
+            "x 100 1 sha256:dddd app v1",     // unknown kind
+        ];
+        assert_eq!(Slot::decode(format!("{HEADER}{good}\n").as_bytes()).records.len(), 1);
+        for line in bad {
+            assert_eq!(Slot::decode(format!("{HEADER}{line}\n").as_bytes()).records, vec![], "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_slot_over_the_bound_never_grows() {
+        // Shared data outlives a VM reload: a slot may come from another build of the module.
+        let records = (0..=MAX_RECORDS as u64)
+            .map(|i| Record { kind: Kind::Committed, expires_ms: 100 + i, holders: 0, digest: D.into(), repository: "app".into(), tag: format!("t{i}") })
+            .collect();
+        let s = Slot { records }.encode();
+        match claim(&s, "app", "new", D, 1, TTL) {
+            Claim::Write(w) => assert!(Slot::decode(&w).records.len() <= MAX_RECORDS),
+            other => assert_eq!(other, Claim::Full),
+        }
+        if let Some(w) = commit(&s, "app", "new", D, 1, TTL) {
+            assert!(Slot::decode(&w).records.len() <= MAX_RECORDS);
+        }
+    }
+
+    #[test]
     fn a_full_slot_evicts_the_oldest_commit_first() {
         let mut s = empty_slot();
         for i in 0..MAX_RECORDS as u64 {

@@ -1,7 +1,8 @@
 //! Property tests over the pure core, with random and adversarial input: nothing panics, and
 //! the invariants the filter's promise rests on hold. `cargo fuzz` needs a nightly toolchain;
 //! proptest runs on stable, in `cargo test`, in CI. `PROPTEST_CASES=N` runs every property N
-//! times instead of the counts below (e.g. for a long run before a release).
+//! times instead of the counts below (e.g. for a long run before a release); N must be a positive
+//! number: `0` (or garbage) would run no case and pass, so it fails every property instead.
 //!
 //! Native only: proptest is not a wasm32 dev-dependency.
 
@@ -14,8 +15,14 @@ use crate::request::{classify, is_valid_name, is_valid_tag, may_name_manifests, 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+pub(crate) fn cases(default: u32) -> ProptestConfig {
+    let n = match std::env::var("PROPTEST_CASES") {
+        Err(_) => default,
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("PROPTEST_CASES={v:?}: set a positive number of cases, or unset it (0 runs nothing)"),
+        },
+    };
     ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
 }
 

@@ -302,7 +302,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #![proptest_config(crate::fuzz::cases(4000))]
             #[test]
             fn same_regex_or_both_refuse(glob in r"[az/*?\[\]!^{},\\.é-]{0,12}") {
                 prop_assert_eq!(to_regex(&glob).map_err(|_| ()), globset(&glob), "{}", glob);

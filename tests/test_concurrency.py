@@ -82,16 +82,19 @@ def test_same_digest_pushed_concurrently_never_conflicts(stacks, registry, stop_
         t.start()
     for t in threads:
         t.join(60)
+    # The invariant: no push of the one digest is refused as a conflict; every 201 wrote that
+    # digest; the registry holds it. distribution 2.8 itself answers HEAD with 500 while the same
+    # tag is being written; the filter then refuses (503), the safe side, and says exactly why.
     statuses = [r.status for r in results]
-    assert 409 not in statuses and 201 in statuses, statuses
+    assert statuses.count(201) >= len(results) // 2, statuses
     for r in results:
-        if r.status == 503 and r.headers.get("content-type") == "application/json":
-            # distribution 2.8 itself answers HEAD with 500 while the same tag is being written;
-            # the filter then refuses (503), the safe side, and says why.
-            assert "status 500" in r.json()["errors"][0]["message"], r
-        else:
-            # 201, or the registry's own 5xx for a write it lost a race with itself on
-            assert r.status == 201 or r.status >= 500, r
+        if r.status == 201:
+            assert r.digest == sha256(m), r
+            continue
+        assert r.status == 503 and r.headers.get("content-type") == "application/json", statuses
+        err = r.json()["errors"][0]
+        assert err["code"] == "UNAVAILABLE", err
+        assert err["detail"] == {"reason": "the registry answered HEAD with status 500", "repository": repo, "tag": "v1"}, err
     assert current_digest(registry.url, repo, "v1") == sha256(m)
     assert put_manifest(envoy.url, repo, "v1", m).status == 201, "identical re-push (a CI retry) succeeds"
 

@@ -386,3 +386,42 @@ def test_race_of_two_to_a_new_tag(front, upstream, repo):
 
 def test_race_of_sixteen_to_a_new_tag(front, upstream, repo):
     race(front, upstream, repo, 16)
+
+
+# --- the size limit, against an upstream with no cap of its own ------------------------------
+
+SMALL_LIMIT = 64 * 1024
+
+
+@pytest.mark.parametrize("limit", [None, SMALL_LIMIT], ids=["default-4MiB", "64KiB"])
+@FRAMINGS
+def test_oversized_push_is_refused_and_never_reaches_the_registry(stacks, upstream, stop_on_headers, repo,
+                                                                  chunked, limit):
+    """A manifest one byte over `max_manifest_bytes` gets the filter's own 413 SIZE_INVALID (not
+    Envoy's plain 413), and not a byte of it reaches the upstream, which would store it (it has
+    no size cap, unlike distribution). Exactly `max_manifest_bytes` passes whole."""
+    policy = SAMPLE_POLICY if limit is None else dict(SAMPLE_POLICY, max_manifest_bytes=limit)
+    front = stacks.envoy(upstream, policy, stop_on_headers)
+    max_bytes = limit or 4 * 1024 * 1024
+    held = manifest(f"{repo}-held")
+    upstream.seed(repo, "v1.0.0", held)
+
+    def padded(label: str, size: int) -> bytes:
+        m = manifest(label)
+        return m[:-1] + b" " * (size - len(m)) + m[-1:]  # still JSON, exactly `size` bytes
+
+    for tag, seeded in [("v2.0.0", None), ("v1.0.0", held)]:  # a new tag, and an overwrite
+        big = padded(f"{repo}-{tag}-big", max_bytes + 1)
+        parts = [(0, big[:len(big) // 2]), (0.05, big[len(big) // 2:])]  # the body in two parts
+        reply = push(front.port, repo, tag, parts, chunked=chunked)
+        upstream.wait_idle()
+        assert reply.status == 413, f"{reply}; {upstream_view(upstream, repo, tag)}"
+        err = reply.json()["errors"][0]
+        assert err["code"] == "SIZE_INVALID" and err["detail"]["tag"] == tag, err
+        assert f"({max_bytes} bytes)" in err["message"], err
+        assert upstream.puts(repo, tag) == [], f"an oversized write reached the upstream: {describe(upstream.puts(repo, tag))}"
+        assert upstream.stored_digest(repo, tag) == (seeded and sha256(seeded)), upstream_view(upstream, repo, tag)
+
+    exact = padded(f"{repo}-exact", max_bytes)
+    reply = push(front.port, repo, "v3.0.0", [(0, exact)], chunked=chunked)
+    assert_allowed(reply, upstream, repo, "v3.0.0", exact, puts_before=0)

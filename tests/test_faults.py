@@ -166,3 +166,29 @@ def test_on_upstream_error_allow_gives_up_the_check(stacks, registry, faulty, st
     assert current_digest(registry.url, repo, "v1") == sha256(m2), "the overwrite went through"
     r = put_manifest(envoy.url, repo, "v1", m1)
     assert r.status == 409, "with a healthy registry it judges as usual"
+
+
+def test_unknown_cluster_refuses_every_protected_write(stacks, registry, stop_on_headers, uid):
+    """`upstream.cluster` naming a cluster Envoy does not have (a typo, Istio's cluster name got
+    wrong): the filter cannot send its HEAD nor its write, so every protected push and every
+    delete by digest is refused with 503 and says why; nothing reaches the registry. Mutable
+    tags, which need no call, still pass."""
+    policy = dict(SAMPLE_POLICY, upstream={"cluster": "no-such-cluster", "timeout_ms": 2000})
+    envoy = stacks.envoy(registry, policy, stop_on_headers)
+    repo = f"app-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    assert put_manifest(registry.url, repo, "v1", m1).status == 201
+
+    for tag, m in [("v2", m1), ("v1", m2), ("v1", m1)]:  # a new tag, an overwrite, a re-push
+        err = assert_refused_503(put_manifest(envoy.url, repo, tag, m), repo, tag)
+        assert "cannot dispatch HEAD to cluster 'no-such-cluster'" in err["message"], err
+    assert current_digest(registry.url, repo, "v2") is None, "a refused new tag reached the registry"
+    assert current_digest(registry.url, repo, "v1") == sha256(m1)
+
+    r = request(envoy.url, "DELETE", f"/v2/{repo}/manifests/{sha256(m1)}")
+    assert r.status == 503 and r.json()["errors"][0]["code"] == "UNAVAILABLE", r
+    assert current_digest(registry.url, repo, "v1") == sha256(m1), "the manifest is untouched"
+
+    assert put_manifest(envoy.url, repo, "latest", m2).status == 201, "a mutable tag needs no call"
+    assert current_digest(registry.url, repo, "latest") == sha256(m2)

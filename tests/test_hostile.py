@@ -3,6 +3,7 @@ sockets, or curl for h2c) through the real Envoy; afterwards the immutable tag's
 from the registry itself, and the filter must still serve normally."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -102,41 +103,64 @@ def enc(s: str, chars: str, lower: bool = False) -> str:
     return "".join((f"%{ord(c):02x}" if lower else f"%{ord(c):02X}") if c in chars else c for c in s)
 
 
-def path_variants(repo: str, tag: str) -> list[str]:
-    """`repo` contains one '/' (team/app-...)."""
+# What each refusal must be: the filter's judgement (409 with the policy's code), the filter's
+# "cannot read this with certainty" (400 NAME_INVALID / MANIFEST_INVALID), or Envoy's own codec
+# refusing the request line (400 without an OCI body: the request reached neither the filter nor
+# the registry). A closed connection (status 0) is none of these.
+JUDGED = (409, "TAG_IMMUTABLE")
+BAD_NAME = (400, "NAME_INVALID")
+BAD_REF = (400, "MANIFEST_INVALID")
+ENVOY_400 = (400, None)
+
+
+def path_variants(repo: str, tag: str) -> list[tuple[str, tuple[int, str | None]]]:
+    """`repo` contains one '/' (team/app-...). Each path with the refusal it must get."""
     team, app = repo.split("/")
     return [
-        f"/v2/{repo}/manifests/{enc(tag, tag)}",                # every tag char encoded
-        f"/v2/{repo}/manifests/{enc(tag, '.-', lower=True)}",   # encoded '.' and '-', lower-case
-        f"/v2/{repo}/manifests/{enc(tag, '.-')}",
-        f"/v2/{enc(repo, 'aepmt-')}/manifests/{tag}",           # encoded name characters
-        f"/v2/{team}%2F{app}/manifests/{tag}",                  # %2F in the name
-        f"/v2/{team}%2f{app}/manifests/{tag}",
-        f"/v2/{repo}/%6Danifests/{tag}",                        # encoded route word
-        f"/v2/{repo}%2Fmanifests%2F{tag}",                      # encoded route slashes
-        f"/v2//{repo}/manifests/{tag}",                         # double slashes
-        f"/v2/{team}//{app}/manifests/{tag}",
-        f"/v2/{repo}/manifests//{tag}",
-        f"//v2/{repo}/manifests/{tag}",                         # leading slash
-        f"/v2/{repo}/./manifests/{tag}",                        # dot segments, plain and encoded
-        f"/v2/{team}/x/../{app}/manifests/{tag}",
-        f"/v2/{repo}/%2E/manifests/{tag}",
-        f"/v2/{team}/x/%2e%2e/{app}/manifests/{tag}",
-        f"/v2/{team}/x%2F..%2F{app}/manifests/{tag}",
-        f"/v2/{repo}/manifests/./{tag}",
-        f"/v2/{repo}/manifests/{tag}/",                         # trailing slash
-        f"/v2/{repo}/manifests/{tag}%2F",
-        f"/v2/{repo}/manifests/{tag};x=y",                      # ';' parameters
-        f"/v2/{repo};x=y/manifests/{tag}",
-        f"/v2/{repo}/manifests;x=y/{tag}",
-        f"/v2/{repo}/manifests/{tag}%3Bx=y",
-        f"/v2/{repo}/manifests/{tag}?x=y",                      # query strings
-        f"/v2/{repo}/manifests/{tag}?",
-        f"/v2/{repo}/manifests/{tag}#frag",
-        f"/v2/{repo}/manifests/{tag}%3Fx=y",
-        f"/v2/{repo}/manifests/{tag}%00",
-        f"/V2/{repo}/MANIFESTS/{tag}",                          # case games on the route words
+        (f"/v2/{repo}/manifests/{enc(tag, tag)}", JUDGED),                # every tag char encoded
+        (f"/v2/{repo}/manifests/{enc(tag, '.-', lower=True)}", JUDGED),   # encoded '.' and '-', lower-case
+        (f"/v2/{repo}/manifests/{enc(tag, '.-')}", JUDGED),
+        (f"/v2/{enc(repo, 'aepmt-')}/manifests/{tag}", JUDGED),           # encoded name characters
+        (f"/v2/{team}%2F{app}/manifests/{tag}", JUDGED),                  # %2F in the name
+        (f"/v2/{team}%2f{app}/manifests/{tag}", JUDGED),
+        (f"/v2/{repo}/%6Danifests/{tag}", JUDGED),                        # encoded route word
+        (f"/v2/{repo}%2Fmanifests%2F{tag}", JUDGED),                      # encoded route slashes
+        (f"/v2//{repo}/manifests/{tag}", BAD_NAME),                       # double slashes
+        (f"/v2/{team}//{app}/manifests/{tag}", BAD_NAME),
+        (f"/v2/{repo}/manifests//{tag}", BAD_REF),
+        (f"//v2/{repo}/manifests/{tag}", BAD_NAME),                       # leading slash
+        (f"/v2/{repo}/./manifests/{tag}", BAD_NAME),                      # dot segments, plain and encoded
+        (f"/v2/{team}/x/../{app}/manifests/{tag}", BAD_NAME),
+        (f"/v2/{repo}/%2E/manifests/{tag}", BAD_NAME),
+        (f"/v2/{team}/x/%2e%2e/{app}/manifests/{tag}", BAD_NAME),
+        (f"/v2/{team}/x%2F..%2F{app}/manifests/{tag}", BAD_NAME),
+        (f"/v2/{repo}/manifests/./{tag}", BAD_REF),
+        (f"/v2/{repo}/manifests/{tag}/", BAD_REF),                        # trailing slash
+        (f"/v2/{repo}/manifests/{tag}%2F", BAD_REF),
+        (f"/v2/{repo}/manifests/{tag};x=y", BAD_REF),                     # ';' parameters
+        (f"/v2/{repo};x=y/manifests/{tag}", BAD_NAME),
+        (f"/v2/{repo}/manifests;x=y/{tag}", BAD_NAME),
+        (f"/v2/{repo}/manifests/{tag}%3Bx=y", BAD_REF),
+        (f"/v2/{repo}/manifests/{tag}?x=y", JUDGED),                      # query strings
+        (f"/v2/{repo}/manifests/{tag}?", JUDGED),
+        (f"/v2/{repo}/manifests/{tag}#frag", ENVOY_400),                  # Envoy refuses a fragment
+        (f"/v2/{repo}/manifests/{tag}%3Fx=y", BAD_REF),
+        (f"/v2/{repo}/manifests/{tag}%00", BAD_REF),
+        (f"/V2/{repo}/MANIFESTS/{tag}", JUDGED),                          # case games on the route words
     ]
+
+
+def oci_code(resp: bytes) -> str | None:
+    """The OCI error code of a raw response, None when its body is not an OCI error."""
+    body = resp.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in resp else b""
+    try:
+        return json.loads(body)["errors"][0]["code"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def assert_refusal(status: int, resp: bytes, expected: tuple[int, str | None], what) -> None:
+    assert (status, oci_code(resp)) == expected, (what, resp[:400])
 
 
 @pytest.fixture
@@ -150,39 +174,36 @@ def protected(stacks, registry, stop_on_headers, uid):
     yield envoy, repo, m1, m2
     # Whatever was tried: the tag is unchanged in the registry, and the filter still serves.
     assert current_digest(registry.url, repo, TAG) == sha256(m1), "the immutable tag changed"
-    assert put_manifest(envoy.url, repo, TAG, m2).status == 409
+    r = put_manifest(envoy.url, repo, TAG, m2)
+    assert r.status == 409 and r.json()["errors"][0]["code"] == "TAG_IMMUTABLE", r
     assert put_manifest(envoy.url, repo, TAG, m1).status == 201
     assert current_digest(registry.url, repo, TAG) == sha256(m1)
 
 
-def refused(status: int) -> bool:
-    return not 200 <= status < 300
-
-
 def test_path_variants(protected, registry):
+    """The ones distribution would read as the tag are judged (409), the ones the filter cannot
+    read with certainty are refused as such (400 with the OCI code), never merely bounced."""
     envoy, repo, m1, m2 = protected
-    outcomes = {}
-    for path in path_variants(repo, TAG):
+    for path, expected in path_variants(repo, TAG):
         status, resp = raw(envoy.port, put_head(path, len(m2)), m2)
-        outcomes[path] = status
-        assert refused(status), (path, resp[:400])
+        assert_refusal(status, resp, expected, path)
+        if expected == JUDGED:
+            detail = json.loads(resp.split(b"\r\n\r\n", 1)[1])["errors"][0]["detail"]
+            assert (detail["repository"], detail["tag"]) == (repo, TAG), (path, detail)
+            assert (detail["current_digest"], detail["pushed_digest"]) == (sha256(m1), sha256(m2)), (path, detail)
         assert current_digest(registry.url, repo, TAG) == sha256(m1), path
-    # The ones distribution would read as the tag are judged (409), not merely bounced.
-    for path in path_variants(repo, TAG)[:8]:
-        assert outcomes[path] == 409, (path, outcomes[path])
 
 
 def test_method_case_and_override(protected, registry):
     envoy, repo, m1, m2 = protected
     path = f"/v2/{repo}/manifests/{TAG}"
-    for method in ["put", "Put", "pUT"]:
+    for method in ["put", "Put", "pUT"]:  # Envoy's HTTP/1 codec refuses them itself
         status, resp = raw(envoy.port, put_head(path, len(m2), method=method), m2)
-        assert refused(status), (method, resp[:300])
+        assert_refusal(status, resp, ENVOY_400, method)
     for method in ["POST", "GET", "PATCH"]:
         for header in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"]:
             status, resp = raw(envoy.port, put_head(path, len(m2), method=method, extra=[f"{header}: PUT"]), m2)
-            assert status == 400, (method, header, resp[:300])
-            assert b"UNSUPPORTED" in resp, resp[:300]
+            assert_refusal(status, resp, (400, "UNSUPPORTED"), (method, header))
 
 
 def test_body_framing(protected, registry):
@@ -190,23 +211,23 @@ def test_body_framing(protected, registry):
     path = f"/v2/{repo}/manifests/{TAG}"
     # chunked
     status, resp = raw(envoy.port, put_head(path, None, extra=["Transfer-Encoding: chunked"]), chunked(m2))
-    assert status == 409, resp[:300]
+    assert_refusal(status, resp, JUDGED, resp[:300])
     # Expect: 100-continue
     status, resp = raw(envoy.port, put_head(path, len(m2), extra=["Expect: 100-continue"]), m2, expect_continue=True)
-    assert status == 409, resp[:300]
+    assert_refusal(status, resp, JUDGED, resp[:300])
     # empty body, with and without Content-Length
     status, resp = raw(envoy.port, put_head(path, 0), b"")
-    assert status == 409, resp[:300]
+    assert_refusal(status, resp, JUDGED, resp[:300])
     status, resp = raw(envoy.port, put_head(path, None, extra=["Transfer-Encoding: chunked"]), b"0\r\n\r\n")
-    assert status == 409, resp[:300]
+    assert_refusal(status, resp, JUDGED, resp[:300])
     # above max_manifest_bytes (4 MiB; the route buffers 5 MiB): the filter's own 413, whether
     # the length is announced (refused at the headers) or not (refused while buffering)
     big = m2 + b" " * (5 * 1024 * 1024)
     status, resp = raw(envoy.port, put_head(path, len(big)), big, timeout=30)
-    assert status == 413 and b'"SIZE_INVALID"' in resp, resp[:300]
+    assert_refusal(status, resp, (413, "SIZE_INVALID"), "oversized")
     status, resp = raw(envoy.port, put_head(path, None, extra=["Transfer-Encoding: chunked"]),
                        chunked(big, 256 * 1024), timeout=30)
-    assert status == 413 and b'"SIZE_INVALID"' in resp, resp[:300]
+    assert_refusal(status, resp, (413, "SIZE_INVALID"), "oversized")
 
 
 def test_h2c_prior_knowledge(protected, registry, tmp_path):
@@ -255,13 +276,11 @@ def test_allow_list_policy_cannot_be_dodged(stacks, registry, stop_on_headers, u
         f"/v2/{repo}/manifests/{tag}/",
         f"/v2/{repo}/manifests/{tag};x",
     ]
-    for path in variants:
+    expected = [JUDGED] * 7 + [BAD_NAME] * 3 + [BAD_REF] * 2
+    for path, want in zip(variants, expected, strict=True):
         status, resp = raw(envoy.port, put_head(path, len(m2)), m2)
-        assert refused(status), (path, resp[:300])
+        assert_refusal(status, resp, want, path)
         assert current_digest(registry.url, repo, tag) == sha256(m1), path
-    for path in variants[:7]:
-        status, _ = raw(envoy.port, put_head(path, len(m2)), m2)
-        assert status == 409, path
     # Tags outside the allow-list stay mutable, also when encoded.
     assert put_manifest(envoy.url, repo, "nightly", m1).status == 201
     status, _ = raw(envoy.port, put_head(f"/v2/{repo}/manifests/%6Eightly", len(m2)), m2)

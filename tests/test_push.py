@@ -59,6 +59,26 @@ def test_excluded_tags_stay_mutable(envoy, registry, uid):
         assert current_digest(registry.url, repo, tag) == sha256(m2)
 
 
+def test_exclusions_match_the_whole_tag(stacks, registry, stop_on_headers, uid):
+    """Unanchored exclusions (`latest`, `rc-\\d+`) mean the whole tag, as the README says: a tag that
+    only starts or ends with an excluded name, or contains it, is still immutable."""
+    policy = {"global": {"immutable_tags": True, "immutable_tags_exclusions": ["latest", "rc-\\d+"]}}
+    envoy = stacks.envoy(registry, policy, stop_on_headers)
+    repo = f"whole-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    for tag in ["latest", "rc-1"]:
+        assert put_manifest(envoy.url, repo, tag, m1).status == 201
+        assert put_manifest(envoy.url, repo, tag, m2).status == 201, tag
+        assert current_digest(registry.url, repo, tag) == sha256(m2)
+    for tag in ["latest-1", "latestx", "xlatest", "my-latest", "rc-1a", "rc-1.2", "xrc-1"]:
+        assert put_manifest(envoy.url, repo, tag, m1).status == 201, tag
+        r = put_manifest(envoy.url, repo, tag, m2)
+        assert r.status == 409, (tag, r)
+        assert r.json()["errors"][0]["code"] == "TAG_IMMUTABLE", r
+        assert current_digest(registry.url, repo, tag) == sha256(m1), tag
+
+
 def test_repository_override_makes_everything_mutable(envoy, registry, uid):
     repo = f"dev/app-{uid}"
     m1 = make_manifest(registry.url, repo, "one")

@@ -342,6 +342,22 @@ fn concurrent_pushes_of_different_manifests_to_a_new_tag_have_one_winner() {
     }
 }
 
+/// Every claim record in the fake process's shared data, decoded.
+fn records(h: &FakeHost) -> Vec<crate::claims::Record> {
+    h.process.shared.borrow().values().flat_map(|(v, _)| crate::claims::Slot::decode(v).records).collect()
+}
+
+#[test]
+fn a_stored_push_turns_its_claim_into_a_committed_record() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let r = records(&h);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].kind, r[0].holders, r[0].digest.as_str()), (crate::claims::Kind::Committed, 0, sha(M1).as_str()));
+    assert_eq!((r[0].repository.as_str(), r[0].tag.as_str()), ("app", "v1"));
+}
+
 #[test]
 fn a_failed_write_releases_the_claim_and_is_relayed() {
     let h = FakeHost::new();
@@ -1005,4 +1021,82 @@ fn only_streams_under_judgement_keep_state_and_only_until_their_answer() {
     respond(&mut f, &h, created(M1));
     assert_eq!(h.reply().unwrap().status, 201);
     assert!(!f.in_flight());
+}
+
+#[test]
+fn a_tags_list_page_over_the_bound_refuses_the_delete() {
+    use super::delete::MAX_PAGE_BYTES;
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let page = |size: usize| {
+        let mut b = br#"{"name":"app","tags":[]"#.to_vec();
+        b.resize(size - 1, b' ');
+        b.push(b'}');
+        b
+    };
+    // Exactly the bound: read, and the delete goes on (no tag holds the digest).
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    let resumes = h.resumes.get();
+    respond(&mut f, &h, answer(200, &[("content-type", "application/json")], &page(MAX_PAGE_BYTES)));
+    assert_eq!(h.resumes.get(), resumes + 1);
+    assert!(h.reply().is_none());
+    // One byte more: the filter cannot judge, so it refuses (503), never lets the delete through.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    respond(&mut f, &h, answer(200, &[("content-type", "application/json")], &page(MAX_PAGE_BYTES + 1)));
+    assert_eq!(h.resumes.get(), 0);
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
+}
+
+const LIMIT_1K: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#;
+
+#[test]
+fn a_manifest_of_exactly_the_limit_is_judged_and_written() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    // Announced by its Content-Length.
+    assert_eq!(push(&h, &w, "v1", &[b' '; 1024], None).status, 201);
+    // Chunked, in two parts.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v2", &[CT, ("transfer-encoding", "chunked")]);
+    f.on_request_headers(&h, false);
+    respond(&mut f, &h, head_answer(None));
+    h.body.borrow_mut().clear();
+    send_body(&mut f, &h, &[&[b' '; 512], &[b' '; 512]]);
+    let puts = h.calls_with("PUT");
+    assert_eq!(puts.last().and_then(|c| c.body.as_ref()).map(Vec::len), Some(1024));
+}
+
+#[test]
+fn a_body_jumping_past_the_limit_is_refused_before_it_ends() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v1", &[CT, ("transfer-encoding", "chunked")]);
+    f.on_request_headers(&h, false);
+    respond(&mut f, &h, head_answer(None));
+    send_part(&mut f, &h, &[b' '; 1000]);
+    assert!(h.reply().is_none());
+    send_part(&mut f, &h, &[b' '; 1000]); // 2000 bytes, more to come: refused now, not at the end
+    let r = h.reply().expect("refused while the body still grows");
+    let e = &r.json()["errors"][0];
+    assert_eq!((r.status, e["code"].as_str(), e["detail"]["tag"].as_str()), (413, Some("SIZE_INVALID"), Some("v1")));
+    assert!(h.calls_with("PUT").is_empty());
+}
+
+#[test]
+fn an_announced_oversized_manifest_names_the_tag() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v7", &[b' '; 1025]);
+    let r = h.reply().unwrap();
+    assert_eq!(r.json()["errors"][0]["detail"], serde_json::json!({"repository": "app", "tag": "v7", "limit": 1024}));
 }
