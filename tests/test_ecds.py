@@ -106,15 +106,15 @@ def test_a_filter_delivered_by_ecds_enforces_and_takes_new_policies_and_modules_
     a, b = make_manifest(registry.url, repo, f"a-{uid}"), make_manifest(registry.url, repo, f"b-{uid}")
     assert put_manifest(envoy.url, repo, "v1.0.0", a).status == 201
     r = put_manifest(envoy.url, repo, "v1.0.0", b)
-    assert (r.status, code(r)) == (409, "TAG_IMMUTABLE"), r.body
+    assert (r.status, code(r)) == (409, "DENIED"), r.body
 
     # A new policy, renamed in: it changes what clients get, without an Envoy restart.
     pid = envoy.proc.pid
-    d.deliver({**SAMPLE_POLICY, "error_code": "DENIED"})
+    d.deliver({**SAMPLE_POLICY, "error_code": "TAG_IMMUTABLE"})
     wait_stat(envoy, "update_success", "2")
     assert stat(envoy, "version_text") == '"v2"' or stat(envoy, "version_text") == "v2"
     r = put_manifest(envoy.url, repo, "v1.0.0", b)
-    assert (r.status, code(r)) == (409, "DENIED"), r.body
+    assert (r.status, code(r)) == (409, "TAG_IMMUTABLE"), r.body
     assert envoy.proc.pid == pid and envoy.proc.poll() is None
 
     # A config the filter rejects: counted as rejected, and the previous policy goes on enforcing.
@@ -122,7 +122,7 @@ def test_a_filter_delivered_by_ecds_enforces_and_takes_new_policies_and_modules_
     wait_stat(envoy, "update_rejected", "1")
     assert stat(envoy, "update_success") == "2"
     r = put_manifest(envoy.url, repo, "v1.0.0", b)
-    assert (r.status, code(r)) == (409, "DENIED"), r.body
+    assert (r.status, code(r)) == (409, "TAG_IMMUTABLE"), r.body
     assert 'field `error_code` = "NOT A CODE"' in envoy.log(), "the rejection names the field and value"
 
     # A new module version, delivered the same way (another file, as a new image would be).
@@ -131,7 +131,7 @@ def test_a_filter_delivered_by_ecds_enforces_and_takes_new_policies_and_modules_
     d.deliver(SAMPLE_POLICY, module=module2)
     wait_stat(envoy, "update_success", "3")
     r = put_manifest(envoy.url, repo, "v1.0.0", b)
-    assert (r.status, code(r)) == (409, "TAG_IMMUTABLE"), r.body
+    assert (r.status, code(r)) == (409, "DENIED"), r.body
     assert put_manifest(envoy.url, repo, "v2.0.0", b).status == 201
     assert put_manifest(envoy.url, repo, "v1.0.0", a).status == 201  # the identical re-push
     assert envoy.proc.pid == pid
