@@ -39,8 +39,10 @@ clippy:
 wasm-test: deps
 	$(WASM_TEST_ENV) cargo test --target wasm32-unknown-unknown --lib
 
+## e2e also writes results/compat.json and client_errors.json; docs/compatibility.md is rendered
+## from them whether or not every test passed (a failed cell shows as FAIL).
 e2e: build
-	cd tests && python -m pytest -v -p no:cacheprovider
+	cd tests && python -m pytest -v -p no:cacheprovider; status=$$?; cd .. && python scripts/compat_table.py; exit $$status
 
 ## image: the OCI image Istio and Envoy Gateway pull (one layer with plugin.wasm), pushed to
 ## IMAGE with skopeo; no Docker engine. e.g. make image IMAGE=127.0.0.1:5000/immutable-tags:0.1.0 TLS_VERIFY=false

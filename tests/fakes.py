@@ -22,6 +22,9 @@ class FaultyUpstream:
         self.port = port
         self.fault = "pass"
         self.heads = 0  # HEADs that met the fault
+        # Manifest GETs seen (the filter's fallback after a HEAD without a usable digest); a
+        # fault ending in "+get-500" answers them 500.
+        self.gets = 0
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,6 +82,11 @@ class FaultyUpstream:
                     self.heads += 1
                     self._fault(conn)
                     return
+                if "/manifests/" in path and method == "GET":
+                    self.gets += 1
+                    if self.fault.endswith("+get-500"):
+                        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        return
                 if "/manifests/" in path and method == "PUT" and self.fault.startswith("put-"):
                     self._fault(conn)
                     return
@@ -128,7 +136,7 @@ class FaultyUpstream:
         return method, path, headers, body, buf
 
     def _fault(self, conn: socket.socket) -> None:
-        f = self.fault
+        f = self.fault.split("+")[0]
         if f == "reset":
             # SO_LINGER 0: close() sends RST instead of FIN.
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -67,10 +67,12 @@ def assert_serving(envoy, registry, repo: str, tag: str, m1: bytes, m2: bytes) -
     assert put_manifest(envoy.url, repo, f"{tag}-new", m2).status == 201
 
 
-@pytest.mark.parametrize("fault", ["reset", "stall", "500", "garbage", "no-digest", "bad-digest"])
+# A HEAD answered 200 without a usable digest is judged by the manifest a GET returns (next
+# test); the same HEAD whose GET fails leaves nothing to judge by.
+@pytest.mark.parametrize("fault", ["reset", "stall", "500", "garbage", "no-digest+get-500", "bad-digest+get-500"])
 def test_upstream_fault_refuses_and_recovers(stacks, registry, faulty, stop_on_headers, uid, fault):
     envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
-    repo = f"fault-{fault}-{uid}"
+    repo = f"fault-{fault.replace('+', '-')}-{uid}"
     m1 = make_manifest(registry.url, repo, "one")
     m2 = make_manifest(registry.url, repo, "two")
     assert put_manifest(registry.url, repo, "v1", m1).status == 201
@@ -90,6 +92,29 @@ def test_upstream_fault_refuses_and_recovers(stacks, registry, faulty, stop_on_h
     assert current_digest(registry.url, repo, "v1") == sha256(m1), "checked on the registry itself"
     assert current_digest(registry.url, repo, "fresh") is None
     assert_serving(envoy, registry, repo, "v1", m1, m2)
+
+
+@pytest.mark.parametrize("fault", ["no-digest", "bad-digest"])
+def test_a_head_without_a_usable_digest_is_judged_by_the_manifest_a_get_returns(stacks, registry, faulty,
+                                                                                stop_on_headers, uid, fault):
+    """container-registry's HEAD carries no Docker-Content-Digest: judged, not refused with 503."""
+    envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
+    repo = f"fault-{fault.replace('+', '-')}-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    assert put_manifest(registry.url, repo, "v1", m1).status == 201
+    faulty.fault = fault
+    try:
+        heads, gets = faulty.heads, faulty.gets
+        r = put_manifest(envoy.url, repo, "v1", m2)
+        assert r.status == 409, (r.status, r.body)
+        assert r.json()["errors"][0]["detail"]["current_digest"] == sha256(m1)
+        assert (faulty.heads, faulty.gets) == (heads + 1, gets + 1), "one HEAD, then one GET"
+        assert put_manifest(envoy.url, repo, "v1", m1).status == 201, "the identical re-push"
+        assert put_manifest(envoy.url, repo, "fresh", m2).status == 201, "a new tag (GET 404)"
+    finally:
+        faulty.fault = "pass"
+    assert current_digest(registry.url, repo, "v1") == sha256(m1)
 
 
 def test_connection_refused_refuses_and_recovers(stacks, registry, faulty, stop_on_headers, uid):

@@ -115,7 +115,7 @@ def test_refusal_log_line_carries_every_field(stacks, registry, uid):
     assert host == "127.0.0.1" and port.isdigit()
     assert rec == {
         "event": "immutable_tags.refusal", "mode": "enforce", "action": "refused", "kind": "overwrite",
-        "status": 409, "code": "TAG_IMMUTABLE",
+        "status": 409, "code": "DENIED",
         "message": "Tag 'v1.4.2' is immutable and cannot be overwritten",
         "repository": repo, "tag": "v1.4.2",
         "current_digest": sha256(m1), "pushed_digest": sha256(m2),

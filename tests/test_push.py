@@ -22,7 +22,7 @@ def test_first_push_overwrite_and_identical_repush(envoy, registry, uid):
     assert r.status == 409, r
     assert r.headers["content-type"] == "application/json"
     assert r.json() == {"errors": [{
-        "code": "TAG_IMMUTABLE",
+        "code": "DENIED",
         "message": "Tag 'v1.0.0' is immutable and cannot be overwritten",
         "detail": {
             "repository": repo,

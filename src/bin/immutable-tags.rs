@@ -91,6 +91,22 @@ fn out(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+/// Exclusions that read like prefixes but match one literal tag, by field path.
+fn exclusion_warnings(c: &Config) -> Vec<(String, String)> {
+    let global = std::iter::once(("global".to_string(), &c.policy.global));
+    let scopes = c.policy.repositories.iter().map(|(k, s)| (format!("repository.\"{k}\""), s));
+    let mut found = Vec::new();
+    for (scope, s) in global.chain(scopes) {
+        let patterns = s.exclusions.as_ref().map(|e| e.patterns()).unwrap_or_default();
+        for (i, p) in patterns.iter().enumerate() {
+            if let Some(why) = immutable_tags::exclusions::literal_prefix_warning(p) {
+                found.push((format!("{scope}.immutable_tags_exclusions[{i}]"), format!("{p:?} {why}")));
+            }
+        }
+    }
+    found
+}
+
 /// `check FILE...`: every file through the filter's parser; 1 if any is unreadable or invalid.
 fn check(files: &[String]) -> ExitCode {
     if files.is_empty() {
@@ -100,7 +116,12 @@ fn check(files: &[String]) -> ExitCode {
     let mut ok = true;
     for path in files {
         match read_config(path).map(|b| Config::from_json(&b)) {
-            Ok(Ok(c)) => out(&format!("ok {path}: {}{}\n", c.summary(), break_glass_summary(&c))),
+            Ok(Ok(c)) => {
+                out(&format!("ok {path}: {}{}\n", c.summary(), break_glass_summary(&c)));
+                for (field, why) in exclusion_warnings(&c) {
+                    out(&format!("warning {path}: field `{field}`: {why}\n"));
+                }
+            }
             Ok(Err(why)) => {
                 ok = false;
                 out(&format!("invalid {path}: {why}\n"));

@@ -8,7 +8,7 @@ use super::worker::Worker;
 use crate::deletes::{first_page_path, DigestCheck, Refusal, Step};
 use crate::digest::Digest;
 use crate::oci_error::OciError;
-use crate::verdict::{read_head, Current};
+use crate::verdict::{read_get, read_head, Current};
 use std::collections::HashMap;
 
 /// A `tags/list` page larger than this is refused: 1,000 maximal tags are about 130 KiB.
@@ -18,6 +18,8 @@ enum Call {
     /// A `tags/list` page, by the path asked for.
     List(String),
     Head(String),
+    /// A GET of the tag's manifest, after a HEAD without a digest.
+    Get(String),
 }
 
 pub struct DigestDelete {
@@ -68,6 +70,7 @@ impl DigestDelete {
     pub fn on_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
         let Some(call) = self.calls.remove(&token) else { return Next::Wait };
         let status = host.call_response_header(":status");
+        let is_get = matches!(call, Call::Get(_));
         match call {
             Call::List(path) => {
                 if body_size > MAX_PAGE_BYTES {
@@ -88,9 +91,23 @@ impl DigestDelete {
                     Ok(None) => {}
                 }
             }
-            Call::Head(tag) => {
-                let digest = host.call_response_header("docker-content-digest");
-                let answer = read_head(status.as_deref(), digest.as_deref());
+            Call::Head(tag) | Call::Get(tag) => {
+                let answer = if is_get {
+                    let max = worker.config.max_manifest_bytes;
+                    let body = if body_size > max { None } else { host.call_response_body(body_size) };
+                    read_get(status.as_deref(), body.as_deref(), body_size, max)
+                } else {
+                    read_head(status.as_deref(), host.call_response_header("docker-content-digest").as_deref())
+                };
+                if answer == Current::NoDigest {
+                    match upstream::get_manifest(host, &worker.config.upstream, &self.caller, self.check.repository(), &tag) {
+                        Ok(token) => {
+                            self.calls.insert(token, Call::Get(tag));
+                            return Next::Wait;
+                        }
+                        Err(why) => return self.refuse(host, self.check.unavailable(&why)),
+                    }
+                }
                 if let Current::Present(d) = &answer {
                     if let Ok(mut c) = worker.cache.try_borrow_mut() {
                         c.put(self.check.repository(), &tag, d.clone(), host.now_ms());

@@ -29,7 +29,7 @@ use crate::config::OnUpstreamError;
 use crate::digest::Digest;
 use crate::metrics::Counter;
 use crate::oci_error::OciError;
-use crate::verdict::{judge, read_head, Current, Verdict};
+use crate::verdict::{judge, read_get, read_head, Current, Verdict};
 use serde_json::json;
 
 /// The method the request that goes upstream before the decision is rewritten to: safe and
@@ -116,6 +116,8 @@ struct TagCheck {
 
 enum Lookup {
     Pending(u32),
+    /// The HEAD answered 200 without a digest: a GET of the manifest is in flight.
+    Fetching(u32),
     Known(Option<Digest>),
 }
 
@@ -211,7 +213,7 @@ impl Push {
     }
 
     fn pending(&self) -> bool {
-        self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_)))
+        self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_) | Lookup::Fetching(_)))
     }
 
     /// Whether the filter is still judging (as opposed to writing).
@@ -282,12 +284,18 @@ impl Push {
                 None => self.claim_next(host, worker),
             };
         }
-        let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) if x == token)) else {
+        let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) | Lookup::Fetching(x) if x == token)) else {
             return Next::Wait;
         };
         let status = host.call_response_header(":status");
-        let digest = host.call_response_header("docker-content-digest");
-        match read_head(status.as_deref(), digest.as_deref()) {
+        let answer = if matches!(check.lookup, Lookup::Fetching(_)) {
+            let max = worker.config.max_manifest_bytes;
+            let body = if body_size > max { None } else { host.call_response_body(body_size) };
+            read_get(status.as_deref(), body.as_deref(), body_size, max)
+        } else {
+            read_head(status.as_deref(), host.call_response_header("docker-content-digest").as_deref())
+        };
+        match answer {
             Current::Present(d) => {
                 if let Ok(mut c) = worker.cache.try_borrow_mut() {
                     c.put(&self.repository, &check.tag, d.clone(), host.now_ms());
@@ -295,6 +303,13 @@ impl Push {
                 check.lookup = Lookup::Known(Some(d));
             }
             Current::Absent => check.lookup = Lookup::Known(None),
+            Current::NoDigest if matches!(check.lookup, Lookup::Pending(_)) => {
+                match upstream::get_manifest(host, &worker.config.upstream, &self.caller, &self.repository, &check.tag) {
+                    Ok(token) => check.lookup = Lookup::Fetching(token),
+                    Err(why) => return Next::Refuse(OciError::upstream(&self.repository, &check.tag, &why), Vec::new()),
+                }
+                return Next::Wait;
+            }
             Current::AuthRequired { status } => {
                 let (code, msg) = if status == 401 {
                     ("UNAUTHORIZED", "authentication required")
@@ -312,6 +327,11 @@ impl Push {
             }
             Current::Unknown { reason } => {
                 return Next::Refuse(OciError::upstream(&self.repository, &check.tag, &reason), Vec::new());
+            }
+            // Unreachable: `read_get` never answers `NoDigest`.
+            Current::NoDigest => {
+                let why = "the registry answered without a digest";
+                return Next::Refuse(OciError::upstream(&self.repository, &check.tag, why), Vec::new());
             }
         }
         self.progress(host, worker)

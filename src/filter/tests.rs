@@ -1100,3 +1100,85 @@ fn an_announced_oversized_manifest_names_the_tag() {
     let r = h.reply().unwrap();
     assert_eq!(r.json()["errors"][0]["detail"], serde_json::json!({"repository": "app", "tag": "v7", "limit": 1024}));
 }
+
+/// A registry whose manifest HEAD answers 200 without `Docker-Content-Digest`
+/// (container-registry 0.3.1): the filter GETs the manifest and hashes it.
+fn head_without_digest() -> Reply {
+    answer(200, &[("content-type", CT.1)], b"")
+}
+
+#[test]
+fn a_head_without_digest_is_followed_by_a_get_whose_body_is_hashed() {
+    for (pushed, status) in [(M2, 409), (M1, 201)] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", pushed);
+        respond(&mut f, &h, head_without_digest());
+        // Same Accept list and credentials as the HEAD; the headers stay held meanwhile.
+        let get = h.last_call().unwrap();
+        assert_eq!(get.header(":method"), Some("GET"));
+        assert_eq!(get.header(":path"), Some("/v2/app/manifests/v1"));
+        assert_eq!(get.header("authorization"), Some("Bearer t"));
+        assert_eq!(get.header("accept"), h.calls_with("HEAD")[0].header("accept"));
+        assert_eq!(h.resumes.get(), 0);
+        respond(&mut f, &h, answer(200, &[("content-type", CT.1)], M1));
+        send_body(&mut f, &h, &[pushed]);
+        if status == 201 {
+            respond(&mut f, &h, created(M1));
+        }
+        let r = h.reply().unwrap();
+        assert_eq!(r.status, status, "{:?}", r.json());
+        if status == 409 {
+            assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
+            assert!(h.calls_with("PUT").is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_get_that_cannot_tell_the_digest_refuses_the_push() {
+    let big = vec![b' '; 5 << 20];
+    for (reply, why) in [
+        (answer(200, &[], b""), "without a body"),
+        (answer(500, &[], b"oops"), "GET of the manifest with status 500"),
+        (answer(200, &[], &big), "larger than max_manifest_bytes"),
+    ] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", M1);
+        respond(&mut f, &h, head_without_digest());
+        respond(&mut f, &h, reply);
+        let r = h.reply().unwrap();
+        assert_eq!(r.status, 503);
+        assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains(why), "{:?}", r.json());
+        assert!(h.calls_with("PUT").is_empty());
+    }
+    // A 404 to the GET (deleted in between): the tag is new.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_without_digest());
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+}
+
+#[test]
+fn a_delete_by_digest_gets_the_manifests_of_tags_whose_head_has_no_digest() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    respond(&mut f, &h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#));
+    respond(&mut f, &h, head_without_digest());
+    assert_eq!(h.last_call().unwrap().header(":method"), Some("GET"));
+    respond(&mut f, &h, answer(200, &[], M1));
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(h.resumes.get(), 0);
+}

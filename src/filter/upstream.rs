@@ -44,6 +44,13 @@ pub fn head_manifest(host: &dyn Host, upstream: &Upstream, caller: &Caller, repo
     read(host, upstream, caller, "HEAD", &path, MANIFEST_ACCEPT)
 }
 
+/// Dispatches `GET /v2/<repository>/manifests/<tag>` (same Accept and credentials as the HEAD):
+/// for a registry whose HEAD carries no digest, the digest is the hash of this body.
+pub fn get_manifest(host: &dyn Host, upstream: &Upstream, caller: &Caller, repository: &str, tag: &str) -> Result<u32, String> {
+    let path = format!("/v2/{repository}/manifests/{tag}");
+    read(host, upstream, caller, "GET", &path, MANIFEST_ACCEPT)
+}
+
 /// Dispatches `GET <path>` for a `tags/list` page with the client's credentials.
 pub fn get_tags_list(host: &dyn Host, upstream: &Upstream, caller: &Caller, path: &str) -> Result<u32, String> {
     read(host, upstream, caller, "GET", path, "application/json")
