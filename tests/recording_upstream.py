@@ -61,7 +61,10 @@ class _Manifest:
 
 
 class RecordingUpstream:
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, eager: bool = False):
+        # eager: answer a request it has no use for (OPTIONS, ...) at once, without reading its
+        # body, then close, as registries built on hyper/axum (container-registry) do.
+        self.eager = eager
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
         self._store: dict[tuple[str, str], _Manifest] = {}  # (name, tag or digest)
@@ -198,6 +201,13 @@ class RecordingUpstream:
         rec = Recorded(method, path, headers, cid, time.monotonic())
         with self._lock:
             self._requests.append(rec)
+        if self.eager and rec.method not in ("GET", "HEAD", "PUT"):
+            status, out_headers, body = self._answer(rec)
+            with self._lock:
+                rec.status, rec.answer = status, list(out_headers)
+            conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body)
+            return rec, buf, False
         try:
             buf = self._read_body(conn, rec, buf)
         except CutOff:

@@ -425,3 +425,41 @@ def test_oversized_push_is_refused_and_never_reaches_the_registry(stacks, upstre
     exact = padded(f"{repo}-exact", max_bytes)
     reply = push(front.port, repo, "v3.0.0", [(0, exact)], chunked=chunked)
     assert_allowed(reply, upstream, repo, "v3.0.0", exact, puts_before=0)
+
+
+# --- a registry that answers the harmless request before the body arrives -------------------
+
+@pytest.fixture(scope="module")
+def eager_upstream():
+    u = RecordingUpstream(eager=True).start()
+    yield u
+    u.stop()
+
+
+def test_registry_answering_before_the_body_never_hangs_nor_lets_through(stacks, eager_upstream, stop_on_headers,
+                                                                          repo):
+    """The harmless OPTIONS is answered at once, before a slow client's body reaches Envoy;
+    Envoy then hands the filter no more of the body. With allow_on_headers_stop_iteration the
+    filter (having seen a body arrive behind held headers) never sends the OPTIONS and judges as
+    usual; without it the push is refused with 503 at once: never a hang, never a write."""
+    # One worker: the filter learns per worker that bodies arrive behind held headers.
+    front = stacks.envoy(eager_upstream, SAMPLE_POLICY, stop_on_headers, concurrency=1)
+    up, tag = eager_upstream, "v1.0.0"
+    m1, m2 = manifest(f"{repo}-1"), manifest(f"{repo}-2")
+    first = push(front.port, repo, tag, at_once(m1))
+    assert_allowed(first, up, repo, tag, m1, 0)
+    for body in (m1, m2):
+        started = time.monotonic()
+        reply = push(front.port, repo, tag, [(0.5, body)])
+        assert time.monotonic() - started < 10, "answered, not hung"
+        if stop_on_headers is True:
+            if body == m1:
+                assert_allowed(reply, up, repo, tag, m1, 1)
+            else:
+                assert_refused(reply, up, repo, tag, m2, m1, [m1])
+        else:
+            assert reply.status == 503, reply
+            err = json.loads(reply.body)["errors"][0]
+            assert err["code"] == "UNAVAILABLE" and "before the manifest arrived" in err["message"], err
+        assert up.stored_digest(repo, tag) == sha256(m1)
+    assert_puts_whole(up, repo, tag, [m1])

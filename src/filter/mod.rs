@@ -214,7 +214,7 @@ impl Filter {
         self.count(h, kind.counter());
         if mode == Mode::Audit {
             self.count(h, Counter::AuditWouldRefuse);
-            return self.let_through(h, from);
+            return self.let_through(h, from, err);
         }
         let mut hdrs: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         hdrs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
@@ -226,32 +226,22 @@ impl Filter {
     }
 
     /// Audit mode: a request that would have been refused goes on as an allowed one would.
-    fn let_through(&mut self, h: &dyn Host, from: From) -> Action {
+    fn let_through(&mut self, h: &dyn Host, from: From, err: &OciError) -> Action {
         let Some(worker) = self.worker.clone() else { return self.resume(h, from, "audit") };
         match std::mem::replace(&mut self.state, State::Pass) {
             State::Push(mut push) => {
-                if !push.checking() {
-                    // The write itself failed: nothing more to let through.
+                if !push.checking() || push.audit_pass() {
+                    // Nothing can be written (the write failed, or the push was abandoned):
+                    // the refusal is answered whatever the mode.
                     self.state = State::Done;
-                    let err = OciError::upstream(&push.repository, &push.first_tag(), "the registry did not take the write");
                     if let Err(s) = h.send_response(err.status, &[("content-type", "application/json")], err.body().as_bytes()) {
                         h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
                     }
                     return Action::Pause;
                 }
-                let next = push.write(h, &worker, Vec::new());
+                let next = push.pass_unjudged(h, &worker);
                 self.state = State::Push(push);
-                match next {
-                    // The write failed to go out: answer, whatever the mode.
-                    push::Next::Refuse(err, _) => {
-                        self.state = State::Done;
-                        if let Err(s) = h.send_response(err.status, &[("content-type", "application/json")], err.body().as_bytes()) {
-                            h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
-                        }
-                        Action::Pause
-                    }
-                    _ => Action::Pause,
-                }
+                self.push_next(h, next, from)
             }
             State::Delete(d) => {
                 self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
@@ -314,6 +304,17 @@ impl Filter {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
         let ok = h.response_header(":status").is_some_and(|s| s.starts_with('2'));
         match &self.state {
+            State::Push(p) if p.awaiting_body() => {
+                // The registry answered the harmless request before the client's body reached
+                // Envoy (a registry that answers without reading a body): Envoy hands the filter
+                // no more of it, so the push cannot be judged. Refused, never written: retry.
+                let why = "the registry answered before the manifest arrived; retry the push";
+                let err = OciError::upstream(&p.repository, &p.first_tag(), why);
+                if let State::Push(p) = &mut self.state {
+                    p.abandon();
+                }
+                self.refuse(h, &err, &[], From::Request)
+            }
             State::Push(_) => Action::Pause,
             State::Pull { repository, tag, pinned } => {
                 pull::on_response(h, &worker, repository, tag, *pinned);

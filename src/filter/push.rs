@@ -56,6 +56,8 @@ pub struct Push {
     /// `allow_on_headers_stop_iteration`): the headers must then stay held until the decision,
     /// since resuming them would also release the buffered bytes upstream.
     body_seen: bool,
+    /// Audit mode let a push that would have been refused go on: written unjudged.
+    audit_pass: bool,
     phase: Phase,
     /// Break-glass: what the request asks for, and the overrides granted (logged once the
     /// registry accepted the write).
@@ -178,6 +180,7 @@ impl Push {
             body: end_of_stream.then(Vec::new),
             headers_held: false,
             body_seen: false,
+            audit_pass: false,
             phase: Phase::Checking,
             asked,
             overrides: Vec::new(),
@@ -197,7 +200,13 @@ impl Push {
                         host.log(Level::Warn, &msg);
                         (Lookup::Known(None), NO_VIEW)
                     }
-                    Err(why) => return Err(OciError::upstream(&push.repository, &tag, &why)),
+                    Err(why) => {
+                        // Refused, or in audit mode written unjudged: either way the push
+                        // (already made harmless) is the state that answers.
+                        push.headers_held = true;
+                        let err = OciError::upstream(&push.repository, &tag, &why);
+                        return Ok((push, Next::Refuse(err, Vec::new())));
+                    }
                 },
             };
             push.tags.push(TagCheck { tag, reason, lookup, since_ms, from_map });
@@ -214,6 +223,34 @@ impl Push {
 
     fn pending(&self) -> bool {
         self.tags.iter().any(|t| matches!(t.lookup, Lookup::Pending(_) | Lookup::Fetching(_)))
+    }
+
+    /// Still judging, and the body is not complete. If the harmless request is answered now,
+    /// Envoy delivers no more of the body (the route's upstream exchange is over).
+    pub fn awaiting_body(&self) -> bool {
+        self.checking() && self.body.is_none()
+    }
+
+    /// Nothing will be written for this push any more (it is being answered locally).
+    pub fn abandon(&mut self) {
+        self.phase = Phase::Written;
+    }
+
+    /// Audit mode: write the push without judging it, once its body is here.
+    pub fn pass_unjudged(&mut self, host: &dyn Host, worker: &Worker) -> Next {
+        self.audit_pass = true;
+        if self.body.is_some() {
+            return self.write(host, worker, Vec::new());
+        }
+        if self.headers_held && !self.body_seen && !worker.holds_headers() {
+            self.headers_held = false;
+            return Next::Release;
+        }
+        Next::Wait
+    }
+
+    pub fn audit_pass(&self) -> bool {
+        self.audit_pass
     }
 
     /// Whether the filter is still judging (as opposed to writing).
@@ -235,6 +272,9 @@ impl Push {
             return Next::Wait;
         }
         self.body_seen |= size > 0;
+        if self.headers_held && size > 0 {
+            worker.learn_holds_headers();
+        }
         // Refused here rather than left to Envoy's buffer limit: a body that outgrows the buffer
         // while the headers are held meets flow control, not a 413, and would hang.
         if size > max {
@@ -262,6 +302,9 @@ impl Push {
             }
             Some(b) => {
                 self.body = Some(b);
+                if self.audit_pass {
+                    return self.write(host, worker, Vec::new());
+                }
                 self.progress(host, worker)
             }
             None => {
@@ -283,6 +326,9 @@ impl Push {
                 Some(next) => next,
                 None => self.claim_next(host, worker),
             };
+        }
+        if self.audit_pass || !self.checking() {
+            return Next::Wait; // an answer the push no longer waits for
         }
         let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) | Lookup::Fetching(x) if x == token)) else {
             return Next::Wait;
@@ -344,7 +390,9 @@ impl Push {
             return Next::Wait;
         }
         if self.body.is_none() {
-            if self.headers_held && !self.body_seen {
+            // Once this Envoy is known to deliver bodies behind held headers, nothing goes
+            // upstream before the decision, not even the harmless request.
+            if self.headers_held && !self.body_seen && !worker.holds_headers() {
                 self.headers_held = false;
                 return Next::Release;
             }

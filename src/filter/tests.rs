@@ -269,14 +269,72 @@ fn a_refused_push_holds_the_harmless_answer_and_sends_no_put() {
     let mut f = Filter::new(Some(w.clone()));
     put_headers(&mut f, &h, "v1", M2);
     respond(&mut f, &h, head_answer(Some(M1)));
-    // The harmless request's answer arrives before the body is complete: held.
-    assert_eq!(f.on_response_headers(&h), Action::Pause);
     send_body(&mut f, &h, &[M2]);
     let r = h.reply().unwrap();
     assert_eq!(r.status, 409);
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert!(h.calls_with("PUT").is_empty());
     assert_eq!(h.counter("overwrites_refused"), 1);
+}
+
+#[test]
+fn a_harmless_answer_before_the_body_refuses_instead_of_hanging() {
+    // A registry that answers the OPTIONS without reading a body ends the route's upstream
+    // exchange; Envoy then hands the filter no more of the body. Refused (503, retry), never
+    // written, in audit mode too.
+    for policy in [POLICY, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#] {
+        let h = FakeHost::new();
+        let w = worker(&h, policy);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", M2);
+        respond(&mut f, &h, head_answer(Some(M1)));
+        assert_eq!(h.resumes.get(), 1, "the harmless headers went, to receive the body");
+        assert_eq!(f.on_response_headers(&h), Action::Pause);
+        let r = h.reply().expect("answered at once");
+        assert_eq!(r.status, 503);
+        assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("before the manifest arrived"));
+        assert!(h.calls_with("PUT").is_empty());
+    }
+}
+
+#[test]
+fn an_envoy_that_delivers_bodies_behind_held_headers_never_sends_the_harmless_request() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    // First push: the body arrives while the HEAD is out (allow_on_headers_stop_iteration).
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    send_part(&mut f, &h, &M1[..4]);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[&M1[4..]]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.resumes.get(), 0);
+    // From the map now: the headers stay held until the body is here.
+    let mut f = Filter::new(Some(w.clone()));
+    assert_eq!(put_headers(&mut f, &h, "v1", M1), Action::Pause);
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    assert_eq!(h.resumes.get(), 0);
+}
+
+#[test]
+fn audit_mode_writes_unjudged_a_push_whose_head_could_not_be_sent() {
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#);
+    *h.dispatch_error.borrow_mut() = Some("BadArgument".into());
+    let mut f = Filter::new(Some(w.clone()));
+    // Let go at once (Istio-style Envoys deliver the body only then)...
+    assert_eq!(put_headers(&mut f, &h, "v1", M1), Action::Continue);
+    *h.dispatch_error.borrow_mut() = None;
+    // ...and written with the whole body, unjudged.
+    send_body(&mut f, &h, &[&M1[..5], &M1[5..]]);
+    let puts = h.calls_with("PUT");
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].body.as_deref(), Some(M1));
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    assert_eq!(h.counter("audit_would_refuse"), 1);
 }
 
 #[test]

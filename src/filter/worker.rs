@@ -16,6 +16,11 @@ pub struct Worker {
     pub registry_auth: Cell<Option<(bool, u64)>>,
     /// The root's probe of that: the call in flight, and when the next one is due.
     pub auth_probe: Cell<(Option<u32>, u64)>,
+    /// A push's body reached the filter while its headers were held: this Envoy runs the filter
+    /// with `allow_on_headers_stop_iteration`, so held headers never need to go upstream early.
+    /// Learned per worker (a new configuration makes a new worker, and relearns): not shared,
+    /// so that no other configuration's Envoy could ever hold headers that must go.
+    holds_headers: Cell<bool>,
 }
 
 impl Worker {
@@ -27,7 +32,17 @@ impl Worker {
         if config.claims.etcd.is_none() {
             super::claims::shared_data::create_slots(host, &config.claims);
         }
-        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)) }
+        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false) }
+    }
+
+    /// Whether this Envoy delivers request bodies behind held headers (see `holds_headers`).
+    pub fn holds_headers(&self) -> bool {
+        self.holds_headers.get()
+    }
+
+    /// A body arrived behind held headers.
+    pub fn learn_holds_headers(&self) {
+        self.holds_headers.set(true);
     }
 
     /// Best effort: a metric is never worth failing a request for.
