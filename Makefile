@@ -50,9 +50,11 @@ image: build
 	python3 scripts/wasm_image.py --module $(MODULE) --layout target/oci --tag $(VERSION) \
 		--push $(IMAGE) --dest-tls-verify=$(TLS_VERIFY)
 
-## bench: the filter's cost, side by side (a few minutes): bench/results.md, bench/ratios.svg
+## bench: the filter's cost, side by side (a few minutes): bench/results.md, bench/ratios.svg;
+## new-tag pushes with claims in shared data vs in etcd: bench/etcd_results.md
 bench: build
 	python bench/bench.py
+	python bench/etcd_cost.py
 
 ## mutants: mutation testing (cargo-mutants) of the pure core and src/filter/ with the native
 ## unit tests only (long: hours for every file on 2 cores; not part of `make test`). Narrow it
