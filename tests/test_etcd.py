@@ -83,7 +83,7 @@ def assert_one_winner(results, registry, repo, tag, manifests, what: str) -> Non
         # filter then refuses with 503 (the safe side) and says so. Anything else is a 409.
         if r.status == 503 and "status 500" in err["message"]:
             continue
-        assert r.status == 409 and err["code"] == "TAG_IMMUTABLE", f"{what}: {statuses} {err}"
+        assert r.status == 409 and err["code"] == SAMPLE_POLICY["error_code"], f"{what}: {statuses} {err}"
     assert statuses.count(409) >= len(results) // 2, f"{what}: {statuses}"
     assert current_digest(registry.url, repo, tag) == sha256(manifests[won[0]]), f"{what}: the registry holds the winner"
 

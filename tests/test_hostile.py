@@ -107,7 +107,7 @@ def enc(s: str, chars: str, lower: bool = False) -> str:
 # "cannot read this with certainty" (400 NAME_INVALID / MANIFEST_INVALID), or Envoy's own codec
 # refusing the request line (400 without an OCI body: the request reached neither the filter nor
 # the registry). A closed connection (status 0) is none of these.
-JUDGED = (409, "TAG_IMMUTABLE")
+JUDGED = (409, SAMPLE_POLICY["error_code"])
 BAD_NAME = (400, "NAME_INVALID")
 BAD_REF = (400, "MANIFEST_INVALID")
 ENVOY_400 = (400, None)
@@ -175,7 +175,7 @@ def protected(stacks, registry, stop_on_headers, uid):
     # Whatever was tried: the tag is unchanged in the registry, and the filter still serves.
     assert current_digest(registry.url, repo, TAG) == sha256(m1), "the immutable tag changed"
     r = put_manifest(envoy.url, repo, TAG, m2)
-    assert r.status == 409 and r.json()["errors"][0]["code"] == "TAG_IMMUTABLE", r
+    assert r.status == 409 and r.json()["errors"][0]["code"] == SAMPLE_POLICY["error_code"], r
     assert put_manifest(envoy.url, repo, TAG, m1).status == 201
     assert current_digest(registry.url, repo, TAG) == sha256(m1)
 

@@ -308,8 +308,12 @@ impl Filter {
                 // The registry answered the harmless request before the client's body reached
                 // Envoy (a registry that answers without reading a body): Envoy hands the filter
                 // no more of it, so the push cannot be judged. Refused, never written: retry.
-                let why = "the registry answered before the manifest arrived; retry the push";
-                let err = OciError::upstream(&p.repository, &p.first_tag(), why);
+                // Or Envoy answered for the route (the registry unreachable): say which.
+                let why = match h.property(&["response", "code_details"]) {
+                    Some(d) if d != "via_upstream" => format!("the registry could not be reached ({d})"),
+                    _ => "the registry answered before the manifest arrived; retry the push".to_string(),
+                };
+                let err = OciError::upstream(&p.repository, &p.first_tag(), &why);
                 if let State::Push(p) = &mut self.state {
                     p.abandon();
                 }
