@@ -216,6 +216,11 @@ impl Filter {
             self.count(h, Counter::AuditWouldRefuse);
             return self.let_through(h, from, err);
         }
+        self.answer(h, err, extra)
+    }
+
+    /// Answers the client with `err`; the request goes no further.
+    fn answer(&mut self, h: &dyn Host, err: &OciError, extra: &[(&str, String)]) -> Action {
         let mut hdrs: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         hdrs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         if let Err(s) = h.send_response(err.status, &hdrs, err.body().as_bytes()) {
@@ -233,11 +238,7 @@ impl Filter {
                 if !push.checking() || push.audit_pass() {
                     // Nothing can be written (the write failed, or the push was abandoned):
                     // the refusal is answered whatever the mode.
-                    self.state = State::Done;
-                    if let Err(s) = h.send_response(err.status, &[("content-type", "application/json")], err.body().as_bytes()) {
-                        h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
-                    }
-                    return Action::Pause;
+                    return self.answer(h, err, &[]);
                 }
                 let next = push.pass_unjudged(h, &worker);
                 self.state = State::Push(push);
@@ -314,8 +315,15 @@ impl Filter {
                     _ => "the registry answered before the manifest arrived; retry the push".to_string(),
                 };
                 let err = OciError::upstream(&p.repository, &p.first_tag(), &why);
+                // In audit mode a push let on unjudged was counted when it would have been
+                // refused: it is only answered now.
+                let counted = p.audit_pass();
                 if let State::Push(p) = &mut self.state {
                     p.abandon();
+                }
+                if counted {
+                    h.log(Level::Warn, &format!("immutable-tags: {}", err.message));
+                    return self.answer(h, &err, &[]);
                 }
                 self.refuse(h, &err, &[], From::Request)
             }
