@@ -334,7 +334,7 @@ impl Filter {
             }
             State::Deleting { repository, digest } => {
                 // The manifest is gone, and with it every tag that pointed to it.
-                if h.response_header(":status").is_some_and(|s| s.starts_with('2')) {
+                if ok {
                     if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                         cache.forget_digest(repository, digest);
                     }
