@@ -3,6 +3,7 @@ JSON log line per refusal, audit mode, and routes that keep blob traffic away fr
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import stack
@@ -303,3 +304,19 @@ def test_a_push_abandoned_mid_body_has_its_state_swept(stacks, registry, stop_on
     assert put_manifest(envoy.url, repo, "v1.0.1", m).status == 201
     time.sleep(2.5)  # past a sweep
     assert "streams_swept" not in moved(c1, counters(envoy))
+
+
+def test_on_istios_path_ordinary_requests_are_counted_by_the_timer(stacks, registry, uid):
+    """Istio sends every request through the filter. One that cannot name a manifest costs one
+    header read and no host call: `requests_seen` takes it in on the root's next tick (2 s)."""
+    envoy = stacks.envoy(registry, SAMPLE_POLICY, stack.ISTIO, concurrency=1)
+    # Earlier ordinary requests to this Envoy are in after one tick.
+    time.sleep(2.5)
+    c0 = counters(envoy)
+    for _ in range(4):
+        assert request(envoy.url, "GET", "/v2/").status == 200
+    assert request(envoy.url, "GET", f"/v2/seen-{uid}/blobs/sha256:{'0' * 64}").status == 404
+    deadline = time.monotonic() + 10
+    while moved(c0, counters(envoy)).get("requests_seen", 0) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert moved(c0, counters(envoy)) == {"requests_seen": 5}

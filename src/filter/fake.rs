@@ -259,9 +259,9 @@ impl Host for FakeHost {
         u32::try_from(c.len() - 1).ok()
     }
 
-    fn increment(&self, id: u32) {
+    fn increment(&self, id: u32, by: u64) {
         if let Some(e) = self.process.counters.borrow_mut().get_mut(id as usize) {
-            e.1 += 1;
+            e.1 += by;
         }
     }
 }

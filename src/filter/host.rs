@@ -51,5 +51,5 @@ pub trait Host {
 
     fn log(&self, level: Level, message: &str);
     fn define_counter(&self, name: &str) -> Option<u32>;
-    fn increment(&self, id: u32);
+    fn increment(&self, id: u32, by: u64);
 }

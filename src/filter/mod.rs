@@ -89,13 +89,18 @@ impl Filter {
         }
     }
 
-    pub fn on_request_headers(&mut self, h: &dyn Host, end_of_stream: bool) -> Action {
-        self.count(h, Counter::RequestsSeen);
+    /// The first look at a request, before any state exists for it: its path, if it may name
+    /// manifests. Most traffic (blobs, uploads, `/v2/`) is ordinary (`None`): it ends here,
+    /// after one header read, and the caller counts it (`Counter::RequestsSeen`), in batches if
+    /// it likes: on Istio's path this runs for every request, and each host call costs.
+    pub fn first_look(h: &dyn Host) -> Option<String> {
         let path = h.request_header(":path").unwrap_or_default();
-        // Most traffic (blobs, uploads, /v2/) ends here, after one header read.
-        if !may_name_manifests(&path) {
-            return Action::Continue;
-        }
+        may_name_manifests(&path).then_some(path)
+    }
+
+    /// A request that may name manifests (`path`, from [`Filter::first_look`]) at its headers.
+    pub fn on_request_headers(&mut self, h: &dyn Host, path: String, end_of_stream: bool) -> Action {
+        self.count(h, Counter::RequestsSeen);
         let method = h.request_header(":method").unwrap_or_default();
         if METHOD_OVERRIDE_HEADERS.iter().any(|n| h.request_header(n).is_some()) && refuses_method_override(&path) {
             let msg = "Method override headers are not accepted on manifest routes";

@@ -45,11 +45,19 @@ fn respond(f: &mut Filter, h: &FakeHost, reply: Reply) {
     h.set_answer(None);
 }
 
+/// What the host glue does at a request's headers: the first look, then the filter.
+fn on_headers(f: &mut Filter, h: &FakeHost, end_of_stream: bool) -> Action {
+    match Filter::first_look(h) {
+        Some(path) => f.on_request_headers(h, path, end_of_stream),
+        None => Action::Continue,
+    }
+}
+
 /// Starts a PUT of `body` to `app:tag` (headers only).
 fn put_headers(f: &mut Filter, h: &FakeHost, tag: &str, body: &[u8]) -> Action {
     let len = body.len().to_string();
     h.request("PUT", &format!("/v2/app/manifests/{tag}"), &[CT, ("content-length", &len), ("authorization", "Bearer t")]);
-    f.on_request_headers(h, false)
+    on_headers(f, h, false)
 }
 
 /// Delivers body parts as Envoy does: each callback sees the whole buffer so far.
@@ -254,7 +262,7 @@ fn an_oversized_body_without_a_length_is_refused_when_it_outgrows_the_limit() {
     let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#);
     let mut f = Filter::new(Some(w.clone()));
     h.request("PUT", "/v2/app/manifests/v1", &[CT, ("transfer-encoding", "chunked")]);
-    f.on_request_headers(&h, false);
+    on_headers(&mut f, &h, false);
     respond(&mut f, &h, head_answer(None));
     send_body(&mut f, &h, &[&[b' '; 1024], b"x"]);
     let r = h.reply().unwrap();
@@ -482,7 +490,7 @@ fn ordinary_requests_and_mutable_tags_pass_untouched() {
     let w = worker(&h, POLICY);
     let mut f = Filter::new(Some(w.clone()));
     h.request("PATCH", "/v2/app/blobs/uploads/abc", &[]);
-    assert_eq!(f.on_request_headers(&h, false), Action::Continue);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Continue);
     assert_eq!(f.on_request_body(&h, 10, true), Action::Continue);
     let mut f = Filter::new(Some(w.clone()));
     put_headers(&mut f, &h, "latest", M1);
@@ -499,7 +507,7 @@ fn a_delete_by_digest_makes_the_map_forget_its_tags() {
     // The registry deletes the manifest (no tag of the repository holds it any more).
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
-    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
     let resumes = h.resumes.get();
     respond(&mut f, &h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":[]}"#));
     assert_eq!(h.resumes.get(), resumes + 1);
@@ -791,7 +799,7 @@ fn a_multi_tag_push_claims_one_tag_at_a_time_and_gives_back_on_a_conflict() {
     let mut f = Filter::new(Some(w.clone()));
     let len = M1.len().to_string();
     h.request("PUT", &format!("/v2/app/manifests/{}?tag=a&tag=b", sha(M1)), &[CT, ("content-length", &len)]);
-    f.on_request_headers(&h, false);
+    on_headers(&mut f, &h, false);
     respond(&mut f, &h, head_answer(None));
     respond(&mut f, &h, head_answer(None));
     send_body(&mut f, &h, &[M1]);
@@ -863,7 +871,7 @@ fn bg_push(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8], holds: &[u8], e
     headers.extend_from_slice(extra);
     h.replies.borrow_mut().clear();
     h.request("PUT", &format!("/v2/app/manifests/{tag}"), &headers);
-    f.on_request_headers(h, false);
+    on_headers(&mut f, h, false);
     if !h.pending.borrow().is_empty() {
         respond(&mut f, h, head_answer(Some(holds)));
     }
@@ -954,7 +962,7 @@ fn overrides_race_for_the_claim_like_any_write() {
     let (mut a, mut b) = (Filter::new(Some(w1)), Filter::new(Some(w2)));
     for (f, h, body) in [(&mut a, &h1, M2), (&mut b, &h2, b"{\"other\":1}".as_slice())] {
         h.request("PUT", "/v2/app/manifests/v1", &[CT, ADMIN, REASON]);
-        f.on_request_headers(h, false);
+        on_headers(f, h, false);
         respond(f, h, head_answer(Some(M1)));
         send_body(f, h, &[body]);
     }
@@ -969,7 +977,7 @@ fn deletes_are_overridden_only_when_the_actions_allow_it() {
         let w = bg_worker(&h, &policy, Some(true));
         let mut f = Filter::new(Some(w.clone()));
         h.request("DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
-        let action = f.on_request_headers(&h, true);
+        let action = on_headers(&mut f, &h, true);
         assert_eq!(h.reply().map(|r| r.status), status);
         if status.is_none() {
             assert_eq!(action, Action::Continue);
@@ -991,7 +999,7 @@ fn a_window_lets_one_push_of_its_principal_through_without_the_header() {
     let open = |status: &str, auth| {
         let mut f = Filter::new(Some(w.clone()));
         h.request("HEAD", "/v2/app/manifests/v1", &[auth, REASON]);
-        assert_eq!(f.on_request_headers(&h, true), Action::Continue);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
         h.response_headers.borrow_mut().push((":status".into(), status.into()));
         f.on_response_headers(&h);
     };
@@ -1057,13 +1065,13 @@ fn only_streams_under_judgement_keep_state_and_only_until_their_answer() {
     ] {
         let mut f = Filter::new(Some(w.clone()));
         h.request(method, path, &[]);
-        assert_eq!(f.on_request_headers(&h, true), Action::Continue);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
         assert!(f.idle(), "{method} {path} keeps no state");
     }
     // A read of an immutable tag under pinning: state until its answer, none after.
     let mut f = Filter::new(Some(w.clone()));
     h.request("GET", "/v2/app/manifests/v1", &[]);
-    assert_eq!(f.on_request_headers(&h, true), Action::Continue);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
     assert!(!f.idle());
     *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
     assert_eq!(f.on_response_headers(&h), Action::Continue);
@@ -1095,7 +1103,7 @@ fn a_tags_list_page_over_the_bound_refuses_the_delete() {
     // Exactly the bound: read, and the delete goes on (no tag holds the digest).
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
-    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
     let resumes = h.resumes.get();
     respond(&mut f, &h, answer(200, &[("content-type", "application/json")], &page(MAX_PAGE_BYTES)));
     assert_eq!(h.resumes.get(), resumes + 1);
@@ -1105,7 +1113,7 @@ fn a_tags_list_page_over_the_bound_refuses_the_delete() {
     let w = worker(&h, POLICY);
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
-    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
     respond(&mut f, &h, answer(200, &[("content-type", "application/json")], &page(MAX_PAGE_BYTES + 1)));
     assert_eq!(h.resumes.get(), 0);
     let r = h.reply().unwrap();
@@ -1124,7 +1132,7 @@ fn a_manifest_of_exactly_the_limit_is_judged_and_written() {
     // Chunked, in two parts.
     let mut f = Filter::new(Some(w.clone()));
     h.request("PUT", "/v2/app/manifests/v2", &[CT, ("transfer-encoding", "chunked")]);
-    f.on_request_headers(&h, false);
+    on_headers(&mut f, &h, false);
     respond(&mut f, &h, head_answer(None));
     h.body.borrow_mut().clear();
     send_body(&mut f, &h, &[&[b' '; 512], &[b' '; 512]]);
@@ -1138,7 +1146,7 @@ fn a_body_jumping_past_the_limit_is_refused_before_it_ends() {
     let w = worker(&h, LIMIT_1K);
     let mut f = Filter::new(Some(w.clone()));
     h.request("PUT", "/v2/app/manifests/v1", &[CT, ("transfer-encoding", "chunked")]);
-    f.on_request_headers(&h, false);
+    on_headers(&mut f, &h, false);
     respond(&mut f, &h, head_answer(None));
     send_part(&mut f, &h, &[b' '; 1000]);
     assert!(h.reply().is_none());
@@ -1231,7 +1239,7 @@ fn a_delete_by_digest_gets_the_manifests_of_tags_whose_head_has_no_digest() {
     let w = worker(&h, POLICY);
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
-    assert_eq!(f.on_request_headers(&h, true), Action::Pause);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
     respond(&mut f, &h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#));
     respond(&mut f, &h, head_without_digest());
     assert_eq!(h.last_call().unwrap().header(":method"), Some("GET"));

@@ -47,8 +47,15 @@ impl Worker {
 
     /// Best effort: a metric is never worth failing a request for.
     pub fn count(&self, host: &dyn Host, counter: Counter) {
+        self.count_many(host, counter, 1);
+    }
+
+    /// Adds `n` at once (the ordinary requests the host glue counted between two ticks).
+    pub fn count_many(&self, host: &dyn Host, counter: Counter, n: u64) {
         if let Some(Some(id)) = self.counters.get(counter.index()) {
-            host.increment(*id);
+            if n > 0 {
+                host.increment(*id, n);
+            }
         }
     }
 }

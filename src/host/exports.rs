@@ -4,7 +4,10 @@
 //! exported per-stream callback is one more VM entry for every request. So there is no
 //! `proxy_on_context_create`, `proxy_on_done`, `proxy_on_delete`, `proxy_on_log`, no response
 //! body or trailers callback: an ordinary request (blob GET or upload chunk aside) costs
-//! `proxy_on_request_headers` and `proxy_on_response_headers`, and keeps no state.
+//! `proxy_on_request_headers` (one `:path` read: the host hands the value over through
+//! `proxy_on_memory_allocate`, a VM entry of its own) and `proxy_on_response_headers`, makes
+//! no other host call (it is counted in `ORDINARY`, added to `requests_seen` by the root's
+//! timer), and keeps no state.
 //!
 //! Streams under judgement (a push, a delete, a pinned read) get an entry in `STREAMS` at their
 //! headers; it leaves when the registry's answer passes the filter. The host never tells us a
@@ -18,6 +21,7 @@ use super::wasm::WasmHost;
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
 use crate::filter::{Action, Filter};
+use crate::metrics::Counter;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -41,6 +45,8 @@ thread_local! {
     static CALLS: RefCell<BTreeMap<u32, u32>> = const { RefCell::new(BTreeMap::new()) };
     /// The stream whose callback runs now (0: a root callback).
     static CURRENT: Cell<u32> = const { Cell::new(0) };
+    /// Ordinary requests since the last tick, not yet in `requests_seen`.
+    static ORDINARY: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Records that `token`'s answer belongs to the current stream.
@@ -145,9 +151,13 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _size: usize) -> u32 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, end_of_stream: u32) -> u32 {
+    let Some(path) = Filter::first_look(&WasmHost) else {
+        ORDINARY.with(|n| n.set(n.get().saturating_add(1)));
+        return CONTINUE;
+    };
     let mut filter = Filter::new(worker_for_stream());
     CURRENT.with(|c| c.set(id));
-    let action = filter.on_request_headers(&WasmHost, end_of_stream != 0);
+    let action = filter.on_request_headers(&WasmHost, path, end_of_stream != 0);
     CURRENT.with(|c| c.set(0));
     // Most requests leave here with nothing to remember.
     if !filter.idle() {
@@ -212,6 +222,7 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_id: u32) {
     if let Some(w) = worker_of(root_id) {
+        w.count_many(&WasmHost, Counter::RequestsSeen, ORDINARY.with(|n| n.replace(0)));
         crate::filter::claims::etcd::tick(&WasmHost, &w);
         crate::filter::break_glass::probe(&WasmHost, &w);
     }

@@ -94,7 +94,7 @@ impl Host for WasmHost {
         abi::define_counter(name).ok()
     }
 
-    fn increment(&self, id: u32) {
-        let _ = abi::increment(id, 1);
+    fn increment(&self, id: u32, by: u64) {
+        let _ = abi::increment(id, i64::try_from(by).unwrap_or(i64::MAX));
     }
 }
