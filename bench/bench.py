@@ -154,9 +154,14 @@ def parse_duration(s: str) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time a process has used: the sum of its threads' run time in nanoseconds
+    (/proc/PID/task/*/schedstat), or else user + system in clock ticks (/proc/PID/stat, 10 ms
+    steps: too coarse for a few transfers)."""
+    try:
+        return sum(int((t / "schedstat").read_text().split()[0]) for t in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, seconds: float, script: Path, connections: int = 8, pid: int | None = None) -> dict:
@@ -428,12 +433,22 @@ PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 ENVOY_CPU, LOAD_CPU = 1, 0
 
 
+# The peers (crate, cargo features): each a tiny module built here, measured in the same run.
+PEERS_BUILT = {
+    "floor": ("floor", []),
+    "floor_read": ("floor-read", []),
+    "floor_read_resp": ("floor-read", ["--features", "response"]),
+    "sdk-noop": ("sdk-noop", []),
+}
+
+
 def build_peers() -> dict[str, Path]:
     out = {}
-    for crate in ("floor", "sdk-noop"):
-        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--target-dir", str(PEER_TARGET)],
+    for name, (crate, features) in PEERS_BUILT.items():
+        target = PEER_TARGET / name
+        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--target-dir", str(target), *features],
                        cwd=PEERS / crate, check=True, capture_output=True)
-        out[crate] = PEER_TARGET / "wasm32-wasip1" / "release" / f"{crate.replace('-', '_')}.wasm"
+        out[name] = target / "wasm32-wasip1" / "release" / f"{crate.replace('-', '_')}.wasm"
     return out
 
 
@@ -473,20 +488,42 @@ def order(names: list[str], r: int) -> list[str]:
 
 PEER_NAMES = {
     "floor": "floor filter (no SDK, exports only proxy_on_request_headers)",
+    "floor_read": "floor + one `:path` read (the least a classifying filter does)",
+    "floor_read_resp": "floor + one `:path` read + `proxy_on_response_headers` exported",
     "sdk": "proxy-wasm Rust SDK filter that does nothing",
     "this": "immutable-tags",
     "reads_off": "immutable-tags, filter disabled on GET/HEAD routes (EnvoyFilter patch)",
 }
 
 
+def side_by_side(envoys: dict, seconds: float, script: Path) -> dict[str, float]:
+    """One round: every Envoy loaded at the same moment (one `wrk` each, 4 connections), so a
+    disturbance of the machine falls on all of them alike; Envoy CPU per request, in µs."""
+    c0 = {k: cpu_seconds(e.proc.pid) for k, e in envoys.items()}
+    procs = {k: subprocess.Popen((["taskset", "-c", str(LOAD_CPU)] if PIN else []) + [
+        "wrk", "-t1", "-c4", f"-d{max(1, round(seconds))}s", "-s", str(script), e.url],
+        stdout=subprocess.PIPE, text=True) for k, e in envoys.items()}
+    out = {k: p.communicate(timeout=seconds + 60)[0] for k, p in procs.items()}
+    cpu = {}
+    for k, e in envoys.items():
+        if "Non-2xx" in out[k]:
+            raise RuntimeError(f"wrk saw error responses from {k}: {out[k]}")
+        total = int(re.search(r"(\d+) requests in", out[k]).group(1))
+        cpu[k] = (cpu_seconds(e.proc.pid) - c0[k]) * 1e6 / max(total, 1)
+    return cpu
+
+
 def istio_small(st: Stack, rounds: int, seconds: float) -> dict:
     """Small requests (blob GETs and `/v2/`) against an Envoy direct response; per round, each
-    config's requests per Envoy CPU second relative to the same round's bare Envoy."""
+    config's requests per Envoy CPU second relative to the same round's bare Envoy, all loaded
+    side by side (every Envoy pinned to one CPU, every load generator to the other)."""
     upstream = pin(st.envoy(direct_response_config), LOAD_CPU)
     peers = build_peers()
     configs = {
         "bare": istio(upstream.port, None),
         "floor": istio(upstream.port, peers["floor"]),
+        "floor_read": istio(upstream.port, peers["floor_read"]),
+        "floor_read_resp": istio(upstream.port, peers["floor_read_resp"]),
         "sdk": istio(upstream.port, peers["sdk-noop"]),
         "this": istio(upstream.port),
         "reads_off": istio(upstream.port, reads_off=True),
@@ -494,17 +531,22 @@ def istio_small(st: Stack, rounds: int, seconds: float) -> dict:
     envoys = {k: pin(st.envoy(c), ENVOY_CPU) for k, c in configs.items()}
     script = st.work / "mixed.lua"
     script.write_text(WRK_SCRIPT)
-    for e in envoys.values():
-        wrk(e.url, 1, script)
+    side_by_side(envoys, 1, script)  # warm up: connections, the wasm VMs
     cpu = {k: [] for k in envoys}
-    for r in range(rounds):
-        for k in order(list(envoys), r):
-            cpu[k].append(wrk(envoys[k].url, seconds, script, pid=envoys[k].proc.pid)["cpu_us"])
+    for _ in range(rounds):
+        for k, us in side_by_side(envoys, seconds, script).items():
+            cpu[k].append(us)
     per_cpu = {k: [b / max(x, 1e-9) for b, x in zip(cpu["bare"], cpu[k])] for k in envoys}
+    paired = lambda a, b: spread([x - y for x, y in zip(per_cpu[a], per_cpu[b])])  # noqa: E731
     return {
         "configs": {k: {"cpu_us": med(cpu[k]), "per_cpu": spread(per_cpu[k])} for k in envoys},
-        "this_minus_floor": spread([a - b for a, b in zip(per_cpu["this"], per_cpu["floor"])]),
-        "this_minus_sdk": spread([a - b for a, b in zip(per_cpu["this"], per_cpu["sdk"])]),
+        "rounds": rounds,
+        "this_minus_floor": paired("this", "floor"),
+        "this_minus_sdk": paired("this", "sdk"),
+        "read_minus_floor": paired("floor_read", "floor"),
+        "read_minus_sdk": paired("floor_read", "sdk"),
+        "resp_minus_read": paired("floor_read_resp", "floor_read"),
+        "this_minus_read_resp": paired("this", "floor_read_resp"),
         "peer_bytes": {k: p.stat().st_size for k, p in peers.items()},
     }
 
@@ -551,19 +593,28 @@ def istio_blobs(st: Stack, rounds: int, mib: int, repeat: int) -> dict:
     push_blob(registry.url, repo, data)
     path = f"/v2/{repo}/blobs/{digest}"
     cpu = {(k, d): [] for k in envoys for d in ("download", "upload")}
-    for r in range(rounds):
-        for k in order(list(envoys), r):
-            pid = envoys[k].proc.pid
-            # Several transfers per measurement: /proc counts CPU in 10 ms ticks.
-            c0 = cpu_seconds(pid)
-            for _ in range(repeat):
-                download(envoys[k].url, path, len(data))
-            c1 = cpu_seconds(pid)
-            for _ in range(repeat):
-                upload(envoys[k].url, repo, data, digest)
-            c2 = cpu_seconds(pid)
-            cpu[(k, "download")].append(c1 - c0)
-            cpu[(k, "upload")].append(c2 - c1)
+    transfer = {"download": lambda url: download(url, path, len(data)), "upload": lambda url: upload(url, repo, data, digest)}
+    for _ in range(rounds):
+        for d, run in transfer.items():
+            # Both Envoys at the same moment (one thread each), so the machine's mood is shared.
+            c0 = {k: cpu_seconds(e.proc.pid) for k, e in envoys.items()}
+            errors = []
+
+            def go(url, run=run):
+                try:
+                    for _ in range(repeat):
+                        run(url)
+                except Exception as e:  # noqa: BLE001 - re-raised below, on the main thread
+                    errors.append(e)
+            threads = [threading.Thread(target=go, args=(e.url,)) for e in envoys.values()]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            for k, e in envoys.items():
+                cpu[(k, d)].append(cpu_seconds(e.proc.pid) - c0[k])
     out = {"mib": mib, "repeat": repeat}
     for d in ("download", "upload"):
         out[d] = {
@@ -745,16 +796,28 @@ def report(res: dict) -> tuple[str, list[tuple[str, float, float | None, str]]]:
 
     L.append("## 5. Istio's path (filter on every route, empty vm_id, root_id set, no allow_on_headers_stop_iteration)\n")
     L.append(f"Envoy {'pinned to CPU %d, load generator and upstream to CPU %d' % (ENVOY_CPU, LOAD_CPU) if meta.get('pinned') else 'not pinned (one CPU or no taskset)'}; "
-             "CPU from /proc. Per round: requests per Envoy CPU second relative to the same round's bare Envoy; "
-             "median [rounds' min, max]. Small requests: blob GETs and `/v2/` (`wrk`) against an Envoy direct response.\n")
+             "CPU from /proc (threads' run time, ns). Small requests: blob GETs and `/v2/` against an Envoy direct "
+             "response, every config loaded at the same moment (one `wrk` each), so a disturbance of the machine falls "
+             "on all alike. Per round: requests per Envoy CPU second relative to the same round's bare Envoy; "
+             f"median [rounds' min, max] over {ist['rounds']} rounds.\n")
     L.append("| filter on every route | Envoy CPU/request | per CPU vs bare |")
     L.append("|---|---|---|")
     for k, x in ist["configs"].items():
         pc = x["per_cpu"]
         L.append(f"| {PEER_NAMES.get(k, 'no filter')} | {x['cpu_us']:.1f} µs | {pc['median']:.3f} [{pc['min']:.3f}, {pc['max']:.3f}] |")
-    L.append(f"\nPaired per round: immutable-tags − floor {fl['median']:+.3f} [{fl['min']:+.3f}, {fl['max']:+.3f}], "
-             f"immutable-tags − SDK {sd['median']:+.3f} [{sd['min']:+.3f}, {sd['max']:+.3f}]. Peers' modules: "
-             + ", ".join(f"{k} {v:,} bytes" for k, v in ist["peer_bytes"].items()) + ".\n")
+    def pair(key):
+        x = ist[key]
+        return f"{x['median']:+.3f} [{x['min']:+.3f}, {x['max']:+.3f}]"
+    L.append("\nPaired per round (differences of per-CPU ratios, median [min, max]):\n")
+    L.append("| | |")
+    L.append("|---|---|")
+    L.append(f"| immutable-tags − floor | {pair('this_minus_floor')} |")
+    L.append(f"| immutable-tags − do-nothing SDK filter | {pair('this_minus_sdk')} |")
+    L.append(f"| one `:path` read − floor (what classifying costs any filter) | {pair('read_minus_floor')} |")
+    L.append(f"| one `:path` read − do-nothing SDK filter | {pair('read_minus_sdk')} |")
+    L.append(f"| exporting `proxy_on_response_headers` (read + response − read) | {pair('resp_minus_read')} |")
+    L.append(f"| immutable-tags − (read + response): the filter's own work | {pair('this_minus_read_resp')} |")
+    L.append("\nPeers' modules: " + ", ".join(f"{k} {v:,} bytes" for k, v in ist["peer_bytes"].items()) + ".\n")
     L.append(f"| {blobs['mib']} MiB blob, real registry ({blobs['repeat']} transfers per measurement) | Envoy CPU per transfer, bare | with the filter | per CPU vs bare |")
     L.append("|---|---|---|---|")
     for d in ("download", "upload"):
@@ -769,6 +832,7 @@ def report(res: dict) -> tuple[str, list[tuple[str, float, float | None, str]]]:
     bars.append(("Istio-style, requests/CPU-s", ist["configs"]["this"]["per_cpu"]["median"], None, ""))
     bars.append(("Istio-style, floor filter", ist["configs"]["floor"]["per_cpu"]["median"], None, ""))
     bars.append(("Istio-style, do-nothing SDK filter", ist["configs"]["sdk"]["per_cpu"]["median"], None, ""))
+    bars.append(("Istio-style, floor + one :path read", ist["configs"]["floor_read"]["per_cpu"]["median"], None, ""))
     for d in ("download", "upload"):
         bars.append((f"Istio-style, {blobs['mib']} MiB {d}/CPU-s", blobs[d]["per_cpu"]["median"], TARGETS["istio_blobs"], "min"))
     bars.append(("shipped, registry traffic/CPU-s", traffic["per_cpu"]["median"], TARGETS["shipped_rps"], "min"))
@@ -853,7 +917,8 @@ def main(argv=None) -> int:
         print("== pull pinning", flush=True)
         res["pinning"] = pinning(st, rounds, n_pull, delay=0.02)
         print("== Istio's path: small requests", flush=True)
-        res["istio"] = istio_small(st, rounds, seconds)
+        # More rounds here: the targets are read from the rounds' spread, not only the median.
+        res["istio"] = istio_small(st, rounds if a.quick else 11, seconds)
         print(f"== Istio's path: {blob_mib} MiB blob", flush=True)
         res["istio_blobs"] = istio_blobs(st, rounds, blob_mib, 1 if a.quick else 4)
         print("== shipped config: registry traffic", flush=True)

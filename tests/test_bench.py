@@ -27,10 +27,13 @@ def test_quick_benchmark_runs_and_counts_heads(tmp_path):
     assert res["native"]["memory"]["max_entries"] > 0
     # Istio's path: both peers built and measured in the same run as the filter, paired by round.
     ist = res["istio"]
-    assert set(ist["configs"]) == {"bare", "floor", "sdk", "this", "reads_off"}
+    assert set(ist["configs"]) == {"bare", "floor", "floor_read", "floor_read_resp", "sdk", "this", "reads_off"}
     assert all(x["cpu_us"] >= 0 for x in ist["configs"].values())
     assert ist["peer_bytes"]["floor"] < ist["peer_bytes"]["sdk-noop"]
-    assert len(ist["this_minus_floor"]["rounds"]) == res["meta"]["rounds"]
+    assert ist["peer_bytes"]["floor"] < ist["peer_bytes"]["floor_read"] < ist["peer_bytes"]["sdk-noop"]
+    for pair in ("this_minus_floor", "this_minus_sdk", "read_minus_floor", "read_minus_sdk", "resp_minus_read",
+                 "this_minus_read_resp"):
+        assert len(ist[pair]["rounds"]) == ist["rounds"] == res["meta"]["rounds"], pair
     assert res["istio_blobs"]["mib"] > 0 and "per_cpu" in res["istio_blobs"]["upload"]
     assert res["registry_traffic"]["per_cpu"]["median"] >= 0
     assert res["pushes"]["new tag"]["cpu_us"] >= 0  # clock ticks: a quick run may see none
