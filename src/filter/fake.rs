@@ -69,6 +69,8 @@ pub struct FakeHost {
     pub intruder: RefCell<Option<Intruder>>,
     /// Dispatches fail with this message (e.g. an unknown cluster).
     pub dispatch_error: RefCell<Option<String>>,
+    /// Only dispatches with this `:method` fail (with `dispatch_error`'s message, or a default).
+    pub dispatch_error_method: RefCell<Option<String>>,
     /// Header writes fail.
     pub refuse_header_writes: Cell<bool>,
     pub pending: RefCell<VecDeque<u32>>,
@@ -171,8 +173,11 @@ impl Host for FakeHost {
     }
 
     fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {
-        if let Some(e) = self.dispatch_error.borrow().clone() {
-            return Err(e);
+        let method = headers.iter().find(|(k, _)| *k == ":method").map(|(_, v)| *v);
+        match (self.dispatch_error.borrow().clone(), self.dispatch_error_method.borrow().as_deref()) {
+            (Some(e), None) => return Err(e),
+            (e, Some(m)) if Some(m) == method => return Err(e.unwrap_or_else(|| "BadArgument".into())),
+            _ => {}
         }
         let token = self.next_token.get() + 1;
         self.next_token.set(token);

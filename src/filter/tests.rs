@@ -1248,3 +1248,39 @@ fn a_delete_by_digest_gets_the_manifests_of_tags_whose_head_has_no_digest() {
     assert_eq!(r.status, 409, "{:?}", r.json());
     assert_eq!(h.resumes.get(), 0);
 }
+
+#[test]
+fn on_upstream_error_allow_writes_a_push_whose_head_cannot_be_sent() {
+    // `allow` trades the registry's word for availability: a HEAD that cannot even be sent
+    // (unknown cluster) lets the push on as if the tag were absent; the default refuses it.
+    let allow = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "on_upstream_error": "allow"}"#;
+    for (policy, status, puts) in [(allow, 201, 1), (POLICY, 503, 0)] {
+        let h = FakeHost::new();
+        let w = worker(&h, policy);
+        *h.dispatch_error_method.borrow_mut() = Some("HEAD".into());
+        let r = push(&h, &w, "v1", M1, None);
+        assert_eq!(r.status, status, "{policy}");
+        assert!(h.calls_with("HEAD").is_empty());
+        let written = h.calls_with("PUT");
+        assert_eq!(written.len(), puts, "{policy}");
+        assert!(written.iter().all(|c| c.body.as_deref() == Some(M1)));
+    }
+}
+
+#[test]
+fn an_empty_body_callback_while_the_head_is_out_does_not_keep_the_headers_held() {
+    // Istio-style: the body only comes once the (harmless) headers go. An empty data callback
+    // is no body byte: it must neither keep them held nor teach the worker that Envoy
+    // delivers bodies behind held headers.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    assert_eq!(put_headers(&mut f, &h, "v1", M1), Action::Pause);
+    assert_eq!(f.on_request_body(&h, 0, false), Action::Pause);
+    assert!(!w.holds_headers());
+    respond(&mut f, &h, head_answer(None));
+    assert_eq!(h.resumes.get(), 1, "the harmless headers go, so that the body comes");
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+}
