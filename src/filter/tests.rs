@@ -1284,3 +1284,202 @@ fn an_empty_body_callback_while_the_head_is_out_does_not_keep_the_headers_held()
     respond(&mut f, &h, created(M1));
     assert_eq!(h.reply().unwrap().status, 201);
 }
+
+// ---- The host glue's callbacks past the headers, and requests without a worker.
+
+#[test]
+fn without_a_valid_configuration_writes_are_refused_and_reads_pass() {
+    let h = FakeHost::new();
+    for (method, path) in [("PUT", "/v2/app/manifests/v1".to_string()), ("DELETE", format!("/v2/app/manifests/{}", sha(M1)))] {
+        let mut f = Filter::new(None);
+        h.replies.borrow_mut().clear();
+        h.request(method, &path, &[CT]);
+        assert_eq!(on_headers(&mut f, &h, false), Action::Pause, "{method}");
+        let r = h.reply().expect("refused");
+        assert_eq!((r.status, r.json()["errors"][0]["code"].as_str()), (503, Some("UNAVAILABLE")), "{method}");
+    }
+    h.replies.borrow_mut().clear();
+    let mut f = Filter::new(None);
+    h.request("GET", "/v2/app/manifests/v1", &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    assert!(h.reply().is_none(), "a read needs no configuration");
+    assert!(h.calls.borrow().is_empty());
+}
+
+#[test]
+fn reads_are_not_pinned_without_pin_immutable_pulls() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("GET", "/v2/app/manifests/v1", &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    assert_eq!(h.request_header_value(":path").as_deref(), Some("/v2/app/manifests/v1"));
+    assert!(f.idle());
+}
+
+#[test]
+fn pinned_reads_learn_from_the_answer_and_forget_a_digest_that_is_gone() {
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#);
+    let read = |answer: &[(&str, &str)]| {
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("GET", "/v2/app/manifests/v1", &[]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+        let path = h.request_header_value(":path").unwrap();
+        *h.response_headers.borrow_mut() = answer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(f.on_response_headers(&h), Action::Continue);
+        path
+    };
+    let pinned = format!("/v2/app/manifests/{}", sha(M1));
+    // Unknown: read by tag; the registry's answer teaches the map its digest.
+    assert_eq!(read(&[(":status", "200"), CT, ("docker-content-digest", &sha(M1))]), "/v2/app/manifests/v1");
+    // Known: read by digest; the digest is gone (404), so the map forgets it.
+    assert_eq!(read(&[(":status", "404")]), pinned);
+    assert_eq!(read(&[(":status", "404")]), "/v2/app/manifests/v1");
+}
+
+#[test]
+fn a_request_held_or_answered_by_the_filter_never_lets_its_body_or_trailers_go() {
+    // Continue on a body or trailers would resume held headers (Envoy's filter chain
+    // semantics): a delete under check would reach the registry before its verdict.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    assert_eq!(f.on_request_body(&h, 10, false), Action::Pause);
+    assert_eq!(f.on_request_trailers(&h), Action::Pause);
+    assert_eq!(h.resumes.get(), 0);
+    // Answered locally (413): what follows of the request stays with the filter.
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", &[b' '; 1025]);
+    assert_eq!(h.reply().unwrap().status, 413);
+    assert_eq!(f.on_request_body(&h, 10, false), Action::Pause);
+    assert_eq!(f.on_request_trailers(&h), Action::Pause);
+    assert!(h.calls_with("PUT").is_empty());
+}
+
+#[test]
+fn trailers_end_a_chunked_push_body_and_it_is_written() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v1", &[CT, ("transfer-encoding", "chunked")]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    respond(&mut f, &h, head_answer(None));
+    assert_eq!(send_part(&mut f, &h, M1), Action::Pause);
+    assert!(h.calls_with("PUT").is_empty(), "the body may go on");
+    assert_eq!(f.on_request_trailers(&h), Action::Pause);
+    let puts = h.calls_with("PUT");
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].body.as_deref(), Some(M1));
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+}
+
+#[test]
+fn a_break_glass_delete_the_registry_refuses_is_neither_audited_nor_forgotten() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue, "let through by break-glass");
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "401".into())];
+    assert_eq!(f.on_response_headers(&h), Action::Continue);
+    assert!(bg_lines(&h).is_empty());
+    assert_eq!(h.counter("break_glass_overrides"), 0);
+    // The tag is still there: the map still knows it (no HEAD for the next push).
+    let heads = h.calls_with("HEAD").len();
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M2);
+    assert_eq!(h.calls_with("HEAD").len(), heads);
+}
+
+#[test]
+fn a_push_answered_early_says_whether_the_registry_or_envoy_answered() {
+    let reset = "upstream_reset_before_response_started{connection_failure}";
+    for (details, why) in [
+        ("via_upstream", "the registry answered before the manifest arrived".to_string()),
+        (reset, format!("the registry could not be reached ({reset})")),
+    ] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", M2);
+        respond(&mut f, &h, head_answer(Some(M1)));
+        *h.code_details.borrow_mut() = Some(details.into());
+        *h.response_headers.borrow_mut() = vec![(":status".into(), "503".into())];
+        assert_eq!(f.on_response_headers(&h), Action::Pause);
+        let r = h.reply().expect("answered at once");
+        assert_eq!(r.status, 503);
+        let message = r.json()["errors"][0]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(&why), "{details}: {message}");
+        assert!(h.calls_with("PUT").is_empty());
+    }
+}
+
+/// `app:v1` holds `M1` and the map knows it; an identical re-push of it is being written (its
+/// PUT is out, unanswered).
+fn rewriting_v1(h: &FakeHost, w: &Rc<Worker>) -> Filter {
+    assert_eq!(push(h, w, "v1", M1, None).status, 201);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, h, "v1", M1);
+    send_body(&mut f, h, &[M1]);
+    assert_eq!(h.calls_with("PUT").len(), 2);
+    f
+}
+
+/// Whether the next push of `app:v1` asks the registry (the map does not know the tag).
+fn next_push_heads(h: &FakeHost, w: &Rc<Worker>) -> bool {
+    let heads = h.calls_with("HEAD").len();
+    put_headers(&mut Filter::new(Some(w.clone())), h, "v1", M1);
+    h.calls_with("HEAD").len() > heads
+}
+
+#[test]
+fn a_client_that_leaves_while_its_push_is_written_makes_the_map_forget_the_tag() {
+    // The registry may or may not have stored it: the map no longer vouches for the tag.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = rewriting_v1(&h, &w);
+    f.on_done(&h);
+    assert!(f.idle());
+    assert!(h.logs.borrow().iter().any(|(_, m)| m.contains("the client left while its push was written")));
+    assert!(next_push_heads(&h, &w));
+}
+
+#[test]
+fn a_swept_stream_is_counted_only_when_its_answer_never_went() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v9", &[b' '; 1025]);
+    assert_eq!(h.reply().unwrap().status, 413);
+    f.on_swept(&h);
+    assert_eq!(h.counter("streams_swept"), 0, "answered");
+    // Swept while written: counted, and ended like any stream (the map forgets the tag).
+    let mut f = rewriting_v1(&h, &w);
+    f.on_swept(&h);
+    assert_eq!(h.counter("streams_swept"), 1);
+    assert!(f.idle());
+    assert!(next_push_heads(&h, &w));
+}
+
+#[test]
+fn a_digest_delete_where_no_tag_can_be_immutable_is_not_checked() {
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "rules": [{"repositories": {"matching": "prod/**"}, "tags": {"matching": "**"}}]}"#);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    assert!(h.calls.borrow().is_empty(), "no tags listing to pay for");
+    assert!(f.idle());
+    // Where a rule may protect a tag, the listing is read first.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/prod/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
+    assert_eq!(h.calls_with("GET").len(), 1);
+}
