@@ -1483,3 +1483,50 @@ fn a_digest_delete_where_no_tag_can_be_immutable_is_not_checked() {
     assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
     assert_eq!(h.calls_with("GET").len(), 1);
 }
+
+#[test]
+fn what_a_worker_learned_of_the_registry_auth_is_trusted_for_a_minute_only() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    h.advance(59_999);
+    assert_eq!(super::break_glass::registry_auth(&h, &w), Some(true));
+    h.advance(1);
+    assert_eq!(super::break_glass::registry_auth(&h, &w), None, "60 s old: stale");
+}
+
+#[test]
+fn the_probe_runs_only_with_break_glass_and_only_when_due() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    super::break_glass::probe(&h, &w);
+    assert!(h.calls.borrow().is_empty(), "no break-glass: nothing to learn");
+    let w = worker(&h, BG);
+    super::break_glass::probe(&h, &w);
+    assert_eq!(h.calls.borrow().len(), 1);
+    h.advance(super::break_glass::PROBE_PERIOD_MS - 1);
+    super::break_glass::probe(&h, &w);
+    assert_eq!(h.calls.borrow().len(), 1, "not due yet");
+    h.advance(1);
+    super::break_glass::probe(&h, &w);
+    assert_eq!(h.calls.borrow().len(), 2);
+}
+
+#[test]
+fn a_window_lasts_window_ms_from_the_read_that_opened_it() {
+    use crate::break_glass::WINDOW_MS;
+    for (after, status) in [(WINDOW_MS - 1, 201), (WINDOW_MS, 409)] {
+        let h = FakeHost::new();
+        let w = bg_worker(&h, BG, Some(true));
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("HEAD", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        on_headers(&mut f, &h, true);
+        *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
+        f.on_response_headers(&h);
+        h.advance(after);
+        // Fresh knowledge of the registry's authentication: only the window's age counts.
+        w.registry_auth.set(Some((true, h.now_ms())));
+        let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2));
+        assert_eq!(r.status, status, "{after} ms after: {:?}", r.json());
+        assert_eq!(h.counter("break_glass_overrides"), u64::from(status == 201));
+    }
+}
