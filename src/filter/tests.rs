@@ -1530,3 +1530,22 @@ fn a_window_lasts_window_ms_from_the_read_that_opened_it() {
         assert_eq!(h.counter("break_glass_overrides"), u64::from(status == 201));
     }
 }
+
+#[test]
+fn a_delete_by_digest_hashes_a_manifest_of_exactly_the_limit() {
+    let deleted = vec![b' '; 1024];
+    let mut other = deleted.clone();
+    other[0] = b'\n';
+    for (held, refused) in [(&deleted, true), (&other, false)] {
+        let h = FakeHost::new();
+        let w = worker(&h, LIMIT_1K);
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("DELETE", &format!("/v2/app/manifests/{}", sha(&deleted)), &[]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
+        respond(&mut f, &h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#));
+        respond(&mut f, &h, head_without_digest());
+        respond(&mut f, &h, answer(200, &[("content-type", CT.1)], held));
+        assert_eq!(h.reply().map(|r| r.status), refused.then_some(409), "{:?}", h.reply().map(|r| r.json()));
+        assert_eq!(h.resumes.get(), u32::from(!refused));
+    }
+}
