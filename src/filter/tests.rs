@@ -1549,3 +1549,217 @@ fn a_delete_by_digest_hashes_a_manifest_of_exactly_the_limit() {
         assert_eq!(h.resumes.get(), u32::from(!refused));
     }
 }
+
+const AUDIT: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#;
+
+#[test]
+fn the_harmless_answer_is_held_while_a_stale_map_entry_is_checked_again() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    h.replies.borrow_mut().clear();
+    let mut f = Filter::new(Some(w.clone()));
+    assert_eq!(put_headers(&mut f, &h, "v1", M2), Action::Continue, "from the map: the harmless headers go");
+    send_body(&mut f, &h, &[M2]);
+    assert_eq!(h.last_call().unwrap().header(":method"), Some("HEAD"), "the map disagrees: asked again");
+    // The body is here: the harmless answer is held, not taken for an early one.
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
+    assert_eq!(f.on_response_headers(&h), Action::Pause);
+    assert!(h.reply().is_none());
+    respond(&mut f, &h, head_answer(Some(M1)));
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
+}
+
+#[test]
+fn audit_mode_keeps_headers_held_over_a_buffered_body_part() {
+    // Releasing them would send the buffered bytes upstream with the harmless request.
+    let h = FakeHost::new();
+    let w = worker(&h, AUDIT);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    send_part(&mut f, &h, &M1[..4]);
+    respond(&mut f, &h, answer(500, &[], b"oops"));
+    assert_eq!(h.resumes.get(), 0);
+    assert_eq!(h.counter("audit_would_refuse"), 1);
+    send_body(&mut f, &h, &[&M1[4..]]);
+    assert_eq!(h.calls_with("PUT").last().and_then(|c| c.body.clone()).as_deref(), Some(M1));
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+}
+
+#[test]
+fn an_unjudged_audit_push_answered_early_is_counted_once() {
+    let h = FakeHost::new();
+    let w = worker(&h, AUDIT);
+    *h.dispatch_error.borrow_mut() = Some("BadArgument".into());
+    let mut f = Filter::new(Some(w.clone()));
+    assert_eq!(put_headers(&mut f, &h, "v1", M1), Action::Continue);
+    *h.dispatch_error.borrow_mut() = None;
+    assert_eq!(h.counter("audit_would_refuse"), 1);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
+    assert_eq!(f.on_response_headers(&h), Action::Pause);
+    assert_eq!(h.reply().unwrap().status, 503);
+    assert_eq!(h.counter("audit_would_refuse"), 1, "one request, one would-be refusal");
+}
+
+#[test]
+fn audit_mode_ignores_the_lookups_of_a_push_it_already_let_on() {
+    let h = FakeHost::new();
+    let w = worker(&h, AUDIT);
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", &format!("/v2/app/manifests/{}?tag=a&tag=b", sha(M1)), &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    assert_eq!(h.calls_with("HEAD").len(), 2);
+    respond(&mut f, &h, answer(500, &[], b"oops"));
+    assert_eq!(h.resumes.get(), 1, "let on unjudged: the harmless headers go");
+    respond(&mut f, &h, answer(500, &[], b"oops"));
+    assert!(h.reply().is_none(), "the second lookup no longer matters");
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.replies.borrow().len(), 1);
+    assert_eq!(h.reply().unwrap().status, 201);
+    assert_eq!(h.counter("audit_would_refuse"), 1);
+}
+
+#[test]
+fn a_push_hashes_a_held_manifest_of_exactly_the_limit() {
+    let held = vec![b' '; 1024];
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", &held);
+    respond(&mut f, &h, head_without_digest());
+    respond(&mut f, &h, answer(200, &[CT], &held));
+    send_body(&mut f, &h, &[&held]);
+    respond(&mut f, &h, created(&held));
+    assert_eq!(h.reply().unwrap().status, 201, "{:?}", h.reply().unwrap().json());
+    assert_eq!(h.counter("pushes_allowed_same_digest"), 1);
+}
+
+#[test]
+fn a_lookup_the_registry_refuses_is_answered_with_its_status_code_and_challenge() {
+    for (status, code) in [(401, "UNAUTHORIZED"), (403, "DENIED")] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", M1);
+        respond(&mut f, &h, answer(status, &[("www-authenticate", "Bearer realm=\"x\"")], b""));
+        let r = h.reply().unwrap();
+        assert_eq!((r.status, r.json()["errors"][0]["code"].as_str()), (status, Some(code)));
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"x\""));
+        assert!(h.calls_with("PUT").is_empty());
+    }
+}
+
+#[test]
+fn a_tag_holding_a_sha512_digest_is_judged_by_sha512() {
+    use crate::digest::Algorithm;
+    for (pushed, status) in [(M1, 201), (M2, 409)] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", pushed);
+        let held = Digest::of(Algorithm::Sha512, M1).to_string();
+        respond(&mut f, &h, answer(200, &[("docker-content-digest", &held)], b""));
+        send_body(&mut f, &h, &[pushed]);
+        if status == 201 {
+            respond(&mut f, &h, created(pushed));
+        }
+        let r = h.reply().unwrap();
+        assert_eq!(r.status, status, "{:?}", r.json());
+        if status == 409 {
+            assert_eq!(r.json()["errors"][0]["detail"]["pushed_digest"], Digest::of(Algorithm::Sha512, M2).to_string());
+        }
+    }
+}
+
+#[test]
+fn a_stored_push_the_registry_names_no_digest_for_commits_the_claimed_one() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, answer(201, &[("location", "/v2/app/manifests/v1")], b""));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let r = records(&h);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].kind, r[0].tag.as_str(), r[0].digest.as_str()), (crate::claims::Kind::Committed, "v1", sha(M1).as_str()));
+}
+
+#[test]
+fn only_a_201_teaches_the_map_the_written_digest() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, answer(200, &[("docker-content-digest", &sha(M1))], b""));
+    assert_eq!(h.reply().unwrap().status, 200);
+    assert!(next_push_heads(&h, &w));
+}
+
+#[test]
+fn a_stored_multi_tag_push_commits_the_path_tag_and_gives_the_others_back() {
+    // A registry may ignore `?tag=`: only the path's tag is known to be written.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    respond(&mut f, &h, head_answer(None));
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let held: Vec<_> = records(&h).into_iter().filter(|r| r.kind != crate::claims::Kind::Committed || r.tag != "v1").filter(|r| r.holders > 0 || r.tag == "v1").collect();
+    assert!(held.is_empty(), "only v1's committed record stays: {held:?}");
+    assert!(records(&h).iter().any(|r| r.kind == crate::claims::Kind::Committed && r.tag == "v1"));
+}
+
+#[test]
+fn an_etcd_commit_is_only_sent_for_a_path_tag_this_push_claimed() {
+    // Tag a already holds M1 (no claim needed in etcd); b is new and claimed. Once stored,
+    // b's claim is given back and nothing is committed for a.
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/a?tag=b", &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    while h.calls_with("HEAD").len() > h.calls.borrow().len() - h.pending.borrow().len() || !h.pending.borrow().is_empty() {
+        let Some(call) = h.pending.borrow().front().map(|t| h.calls.borrow()[*t as usize - 1].clone()) else { break };
+        if call.header(":method") != Some("HEAD") {
+            break;
+        }
+        respond(&mut f, &h, head_answer((call.header(":path") == Some("/v2/app/manifests/a")).then_some(M1)));
+    }
+    send_body(&mut f, &h, &[M1]);
+    answer_etcd(&mut f, &h, &etcd);
+    assert!(etcd.value("/immutable-tags/app:b").is_some(), "b claimed");
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let before = etcd_calls(&h);
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd_calls(&h) - before, 1, "one txn: b's release");
+    assert_eq!(etcd.value("/immutable-tags/app:b"), None);
+    assert_eq!(etcd.value("/immutable-tags/app:a"), None);
+}
+
+#[test]
+fn dispatched_calls_carry_the_clients_authority_or_the_configured_one() {
+    let internal = r#"{"upstream": {"cluster": "registry", "authority": "registry.internal"}, "global": {"immutable_tags": true}}"#;
+    for (policy, authority) in [(POLICY, "registry.test"), (internal, "registry.internal")] {
+        let h = FakeHost::new();
+        let w = worker(&h, policy);
+        put_headers(&mut Filter::new(Some(w.clone())), &h, "v1", M1);
+        assert_eq!(h.last_call().unwrap().header(":authority"), Some(authority));
+    }
+}
+
