@@ -1763,3 +1763,26 @@ fn dispatched_calls_carry_the_clients_authority_or_the_configured_one() {
     }
 }
 
+#[test]
+fn audit_mode_answers_an_oversized_body_it_cannot_write() {
+    // Nothing over max_manifest_bytes is ever written, whatever the mode: once the body is
+    // complete (trailers, or its last part), the refusal is answered.
+    let h = FakeHost::new();
+    let w = worker(&h, &LIMIT_1K.replace(r#""max_manifest_bytes""#, r#""mode": "audit", "max_manifest_bytes""#));
+    for end in ["trailers", "last part"] {
+        let mut f = Filter::new(Some(w.clone()));
+        h.replies.borrow_mut().clear();
+        h.request("PUT", &format!("/v2/app/manifests/{}", if end == "trailers" { "v1" } else { "v2" }), &[CT, ("transfer-encoding", "chunked")]);
+        on_headers(&mut f, &h, false);
+        respond(&mut f, &h, head_answer(None));
+        if end == "trailers" {
+            send_part(&mut f, &h, &[b' '; 2000]);
+            f.on_request_trailers(&h);
+        } else {
+            send_body(&mut f, &h, &[&[b' '; 2000]]);
+        }
+        let r = h.reply().unwrap_or_else(|| panic!("{end}: no answer"));
+        assert_eq!(r.status, 413, "{end}");
+        assert!(h.calls_with("PUT").is_empty(), "{end}");
+    }
+}
