@@ -1786,3 +1786,42 @@ fn audit_mode_answers_an_oversized_body_it_cannot_write() {
         assert!(h.calls_with("PUT").is_empty(), "{end}");
     }
 }
+
+#[test]
+fn the_etcd_lease_lives_as_long_as_a_claim() {
+    let etcd = FakeEtcd::default();
+    let policy = ETCD_POLICY.replace(r#""claims": {"#, r#""claims": {"ttl_seconds": 45, "#);
+    let (h, w) = replica(&etcd, &policy);
+    let _f = to_claim(&h, &w, M1);
+    let grant = h.calls.borrow().iter().find(|c| c.header(":path") == Some("/v3/lease/grant")).cloned().expect("a lease grant");
+    let body: serde_json::Value = serde_json::from_slice(grant.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["TTL"], "45");
+}
+
+#[test]
+fn an_etcd_claim_that_never_settles_is_refused_after_the_bound() {
+    // Every txn finds the key gone between its compare and its read: claimed again, 6 calls
+    // in all (the lease grant, 5 txns), then refused.
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    let gone = answer(200, &[], br#"{"header": {"cluster_id": "1", "revision": "9"}, "responses": [{"response_range": {"header": {"revision": "9"}}}]}"#);
+    let mut txns = 0;
+    for _ in 0..20 {
+        let more = respond_with(&mut f, &h, |c| match c.header(":path") {
+            Some("/v3/kv/txn") => {
+                txns += 1;
+                gone.clone()
+            }
+            _ => etcd.answer(c),
+        });
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(txns, 5);
+    let r = h.reply().expect("refused");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("did not settle"), "{:?}", r.json());
+    assert!(h.calls_with("PUT").is_empty());
+}
