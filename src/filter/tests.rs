@@ -1825,3 +1825,58 @@ fn an_etcd_claim_that_never_settles_is_refused_after_the_bound() {
     assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("did not settle"), "{:?}", r.json());
     assert!(h.calls_with("PUT").is_empty());
 }
+
+fn etcd_paths(h: &FakeHost, from: usize) -> Vec<String> {
+    h.calls.borrow().iter().skip(from).filter(|c| c.cluster == "etcd").map(|c| c.header(":path").unwrap_or_default().to_string()).collect()
+}
+
+#[test]
+fn the_root_keeps_its_lease_alive_every_third_of_the_ttl() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    answer_etcd(&mut f, &h, &etcd);
+    let keepalives = || etcd_paths(&h, 0).iter().filter(|p| *p == "/v3/lease/keepalive").count();
+    for (advance, expected) in [(19_999, 0), (1, 1), (19_999, 1), (1, 2), (0, 2)] {
+        h.advance(advance);
+        run_root(&h, &w, &etcd);
+        assert_eq!(keepalives(), expected, "after {advance} ms more");
+    }
+}
+
+#[test]
+fn a_committed_record_is_deleted_one_ttl_after_the_commit() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    answer_etcd(&mut f, &h, &etcd);
+    respond(&mut f, &h, created(M1));
+    run_root(&h, &w, &etcd);
+    let committed = Some(format!("d 1000000 {}", sha(M1)));
+    assert_eq!(etcd.value(KEY), committed);
+    for advance in [0, 59_999] {
+        h.advance(advance);
+        run_root(&h, &w, &etcd);
+        assert_eq!(etcd.value(KEY), committed, "still fencing");
+    }
+    h.advance(1);
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd.value(KEY), None);
+}
+
+#[test]
+fn a_lease_etcd_lost_is_granted_again_before_the_next_claim_is_sent() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim_tag(&h, &w, "v0", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    let lease = etcd.leases.borrow()[0];
+    etcd.expire(lease);
+    h.advance(20_000);
+    run_root(&h, &w, &etcd);
+    let from = h.calls.borrow().len();
+    let mut f = to_claim_tag(&h, &w, "v1", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!(etcd_paths(&h, from), ["/v3/lease/grant", "/v3/kv/txn"], "no txn wasted on the lost lease");
+    assert_eq!(h.calls_with("PUT").len(), 2);
+}
