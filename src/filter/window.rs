@@ -12,7 +12,7 @@
 //!   lease (and so its end), through the root context's queue (the stream is ending).
 use super::break_glass::{line, registry_auth, Asked};
 use super::claims::etcd::{self as store, CONNECT_RETRIES};
-use super::host::{Host, Level};
+use super::host::{Host, Level, SharedError};
 use super::worker::Worker;
 use crate::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
 use crate::config::EtcdSettings;
@@ -179,7 +179,8 @@ pub fn take(host: &dyn Host, worker: &Worker, bg: &BreakGlass, action: Action, r
         let Some(w) = Window::open(&value, host.now_ms()).filter(|w| w.principal == principal) else { return Taken::Not(None) };
         return match host.shared_set(&key, b"", cas) {
             Ok(()) => Taken::Found(w, Used { key, value, lease: 0 }),
-            Err(e) => Taken::Not(Some(format!("the break-glass window was used by another request ({e:?})"))),
+            Err(SharedError::CasMismatch) => Taken::Not(Some("the break-glass window was used by another request".into())),
+            Err(SharedError::Other(s)) => Taken::Not(Some(format!("the break-glass window could not be used up ({s})"))),
         };
     };
     // A round trip only for a principal and a write a window could serve.
