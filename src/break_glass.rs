@@ -180,7 +180,8 @@ fn base64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A window opened for one principal and one `repository:tag` (kept in shared data).
+/// A window opened for one principal and one `repository:tag` (kept in shared data, or in etcd:
+/// `filter::window`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     pub principal: String,
@@ -189,6 +190,7 @@ pub struct Window {
 }
 
 impl Window {
+    /// Its shared-data key (etcd's: `crate::etcd::window_key`).
     pub fn key(repository: &str, tag: &str) -> String {
         format!("immutable_tags.break_glass/{repository}:{tag}")
     }
