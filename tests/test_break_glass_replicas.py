@@ -65,6 +65,16 @@ def open_window(envoy, repo: str, tag: str) -> None:
         time.sleep(0.2)
 
 
+def committed(etcd, repo: str, tag: str) -> None:
+    """Waits until the root context committed the claim of the push that created repo:tag
+    (within a tick, 250 ms). Until then the claim fences every other digest: an override's too,
+    which now claims the tag like any write that changes it."""
+    deadline = time.time() + 3
+    while not (etcd.get(f"/immutable-tags/{repo}:{tag}") or "").startswith("d ") and time.time() < deadline:
+        time.sleep(0.05)
+    assert (etcd.get(f"/immutable-tags/{repo}:{tag}") or "").startswith("d "), "committed"
+
+
 def window_key(repo: str, tag: str) -> str:
     return f"/immutable-tags/window:{repo}:{tag}:release-admin"
 
@@ -75,6 +85,7 @@ def test_a_window_opened_through_one_replica_is_used_once_through_another(replic
     m1 = make_manifest(registry.url, repo, "one")
     for tag in ("v0", "v1"):
         assert put_manifest(a.url, repo, tag, m1, headers=ADMIN).status == 201
+    committed(etcd, repo, "v1")
     open_window(b, repo, "v0")  # B has learned the registry's authentication too
     open_window(a, repo, "v1")
     kv = etcd.get_kv(window_key(repo, "v1"))
@@ -107,6 +118,7 @@ def test_two_replicas_racing_for_one_window_override_once(replicas, registry, et
     repo = f"prod/bg-race-{uid}"
     m1 = make_manifest(registry.url, repo, "one")
     assert put_manifest(a.url, repo, "v1", m1, headers=ADMIN).status == 201
+    committed(etcd, repo, "v1")
     open_window(b, repo, "v1")
     open_window(a, repo, "v1")
     ms = [make_manifest(registry.url, repo, f"racer-{i}") for i in range(2)]
@@ -134,6 +146,7 @@ def test_a_write_the_registry_refuses_does_not_use_up_the_window(replicas, regis
     repo = f"prod/bg-failed-{uid}"
     m1, m2 = make_manifest(registry.url, repo, "one"), make_manifest(registry.url, repo, "two")
     assert put_manifest(a.url, repo, "v1", m1, headers=ADMIN).status == 201
+    committed(etcd, repo, "v1")
     open_window(b, repo, "v1")
     open_window(a, repo, "v1")
     # A manifest whose config blob the registry does not have: distribution refuses it.

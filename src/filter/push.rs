@@ -96,6 +96,11 @@ struct Want {
     reason: String,
     /// The registry does not hold the tag.
     absent: bool,
+    /// Break-glass lifted the refusal of an overwrite: the push changes what the tag holds.
+    overriding: bool,
+    /// The verdict rests on this worker's map, not on the registry's word: the tag may have
+    /// changed since (see `claims::needed`).
+    from_map: bool,
     pushed: String,
     since_ms: u64,
 }
@@ -488,6 +493,7 @@ impl Push {
         let mut allowed = Vec::new();
         for t in &self.tags {
             let Lookup::Known(current) = &t.lookup else { continue };
+            let mut overriding = false;
             let pushed = match current {
                 Some(c) if c.algorithm() != sha256.algorithm() => Digest::of(c.algorithm(), body),
                 _ => sha256.clone(),
@@ -504,7 +510,10 @@ impl Push {
                     };
                     match grant {
                         // Judged as allowed from here on: claimed like any other write.
-                        Grant::Yes(record) => overrides.push((record, current, new)),
+                        Grant::Yes(record) => {
+                            overrides.push((record, current, new));
+                            overriding = true;
+                        }
                         Grant::Ask(l) => return Judged::Ask(l),
                         Grant::No(why) => {
                             let mut err = self.conflict(worker, &t.tag, &t.reason, &current, &new, None);
@@ -515,7 +524,7 @@ impl Push {
                 }
             }
             let (tag, reason, absent, since_ms) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms);
-            allowed.push(Want { tag, reason, absent, pushed: pushed.to_string(), since_ms });
+            allowed.push(Want { tag, reason, absent, overriding, from_map: t.from_map, pushed: pushed.to_string(), since_ms });
         }
         Judged::Allowed(counters, allowed)
     }
@@ -547,7 +556,8 @@ impl Push {
                 let why = "the push took longer than claims.ttl_seconds; retry it";
                 return Next::Refuse(OciError::upstream(&self.repository, &want.tag, why), Vec::new());
             }
-            if !claims::needed(worker, want.absent) {
+            let stale_map = want.from_map && worker.config.tags_can_change();
+            if !claims::needed(worker, want.absent || want.overriding || stale_map) {
                 continue;
             }
             let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, want.since_ms);

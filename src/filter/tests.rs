@@ -1378,6 +1378,8 @@ fn of_two_replicas_racing_for_one_window_exactly_one_overrides() {
     assert_eq!(b.last_call().unwrap().header(":path"), Some("/v3/kv/deleterange"));
     respond_with(&mut fa, &a, |c| etcd.answer(c));
     respond_with(&mut fb, &b, |c| etcd.answer(c));
+    // A, with the window, claims the tag in etcd like any write that changes it.
+    answer_etcd(&mut fa, &a, &etcd);
     assert_eq!((a.calls_with("PUT").len(), b.calls_with("PUT").len()), (1, 0));
     let r = b.reply().unwrap();
     assert_eq!(r.status, 409);
@@ -1443,6 +1445,10 @@ fn a_failed_overriding_write_puts_the_window_back() {
     assert_eq!(bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status, 201, "the retry overrides");
     assert_eq!(bg_lines(&b).len(), 1);
     // A write whose outcome is unknown (reset) may have overwritten: its window stays used.
+    // (Once the root committed that override's claim, a moment later: a view of the tag as
+    // old as a commit is fenced by it.)
+    run_root(&b, &wb, &etcd);
+    b.advance(1);
     open_in_etcd(&a, &wa, &etcd);
     let reset = Reply { status: 0, headers: Vec::new(), body: Vec::new() };
     assert_eq!(bg_push_etcd(&b, &wb, &etcd, M1, M2, &[ADMIN], reset).status, 503);
@@ -1555,4 +1561,82 @@ fn an_empty_body_callback_while_the_head_is_out_does_not_keep_the_headers_held()
     send_body(&mut f, &h, &[M1]);
     respond(&mut f, &h, created(M1));
     assert_eq!(h.reply().unwrap().status, 201);
+}
+
+#[test]
+fn overrides_through_two_replicas_race_for_the_etcd_claim_like_any_write() {
+    // An override changes what the tag holds, as a new tag does: with claims.etcd it takes the
+    // claim too, so of two overrides with different manifests through two replicas one wins.
+    let etcd = FakeEtcd::default();
+    let (ha, wa) = bg_replica(&etcd);
+    let (hb, wb) = bg_replica(&etcd);
+    let (mut a, mut b) = (Filter::new(Some(wa)), Filter::new(Some(wb)));
+    for (f, h, body) in [(&mut a, &ha, M2), (&mut b, &hb, b"{\"other\":1}".as_slice())] {
+        h.request("PUT", "/v2/app/manifests/v1", &[CT, ADMIN, REASON]);
+        on_headers(f, h, false);
+        respond(f, h, head_answer(Some(M1)));
+        send_body(f, h, &[body]);
+    }
+    answer_etcd(&mut a, &ha, &etcd);
+    answer_etcd(&mut b, &hb, &etcd);
+    assert_eq!(ha.calls_with("PUT").len() + hb.calls_with("PUT").len(), 1, "one winner");
+    let r = hb.reply().expect("the loser is answered");
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M2), "fenced by the winner's claim");
+}
+
+#[test]
+fn after_an_override_through_another_replica_a_stale_map_does_not_put_the_old_digest_back() {
+    // A's map learned app:v1 = M1 from its own push. B overrides v1 with M2 (break-glass).
+    // A re-push of M1 through A looks "identical" to A's map: it must meet B's record in etcd
+    // and be refused, not put M1 back over the override.
+    let etcd = FakeEtcd::default();
+    let (ha, wa) = bg_replica(&etcd);
+    let (hb, wb) = bg_replica(&etcd);
+    let mut f = to_claim(&ha, &wa, M1);
+    answer_etcd(&mut f, &ha, &etcd);
+    respond(&mut f, &ha, created(M1));
+    f.on_done(&ha);
+    run_root(&ha, &wa, &etcd);
+    hb.advance(1);
+    assert_eq!(bg_push_etcd(&hb, &wb, &etcd, M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    run_root(&hb, &wb, &etcd);
+    let puts = ha.calls_with("PUT").len();
+    let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[], created(M1));
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M2));
+    assert_eq!(ha.calls_with("PUT").len(), puts, "nothing written");
+}
+
+#[test]
+fn after_an_override_through_another_worker_a_stale_map_does_not_put_the_old_digest_back() {
+    // The same within one Envoy: each worker has its own map; the claim records are shared.
+    let h1 = FakeHost::new();
+    let h2 = h1.share_with();
+    let (w1, w2) = (bg_worker(&h1, BG, Some(true)), bg_worker(&h2, BG, Some(true)));
+    assert_eq!(push(&h1, &w1, "v1", M1, None).status, 201);
+    h1.advance(1);
+    assert_eq!(bg_push(&h2, &w2, "v1", M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    let puts = h1.calls_with("PUT").len();
+    let r = push(&h1, &w1, "v1", M1, Some(M2));
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(h1.calls_with("PUT").len(), puts, "nothing written");
+}
+
+#[test]
+fn where_tags_can_change_the_map_is_trusted_no_longer_than_the_claims() {
+    // cache.ttl_seconds 3600, claims.ttl_seconds 60: with break-glass the map entry is
+    // revalidated (HEAD) after 60 s, when no claim record would fence a stale one any more;
+    // without break-glass (tags never change through the filter) it lives its hour.
+    let with = r#"{"global": {"immutable_tags": true}, "cache": {"ttl_seconds": 3600}, "break_glass": {"principals": ["admin"]}}"#;
+    let without = r#"{"global": {"immutable_tags": true}, "cache": {"ttl_seconds": 3600}}"#;
+    for (policy, heads) in [(with, 1), (without, 0)] {
+        let h = FakeHost::new();
+        let w = bg_worker(&h, policy, Some(true));
+        assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+        let before = h.calls_with("HEAD").len();
+        h.advance(61_000);
+        assert_eq!(push(&h, &w, "v1", M1, Some(M1)).status, 201);
+        assert_eq!(h.calls_with("HEAD").len() - before, heads, "{policy}");
+    }
 }
