@@ -11,40 +11,8 @@
 //! `c` a claim in flight written at `at_ms`, `d` the registry stored it at `at_ms`. Both live
 //! one claims TTL past `at_ms` (the same rules as `crate::claims`), and every record is bound
 //! to its writer's lease, so a replica that dies leaves nothing past the lease.
+use crate::base64::{decode as unb64, encode as b64};
 use crate::json_doc::Json;
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (what the gateway writes and reads for `bytes` fields).
-pub fn b64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            let c = if i <= chunk.len() { B64.get((n >> (18 - 6 * i) & 63) as usize).copied().unwrap_or(b'=') } else { b'=' };
-            out.push(char::from(c));
-        }
-    }
-    out
-}
-
-/// Decodes standard base64 (padding optional); `None` on any other byte.
-pub fn unb64(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = B64.iter().position(|b| *b == c)? as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits & 0xff) as u8);
-        }
-    }
-    // Leftover bits must be zero padding of a valid length.
-    (bits < 6 && acc & ((1 << bits) - 1) == 0).then_some(out)
-}
 
 /// An int64 of the gateway (a JSON string; a number from a lenient writer). Revisions and
 /// lease IDs etcd hands out are never negative.
@@ -307,20 +275,6 @@ mod tests {
     use serde_json::{json, Value};
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    #[test]
-    fn base64_round_trips_and_matches_the_standard() {
-        for (raw, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("/immutable-tags/a:v1", "L2ltbXV0YWJsZS10YWdzL2E6djE=")] {
-            assert_eq!(b64(raw.as_bytes()), enc);
-            assert_eq!(unb64(enc).unwrap(), raw.as_bytes());
-        }
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(unb64(&b64(&all)).unwrap(), all);
-        assert_eq!(unb64("Zg").unwrap(), b"f");
-        assert_eq!(unb64("Z!=="), None);
-        assert_eq!(unb64("Zh=="), None, "non-zero padding bits");
-        assert_eq!(unb64("Z"), None, "a lone sextet is not a byte");
-    }
 
     #[test]
     fn requests_carry_base64_and_int64_strings() {

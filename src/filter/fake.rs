@@ -292,7 +292,7 @@ pub struct FakeEtcd {
 
 impl FakeEtcd {
     pub fn answer(&self, call: &Call) -> Reply {
-        use crate::etcd::{b64, unb64};
+        use crate::base64::{decode as unb64, encode as b64};
         use serde_json::{json, Value};
         let body: Value = serde_json::from_slice(call.body.as_deref().unwrap_or_default()).unwrap_or(Value::Null);
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
