@@ -598,21 +598,7 @@ def istio_blobs(st: Stack, rounds: int, mib: int, repeat: int) -> dict:
         for d, run in transfer.items():
             # Both Envoys at the same moment (one thread each), so the machine's mood is shared.
             c0 = {k: cpu_seconds(e.proc.pid) for k, e in envoys.items()}
-            errors = []
-
-            def go(url, run=run):
-                try:
-                    for _ in range(repeat):
-                        run(url)
-                except Exception as e:  # noqa: BLE001 - re-raised below, on the main thread
-                    errors.append(e)
-            threads = [threading.Thread(target=go, args=(e.url,)) for e in envoys.values()]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
+            stack.run_together([lambda url=e.url, run=run: [run(url) for _ in range(repeat)] for e in envoys.values()])
             for k, e in envoys.items():
                 cpu[(k, d)].append(cpu_seconds(e.proc.pid) - c0[k])
     out = {"mib": mib, "repeat": repeat}

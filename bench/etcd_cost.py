@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -58,23 +60,8 @@ def sequential(p: Pusher, n: int) -> list[float]:
 
 def concurrent(p: Pusher, clients: int, per_client: int) -> float:
     """Pushes/s with `clients` clients each pushing `per_client` new tags."""
-    errors: list = []
-
-    def run() -> None:
-        try:
-            for _ in range(per_client):
-                p.push()
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run) for _ in range(clients)]
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    stack.run_together([lambda: [p.push() for _ in range(per_client)]] * clients)
     return clients * per_client / (time.perf_counter() - t0)
 
 
@@ -85,6 +72,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "bench" / "etcd_results.md"))
     a = ap.parse_args()
+    load_before = os.getloadavg()[0]
 
     work = Path(tempfile.mkdtemp(prefix="immutable-tags-etcd-bench-"))
     registry = stack.Registry(work).start()
@@ -125,10 +113,12 @@ def main() -> int:
     lat_ratio = etcd_row[1] / base[1]
     rps_ratio = etcd_row[3] / base[3]
     module = stack.MODULE.stat().st_size if stack.MODULE.exists() else 0
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     md = [
         "# Claims in etcd: cost of a push to a new immutable tag",
         "",
-        f"Measured {datetime.date.today()} by `bench/etcd_cost.py` on loopback: one distribution 2.8 "
+        f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, commit `{commit}`, load average "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after, by `bench/etcd_cost.py` on loopback: one distribution 2.8 "
         f"registry, Envoy 1.40 (2 workers) with the filter, claims in Envoy shared data vs. in a "
         f"3-member etcd 3.4 cluster over mutual TLS; {a.rounds} alternating rounds of {a.pushes} "
         f"sequential pushes and {a.clients} concurrent clients. Every push is a new tag (one claim).",

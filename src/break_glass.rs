@@ -6,6 +6,7 @@
 //! write, and only when the registry demands authentication (an anonymous `GET /v2/` answered
 //! 401, `registry_auth` below): against a registry without auth any name is unproven.
 
+use crate::base64::decode;
 use crate::config::ConfigError;
 use crate::glob;
 use crate::json_doc::{Fields, Json};
@@ -140,10 +141,10 @@ pub fn principal(authorization: &str) -> Option<String> {
     let (scheme, cred) = authorization.trim().split_once(' ')?;
     let cred = cred.trim();
     let name = if scheme.eq_ignore_ascii_case("basic") {
-        let text = String::from_utf8(base64(cred)?).ok()?;
+        let text = String::from_utf8(decode(cred)?).ok()?;
         text.split_once(':')?.0.to_string()
     } else if scheme.eq_ignore_ascii_case("bearer") {
-        let payload = base64(cred.split('.').nth(1)?)?;
+        let payload = decode(cred.split('.').nth(1)?)?;
         match Json::parse(&payload).ok()? {
             Json::Object(fields) => match fields.into_iter().find(|(k, _)| k == "sub")?.1 {
                 Json::Str(s) => s,
@@ -157,30 +158,8 @@ pub fn principal(authorization: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// Decodes standard or URL-safe base64, padded or not.
-fn base64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-/// A window opened for one principal and one `repository:tag` (kept in shared data).
+/// A window opened for one principal and one `repository:tag` (kept in shared data, or in etcd:
+/// `filter::window`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     pub principal: String,
@@ -189,6 +168,7 @@ pub struct Window {
 }
 
 impl Window {
+    /// Its shared-data key (etcd's: `crate::etcd::window_key`).
     pub fn key(repository: &str, tag: &str) -> String {
         format!("immutable_tags.break_glass/{repository}:{tag}")
     }
@@ -226,6 +206,8 @@ mod tests {
         let b = bg(r#"{"principals": ["release-admin"]}"#).unwrap();
         assert_eq!(b.actions, vec![Action::Overwrite, Action::Delete]);
         assert_eq!(b.reason_header, "x-break-glass-reason");
+        // A header name of letters, digits, '-' and '_' is taken as is (lower-cased: Envoy's).
+        assert_eq!(bg(r#"{"principals": ["a"], "reason_header": "X-Why_2"}"#).unwrap().reason_header, "x-why_2");
         assert!(b.grant(Action::Delete, "any/repo", &ADMIN).is_ok(), "default: every repository");
         for (json, field) in [
             (r#"{"principals": "release-admin"}"#, "break_glass.principals"),
@@ -233,6 +215,8 @@ mod tests {
             (r#"{"principals": []}"#, "break_glass.principals"),
             (r#"{"principals": ["a"], "actions": ["push"]}"#, "break_glass.actions"),
             (r#"{"principals": ["a"], "reason_header": ""}"#, "break_glass.reason_header"),
+            (r#"{"principals": ["a"], "reason_header": "X Why"}"#, "break_glass.reason_header"),
+            (r#"{"principals": ["a"], "reason_header": "X-Why:"}"#, "break_glass.reason_header"),
             (r#"{"principals": ["a"], "repositories": ["{a"]}"#, "break_glass.repositories"),
             (r#"{"principals": ["a"], "who": 1}"#, "break_glass.who"),
             (r#"{"principals": ["a"], "actions": []}"#, "break_glass.actions"),

@@ -204,6 +204,13 @@ pub const DEFAULT_ERROR_CODE: &str = "DENIED";
 pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 impl Config {
+    /// Whether an immutable tag's digest can change through the filter: a break-glass override,
+    /// or a tag delete let through and the tag pushed anew. Then what a worker's map learned
+    /// may be stale, and only vouches for a push as long as the claim records fence it.
+    pub fn tags_can_change(&self) -> bool {
+        self.break_glass.is_some() || !self.deletes.protect
+    }
+
     /// Parses and validates a configuration. Empty input is the empty policy (every tag mutable).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -11,40 +11,8 @@
 //! `c` a claim in flight written at `at_ms`, `d` the registry stored it at `at_ms`. Both live
 //! one claims TTL past `at_ms` (the same rules as `crate::claims`), and every record is bound
 //! to its writer's lease, so a replica that dies leaves nothing past the lease.
+use crate::base64::{decode as unb64, encode as b64};
 use crate::json_doc::Json;
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (what the gateway writes and reads for `bytes` fields).
-pub fn b64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            let c = if i <= chunk.len() { B64.get((n >> (18 - 6 * i) & 63) as usize).copied().unwrap_or(b'=') } else { b'=' };
-            out.push(char::from(c));
-        }
-    }
-    out
-}
-
-/// Decodes standard base64 (padding optional); `None` on any other byte.
-pub fn unb64(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = B64.iter().position(|b| *b == c)? as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits & 0xff) as u8);
-        }
-    }
-    // Leftover bits must be zero padding of a valid length.
-    (bits < 6 && acc & ((1 << bits) - 1) == 0).then_some(out)
-}
 
 /// An int64 of the gateway (a JSON string; a number from a lenient writer). Revisions and
 /// lease IDs etcd hands out are never negative.
@@ -101,14 +69,18 @@ impl Record {
 /// Create the claim if the key does not exist (`create_revision == 0`), else read it back.
 /// (Every string in these bodies is base64 or digits: nothing to escape.)
 pub fn claim_txn(key: &str, record: &Record, lease: u64) -> String {
+    create_txn(key, record.encode().as_bytes(), lease)
+}
+
+/// Write `value` if the key does not exist, else read it back.
+pub fn create_txn(key: &str, value: &[u8], lease: u64) -> String {
     let k = b64(key.as_bytes());
-    let put = put(&k, record, lease);
+    let put = put(&k, value, lease);
     format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
-fn put(k: &str, record: &Record, lease: u64) -> String {
-    let v = b64(record.encode().as_bytes());
-    format!(r#"{{"request_put":{{"key":"{k}","value":"{v}","lease":"{lease}"}}}}"#)
+fn put(k: &str, value: &[u8], lease: u64) -> String {
+    format!(r#"{{"request_put":{{"key":"{k}","value":"{}","lease":"{lease}"}}}}"#, b64(value))
 }
 
 fn mod_is(k: &str, mod_revision: u64) -> String {
@@ -119,7 +91,7 @@ fn mod_is(k: &str, mod_revision: u64) -> String {
 /// committing our own claim), else read it back.
 pub fn put_if_txn(key: &str, mod_revision: u64, record: &Record, lease: u64) -> String {
     let k = b64(key.as_bytes());
-    let (compare, put) = (mod_is(&k, mod_revision), put(&k, record, lease));
+    let (compare, put) = (mod_is(&k, mod_revision), put(&k, record.encode().as_bytes(), lease));
     format!(r#"{{{compare},"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
@@ -128,6 +100,23 @@ pub fn delete_if_txn(key: &str, mod_revision: u64) -> String {
     let k = b64(key.as_bytes());
     let compare = mod_is(&k, mod_revision);
     format!(r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}]}}"#)
+}
+
+/// The etcd key of `principal`'s break-glass window on `repository:tag`: repositories and tags
+/// hold no `:`, so it never equals a claim key (one `:` after the prefix) nor another window's.
+pub fn window_key(prefix: &str, repository: &str, tag: &str, principal: &str) -> String {
+    format!("{prefix}window:{repository}:{tag}:{principal}")
+}
+
+/// `/v3/kv/put` of `value`, bound to `lease`.
+pub fn put_body(key: &str, value: &[u8], lease: u64) -> String {
+    format!(r#"{{"key":"{}","value":"{}","lease":"{lease}"}}"#, b64(key.as_bytes()), b64(value))
+}
+
+/// `/v3/kv/deleterange` of one key, answering what it deleted: one atomic read-and-use, so of
+/// several requests only one gets the value.
+pub fn take_body(key: &str) -> String {
+    format!(r#"{{"key":"{}","prev_kv":true}}"#, b64(key.as_bytes()))
 }
 
 pub fn grant_body(ttl_seconds: u64) -> String {
@@ -208,6 +197,31 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
     }
 }
 
+/// A `/v3/kv/put` answered.
+pub fn parse_put(status: Option<u16>, body: &[u8]) -> Answer<()> {
+    match json_answer(status, body) {
+        Ok(d) if int64(at(&d, &["header", "revision"])).is_some() => Answer::Ok(()),
+        Ok(_) => Answer::Failed("etcd answered something unreadable".into()),
+        Err(a) => a,
+    }
+}
+
+/// A [`take_body`] answered: the value deleted and its lease, or `None` (there was no key).
+pub fn parse_taken(status: Option<u16>, body: &[u8]) -> Answer<Option<(Vec<u8>, u64)>> {
+    let doc = match json_answer(status, body) {
+        Ok(d) => d,
+        Err(a) => return lift(a),
+    };
+    if int64(at(&doc, &["header", "revision"])).is_none() {
+        return Answer::Failed("etcd answered something unreadable".into());
+    }
+    let Some(kv) = doc.field("prev_kvs").and_then(|kvs| kvs.item(0)) else { return Answer::Ok(None) };
+    match unb64(text(kv.field("value")).unwrap_or_default()) {
+        Some(v) => Answer::Ok(Some((v, int64(kv.field("lease")).unwrap_or(0)))),
+        None => Answer::Failed("etcd answered something unreadable".into()),
+    }
+}
+
 /// A granted lease's ID.
 pub fn parse_grant(status: Option<u16>, body: &[u8]) -> Answer<u64> {
     match json_answer(status, body) {
@@ -261,20 +275,6 @@ mod tests {
     use serde_json::{json, Value};
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    #[test]
-    fn base64_round_trips_and_matches_the_standard() {
-        for (raw, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("/immutable-tags/a:v1", "L2ltbXV0YWJsZS10YWdzL2E6djE=")] {
-            assert_eq!(b64(raw.as_bytes()), enc);
-            assert_eq!(unb64(enc).unwrap(), raw.as_bytes());
-        }
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(unb64(&b64(&all)).unwrap(), all);
-        assert_eq!(unb64("Zg").unwrap(), b"f");
-        assert_eq!(unb64("Z!=="), None);
-        assert_eq!(unb64("Zh=="), None, "non-zero padding bits");
-        assert_eq!(unb64("Z"), None, "a lone sextet is not a byte");
-    }
 
     #[test]
     fn requests_carry_base64_and_int64_strings() {
@@ -350,6 +350,26 @@ mod tests {
         // A lease that is gone answers without `TTL`.
         assert_eq!(parse_keepalive(Some(200), br#"{"result":{"header":{"revision":"2"},"ID":"999"}}"#), Answer::LeaseGone);
         assert!(matches!(parse_keepalive(Some(504), b"timeout"), Answer::Failed(_)));
+    }
+
+    #[test]
+    fn windows_are_put_and_taken_whole() {
+        let wk = window_key("/p/", "app", "v1", "admin");
+        assert_eq!(wk, "/p/window:app:v1:admin");
+        let t: Value = serde_json::from_str(&put_body(&wk, b"9\nadmin\nwhy", 42)).unwrap();
+        assert_eq!((t["key"].as_str(), t["lease"].as_str()), (Some(b64(wk.as_bytes()).as_str()), Some("42")));
+        assert_eq!(unb64(t["value"].as_str().unwrap()).unwrap(), b"9\nadmin\nwhy");
+        assert_eq!(take_body("k"), r#"{"key":"aw==","prev_kv":true}"#);
+        assert_eq!(parse_put(Some(200), br#"{"header":{"revision":"3"}}"#), Answer::Ok(()));
+        assert!(matches!(parse_put(Some(200), b"{}"), Answer::Failed(_)));
+        let taken = format!(r#"{{"header":{{"revision":"4"}},"deleted":"1","prev_kvs":[{{"key":"aw==","value":"{}","lease":"42"}}]}}"#, b64(b"w"));
+        assert_eq!(parse_taken(Some(200), taken.as_bytes()), Answer::Ok(Some((b"w".to_vec(), 42))));
+        assert_eq!(parse_taken(Some(200), br#"{"header":{"revision":"4"}}"#), Answer::Ok(None), "nothing to take");
+        assert!(matches!(parse_taken(Some(200), br#"{"header":{"revision":"4"},"prev_kvs":[{"value":"!"}]}"#), Answer::Failed(_)));
+        assert!(matches!(parse_taken(Some(503), b"no healthy upstream"), Answer::Failed(_)));
+        let t: Value = serde_json::from_str(&create_txn("k", b"v", 5)).unwrap();
+        assert_eq!(t["compare"][0]["target"], "CREATE");
+        assert_eq!(t["success"][0]["request_put"]["lease"], "5");
     }
 
     #[test]

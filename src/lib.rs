@@ -10,6 +10,7 @@
 )]
 
 pub mod audit;
+pub mod base64;
 pub mod break_glass;
 pub mod cache;
 pub mod claims;

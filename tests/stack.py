@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,24 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
 MODULE = ROOT / "target" / "wasm32-wasip1" / "release" / "immutable_tags.wasm"
+
+
+def run_together(jobs) -> None:
+    """Runs the callables `jobs` at the same time, one thread each; re-raises the first error."""
+    errors: list = []
+
+    def run(job) -> None:
+        try:
+            job()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on the caller's thread
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def free_port() -> int:

@@ -1,10 +1,12 @@
 //! Break-glass over the host: what a request asks for (read at its headers), the anonymous
 //! `GET /v2/` that learns whether the registry demands authentication (cached per worker), the
-//! windows in shared data, and the audit line once the registry accepted an override.
-use super::host::{Host, Level, SharedError};
+//! decision (with a window standing in for the reason header: `window`), and the audit line
+//! once the registry accepted an override.
+use super::host::{Host, Level};
 use super::upstream::{self, Caller};
+use super::window::{self, Taken, Taking, Used};
 use super::worker::Worker;
-use crate::break_glass::{principal, Action, Ask, Window, WINDOW_MS};
+use crate::break_glass::{principal, Action, Ask};
 use crate::metrics::Counter;
 use crate::oci_error::OciError;
 use serde_json::{Map, Value};
@@ -40,10 +42,12 @@ pub struct Granted {
     repository: String,
     tag: String,
     request_id: Option<String>,
+    /// The window it used, if any (put back if the write fails).
+    window: Option<Used>,
 }
 
 /// One JSON log line from string fields (one code path rather than a `json!` per record).
-fn line(fields: &[(&str, Option<&str>)]) -> String {
+pub(super) fn line(fields: &[(&str, Option<&str>)]) -> String {
     let mut map = Map::new();
     for (k, v) in fields {
         map.insert(k.to_string(), v.map_or(Value::Null, Value::from));
@@ -89,33 +93,91 @@ pub fn learn(host: &dyn Host, worker: &Worker, token: u32) -> bool {
     true
 }
 
+/// What break-glass says to a refused overwrite or delete.
+#[derive(Debug)]
+pub enum Grant {
+    Yes(Granted),
+    /// Refused; why, or `None`: nothing was asked, and the refusal says nothing about break-glass.
+    No(Option<String>),
+    /// Waiting for etcd (a window): hand the call's answer to `looked_up`.
+    Ask(Box<Lookup>),
+}
+
+/// A refused write waiting for etcd's answer: is a window of its principal open?
+#[derive(Debug)]
+pub struct Lookup {
+    taking: Taking,
+    action: Action,
+    repository: String,
+    pub tag: String,
+    asked: Asked,
+}
+
+impl Lookup {
+    pub fn token(&self) -> u32 {
+        self.taking.token()
+    }
+}
+
 #[inline(never)] // called from the push and the delete flows (module size)
-/// Lifts a refusal of `action` on `repository:tag`, or says why not (`None`: nothing was asked,
-/// and the refusal says nothing about break-glass). A window opened for this principal and tag
-/// stands in for the reason header, and is used up here (one request).
-pub fn grant(host: &dyn Host, worker: &Worker, action: Action, repository: &str, tag: &str, asked: &Asked) -> Result<Granted, Option<String>> {
-    let Some(bg) = &worker.config.break_glass else { return Err(None) };
-    let key = Window::key(repository, tag);
-    let window = match (&asked.reason, host.shared_get(&key)) {
-        (None, Ok((Some(bytes), cas))) => Window::open(&bytes, host.now_ms()).filter(|w| Some(&w.principal) == asked.principal.as_ref()).map(|w| (w.reason, cas)),
-        _ => None,
-    };
-    let Some(reason) = asked.reason.as_ref().or(window.as_ref().map(|(r, _)| r)) else { return Err(None) };
-    let ask = Ask { principal: asked.principal.as_deref(), reason: Some(reason), registry_auth: registry_auth(host, worker) };
-    bg.grant(action, repository, &ask)?;
-    if let Some((_, cas)) = &window {
-        if host.shared_set(&key, b"", *cas) == Err(SharedError::CasMismatch) {
-            return Err(Some("the break-glass window was used by another request".into()));
+/// Lifts a refusal of `action` on `repository:tag`, or says why not. Without the reason header,
+/// a window opened for this principal and tag stands in for it, and is used up here.
+pub fn grant(host: &dyn Host, worker: &Worker, action: Action, repository: &str, tag: &str, asked: &Asked) -> Grant {
+    let Some(bg) = &worker.config.break_glass else { return Grant::No(None) };
+    match (&asked.reason, &asked.principal) {
+        (Some(reason), _) => finish(host, worker, action, repository, tag, asked, reason.clone(), None),
+        (None, Some(p)) => settle(host, worker, window::take(host, worker, bg, action, repository, tag, p), action, repository, tag, asked),
+        (None, None) => Grant::No(None),
+    }
+}
+
+/// etcd answered a `Lookup`.
+pub fn looked_up(host: &dyn Host, worker: &Worker, l: Lookup, body_size: usize) -> Grant {
+    let taken = window::on_take_response(host, worker, l.taking, body_size);
+    settle(host, worker, taken, l.action, &l.repository, &l.tag, &l.asked)
+}
+
+fn settle(host: &dyn Host, worker: &Worker, taken: Taken, action: Action, repository: &str, tag: &str, asked: &Asked) -> Grant {
+    match taken {
+        Taken::Found(w, used) => finish(host, worker, action, repository, tag, asked, w.reason, Some(used)),
+        Taken::Not(why) => Grant::No(why),
+        Taken::Pending(taking) => {
+            let (repository, tag, asked) = (repository.to_string(), tag.to_string(), asked.clone());
+            Grant::Ask(Box::new(Lookup { taking, action, repository, tag, asked }))
         }
     }
-    Ok(Granted {
+}
+
+/// Judges the request with `reason` (its header's, or a window's); a window used for a
+/// refused request is put back.
+#[allow(clippy::too_many_arguments)]
+fn finish(host: &dyn Host, worker: &Worker, action: Action, repository: &str, tag: &str, asked: &Asked, reason: String, window: Option<Used>) -> Grant {
+    let Some(bg) = &worker.config.break_glass else { return Grant::No(None) };
+    let ask = Ask { principal: asked.principal.as_deref(), reason: Some(&reason), registry_auth: registry_auth(host, worker) };
+    if let Err(why) = bg.grant(action, repository, &ask) {
+        if let Some(u) = &window {
+            window::restore(host, worker, u);
+        }
+        return Grant::No(Some(why));
+    }
+    Grant::Yes(Granted {
         principal: asked.principal.clone().unwrap_or_default(),
-        reason: reason.clone(),
+        reason,
         action,
         repository: repository.into(),
         tag: tag.into(),
         request_id: asked.request_id.clone(),
+        window,
     })
+}
+
+/// The write an override was granted for failed: its window (if it used one) is put back, so
+/// that the operator can try again.
+pub fn restore(host: &dyn Host, worker: &Worker, g: &Granted) {
+    if let Some(u) = &g.window {
+        window::restore(host, worker, u);
+        host.log(Level::Info, &format!("immutable-tags: {}:{}: the write failed; break-glass window put back", g.repository, g.tag));
+    }
 }
 
 /// Puts why an asked-for override was not granted into the refusal's detail.
@@ -143,26 +205,4 @@ pub fn done(host: &dyn Host, worker: &Worker, g: &Granted, current: Option<&str>
         ]),
     );
     worker.count(host, Counter::BreakGlassOverrides);
-}
-
-/// The registry answered 2xx to a read of `repository:tag` that carried the reason header, with
-/// the request's credentials: opens a window for that principal and tag if the exception
-/// allows it, seen by every worker. Logged either way.
-pub fn open_window(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked: &Asked) {
-    let Some(bg) = &worker.config.break_glass else { return };
-    let ask = Ask { principal: asked.principal.as_deref(), reason: asked.reason.as_deref(), registry_auth: registry_auth(host, worker) };
-    // Any action the exception allows: the push or delete that uses the window is judged again.
-    let why = bg.grant(bg.actions.first().copied().unwrap_or(Action::Overwrite), repository, &ask).err();
-    let w = Window { principal: asked.principal.clone().unwrap_or_default(), reason: asked.reason.clone().unwrap_or_default(), expires_ms: host.now_ms() + WINDOW_MS };
-    let why = why.or_else(|| host.shared_set(&Window::key(repository, tag), &w.encode(), 0).err().map(|e| format!("{e:?}")));
-    host.log(
-        Level::Warn,
-        &line(&[
-            ("event", Some("immutable_tags.break_glass_window")),
-            ("not_opened", why.as_deref()),
-            ("principal", asked.principal.as_deref()),
-            ("repository", Some(repository)),
-            ("tag", Some(tag)),
-        ]),
-    );
 }

@@ -65,6 +65,7 @@ pub struct FakeHost {
     call_answer: RefCell<Option<Reply>>,
     pub replies: RefCell<Vec<Reply>>,
     pub resumes: Cell<u32>,
+    pub response_resumes: Cell<u32>,
     pub logs: RefCell<Vec<(Level, String)>>,
     /// Runs once inside the next `shared_get`, after the value was read: another worker
     /// writing between this one's read and its compare-and-swap.
@@ -257,6 +258,11 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn resume_response(&self) -> Result<(), String> {
+        self.response_resumes.set(self.response_resumes.get() + 1);
+        Ok(())
+    }
+
     fn log(&self, level: Level, message: &str) {
         self.logs.borrow_mut().push((level, message.to_string()));
     }
@@ -286,11 +292,13 @@ pub struct FakeEtcd {
     pub kv: RefCell<HashMap<String, (String, u64, u64)>>,
     pub revision: Cell<u64>,
     pub leases: RefCell<Vec<u64>>,
+    /// The TTL each lease was granted with, as asked.
+    pub ttls: RefCell<HashMap<u64, String>>,
 }
 
 impl FakeEtcd {
     pub fn answer(&self, call: &Call) -> Reply {
-        use crate::etcd::{b64, unb64};
+        use crate::base64::{decode as unb64, encode as b64};
         use serde_json::{json, Value};
         let body: Value = serde_json::from_slice(call.body.as_deref().unwrap_or_default()).unwrap_or(Value::Null);
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -301,6 +309,7 @@ impl FakeEtcd {
             Some("/v3/lease/grant") => {
                 let id = 7_000 + self.leases.borrow().len() as u64 + 1;
                 self.leases.borrow_mut().push(id);
+                self.ttls.borrow_mut().insert(id, s(&body["TTL"]));
                 ok(json!({"header": header(self.revision.get()), "ID": id.to_string(), "TTL": s(&body["TTL"])}))
             }
             Some("/v3/lease/keepalive") => {
@@ -310,6 +319,25 @@ impl FakeEtcd {
                     result["TTL"] = json!("60");
                 }
                 ok(json!({"result": result}))
+            }
+            Some("/v3/kv/put") => {
+                let lease: u64 = s(&body["lease"]).parse().unwrap_or(0);
+                if lease != 0 && !self.leases.borrow().contains(&lease) {
+                    let m = "etcdserver: requested lease not found";
+                    return answer(400, &[], json!({"error": m, "message": m, "code": 5}).to_string().as_bytes());
+                }
+                self.revision.set(self.revision.get() + 1);
+                self.kv.borrow_mut().insert(raw(&body["key"]), (raw(&body["value"]), self.revision.get(), lease));
+                ok(json!({"header": header(self.revision.get())}))
+            }
+            Some("/v3/kv/deleterange") => {
+                let mut out = json!({"header": header(self.revision.get())});
+                if let Some((v, m, l)) = self.kv.borrow_mut().remove(&raw(&body["key"])) {
+                    self.revision.set(self.revision.get() + 1);
+                    out = json!({"header": header(self.revision.get()), "deleted": "1",
+                                 "prev_kvs": [{"key": body["key"], "mod_revision": m.to_string(), "value": b64(v.as_bytes()), "lease": l.to_string()}]});
+                }
+                ok(out)
             }
             Some("/v3/kv/txn") => {
                 let c = &body["compare"][0];

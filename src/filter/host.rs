@@ -48,6 +48,8 @@ pub trait Host {
     fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String>;
     /// Lets a request the filter held at its headers go on.
     fn resume_request(&self) -> Result<(), String>;
+    /// Lets a response the filter held at its headers go on.
+    fn resume_response(&self) -> Result<(), String>;
 
     fn log(&self, level: Level, message: &str);
     fn define_counter(&self, name: &str) -> Option<u32>;

@@ -10,6 +10,7 @@ pub mod host;
 pub mod pull;
 pub mod push;
 pub mod upstream;
+pub mod window;
 pub mod worker;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -25,7 +26,7 @@ use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
-use break_glass::{self as bg, Asked, Granted};
+use break_glass::{self as bg, Asked, Grant, Granted, Lookup};
 use delete::DigestDelete;
 use host::{Host, Level};
 use push::Push;
@@ -68,6 +69,10 @@ enum State {
     Overridden { repository: String, tag: String, digest: Option<Digest>, granted: Box<Granted> },
     /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
     Window { repository: String, tag: String },
+    /// That answer, held while etcd writes the window.
+    Opening(Box<window::Opening>),
+    /// A refused delete, held while etcd says whether a window lifts the refusal.
+    Unlocking(Box<Lookup>, Box<OciError>),
 }
 
 /// Where a flow's next step is acted on: a request callback answers with an `Action`; a call
@@ -269,7 +274,7 @@ impl Filter {
                 // Never release a byte of a push: it is buffered until the filter writes it.
                 Action::Pause
             }
-            State::Done | State::Delete(_) => Action::Pause,
+            State::Done | State::Delete(_) | State::Unlocking(..) => Action::Pause,
             _ => Action::Continue,
         }
     }
@@ -282,7 +287,7 @@ impl Filter {
                 self.push_next(h, next, From::Request);
                 Action::Pause
             }
-            State::Done | State::Delete(_) => Action::Pause,
+            State::Done | State::Delete(_) | State::Unlocking(..) => Action::Pause,
             _ => Action::Continue,
         }
     }
@@ -298,7 +303,21 @@ impl Filter {
                 let next = push.on_call_response(h, &worker, token, body_size);
                 self.push_next(h, next, From::Call);
             }
-
+            // Done once the window is written (or could not be): the held answer goes on.
+            State::Opening(o) if o.token() == token => {
+                if !window::on_open_response(h, &worker, o, body_size) {
+                    return;
+                }
+                self.state = State::Pass;
+                if let Err(s) = h.resume_response() {
+                    h.log(Level::Error, &format!("immutable-tags: cannot resume response after break-glass ({s})"));
+                }
+            }
+            State::Unlocking(l, _) if l.token() == token => {
+                let State::Unlocking(l, err) = std::mem::replace(&mut self.state, State::Pass) else { return };
+                let grant = bg::looked_up(h, &worker, *l, body_size);
+                self.unlocked(h, grant, *err, Vec::new(), From::Call);
+            }
             _ => {}
         }
     }
@@ -356,10 +375,18 @@ impl Filter {
                 bg::done(h, &worker, granted, digest.as_ref().map(Digest::to_string).as_deref(), None);
                 Action::Continue
             }
-            State::Window { repository, tag } if ok => {
-                bg::open_window(h, &worker, repository, tag, &self.asked);
+            // Refused (Envoy's 504: timed out, the outcome unknown): the window is put back.
+            State::Overridden { granted, .. } if h.response_header(":status").as_deref() != Some("504") => {
+                bg::restore(h, &worker, granted);
                 Action::Continue
             }
+            State::Window { repository, tag } if ok => match window::open(h, &worker, repository, tag, &self.asked) {
+                Some(o) => {
+                    self.state = State::Opening(Box::new(o));
+                    Action::Pause
+                }
+                None => Action::Continue,
+            },
             _ => Action::Continue,
         }
     }
@@ -373,7 +400,7 @@ impl Filter {
     /// holds the harmless request's answer (whole: the response body never reaches the
     /// filter) until it relays the registry's answer to its own PUT.
     pub fn in_flight(&self) -> bool {
-        matches!(self.state, State::Push(_) | State::Delete(_))
+        matches!(self.state, State::Push(_) | State::Delete(_) | State::Opening(_))
     }
 
     /// The host destroyed the stream before its answer passed (found by the root's timer).
@@ -432,17 +459,31 @@ impl Filter {
 
     /// A delete of an immutable tag (or of a manifest one holds) is refused, unless break-glass
     /// lifts the refusal: then it goes to the registry, and is logged once the registry accepted.
-    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
-        if let Some((repository, tag)) = audit::subject(&err).filter(|_| err.status == 409).map(|(r, t)| (r.to_string(), t.to_string())) {
-            match bg::grant(h, worker, BgAction::Delete, &repository, &tag, &self.asked) {
-                Ok(granted) => {
-                    let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
-                    self.state = State::Overridden { repository, tag, digest, granted: Box::new(granted) };
-                    return self.resume(h, from, "break-glass");
-                }
-                Err(why) => bg::explain(&mut err, why),
+    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
+        let grant = match audit::subject(&err).filter(|_| err.status == 409) {
+            Some((repository, tag)) => bg::grant(h, worker, BgAction::Delete, repository, tag, &self.asked),
+            None => Grant::No(None),
+        };
+        self.unlocked(h, grant, err, extra, from)
+    }
+
+    /// Acts on break-glass's answer to a refused delete.
+    fn unlocked(&mut self, h: &dyn Host, grant: Grant, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
+        match grant {
+            Grant::Yes(granted) => {
+                let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
+                let (repository, tag) = audit::subject(&err).map(|(r, t)| (r.to_string(), t.to_string())).unwrap_or_default();
+                self.state = State::Overridden { repository, tag, digest, granted: Box::new(granted) };
+                self.resume(h, from, "break-glass")
+            }
+            Grant::Ask(l) => {
+                self.state = State::Unlocking(l, Box::new(err));
+                Action::Pause
+            }
+            Grant::No(why) => {
+                bg::explain(&mut err, why);
+                self.refuse(h, &err, &extra, from)
             }
         }
-        self.refuse(h, &err, &extra, from)
     }
 }

@@ -18,7 +18,7 @@
 //! 4. An allowed push is written by the filter itself: a dispatched PUT with the client's path,
 //!    headers and exactly the judged bytes; the registry's answer (status, headers, body) is
 //!    relayed to the client. A refused push is answered locally; nothing reached the registry.
-use super::break_glass::{self as bg, Asked, Granted};
+use super::break_glass::{self as bg, Asked, Grant, Granted};
 use super::claims::{self, Claimed};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
@@ -63,10 +63,14 @@ pub struct Push {
     /// registry accepted the write).
     asked: Asked,
     overrides: Vec<(Granted, String, String)>,
+    /// What etcd said of a window, per tag (judged again with it).
+    windows: Vec<(String, Result<Granted, Option<String>>)>,
 }
 
 enum Phase {
     Checking,
+    /// Judged an overwrite a break-glass window may lift: waiting for etcd.
+    Unlocking(Box<bg::Lookup>),
     /// Judged allowed: claiming the tags one at a time (`claims`).
     Claiming(Claiming),
     /// The PUT is on its way; `claims` are settled when it answers.
@@ -92,6 +96,11 @@ struct Want {
     reason: String,
     /// The registry does not hold the tag.
     absent: bool,
+    /// Break-glass lifted the refusal of an overwrite: the push changes what the tag holds.
+    overriding: bool,
+    /// The verdict rests on this worker's map, not on the registry's word: the tag may have
+    /// changed since (see `claims::needed`).
+    from_map: bool,
     pushed: String,
     since_ms: u64,
 }
@@ -127,6 +136,13 @@ enum Lookup {
 /// `on_upstream_error = allow` let the push on as if the tag were absent): such a guess is no
 /// view of the registry, so every claim record still fences it.
 const NO_VIEW: u64 = 0;
+
+/// What `judge` found.
+enum Judged {
+    Allowed(Vec<Counter>, Vec<Want>),
+    Refused(OciError),
+    Ask(Box<bg::Lookup>),
+}
 
 /// What the filter does next with a push.
 pub enum Next {
@@ -184,6 +200,7 @@ impl Push {
             phase: Phase::Checking,
             asked,
             overrides: Vec::new(),
+            windows: Vec::new(),
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
@@ -255,7 +272,7 @@ impl Push {
 
     /// Whether the filter is still judging (as opposed to writing).
     pub fn checking(&self) -> bool {
-        matches!(self.phase, Phase::Checking | Phase::Claiming(_))
+        matches!(self.phase, Phase::Checking | Phase::Claiming(_) | Phase::Unlocking(_))
     }
 
     /// Sends the HEAD that learns `tag`'s current digest, counted.
@@ -328,6 +345,19 @@ impl Push {
                 Some(next) => next,
                 None => self.claim_next(host, worker),
             };
+        }
+        if let Phase::Unlocking(l) = &self.phase {
+            if l.token() != token {
+                return Next::Wait;
+            }
+            let Phase::Unlocking(l) = std::mem::replace(&mut self.phase, Phase::Checking) else { return Next::Wait };
+            let tag = l.tag.clone();
+            match bg::looked_up(host, worker, *l, body_size) {
+                Grant::Ask(l) => self.phase = Phase::Unlocking(l),
+                Grant::Yes(g) => self.windows.push((tag, Ok(g))),
+                Grant::No(why) => self.windows.push((tag, Err(why))),
+            }
+            return if matches!(self.phase, Phase::Checking) { self.decide(host, worker) } else { Next::Wait };
         }
         if self.audit_pass || !self.checking() {
             return Next::Wait; // an answer the push no longer waits for
@@ -426,8 +456,9 @@ impl Push {
             }
             return Next::Wait;
         }
-        match self.judge(host, worker, body) {
-            Ok((counters, wants, overrides)) => {
+        let mut overrides = Vec::new();
+        match self.judge(host, worker, body, &mut overrides) {
+            Judged::Allowed(counters, wants) => {
                 self.overrides = overrides;
                 for c in counters {
                     worker.count(host, c);
@@ -436,20 +467,35 @@ impl Push {
                 self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None });
                 self.claim_next(host, worker)
             }
-            Err(err) => Next::Refuse(err, Vec::new()),
+            Judged::Ask(l) => {
+                self.phase = Phase::Unlocking(l);
+                Next::Wait
+            }
+            Judged::Refused(err) => {
+                // Windows used for this push's other tags are not used up by a refusal.
+                self.overrides = overrides;
+                self.restore_windows(host, worker);
+                Next::Refuse(err, Vec::new())
+            }
+        }
+    }
+
+    /// The push will not be written: windows its overrides used are put back.
+    fn restore_windows(&mut self, host: &dyn Host, worker: &Worker) {
+        for (g, _, _) in std::mem::take(&mut self.overrides) {
+            bg::restore(host, worker, &g);
         }
     }
 
     /// Judges every tag against the body: the tags to claim and the break-glass overrides
-    /// granted, or the overwrite refused.
-    #[allow(clippy::type_complexity)]
-    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8]) -> Result<(Vec<Counter>, Vec<Want>, Vec<(Granted, String, String)>), OciError> {
+    /// granted (into `overrides`), or the overwrite refused, or a window to ask etcd for.
+    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8], overrides: &mut Vec<(Granted, String, String)>) -> Judged {
         let sha256 = Digest::sha256(body);
         let mut counters = Vec::new();
-        let mut overrides = Vec::new();
         let mut allowed = Vec::new();
         for t in &self.tags {
             let Lookup::Known(current) = &t.lookup else { continue };
+            let mut overriding = false;
             let pushed = match current {
                 Some(c) if c.algorithm() != sha256.algorithm() => Digest::of(c.algorithm(), body),
                 _ => sha256.clone(),
@@ -459,21 +505,30 @@ impl Push {
                 Verdict::AllowSame => counters.push(Counter::PushesAllowedSameDigest),
                 Verdict::Overwrite { current } => {
                     let (current, new) = (current.to_string(), pushed.to_string());
-                    match bg::grant(host, worker, Action::Overwrite, &self.repository, &t.tag, &self.asked) {
+                    let grant = match self.windows.iter().find(|(tag, _)| *tag == t.tag) {
+                        Some((_, Ok(g))) => Grant::Yes(g.clone()),
+                        Some((_, Err(why))) => Grant::No(why.clone()),
+                        None => bg::grant(host, worker, Action::Overwrite, &self.repository, &t.tag, &self.asked),
+                    };
+                    match grant {
                         // Judged as allowed from here on: claimed like any other write.
-                        Ok(record) => overrides.push((record, current, new)),
-                        Err(why) => {
+                        Grant::Yes(record) => {
+                            overrides.push((record, current, new));
+                            overriding = true;
+                        }
+                        Grant::Ask(l) => return Judged::Ask(l),
+                        Grant::No(why) => {
                             let mut err = self.conflict(worker, &t.tag, &t.reason, &current, &new, None);
                             bg::explain(&mut err, why);
-                            return Err(err);
+                            return Judged::Refused(err);
                         }
                     }
                 }
             }
             let (tag, reason, absent, since_ms) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms);
-            allowed.push(Want { tag, reason, absent, pushed: pushed.to_string(), since_ms });
+            allowed.push(Want { tag, reason, absent, overriding, from_map: t.from_map, pushed: pushed.to_string(), since_ms });
         }
-        Ok((counters, allowed, overrides))
+        Judged::Allowed(counters, allowed)
     }
 
     fn conflict(&self, worker: &Worker, tag: &str, reason: &str, current: &str, pushed: &str, in_flight: Option<String>) -> OciError {
@@ -503,7 +558,8 @@ impl Push {
                 let why = "the push took longer than claims.ttl_seconds; retry it";
                 return Next::Refuse(OciError::upstream(&self.repository, &want.tag, why), Vec::new());
             }
-            if !claims::needed(worker, want.absent) {
+            let stale_map = want.from_map && worker.config.tags_can_change();
+            if !claims::needed(worker, want.absent || want.overriding || stale_map) {
                 continue;
             }
             let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, want.since_ms);
@@ -543,12 +599,14 @@ impl Push {
         }
     }
 
-    /// Releases the claims this push took so far (it is refused, or its stream ended).
+    /// Releases the claims this push took so far, and puts back the windows it used (it is
+    /// refused, or its stream ended: nothing was written).
     fn give_back(&mut self, host: &dyn Host, worker: &Worker) {
         if let Phase::Claiming(c) = &mut self.phase {
             for t in std::mem::take(&mut c.taken).iter().filter(|t| t.held) {
                 claims::release(host, worker, &self.repository, &t.tag, &t.digest, t.revision);
             }
+            self.restore_windows(host, worker);
         }
     }
 
@@ -563,6 +621,7 @@ impl Push {
             }
             Err(why) => {
                 self.settle(host, worker, &claims, None);
+                self.restore_windows(host, worker);
                 Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), &why), Vec::new())
             }
         }
@@ -613,6 +672,7 @@ impl Push {
         } else {
             self.settle(host, worker, &claims, None);
             forget_all(worker);
+            self.restore_windows(host, worker);
         }
         let headers = host
             .call_response_headers()

@@ -1249,6 +1249,284 @@ fn a_delete_by_digest_gets_the_manifests_of_tags_whose_head_has_no_digest() {
     assert_eq!(h.resumes.get(), 0);
 }
 
+// --- break-glass windows in etcd: every replica sees them, exactly one uses each ---
+
+const BG_ETCD: &str = r#"{"global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin", "sre"], "repositories": ["app"], "actions": ["overwrite", "delete"]},
+  "claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}}"#;
+/// admin's window on app:v1.
+const WKEY: &str = "/immutable-tags/window:app:v1:admin";
+
+/// A replica whose worker knows the registry demands authentication.
+fn bg_replica(etcd: &FakeEtcd) -> (FakeHost, Rc<Worker>) {
+    let (h, w) = replica(etcd, BG_ETCD);
+    w.registry_auth.set(Some((true, h.now_ms())));
+    (h, w)
+}
+
+/// A read of app:v1 with `auth` and the reason, answered 200, up to its answer's headers.
+fn read_with_reason(h: &FakeHost, w: &Rc<Worker>, auth: (&str, &str)) -> (Filter, Action) {
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("HEAD", "/v2/app/manifests/v1", &[auth, REASON]);
+    assert_eq!(on_headers(&mut f, h, true), Action::Continue);
+    h.response_headers.borrow_mut().push((":status".into(), "200".into()));
+    let action = f.on_response_headers(h);
+    (f, action)
+}
+
+/// Opens admin's window through `h`, etcd answering.
+fn open_in_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd) {
+    let (mut f, _) = read_with_reason(h, w, ADMIN);
+    while respond_with(&mut f, h, |c| etcd.answer(c)) {}
+}
+
+fn window_lines(h: &FakeHost) -> Vec<serde_json::Value> {
+    h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "immutable_tags.break_glass_window").collect()
+}
+
+/// A push of `body` to app:v1 over a tag holding `holds` up to the point where it waits on
+/// etcd or on its PUT's answer (nothing answered but the registry's HEADs).
+fn push_to_etcd(h: &FakeHost, w: &Rc<Worker>, body: &[u8], holds: &[u8], extra: &[(&str, &str)]) -> Filter {
+    let mut f = Filter::new(Some(w.clone()));
+    let len = body.len().to_string();
+    let mut headers = vec![CT, ("content-length", len.as_str())];
+    headers.extend_from_slice(extra);
+    h.replies.borrow_mut().clear();
+    h.request("PUT", "/v2/app/manifests/v1", &headers);
+    on_headers(&mut f, h, false);
+    while h.last_call().is_some_and(|c| c.header(":method") == Some("HEAD")) && respond_with(&mut f, h, |_| head_answer(Some(holds))) {}
+    send_body(&mut f, h, &[body]);
+    while h.last_call().is_some_and(|c| c.header(":method") == Some("HEAD")) && respond_with(&mut f, h, |_| head_answer(Some(holds))) {}
+    f
+}
+
+/// A whole push: etcd answered by `etcd`, the PUT by `put`.
+fn bg_push_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, body: &[u8], holds: &[u8], extra: &[(&str, &str)], put: Reply) -> Reply {
+    let mut f = push_to_etcd(h, w, body, holds, extra);
+    let mut put = Some(put);
+    while respond_with(&mut f, h, |c| if c.cluster == "etcd" { etcd.answer(c) } else { put.take().expect("one PUT") }) {}
+    h.reply().expect("an answer")
+}
+
+#[test]
+fn a_window_opened_through_one_replica_is_used_once_through_another() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = bg_replica(&etcd);
+    let (b, wb) = bg_replica(&etcd);
+    // The read's answer is held until etcd has the window, bound to a lease of its own.
+    let (mut f, action) = read_with_reason(&a, &wa, ADMIN);
+    assert_eq!(action, Action::Pause);
+    assert!(f.in_flight());
+    assert_eq!(a.last_call().unwrap().header(":path"), Some("/v3/lease/grant"));
+    respond_with(&mut f, &a, |c| etcd.answer(c));
+    assert_eq!((a.last_call().unwrap().header(":path"), a.response_resumes.get()), (Some("/v3/kv/put"), 0));
+    respond_with(&mut f, &a, |c| etcd.answer(c));
+    assert_eq!(a.response_resumes.get(), 1, "let go once etcd has it");
+    assert!(f.idle(), "nothing left to remember");
+    let (value, _, lease) = etcd.kv.borrow()[WKEY].clone();
+    assert_eq!(etcd.ttls.borrow()[&lease], "300", "etcd drops it when the window ends");
+    assert_eq!(value, format!("{}\nadmin\n{}", 1_000_000 + crate::break_glass::WINDOW_MS, REASON.1));
+    assert_eq!(window_lines(&a)[0]["not_opened"], serde_json::Value::Null);
+    // Through B, without the header: used up, written, audited there.
+    let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2));
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(b.calls_with("PUT")[0].body.as_deref(), Some(M2));
+    assert_eq!((bg_lines(&b)[0]["reason"].as_str(), bg_lines(&b)[0]["principal"].as_str()), (Some(REASON.1), Some("admin")));
+    assert_eq!(etcd.value(WKEY), None, "used up");
+    // Once: the next overwrite (through A) is refused, and says why.
+    let r = bg_push_etcd(&a, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
+    assert_eq!(r.status, 409);
+    assert!(why(&r).contains("no break-glass window is open for principal 'admin'"), "{}", why(&r));
+    assert!(a.calls_with("PUT").is_empty());
+    assert_eq!(a.counter("break_glass_overrides") + b.counter("break_glass_overrides"), 1);
+}
+
+#[test]
+fn no_window_refuses_and_only_a_principal_a_window_could_serve_costs_a_round_trip() {
+    let etcd = FakeEtcd::default();
+    let (b, wb) = bg_replica(&etcd);
+    let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2));
+    assert_eq!(r.status, 409);
+    assert!(why(&r).contains("no break-glass window is open for principal 'admin' on this tag"), "{}", why(&r));
+    assert_eq!(b.calls_with("POST").iter().filter(|c| c.header(":path") == Some("/v3/kv/deleterange")).count(), 1);
+    // Unlisted, or anonymous: no window can exist, no call, nothing said.
+    let before = etcd_calls(&b);
+    for extra in [vec![BOB], vec![]] {
+        let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &extra, created(M2));
+        assert_eq!((r.status, why(&r)), (409, String::new()));
+    }
+    assert_eq!(etcd_calls(&b), before);
+    // Another principal's window is not admin's.
+    let (a, wa) = bg_replica(&etcd);
+    let (mut f, _) = read_with_reason(&a, &wa, SRE);
+    while respond_with(&mut f, &a, |c| etcd.answer(c)) {}
+    assert!(etcd.value("/immutable-tags/window:app:v1:sre").is_some());
+    assert_eq!(bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status, 409);
+    assert!(etcd.value("/immutable-tags/window:app:v1:sre").is_some(), "untouched");
+}
+
+#[test]
+fn of_two_replicas_racing_for_one_window_exactly_one_overrides() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = bg_replica(&etcd);
+    let (b, wb) = bg_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd);
+    let mut fa = push_to_etcd(&a, &wa, M2, M1, &[ADMIN]);
+    let mut fb = push_to_etcd(&b, &wb, b"{\"other\":1}", M1, &[ADMIN]);
+    // Both wait on etcd for the window; A's take lands first.
+    assert_eq!(a.last_call().unwrap().header(":path"), Some("/v3/kv/deleterange"));
+    assert_eq!(b.last_call().unwrap().header(":path"), Some("/v3/kv/deleterange"));
+    respond_with(&mut fa, &a, |c| etcd.answer(c));
+    respond_with(&mut fb, &b, |c| etcd.answer(c));
+    // A, with the window, claims the tag in etcd like any write that changes it.
+    answer_etcd(&mut fa, &a, &etcd);
+    assert_eq!((a.calls_with("PUT").len(), b.calls_with("PUT").len()), (1, 0));
+    let r = b.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert!(why(&r).contains("another request used it"), "{}", why(&r));
+    respond_with(&mut fa, &a, |_| created(M2));
+    assert_eq!(a.reply().unwrap().status, 201);
+}
+
+#[test]
+fn etcd_out_of_reach_refuses_the_override_saying_so() {
+    let quorum = br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
+    let reset = Reply { status: 0, headers: Vec::new(), body: Vec::new() };
+    for (what, reply) in [("an error", Some(answer(503, &[], quorum))), ("a reset", Some(reset)), ("no dispatch", None)] {
+        let etcd = FakeEtcd::default();
+        let (a, wa) = bg_replica(&etcd);
+        let (b, wb) = bg_replica(&etcd);
+        open_in_etcd(&a, &wa, &etcd);
+        let mut f = Filter::new(Some(wb.clone()));
+        b.request("PUT", "/v2/app/manifests/v1", &[CT, ADMIN]);
+        on_headers(&mut f, &b, false);
+        respond(&mut f, &b, head_answer(Some(M1)));
+        if reply.is_none() {
+            *b.dispatch_error.borrow_mut() = Some("BadArgument".into());
+        }
+        send_body(&mut f, &b, &[M2]);
+        if let Some(reply) = reply {
+            while respond_with(&mut f, &b, |_| reply.clone()) {}
+        }
+        let r = b.reply().expect(what);
+        assert_eq!(r.status, 409, "{what}");
+        assert!(why(&r).contains("the break-glass window store (etcd, cluster 'etcd') is unavailable"), "{what}: {}", why(&r));
+        assert!(b.calls_with("PUT").is_empty(), "{what}: fail closed");
+    }
+}
+
+#[test]
+fn a_connect_failure_to_one_etcd_member_is_tried_again() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = bg_replica(&etcd);
+    let (b, wb) = bg_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd);
+    let mut f = push_to_etcd(&b, &wb, M2, M1, &[ADMIN]);
+    let envoy_503 = answer(503, &[], b"upstream connect error or disconnect/reset before headers");
+    respond_with(&mut f, &b, |_| envoy_503.clone());
+    while respond_with(&mut f, &b, |c| if c.cluster == "etcd" { etcd.answer(c) } else { created(M2) }) {}
+    assert_eq!(b.reply().unwrap().status, 201);
+}
+
+#[test]
+fn a_failed_overriding_write_puts_the_window_back() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = bg_replica(&etcd);
+    let (b, wb) = bg_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd);
+    let (_, _, lease) = etcd.kv.borrow()[WKEY].clone();
+    let blob_unknown = answer(400, &[("content-type", "application/json")], br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#);
+    let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], blob_unknown);
+    assert_eq!(r.status, 400, "the registry's answer is relayed");
+    assert!(bg_lines(&b).is_empty(), "no override");
+    assert_eq!(etcd.value(WKEY), None, "taken while the write was out");
+    run_root(&b, &wb, &etcd);
+    assert_eq!(etcd.kv.borrow().get(WKEY).map(|(_, _, l)| *l), Some(lease), "put back, with its lease (and so its end)");
+    assert_eq!(bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status, 201, "the retry overrides");
+    assert_eq!(bg_lines(&b).len(), 1);
+    // A write whose outcome is unknown (reset) may have overwritten: its window stays used.
+    // (Once the root committed that override's claim, a moment later: a view of the tag as
+    // old as a commit is fenced by it.)
+    run_root(&b, &wb, &etcd);
+    b.advance(1);
+    open_in_etcd(&a, &wa, &etcd);
+    let reset = Reply { status: 0, headers: Vec::new(), body: Vec::new() };
+    assert_eq!(bg_push_etcd(&b, &wb, &etcd, M1, M2, &[ADMIN], reset).status, 503);
+    run_root(&b, &wb, &etcd);
+    assert_eq!(etcd.value(WKEY), None);
+    // Shared data (one Envoy): the same.
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    let (mut f, _) = read_with_reason(&h, &w, ADMIN);
+    f.on_done(&h);
+    let blob_unknown = answer(400, &[], br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#);
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN], blob_unknown).status, 400);
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2)).status, 201, "put back");
+    assert_eq!(bg_push(&h, &w, "v1", M1, M2, &[ADMIN], created(M1)).status, 409, "then used up");
+}
+
+#[test]
+fn a_refused_multi_tag_push_puts_back_the_window_of_the_tag_it_did_not_write() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    let (mut f, _) = read_with_reason(&h, &w, ADMIN);
+    f.on_done(&h);
+    // v1 (path) has a window, v2 (?tag=) has none: refused, and v1's window is not spent.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ADMIN]);
+    on_headers(&mut f, &h, false);
+    while respond_with(&mut f, &h, |_| head_answer(Some(M1))) {}
+    send_body(&mut f, &h, &[M2]);
+    assert_eq!(h.reply().unwrap().status, 409);
+    assert!(h.calls_with("PUT").is_empty());
+    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2)).status, 201, "the window is still there");
+}
+
+#[test]
+fn a_delete_uses_a_window_from_etcd_and_a_refused_one_puts_it_back() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = bg_replica(&etcd);
+    let (b, wb) = bg_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd);
+    for (status, overrides) in [("500", 0), ("202", 1)] {
+        let mut f = Filter::new(Some(wb.clone()));
+        b.request("DELETE", "/v2/app/manifests/v1", &[ADMIN]);
+        let resumes = b.resumes.get();
+        assert_eq!(on_headers(&mut f, &b, true), Action::Pause, "held while etcd answers");
+        respond_with(&mut f, &b, |c| etcd.answer(c));
+        assert_eq!((b.resumes.get(), b.reply()), (resumes + 1, None), "let through");
+        *b.response_headers.borrow_mut() = vec![(":status".into(), status.into())];
+        f.on_response_headers(&b);
+        run_root(&b, &wb, &etcd);
+        assert_eq!(etcd.value(WKEY).is_some(), overrides == 0, "{status}");
+        assert_eq!(bg_lines(&b).len(), overrides, "{status}");
+    }
+    // Used up.
+    let mut f = Filter::new(Some(wb.clone()));
+    b.request("DELETE", "/v2/app/manifests/v1", &[ADMIN]);
+    on_headers(&mut f, &b, true);
+    respond_with(&mut f, &b, |c| etcd.answer(c));
+    assert_eq!(b.reply().unwrap().status, 409);
+}
+
+#[test]
+fn a_window_etcd_cannot_write_is_not_opened_and_the_read_goes_on() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = bg_replica(&etcd);
+    let (mut f, action) = read_with_reason(&a, &wa, ADMIN);
+    assert_eq!(action, Action::Pause);
+    let quorum = answer(503, &[], br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#);
+    respond_with(&mut f, &a, |_| quorum.clone());
+    assert_eq!(a.response_resumes.get(), 1);
+    let why = window_lines(&a)[0]["not_opened"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("window store (etcd, cluster 'etcd') is unavailable: etcd answered 503"), "{why}");
+    assert!(etcd.kv.borrow().is_empty());
+    // A read the exception does not allow opens nothing and costs no call.
+    let before = etcd_calls(&a);
+    let (_, action) = read_with_reason(&a, &wa, BOB);
+    assert_eq!((action, etcd_calls(&a)), (Action::Continue, before));
+}
+
 #[test]
 fn on_upstream_error_allow_writes_a_push_whose_head_cannot_be_sent() {
     // `allow` trades the registry's word for availability: a HEAD that cannot even be sent
@@ -1283,6 +1561,84 @@ fn an_empty_body_callback_while_the_head_is_out_does_not_keep_the_headers_held()
     send_body(&mut f, &h, &[M1]);
     respond(&mut f, &h, created(M1));
     assert_eq!(h.reply().unwrap().status, 201);
+}
+
+#[test]
+fn overrides_through_two_replicas_race_for_the_etcd_claim_like_any_write() {
+    // An override changes what the tag holds, as a new tag does: with claims.etcd it takes the
+    // claim too, so of two overrides with different manifests through two replicas one wins.
+    let etcd = FakeEtcd::default();
+    let (ha, wa) = bg_replica(&etcd);
+    let (hb, wb) = bg_replica(&etcd);
+    let (mut a, mut b) = (Filter::new(Some(wa)), Filter::new(Some(wb)));
+    for (f, h, body) in [(&mut a, &ha, M2), (&mut b, &hb, b"{\"other\":1}".as_slice())] {
+        h.request("PUT", "/v2/app/manifests/v1", &[CT, ADMIN, REASON]);
+        on_headers(f, h, false);
+        respond(f, h, head_answer(Some(M1)));
+        send_body(f, h, &[body]);
+    }
+    answer_etcd(&mut a, &ha, &etcd);
+    answer_etcd(&mut b, &hb, &etcd);
+    assert_eq!(ha.calls_with("PUT").len() + hb.calls_with("PUT").len(), 1, "one winner");
+    let r = hb.reply().expect("the loser is answered");
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M2), "fenced by the winner's claim");
+}
+
+#[test]
+fn after_an_override_through_another_replica_a_stale_map_does_not_put_the_old_digest_back() {
+    // A's map learned app:v1 = M1 from its own push. B overrides v1 with M2 (break-glass).
+    // A re-push of M1 through A looks "identical" to A's map: it must meet B's record in etcd
+    // and be refused, not put M1 back over the override.
+    let etcd = FakeEtcd::default();
+    let (ha, wa) = bg_replica(&etcd);
+    let (hb, wb) = bg_replica(&etcd);
+    let mut f = to_claim(&ha, &wa, M1);
+    answer_etcd(&mut f, &ha, &etcd);
+    respond(&mut f, &ha, created(M1));
+    f.on_done(&ha);
+    run_root(&ha, &wa, &etcd);
+    hb.advance(1);
+    assert_eq!(bg_push_etcd(&hb, &wb, &etcd, M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    run_root(&hb, &wb, &etcd);
+    let puts = ha.calls_with("PUT").len();
+    let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[], created(M1));
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M2));
+    assert_eq!(ha.calls_with("PUT").len(), puts, "nothing written");
+}
+
+#[test]
+fn after_an_override_through_another_worker_a_stale_map_does_not_put_the_old_digest_back() {
+    // The same within one Envoy: each worker has its own map; the claim records are shared.
+    let h1 = FakeHost::new();
+    let h2 = h1.share_with();
+    let (w1, w2) = (bg_worker(&h1, BG, Some(true)), bg_worker(&h2, BG, Some(true)));
+    assert_eq!(push(&h1, &w1, "v1", M1, None).status, 201);
+    h1.advance(1);
+    assert_eq!(bg_push(&h2, &w2, "v1", M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    let puts = h1.calls_with("PUT").len();
+    let r = push(&h1, &w1, "v1", M1, Some(M2));
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(h1.calls_with("PUT").len(), puts, "nothing written");
+}
+
+#[test]
+fn where_tags_can_change_the_map_is_trusted_no_longer_than_the_claims() {
+    // cache.ttl_seconds 3600, claims.ttl_seconds 60: with break-glass the map entry is
+    // revalidated (HEAD) after 60 s, when no claim record would fence a stale one any more;
+    // without break-glass (tags never change through the filter) it lives its hour.
+    let with = r#"{"global": {"immutable_tags": true}, "cache": {"ttl_seconds": 3600}, "break_glass": {"principals": ["admin"]}}"#;
+    let without = r#"{"global": {"immutable_tags": true}, "cache": {"ttl_seconds": 3600}}"#;
+    for (policy, heads) in [(with, 1), (without, 0)] {
+        let h = FakeHost::new();
+        let w = bg_worker(&h, policy, Some(true));
+        assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+        let before = h.calls_with("HEAD").len();
+        h.advance(61_000);
+        assert_eq!(push(&h, &w, "v1", M1, Some(M1)).status, 201);
+        assert_eq!(h.calls_with("HEAD").len() - before, heads, "{policy}");
+    }
 }
 
 // ---- The host glue's callbacks past the headers, and requests without a worker.

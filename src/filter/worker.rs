@@ -27,7 +27,15 @@ impl Worker {
     /// Defines every counter (Envoy answers the same id for a name defined before, so this is
     /// safe to repeat on reconfiguration) and creates the claim slots.
     pub fn new(host: &dyn Host, config: Config) -> Worker {
-        let cache = TagCache::new(config.cache.max_entries, config.cache.ttl_seconds);
+        // Where a tag can change behind this worker's map (a break-glass override, a delete and
+        // a new push, through another worker or replica), a map entry is trusted no longer than
+        // the claim records that fence it: only a live record of that change stops a stale
+        // "identical re-push" from putting the old digest back.
+        let ttl_seconds = match config.tags_can_change() {
+            true => config.cache.ttl_seconds.min(config.claims.ttl_ms / 1000),
+            false => config.cache.ttl_seconds,
+        };
+        let cache = TagCache::new(config.cache.max_entries, ttl_seconds);
         let counters = Counter::ALL.iter().map(|c| host.define_counter(&c.name())).collect();
         if config.claims.etcd.is_none() {
             super::claims::shared_data::create_slots(host, &config.claims);

@@ -112,6 +112,7 @@ const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 pub const CAS_MISMATCH: u32 = 8;
 const STREAM_HTTP_REQUEST: u32 = 0;
+const STREAM_HTTP_RESPONSE: u32 = 1;
 
 /// A host status other than Ok.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +203,11 @@ pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -
 pub fn resume_request() -> Result<(), Status> {
     // SAFETY: no pointers.
     check(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
+}
+
+pub fn resume_response() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_continue_stream(STREAM_HTTP_RESPONSE) })
 }
 
 pub fn define_counter(name: &str) -> Result<u32, Status> {

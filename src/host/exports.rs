@@ -214,7 +214,8 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
             f.on_call_response(&WasmHost, token, body_size);
             CONTINUE
         },
-        |_| true,
+        // A stream with nothing left to do (a held answer let go) leaves at once.
+        |f| !f.idle(),
     );
 }
 

@@ -81,6 +81,10 @@ impl Host for WasmHost {
         abi::resume_request().map_err(|s| format!("{s:?}"))
     }
 
+    fn resume_response(&self) -> Result<(), String> {
+        abi::resume_response().map_err(|s| format!("{s:?}"))
+    }
+
     fn log(&self, level: Level, message: &str) {
         let level = match level {
             Level::Info => LogLevel::Info,

@@ -11,6 +11,7 @@
 //!   a stream dispatched are cancelled when it ends, and the commit must not delay the
 //!   client's answer. It is safe if a commit is lost (etcd down right then): the claim record
 //!   itself already holds the digest and fences every other one for one TTL from the claim.
+//!   The queue also puts back break-glass windows (`filter::window`) a failed write had used.
 use super::Claimed;
 use crate::config::EtcdSettings;
 use crate::etcd::{self as wire, Answer, Found, Record, Txn};
@@ -22,7 +23,7 @@ const MAX_STEPS: u32 = 6;
 
 /// Tries after a connect failure: with round robin over 3 members and one down, the third try
 /// at the latest reaches a live one.
-const CONNECT_RETRIES: u32 = 2;
+pub(crate) const CONNECT_RETRIES: u32 = 2;
 
 /// A claim waiting for etcd's answer to the call `token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,8 @@ enum Op {
     Commit { key: String, revision: u64, record: Record },
     /// Delete our record if untouched since `revision`, once `due_ms` has come.
     Delete { key: String, revision: u64, due_ms: u64 },
+    /// Create the key if absent, bound to `lease`.
+    Create { key: String, value: Vec<u8>, lease: u64 },
 }
 
 /// Per worker: the lease and the root context's queue.
@@ -69,7 +72,7 @@ fn down(e: &EtcdSettings, why: &str) -> String {
     format!("the claim store (etcd, cluster '{}') is unavailable: {why}", e.cluster)
 }
 
-fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str) -> Result<u32, String> {
+pub(crate) fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str) -> Result<u32, String> {
     let headers = [(":method", "POST"), (":path", path), (":authority", e.authority.as_str()), ("content-type", "application/json")];
     host.dispatch(&e.cluster, &headers, Some(body.as_bytes()), e.timeout_ms)
         .map_err(|why| format!("cannot dispatch to cluster '{}' ({why})", e.cluster))
@@ -117,14 +120,14 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
 }
 
 /// The call's status and body; `None` status: a reset.
-fn answer(host: &dyn Host, body_size: usize) -> (Option<u16>, Vec<u8>) {
+pub(crate) fn answer(host: &dyn Host, body_size: usize) -> (Option<u16>, Vec<u8>) {
     let status = host.call_response_header(":status").and_then(|s| s.trim().parse().ok());
     (status, host.call_response_body(body_size).unwrap_or_default())
 }
 
 /// Envoy's own 503 (it could not connect to the member it picked): worth one more try, which
 /// Envoy sends to another member.
-fn connect_failure(status: Option<u16>, body: &[u8]) -> bool {
+pub(crate) fn connect_failure(status: Option<u16>, body: &[u8]) -> bool {
     status == Some(503) && !body.starts_with(b"{")
 }
 
@@ -202,6 +205,11 @@ pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, re
     }
 }
 
+/// Queues a put of `key` if it is absent, bound to `lease` (expired: etcd refuses, nothing to do).
+pub fn create_later(worker: &Worker, key: String, value: Vec<u8>, lease: u64) {
+    enqueue(worker, Op::Create { key, value, lease });
+}
+
 /// The root context's timer: grants the lease, keeps it alive, sends queued commits and
 /// releases. All best effort: what fails here only leaves a record to expire.
 pub fn tick(host: &dyn Host, worker: &Worker) {
@@ -227,6 +235,7 @@ pub fn tick(host: &dyn Host, worker: &Worker) {
                 None => continue, // no lease to bind it to: the claim record fences meanwhile
             },
             Op::Delete { key, revision, .. } => ("/v3/kv/txn", wire::delete_if_txn(key, *revision)),
+            Op::Create { key, value, lease } => ("/v3/kv/txn", wire::create_txn(key, value, *lease)),
         };
         match call(host, e, path, &body) {
             Ok(token) => s.in_flight.push((token, op)),
@@ -266,7 +275,7 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
             };
             s.queue.push(Op::Delete { key, revision, due_ms: now + worker.config.claims.ttl_ms });
         }
-        Op::Delete { .. } => {
+        Op::Delete { .. } | Op::Create { .. } => {
             if let Answer::Failed(why) = wire::parse_txn(status, &body) {
                 failed(&why);
             }

@@ -21,13 +21,16 @@ pub enum Claimed {
     Pending(etcd::InFlight),
 }
 
-/// Whether a tag judged allowed must be claimed. `absent`: the registry does not hold the tag.
-/// In etcd a push of the digest the registry already holds needs no claim: a concurrent push
-/// of another digest either sees that digest too (409 from the registry's word), or saw the tag
-/// absent before our first push committed, and then meets its committed record. Shared data
-/// claims every allowed tag (its behaviour since the start; it costs no round trip).
-pub fn needed(worker: &Worker, absent: bool) -> bool {
-    absent || worker.config.claims.etcd.is_none()
+/// Whether a tag judged allowed must be claimed. `changes`: the push changes what the tag
+/// holds (the registry does not hold it, or break-glass lifted an overwrite's refusal), or the
+/// verdict rests on a map entry while tags can change through the filter
+/// (`Config::tags_can_change`: the claim meets the record of that change).
+/// In etcd a push of the digest the registry itself just said it holds needs no claim: a
+/// concurrent push of another digest either sees that digest too (409 from the registry's
+/// word), or saw the tag absent before our first push committed, and then meets its committed
+/// record. Shared data claims every allowed tag (its behaviour since the start; no round trip).
+pub fn needed(worker: &Worker, changes: bool) -> bool {
+    changes || worker.config.claims.etcd.is_none()
 }
 
 /// Claims `repository:tag` for `digest`, for a push whose view of the tag dates from `since_ms`.

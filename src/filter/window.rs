@@ -1,0 +1,225 @@
+//! Break-glass windows (see `break_glass`): where they live, opened by a read of a tag that
+//! carries the reason header (`open`), used up by the principal's next overwrite or delete of
+//! that tag (`take`), put back when that write fails (`restore`).
+//!
+//! - Without `claims.etcd`: Envoy shared data, seen by every worker of one Envoy. One key per
+//!   tag; a used window is written empty (shared data has no delete).
+//! - With `claims.etcd`: etcd, seen by every replica. One key per tag and principal
+//!   (`crate::etcd::window_key`), bound to a lease of its own with the window's length, so etcd
+//!   drops it when it expires. The read's answer is held until etcd has it (a client may push
+//!   right after reading). Using it is one `deleterange` that answers what it deleted: of
+//!   several replicas racing for one window, exactly one gets it. A window put back keeps its
+//!   lease (and so its end), through the root context's queue (the stream is ending).
+use super::break_glass::{line, registry_auth, Asked};
+use super::claims::etcd::{self as store, CONNECT_RETRIES};
+use super::host::{Host, Level, SharedError};
+use super::worker::Worker;
+use crate::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
+use crate::config::EtcdSettings;
+use crate::etcd::{self as wire, Answer};
+
+/// A window used for a write: what `restore` writes back.
+#[derive(Debug, Clone)]
+pub struct Used {
+    key: String,
+    value: Vec<u8>,
+    /// Its etcd lease (0 in shared data).
+    lease: u64,
+}
+
+/// One etcd call from a stream, sent again after a connect failure (nothing reached etcd).
+#[derive(Debug)]
+struct Call {
+    token: u32,
+    path: &'static str,
+    body: String,
+    retries: u32,
+}
+
+impl Call {
+    fn send(host: &dyn Host, e: &EtcdSettings, path: &'static str, body: String) -> Result<Call, String> {
+        let token = store::call(host, e, path, &body)?;
+        Ok(Call { token, path, body, retries: 0 })
+    }
+
+    /// The answer (status, body); `None`: sent again, wait for that.
+    fn answer(&mut self, host: &dyn Host, e: &EtcdSettings, body_size: usize) -> Option<(Option<u16>, Vec<u8>)> {
+        let (status, body) = store::answer(host, body_size);
+        if store::connect_failure(status, &body) && self.retries < CONNECT_RETRIES {
+            if let Ok(token) = store::call(host, e, self.path, &self.body) {
+                (self.token, self.retries) = (token, self.retries + 1);
+                return None;
+            }
+        }
+        Some((status, body))
+    }
+}
+
+fn down(e: &EtcdSettings, why: &str) -> String {
+    format!("the break-glass window store (etcd, cluster '{}') is unavailable: {why}", e.cluster)
+}
+
+/// A window being written to etcd while the read's answer is held.
+#[derive(Debug)]
+pub struct Opening {
+    call: Call,
+    /// The lease is granted: `call` is the put.
+    granted: bool,
+    key: String,
+    value: Vec<u8>,
+    repository: String,
+    tag: String,
+    principal: Option<String>,
+}
+
+impl Opening {
+    pub fn token(&self) -> u32 {
+        self.call.token
+    }
+}
+
+fn opened(host: &dyn Host, repository: &str, tag: &str, principal: Option<&str>, why: Option<&str>) {
+    host.log(
+        Level::Warn,
+        &line(&[
+            ("event", Some("immutable_tags.break_glass_window")),
+            ("not_opened", why),
+            ("principal", principal),
+            ("repository", Some(repository)),
+            ("tag", Some(tag)),
+        ]),
+    );
+}
+
+/// The registry answered 2xx to a read of `repository:tag` that carried the reason header, with
+/// the request's credentials: opens a window for that principal and tag if the exception
+/// allows it. Logged either way, once written. `Some`: etcd is writing it; hold the answer
+/// until `on_open_response` says it is done.
+pub fn open(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked: &Asked) -> Option<Opening> {
+    let bg = worker.config.break_glass.as_ref()?;
+    let ask = Ask { principal: asked.principal.as_deref(), reason: asked.reason.as_deref(), registry_auth: registry_auth(host, worker) };
+    // Any action the exception allows: the push or delete that uses the window is judged again.
+    let why = bg.grant(bg.actions.first().copied().unwrap_or(Action::Overwrite), repository, &ask).err();
+    let w = Window { principal: asked.principal.clone().unwrap_or_default(), reason: asked.reason.clone().unwrap_or_default(), expires_ms: host.now_ms() + WINDOW_MS };
+    let why = match (why, &worker.config.claims.etcd) {
+        (Some(why), _) => Some(why),
+        (None, None) => host.shared_set(&Window::key(repository, tag), &w.encode(), 0).err().map(|e| format!("{e:?}")),
+        (None, Some(e)) => match Call::send(host, e, "/v3/lease/grant", wire::grant_body(WINDOW_MS / 1000)) {
+            Ok(call) => {
+                let key = wire::window_key(&e.prefix, repository, tag, &w.principal);
+                let (repository, tag, principal) = (repository.to_string(), tag.to_string(), asked.principal.clone());
+                return Some(Opening { call, granted: false, key, value: w.encode(), repository, tag, principal });
+            }
+            Err(why) => Some(down(e, &why)),
+        },
+    };
+    opened(host, repository, tag, asked.principal.as_deref(), why.as_deref());
+    None
+}
+
+/// etcd answered `o`'s call: the lease granted, the window is put with it. `true`: done
+/// (written or not, logged); let the answer go.
+pub fn on_open_response(host: &dyn Host, worker: &Worker, o: &mut Opening, body_size: usize) -> bool {
+    let Some(e) = &worker.config.claims.etcd else { return true };
+    let Some((status, body)) = o.call.answer(host, e, body_size) else { return false };
+    let outcome = if o.granted {
+        wire::parse_put(status, &body)
+    } else {
+        match wire::parse_grant(status, &body) {
+            Answer::Ok(lease) => match Call::send(host, e, "/v3/kv/put", wire::put_body(&o.key, &o.value, lease)) {
+                Ok(call) => {
+                    (o.call, o.granted) = (call, true);
+                    return false;
+                }
+                Err(why) => Answer::Failed(why),
+            },
+            Answer::Failed(why) => Answer::Failed(why),
+            Answer::LeaseGone => Answer::Failed("no lease granted".into()),
+        }
+    };
+    let why = match outcome {
+        Answer::Ok(()) => None,
+        Answer::LeaseGone => Some(down(e, "its lease is gone")),
+        Answer::Failed(why) => Some(down(e, &why)),
+    };
+    opened(host, &o.repository, &o.tag, o.principal.as_deref(), why.as_deref());
+    true
+}
+
+/// What `take` found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The principal's open window, now used up, and what puts it back.
+    Found(Window, Used),
+    /// None to use; why, when the refusal should say it.
+    Not(Option<String>),
+    /// Asked etcd: hand the call's answer to `on_take_response`.
+    Pending(Taking),
+}
+
+/// A window being taken from etcd.
+#[derive(Debug)]
+pub struct Taking {
+    call: Call,
+    key: String,
+    principal: String,
+}
+
+impl Taking {
+    pub fn token(&self) -> u32 {
+        self.call.token
+    }
+}
+
+/// Uses up `principal`'s window on `repository:tag`, if one is open.
+pub fn take(host: &dyn Host, worker: &Worker, bg: &BreakGlass, action: Action, repository: &str, tag: &str, principal: &str) -> Taken {
+    let Some(e) = &worker.config.claims.etcd else {
+        let key = Window::key(repository, tag);
+        let Ok((Some(value), cas)) = host.shared_get(&key) else { return Taken::Not(None) };
+        let Some(w) = Window::open(&value, host.now_ms()).filter(|w| w.principal == principal) else { return Taken::Not(None) };
+        return match host.shared_set(&key, b"", cas) {
+            Ok(()) => Taken::Found(w, Used { key, value, lease: 0 }),
+            Err(SharedError::CasMismatch) => Taken::Not(Some("the break-glass window was used by another request".into())),
+            Err(SharedError::Other(s)) => Taken::Not(Some(format!("the break-glass window could not be used up ({s})"))),
+        };
+    };
+    // A round trip only for a principal and a write a window could serve.
+    if !bg.principals.iter().any(|p| p == principal) || bg.covers(action, repository).is_err() {
+        return Taken::Not(None);
+    }
+    let key = wire::window_key(&e.prefix, repository, tag, principal);
+    match Call::send(host, e, "/v3/kv/deleterange", wire::take_body(&key)) {
+        Ok(call) => Taken::Pending(Taking { call, key, principal: principal.to_string() }),
+        Err(why) => Taken::Not(Some(down(e, &why))),
+    }
+}
+
+/// etcd answered a `Taking`.
+pub fn on_take_response(host: &dyn Host, worker: &Worker, mut t: Taking, body_size: usize) -> Taken {
+    let Some(e) = &worker.config.claims.etcd else { return Taken::Not(None) };
+    let Some((status, body)) = t.call.answer(host, e, body_size) else { return Taken::Pending(t) };
+    let value = match wire::parse_taken(status, &body) {
+        Answer::Ok(v) => v,
+        Answer::LeaseGone => return Taken::Not(Some(down(e, "lease not found"))),
+        Answer::Failed(why) => return Taken::Not(Some(down(e, &why))),
+    };
+    // An expired window may outlive its lease a little (etcd renews leases on a leader change).
+    match value.and_then(|(v, lease)| Some((Window::open(&v, host.now_ms()).filter(|w| w.principal == t.principal)?, v, lease))) {
+        Some((w, value, lease)) => Taken::Found(w, Used { key: t.key, value, lease }),
+        None => Taken::Not(Some(format!(
+            "no break-glass window is open for principal '{}' on this tag (none was opened, it expired, or another request used it)",
+            t.principal
+        ))),
+    }
+}
+
+/// Puts a used window back (its write failed), unless a newer one was opened meanwhile.
+pub fn restore(host: &dyn Host, worker: &Worker, u: &Used) {
+    if worker.config.claims.etcd.is_some() {
+        store::create_later(worker, u.key.clone(), u.value.clone(), u.lease);
+    } else if let Ok((Some(v), cas)) = host.shared_get(&u.key) {
+        if v.is_empty() {
+            let _ = host.shared_set(&u.key, &u.value, cas);
+        }
+    }
+}
