@@ -57,6 +57,8 @@ pub struct FakeHost {
     /// The body Envoy has buffered so far.
     pub body: RefCell<Vec<u8>>,
     pub response_headers: RefCell<Vec<(String, String)>>,
+    /// Envoy's `response.code_details`: `via_upstream` for the registry's own answer.
+    pub code_details: RefCell<Option<String>>,
     pub calls: RefCell<Vec<Call>>,
     next_token: Cell<u32>,
     /// Set while `answer` runs: the dispatched call's answer.
@@ -170,7 +172,11 @@ impl Host for FakeHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<String> {
-        (path == ["source", "address"]).then(|| "127.0.0.1:40000".to_string())
+        match path {
+            ["source", "address"] => Some("127.0.0.1:40000".to_string()),
+            ["response", "code_details"] => self.code_details.borrow().clone(),
+            _ => None,
+        }
     }
 
     fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {

@@ -293,8 +293,10 @@ impl Push {
             worker.learn_holds_headers();
         }
         // Refused here rather than left to Envoy's buffer limit: a body that outgrows the buffer
-        // while the headers are held meets flow control, not a 413, and would hang.
+        // while the headers are held meets flow control, not a 413, and would hang. It can never
+        // be written, so it is answered in audit mode too (left waiting, a last part would hang).
         if size > max {
+            self.abandon();
             return Next::Refuse(too_large(&self.repository, &self.first_tag(), max), Vec::new());
         }
         if !end_of_stream {

@@ -1640,3 +1640,599 @@ fn where_tags_can_change_the_map_is_trusted_no_longer_than_the_claims() {
         assert_eq!(h.calls_with("HEAD").len() - before, heads, "{policy}");
     }
 }
+
+// ---- The host glue's callbacks past the headers, and requests without a worker.
+
+#[test]
+fn without_a_valid_configuration_writes_are_refused_and_reads_pass() {
+    let h = FakeHost::new();
+    for (method, path) in [("PUT", "/v2/app/manifests/v1".to_string()), ("DELETE", format!("/v2/app/manifests/{}", sha(M1)))] {
+        let mut f = Filter::new(None);
+        h.replies.borrow_mut().clear();
+        h.request(method, &path, &[CT]);
+        assert_eq!(on_headers(&mut f, &h, false), Action::Pause, "{method}");
+        let r = h.reply().expect("refused");
+        assert_eq!((r.status, r.json()["errors"][0]["code"].as_str()), (503, Some("UNAVAILABLE")), "{method}");
+    }
+    h.replies.borrow_mut().clear();
+    let mut f = Filter::new(None);
+    h.request("GET", "/v2/app/manifests/v1", &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    assert!(h.reply().is_none(), "a read needs no configuration");
+    assert!(h.calls.borrow().is_empty());
+}
+
+#[test]
+fn reads_are_not_pinned_without_pin_immutable_pulls() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("GET", "/v2/app/manifests/v1", &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    assert_eq!(h.request_header_value(":path").as_deref(), Some("/v2/app/manifests/v1"));
+    assert!(f.idle());
+}
+
+#[test]
+fn pinned_reads_learn_from_the_answer_and_forget_a_digest_that_is_gone() {
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#);
+    let read = |answer: &[(&str, &str)]| {
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("GET", "/v2/app/manifests/v1", &[]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+        let path = h.request_header_value(":path").unwrap();
+        *h.response_headers.borrow_mut() = answer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(f.on_response_headers(&h), Action::Continue);
+        path
+    };
+    let pinned = format!("/v2/app/manifests/{}", sha(M1));
+    // Unknown: read by tag; the registry's answer teaches the map its digest.
+    assert_eq!(read(&[(":status", "200"), CT, ("docker-content-digest", &sha(M1))]), "/v2/app/manifests/v1");
+    // Known: read by digest; the digest is gone (404), so the map forgets it.
+    assert_eq!(read(&[(":status", "404")]), pinned);
+    assert_eq!(read(&[(":status", "404")]), "/v2/app/manifests/v1");
+}
+
+#[test]
+fn a_request_held_or_answered_by_the_filter_never_lets_its_body_or_trailers_go() {
+    // Continue on a body or trailers would resume held headers (Envoy's filter chain
+    // semantics): a delete under check would reach the registry before its verdict.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    assert_eq!(f.on_request_body(&h, 10, false), Action::Pause);
+    assert_eq!(f.on_request_trailers(&h), Action::Pause);
+    assert_eq!(h.resumes.get(), 0);
+    // Answered locally (413): what follows of the request stays with the filter.
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", &[b' '; 1025]);
+    assert_eq!(h.reply().unwrap().status, 413);
+    assert_eq!(f.on_request_body(&h, 10, false), Action::Pause);
+    assert_eq!(f.on_request_trailers(&h), Action::Pause);
+    assert!(h.calls_with("PUT").is_empty());
+}
+
+#[test]
+fn trailers_end_a_chunked_push_body_and_it_is_written() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v1", &[CT, ("transfer-encoding", "chunked")]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    respond(&mut f, &h, head_answer(None));
+    assert_eq!(send_part(&mut f, &h, M1), Action::Pause);
+    assert!(h.calls_with("PUT").is_empty(), "the body may go on");
+    assert_eq!(f.on_request_trailers(&h), Action::Pause);
+    let puts = h.calls_with("PUT");
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].body.as_deref(), Some(M1));
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+}
+
+#[test]
+fn a_break_glass_delete_the_registry_refuses_is_neither_audited_nor_forgotten() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue, "let through by break-glass");
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "401".into())];
+    assert_eq!(f.on_response_headers(&h), Action::Continue);
+    assert!(bg_lines(&h).is_empty());
+    assert_eq!(h.counter("break_glass_overrides"), 0);
+    // The tag is still there: the map still knows it (no HEAD for the next push).
+    let heads = h.calls_with("HEAD").len();
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M2);
+    assert_eq!(h.calls_with("HEAD").len(), heads);
+}
+
+#[test]
+fn a_push_answered_early_says_whether_the_registry_or_envoy_answered() {
+    let reset = "upstream_reset_before_response_started{connection_failure}";
+    for (details, why) in [
+        ("via_upstream", "the registry answered before the manifest arrived".to_string()),
+        (reset, format!("the registry could not be reached ({reset})")),
+    ] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", M2);
+        respond(&mut f, &h, head_answer(Some(M1)));
+        *h.code_details.borrow_mut() = Some(details.into());
+        *h.response_headers.borrow_mut() = vec![(":status".into(), "503".into())];
+        assert_eq!(f.on_response_headers(&h), Action::Pause);
+        let r = h.reply().expect("answered at once");
+        assert_eq!(r.status, 503);
+        let message = r.json()["errors"][0]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(&why), "{details}: {message}");
+        assert!(h.calls_with("PUT").is_empty());
+    }
+}
+
+/// `app:v1` holds `M1` and the map knows it; an identical re-push of it is being written (its
+/// PUT is out, unanswered).
+fn rewriting_v1(h: &FakeHost, w: &Rc<Worker>) -> Filter {
+    assert_eq!(push(h, w, "v1", M1, None).status, 201);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, h, "v1", M1);
+    send_body(&mut f, h, &[M1]);
+    assert_eq!(h.calls_with("PUT").len(), 2);
+    f
+}
+
+/// Whether the next push of `app:v1` asks the registry (the map does not know the tag).
+fn next_push_heads(h: &FakeHost, w: &Rc<Worker>) -> bool {
+    let heads = h.calls_with("HEAD").len();
+    put_headers(&mut Filter::new(Some(w.clone())), h, "v1", M1);
+    h.calls_with("HEAD").len() > heads
+}
+
+#[test]
+fn a_client_that_leaves_while_its_push_is_written_makes_the_map_forget_the_tag() {
+    // The registry may or may not have stored it: the map no longer vouches for the tag.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = rewriting_v1(&h, &w);
+    f.on_done(&h);
+    assert!(f.idle());
+    assert!(h.logs.borrow().iter().any(|(_, m)| m.contains("the client left while its push was written")));
+    assert!(next_push_heads(&h, &w));
+}
+
+#[test]
+fn a_swept_stream_is_counted_only_when_its_answer_never_went() {
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v9", &[b' '; 1025]);
+    assert_eq!(h.reply().unwrap().status, 413);
+    f.on_swept(&h);
+    assert_eq!(h.counter("streams_swept"), 0, "answered");
+    // Swept while written: counted, and ended like any stream (the map forgets the tag).
+    let mut f = rewriting_v1(&h, &w);
+    f.on_swept(&h);
+    assert_eq!(h.counter("streams_swept"), 1);
+    assert!(f.idle());
+    assert!(next_push_heads(&h, &w));
+}
+
+#[test]
+fn a_digest_delete_where_no_tag_can_be_immutable_is_not_checked() {
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "rules": [{"repositories": {"matching": "prod/**"}, "tags": {"matching": "**"}}]}"#);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    assert!(h.calls.borrow().is_empty(), "no tags listing to pay for");
+    assert!(f.idle());
+    // Where a rule may protect a tag, the listing is read first.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/prod/app/manifests/{}", sha(M1)), &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
+    assert_eq!(h.calls_with("GET").len(), 1);
+}
+
+#[test]
+fn what_a_worker_learned_of_the_registry_auth_is_trusted_for_a_minute_only() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h, BG, Some(true));
+    h.advance(59_999);
+    assert_eq!(super::break_glass::registry_auth(&h, &w), Some(true));
+    h.advance(1);
+    assert_eq!(super::break_glass::registry_auth(&h, &w), None, "60 s old: stale");
+}
+
+#[test]
+fn the_probe_runs_only_with_break_glass_and_only_when_due() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    super::break_glass::probe(&h, &w);
+    assert!(h.calls.borrow().is_empty(), "no break-glass: nothing to learn");
+    let w = worker(&h, BG);
+    super::break_glass::probe(&h, &w);
+    assert_eq!(h.calls.borrow().len(), 1);
+    h.advance(super::break_glass::PROBE_PERIOD_MS - 1);
+    super::break_glass::probe(&h, &w);
+    assert_eq!(h.calls.borrow().len(), 1, "not due yet");
+    h.advance(1);
+    super::break_glass::probe(&h, &w);
+    assert_eq!(h.calls.borrow().len(), 2);
+}
+
+#[test]
+fn a_window_lasts_window_ms_from_the_read_that_opened_it() {
+    use crate::break_glass::WINDOW_MS;
+    for (after, status) in [(WINDOW_MS - 1, 201), (WINDOW_MS, 409)] {
+        let h = FakeHost::new();
+        let w = bg_worker(&h, BG, Some(true));
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("HEAD", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        on_headers(&mut f, &h, true);
+        *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
+        f.on_response_headers(&h);
+        h.advance(after);
+        // Fresh knowledge of the registry's authentication: only the window's age counts.
+        w.registry_auth.set(Some((true, h.now_ms())));
+        let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2));
+        assert_eq!(r.status, status, "{after} ms after: {:?}", r.json());
+        assert_eq!(h.counter("break_glass_overrides"), u64::from(status == 201));
+    }
+}
+
+#[test]
+fn a_delete_by_digest_hashes_a_manifest_of_exactly_the_limit() {
+    let deleted = vec![b' '; 1024];
+    let mut other = deleted.clone();
+    other[0] = b'\n';
+    for (held, refused) in [(&deleted, true), (&other, false)] {
+        let h = FakeHost::new();
+        let w = worker(&h, LIMIT_1K);
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("DELETE", &format!("/v2/app/manifests/{}", sha(&deleted)), &[]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
+        respond(&mut f, &h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#));
+        respond(&mut f, &h, head_without_digest());
+        respond(&mut f, &h, answer(200, &[("content-type", CT.1)], held));
+        assert_eq!(h.reply().map(|r| r.status), refused.then_some(409), "{:?}", h.reply().map(|r| r.json()));
+        assert_eq!(h.resumes.get(), u32::from(!refused));
+    }
+}
+
+const AUDIT: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#;
+
+#[test]
+fn the_harmless_answer_is_held_while_a_stale_map_entry_is_checked_again() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    h.replies.borrow_mut().clear();
+    let mut f = Filter::new(Some(w.clone()));
+    assert_eq!(put_headers(&mut f, &h, "v1", M2), Action::Continue, "from the map: the harmless headers go");
+    send_body(&mut f, &h, &[M2]);
+    assert_eq!(h.last_call().unwrap().header(":method"), Some("HEAD"), "the map disagrees: asked again");
+    // The body is here: the harmless answer is held, not taken for an early one.
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
+    assert_eq!(f.on_response_headers(&h), Action::Pause);
+    assert!(h.reply().is_none());
+    respond(&mut f, &h, head_answer(Some(M1)));
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
+}
+
+#[test]
+fn audit_mode_keeps_headers_held_over_a_buffered_body_part() {
+    // Releasing them would send the buffered bytes upstream with the harmless request.
+    let h = FakeHost::new();
+    let w = worker(&h, AUDIT);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    send_part(&mut f, &h, &M1[..4]);
+    respond(&mut f, &h, answer(500, &[], b"oops"));
+    assert_eq!(h.resumes.get(), 0);
+    assert_eq!(h.counter("audit_would_refuse"), 1);
+    send_body(&mut f, &h, &[&M1[4..]]);
+    assert_eq!(h.calls_with("PUT").last().and_then(|c| c.body.clone()).as_deref(), Some(M1));
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+}
+
+#[test]
+fn an_unjudged_audit_push_answered_early_is_counted_once() {
+    let h = FakeHost::new();
+    let w = worker(&h, AUDIT);
+    *h.dispatch_error.borrow_mut() = Some("BadArgument".into());
+    let mut f = Filter::new(Some(w.clone()));
+    assert_eq!(put_headers(&mut f, &h, "v1", M1), Action::Continue);
+    *h.dispatch_error.borrow_mut() = None;
+    assert_eq!(h.counter("audit_would_refuse"), 1);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
+    assert_eq!(f.on_response_headers(&h), Action::Pause);
+    assert_eq!(h.reply().unwrap().status, 503);
+    assert_eq!(h.counter("audit_would_refuse"), 1, "one request, one would-be refusal");
+}
+
+#[test]
+fn audit_mode_ignores_the_lookups_of_a_push_it_already_let_on() {
+    let h = FakeHost::new();
+    let w = worker(&h, AUDIT);
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", &format!("/v2/app/manifests/{}?tag=a&tag=b", sha(M1)), &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    assert_eq!(h.calls_with("HEAD").len(), 2);
+    respond(&mut f, &h, answer(500, &[], b"oops"));
+    assert_eq!(h.resumes.get(), 1, "let on unjudged: the harmless headers go");
+    respond(&mut f, &h, answer(500, &[], b"oops"));
+    assert!(h.reply().is_none(), "the second lookup no longer matters");
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.replies.borrow().len(), 1);
+    assert_eq!(h.reply().unwrap().status, 201);
+    assert_eq!(h.counter("audit_would_refuse"), 1);
+}
+
+#[test]
+fn a_push_hashes_a_held_manifest_of_exactly_the_limit() {
+    let held = vec![b' '; 1024];
+    let h = FakeHost::new();
+    let w = worker(&h, LIMIT_1K);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", &held);
+    respond(&mut f, &h, head_without_digest());
+    respond(&mut f, &h, answer(200, &[CT], &held));
+    send_body(&mut f, &h, &[&held]);
+    respond(&mut f, &h, created(&held));
+    assert_eq!(h.reply().unwrap().status, 201, "{:?}", h.reply().unwrap().json());
+    assert_eq!(h.counter("pushes_allowed_same_digest"), 1);
+}
+
+#[test]
+fn a_lookup_the_registry_refuses_is_answered_with_its_status_code_and_challenge() {
+    for (status, code) in [(401, "UNAUTHORIZED"), (403, "DENIED")] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", M1);
+        respond(&mut f, &h, answer(status, &[("www-authenticate", "Bearer realm=\"x\"")], b""));
+        let r = h.reply().unwrap();
+        assert_eq!((r.status, r.json()["errors"][0]["code"].as_str()), (status, Some(code)));
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"x\""));
+        assert!(h.calls_with("PUT").is_empty());
+    }
+}
+
+#[test]
+fn a_tag_holding_a_sha512_digest_is_judged_by_sha512() {
+    use crate::digest::Algorithm;
+    for (pushed, status) in [(M1, 201), (M2, 409)] {
+        let h = FakeHost::new();
+        let w = worker(&h, POLICY);
+        let mut f = Filter::new(Some(w.clone()));
+        put_headers(&mut f, &h, "v1", pushed);
+        let held = Digest::of(Algorithm::Sha512, M1).to_string();
+        respond(&mut f, &h, answer(200, &[("docker-content-digest", &held)], b""));
+        send_body(&mut f, &h, &[pushed]);
+        if status == 201 {
+            respond(&mut f, &h, created(pushed));
+        }
+        let r = h.reply().unwrap();
+        assert_eq!(r.status, status, "{:?}", r.json());
+        if status == 409 {
+            assert_eq!(r.json()["errors"][0]["detail"]["pushed_digest"], Digest::of(Algorithm::Sha512, M2).to_string());
+        }
+    }
+}
+
+#[test]
+fn a_stored_push_the_registry_names_no_digest_for_commits_the_claimed_one() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, answer(201, &[("location", "/v2/app/manifests/v1")], b""));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let r = records(&h);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].kind, r[0].tag.as_str(), r[0].digest.as_str()), (crate::claims::Kind::Committed, "v1", sha(M1).as_str()));
+}
+
+#[test]
+fn only_a_201_teaches_the_map_the_written_digest() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, answer(200, &[("docker-content-digest", &sha(M1))], b""));
+    assert_eq!(h.reply().unwrap().status, 200);
+    assert!(next_push_heads(&h, &w));
+}
+
+#[test]
+fn a_stored_multi_tag_push_commits_the_path_tag_and_gives_the_others_back() {
+    // A registry may ignore `?tag=`: only the path's tag is known to be written.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    respond(&mut f, &h, head_answer(None));
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let held: Vec<_> = records(&h).into_iter().filter(|r| r.kind != crate::claims::Kind::Committed || r.tag != "v1").filter(|r| r.holders > 0 || r.tag == "v1").collect();
+    assert!(held.is_empty(), "only v1's committed record stays: {held:?}");
+    assert!(records(&h).iter().any(|r| r.kind == crate::claims::Kind::Committed && r.tag == "v1"));
+}
+
+#[test]
+fn an_etcd_commit_is_only_sent_for_a_path_tag_this_push_claimed() {
+    // Tag a already holds M1 (no claim needed in etcd); b is new and claimed. Once stored,
+    // b's claim is given back and nothing is committed for a.
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/a?tag=b", &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    while h.calls_with("HEAD").len() > h.calls.borrow().len() - h.pending.borrow().len() || !h.pending.borrow().is_empty() {
+        let Some(call) = h.pending.borrow().front().map(|t| h.calls.borrow()[*t as usize - 1].clone()) else { break };
+        if call.header(":method") != Some("HEAD") {
+            break;
+        }
+        respond(&mut f, &h, head_answer((call.header(":path") == Some("/v2/app/manifests/a")).then_some(M1)));
+    }
+    send_body(&mut f, &h, &[M1]);
+    answer_etcd(&mut f, &h, &etcd);
+    assert!(etcd.value("/immutable-tags/app:b").is_some(), "b claimed");
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let before = etcd_calls(&h);
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd_calls(&h) - before, 1, "one txn: b's release");
+    assert_eq!(etcd.value("/immutable-tags/app:b"), None);
+    assert_eq!(etcd.value("/immutable-tags/app:a"), None);
+}
+
+#[test]
+fn dispatched_calls_carry_the_clients_authority_or_the_configured_one() {
+    let internal = r#"{"upstream": {"cluster": "registry", "authority": "registry.internal"}, "global": {"immutable_tags": true}}"#;
+    for (policy, authority) in [(POLICY, "registry.test"), (internal, "registry.internal")] {
+        let h = FakeHost::new();
+        let w = worker(&h, policy);
+        put_headers(&mut Filter::new(Some(w.clone())), &h, "v1", M1);
+        assert_eq!(h.last_call().unwrap().header(":authority"), Some(authority));
+    }
+}
+
+#[test]
+fn audit_mode_answers_an_oversized_body_it_cannot_write() {
+    // Nothing over max_manifest_bytes is ever written, whatever the mode: once the body is
+    // complete (trailers, or its last part), the refusal is answered.
+    let h = FakeHost::new();
+    let w = worker(&h, &LIMIT_1K.replace(r#""max_manifest_bytes""#, r#""mode": "audit", "max_manifest_bytes""#));
+    for end in ["trailers", "last part"] {
+        let mut f = Filter::new(Some(w.clone()));
+        h.replies.borrow_mut().clear();
+        h.request("PUT", &format!("/v2/app/manifests/{}", if end == "trailers" { "v1" } else { "v2" }), &[CT, ("transfer-encoding", "chunked")]);
+        on_headers(&mut f, &h, false);
+        respond(&mut f, &h, head_answer(None));
+        if end == "trailers" {
+            send_part(&mut f, &h, &[b' '; 2000]);
+            f.on_request_trailers(&h);
+        } else {
+            send_body(&mut f, &h, &[&[b' '; 2000]]);
+        }
+        let r = h.reply().unwrap_or_else(|| panic!("{end}: no answer"));
+        assert_eq!(r.status, 413, "{end}");
+        assert!(h.calls_with("PUT").is_empty(), "{end}");
+    }
+}
+
+#[test]
+fn the_etcd_lease_lives_as_long_as_a_claim() {
+    let etcd = FakeEtcd::default();
+    let policy = ETCD_POLICY.replace(r#""claims": {"#, r#""claims": {"ttl_seconds": 45, "#);
+    let (h, w) = replica(&etcd, &policy);
+    let _f = to_claim(&h, &w, M1);
+    let grant = h.calls.borrow().iter().find(|c| c.header(":path") == Some("/v3/lease/grant")).cloned().expect("a lease grant");
+    let body: serde_json::Value = serde_json::from_slice(grant.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["TTL"], "45");
+}
+
+#[test]
+fn an_etcd_claim_that_never_settles_is_refused_after_the_bound() {
+    // Every txn finds the key gone between its compare and its read: claimed again, 6 calls
+    // in all (the lease grant, 5 txns), then refused.
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    let gone = answer(200, &[], br#"{"header": {"cluster_id": "1", "revision": "9"}, "responses": [{"response_range": {"header": {"revision": "9"}}}]}"#);
+    let mut txns = 0;
+    for _ in 0..20 {
+        let more = respond_with(&mut f, &h, |c| match c.header(":path") {
+            Some("/v3/kv/txn") => {
+                txns += 1;
+                gone.clone()
+            }
+            _ => etcd.answer(c),
+        });
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(txns, 5);
+    let r = h.reply().expect("refused");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("did not settle"), "{:?}", r.json());
+    assert!(h.calls_with("PUT").is_empty());
+}
+
+fn etcd_paths(h: &FakeHost, from: usize) -> Vec<String> {
+    h.calls.borrow().iter().skip(from).filter(|c| c.cluster == "etcd").map(|c| c.header(":path").unwrap_or_default().to_string()).collect()
+}
+
+#[test]
+fn the_root_keeps_its_lease_alive_every_third_of_the_ttl() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    answer_etcd(&mut f, &h, &etcd);
+    let keepalives = || etcd_paths(&h, 0).iter().filter(|p| *p == "/v3/lease/keepalive").count();
+    for (advance, expected) in [(19_999, 0), (1, 1), (19_999, 1), (1, 2), (0, 2)] {
+        h.advance(advance);
+        run_root(&h, &w, &etcd);
+        assert_eq!(keepalives(), expected, "after {advance} ms more");
+    }
+}
+
+#[test]
+fn a_committed_record_is_deleted_one_ttl_after_the_commit() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim(&h, &w, M1);
+    answer_etcd(&mut f, &h, &etcd);
+    respond(&mut f, &h, created(M1));
+    run_root(&h, &w, &etcd);
+    let committed = Some(format!("d 1000000 {}", sha(M1)));
+    assert_eq!(etcd.value(KEY), committed);
+    for advance in [0, 59_999] {
+        h.advance(advance);
+        run_root(&h, &w, &etcd);
+        assert_eq!(etcd.value(KEY), committed, "still fencing");
+    }
+    h.advance(1);
+    run_root(&h, &w, &etcd);
+    assert_eq!(etcd.value(KEY), None);
+}
+
+#[test]
+fn a_lease_etcd_lost_is_granted_again_before_the_next_claim_is_sent() {
+    let etcd = FakeEtcd::default();
+    let (h, w) = replica(&etcd, ETCD_POLICY);
+    let mut f = to_claim_tag(&h, &w, "v0", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    let lease = etcd.leases.borrow()[0];
+    etcd.expire(lease);
+    h.advance(20_000);
+    run_root(&h, &w, &etcd);
+    let from = h.calls.borrow().len();
+    let mut f = to_claim_tag(&h, &w, "v1", M1);
+    answer_etcd(&mut f, &h, &etcd);
+    assert_eq!(etcd_paths(&h, from), ["/v3/lease/grant", "/v3/kv/txn"], "no txn wasted on the lost lease");
+    assert_eq!(h.calls_with("PUT").len(), 2);
+}
