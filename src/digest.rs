@@ -116,6 +116,16 @@ mod tests {
     }
 
     #[test]
+    fn looks_like_digest_is_the_colon_not_validity() {
+        assert!(Digest::looks_like_digest("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+        assert!(Digest::looks_like_digest("md5:zz"), "an invalid digest is still not a tag");
+        assert!(Digest::looks_like_digest(":"));
+        assert!(!Digest::looks_like_digest("v1.2.3"));
+        assert!(!Digest::looks_like_digest("sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+        assert!(!Digest::looks_like_digest(""));
+    }
+
+    #[test]
     fn sha512_is_computed_and_parsed() {
         let d = Digest::of(Algorithm::Sha512, b"x");
         assert_eq!(d.algorithm(), Algorithm::Sha512);
