@@ -65,5 +65,7 @@ mod tests {
         assert_eq!(decode("Z!=="), None);
         assert_eq!(decode("Zh=="), None, "non-zero padding bits");
         assert_eq!(decode("Z"), None, "a lone sextet is not a byte");
+        assert_eq!(decode("A"), None, "not even an all-zero one");
+        assert_eq!(decode("Zm9vA==="), None, "nor one after whole groups");
     }
 }

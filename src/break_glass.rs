@@ -261,4 +261,12 @@ mod tests {
         assert_eq!(Window::open(&w.encode(), 100), None);
         assert_eq!(Window::open(b"", 1), None, "used up");
     }
+
+    #[test]
+    fn each_tag_has_its_own_window_key() {
+        // A shared key would let a window opened for one tag serve another.
+        assert_eq!(Window::key("team/app", "v1"), "immutable_tags.break_glass/team/app:v1");
+        assert_ne!(Window::key("team/app", "v1"), Window::key("team/app", "v2"));
+        assert_ne!(Window::key("team/app", "v1"), Window::key("team/api", "v1"));
+    }
 }

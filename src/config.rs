@@ -719,6 +719,17 @@ mod tests {
     }
 
     #[test]
+    fn upstream_authority_and_cache_ttl_bounds() {
+        for a in ["", "a b", "reg\\u0001"] {
+            let e = bad(&format!(r#"{{"upstream": {{"authority": "{a}"}}}}"#));
+            assert_eq!(e.field, "upstream.authority", "{a:?}: {e}");
+        }
+        assert_eq!(cfg(r#"{"upstream": {"authority": "reg:5000"}}"#).upstream.authority.as_deref(), Some("reg:5000"));
+        assert_eq!(cfg(r#"{"cache": {"ttl_seconds": 86400}}"#).cache.ttl_seconds, 86_400, "the bound itself is allowed");
+        assert_eq!(bad(r#"{"cache": {"ttl_seconds": 86401}}"#).field, "cache.ttl_seconds");
+    }
+
+    #[test]
     fn claims_in_etcd() {
         let c = cfg(r#"{"claims": {"etcd": {"cluster": "etcd"}}}"#);
         let want = EtcdSettings { cluster: "etcd".into(), authority: "etcd".into(), prefix: "/immutable-tags/".into(), timeout_ms: 1000 };

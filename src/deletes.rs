@@ -577,16 +577,17 @@ mod tests {
 
     #[test]
     fn auth_answers_pass_back() {
-        for s in [401u16, 403] {
+        // The OCI error code matches the status: a client reads UNAUTHORIZED as "log in".
+        for (s, code) in [(401u16, "UNAUTHORIZED"), (403, "DENIED")] {
             let mut c = check(1000);
             let e = c.on_page(&global(), FIRST, Some(&s.to_string()), b"", None).unwrap_err();
-            assert_eq!(e.error.status, s);
+            assert_eq!((e.error.status, e.error.code.as_str()), (s, code));
             assert!(e.pass_challenge);
             let mut c = check(1000);
             c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
             c.take_heads();
             let e = c.on_head("v1", Current::AuthRequired { status: s }).unwrap_err();
-            assert_eq!((e.error.status, e.pass_challenge), (s, true));
+            assert_eq!((e.error.status, e.error.code.as_str(), e.pass_challenge), (s, code, true));
         }
     }
 

@@ -50,12 +50,6 @@ impl Digest {
         })
     }
 
-    /// Whether `s` has the shape of a digest reference (`alg:encoded`), valid or not.
-    /// Such a reference is never a tag: tags cannot contain `:`.
-    pub fn looks_like_digest(s: &str) -> bool {
-        s.contains(':')
-    }
-
     pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Digest {
         let hex = match algorithm {
             Algorithm::Sha256 => hex(&Sha256::digest(bytes)),

@@ -345,6 +345,8 @@ mod tests {
         let grant = br#"{"header":{"revision":"1"},"ID":"4111120382571439109","TTL":"5"}"#;
         assert_eq!(parse_grant(Some(200), grant), Answer::Ok(4_111_120_382_571_439_109));
         assert!(matches!(parse_grant(Some(200), br#"{"header":{}}"#), Answer::Failed(_)));
+        // A lenient writer's plain number reads the same as the gateway's string.
+        assert_eq!(parse_grant(Some(200), br#"{"header":{"revision":1},"ID":42,"TTL":5}"#), Answer::Ok(42));
         let alive = br#"{"result":{"header":{"revision":"2"},"ID":"9","TTL":"5"}}"#;
         assert_eq!(parse_keepalive(Some(200), alive), Answer::Ok(()));
         // A lease that is gone answers without `TTL`.

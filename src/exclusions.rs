@@ -82,10 +82,6 @@ impl Exclusions {
         Ok(Exclusions { patterns: patterns.to_vec(), plain, plain_index, guarded })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
@@ -255,7 +251,7 @@ mod tests {
         for flagged in ["^dev", "^release\\.", "rc-", "^v1\\.2"] {
             assert!(literal_prefix_warning(flagged).is_some(), "{flagged}");
         }
-        for fine in ["^dev-.*$", "^dev-.*", "dev-.*", "latest", "^latest$", "^(?!v[0-9]+$).*$", "^rc-[0-9]+", "^$", "^v1.2"] {
+        for fine in ["^dev-.*$", "^dev-.*", "dev-.*", "latest", "^latest$", "^(?!v[0-9]+$).*$", "^rc-[0-9]+", "^$", "^v1.2", "^", ""] {
             assert_eq!(literal_prefix_warning(fine), None, "{fine}");
         }
     }
@@ -314,6 +310,32 @@ mod tests {
         let e = ex(&[q]);
         assert_eq!(e.matches("a])"), Match::NotExcluded);
         assert_eq!(e.matches("a)x"), Match::Excluded(q));
+    }
+
+    #[test]
+    fn brackets_in_a_look_ahead_class_do_not_end_it() {
+        // A class's content, whatever its first byte (`^`, a literal `]`, a `)`), stays in the
+        // class: the look-ahead ends at its own `)`.
+        for (p, kept, excluded) in [
+            (r"^(?![v]1).*$", "v1", "v2"),
+            (r"^(?![^])]x).*$", "ax", "ab"),
+            (r"^(?![])]x).*$", ")x", "ax"),
+            (r"^(?![x)]y).*$", "xy", "xz"),
+            (r"^(?!x)[a|b]$", "x", "a"),
+        ] {
+            let e = ex(&[p]);
+            assert_eq!(e.matches(kept), Match::NotExcluded, "{p} {kept}");
+            assert_eq!(e.matches(excluded), Match::Excluded(p), "{p} {excluded}");
+        }
+    }
+
+    #[test]
+    fn patterns_are_kept_as_configured() {
+        let e = ex(&["latest", r"^(?!v\d).*$"]);
+        assert_eq!(e.patterns(), ["latest", r"^(?!v\d).*$"]);
+        let none = ex(&[]);
+        assert_eq!(none.patterns(), [] as [&str; 0]);
+        assert_eq!(none.matches("v1"), Match::NotExcluded);
     }
 
     #[test]

@@ -174,4 +174,19 @@ mod tests {
             assert!(p.may_protect_in(repo) || !p.decide(repo, tag).immutable, "{repo}");
         }
     }
+
+    #[test]
+    fn matching_rule_names_the_first_selecting_rule_whatever_the_scopes_say() {
+        let c = crate::config::Config::from_json(
+            br#"{"global": {"immutable_tags": true},
+                 "rules": [{"name": "releases", "tags": {"regex": "^v\\d"}}, {"repositories": {"matching": "dev/**"}}]}"#,
+        )
+        .unwrap();
+        let p = &c.policy;
+        let hit = |repo: &str, tag: &str| p.matching_rule(repo, tag).map(|r| r.reason());
+        assert_eq!(hit("app", "v1"), Some(r#"rule "releases" (rules[0])"#.into()), "the scope alone already decides");
+        assert_eq!(hit("dev/x", "main"), Some("rules[1]".into()));
+        assert_eq!(hit("dev/x", "v2"), Some(r#"rule "releases" (rules[0])"#.into()), "the first rule wins");
+        assert_eq!(hit("app", "main"), None);
+    }
 }

@@ -331,6 +331,8 @@ mod tests {
             "/v2/app/manifests/.v1",
             "//v2/app/manifests/v1",
             "/x/../v2/app/manifests/v1",
+            "/v3/app/manifests/v1",
+            "/V2x/app/manifests/v1",
             "/v2/app/manifests/sha256:abc",
             "/v2/app/manifests/v%00",
             "/v2/app/manifests/v%ff",
@@ -360,6 +362,16 @@ mod tests {
             ("GET", "/healthz"),
         ] {
             assert_eq!(classify(m, p), Request::Other, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn pre_filter_lets_through_only_what_may_name_manifests() {
+        for p in ["/v2/app/manifests/v1", "/v2/app/MANIFESTS/v1", "/v2/app/%6danifests/v1", "/v2/a%2fb/blobs/x", "/v2/%zz"] {
+            assert!(may_name_manifests(p), "{p}");
+        }
+        for p in ["/v2/", "/v2/_catalog", "/v2/app/tags/list", "/v2/app/blobs/uploads/x?manifests", "/v2/app/blobs/x?a=%6d", ""] {
+            assert!(!may_name_manifests(p), "{p}");
         }
     }
 

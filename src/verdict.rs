@@ -104,6 +104,8 @@ mod tests {
         let m = br#"{"schemaVersion":2}"#;
         assert_eq!(read_get(Some("200"), Some(m), m.len(), 100), Current::Present(Digest::sha256(m)));
         assert!(matches!(read_get(Some("200"), Some(m), m.len(), 5), Current::Unknown { reason } if reason.contains("max_manifest_bytes")));
+        assert_eq!(read_get(Some("200"), Some(m), m.len(), m.len()), Current::Present(Digest::sha256(m)), "exactly the limit fits");
+        assert!(matches!(read_get(Some("200"), Some(m), m.len(), m.len() - 1), Current::Unknown { .. }), "one byte over");
         assert!(matches!(read_get(Some("200"), Some(b""), 0, 100), Current::Unknown { .. }));
         assert!(matches!(read_get(Some("200"), None, 9, 100), Current::Unknown { .. }));
         assert_eq!(read_get(Some("404"), None, 50, 100), Current::Absent);
