@@ -345,12 +345,22 @@ mod tests {
         let grant = br#"{"header":{"revision":"1"},"ID":"4111120382571439109","TTL":"5"}"#;
         assert_eq!(parse_grant(Some(200), grant), Answer::Ok(4_111_120_382_571_439_109));
         assert!(matches!(parse_grant(Some(200), br#"{"header":{}}"#), Answer::Failed(_)));
+        // Lease 0 means "no lease" to etcd: a put with it would never expire.
+        assert!(matches!(parse_grant(Some(200), br#"{"header":{"revision":"1"},"ID":"0","TTL":"5"}"#), Answer::Failed(_)));
         // A lenient writer's plain number reads the same as the gateway's string.
         assert_eq!(parse_grant(Some(200), br#"{"header":{"revision":1},"ID":42,"TTL":5}"#), Answer::Ok(42));
         let alive = br#"{"result":{"header":{"revision":"2"},"ID":"9","TTL":"5"}}"#;
         assert_eq!(parse_keepalive(Some(200), alive), Answer::Ok(()));
         // A lease that is gone answers without `TTL`.
         assert_eq!(parse_keepalive(Some(200), br#"{"result":{"header":{"revision":"2"},"ID":"999"}}"#), Answer::LeaseGone);
+        // A TTL of 0 or less is a lease that has run out.
+        for ttl in ["0", "-1"] {
+            let gone = format!(r#"{{"result":{{"header":{{"revision":"2"}},"ID":"9","TTL":"{ttl}"}}}}"#);
+            assert_eq!(parse_keepalive(Some(200), gone.as_bytes()), Answer::LeaseGone, "TTL {ttl}");
+        }
+        // A stream that carries an error, not a result, says nothing about the lease.
+        let error = br#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}"#;
+        assert!(matches!(parse_keepalive(Some(200), error), Answer::Failed(_)));
         assert!(matches!(parse_keepalive(Some(504), b"timeout"), Answer::Failed(_)));
     }
 

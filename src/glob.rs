@@ -270,6 +270,15 @@ mod tests {
             ("x{a,b/**}", "(?-u)^x(?:a|b/.*)$"),
             (r"a\*b", r"(?-u)^a\*b$"),
             ("a,b", "(?-u)^a,b$"),
+            // `**` beside a `,` or `{`, which only opens an alternative inside braces, and
+            // after a recursive prefix: globset 0.4.21's texts, odd ones included.
+            ("a,**", "(?-u)^a,[^/]*[^/]*$"),
+            ("x{a,b**}", "(?-u)^x(?:a|b[^/]*[^/]*)$"),
+            (r"x{a\,**}", "(?-u)^x(?:a/.*)$"),
+            ("a/**,b", "(?-u)^a/[^/]*[^/]*,b$"),
+            ("**/**", "(?-u)^.*$"),
+            ("{**/**,c}", "(?-u)^(?:(?:/?|.*/)|c)$"),
+            ("[a-a]", "(?-u)^[a]$"),
             ("a.b+c(d)|e^$#&-~", r"(?-u)^a\.b\+c\(d\)\|e\^\$\#\&\-\~$"),
             ("é", r"(?-u)^\xc3\xa9$"),
         ] {

@@ -236,6 +236,15 @@ mod tests {
         let d = doc(r#"{"a": 1, "b": true}"#);
         let e = d.fields("x", &["a"]).err().unwrap();
         assert_eq!((e.field.as_str(), e.reason.as_str()), ("x.b", "unknown field `b`, expected `a`"));
+        // The hint reads as English for every number of allowed names.
+        for (allowed, hint) in [
+            (&[][..], "there are no fields"),
+            (&["a", "c"][..], "expected `a` or `c`"),
+            (&["a", "c", "d"][..], "expected one of `a`, `c`, `d`"),
+        ] {
+            let e = d.fields("x", allowed).err().unwrap();
+            assert_eq!(e.reason, format!("unknown field `{}`, {hint}", if allowed.is_empty() { "a" } else { "b" }));
+        }
         let e = doc(r#"{"a": 1, "a": 2}"#).fields("", &["a", "b"]).err().unwrap();
         assert_eq!((e.field.as_str(), e.reason.as_str()), ("a", "duplicate field `a`"));
         let e = doc("[]").fields("", &["a"]).err().unwrap();

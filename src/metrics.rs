@@ -182,6 +182,9 @@ mod tests {
         );
         assert_eq!(Refusal::of("PUT", 503, "UNAVAILABLE"), Refusal::Upstream);
         assert_eq!(Refusal::of("DELETE", 503, "UNAVAILABLE"), Refusal::Upstream);
+        // Either sign is enough: a 503 of any code, or an UNAVAILABLE under another status.
+        assert_eq!(Refusal::of("PUT", 503, "UNKNOWN"), Refusal::Upstream);
+        assert_eq!(Refusal::of("PUT", 500, "UNAVAILABLE"), Refusal::Upstream);
         assert_eq!(
             Refusal::of("PUT", 401, "UNAUTHORIZED"),
             Refusal::Unauthorized

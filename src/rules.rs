@@ -121,10 +121,6 @@ impl Rule {
         self.index
     }
 
-    pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
     /// Names the rule for the 409's `reason` and the logs: `rule "<name>" (rules[i])`, or
     /// `rules[i]` when unnamed.
     pub fn reason(&self) -> String {
@@ -639,6 +635,11 @@ mod tests {
         assert_eq!(hit(&r, "app", "latest"), None);
         assert_eq!(r.rules.first().unwrap().description(), r#"repositories excluding ["sandbox/**"], tags excluding ["latest"]"#);
         assert_eq!(rules("[{}]").rules.first().unwrap().description(), "every tag of every repository");
+        // A rule with no `matching` selector is found apart from the pattern hits, yet it still
+        // wins over a later rule that a pattern hit found.
+        let r = rules(r#"[{"tags": {"excluding": "latest"}}, {"tags": {"matching": "v*"}}, {"repositories": {"matching": "**"}}]"#);
+        assert_eq!(hit(&r, "app", "v1"), Some(0));
+        assert_eq!(hit(&r, "app", "latest"), Some(2));
     }
 
     #[test]
@@ -794,6 +795,16 @@ mod tests {
         let json = format!(r#"[{{"tags": {{"regex": "{long}"}}}}]"#);
         let raw = RawRule::read_all(&Json::parse(json.as_bytes()).unwrap(), "rules").unwrap();
         assert!(Rules::compile(raw, 300).is_ok());
+        // The limit itself is allowed.
+        let raw = RawRule::read_all(&Json::parse(json.as_bytes()).unwrap(), "rules").unwrap();
+        assert!(Rules::compile(raw, 257).is_ok());
+
+        // A name of 200 characters is taken; 201 is refused.
+        let named = |n: usize| try_rules(&format!(r#"[{{"name": "{}"}}]"#, "é".repeat(n)));
+        assert!(named(200).is_ok());
+        let e = named(201).unwrap_err();
+        assert_eq!(e.field, "rules[0].name");
+        assert!(e.reason.contains("1 to 200 characters"), "{e}");
 
         let e = try_rules(r#"[{"tags": {"matching": "v*", "excluding": "rc"}}]"#).unwrap_err();
         assert_eq!(e.field, "rules[0].tags");
