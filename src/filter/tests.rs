@@ -1483,6 +1483,27 @@ fn a_refused_multi_tag_push_puts_back_the_window_of_the_tag_it_did_not_write() {
 }
 
 #[test]
+fn a_digest_delete_waiting_on_etcd_for_its_window_takes_only_etcd_s_answer() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = bg_replica(&etcd);
+    let (b, wb) = bg_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd);
+    let mut f = Filter::new(Some(wb.clone()));
+    b.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[ADMIN]);
+    assert_eq!(on_headers(&mut f, &b, true), Action::Pause);
+    respond(&mut f, &b, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1","v2"]}"#));
+    assert_eq!(b.calls_with("HEAD").len(), 2, "both tags are asked at once");
+    // v1 holds the digest: refused unless admin's window is open, which etcd is asked while
+    // v2's HEAD is still out. That HEAD's late answer is not etcd's.
+    respond(&mut f, &b, head_answer(Some(M1)));
+    respond(&mut f, &b, head_answer(Some(M2)));
+    assert_eq!((b.reply(), b.resumes.get()), (None, 0), "still waiting on etcd");
+    respond_with(&mut f, &b, |c| etcd.answer(c));
+    assert_eq!((b.reply(), b.resumes.get()), (None, 1), "let through on the window");
+    assert_eq!(etcd.value(WKEY), None, "taken");
+}
+
+#[test]
 fn a_delete_uses_a_window_from_etcd_and_a_refused_one_puts_it_back() {
     let etcd = FakeEtcd::default();
     let (a, wa) = bg_replica(&etcd);
@@ -1501,6 +1522,16 @@ fn a_delete_uses_a_window_from_etcd_and_a_refused_one_puts_it_back() {
         assert_eq!(etcd.value(WKEY).is_some(), overrides == 0, "{status}");
         assert_eq!(bg_lines(&b).len(), overrides, "{status}");
     }
+    // Envoy's 504 (timed out): the delete may have happened, so the window stays used.
+    open_in_etcd(&a, &wa, &etcd);
+    let mut f = Filter::new(Some(wb.clone()));
+    b.request("DELETE", "/v2/app/manifests/v1", &[ADMIN]);
+    on_headers(&mut f, &b, true);
+    respond_with(&mut f, &b, |c| etcd.answer(c));
+    *b.response_headers.borrow_mut() = vec![(":status".into(), "504".into())];
+    f.on_response_headers(&b);
+    run_root(&b, &wb, &etcd);
+    assert_eq!(etcd.value(WKEY), None, "not put back after a 504");
     // Used up.
     let mut f = Filter::new(Some(wb.clone()));
     b.request("DELETE", "/v2/app/manifests/v1", &[ADMIN]);
