@@ -159,6 +159,14 @@ mod tests {
     }
 
     #[test]
+    fn may_protect_anything_sees_each_source_of_immutability() {
+        let none = Policy::new(scope(Some(false)), vec![("app".into(), scope(None))], false);
+        assert!(!none.may_protect_anything());
+        assert!(Policy::new(scope(Some(true)), Vec::new(), false).may_protect_anything(), "global alone");
+        assert!(Policy::new(scope(None), vec![("app".into(), scope(Some(true)))], false).may_protect_anything(), "one repository alone");
+    }
+
+    #[test]
     fn may_protect_in_follows_the_repository_scope() {
         let p = Policy::new(scope(None), vec![("prod".into(), scope(Some(true))), ("prod/dev".into(), scope(Some(false)))], false);
         assert!(p.may_protect_in("prod"));

@@ -1552,6 +1552,20 @@ fn a_window_etcd_cannot_write_is_not_opened_and_the_read_goes_on() {
     let why = window_lines(&a)[0]["not_opened"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("window store (etcd, cluster 'etcd') is unavailable: etcd answered 503"), "{why}");
     assert!(etcd.kv.borrow().is_empty());
+    // An etcd member that cannot be reached is tried CONNECT_RETRIES times more (nothing reached
+    // it), then the window is not opened and the read goes on.
+    let (b, wb) = bg_replica(&etcd);
+    let (mut f, _) = read_with_reason(&b, &wb, ADMIN);
+    let refused = answer(503, &[], b"upstream connect error or disconnect/reset before headers. reset reason: connection failure");
+    let mut sent = 0;
+    while sent < 10 && respond_with(&mut f, &b, |_| refused.clone()) {
+        sent += 1;
+    }
+    assert_eq!(sent, 1 + super::claims::etcd::CONNECT_RETRIES);
+    assert_eq!(b.response_resumes.get(), 1);
+    let why = window_lines(&b)[0]["not_opened"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("is unavailable"), "{why}");
+    assert!(etcd.kv.borrow().is_empty());
     // A read the exception does not allow opens nothing and costs no call.
     let before = etcd_calls(&a);
     let (_, action) = read_with_reason(&a, &wa, BOB);
