@@ -6,6 +6,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
+/// More calls than any test sends (see `dispatch`).
+const MAX_CALLS: u32 = 1_000;
+
 #[derive(Debug, Clone)]
 pub struct Call {
     pub cluster: String,
@@ -187,6 +190,9 @@ impl Host for FakeHost {
             _ => {}
         }
         let token = self.next_token.get() + 1;
+        // A filter that calls without end would hang its test (`while respond_with(..) {}`):
+        // fail it instead. The busiest test sends fewer than 40.
+        assert!(token <= MAX_CALLS, "more than {MAX_CALLS} calls on one host: the filter is looping");
         self.next_token.set(token);
         self.calls.borrow_mut().push(Call {
             cluster: cluster.to_string(),
