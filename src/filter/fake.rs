@@ -191,7 +191,7 @@ impl Host for FakeHost {
         }
         let token = self.next_token.get() + 1;
         // A filter that calls without end would hang its test (`while respond_with(..) {}`):
-        // fail it instead. The busiest test sends fewer than 40.
+        // fail it instead. No test sends more than 40.
         assert!(token <= MAX_CALLS, "more than {MAX_CALLS} calls on one host: the filter is looping");
         self.next_token.set(token);
         self.calls.borrow_mut().push(Call {
