@@ -65,14 +65,17 @@ def open_window(envoy, repo: str, tag: str) -> None:
         time.sleep(0.2)
 
 
-def committed(etcd, repo: str, tag: str) -> None:
-    """Waits until the root context committed the claim of the push that created repo:tag
-    (within a tick, 250 ms). Until then the claim fences every other digest: an override's too,
-    which now claims the tag like any write that changes it."""
+def committed(etcd, repo: str, tag: str, digest: str = "") -> None:
+    """Waits until the root context committed the claim of the last write of repo:tag (of
+    `digest`, if given), within a tick (250 ms). Until then the claim fences every other digest:
+    an override's too, which claims the tag like any write that changes it."""
+    def done() -> bool:
+        record = etcd.get(f"/immutable-tags/{repo}:{tag}") or ""
+        return record.startswith("d ") and record.endswith(digest)
     deadline = time.time() + 3
-    while not (etcd.get(f"/immutable-tags/{repo}:{tag}") or "").startswith("d ") and time.time() < deadline:
+    while not done() and time.time() < deadline:
         time.sleep(0.05)
-    assert (etcd.get(f"/immutable-tags/{repo}:{tag}") or "").startswith("d "), "committed"
+    assert done(), ("committed", etcd.get(f"/immutable-tags/{repo}:{tag}"))
 
 
 def window_key(repo: str, tag: str) -> str:
@@ -106,7 +109,9 @@ def test_a_window_opened_through_one_replica_is_used_once_through_another(replic
     assert [l for l in override_lines(a) if l["repository"] == repo] == []
     assert etcd.get(window_key(repo, "v1")) is None, "used up"
 
-    # Once: the same principal's next overwrite, through A, is refused.
+    # Once: the same principal's next overwrite, through A, is refused (after B's root committed
+    # the override's claim: until then the refusal names the write in flight instead).
+    committed(etcd, repo, "v1", second)
     r = put_manifest(a.url, repo, "v1", m1, headers=ADMIN)
     assert r.status == 409, r
     assert "no break-glass window is open for principal 'release-admin'" in why(r), r.body
