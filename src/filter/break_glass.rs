@@ -113,6 +113,12 @@ pub struct Lookup {
     asked: Asked,
 }
 
+impl Granted {
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
 impl Lookup {
     pub fn token(&self) -> u32 {
         self.taking.token()

@@ -362,6 +362,15 @@ impl Push {
         if self.audit_pass || !self.checking() {
             return Next::Wait; // an answer the push no longer waits for
         }
+        let next = self.looked_up(host, worker, token, body_size);
+        if matches!(next, Next::Refuse(..)) {
+            self.restore_windows(host, worker); // kept across a `recheck`
+        }
+        next
+    }
+
+    /// A HEAD (or GET) of a tag's check answered.
+    fn looked_up(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
         let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) | Lookup::Fetching(x) if x == token)) else {
             return Next::Wait;
         };
@@ -480,10 +489,19 @@ impl Push {
         }
     }
 
-    /// The push will not be written: windows its overrides used are put back.
+    /// The push will not be written: the windows it used are put back, its overrides' and those
+    /// kept for a judgement still to come (`windows`), once each.
     fn restore_windows(&mut self, host: &dyn Host, worker: &Worker) {
-        for (g, _, _) in std::mem::take(&mut self.overrides) {
-            bg::restore(host, worker, &g);
+        let mut used: Vec<Granted> = std::mem::take(&mut self.overrides).into_iter().map(|(g, _, _)| g).collect();
+        for (tag, w) in std::mem::take(&mut self.windows) {
+            if let Ok(g) = w {
+                if !used.iter().any(|u| u.tag() == tag) {
+                    used.push(g);
+                }
+            }
+        }
+        for g in &used {
+            bg::restore(host, worker, g);
         }
     }
 
@@ -583,6 +601,11 @@ impl Push {
                 c.in_flight = Some((f, want));
                 Some(Next::Wait)
             }
+            // A committed record of another digest behind a map-confirmed verdict: the map is
+            // stale (the tag changed through another worker or replica). Judged again on the
+            // registry's word, like a map entry that disagrees with the push: the refusal then
+            // rests on what the client may see, and break-glass gets to judge the overwrite.
+            Claimed::Conflict { committed: true, .. } if want.from_map => Some(self.recheck(host, worker, &want.tag)),
             Claimed::Conflict { digest, committed } => {
                 self.give_back(host, worker);
                 let (repository, tag, pushed) = (&self.repository, &want.tag, &want.pushed);
@@ -597,6 +620,36 @@ impl Push {
                 Some(Next::Refuse(OciError::upstream(&self.repository, &want.tag, &why), Vec::new()))
             }
         }
+    }
+
+    /// Back to checking `tag` with a HEAD (its map entry was stale): the claims taken so far are
+    /// released; the overrides granted keep their windows, reused by the next judgement.
+    fn recheck(&mut self, host: &dyn Host, worker: &Worker, tag: &str) -> Next {
+        if let Phase::Claiming(c) = &mut self.phase {
+            for t in std::mem::take(&mut c.taken).iter().filter(|t| t.held) {
+                claims::release(host, worker, &self.repository, &t.tag, &t.digest, t.revision);
+            }
+        }
+        self.phase = Phase::Checking;
+        for (g, _, _) in std::mem::take(&mut self.overrides) {
+            if !self.windows.iter().any(|(t, _)| t == g.tag()) {
+                self.windows.push((g.tag().to_string(), Ok(g)));
+            }
+        }
+        if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+            cache.forget(&self.repository, tag);
+        }
+        let token = match self.send_head(host, worker, tag) {
+            Ok(token) => token,
+            Err(why) => {
+                self.restore_windows(host, worker);
+                return Next::Refuse(OciError::upstream(&self.repository, tag, &why), Vec::new());
+            }
+        };
+        if let Some(t) = self.tags.iter_mut().find(|t| t.tag == tag) {
+            (t.lookup, t.from_map, t.since_ms) = (Lookup::Pending(token), false, host.now_ms());
+        }
+        Next::Wait
     }
 
     /// Releases the claims this push took so far, and puts back the windows it used (it is
@@ -703,8 +756,11 @@ impl Push {
     /// stream: its outcome is unknown, so its claims stay until they expire.
     pub fn on_done(&mut self, host: &dyn Host, worker: &Worker) {
         // Claims taken for a push that never went out are given back (one still in flight in
-        // the store expires on its own).
+        // the store expires on its own), and so are the windows kept for its judgement.
         self.give_back(host, worker);
+        if matches!(self.phase, Phase::Checking | Phase::Unlocking(_)) {
+            self.restore_windows(host, worker);
+        }
         if let Phase::Writing { .. } = self.phase {
             host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", self.repository));
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {

@@ -1304,7 +1304,11 @@ fn push_to_etcd(h: &FakeHost, w: &Rc<Worker>, body: &[u8], holds: &[u8], extra: 
 fn bg_push_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, body: &[u8], holds: &[u8], extra: &[(&str, &str)], put: Reply) -> Reply {
     let mut f = push_to_etcd(h, w, body, holds, extra);
     let mut put = Some(put);
-    while respond_with(&mut f, h, |c| if c.cluster == "etcd" { etcd.answer(c) } else { put.take().expect("one PUT") }) {}
+    while respond_with(&mut f, h, |c| match (c.cluster.as_str(), c.header(":method")) {
+        ("etcd", _) => etcd.answer(c),
+        (_, Some("HEAD")) => head_answer(Some(holds)),
+        _ => put.take().expect("one PUT"),
+    }) {}
     h.reply().expect("an answer")
 }
 
@@ -1666,6 +1670,106 @@ fn after_an_override_through_another_worker_a_stale_map_does_not_put_the_old_dig
     let r = push(&h1, &w1, "v1", M1, Some(M2));
     assert_eq!(r.status, 409, "{:?}", r.json());
     assert_eq!(h1.calls_with("PUT").len(), puts, "nothing written");
+}
+
+#[test]
+fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word() {
+    // A's map holds app:v1 = M1 from its own push; B overrides v1 with M2. admin's push of M1
+    // through A looks identical to A's map, and its claim meets B's committed record. That
+    // record alone is not the registry's word (asked with the client's credentials), and the
+    // push is an overwrite: A asks the registry again, and break-glass judges it.
+    let etcd = FakeEtcd::default();
+    let (ha, wa) = bg_replica(&etcd);
+    let (hb, wb) = bg_replica(&etcd);
+    let mut f = to_claim(&ha, &wa, M1);
+    answer_etcd(&mut f, &ha, &etcd);
+    respond(&mut f, &ha, created(M1));
+    f.on_done(&ha);
+    run_root(&ha, &wa, &etcd);
+    hb.advance(1);
+    assert_eq!(bg_push_etcd(&hb, &wb, &etcd, M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    run_root(&hb, &wb, &etcd);
+    // No window open: refused, and the refusal says so (as it does on a worker without the entry).
+    let heads = ha.calls_with("HEAD").len();
+    let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M2));
+    assert!(why(&r).contains("no break-glass window is open for principal 'admin'"), "{}", why(&r));
+    assert_eq!(ha.calls_with("HEAD").len(), heads + 1, "the registry asked again");
+    // A window open (through B), A's map stale again: the same push through A uses the window.
+    open_in_etcd(&hb, &wb, &etcd);
+    wa.cache.borrow_mut().put("app", "v1", crate::digest::Digest::sha256(M1), ha.now_ms());
+    ha.advance(5); // A's view of the tag (its HEAD) is newer than B's commit
+    let puts = ha.calls_with("PUT").len();
+    let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(ha.calls_with("PUT").len(), puts + 1);
+    assert_eq!(etcd.value(WKEY), None, "used up");
+    assert_eq!(bg_lines(&ha).len(), 1, "audited");
+}
+
+#[test]
+fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
+    // One Envoy, two workers. W1's map: v1 = M2 (true), v2 = M1 (stale: W2 overrode it with M3).
+    // admin's window is open on v1. admin pushes M1 to v1 and v2 at once through W1: v1's
+    // overwrite uses the window, v2 looks identical to W1's map and its claim meets W2's record,
+    // so v2 is asked again. What the registry then says of v2 decides; v1's window is used
+    // exactly when the push is written, and put back when it is not (the client leaving while
+    // v2 is asked again included: `None`).
+    const M3: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":3}"#;
+    let unauthorized = || answer(401, &[("www-authenticate", "Basic realm=\"r\"")], b"");
+    let cases: [(&str, Option<Reply>, Option<u16>); 4] = [
+        ("holds M3", Some(head_answer(Some(M3))), Some(409)),
+        ("401", Some(unauthorized()), Some(401)),
+        ("holds M1", Some(head_answer(Some(M1))), Some(201)),
+        ("client gone", None, None),
+    ];
+    for (case, v2_answer, status) in cases {
+        let h1 = FakeHost::new();
+        let h2 = h1.share_with();
+        let (w1, w2) = (bg_worker(&h1, BG, Some(true)), bg_worker(&h2, BG, Some(true)));
+        assert_eq!(push(&h1, &w1, "v1", M2, None).status, 201);
+        assert_eq!(push(&h1, &w1, "v2", M1, None).status, 201);
+        h1.advance(1);
+        assert_eq!(bg_push(&h2, &w2, "v2", M3, M1, &[ADMIN, REASON], created(M3)).status, 201);
+        h1.advance(1);
+        let (mut f, _) = read_with_reason(&h1, &w1, ADMIN);
+        f.on_done(&h1);
+        h1.advance(1);
+        let mut f = Filter::new(Some(w1.clone()));
+        h1.replies.borrow_mut().clear();
+        let len = M1.len().to_string();
+        h1.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ADMIN, ("content-length", &len)]);
+        on_headers(&mut f, &h1, false);
+        send_body(&mut f, &h1, &[M1]);
+        let gone = v2_answer.is_none();
+        let mut v2 = v2_answer;
+        let mut asked_again = false;
+        loop {
+            let Some(token) = h1.pending.borrow().front().copied() else { break };
+            let call = h1.calls.borrow()[token as usize - 1].clone();
+            if (call.header(":method"), call.header(":path")) == (Some("HEAD"), Some("/v2/app/manifests/v2")) {
+                asked_again = true;
+                if gone {
+                    break;
+                }
+            }
+            respond_with(&mut f, &h1, |c| match (c.header(":method"), c.header(":path")) {
+                (Some("HEAD"), Some("/v2/app/manifests/v1")) => head_answer(Some(M2)),
+                (Some("HEAD"), _) => v2.take().expect("v2 asked once"),
+                _ => created(M1),
+            });
+        }
+        f.on_done(&h1);
+        assert!(asked_again, "{case}: v2 asked again");
+        assert_eq!(h1.reply().map(|r| r.status), status, "{case}");
+        assert_eq!(h1.calls_with("PUT").iter().filter(|c| c.body.as_deref() == Some(M1)).count(), usize::from(status == Some(201)) + 1, "{case}");
+        // The window: used up by the written push, else still there for v1.
+        let written = status == Some(201);
+        let next = bg_push(&h1, &w1, "v1", M3, if written { M1 } else { M2 }, &[ADMIN], created(M3));
+        assert_eq!(next.status, if written { 409 } else { 201 }, "{case}: {:?}", next.json());
+        assert_eq!(bg_lines(&h1).len(), 1, "{case}: one override per window");
+    }
 }
 
 #[test]
