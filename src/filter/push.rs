@@ -455,12 +455,8 @@ impl Push {
             .collect();
         if !stale.is_empty() {
             for tag in stale {
-                let token = match self.send_head(host, worker, &tag) {
-                    Ok(token) => token,
-                    Err(why) => return Next::Refuse(OciError::upstream(&self.repository, &tag, &why), Vec::new()),
-                };
-                if let Some(t) = self.tags.iter_mut().find(|t| t.tag == tag) {
-                    (t.lookup, t.from_map, t.since_ms) = (Lookup::Pending(token), false, host.now_ms());
+                if let Err(err) = self.ask_again(host, worker, &tag) {
+                    return Next::Refuse(err, Vec::new());
                 }
             }
             return Next::Wait;
@@ -492,15 +488,14 @@ impl Push {
     /// The push will not be written: the windows it used are put back, its overrides' and those
     /// kept for a judgement still to come (`windows`), once each.
     fn restore_windows(&mut self, host: &dyn Host, worker: &Worker) {
-        let mut used: Vec<Granted> = std::mem::take(&mut self.overrides).into_iter().map(|(g, _, _)| g).collect();
+        let overrides = std::mem::take(&mut self.overrides);
         for (tag, w) in std::mem::take(&mut self.windows) {
-            if let Ok(g) = w {
-                if !used.iter().any(|u| u.tag() == tag) {
-                    used.push(g);
-                }
+            match w {
+                Ok(g) if !overrides.iter().any(|(o, _, _)| o.tag() == tag) => bg::restore(host, worker, &g),
+                _ => {}
             }
         }
-        for g in &used {
+        for (g, _, _) in &overrides {
             bg::restore(host, worker, g);
         }
     }
@@ -639,17 +634,23 @@ impl Push {
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
             cache.forget(&self.repository, tag);
         }
-        let token = match self.send_head(host, worker, tag) {
-            Ok(token) => token,
-            Err(why) => {
+        match self.ask_again(host, worker, tag) {
+            Ok(()) => Next::Wait,
+            Err(err) => {
                 self.restore_windows(host, worker);
-                return Next::Refuse(OciError::upstream(&self.repository, tag, &why), Vec::new());
+                Next::Refuse(err, Vec::new())
             }
-        };
+        }
+    }
+
+    /// Asks the registry again what `tag` holds (the map's word on it is in doubt): its check
+    /// waits for the HEAD.
+    fn ask_again(&mut self, host: &dyn Host, worker: &Worker, tag: &str) -> Result<(), OciError> {
+        let token = self.send_head(host, worker, tag).map_err(|why| OciError::upstream(&self.repository, tag, &why))?;
         if let Some(t) = self.tags.iter_mut().find(|t| t.tag == tag) {
             (t.lookup, t.from_map, t.since_ms) = (Lookup::Pending(token), false, host.now_ms());
         }
-        Next::Wait
+        Ok(())
     }
 
     /// Releases the claims this push took so far, and puts back the windows it used (it is
