@@ -1444,8 +1444,13 @@ fn a_failed_overriding_write_puts_the_window_back() {
     assert_eq!(r.status, 400, "the registry's answer is relayed");
     assert!(bg_lines(&b).is_empty(), "no override");
     assert_eq!(etcd.value(WKEY), None, "taken while the write was out");
+    let sent = b.calls.borrow().len();
     run_root(&b, &wb, &etcd);
     assert_eq!(etcd.kv.borrow().get(WKEY).map(|(_, _, l)| *l), Some(lease), "put back, with its lease (and so its end)");
+    // Once: a second create, sent beside the first, would bring back a window used between them.
+    let key = crate::base64::encode(WKEY.as_bytes());
+    let creates = b.calls.borrow()[sent..].iter().filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key))).count();
+    assert_eq!(creates, 1, "put back once");
     assert_eq!(bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status, 201, "the retry overrides");
     assert_eq!(bg_lines(&b).len(), 1);
     // A write whose outcome is unknown (reset) may have overwritten: its window stays used.
