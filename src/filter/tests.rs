@@ -1778,6 +1778,42 @@ fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
 }
 
 #[test]
+fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
+    // As above, in etcd: admin's window on v1 is taken (deleterange) for the overwrite of v1;
+    // v2's map entry (M1) meets a committed record of M3, and the registry, asked again, answers
+    // 401. The window goes back exactly once: a second create sent beside the first could
+    // revive a window used in between.
+    let etcd = FakeEtcd::default();
+    let (h, w) = bg_replica(&etcd);
+    open_in_etcd(&h, &w, &etcd);
+    w.cache.borrow_mut().put("app", "v1", Digest::sha256(M2), h.now_ms());
+    w.cache.borrow_mut().put("app", "v2", Digest::sha256(M1), h.now_ms());
+    let record = crate::etcd::Record { committed: true, at_ms: h.now_ms() + 1, digest: sha(b"m3") };
+    etcd.kv.borrow_mut().insert("/immutable-tags/app:v2".into(), (record.encode(), 1, 0));
+    h.advance(5);
+    let mut f = Filter::new(Some(w.clone()));
+    h.replies.borrow_mut().clear();
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ADMIN, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    send_body(&mut f, &h, &[M1]);
+    while respond_with(&mut f, &h, |c| match (c.cluster.as_str(), c.header(":path")) {
+        ("etcd", _) => etcd.answer(c),
+        (_, Some("/v2/app/manifests/v1")) => head_answer(Some(M2)),
+        _ => answer(401, &[("www-authenticate", "Basic realm=\"r\"")], b""),
+    }) {}
+    f.on_done(&h);
+    assert_eq!(h.reply().map(|r| r.status), Some(401));
+    assert_eq!(etcd.value(WKEY), None, "taken while v2 was asked again");
+    let sent = h.calls.borrow().len();
+    run_root(&h, &w, &etcd);
+    assert!(etcd.value(WKEY).is_some(), "put back");
+    let key = crate::base64::encode(WKEY.as_bytes());
+    let creates = h.calls.borrow()[sent..].iter().filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key))).count();
+    assert_eq!(creates, 1, "put back once");
+}
+
+#[test]
 fn where_tags_can_change_the_map_is_trusted_no_longer_than_the_claims() {
     // cache.ttl_seconds 3600, claims.ttl_seconds 60: with break-glass the map entry is
     // revalidated (HEAD) after 60 s, when no claim record would fence a stale one any more;
