@@ -1639,22 +1639,28 @@ fn overrides_through_two_replicas_race_for_the_etcd_claim_like_any_write() {
     assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M2), "fenced by the winner's claim");
 }
 
+/// Two replicas: A pushed app:v1 = M1 (A's map holds it), then B overrode v1 with M2.
+fn overridden_through_b(etcd: &FakeEtcd) -> (FakeHost, Rc<Worker>, FakeHost, Rc<Worker>) {
+    let (ha, wa) = bg_replica(etcd);
+    let (hb, wb) = bg_replica(etcd);
+    let mut f = to_claim(&ha, &wa, M1);
+    answer_etcd(&mut f, &ha, etcd);
+    respond(&mut f, &ha, created(M1));
+    f.on_done(&ha);
+    run_root(&ha, &wa, etcd);
+    hb.advance(1);
+    assert_eq!(bg_push_etcd(&hb, &wb, etcd, M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
+    run_root(&hb, &wb, etcd);
+    (ha, wa, hb, wb)
+}
+
 #[test]
 fn after_an_override_through_another_replica_a_stale_map_does_not_put_the_old_digest_back() {
     // A's map learned app:v1 = M1 from its own push. B overrides v1 with M2 (break-glass).
     // A re-push of M1 through A looks "identical" to A's map: it must meet B's record in etcd
     // and be refused, not put M1 back over the override.
     let etcd = FakeEtcd::default();
-    let (ha, wa) = bg_replica(&etcd);
-    let (hb, wb) = bg_replica(&etcd);
-    let mut f = to_claim(&ha, &wa, M1);
-    answer_etcd(&mut f, &ha, &etcd);
-    respond(&mut f, &ha, created(M1));
-    f.on_done(&ha);
-    run_root(&ha, &wa, &etcd);
-    hb.advance(1);
-    assert_eq!(bg_push_etcd(&hb, &wb, &etcd, M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
-    run_root(&hb, &wb, &etcd);
+    let (ha, wa, _, _) = overridden_through_b(&etcd);
     let puts = ha.calls_with("PUT").len();
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[], created(M1));
     assert_eq!(r.status, 409, "{:?}", r.json());
@@ -1684,16 +1690,7 @@ fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word(
     // record alone is not the registry's word (asked with the client's credentials), and the
     // push is an overwrite: A asks the registry again, and break-glass judges it.
     let etcd = FakeEtcd::default();
-    let (ha, wa) = bg_replica(&etcd);
-    let (hb, wb) = bg_replica(&etcd);
-    let mut f = to_claim(&ha, &wa, M1);
-    answer_etcd(&mut f, &ha, &etcd);
-    respond(&mut f, &ha, created(M1));
-    f.on_done(&ha);
-    run_root(&ha, &wa, &etcd);
-    hb.advance(1);
-    assert_eq!(bg_push_etcd(&hb, &wb, &etcd, M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
-    run_root(&hb, &wb, &etcd);
+    let (ha, wa, hb, wb) = overridden_through_b(&etcd);
     // No window open: refused, and the refusal says so (as it does on a worker without the entry).
     let heads = ha.calls_with("HEAD").len();
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
