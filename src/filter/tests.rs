@@ -1710,6 +1710,17 @@ fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word(
     assert_eq!(bg_lines(&ha).len(), 1, "audited");
 }
 
+/// admin's push of M1 to app:v1 and app:v2 (`?tag=`), headers and whole body.
+fn push_m1_to_v1_and_v2(h: &FakeHost, w: &Rc<Worker>) -> Filter {
+    let mut f = Filter::new(Some(w.clone()));
+    h.replies.borrow_mut().clear();
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ADMIN, ("content-length", &len)]);
+    on_headers(&mut f, h, false);
+    send_body(&mut f, h, &[M1]);
+    f
+}
+
 #[test]
 fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
     // One Envoy, two workers. W1's map: v1 = M2 (true), v2 = M1 (stale: W2 overrode it with M3).
@@ -1738,12 +1749,7 @@ fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
         let (mut f, _) = read_with_reason(&h1, &w1, ADMIN);
         f.on_done(&h1);
         h1.advance(1);
-        let mut f = Filter::new(Some(w1.clone()));
-        h1.replies.borrow_mut().clear();
-        let len = M1.len().to_string();
-        h1.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ADMIN, ("content-length", &len)]);
-        on_headers(&mut f, &h1, false);
-        send_body(&mut f, &h1, &[M1]);
+        let mut f = push_m1_to_v1_and_v2(&h1, &w1);
         let gone = v2_answer.is_none();
         let mut v2 = v2_answer;
         let mut asked_again = false;
@@ -1788,12 +1794,7 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     let record = crate::etcd::Record { committed: true, at_ms: h.now_ms() + 1, digest: sha(b"m3") };
     etcd.kv.borrow_mut().insert("/immutable-tags/app:v2".into(), (record.encode(), 1, 0));
     h.advance(5);
-    let mut f = Filter::new(Some(w.clone()));
-    h.replies.borrow_mut().clear();
-    let len = M1.len().to_string();
-    h.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ADMIN, ("content-length", &len)]);
-    on_headers(&mut f, &h, false);
-    send_body(&mut f, &h, &[M1]);
+    let mut f = push_m1_to_v1_and_v2(&h, &w);
     while respond_with(&mut f, &h, |c| match (c.cluster.as_str(), c.header(":path")) {
         ("etcd", _) => etcd.answer(c),
         (_, Some("/v2/app/manifests/v1")) => head_answer(Some(M2)),
