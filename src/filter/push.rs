@@ -620,11 +620,7 @@ impl Push {
     /// Back to checking `tag` with a HEAD (its map entry was stale): the claims taken so far are
     /// released; the overrides granted keep their windows, reused by the next judgement.
     fn recheck(&mut self, host: &dyn Host, worker: &Worker, tag: &str) -> Next {
-        if let Phase::Claiming(c) = &mut self.phase {
-            for t in std::mem::take(&mut c.taken).iter().filter(|t| t.held) {
-                claims::release(host, worker, &self.repository, &t.tag, &t.digest, t.revision);
-            }
-        }
+        self.release_claims(host, worker);
         self.phase = Phase::Checking;
         for (g, _, _) in std::mem::take(&mut self.overrides) {
             if !self.windows.iter().any(|(t, _)| t == g.tag()) {
@@ -656,11 +652,19 @@ impl Push {
     /// Releases the claims this push took so far, and puts back the windows it used (it is
     /// refused, or its stream ended: nothing was written).
     fn give_back(&mut self, host: &dyn Host, worker: &Worker) {
+        self.release_claims(host, worker);
+        // Still judging: windows taken for it (kept across a `recheck`, or used by overrides).
+        if self.checking() {
+            self.restore_windows(host, worker);
+        }
+    }
+
+    /// Releases the claims this push took so far.
+    fn release_claims(&mut self, host: &dyn Host, worker: &Worker) {
         if let Phase::Claiming(c) = &mut self.phase {
             for t in std::mem::take(&mut c.taken).iter().filter(|t| t.held) {
                 claims::release(host, worker, &self.repository, &t.tag, &t.digest, t.revision);
             }
-            self.restore_windows(host, worker);
         }
     }
 
@@ -757,11 +761,8 @@ impl Push {
     /// stream: its outcome is unknown, so its claims stay until they expire.
     pub fn on_done(&mut self, host: &dyn Host, worker: &Worker) {
         // Claims taken for a push that never went out are given back (one still in flight in
-        // the store expires on its own), and so are the windows kept for its judgement.
+        // the store expires on its own), and so are the windows taken for its judgement.
         self.give_back(host, worker);
-        if matches!(self.phase, Phase::Checking | Phase::Unlocking(_)) {
-            self.restore_windows(host, worker);
-        }
         if let Phase::Writing { .. } = self.phase {
             host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", self.repository));
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
