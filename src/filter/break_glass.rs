@@ -193,6 +193,118 @@ pub fn explain(err: &mut OciError, why: Option<String>) {
     }
 }
 
+/// Whether break-glass could lift a refused `action` on `repository` for this request: its
+/// principal is listed and the exception covers the action there (a reason or a window may
+/// then lift it). A digest delete that it could is checked against every immutable tag.
+pub fn may_override(worker: &Worker, action: Action, repository: &str, asked: &Asked) -> bool {
+    let Some(bg) = &worker.config.break_glass else { return false };
+    asked.principal.as_ref().is_some_and(|p| bg.principals.contains(p)) && bg.covers(action, repository).is_ok()
+}
+
+/// A refused delete: every immutable tag it would remove needs an override of its own (a
+/// window for one tag never removes another). Asked tag by tag, in order.
+#[derive(Debug)]
+pub struct Cover {
+    repository: String,
+    tags: Vec<String>,
+    next: usize,
+    granted: Vec<Granted>,
+    missing: Vec<(String, Option<String>)>,
+    asked: Asked,
+    /// The tags are every holder, each confirmed by the registry: only then may it be lifted.
+    complete: bool,
+    pending: Option<Box<Lookup>>,
+}
+
+/// What break-glass says to a refused delete.
+#[derive(Debug)]
+pub enum Covered {
+    /// Every tag is covered: one override each.
+    Yes(Vec<Granted>),
+    /// Refused; why (`None`: nothing was asked), and the tags not covered.
+    No(Option<String>, Vec<String>),
+    /// Waiting for etcd: hand the call's answer to `Cover::answered`.
+    Ask(Box<Cover>),
+}
+
+impl Cover {
+    pub fn new(repository: &str, tags: Vec<String>, asked: &Asked, complete: bool) -> Cover {
+        let repository = repository.to_string();
+        Cover { repository, tags, next: 0, granted: Vec::new(), missing: Vec::new(), asked: asked.clone(), complete, pending: None }
+    }
+
+    pub fn token(&self) -> Option<u32> {
+        self.pending.as_ref().map(|l| l.token())
+    }
+
+    fn record(&mut self, grant: Grant) -> bool {
+        let tag = self.tags.get(self.next).cloned().unwrap_or_default();
+        match grant {
+            Grant::Yes(g) => self.granted.push(g),
+            Grant::No(why) => self.missing.push((tag, why)),
+            Grant::Ask(l) => {
+                self.pending = Some(l);
+                return false;
+            }
+        }
+        self.next += 1;
+        true
+    }
+
+    /// Asks for the remaining tags.
+    pub fn run(mut self, host: &dyn Host, worker: &Worker) -> Covered {
+        while let Some(tag) = self.tags.get(self.next).cloned() {
+            let grant = grant(host, worker, Action::Delete, &self.repository, &tag, &self.asked);
+            if !self.record(grant) {
+                return Covered::Ask(Box::new(self));
+            }
+        }
+        self.finish(host, worker)
+    }
+
+    /// etcd answered the pending lookup.
+    pub fn answered(mut self, host: &dyn Host, worker: &Worker, body_size: usize) -> Covered {
+        if let Some(l) = self.pending.take() {
+            if !self.record(looked_up(host, worker, *l, body_size)) {
+                return Covered::Ask(Box::new(self));
+            }
+        }
+        self.run(host, worker)
+    }
+
+    fn finish(mut self, host: &dyn Host, worker: &Worker) -> Covered {
+        if self.missing.is_empty() && self.complete && !self.granted.is_empty() {
+            return Covered::Yes(self.granted);
+        }
+        // Not lifted: every window it took goes back.
+        for g in &self.granted {
+            if let Some(u) = &g.window {
+                window::restore(host, worker, u);
+            }
+        }
+        if !self.complete {
+            self.missing.extend(self.granted.drain(..).map(|g| (g.tag, Some("not every tag holding the manifest is known".into()))));
+        }
+        let names = self.missing.iter().map(|(t, _)| t.clone()).collect();
+        if self.granted.is_empty() && self.missing.iter().all(|(_, w)| w.is_none()) {
+            return Covered::No(None, names);
+        }
+        let p = self.asked.principal.as_deref().unwrap_or_default();
+        let mut why = self.missing.into_iter().map(|(t, w)| {
+            let w = w.unwrap_or_else(|| format!("no break-glass window is open for principal '{p}' on it"));
+            (t, w)
+        });
+        let why = match (self.tags.len(), why.next()) {
+            (1, Some((_, w))) => w,
+            (_, first) => {
+                let parts: Vec<String> = first.into_iter().chain(why).map(|(t, w)| format!("tag '{t}': {w}")).collect();
+                format!("a delete by digest removes every tag holding it, and break-glass does not cover {}", parts.join("; "))
+            }
+        };
+        Covered::No(Some(why), names)
+    }
+}
+
 /// The registry accepted an overriding write: one warning line, one count.
 pub fn done(host: &dyn Host, worker: &Worker, g: &Granted, current: Option<&str>, pushed: Option<&str>) {
     host.log(
