@@ -188,3 +188,28 @@ fn a_map_entry_holding_the_digest_refuses_without_a_head() {
     assert_eq!(h.reply().unwrap().status, 409);
     assert!(h.calls_with("HEAD").is_empty());
 }
+
+#[test]
+fn an_over_long_reason_neither_overrides_nor_opens_a_window() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let long = "x".repeat(50_031);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", "/v2/app/manifests/v9", &[ADMIN, ("x-break-glass-reason", &long)]);
+    let path = Filter::first_look(&h).unwrap();
+    f.on_request_headers(&h, path, true);
+    let r = h.reply().expect("refused");
+    assert_eq!(r.status, 409);
+    assert!(detail(&r)["break_glass"].as_str().unwrap().contains("50031 bytes, longer than break_glass.max_reason_bytes (256)"), "{}", detail(&r));
+    // A read with it opens no window, and says why.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("HEAD", "/v2/app/manifests/v9", &[ADMIN, ("x-break-glass-reason", &long)]);
+    let path = Filter::first_look(&h).unwrap();
+    f.on_request_headers(&h, path, true);
+    h.response_headers.borrow_mut().push((":status".into(), "200".into()));
+    f.on_response_headers(&h);
+    let logs = h.logs.borrow();
+    let line = logs.iter().rev().find(|(_, l)| l.contains("break_glass_window")).expect("logged");
+    assert!(line.1.contains("max_reason_bytes (256)"), "{}", line.1);
+    assert!(!line.1.contains(&long), "the reason is not logged");
+}
