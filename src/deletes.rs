@@ -370,7 +370,14 @@ impl DigestCheck {
     }
 
     fn held(&self, tags: Vec<String>) -> Refusal {
-        let names = tags.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+        // Built by hand: loops cost the module less than iterator chains and `json!` of a Vec.
+        let (mut names, mut list) = (String::new(), Vec::new());
+        for t in &tags {
+            names.push_str(if names.is_empty() { "'" } else { ", '" });
+            names.push_str(t);
+            names.push('\'');
+            list.push(serde_json::Value::from(t.as_str()));
+        }
         let first = tags.first().map(String::as_str).unwrap_or_default();
         let reason = self.immutable.get(first).map(|c| c.reason.as_str()).unwrap_or_default();
         let s = if tags.len() == 1 { "" } else { "s" };
@@ -378,7 +385,7 @@ impl DigestCheck {
             409,
             &self.error_code,
             format!("Manifest '{}' is held by immutable tag{s} {names} and cannot be deleted", self.digest),
-            json!({"repository": self.repository, "digest": self.digest.to_string(), "tag": first, "tags": tags, "reason": reason}),
+            json!({"repository": self.repository, "digest": self.digest.to_string(), "tag": first, "tags": list, "reason": reason}),
         );
         Refusal { error, pass_challenge: false, held: tags }
     }

@@ -272,8 +272,9 @@ impl Cover {
         self.run(host, worker)
     }
 
-    fn finish(mut self, host: &dyn Host, worker: &Worker) -> Covered {
-        if self.missing.is_empty() && self.complete && !self.granted.is_empty() {
+    fn finish(self, host: &dyn Host, worker: &Worker) -> Covered {
+        let lifted = self.missing.is_empty() && !self.granted.is_empty();
+        if lifted && self.complete {
             return Covered::Yes(self.granted);
         }
         // Not lifted: every window it took goes back.
@@ -282,30 +283,29 @@ impl Cover {
                 window::restore(host, worker, u);
             }
         }
-        if !self.complete {
-            self.missing.extend(self.granted.drain(..).map(|g| (g.tag, Some("not every tag holding the manifest is known".into()))));
+        if lifted {
+            // A check break-glass could lift lists every holder (`may_override`): never here.
+            return Covered::No(Some("not every tag holding the manifest is known".into()), Vec::new());
         }
-        let names = self.missing.iter().map(|(t, _)| t.clone()).collect();
-        if self.granted.is_empty() && self.missing.iter().all(|(_, w)| w.is_none()) {
-            return Covered::No(None, names);
-        }
-        let p = self.asked.principal.as_deref().unwrap_or_default();
-        let mut why = self.missing.into_iter().map(|(t, w)| {
+        let (one, p) = (self.tags.len() == 1, self.asked.principal.as_deref().unwrap_or_default());
+        let (mut names, mut why, mut asked) = (Vec::new(), String::new(), !self.granted.is_empty());
+        for (t, w) in self.missing {
+            asked |= w.is_some();
             let w = w.unwrap_or_else(|| format!("no break-glass window is open for principal '{p}' on it"));
-            (t, w)
-        });
-        let why = match (self.tags.len(), why.next()) {
-            (1, Some((_, w))) => w,
-            (_, first) => {
-                let parts: Vec<String> = first.into_iter().chain(why).map(|(t, w)| format!("tag '{t}': {w}")).collect();
-                format!("a delete by digest removes every tag holding it, and break-glass does not cover {}", parts.join("; "))
+            if one {
+                why = w;
+            } else {
+                why.push_str(if why.is_empty() { "a delete by digest removes every tag holding it, and break-glass does not cover " } else { "; " });
+                why.push_str(&format!("tag '{t}': {w}"));
             }
-        };
-        Covered::No(Some(why), names)
+            names.push(t);
+        }
+        Covered::No(asked.then_some(why), names)
     }
 }
 
 /// The registry accepted an overriding write: one warning line, one count.
+#[inline(never)] // called from the push and the delete flows (module size)
 pub fn done(host: &dyn Host, worker: &Worker, g: &Granted, current: Option<&str>, pushed: Option<&str>) {
     host.log(
         Level::Warn,

@@ -500,7 +500,7 @@ impl Filter {
             Covered::No(why, missing) => {
                 if why.is_some() {
                     if let Some(d) = err.detail.as_object_mut() {
-                        d.insert("not_covered".into(), Value::from(missing));
+                        d.insert("not_covered".into(), Value::Array(missing.into_iter().map(Value::from).collect()));
                     }
                 }
                 bg::explain(&mut err, why);
