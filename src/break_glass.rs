@@ -131,7 +131,8 @@ impl BreakGlass {
         match ask.reason.map(str::trim) {
             None => return Err(format!("no {h} header")),
             Some("") => return Err(format!("the {h} header is empty")),
-            Some(r) if r.len() > self.max_reason_bytes => {
+            // The header as sent (padding included): that is what is logged and stored.
+            Some(_) if ask.reason.map_or(0, str::len) > self.max_reason_bytes => {
                 let n = ask.reason.map_or(0, str::len);
                 return Err(format!("the {h} header is {n} bytes, longer than break_glass.max_reason_bytes ({})", self.max_reason_bytes));
             }
@@ -296,6 +297,9 @@ mod tests {
             why,
             format!("the x-break-glass-reason header is {} bytes, longer than break_glass.max_reason_bytes ({DEFAULT_MAX_REASON_BYTES})", DEFAULT_MAX_REASON_BYTES + 1)
         );
+        // Padding counts: what is logged and stored is the header as sent.
+        let padded = format!("INC-9{}", " ".repeat(DEFAULT_MAX_REASON_BYTES));
+        assert!(b.grant(Action::Delete, "prod/api", &Ask { reason: Some(&padded), ..ADMIN }).unwrap_err().contains("longer than"));
         let exact = "x".repeat(DEFAULT_MAX_REASON_BYTES);
         assert!(b.grant(Action::Delete, "prod/api", &Ask { reason: Some(&exact), ..ADMIN }).is_ok());
         let b = bg(r#"{"principals": ["a"], "max_reason_bytes": 10}"#).unwrap();

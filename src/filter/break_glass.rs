@@ -272,17 +272,21 @@ impl Cover {
         self.run(host, worker)
     }
 
-    fn finish(self, host: &dyn Host, worker: &Worker) -> Covered {
-        let lifted = self.missing.is_empty() && !self.granted.is_empty();
-        if lifted && self.complete {
-            return Covered::Yes(self.granted);
-        }
-        // Not lifted: every window it took goes back.
+    /// Puts back every window taken so far (the delete is not lifted, or its stream ended).
+    pub fn give_back(&self, host: &dyn Host, worker: &Worker) {
         for g in &self.granted {
             if let Some(u) = &g.window {
                 window::restore(host, worker, u);
             }
         }
+    }
+
+    fn finish(self, host: &dyn Host, worker: &Worker) -> Covered {
+        let lifted = self.missing.is_empty() && !self.granted.is_empty();
+        if lifted && self.complete {
+            return Covered::Yes(self.granted);
+        }
+        self.give_back(host, worker);
         if lifted {
             // A check break-glass could lift lists every holder (`may_override`): never here.
             return Covered::No(Some("not every tag holding the manifest is known".into()), Vec::new());

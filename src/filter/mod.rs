@@ -425,8 +425,11 @@ impl Filter {
 
     /// The stream ended.
     pub fn on_done(&mut self, h: &dyn Host) {
-        if let (State::Push(push), Some(worker)) = (&mut self.state, self.worker.clone()) {
-            push.on_done(h, &worker);
+        match (&mut self.state, self.worker.clone()) {
+            (State::Push(push), Some(worker)) => push.on_done(h, &worker),
+            // Gone while break-glass was taking windows: those it took go back.
+            (State::Unlocking(c, _), Some(worker)) => c.give_back(h, &worker),
+            _ => {}
         }
         self.state = State::Pass;
     }

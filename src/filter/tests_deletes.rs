@@ -213,3 +213,127 @@ fn an_over_long_reason_neither_overrides_nor_opens_a_window() {
     assert!(line.1.contains("max_reason_bytes (256)"), "{}", line.1);
     assert!(!line.1.contains(&long), "the reason is not logged");
 }
+
+// ---- Windows in etcd: each tag's window is taken by its own round trip.
+
+use super::claims::etcd as etcd_claims;
+use super::fake::FakeEtcd;
+
+const BG_ETCD: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"]},
+  "claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}}"#;
+
+fn wkey(tag: &str) -> String {
+    format!("/immutable-tags/window:app:{tag}:admin")
+}
+
+/// Answers whatever is pending (etcd's calls) until nothing is.
+fn answer_etcd(f: &mut Filter, h: &FakeHost, etcd: &FakeEtcd) {
+    loop {
+        let next = h.pending.borrow_mut().pop_front();
+        let Some(token) = next else { break };
+        let call = h.calls.borrow()[token as usize - 1].clone();
+        let r = etcd.answer(&call);
+        let size = r.body.len();
+        h.set_answer(Some(r));
+        f.on_call_response(h, token, size);
+        h.set_answer(None);
+    }
+}
+
+/// The root context's timer, and etcd's answers to what it sent (windows put back).
+fn run_root(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd) {
+    etcd_claims::tick(h, w);
+    loop {
+        let next = h.pending.borrow_mut().pop_front();
+        let Some(token) = next else { break };
+        let call = h.calls.borrow()[token as usize - 1].clone();
+        let r = etcd.answer(&call);
+        let size = r.body.len();
+        h.set_answer(Some(r));
+        etcd_claims::on_root_response(h, w, token, size);
+        h.set_answer(None);
+    }
+}
+
+fn etcd_replica(etcd: &FakeEtcd) -> (FakeHost, Rc<Worker>) {
+    let h = FakeHost::new();
+    let w = worker(&h, BG_ETCD);
+    run_root(&h, &w, etcd);
+    (h, w)
+}
+
+fn open_in_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, tag: &str) {
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("HEAD", &format!("/v2/app/manifests/{tag}"), &[ADMIN, REASON]);
+    let path = Filter::first_look(h).unwrap();
+    f.on_request_headers(h, path, true);
+    h.response_headers.borrow_mut().push((":status".into(), "200".into()));
+    f.on_response_headers(h);
+    answer_etcd(&mut f, h, etcd);
+    assert!(etcd.value(&wkey(tag)).is_some(), "window for {tag} opened");
+}
+
+/// The digest delete of M1 through `h`, up to where it waits on etcd (the registry answered).
+fn delete_m1_etcd(h: &FakeHost, w: &Rc<Worker>) -> Filter {
+    let mut f = Filter::new(Some(w.clone()));
+    h.replies.borrow_mut().clear();
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[ADMIN]);
+    let path = Filter::first_look(h).unwrap();
+    assert_eq!(f.on_request_headers(h, path, true), Action::Pause);
+    respond_to(&mut f, h, "/v2/app/tags/list", tags(&["v9", "a-scratch", "v1"]));
+    for (tag, holds) in [("v1", M2), ("v9", M1), ("a-scratch", M1)] {
+        respond_to(&mut f, h, &format!("/v2/app/manifests/{tag}"), head(holds));
+    }
+    f
+}
+
+#[test]
+fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    let mut f = delete_m1_etcd(&b, &wb);
+    answer_etcd(&mut f, &b, &etcd);
+    let r = b.reply().expect("refused");
+    assert_eq!(r.status, 409);
+    assert_eq!(detail(&r)["not_covered"], serde_json::json!(["a-scratch"]));
+    assert_eq!(b.resumes.get(), 0);
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("v9")).is_some(), "v9's window is put back");
+    // With a-scratch's window too: through, and both recorded.
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    answer_etcd(&mut f, &b, &etcd);
+    assert_eq!((b.reply().map(|r| r.status), b.resumes.get()), (None, 1), "let through");
+    *b.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+    f.on_response_headers(&b);
+    let named: Vec<String> = bg_lines(&b).iter().map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    assert_eq!(named, vec!["a-scratch", "v9"]);
+    assert_eq!(b.counter("break_glass_overrides"), 2);
+    assert!(etcd.value(&wkey("v9")).is_none() && etcd.value(&wkey("a-scratch")).is_none(), "both used up");
+}
+
+#[test]
+fn a_delete_that_ends_while_taking_windows_puts_back_those_it_took() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    // a-scratch's window is taken (first in order); the client goes before v9's answer.
+    let token = b.pending.borrow_mut().pop_front().unwrap();
+    let call = b.calls.borrow()[token as usize - 1].clone();
+    let r = etcd.answer(&call);
+    b.set_answer(Some(r.clone()));
+    f.on_call_response(&b, token, r.body.len());
+    b.set_answer(None);
+    assert!(etcd.value(&wkey("a-scratch")).is_none(), "taken");
+    b.pending.borrow_mut().clear();
+    f.on_done(&b);
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
+    assert!(etcd.value(&wkey("v9")).is_some(), "never taken");
+}
