@@ -192,7 +192,7 @@ fn check_prints_break_glass_and_names_its_bad_field() {
     let o = run(&["check", good.to_str().unwrap()], None);
     assert!(o.status.success(), "{o:?}");
     let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(text.contains("; break_glass: principals [release-admin, sre], repositories [prod/**], actions [overwrite], reason header x-break-glass-reason"), "{text}");
+    assert!(text.contains("; break_glass: principals [release-admin, sre], repositories [prod/**], actions [overwrite], reason header x-break-glass-reason (at most 256 bytes)"), "{text}");
     let bad = policy_file(r#"{"break_glass": {"principals": "release-admin"}}"#);
     let o = run(&["check", bad.to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(1));

@@ -145,7 +145,8 @@ fn break_glass_summary(c: &Config) -> String {
     let Some(b) = &c.break_glass else { return "; break_glass: off".into() };
     let repos = if b.repositories.is_empty() { "every repository".to_string() } else { b.repositories.join(", ") };
     let actions: Vec<&str> = b.actions.iter().map(|a| a.as_str()).collect();
-    format!("; break_glass: principals [{}], repositories [{repos}], actions [{}], reason header {}", b.principals.join(", "), actions.join(", "), b.reason_header)
+    let (p, a) = (b.principals.join(", "), actions.join(", "));
+    format!("; break_glass: principals [{p}], repositories [{repos}], actions [{a}], reason header {} (at most {} bytes)", b.reason_header, b.max_reason_bytes)
 }
 
 /// Who may override an immutable tag, and whether the given request would.
