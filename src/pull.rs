@@ -165,8 +165,10 @@ application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.dis
     #[test]
     fn an_accept_that_names_every_stored_type_covers() {
         assert!(covers(&[ALL]));
-        // containerd: the four types and `*/*`; skopeo: with the schema 1 types too.
-        assert!(covers(&[&format!("{ALL}, */*")]));
+        // containerd's resolver (remotes/docker/resolver.go); skopeo adds the schema 1 types.
+        assert!(covers(&["application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, */*"]));
         assert!(covers(&[&format!("application/vnd.docker.distribution.manifest.v1+prettyjws, {ALL}, application/json")]));
         // Any order, spacing, empty elements, positive q.
         assert!(covers(&[&format!("{LIST};q=0.5 ,\t{V2} ; q=1.000,, {OCI_REST};q=1.")]));

@@ -8,6 +8,8 @@ shipped one with the README's `manifest-reads` route, and the Istio-style one.""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import pytest
 
@@ -119,3 +121,18 @@ def test_a_pinned_digest_is_served_only_to_clients_that_would_get_it(pinning, re
     r = read(pinning.url, repo, "v1", ACCEPT, f"after-{uid}")
     assert (r.status, r.digest, r.body) == (200, sha256(lst), lst)
     assert reads(registry, repo, f"after-{uid}") == [("GET", f"/v2/{repo}/manifests/{sha256(lst)}")]
+
+
+def test_skopeo_reads_are_pinned_and_get_the_list(pinning, registry, uid):
+    """A real client's Accept names every stored type: its reads teach the map and are pinned."""
+    repo = f"pinlist-{uid}"
+    lst, _ = push_list(registry.url, repo, "v1", "one")
+    for _ in range(2):
+        r = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--retry-times=0",
+                            f"docker://127.0.0.1:{pinning.port}/{repo}:v1"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == lst
+    paths = [p for line in registry.log_path.read_text(errors="replace").splitlines()
+             if (p := re.search(r'"(?:GET|HEAD) (/v2/' + re.escape(repo) + r'/manifests/[^ ]+) ', line))
+             and "skopeo" in line.lower()]
+    assert [p.group(1) for p in paths] == [f"/v2/{repo}/manifests/v1", f"/v2/{repo}/manifests/{sha256(lst)}"]
