@@ -188,7 +188,7 @@ application/vnd.oci.image.index.v1+json, */*"]));
         assert!(!covers(&[&format!("{V2}, {OCI_REST}, application/*")]));
         assert!(!covers(&[&format!("{V2}, {OCI_REST}, {LIST};q=0")]), "q=0: not acceptable");
         assert!(!covers(&[&format!("{V2}, {OCI_REST}, {LIST};q=0.000")]));
-        for bad_q in ["q=", "q=2", "q=0.5000", "q=.5", "q=abc", "q=1.5", "q=-1"] {
+        for bad_q in ["q=", "q=2", "q=0.5000", "q=0.5x", "q=.5", "q=abc", "q=1.5", "q=1.0000", "q=1.x", "q=-1"] {
             assert!(!covers(&[&format!("{V2}, {OCI_REST}, {LIST};{bad_q}")]), "{bad_q}");
         }
         // distribution drops an element it cannot parse, so the type would not count for it.
