@@ -116,7 +116,8 @@ impl TagCache {
         let key = Self::key(repository, tag);
         if source == Source::Read {
             if let Some(e) = self.map.peek(&key) {
-                if e.source.backs_verdicts() && e.digest == digest {
+                let fresh = now_ms.saturating_sub(e.learned_at_ms) < self.ttl_ms;
+                if fresh && e.source.backs_verdicts() && e.digest == digest {
                     return;
                 }
             }
@@ -256,6 +257,11 @@ mod tests {
         assert_eq!(c.get_for_read("app", "v1", 2), Some(d("b")));
         c.put("app", "v1", d("c"), 3);
         assert_eq!(c.get("app", "v1", 4), Some(d("c")), "the filter's own HEAD replaces a read");
+        // Once the trusted entry is stale, the read's word is taken (for reads only).
+        c.put("app", "v1", d("a"), 0);
+        c.put_from("app", "v1", d("a"), 60_000, Source::Read);
+        assert_eq!(c.get_for_read("app", "v1", 60_001), Some(d("a")));
+        assert_eq!(c.get("app", "v1", 60_001), None);
         let mut c = TagCache::new(10, 0);
         c.put_from("app", "v1", d("a"), 0, Source::Read);
         assert!(c.is_empty());
