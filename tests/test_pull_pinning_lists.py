@@ -7,6 +7,7 @@ clients whose `Accept` would have got it from the registry too. Both filter conf
 shipped one with the README's `manifest-reads` route, and the Istio-style one."""
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
@@ -14,6 +15,7 @@ import subprocess
 import pytest
 
 import stack
+from recording_upstream import RecordingUpstream
 from oci import ACCEPT, current_digest, push_blob, put_manifest, request, sha256
 from test_pull_pinning import PINNING, reads
 
@@ -136,3 +138,49 @@ def test_skopeo_reads_are_pinned_and_get_the_list(pinning, registry, uid):
              if (p := re.search(r'"(?:GET|HEAD) (/v2/' + re.escape(repo) + r'/manifests/[^ ]+) ', line))
              and "skopeo" in line.lower()]
     assert [p.group(1) for p in paths] == [f"/v2/{repo}/manifests/v1", f"/v2/{repo}/manifests/{sha256(lst)}"]
+
+
+def read_with_headers(base: str, repo: str, ref: str, headers: list[tuple[str, str]]):
+    """A GET with these headers, repeated names sent as separate header lines."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("GET", f"/v2/{repo}/manifests/{ref}", skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.getheader("docker-content-digest"), r.read()
+    finally:
+        conn.close()
+
+
+def test_repeated_accept_headers_are_one_list(pinning, registry, uid):
+    """Envoy joins repeated Accept headers into one (so the filter and the registry see the same
+    list): a read whose headers together name every stored type is the tag's own manifest."""
+    repo = f"pinlist-{uid}"
+    lst, child = push_list(registry.url, repo, "v1", "one")
+    rest = ", ".join(t for t in ACCEPT.split(", ") if t != DOCKER_V2)
+    ua = f"two-{uid}"
+    for _ in range(2):
+        got = read_with_headers(pinning.url, repo, "v1", [("User-Agent", ua), ("Accept", DOCKER_V2), ("Accept", rest)])
+        assert got == (200, sha256(lst), lst)
+    assert reads(registry, repo, ua) == [("GET", f"/v2/{repo}/manifests/v1"), ("GET", f"/v2/{repo}/manifests/{sha256(lst)}")]
+    # Split the other way, one header lacking the list type: the same.
+    ua = f"split-{uid}"
+    got = read_with_headers(pinning.url, repo, "v1", [("User-Agent", ua), ("Accept", rest.replace(DOCKER_LIST, DOCKER_V2)), ("Accept", DOCKER_LIST)])
+    assert got == (200, sha256(lst), lst)
+    assert reads(registry, repo, ua) == [("GET", f"/v2/{repo}/manifests/{sha256(lst)}")]
+
+
+@pytest.mark.parametrize("mode", [True, stack.ISTIO], ids=["shipped", "istio"])
+def test_envoy_joins_repeated_accept_headers_before_the_registry_sees_them(stacks, mode):
+    """What the filter's Accept check rests on: it sees the list the registry gets."""
+    u = RecordingUpstream().start()
+    try:
+        e = stacks.envoy(u, PINNING, mode, concurrency=1, manifest_reads=True)
+        read_with_headers(e.url, "app", "v1", [("Accept", DOCKER_V2), ("Accept", DOCKER_LIST)])
+        got = [r for r in u.requests() if r.method == "GET" and r.path == "/v2/app/manifests/v1"]
+        assert [[v for k, v in r.headers if k.lower() == "accept"] for r in got] == [[f"{DOCKER_V2},{DOCKER_LIST}"]]
+    finally:
+        u.stop()
