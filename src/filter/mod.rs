@@ -17,6 +17,8 @@ pub mod worker;
 mod fake;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_pinning;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
