@@ -52,6 +52,16 @@ pub struct Policy {
     resolved: Vec<Resolved>,
 }
 
+/// See `Policy::origins`.
+#[derive(Debug)]
+pub struct Origins<'a> {
+    pub scope: String,
+    pub immutable_tags: Option<bool>,
+    pub immutable_tags_from: String,
+    pub exclusions: Option<&'a Exclusions>,
+    pub exclusions_from: String,
+}
+
 /// A decision and the setting that made it, for the 409 body, the logs and `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -160,14 +170,24 @@ impl Policy {
 
     /// Which scope applies to `repository` and where each of its fields comes from (`explain`).
     pub fn trace(&self, repository: &str) -> String {
+        let o = self.origins(repository);
+        let immutable = if o.immutable_tags.is_some() { o.immutable_tags_from } else { "nowhere (unset: mutable)".into() };
+        format!("scope {}: immutable_tags from {immutable}, immutable_tags_exclusions from {}", o.scope, o.exclusions_from)
+    }
+
+    /// The scope that applies to `repository`, its effective settings and where each is
+    /// written, as field paths (`global`, `repository."prod"`).
+    pub fn origins(&self, repository: &str) -> Origins<'_> {
         let at = self.scope_for(repository);
-        let exclusions = at.and_then(|i| self.resolved.get(i)).map_or(Origin::Global, |r| r.exclusions);
-        let scope = self.name(at.map_or(Origin::Global, Origin::Scope));
-        let immutable = match self.immutable_tags(at) {
-            (Some(_), o) => self.name(o),
-            (None, _) => "nowhere (unset: mutable)".into(),
-        };
-        format!("scope {scope}: immutable_tags from {immutable}, immutable_tags_exclusions from {}", self.name(exclusions))
+        let (immutable_tags, imm) = self.immutable_tags(at);
+        let exc = at.and_then(|i| self.resolved.get(i)).map_or(Origin::Global, |r| r.exclusions);
+        Origins {
+            scope: self.name(at.map_or(Origin::Global, Origin::Scope)),
+            immutable_tags,
+            immutable_tags_from: self.name(imm),
+            exclusions: self.scope_at(exc).exclusions.as_ref(),
+            exclusions_from: self.name(exc),
+        }
     }
 
     pub fn decide(&self, repository: &str, tag: &str) -> Decision {
