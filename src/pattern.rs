@@ -200,6 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn can_match_explores_only_the_allowed_characters() {
+        let lower = |b: u8| b.is_ascii_lowercase();
+        let tag = |b: u8| b.is_ascii_alphanumeric();
+        assert!(can_match("^ab$", lower, lower, 10));
+        assert!(!can_match("^Ab$", lower, lower, 10), "upper case");
+        assert!(!can_match(r"^v\d+$x", tag, tag, 128), "nothing after the end");
+        assert!(can_match(r"^v\d+$", tag, tag, 128));
+        assert!(!can_match("^abc$", lower, lower, 2), "too long");
+        assert!(can_match("b", lower, lower, 3), "unanchored: found anywhere");
+        assert!(!can_match("^$", lower, lower, 3), "only the empty string");
+        assert!(can_match("x*", lower, lower, 3), "the empty match is in every string");
+        assert!(!can_match("^1", lower, tag, 3), "the first byte has its own alphabet");
+        assert!(can_match("^a1", lower, tag, 3));
+        assert!(can_match("(", lower, lower, 3), "unsure: does not compile here");
+    }
+
+    #[test]
     fn contended_scratch_still_answers() {
         let m = set(&["x"]);
         let _held = m.scratch.borrow_mut();

@@ -360,3 +360,53 @@ mod seeds {
         assert_eq!(c.policy.trace("other"), "scope global: immutable_tags from global, immutable_tags_exclusions from global");
     }
 }
+
+/// Nothing fails open: whatever the nesting of scopes and the projects of rules, a repository
+/// holding an immutable tag is one whose digest deletes are checked.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod nesting_properties {
+    use crate::config::Config;
+    use proptest::prelude::*;
+
+    fn setting() -> impl Strategy<Value = String> {
+        (prop::option::of(any::<bool>()), prop::option::of(prop::sample::select(vec!["^v1$", "^latest$", ".*", "^x.*"])))
+            .prop_map(|(imm, exc)| {
+                let mut f = Vec::new();
+                if let Some(v) = imm {
+                    f.push(format!(r#""immutable_tags": {v}"#));
+                }
+                if let Some(e) = exc {
+                    f.push(format!(r#""immutable_tags_exclusions": ["{e}"]"#));
+                }
+                format!("{{{}}}", f.join(", "))
+            })
+    }
+
+    fn rule() -> impl Strategy<Value = String> {
+        let projects = prop::sample::select(vec!["", r#""projects": "a", "#, r#""projects": "*", "#, r#""projects": {"excluding": "a"}, "#]);
+        let repos = prop::sample::select(vec!["", r#""repositories": {"matching": "*"}, "#, r#""repositories": {"matching": "b"}, "#]);
+        let tags = prop::sample::select(vec![r#""tags": {"matching": "v*"}"#, r#""tags": {"excluding": "latest"}"#]);
+        (projects, repos, tags).prop_map(|(p, r, t)| format!("{{{p}{r}{t}}}"))
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::cases(500))]
+        #[test]
+        fn an_immutable_tag_is_in_a_repository_that_may_protect(
+            global in setting(),
+            scopes in prop::collection::btree_map(prop::sample::select(vec!["a", "a/b", "a/b/c", "b", "a/c"]), setting(), 0..5),
+            rules in prop::collection::vec(rule(), 0..3),
+            repo in prop::sample::select(vec!["a", "a/b", "a/b/c", "a/b/c/d", "b", "b/x", "a/c/x", "c"]),
+            tag in prop::sample::select(vec!["v1", "latest", "x1", "main"]),
+        ) {
+            let scopes: Vec<String> = scopes.iter().map(|(k, v)| format!(r#""{k}": {v}"#)).collect();
+            let json = format!(r#"{{"global": {global}, "repository": {{{}}}, "rules": [{}]}}"#, scopes.join(", "), rules.join(", "));
+            let c = Config::from_json(json.as_bytes());
+            prop_assert!(c.is_ok(), "{} -> {:?}", json, c.err());
+            let Ok(c) = c else { return Ok(()) };
+            let d = c.policy.decide(repo, tag);
+            prop_assert!(!d.immutable || c.policy.may_protect_in(repo), "{}: {}:{} {}", json, repo, tag, d.reason);
+            prop_assert!(!d.immutable || c.policy.may_protect_anything());
+        }
+    }
+}
