@@ -60,7 +60,8 @@ fn a_rule_decides() {
          first matching rule: rule \"all but scratch tags\" (rules[0]): repositories matching [\"**\"], tags excluding [\"rc\", \"test\", \"nightly\"]\n\
          scope global: immutable_tags from global, immutable_tags_exclusions from global\n\
          delete: refused with 409\n\
-         registry unreachable: the push is refused with 503 (on_upstream_error = refuse)\n"
+         registry unreachable: the push is refused with 503 (on_upstream_error = refuse)\n\
+         size: a manifest over max_manifest_bytes (4194304) is refused with 413\n"
     );
 }
 
@@ -253,6 +254,7 @@ fn explain_tells_what_the_filter_does_in_audit_mode_and_other_settings() {
     assert!(out.starts_with("app:v1: immutable: a push of a different manifest would be refused; logged and let through (mode = audit)\n"), "{out}");
     assert!(out.contains("delete: would be refused; logged and let through (mode = audit)\n"), "{out}");
     assert!(!out.contains("refused with 409"), "{out}");
+    assert!(out.contains("size: a manifest over max_manifest_bytes (4194304) is refused with 413, in audit mode too\n"), "{out}");
     let (_, out, _) = explain(r#"{"global": {"immutable_tags": true}, "deletes": {"protect": false}, "on_upstream_error": "allow"}"#, &["app:v1"]);
     assert!(out.contains("delete: passes unchecked (deletes.protect = false)\n"), "{out}");
     assert!(out.contains("registry unreachable: the push passes unchecked (on_upstream_error = allow)\n"), "{out}");

@@ -351,6 +351,12 @@ fn main() -> ExitCode {
             (OnUpstreamError::Refuse, Mode::Enforce) => "registry unreachable: the push is refused with 503 (on_upstream_error = refuse)\n".to_string(),
             (OnUpstreamError::Refuse, Mode::Audit) => format!("registry unreachable: the push {refused}\n"),
         };
+        // Answered in audit mode too: a body past the buffer can be neither judged nor written.
+        let too_large = format!("size: a manifest over max_manifest_bytes ({}) is refused with 413", config.max_manifest_bytes);
+        text += &match config.mode {
+            Mode::Enforce => format!("{too_large}\n"),
+            Mode::Audit => format!("{too_large}, in audit mode too\n"),
+        };
         if config.pin_immutable_pulls {
             text += "pull: sent to the registry by the digest the filter knows (pin_immutable_pulls)\n";
         }
