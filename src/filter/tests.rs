@@ -2015,7 +2015,7 @@ fn a_swept_stream_is_counted_only_when_its_answer_never_went() {
 #[test]
 fn a_digest_delete_where_no_tag_can_be_immutable_is_not_checked() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "rules": [{"repositories": {"matching": "prod/**"}, "tags": {"matching": "**"}}]}"#);
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "rules": [{"projects": "prod", "repositories": {"matching": "**"}, "tags": {"matching": "**"}}]}"#);
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
     assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
