@@ -13,8 +13,8 @@ const ISSUE_EXAMPLE: &str = r#"{
   "repository": {"prod": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}},
   "rules": [
     {"name": "all but scratch tags", "repositories": {"matching": "**"}, "tags": {"excluding": "rc,test,nightly"}},
-    {"repositories": {"matching": ["team-a/**", "team-b/api"]}, "tags": {"matching": "v*.*.*"}},
-    {"repositories": {"excluding": "sandbox/**"}, "tags": {"regex": "\\d+\\.\\d+\\.\\d+"}},
+    {"projects": "team-a", "tags": {"matching": "v*.*.*"}},
+    {"projects": {"excluding": "sandbox"}, "tags": {"regex": "\\d+\\.\\d+\\.\\d+"}},
     {"tags": {"matching": "**"}, "disabled": true}
   ]
 }"#;
@@ -57,7 +57,11 @@ fn a_rule_decides() {
         out,
         "team-a/api:v1.2.3: immutable: a push of a different manifest is refused with 409\n\
          reason: rule \"all but scratch tags\" (rules[0])\n\
-         first matching rule: rule \"all but scratch tags\" (rules[0]): repositories matching [\"**\"], tags excluding [\"rc\", \"test\", \"nightly\"]\n"
+         first matching rule: rule \"all but scratch tags\" (rules[0]): repositories matching [\"**\"], tags excluding [\"rc\", \"test\", \"nightly\"]\n\
+         scope global: immutable_tags from global, immutable_tags_exclusions from global\n\
+         delete: refused with 409\n\
+         registry unreachable: the push is refused with 503 (on_upstream_error = refuse)\n\
+         size: a manifest over max_manifest_bytes (4194304) is refused with 413\n"
     );
 }
 
@@ -69,7 +73,8 @@ fn reference_form_and_mutable_tags() {
         out,
         "team-a/api:rc: mutable: pushes pass unchecked\n\
          reason: global.immutable_tags = false; no rule matches\n\
-         first matching rule: none of 3 enabled\n"
+         first matching rule: none of 3 enabled\n\
+         scope global: immutable_tags from global, immutable_tags_exclusions from global\n"
     );
     // prod's exclusion makes `latest` mutable for the scope, but a rule still selects it (OR).
     let (_, out, _) = explain(ISSUE_EXAMPLE, &["prod/web", "latest"]);
@@ -84,7 +89,8 @@ fn reference_form_and_mutable_tags() {
 fn without_rules_there_is_no_rule_line() {
     let (code, out, _) = explain(r#"{"global": {"immutable_tags": true}}"#, &["app", "v1"]);
     assert_eq!(code, 0);
-    assert_eq!(out, "app:v1: immutable: a push of a different manifest is refused with 409\nreason: global.immutable_tags = true\n");
+    assert!(out.starts_with("app:v1: immutable: a push of a different manifest is refused with 409\nreason: global.immutable_tags = true\nscope global:"), "{out}");
+    assert!(!out.contains("first matching rule"), "{out}");
 }
 
 #[test]
@@ -213,4 +219,106 @@ fn check_warns_about_an_exclusion_that_matches_one_literal_tag_but_reads_like_a_
     // What it says is what the filter does: dev-123 is immutable under that policy.
     let o = run(&["explain", "--config", f.to_str().unwrap(), "app", "dev-123"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains("immutable"), "{o:?}");
+}
+
+/// The same table src/policy.rs runs through `Policy::decide`: what `explain` says is what the
+/// filter decides.
+#[test]
+fn the_seeds_documented_examples_explained() {
+    let table: serde_json::Value = serde_json::from_str(include_str!("seed_examples.json")).unwrap();
+    for entry in table.as_array().unwrap() {
+        let seed = entry["seed"].as_str().unwrap();
+        let policy = entry["policy"].to_string();
+        for case in entry["cases"].as_array().unwrap() {
+            let (reference, want) = (case[0].as_str().unwrap(), case[1].as_bool().unwrap());
+            let (code, out, err) = explain(&policy, &[reference]);
+            assert_eq!(code, 0, "{seed}: {reference}: {err}");
+            let verdict = if want { "immutable" } else { "mutable" };
+            assert!(out.starts_with(&format!("{reference}: {verdict}: ")), "{seed}: {reference}: {out}");
+        }
+    }
+}
+
+#[test]
+fn explain_names_the_scope_each_part_came_from() {
+    let json = r#"{"repository": {"prod": {"immutable_tags": true}, "prod/legacy": {"immutable_tags_exclusions": ["^latest$"]}}}"#;
+    let (_, out, _) = explain(json, &["prod/legacy/app:v1.0.0"]);
+    assert!(out.starts_with("prod/legacy/app:v1.0.0: immutable"), "{out}");
+    assert!(out.contains("reason: repository.\"prod\".immutable_tags = true\n"), "{out}");
+    assert!(out.contains("scope repository.\"prod/legacy\": immutable_tags from repository.\"prod\", immutable_tags_exclusions from repository.\"prod/legacy\"\n"), "{out}");
+}
+
+#[test]
+fn explain_tells_what_the_filter_does_in_audit_mode_and_other_settings() {
+    let (_, out, _) = explain(r#"{"mode": "audit", "global": {"immutable_tags": true}}"#, &["app:v1"]);
+    assert!(out.starts_with("app:v1: immutable: a push of a different manifest would be refused; logged and let through (mode = audit)\n"), "{out}");
+    assert!(out.contains("delete: would be refused; logged and let through (mode = audit)\n"), "{out}");
+    assert!(!out.contains("refused with 409"), "{out}");
+    assert!(out.contains("size: a manifest over max_manifest_bytes (4194304) is refused with 413, in audit mode too\n"), "{out}");
+    let (_, out, _) = explain(r#"{"global": {"immutable_tags": true}, "deletes": {"protect": false}, "on_upstream_error": "allow"}"#, &["app:v1"]);
+    assert!(out.contains("delete: passes unchecked (deletes.protect = false)\n"), "{out}");
+    assert!(out.contains("registry unreachable: the push passes unchecked (on_upstream_error = allow)\n"), "{out}");
+    let (_, out, _) = explain(r#"{"global": {"immutable_tags": true}, "pin_immutable_pulls": true}"#, &["app:v1"]);
+    assert!(out.contains("pull: sent to the registry by the digest the filter knows (pin_immutable_pulls)\n"), "{out}");
+    let (_, out, _) = explain(r#"{"mode": "audit", "global": {"immutable_tags": false}}"#, &["app:v1"]);
+    assert!(out.starts_with("app:v1: mutable: pushes pass unchecked\n"), "{out}");
+}
+
+const NEVER: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^Latest/x$"]},
+  "repository": {"dev": {"immutable_tags": false, "immutable_tags_exclusions": ["^x$"]}, "empty": {}},
+  "rules": [
+    {"projects": "*", "repositories": {"matching": "Team-A/**"}},
+    {"tags": {"matching": "release/*"}},
+    {"tags": {"regex": "^v\\d+$x"}},
+    {"projects": ["ok", "Team-B"], "repositories": {"matching": "app,App"}, "tags": {"excluding": ["rc", "a b"]}},
+    {"repositories": {"matching": "**"}, "tags": {"regex": "^v\\d+$"}}
+  ]}"#;
+
+#[test]
+fn check_warns_on_selectors_and_scopes_that_can_never_apply() {
+    let f = policy_file(NEVER);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    assert!(o.status.success(), "warnings are not errors without --strict: {o:?}");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    for field in [
+        "global.immutable_tags_exclusions[0]",
+        "repository.\"dev\".immutable_tags_exclusions",
+        "repository.\"empty\"",
+        "rules[0].repositories.matching",
+        "rules[1].tags.matching",
+        "rules[2].tags.regex",
+        "rules[3].projects[1]",
+        "rules[3].repositories.matching",
+        "rules[3].tags.excluding[1]",
+    ] {
+        assert!(text.contains(&format!(": field `{field}`: ")), "{field}: {text}");
+    }
+    let warnings = text.lines().filter(|l| l.starts_with("warning ")).count();
+    assert_eq!(warnings, 9, "nothing about what can match: {text}");
+    assert!(text.contains("\"Team-A/**\" can never match"), "{text}");
+    assert!(text.contains("\"release/*\" can never match a tag"), "{text}");
+    assert!(text.contains("\"^v\\\\d+$x\" can never match a tag"), "{text}");
+    assert!(text.contains("\"App\" can never match"), "{text}");
+    // --strict: the same warnings fail the check, for CI.
+    let o = run(&["check", "--strict", f.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let good = policy_file(ISSUE_EXAMPLE);
+    let o = run(&["check", "--strict", good.to_str().unwrap()], None);
+    assert!(o.status.success(), "{o:?}");
+}
+
+#[test]
+fn check_names_a_scope_whose_inherited_setting_changed() {
+    // Before nested scopes inherited, `dev/keep` took global's `true`; now `dev`'s `false`.
+    let f = policy_file(r#"{"global": {"immutable_tags": true}, "repository": {"dev": {"immutable_tags": false}, "dev/keep": {"immutable_tags_exclusions": ["^x$"]}}}"#);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("field `repository.\"dev/keep\"`: inherits immutable_tags = false from repository.\"dev\""), "{text}");
+}
+
+#[test]
+fn a_full_path_rule_is_refused_with_its_migration() {
+    let (code, _, err) = explain(r#"{"rules": [{"repositories": {"matching": "team-a/**"}}]}"#, &["team-a/api:v1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("field `rules[0].repositories.matching` = \"team-a/**\": repositories match the name below the project"), "{err}");
 }
