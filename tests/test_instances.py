@@ -170,6 +170,32 @@ def test_a_reload_while_pushes_are_in_flight_leaves_each_push_to_its_own_config(
         {t: before[t] for t in tags[:3] + tags[5:]}
 
 
+def test_a_kept_instance_brought_back_does_not_trust_a_map_the_audit_period_made_stale(ecds, registry, uid):
+    """While audit served, a tag really changed (D1 -> D2). The enforce instance Envoy brings back
+    still remembers D1 from before: a push of D1 must not pass as an identical re-push (that
+    would turn the tag back); the registry's word (D2) decides."""
+    d, envoy = ecds
+    repo = f"inst-map-{uid}"
+    d1, d2 = make_manifest(registry.url, repo, "d1"), make_manifest(registry.url, repo, "d2")
+    holder = make_manifest(registry.url, repo, "holder")
+    assert put_manifest(envoy.url, repo, "v3.0.0", d1).status == 201  # the enforce map: v3.0.0 = D1
+    assert put_manifest(envoy.url, repo, "v3.0.1", holder).status == 201
+    kept = HeldPush(envoy, repo, "v3.0.1", holder)  # keeps the enforce instance alive
+    time.sleep(0.5)
+    d.deliver(AUDIT)
+    wait_stat(envoy, "update_success", "2")
+    assert put_manifest(envoy.url, repo, "v3.0.0", d2).status == 201  # audit: really overwritten
+    changed = current_digest(registry.url, repo, "v3.0.0")
+    held_audit = HeldPush(envoy, repo, "v3.0.1", holder)  # keeps the audit instance alive
+    time.sleep(0.5)
+    d.deliver(SAMPLE_POLICY)
+    wait_stat(envoy, "update_success", "3")
+    r = put_manifest(envoy.url, repo, "v3.0.0", d1)
+    assert r.status == 409, (r.status, r.body)
+    assert current_digest(registry.url, repo, "v3.0.0") == changed
+    assert kept.finish() == 201 and held_audit.finish() == 201  # identical re-pushes
+
+
 def two_listeners(port_a: int, port_b: int, admin: int, registry_port: int, stop_on_headers: bool) -> dict:
     """Two listeners whose filters share the vm_id and the plugin name: A enforces, B audits
     (configured after A)."""
