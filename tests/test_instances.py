@@ -23,7 +23,7 @@ import pytest
 
 import stack
 from conftest import SAMPLE_POLICY
-from oci import OCI_MANIFEST, current_digest, make_manifest, put_manifest
+from oci import OCI_MANIFEST, current_digest, make_manifest, put_manifest, request
 from test_ecds import WASM, Delivery, envoy_config as ecds_envoy_config, wait_stat, wasm_config
 
 AUDIT = {**SAMPLE_POLICY, "mode": "audit"}
@@ -121,6 +121,9 @@ def test_switching_back_to_enforce_enforces_while_streams_of_each_earlier_config
     for attempt in range(4):
         r = put_manifest(envoy.url, repo, "v1.0.0", new["v1.0.0"])
         assert r.status == 409, (attempt, r.status, r.body)
+    # A delete of the digest an immutable tag holds: judged by enforce too.
+    r = request(envoy.url, "DELETE", f"/v2/{repo}/manifests/{before['v1.0.0']}")
+    assert r.status == 409, (r.status, r.body)
     gauges.append(gauge(envoy))
 
     # Each held stream is judged by the instance it was opened under.
