@@ -35,7 +35,10 @@ impl Root {
     /// 1 while the instance serving new streams audits, 0 while it enforces.
     pub fn show_mode(&self) {
         let Some(w) = &self.worker else { return };
-        let name: String = self.name.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect();
+        let name: String = match self.name.as_str() {
+            "" => "unnamed".into(),
+            n => n.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect(),
+        };
         if let Ok(id) = abi::define_gauge(&format!("{}auditing.{name}", crate::metrics::PREFIX)) {
             let _ = abi::record(id, u64::from(w.config.mode == Mode::Audit));
         }
