@@ -239,5 +239,10 @@ def test_two_listeners_sharing_a_vm_and_a_plugin_name_each_judge_by_their_own_po
         # The log names each instance's mode.
         assert log_lines(envoy, r"plugin 'immutable-tags' instance \d+ \(vm_id 'immutable-tags'\): policy loaded: mode=enforce")
         assert log_lines(envoy, r"plugin 'immutable-tags' instance \d+ \(vm_id 'immutable-tags'\): policy loaded: mode=audit")
+        # Streams alternating between the two instances are said once, not on every switch.
+        for _ in range(3):
+            assert put_manifest(b_url, repo, "v2.0.1", b1).status == 201
+            assert put_manifest(envoy.url, repo, "v1.0.0", a2).status == 409
+        assert len(log_lines(envoy, "serves new streams again")) <= 1, log_lines(envoy, "serves new streams again")
     finally:
         envoy.stop()
