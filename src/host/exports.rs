@@ -105,12 +105,13 @@ fn worker_for_stream(id: u32) -> Option<Rc<Worker>> {
 fn serving(root_id: u32) {
     let message = ROOTS.with(|r| {
         let mut roots = r.borrow_mut();
-        let name = roots.iter().find(|root| root.id == root_id)?.name.clone();
-        let latest = roots.iter().filter(|root| root.name == name).map(|root| root.configured).max()?;
-        let root = roots.iter_mut().find(|root| root.id == root_id)?;
+        let at = roots.iter().position(|root| root.id == root_id)?;
+        let root = roots.get(at)?;
+        let latest = roots.iter().filter(|other| other.name == root.name).map(|other| other.configured).max()?;
         if root.configured >= latest || root.announced >= latest {
             return None;
         }
+        let root = roots.get_mut(at)?;
         root.announced = latest;
         root.show_mode();
         let mode = root.worker.as_ref().map_or("none (no valid configuration)", |w| w.config.mode.as_str());
