@@ -259,7 +259,15 @@ fn explain_tells_what_the_filter_does_in_audit_mode_and_other_settings() {
     assert!(out.contains("delete: passes unchecked (deletes.protect = false)\n"), "{out}");
     assert!(out.contains("registry unreachable: the push passes unchecked (on_upstream_error = allow)\n"), "{out}");
     let (_, out, _) = explain(r#"{"global": {"immutable_tags": true}, "pin_immutable_pulls": true}"#, &["app:v1"]);
-    assert!(out.contains("pull: sent to the registry by the digest the filter knows (pin_immutable_pulls)\n"), "{out}");
+    let pull = "pull: a GET or HEAD whose Accept names all four stored manifest types (OCI manifest and index, \
+Docker v2 manifest and list) and that has no query string is sent to the registry by the digest the filter \
+knows (pin_immutable_pulls); any other read goes as it came\n";
+    assert!(out.contains(pull), "{out}");
+    let (_, out, _) = explain(
+        r#"{"global": {"immutable_tags": true}, "pin_immutable_pulls": true, "upstream": {"cluster": "r", "authority": "reg.example"}}"#,
+        &["app:v1"],
+    );
+    assert!(out.contains("has no query string and is sent under :authority reg.example is sent"), "{out}");
     let (_, out, _) = explain(r#"{"mode": "audit", "global": {"immutable_tags": false}}"#, &["app:v1"]);
     assert!(out.starts_with("app:v1: mutable: pushes pass unchecked\n"), "{out}");
 }

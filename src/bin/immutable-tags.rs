@@ -358,7 +358,17 @@ fn main() -> ExitCode {
             Mode::Audit => format!("{too_large}, in audit mode too\n"),
         };
         if config.pin_immutable_pulls {
-            text += "pull: sent to the registry by the digest the filter knows (pin_immutable_pulls)\n";
+            // What `filter::pull` checks: only a read surely of the tag's own manifest, from the
+            // registry the filter's calls reach, is pinned.
+            let under = match &config.upstream.authority {
+                Some(a) => format!(" and is sent under :authority {a}"),
+                None => String::new(),
+            };
+            text += &format!(
+                "pull: a GET or HEAD whose Accept names all four stored manifest types (OCI manifest and index, \
+Docker v2 manifest and list) and that has no query string{under} is sent to the registry by the digest the \
+filter knows (pin_immutable_pulls); any other read goes as it came\n"
+            );
         }
         text += &explain_break_glass(&config, &e);
     }
