@@ -312,9 +312,14 @@ impl RawConfig {
             let Json::Object(entries) = v else {
                 return Err(v.invalid_type("repository", "a map"));
             };
-            // As serde's map: a repeated key's last value wins.
+            // A repeated key is refused, as a repeated field is: keeping either value silently
+            // could drop the protection the other one states.
             for (name, scope) in entries {
-                repository.insert(name.clone(), RawScope::read(scope, &format!("repository.{name}"))?);
+                let at = format!("repository.{name}");
+                let scope = RawScope::read(scope, &at)?;
+                if repository.insert(name.clone(), scope).is_some() {
+                    return Err(err(at, "", format!("duplicate key `{name}`")));
+                }
             }
         }
         let cache = match object(&f, "cache", &["max_entries", "ttl_seconds"])? {
@@ -748,5 +753,22 @@ mod tests {
         ] {
             assert_eq!(bad(json).field, field, "{json}");
         }
+    }
+}
+
+/// Attack review of the policy language (F4, F6).
+#[cfg(test)]
+mod policy_review_tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn a_repeated_repository_key_is_refused() {
+        let e = Config::from_json(
+            br#"{"repository": {"prod": {"immutable_tags": true}, "prod": {"immutable_tags_exclusions": ["^latest$"]}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("repository.prod", "duplicate key `prod`"));
     }
 }
