@@ -48,6 +48,26 @@ pub fn to_regex(glob: &str) -> Result<String, String> {
     Ok(re)
 }
 
+/// Whether `glob` can match a name holding a `/` (`true` when it does not parse: the caller
+/// refuses it anyway). Negated classes and ranges spanning `/` can, as `**` and a `/` do.
+pub fn can_match_slash(glob: &str) -> bool {
+    let mut p = Parser { chars: glob.chars().peekable(), prev: None, cur: None, alternates: Vec::new(), branches: vec![Vec::new()] };
+    if p.parse().is_err() || p.branches.len() > 1 {
+        return true;
+    }
+    tokens_match_slash(&p.branches.pop().unwrap_or_default())
+}
+
+fn tokens_match_slash(tokens: &[Token]) -> bool {
+    tokens.iter().any(|t| match t {
+        Token::Literal(c) => *c == '/',
+        Token::Any | Token::ZeroOrMore => false,
+        Token::RecursivePrefix | Token::RecursiveSuffix | Token::RecursiveZeroOrMore => true,
+        Token::Class { negated, ranges } => *negated != ranges.iter().any(|&(a, b)| a <= '/' && '/' <= b),
+        Token::Alternates(branches) => branches.iter().any(|b| tokens_match_slash(b)),
+    })
+}
+
 fn tokens_to_regex(tokens: &[Token], re: &mut String) {
     for token in tokens {
         match token {

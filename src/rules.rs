@@ -391,11 +391,11 @@ impl RepositoryHits {
 
 /// A rule without `projects` whose repository selector meant something else when rules matched
 /// the whole name: refused rather than silently protecting less (README "Rules", migrating).
-/// A `matching` glob without `/` only selects more now (`**` as before, `*` or `app` also below
-/// every project); one with `/`, or any `excluding` (which now also spares `<project>/<glob>`),
-/// could select less.
+/// A `matching` glob that cannot match a `/` only selects more now (`**` as before, `*` or `app`
+/// also below every project); one that can (a `/`, a negated class, a range spanning `/`), or any
+/// `excluding` (which now also spares `<project>/<glob>`), could select less.
 fn ambiguous_without_projects(at: &str, select: Select, patterns: &Patterns) -> Result<(), ConfigError> {
-    let nested = patterns.values.iter().enumerate().find(|(_, v)| v.contains('/'));
+    let nested = patterns.values.iter().enumerate().find(|(_, v)| v.as_str() != "**" && glob::can_match_slash(v));
     let (field, value) = match (select, nested) {
         (Select::Excluding, _) => (at.to_string(), patterns.values.join(",")),
         (_, Some((i, v))) => (if patterns.is_array { format!("{at}[{i}]") } else { at.to_string() }, v.clone()),
@@ -1030,5 +1030,36 @@ mod projects {
         let c = cfg(r#"{"rules": [{"projects": "*", "repositories": {"matching": "team-a/**"}}]}"#);
         assert!(immutable(&c, "lib/team-a/x", "v1"));
         assert!(!immutable(&c, "team-a/x", "v1"));
+    }
+}
+
+/// Attack review of the migration refusal (F5): a glob whose text has no `/` may still match one.
+#[cfg(test)]
+mod migration_review {
+    use crate::config::Config;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn refused(glob: &str) -> Option<String> {
+        let json = serde_json::json!({"rules": [{"repositories": {"matching": glob}}]}).to_string();
+        Config::from_json(json.as_bytes()).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_glob_whose_classes_can_match_a_slash_is_refused_without_projects() {
+        // Each matched `team/api` when globs matched the whole name.
+        for glob in ["team[!_]api", "prod[+-0]api", "team[^a]api", "{x,team[!_]api}", "[!a]*"] {
+            let e = refused(glob).unwrap_or_else(|| panic!("{glob} loaded"));
+            assert!(e.contains("repositories.matching") && e.contains("add \\\"projects\\\"") || e.contains("add \"projects\""), "{e}");
+        }
+        let e = Config::from_json(br#"{"rules": [{"repositories": {"matching": ["app", "team[!_]api"]}}]}"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("rules[0].repositories.matching[1]", "\"team[!_]api\""));
+    }
+
+    #[test]
+    fn a_glob_that_cannot_match_a_slash_still_loads() {
+        for glob in ["**", "*", "team?api", "team[!/]api", "team[a-z]api", "prod[0-9]*", "{a,b}*", "team**", "[!a/]x"] {
+            assert_eq!(refused(glob), None, "{glob}");
+        }
     }
 }
