@@ -28,9 +28,20 @@ enum Token {
     Alternates(Vec<Vec<Token>>),
 }
 
+/// Longest glob accepted (characters): selectors name projects, repositories and tags, none
+/// longer than a few hundred characters; a longer one is a mistake or an attack on the load.
+pub const MAX_GLOB_LENGTH: usize = 1024;
+/// Deepest nesting of `{...}` accepted: translation recurses once per level (so does dropping
+/// the tokens), and a module's stack is 1 MiB; Harbor globs rarely nest at all.
+pub const MAX_NESTING: usize = 16;
+
 /// The regex matching exactly the strings `glob` matches (anchored at both ends), or why the
 /// glob is invalid.
 pub fn to_regex(glob: &str) -> Result<String, String> {
+    let length = glob.chars().count();
+    if length > MAX_GLOB_LENGTH {
+        return Err(format!("{length} characters, longer than {MAX_GLOB_LENGTH}"));
+    }
     let mut p = Parser { chars: glob.chars().peekable(), prev: None, cur: None, alternates: Vec::new(), branches: vec![Vec::new()] };
     p.parse()?;
     if p.branches.len() > 1 {
@@ -148,6 +159,9 @@ impl Parser<'_> {
                 '*' => self.parse_star()?,
                 '[' => self.parse_class()?,
                 '{' => {
+                    if self.alternates.len() >= MAX_NESTING {
+                        return Err(format!("alternate groups nested deeper than {MAX_NESTING}"));
+                    }
                     self.alternates.push(self.branches.len());
                     self.branches.push(Vec::new());
                 }

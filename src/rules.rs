@@ -1056,6 +1056,41 @@ mod migration_review {
         assert_eq!((e.field.as_str(), e.value.as_str()), ("rules[0].repositories.matching[1]", "\"team[!_]api\""));
     }
 
+    /// Loads `json` on a thread with wasm32's 1 MiB stack: a stack overflow aborts the binary.
+    fn load_on_a_small_stack(json: String) -> Result<(), String> {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || Config::from_json(json.as_bytes()).map(|_| ()).map_err(|e| format!("{}: {}", e.field, e.reason)))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn deeply_nested_or_overlong_globs_are_refused_at_load_not_overflowing_the_stack() {
+        let deep = format!("{}a{}", "{".repeat(200_000), "}".repeat(200_000));
+        let json = serde_json::json!({"rules": [{"tags": {"matching": ["v*", deep]}}]}).to_string();
+        let e = load_on_a_small_stack(json).unwrap_err();
+        assert!(e.starts_with("rules[0].tags.matching[1]: invalid glob"), "{}", &e[..200.min(e.len())]);
+        assert!(e.ends_with("400001 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
+        for key in ["projects", "repositories"] {
+            let json = serde_json::json!({"rules": [{"projects": "*", key: {"matching": deep}}]}).to_string();
+            assert!(load_on_a_small_stack(json).unwrap_err().ends_with("400001 characters, longer than 1024"));
+        }
+        // Nesting is capped within the length too; at the limit it loads.
+        let deeper = format!("{}a{}", "{".repeat(17), "}".repeat(17));
+        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": deeper}}]}).to_string()).unwrap_err();
+        assert!(e.starts_with("rules[0].tags.matching: invalid glob"), "{e}");
+        assert!(e.ends_with("alternate groups nested deeper than 16"), "{e}");
+        let ok = format!("{}a{}", "{".repeat(16), "}".repeat(16));
+        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": ok}}]}).to_string()), Ok(()));
+        let long = "a".repeat(1025);
+        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": long}}]}).to_string()).unwrap_err();
+        assert!(e.ends_with("1025 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
+        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": "a".repeat(1024)}}]}).to_string()), Ok(()));
+    }
+
     #[test]
     fn a_glob_that_cannot_match_a_slash_still_loads() {
         for glob in ["**", "*", "team?api", "team[!/]api", "team[a-z]api", "prod[0-9]*", "{a,b}*", "team**", "[!a/]x"] {
