@@ -316,12 +316,17 @@ fn check_warns_on_selectors_and_scopes_that_can_never_apply() {
 }
 
 #[test]
-fn check_names_a_scope_whose_inherited_setting_changed() {
-    // Before nested scopes inherited, `dev/keep` took global's `true`; now `dev`'s `false`.
+fn check_refuses_a_scope_whose_inherited_setting_would_protect_less() {
+    // Before nested scopes inherited, `dev/keep` took global's `true`; now `dev`'s `false`:
+    // refused at load (the filter's own refusal), not only warned about.
     let f = policy_file(r#"{"global": {"immutable_tags": true}, "repository": {"dev": {"immutable_tags": false}, "dev/keep": {"immutable_tags_exclusions": ["^x$"]}}}"#);
     let o = run(&["check", f.to_str().unwrap()], None);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(text.contains("field `repository.\"dev/keep\"`: inherits immutable_tags = false from repository.\"dev\""), "{text}");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains("field `repository.\"dev/keep\".immutable_tags` = (unset): inherits false from repository.\"dev\".immutable_tags"),
+        "{text}"
+    );
 }
 
 #[test]

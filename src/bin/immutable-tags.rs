@@ -202,12 +202,8 @@ fn never_warnings(c: &Config, doc: &serde_json::Value) -> Vec<(String, String)> 
             let value = o.immutable_tags.map_or("unset".to_string(), |v| v.to_string());
             found.push((format!("{at}.immutable_tags_exclusions"), format!("never apply: immutable_tags is {value} here (from {})", o.immutable_tags_from)));
         }
-        // Before nested scopes inherited, an unset field came from `global`: name what now differs.
-        let before = p.global.immutable_tags;
-        if s.immutable_tags.is_none() && before == Some(true) && o.immutable_tags != Some(true) {
-            let value = o.immutable_tags.map_or("unset".to_string(), |v| v.to_string());
-            found.push((at.clone(), format!("inherits immutable_tags = {value} from {} (global.immutable_tags = true applied here before scopes inherited from enclosing scopes); set it on this scope to keep that", o.immutable_tags_from)));
-        }
+        // Before nested scopes inherited, an unset field came from `global`: name what now differs
+        // (a scope that would lose global's `immutable_tags = true` so is refused at load).
         let global_list = p.global.exclusions.as_ref().map(|e| e.patterns()).unwrap_or_default();
         let now = o.exclusions.map(|e| e.patterns()).unwrap_or_default();
         if s.exclusions.is_none() && o.immutable_tags == Some(true) && now != global_list {
