@@ -241,7 +241,22 @@ impl Config {
                 s.exclusions.as_ref().map_or(0, |e| e.patterns().len())
             )
         };
-        let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
+        // Each scope as resolved (nested scopes inherit), with where each field is written.
+        let from = |k: &str, origin: String| if origin == format!("repository.\"{k}\"") { "here".to_string() } else { format!("from {origin}") };
+        let repos: Vec<String> = p
+            .repositories
+            .iter()
+            .map(|(k, _)| {
+                let o = p.origins(k);
+                format!(
+                    "{k}: immutable_tags={} ({}) exclusions={} ({})",
+                    o.immutable_tags.map_or("unset".to_string(), |b| b.to_string()),
+                    from(k, o.immutable_tags_from),
+                    o.exclusions.map_or(0, |e| e.patterns().len()),
+                    from(k, o.exclusions_from)
+                )
+            })
+            .collect();
         let d = &self.deletes;
         format!(
             "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={} store={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",

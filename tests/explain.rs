@@ -335,3 +335,40 @@ fn a_full_path_rule_is_refused_with_its_migration() {
     assert_eq!(code, 1);
     assert!(err.contains("field `rules[0].repositories.matching` = \"team-a/**\": repositories match the name below the project"), "{err}");
 }
+
+/// Attack review F3: a scope's exclusions apply below it where a nested scope turns
+/// `immutable_tags` on, so `check` must not call them dead there.
+#[test]
+fn check_does_not_call_exclusions_dead_that_a_nested_immutable_scope_inherits() {
+    let json = r#"{"global": {"immutable_tags": true},
+        "repository": {"dev": {"immutable_tags": false, "immutable_tags_exclusions": [".*"]},
+                       "dev/release": {"immutable_tags": true}}}"#;
+    let (_, out, _) = explain(json, &["dev/release/app:v1.0.0"]);
+    assert!(out.contains("repository.\"dev\".immutable_tags_exclusions"), "the exclusion decides: {out}");
+    let f = policy_file(json);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(!text.contains("never apply"), "{text}");
+    // It still names what differs from before (global's exclusions applied to dev/release).
+    assert!(text.contains("field `repository.\"dev/release\"`: inherits immutable_tags_exclusions from repository.\"dev\""), "{text}");
+    // With no immutable scope below, they are dead.
+    let f = policy_file(r#"{"global": {"immutable_tags": true},
+        "repository": {"dev": {"immutable_tags": false, "immutable_tags_exclusions": [".*"]}, "dev/x": {"immutable_tags": false}}}"#);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("field `repository.\"dev\".immutable_tags_exclusions`: never apply: immutable_tags is false here (from repository.\"dev\") and in every scope that inherits them"), "{text}");
+}
+
+/// The effective policy `check` prints (and the filter logs at load): each scope's resolved
+/// fields and where each came from.
+#[test]
+fn check_prints_each_scopes_resolved_fields_and_their_origin() {
+    let f = policy_file(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^g$"]},
+        "repository": {"team": {"immutable_tags_exclusions": ["^t$", "^u$"]}, "team/a": {"immutable_tags": false}, "team/a/b": {"immutable_tags": true}}}"#);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("global: immutable_tags=true exclusions=1; repositories: ["), "{text}");
+    assert!(text.contains(r#"team/a/b: immutable_tags=true (here) exclusions=2 (from repository."team")"#), "{text}");
+    assert!(text.contains(r#"team/a: immutable_tags=false (here) exclusions=2 (from repository."team")"#), "{text}");
+    assert!(text.contains(r#"team: immutable_tags=true (from global) exclusions=2 (here)"#), "{text}");
+}

@@ -198,9 +198,20 @@ fn never_warnings(c: &Config, doc: &serde_json::Value) -> Vec<(String, String)> 
         if s.immutable_tags.is_none() && s.exclusions.is_none() {
             found.push((at.clone(), "sets neither immutable_tags nor a non-empty immutable_tags_exclusions: this scope never changes a decision".into()));
         }
-        if s.exclusions.is_some() && o.immutable_tags != Some(true) {
+        // Dead only if no scope that takes its exclusions from this one (itself, or a nested
+        // scope that sets none) ends up immutable.
+        let applies = || {
+            p.repositories.iter().any(|(k, _)| {
+                let t = p.origins(k);
+                t.exclusions_from == at && t.immutable_tags == Some(true)
+            })
+        };
+        if s.exclusions.is_some() && !applies() {
             let value = o.immutable_tags.map_or("unset".to_string(), |v| v.to_string());
-            found.push((format!("{at}.immutable_tags_exclusions"), format!("never apply: immutable_tags is {value} here (from {})", o.immutable_tags_from)));
+            found.push((
+                format!("{at}.immutable_tags_exclusions"),
+                format!("never apply: immutable_tags is {value} here (from {}) and in every scope that inherits them", o.immutable_tags_from),
+            ));
         }
         // Before nested scopes inherited, an unset field came from `global`: name what now differs
         // (a scope that would lose global's `immutable_tags = true` so is refused at load).
