@@ -395,7 +395,7 @@ impl RepositoryHits {
 /// also below every project); one that can (a `/`, a negated class, a range spanning `/`), or any
 /// `excluding` (which now also spares `<project>/<glob>`), could select less.
 fn ambiguous_without_projects(at: &str, select: Select, patterns: &Patterns) -> Result<(), ConfigError> {
-    let nested = patterns.values.iter().enumerate().find(|(_, v)| v.as_str() != "**" && glob::can_match_slash(v));
+    let nested = patterns.values.iter().enumerate().find(|(_, v)| split_top_level(v).into_iter().map(str::trim).any(|g| g != "**" && glob::can_match_slash(g)));
     let (field, value) = match (select, nested) {
         (Select::Excluding, _) => (at.to_string(), patterns.values.join(",")),
         (_, Some((i, v))) => (if patterns.is_array { format!("{at}[{i}]") } else { at.to_string() }, v.clone()),
@@ -1048,7 +1048,7 @@ mod migration_review {
     #[test]
     fn a_glob_whose_classes_can_match_a_slash_is_refused_without_projects() {
         // Each matched `team/api` when globs matched the whole name.
-        for glob in ["team[!_]api", "prod[+-0]api", "team[^a]api", "{x,team[!_]api}", "[!a]*"] {
+        for glob in ["team[!_]api", "prod[+-0]api", "team[^a]api", "{x,team[!_]api}", "[!a]*", "**,team[!_]api", "app, a/**"] {
             let e = refused(glob).unwrap_or_else(|| panic!("{glob} loaded"));
             assert!(e.contains("repositories.matching") && e.contains("add \\\"projects\\\"") || e.contains("add \"projects\""), "{e}");
         }
@@ -1093,7 +1093,7 @@ mod migration_review {
 
     #[test]
     fn a_glob_that_cannot_match_a_slash_still_loads() {
-        for glob in ["**", "*", "team?api", "team[!/]api", "team[a-z]api", "prod[0-9]*", "{a,b}*", "team**", "[!a/]x"] {
+        for glob in ["**", "app, **", "**,app", "*", "team?api", "team[!/]api", "team[a-z]api", "prod[0-9]*", "{a,b}*", "team**", "[!a/]x"] {
             assert_eq!(refused(glob), None, "{glob}");
         }
     }
