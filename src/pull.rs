@@ -23,13 +23,11 @@ pub const STORED_TYPES: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// The `:path` that reads `repository`'s manifest `digest`, keeping the original query string.
+/// The `:path` that reads `repository`'s manifest `digest`. Only a read without a query string
+/// is pinned (`filter::pull`): a query may pick another upstream than the map's.
 /// `repository` is already validated against the OCI grammar: it needs no escaping.
-pub fn pinned_path(repository: &str, digest: &Digest, raw_path: &str) -> String {
-    match raw_path.split_once('?') {
-        Some((_, query)) => format!("/v2/{repository}/manifests/{digest}?{query}"),
-        None => format!("/v2/{repository}/manifests/{digest}"),
-    }
+pub fn pinned_path(repository: &str, digest: &Digest) -> String {
+    format!("/v2/{repository}/manifests/{digest}")
 }
 
 /// The digest a manifest read's answer teaches: a `200` for a stored manifest type with a valid
@@ -130,13 +128,9 @@ mod tests {
     const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 
     #[test]
-    fn path_names_the_digest_and_keeps_the_query() {
+    fn path_names_the_digest() {
         let d = Digest::parse(D).unwrap();
-        assert_eq!(pinned_path("team/app", &d, "/v2/team/app/manifests/v1"), format!("/v2/team/app/manifests/{D}"));
-        assert_eq!(
-            pinned_path("team/app", &d, "/v2/team%2Fapp/manifests/v%31?ns=docker.io"),
-            format!("/v2/team/app/manifests/{D}?ns=docker.io")
-        );
+        assert_eq!(pinned_path("team/app", &d), format!("/v2/team/app/manifests/{D}"));
     }
 
     #[test]

@@ -391,11 +391,11 @@ impl RepositoryHits {
 
 /// A rule without `projects` whose repository selector meant something else when rules matched
 /// the whole name: refused rather than silently protecting less (README "Rules", migrating).
-/// A `matching` glob without `/` only selects more now (`**` as before, `*` or `app` also below
-/// every project); one with `/`, or any `excluding` (which now also spares `<project>/<glob>`),
-/// could select less.
+/// A `matching` glob that cannot match a `/` only selects more now (`**` as before, `*` or `app`
+/// also below every project); one that can (a `/`, a negated class, a range spanning `/`), or any
+/// `excluding` (which now also spares `<project>/<glob>`), could select less.
 fn ambiguous_without_projects(at: &str, select: Select, patterns: &Patterns) -> Result<(), ConfigError> {
-    let nested = patterns.values.iter().enumerate().find(|(_, v)| v.contains('/'));
+    let nested = patterns.values.iter().enumerate().find(|(_, v)| split_top_level(v).into_iter().map(str::trim).any(|g| g != "**" && glob::can_match_slash(g)));
     let (field, value) = match (select, nested) {
         (Select::Excluding, _) => (at.to_string(), patterns.values.join(",")),
         (_, Some((i, v))) => (if patterns.is_array { format!("{at}[{i}]") } else { at.to_string() }, v.clone()),
@@ -1030,5 +1030,71 @@ mod projects {
         let c = cfg(r#"{"rules": [{"projects": "*", "repositories": {"matching": "team-a/**"}}]}"#);
         assert!(immutable(&c, "lib/team-a/x", "v1"));
         assert!(!immutable(&c, "team-a/x", "v1"));
+    }
+}
+
+/// Attack review of the migration refusal (F5): a glob whose text has no `/` may still match one.
+#[cfg(test)]
+mod migration_review {
+    use crate::config::Config;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn refused(glob: &str) -> Option<String> {
+        let json = serde_json::json!({"rules": [{"repositories": {"matching": glob}}]}).to_string();
+        Config::from_json(json.as_bytes()).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_glob_whose_classes_can_match_a_slash_is_refused_without_projects() {
+        // Each matched `team/api` when globs matched the whole name.
+        for glob in ["team[!_]api", "prod[+-0]api", "team[^a]api", "{x,team[!_]api}", "[!a]*", "**,team[!_]api", "app, a/**"] {
+            let e = refused(glob).unwrap_or_else(|| panic!("{glob} loaded"));
+            assert!(e.contains("repositories.matching") && e.contains("add \\\"projects\\\"") || e.contains("add \"projects\""), "{e}");
+        }
+        let e = Config::from_json(br#"{"rules": [{"repositories": {"matching": ["app", "team[!_]api"]}}]}"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("rules[0].repositories.matching[1]", "\"team[!_]api\""));
+    }
+
+    /// Loads `json` on a thread with wasm32's 1 MiB stack: a stack overflow aborts the binary.
+    fn load_on_a_small_stack(json: String) -> Result<(), String> {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || Config::from_json(json.as_bytes()).map(|_| ()).map_err(|e| format!("{}: {}", e.field, e.reason)))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn deeply_nested_or_overlong_globs_are_refused_at_load_not_overflowing_the_stack() {
+        let deep = format!("{}a{}", "{".repeat(200_000), "}".repeat(200_000));
+        let json = serde_json::json!({"rules": [{"tags": {"matching": ["v*", deep]}}]}).to_string();
+        let e = load_on_a_small_stack(json).unwrap_err();
+        assert!(e.starts_with("rules[0].tags.matching[1]: invalid glob"), "{}", &e[..200.min(e.len())]);
+        assert!(e.ends_with("400001 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
+        for key in ["projects", "repositories"] {
+            let json = serde_json::json!({"rules": [{"projects": "*", key: {"matching": deep}}]}).to_string();
+            assert!(load_on_a_small_stack(json).unwrap_err().ends_with("400001 characters, longer than 1024"));
+        }
+        // Nesting is capped within the length too; at the limit it loads.
+        let deeper = format!("{}a{}", "{".repeat(17), "}".repeat(17));
+        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": deeper}}]}).to_string()).unwrap_err();
+        assert!(e.starts_with("rules[0].tags.matching: invalid glob"), "{e}");
+        assert!(e.ends_with("alternate groups nested deeper than 16"), "{e}");
+        let ok = format!("{}a{}", "{".repeat(16), "}".repeat(16));
+        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": ok}}]}).to_string()), Ok(()));
+        let long = "a".repeat(1025);
+        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": long}}]}).to_string()).unwrap_err();
+        assert!(e.ends_with("1025 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
+        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": "a".repeat(1024)}}]}).to_string()), Ok(()));
+    }
+
+    #[test]
+    fn a_glob_that_cannot_match_a_slash_still_loads() {
+        for glob in ["**", "app, **", "**,app", "*", "team?api", "team[!/]api", "team[a-z]api", "prod[0-9]*", "{a,b}*", "team**", "[!a/]x"] {
+            assert_eq!(refused(glob), None, "{glob}");
+        }
     }
 }

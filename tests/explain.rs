@@ -259,7 +259,15 @@ fn explain_tells_what_the_filter_does_in_audit_mode_and_other_settings() {
     assert!(out.contains("delete: passes unchecked (deletes.protect = false)\n"), "{out}");
     assert!(out.contains("registry unreachable: the push passes unchecked (on_upstream_error = allow)\n"), "{out}");
     let (_, out, _) = explain(r#"{"global": {"immutable_tags": true}, "pin_immutable_pulls": true}"#, &["app:v1"]);
-    assert!(out.contains("pull: sent to the registry by the digest the filter knows (pin_immutable_pulls)\n"), "{out}");
+    let pull = "pull: a GET or HEAD whose Accept names all four stored manifest types (OCI manifest and index, \
+Docker v2 manifest and list) and that has no query string is sent to the registry by the digest the filter \
+knows (pin_immutable_pulls); any other read goes as it came\n";
+    assert!(out.contains(pull), "{out}");
+    let (_, out, _) = explain(
+        r#"{"global": {"immutable_tags": true}, "pin_immutable_pulls": true, "upstream": {"cluster": "r", "authority": "reg.example"}}"#,
+        &["app:v1"],
+    );
+    assert!(out.contains("has no query string and is sent under :authority reg.example is sent"), "{out}");
     let (_, out, _) = explain(r#"{"mode": "audit", "global": {"immutable_tags": false}}"#, &["app:v1"]);
     assert!(out.starts_with("app:v1: mutable: pushes pass unchecked\n"), "{out}");
 }
@@ -308,12 +316,17 @@ fn check_warns_on_selectors_and_scopes_that_can_never_apply() {
 }
 
 #[test]
-fn check_names_a_scope_whose_inherited_setting_changed() {
-    // Before nested scopes inherited, `dev/keep` took global's `true`; now `dev`'s `false`.
+fn check_refuses_a_scope_whose_inherited_setting_would_protect_less() {
+    // Before nested scopes inherited, `dev/keep` took global's `true`; now `dev`'s `false`:
+    // refused at load (the filter's own refusal), not only warned about.
     let f = policy_file(r#"{"global": {"immutable_tags": true}, "repository": {"dev": {"immutable_tags": false}, "dev/keep": {"immutable_tags_exclusions": ["^x$"]}}}"#);
     let o = run(&["check", f.to_str().unwrap()], None);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(text.contains("field `repository.\"dev/keep\"`: inherits immutable_tags = false from repository.\"dev\""), "{text}");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains("field `repository.\"dev/keep\".immutable_tags` = (unset): inherits false from repository.\"dev\".immutable_tags"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -321,4 +334,41 @@ fn a_full_path_rule_is_refused_with_its_migration() {
     let (code, _, err) = explain(r#"{"rules": [{"repositories": {"matching": "team-a/**"}}]}"#, &["team-a/api:v1"]);
     assert_eq!(code, 1);
     assert!(err.contains("field `rules[0].repositories.matching` = \"team-a/**\": repositories match the name below the project"), "{err}");
+}
+
+/// Attack review F3: a scope's exclusions apply below it where a nested scope turns
+/// `immutable_tags` on, so `check` must not call them dead there.
+#[test]
+fn check_does_not_call_exclusions_dead_that_a_nested_immutable_scope_inherits() {
+    let json = r#"{"global": {"immutable_tags": true},
+        "repository": {"dev": {"immutable_tags": false, "immutable_tags_exclusions": [".*"]},
+                       "dev/release": {"immutable_tags": true}}}"#;
+    let (_, out, _) = explain(json, &["dev/release/app:v1.0.0"]);
+    assert!(out.contains("repository.\"dev\".immutable_tags_exclusions"), "the exclusion decides: {out}");
+    let f = policy_file(json);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(!text.contains("never apply"), "{text}");
+    // It still names what differs from before (global's exclusions applied to dev/release).
+    assert!(text.contains("field `repository.\"dev/release\"`: inherits immutable_tags_exclusions from repository.\"dev\""), "{text}");
+    // With no immutable scope below, they are dead.
+    let f = policy_file(r#"{"global": {"immutable_tags": true},
+        "repository": {"dev": {"immutable_tags": false, "immutable_tags_exclusions": [".*"]}, "dev/x": {"immutable_tags": false}}}"#);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("field `repository.\"dev\".immutable_tags_exclusions`: never apply: immutable_tags is false here (from repository.\"dev\") and in every scope that inherits them"), "{text}");
+}
+
+/// The effective policy `check` prints (and the filter logs at load): each scope's resolved
+/// fields and where each came from.
+#[test]
+fn check_prints_each_scopes_resolved_fields_and_their_origin() {
+    let f = policy_file(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^g$"]},
+        "repository": {"team": {"immutable_tags_exclusions": ["^t$", "^u$"]}, "team/a": {"immutable_tags": false}, "team/a/b": {"immutable_tags": true}}}"#);
+    let o = run(&["check", f.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("global: immutable_tags=true exclusions=1; repositories: ["), "{text}");
+    assert!(text.contains(r#"team/a/b: immutable_tags=true (here) exclusions=2 (from repository."team")"#), "{text}");
+    assert!(text.contains(r#"team/a: immutable_tags=false (here) exclusions=2 (from repository."team")"#), "{text}");
+    assert!(text.contains(r#"team: immutable_tags=true (from global) exclusions=2 (here)"#), "{text}");
 }

@@ -198,16 +198,23 @@ fn never_warnings(c: &Config, doc: &serde_json::Value) -> Vec<(String, String)> 
         if s.immutable_tags.is_none() && s.exclusions.is_none() {
             found.push((at.clone(), "sets neither immutable_tags nor a non-empty immutable_tags_exclusions: this scope never changes a decision".into()));
         }
-        if s.exclusions.is_some() && o.immutable_tags != Some(true) {
+        // Dead only if no scope that takes its exclusions from this one (itself, or a nested
+        // scope that sets none) ends up immutable.
+        let applies = || {
+            p.repositories.iter().any(|(k, _)| {
+                let t = p.origins(k);
+                t.exclusions_from == at && t.immutable_tags == Some(true)
+            })
+        };
+        if s.exclusions.is_some() && !applies() {
             let value = o.immutable_tags.map_or("unset".to_string(), |v| v.to_string());
-            found.push((format!("{at}.immutable_tags_exclusions"), format!("never apply: immutable_tags is {value} here (from {})", o.immutable_tags_from)));
+            found.push((
+                format!("{at}.immutable_tags_exclusions"),
+                format!("never apply: immutable_tags is {value} here (from {}) and in every scope that inherits them", o.immutable_tags_from),
+            ));
         }
-        // Before nested scopes inherited, an unset field came from `global`: name what now differs.
-        let before = p.global.immutable_tags;
-        if s.immutable_tags.is_none() && before == Some(true) && o.immutable_tags != Some(true) {
-            let value = o.immutable_tags.map_or("unset".to_string(), |v| v.to_string());
-            found.push((at.clone(), format!("inherits immutable_tags = {value} from {} (global.immutable_tags = true applied here before scopes inherited from enclosing scopes); set it on this scope to keep that", o.immutable_tags_from)));
-        }
+        // Before nested scopes inherited, an unset field came from `global`: name what now differs
+        // (a scope that would lose global's `immutable_tags = true` so is refused at load).
         let global_list = p.global.exclusions.as_ref().map(|e| e.patterns()).unwrap_or_default();
         let now = o.exclusions.map(|e| e.patterns()).unwrap_or_default();
         if s.exclusions.is_none() && o.immutable_tags == Some(true) && now != global_list {
@@ -359,7 +366,17 @@ fn main() -> ExitCode {
             Mode::Audit => format!("{too_large}, in audit mode too\n"),
         };
         if config.pin_immutable_pulls {
-            text += "pull: sent to the registry by the digest the filter knows (pin_immutable_pulls)\n";
+            // What `filter::pull` checks: only a read surely of the tag's own manifest, from the
+            // registry the filter's calls reach, is pinned.
+            let under = match &config.upstream.authority {
+                Some(a) => format!(" and is sent under :authority {a}"),
+                None => String::new(),
+            };
+            text += &format!(
+                "pull: a GET or HEAD whose Accept names all four stored manifest types (OCI manifest and index, \
+Docker v2 manifest and list) and that has no query string{under} is sent to the registry by the digest the \
+filter knows (pin_immutable_pulls); any other read goes as it came\n"
+            );
         }
         text += &explain_break_glass(&config, &e);
     }

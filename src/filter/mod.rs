@@ -21,6 +21,8 @@ mod tests;
 mod tests_deletes;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_pinning;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_pinning_scope;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
