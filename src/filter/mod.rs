@@ -19,6 +19,8 @@ mod fake;
 mod tests;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_pinning;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_telemetry;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -35,6 +37,17 @@ use push::Push;
 use serde_json::{json, Value};
 use std::rc::Rc;
 use worker::Worker;
+
+/// The response code details of a refusal (Envoy's `%RESPONSE_CODE_DETAILS%`): the filter
+/// and the outcome, so access logs and traces tell its answers from the registry's.
+pub fn details(status: u16) -> &'static str {
+    match status {
+        409 => "immutable_tags_refused",
+        401 | 403 => "immutable_tags_unauthorized",
+        500..=599 => "immutable_tags_unavailable",
+        _ => "immutable_tags_invalid_request",
+    }
+}
 
 /// What a request callback tells the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +114,10 @@ impl Filter {
     /// after one header read, and the caller counts it (`Counter::RequestsSeen`), in batches if
     /// it likes: on Istio's path this runs for every request, and each host call costs.
     pub fn first_look(h: &dyn Host) -> Option<String> {
+        // Only the filter says what a request was before it rewrote it: a client's own copy of
+        // that header goes (a failure here leaves at worst a false log line on a request the
+        // filter does not rewrite: a push sets the header or is refused).
+        let _ = h.remove_request_header(push::METHOD_HEADER);
         let path = h.request_header(":path").unwrap_or_default();
         may_name_manifests(&path).then_some(path)
     }
@@ -191,9 +208,14 @@ impl Filter {
             push::Next::Release => self.resume(h, from, "the lookup"),
             push::Next::Refuse(err, extra) => self.refuse(h, &err, &extra, from),
             push::Next::Relay { status, headers, body } => {
+                let details = match (&self.state, (200..300).contains(&status)) {
+                    (State::Push(p), true) if p.audit_pass() => "immutable_tags_written_unjudged_audit",
+                    (_, true) => "immutable_tags_written",
+                    (_, false) => "immutable_tags_write_failed",
+                };
                 self.state = State::Done;
                 let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                if let Err(s) = h.send_response(status, &headers, &body) {
+                if let Err(s) = h.send_response(status, details, &headers, &body) {
                     h.log(Level::Error, &format!("immutable-tags: cannot relay the registry's answer ({s})"));
                 }
                 Action::Pause
@@ -235,7 +257,7 @@ impl Filter {
     fn answer(&mut self, h: &dyn Host, err: &OciError, extra: &[(&str, String)]) -> Action {
         let mut hdrs: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         hdrs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        if let Err(s) = h.send_response(err.status, &hdrs, err.body().as_bytes()) {
+        if let Err(s) = h.send_response(err.status, details(err.status), &hdrs, err.body().as_bytes()) {
             h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
         }
         self.state = State::Done;

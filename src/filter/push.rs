@@ -37,6 +37,12 @@ use serde_json::json;
 /// route) stays the same.
 pub const HARMLESS_METHOD: &str = "OPTIONS";
 
+/// The request header that keeps the client's method once the request is rewritten, for
+/// access logs and traces (`%REQ(X-IMMUTABLE-TAGS-METHOD?:METHOD)%`). Set only by the filter:
+/// a client's own copy is removed (`Filter::first_look`, and the shipped configs' early header
+/// mutation on routes the filter skips).
+pub const METHOD_HEADER: &str = "x-immutable-tags-method";
+
 pub struct Push {
     pub repository: String,
     /// The tag in the path: only it is known to be written by a 2xx (a registry may ignore
@@ -177,7 +183,9 @@ impl Push {
                 return Err(too_large(&repository, &first, max));
             }
         }
-        if let Err(why) = host.set_request_header(":method", HARMLESS_METHOD) {
+        let method = header(":method").unwrap_or_default().to_string();
+        let rewritten = host.set_request_header(METHOD_HEADER, &method);
+        if let Err(why) = rewritten.and_then(|()| host.set_request_header(":method", HARMLESS_METHOD)) {
             let msg = format!("The filter could not hold the push back from the registry ({why})");
             return Err(OciError::new(500, "UNKNOWN", msg, json!({"repository": repository, "tag": first})));
         }
