@@ -13,6 +13,22 @@ use crate::json_doc::{Fields, Json};
 use crate::exclusions::{Exclusions, Match};
 
 pub const DEFAULT_REASON_HEADER: &str = "x-break-glass-reason";
+/// Credentials other than `Authorization` that registries accept (API keys, tokens, proxy
+/// credentials): an overriding write does not carry them, nor `Cookie`, so that the registry
+/// can only authenticate the credential the principal was read from.
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 11] = [
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "private-token",
+    "job-token",
+    "deploy-token",
+    "x-jfrog-art-api",
+    "x-registry-auth",
+    "x-amz-security-token",
+    "x-goog-iam-authorization-token",
+];
 /// How long a window lasts: opened by a read of the tag that carries the reason header and that
 /// the registry answered 2xx (for clients that cannot send headers on a push: skopeo, podman).
 pub const WINDOW_MS: u64 = 300_000;
@@ -41,6 +57,8 @@ pub struct BreakGlass {
     pub actions: Vec<Action>,
     /// Lower-case, as Envoy hands header names to the filter.
     pub reason_header: String,
+    /// Lower-case: stripped from an overriding write, with `cookie`.
+    pub credential_headers: Vec<String>,
 }
 
 /// What a refused request brings to the exception.
@@ -62,11 +80,19 @@ fn err(field: &str, value: &str, reason: &str) -> ConfigError {
 impl BreakGlass {
     /// Reads the `break_glass` object; errors name `break_glass.<field>` and the value.
     pub fn read(v: &Json) -> Result<BreakGlass, ConfigError> {
-        let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header"])?;
+        let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header", "credential_headers"])?;
         let principals = f.strings_or_empty("principals")?;
         let repositories = f.strings_or_empty("repositories")?;
         let names = f.strings_or_empty("actions")?;
         let header = f.opt_string("reason_header")?.unwrap_or_else(|| DEFAULT_REASON_HEADER.into());
+        let credential_headers = match f.present("credential_headers") {
+            Some(_) => f.strings_or_empty("credential_headers")?,
+            None => DEFAULT_CREDENTIAL_HEADERS.iter().map(|h| h.to_string()).collect(),
+        };
+        let is_name = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if let Some(h) = credential_headers.iter().find(|h| !is_name(h) || h.eq_ignore_ascii_case("authorization")) {
+            return Err(err("credential_headers", h, "must list header names (letters, digits, - and _) other than authorization"));
+        }
         let mut actions = Vec::new();
         for a in &names {
             actions.push(match a.as_str() {
@@ -96,7 +122,8 @@ impl BreakGlass {
         }
         // The exclusion matcher's code, reused: "excluded" reads "selected" here.
         let matcher = if res.is_empty() { None } else { Some(Exclusions::compile(&res).map_err(|(_, why)| err("repositories", "", &why))?) };
-        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase() })
+        let credential_headers = credential_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase(), credential_headers })
     }
 
     /// Whether `action` on `repository` can be overridden at all (by someone), or why not.
@@ -110,6 +137,12 @@ impl BreakGlass {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether an overriding request must not carry this (lower-case) header: a credential
+    /// other than the `Authorization` its principal was read from.
+    pub fn strips(&self, name: &str) -> bool {
+        name == "cookie" || self.credential_headers.iter().any(|h| h == name)
     }
 
     /// Lifts the refusal of `action` on `repository`, or says why not.
@@ -145,17 +178,24 @@ pub fn principal(authorization: &str) -> Option<String> {
         text.split_once(':')?.0.to_string()
     } else if scheme.eq_ignore_ascii_case("bearer") {
         let payload = decode(cred.split('.').nth(1)?)?;
-        match Json::parse(&payload).ok()? {
-            Json::Object(fields) => match fields.into_iter().find(|(k, _)| k == "sub")?.1 {
-                Json::Str(s) => s,
-                _ => return None,
-            },
+        let Json::Object(fields) = Json::parse(&payload).ok()? else { return None };
+        // Go's encoding/json takes the last of the keys that fold to "sub" (any case, also
+        // U+017F 'ſ'); the filter took the first "sub". A payload with more than one, or with
+        // one spelled otherwise, names no one.
+        let mut subs = fields.into_iter().filter(|(k, _)| folds_to_sub(k));
+        match (subs.next(), subs.next()) {
+            (Some((k, Json::Str(s))), None) if k == "sub" => s,
             _ => return None,
         }
     } else {
         return None;
     };
     (!name.is_empty()).then_some(name)
+}
+
+fn folds_to_sub(key: &str) -> bool {
+    let folded: String = key.chars().map(|c| if c == '\u{17f}' { 's' } else { c.to_ascii_lowercase() }).collect();
+    folded == "sub"
 }
 
 /// A window opened for one principal and one `repository:tag` (kept in shared data, or in etcd:
@@ -226,6 +266,26 @@ mod tests {
     }
 
     #[test]
+    fn overriding_requests_carry_no_second_credential() {
+        let b = bg(r#"{"principals": ["a"]}"#).unwrap();
+        for h in ["cookie", "x-api-key", "private-token", "job-token", "x-jfrog-art-api", "proxy-authorization"] {
+            assert!(b.strips(h), "{h}");
+        }
+        assert!(!b.strips("authorization") && !b.strips("content-type"));
+        // The list replaces the default; Cookie always goes.
+        let b = bg(r#"{"principals": ["a"], "credential_headers": ["X-Corp-Key"]}"#).unwrap();
+        assert!(b.strips("x-corp-key") && b.strips("cookie") && !b.strips("x-api-key"));
+        for json in [
+            r#"{"principals": ["a"], "credential_headers": ["Authorization"]}"#,
+            r#"{"principals": ["a"], "credential_headers": ["a b"]}"#,
+            r#"{"principals": ["a"], "credential_headers": [""]}"#,
+            r#"{"principals": ["a"], "credential_headers": "x-api-key"}"#,
+        ] {
+            assert!(bg(json).unwrap_err().field.starts_with("break_glass.credential_headers"), "{json}");
+        }
+    }
+
+    #[test]
     fn grant_needs_everything_and_says_why_not() {
         let b = bg(r#"{"principals": ["release-admin"], "repositories": ["prod/**"], "actions": ["overwrite"]}"#).unwrap();
         assert_eq!(b.grant(Action::Overwrite, "prod/api", &ADMIN), Ok(()));
@@ -249,6 +309,18 @@ mod tests {
         assert_eq!(principal(&format!("Bearer {jwt}")), Some("release-admin".into()));
         assert_eq!(principal("Bearer opaque-token"), None);
         assert_eq!(principal("Bearer a.e30.b"), None, "no sub");
+        let bearer = |payload: &str| format!("Bearer e30.{}.c2ln", crate::base64::encode(payload.as_bytes()));
+        assert_eq!(principal(&bearer(r#"{"sub":"release-admin"}"#)), Some("release-admin".into()));
+        for two in [
+            r#"{"sub":"release-admin","sub":"mallory"}"#,
+            r#"{"sub":"release-admin","Sub":"mallory"}"#,
+            r#"{"sub":"release-admin","SUB":"mallory"}"#,
+            r#"{"sub":"release-admin","\u017fub":"mallory"}"#,
+            r#"{"sub":"release-admin","s\u0075b":"mallory"}"#,
+            r#"{"Sub":"release-admin"}"#,
+        ] {
+            assert_eq!(principal(&bearer(two)), None, "{two}");
+        }
         assert_eq!(principal("Basic !!"), None);
         assert_eq!(principal("Basic OnB3"), None, "empty user");
         assert_eq!(principal("Digest x"), None);

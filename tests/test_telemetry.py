@@ -4,12 +4,14 @@ method and the filter's outcome in the response code details, though it left the
 OPTIONS; a client cannot put a method of its own into that log."""
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 
 import stack
 from conftest import SAMPLE_POLICY
-from oci import make_manifest, put_manifest, request
+from oci import OCI_MANIFEST, current_digest, make_manifest, put_manifest, request, sha256
 
 
 def access_line(envoy: stack.Envoy, request_id: str, timeout: float = 10.0) -> str:
@@ -93,3 +95,140 @@ def test_an_unreachable_registry_logs_unavailable(stacks, own_registry, stop_on_
     line = access_line(envoy, down)
     assert f'"PUT /v2/{repo}/manifests/v1 ' in line and " 503 immutable_tags_unavailable " in line, line
     envoy.stop()
+
+
+# --- blob deletes (deletes.blobs) ----------------------------------------------------------
+
+
+def test_a_blob_delete_of_an_immutable_images_layer_is_refused_and_the_image_still_pulls(
+        stacks, registry, stop_on_headers, uid):
+    envoy = stacks.envoy(registry, SAMPLE_POLICY, stop_on_headers)
+    repo = f"blobs-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    assert put_manifest(envoy.url, repo, "v1", m1).status == 201
+    layer = json.loads(m1)["layers"][0]["digest"]
+    i = rid()
+    r = request(envoy.url, "DELETE", f"/v2/{repo}/blobs/{layer}", headers={"x-request-id": i})
+    assert r.status == 405, (r.status, r.body)
+    assert json.loads(r.body)["errors"][0]["code"] == "UNSUPPORTED"
+    assert f'"DELETE /v2/{repo}/blobs/{layer} ' in (line := access_line(envoy, i)), line
+    assert " 405 immutable_tags_refused " in line, line
+    # Encoded: the registry decodes the path, the filter too.
+    r = request(envoy.url, "DELETE", f"/v2/{repo}/blob%73/{layer}")
+    assert r.status == 405, (r.status, r.body)
+    # The image still pulls whole through Envoy.
+    r = request(envoy.url, "GET", f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert r.status == 200 and r.body == m1
+    assert request(envoy.url, "GET", f"/v2/{repo}/blobs/{layer}").status == 200
+    # Nothing else about blobs changed: an upload's cancel passes.
+    r = request(envoy.url, "POST", f"/v2/{repo}/blobs/uploads/")
+    assert r.status == 202
+    assert request(envoy.url, "DELETE", r.headers["location"].split(str(envoy.port), 1)[-1]).status == 204
+
+
+def test_blob_deletes_may_be_allowed_where_no_tag_can_be_immutable(stacks, registry, stop_on_headers, uid):
+    envoy = stacks.envoy(registry, dict(SAMPLE_POLICY, deletes={"blobs": "unprotected"}), stop_on_headers)
+    scratch, prod = f"dev/blobs-{uid}", f"blobs-{uid}"
+    for repo in (scratch, prod):
+        assert put_manifest(envoy.url, repo, "v1", make_manifest(registry.url, repo, repo)).status == 201
+    layer = lambda repo: json.loads(request(registry.url, "GET", f"/v2/{repo}/manifests/v1",
+                                            headers={"Accept": OCI_MANIFEST}).body)["layers"][0]["digest"]
+    assert request(envoy.url, "DELETE", f"/v2/{prod}/blobs/{layer(prod)}").status == 405
+    assert request(envoy.url, "DELETE", f"/v2/{scratch}/blobs/{layer(scratch)}").status == 202
+
+
+# --- credentials on an override (break-glass) ----------------------------------------------
+
+
+class CookieOrBasicRegistry:
+    """A registry front of the test's own that, like many registries behind a web UI, accepts a
+    session cookie as well as Basic credentials for writes; reads are anonymous, but an
+    anonymous `GET /v2/` is answered 401 (so the registry demands authentication). Everything
+    it accepts goes on to the real registry."""
+
+    USER, PASSWORD, COOKIE = "release-admin", "pw-admin", "session=valid-session"
+
+    def __init__(self, backend: stack.Registry):
+        import http.server
+        import threading
+
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def authenticated(self) -> bool:
+                want = "Basic " + base64.b64encode(f"{front.USER}:{front.PASSWORD}".encode()).decode()
+                return self.headers.get("Authorization") == want or front.COOKIE in (self.headers.get("Cookie") or "")
+
+            def handle_one(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                read = self.command in ("GET", "HEAD") and self.path != "/v2/"
+                if not read and not self.authenticated():
+                    msg = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="front"')
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization", "cookie")}
+                r = request(backend.url, self.command, self.path, body=body, headers=headers)
+                self.send_response(r.status)
+                for k, v in r.headers.items():
+                    if k not in ("content-length", "connection", "date", "server", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(r.body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_one
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_override_with_a_wrong_password_and_a_valid_cookie_is_refused(stacks, registry, stop_on_headers, uid):
+    front = CookieOrBasicRegistry(registry)
+    try:
+        policy = {"global": {"immutable_tags": True}, "break_glass": {"principals": ["release-admin"]}}
+        envoy = stacks.envoy(front, policy, stop_on_headers, fresh=True)
+        repo = f"prod/cookie-{uid}"
+        m1, m2 = make_manifest(registry.url, repo, "one"), make_manifest(registry.url, repo, "two")
+        admin = {"Authorization": "Basic " + base64.b64encode(b"release-admin:pw-admin").decode()}
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"release-admin:wrong").decode()}
+        cookie = {"Cookie": front.COOKIE}
+        # The front accepts either credential: a new tag pushed with the cookie alone is stored.
+        assert put_manifest(envoy.url, repo, "v1", m1, cookie).status == 201
+        assert current_digest(registry.url, repo, "v1") == sha256(m1)
+
+        reason = {"X-Break-Glass-Reason": "CVE-2026-0001"}
+        deadline = time.monotonic() + 15
+        while True:  # the root learns at start-up that the registry demands authentication
+            r = put_manifest(envoy.url, repo, "v1", m2, {**wrong, **cookie, **reason})
+            if b"could not learn" not in r.body or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        # The override's write carries only the Authorization its principal was read from:
+        # the registry refuses that, and the tag keeps its digest.
+        assert r.status == 401, (r.status, r.body)
+        assert current_digest(registry.url, repo, "v1") == sha256(m1)
+        # The right password overrides (the same request, nothing else changed).
+        r = put_manifest(envoy.url, repo, "v1", m2, {**admin, **cookie, **reason})
+        assert r.status == 201, (r.status, r.body)
+        assert current_digest(registry.url, repo, "v1") == sha256(m2)
+        envoy.stop()
+    finally:
+        front.stop()

@@ -29,7 +29,8 @@ use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
-use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
+use crate::config::BlobDeletes;
+use crate::request::{classify, may_name_blobs, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
 use break_glass::{self as bg, Asked, Grant, Granted, Lookup};
 use delete::DigestDelete;
 use host::{Host, Level};
@@ -42,11 +43,19 @@ use worker::Worker;
 /// and the outcome, so access logs and traces tell its answers from the registry's.
 pub fn details(status: u16) -> &'static str {
     match status {
-        409 => "immutable_tags_refused",
+        405 | 409 => "immutable_tags_refused",
         401 | 403 => "immutable_tags_unauthorized",
         500..=599 => "immutable_tags_unavailable",
         _ => "immutable_tags_invalid_request",
     }
+}
+
+/// Removes from the request every credential header break-glass strips (`Cookie`, API keys):
+/// the error of the first removal that failed.
+fn strip_credentials(h: &dyn Host, worker: &Option<Rc<Worker>>) -> Option<String> {
+    let bg = worker.as_ref()?.config.break_glass.as_ref()?;
+    let names = std::iter::once("cookie").chain(bg.credential_headers.iter().map(String::as_str));
+    names.filter_map(|n| h.remove_request_header(n).err()).next()
 }
 
 /// What a request callback tells the host.
@@ -119,7 +128,13 @@ impl Filter {
         // filter does not rewrite: a push sets the header or is refused).
         let _ = h.remove_request_header(push::METHOD_HEADER);
         let path = h.request_header(":path").unwrap_or_default();
-        may_name_manifests(&path).then_some(path)
+        if may_name_manifests(&path) {
+            return Some(path);
+        }
+        // A blob delete: one more header read, on blob paths only (an unreadable method is
+        // looked at closer).
+        let delete = may_name_blobs(&path) && h.request_header(":method").map_or(true, |m| m.eq_ignore_ascii_case("DELETE"));
+        delete.then_some(path)
     }
 
     /// A request that may name manifests (`path`, from [`Filter::first_look`]) at its headers.
@@ -131,7 +146,7 @@ impl Filter {
             return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
         }
         let request = classify(&method, &path);
-        if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::Invalid(_)) {
+        if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. } | Request::Invalid(_)) {
             self.count(h, Counter::RequestsChecked);
             self.request = RequestInfo {
                 method: Some(method),
@@ -141,7 +156,7 @@ impl Filter {
                 user_agent: h.request_header("user-agent"),
             };
         }
-        let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. });
+        let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. });
         let Some(worker) = self.worker.clone() else {
             if !needs_worker {
                 return Action::Continue;
@@ -172,7 +187,24 @@ impl Filter {
                 self.asked = Asked::read(&worker, &|n| h.request_header(n));
                 self.on_delete(h, &worker, repository, reference)
             }
+            Request::BlobDelete { repository } => self.on_blob_delete(h, &worker, &repository),
         }
+    }
+
+    /// A blob delete (`deletes.blobs`): unlinking a layer of an image behind an immutable tag
+    /// would make it unpullable, and the registry's garbage collection is the way blobs go.
+    fn on_blob_delete(&mut self, h: &dyn Host, worker: &Worker, repository: &str) -> Action {
+        let allowed = match worker.config.deletes.blobs {
+            BlobDeletes::Allow => true,
+            BlobDeletes::Unprotected => !worker.config.policy.may_protect_in(repository),
+            BlobDeletes::Refuse => false,
+        };
+        if allowed {
+            return Action::Continue;
+        }
+        let msg = "Blob deletes are refused here: the registry's garbage collection removes blobs no manifest references";
+        let err = OciError::new(405, "UNSUPPORTED", msg, json!({"repository": repository, "setting": "deletes.blobs"}));
+        self.refuse(h, &err, &[], From::Request)
     }
 
     fn on_put(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, tags: Vec<String>, end_of_stream: bool) -> Action {
@@ -495,6 +527,13 @@ impl Filter {
     fn unlocked(&mut self, h: &dyn Host, grant: Grant, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
         match grant {
             Grant::Yes(granted) => {
+                // The delete goes on as the client sent it, but with no credential other than
+                // the `Authorization` its principal was read from (as an overriding push).
+                if let (Some(w), Some(why)) = (self.worker.clone(), strip_credentials(h, &self.worker)) {
+                    bg::restore(h, &w, &granted);
+                    let msg = format!("The filter could not remove other credentials from the override ({why})");
+                    return self.refuse(h, &OciError::new(500, "UNKNOWN", msg, json!({})), &extra, from);
+                }
                 let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
                 let (repository, tag) = audit::subject(&err).map(|(r, t)| (r.to_string(), t.to_string())).unwrap_or_default();
                 self.state = State::Overridden { repository, tag, digest, granted: Box::new(granted) };

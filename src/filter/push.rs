@@ -680,7 +680,13 @@ impl Push {
     /// audit-mode path for a push that would have been refused (`claims` empty then).
     pub fn write(&mut self, host: &dyn Host, worker: &Worker, claims: Vec<TagClaim>) -> Next {
         let body = self.body.as_deref().unwrap_or_default();
-        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &self.client_headers, body) {
+        // An override was granted on the principal `Authorization` names: the write carries
+        // no other credential the registry might authenticate instead.
+        let mut headers = std::borrow::Cow::Borrowed(&self.client_headers);
+        if let (false, Some(bg)) = (self.overrides.is_empty(), &worker.config.break_glass) {
+            headers.to_mut().retain(|(k, _)| !bg.strips(k));
+        }
+        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &headers, body) {
             Ok(token) => {
                 self.phase = Phase::Writing { token, claims };
                 Next::Wait

@@ -1,6 +1,7 @@
 //! What Envoy's own telemetry sees of the filter (issue 23): the response code details of every
 //! local reply, and the client's method kept in a header the filter alone sets.
 use super::fake::{answer, FakeHost, Reply};
+use super::host::Host;
 use super::push::METHOD_HEADER;
 use super::worker::Worker;
 use super::{Action, Filter};
@@ -138,4 +139,128 @@ fn every_refusal_names_the_filter_and_its_outcome() {
     h.request("PUT", "/v2/app/manifests/v1", &[("x-http-method-override", "GET")]);
     on_headers(&mut f, &h, false);
     assert_eq!(h.details.borrow().as_slice(), ["immutable_tags_invalid_request"]);
+}
+
+// --- blob deletes (`deletes.blobs`) ------------------------------------------------------------
+
+/// A DELETE of a blob of `repository` under `policy`: the status answered (None: let through).
+fn blob_delete(policy: &str, repository: &str) -> Option<u16> {
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, policy)));
+    h.request("DELETE", &format!("/v2/{repository}/blobs/sha256:{}", "a".repeat(64)), &[]);
+    match on_headers(&mut f, &h, true) {
+        Action::Continue => {
+            assert!(h.reply().is_none());
+            None
+        }
+        Action::Pause => {
+            let r = h.reply().expect("an answer");
+            assert!(String::from_utf8_lossy(&r.body).contains("UNSUPPORTED"));
+            assert_eq!(h.details.borrow().as_slice(), ["immutable_tags_refused"]);
+            Some(r.status)
+        }
+    }
+}
+
+#[test]
+fn blob_deletes_are_refused_unless_allowed_where_no_tag_can_be_immutable() {
+    let scoped = |blobs: &str| {
+        format!(r#"{{"upstream": {{"cluster": "registry"}}, "deletes": {{"blobs": "{blobs}"}}, "repository": {{"prod": {{"immutable_tags": true}}}}}}"#)
+    };
+    // The default: refused everywhere, also where no tag is immutable.
+    assert_eq!(blob_delete(POLICY, "app"), Some(405));
+    assert_eq!(blob_delete(&scoped("refuse"), "scratch"), Some(405));
+    assert_eq!(blob_delete(&scoped("unprotected"), "prod/api"), Some(405));
+    assert_eq!(blob_delete(&scoped("unprotected"), "scratch"), None);
+    assert_eq!(blob_delete(&scoped("allow"), "prod/api"), None);
+    let rules = r#"{"upstream": {"cluster": "registry"}, "deletes": {"blobs": "unprotected"}, "rules": [{"repositories": {"matching": "team/**"}, "tags": {"matching": "v*"}}]}"#;
+    assert_eq!(blob_delete(rules, "team/app"), Some(405));
+    assert_eq!(blob_delete(rules, "other"), None);
+}
+
+#[test]
+fn a_blob_delete_without_configuration_is_refused() {
+    let h = FakeHost::new();
+    let mut f = Filter::new(None);
+    h.request("DELETE", &format!("/v2/app/blobs/sha256:{}", "a".repeat(64)), &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
+    assert_eq!(h.reply().unwrap().status, 503);
+}
+
+#[test]
+fn blob_reads_and_uploads_cost_one_more_header_read_and_pass() {
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, POLICY)));
+    for (method, path) in [("GET", "/v2/app/blobs/sha256:00"), ("PATCH", "/v2/app/blobs/uploads/x"), ("DELETE", "/v2/app/blobs/uploads/x")] {
+        h.request(method, path, &[]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+        assert!(h.reply().is_none());
+    }
+}
+
+// --- credentials on an override (break-glass) ----------------------------------------------------
+
+const BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "break_glass": {"principals": ["admin"]}}"#;
+/// `Basic admin:pw`.
+const ADMIN: (&str, &str) = ("authorization", "Basic YWRtaW46cHc=");
+const REASON: (&str, &str) = ("x-break-glass-reason", "CVE-2026-1 in v1");
+const OTHER_CREDENTIALS: [(&str, &str); 3] = [("cookie", "session=valid"), ("x-api-key", "k"), ("private-token", "t")];
+
+fn bg_worker(h: &FakeHost) -> Rc<Worker> {
+    let w = worker(h, BG);
+    w.registry_auth.set(Some((true, h.now_ms())));
+    w
+}
+
+#[test]
+fn an_overriding_write_carries_only_the_credential_its_principal_was_read_from() {
+    let h = FakeHost::new();
+    let w = bg_worker(&h);
+    let mut f = Filter::new(Some(w));
+    let len = M2.len().to_string();
+    let mut headers = vec![("content-length", len.as_str()), ADMIN, REASON];
+    headers.extend_from_slice(&OTHER_CREDENTIALS);
+    h.request("PUT", "/v2/app/manifests/v1", &headers);
+    on_headers(&mut f, &h, false);
+    respond(&mut f, &h, answer(200, &[("docker-content-digest", &sha(M1))], b""));
+    h.body.borrow_mut().extend_from_slice(M2);
+    f.on_request_body(&h, M2.len(), true);
+    let put = h.calls_with("PUT").pop().expect("the override is written");
+    assert_eq!(put.header("authorization"), Some(ADMIN.1));
+    for (k, _) in OTHER_CREDENTIALS {
+        assert_eq!(put.header(k), None, "{k}");
+    }
+    assert_eq!(put.header("x-break-glass-reason"), Some(REASON.1));
+}
+
+#[test]
+fn a_write_without_override_carries_the_clients_headers() {
+    let (_, status, h) = push(BG, M1, None, 201, &OTHER_CREDENTIALS);
+    assert_eq!(status, 201);
+    let put = h.calls_with("PUT").pop().unwrap();
+    for (k, v) in OTHER_CREDENTIALS {
+        assert_eq!(put.header(k), Some(v), "{k}");
+    }
+}
+
+#[test]
+fn an_overriding_delete_goes_on_without_other_credentials() {
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(bg_worker(&h)));
+    let mut headers = vec![ADMIN, REASON];
+    headers.extend_from_slice(&OTHER_CREDENTIALS);
+    h.request("DELETE", "/v2/app/manifests/v1", &headers);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue, "granted");
+    assert!(h.reply().is_none());
+    assert_eq!(h.request_header_value("authorization").as_deref(), Some(ADMIN.1));
+    for (k, _) in OTHER_CREDENTIALS {
+        assert_eq!(h.request_header_value(k), None, "{k}");
+    }
+    // The removal cannot be made: refused, not sent with them.
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(bg_worker(&h)));
+    h.request("DELETE", "/v2/app/manifests/v1", &headers);
+    h.refuse_header_writes.set(true);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
+    assert_eq!(h.reply().unwrap().status, 500);
 }
