@@ -232,3 +232,68 @@ def test_an_override_with_a_wrong_password_and_a_valid_cookie_is_refused(stacks,
         envoy.stop()
     finally:
         front.stop()
+
+
+# --- filter order, shipped and checked ---------------------------------------------------------
+
+import yaml  # noqa: E402
+
+ENVOY_DIR = stack.ROOT / "envoy"
+# Envoy Gateway's default HTTP filter order (internal/xds/translator/httpfilters.go,
+# newOrderedHTTPFilter; /work/shared/notes/gateway-facts.md).
+EG_DEFAULT_ORDER = [
+    "custom_response", "health_check", "fault", "cors", "csrf", "header_mutation", "ext_authz",
+    "api_key_auth", "basic_auth", "oauth2", "jwt_authn", "session_persistence", "buffer", "lua",
+    "ext_proc", "wasm", "dynamic_modules", "geoip", "rbac", "local_ratelimit", "ratelimit",
+    "bandwidth_limit", "grpc_web", "grpc_stats", "credential_injector", "compressor",
+    "dynamic_forward_proxy", "router",
+]
+# Filters that judge, count or change a request: the wasm filter must come after each.
+MUST_PRECEDE = ["ext_authz", "api_key_auth", "basic_auth", "oauth2", "jwt_authn", "rbac",
+                "local_ratelimit", "ratelimit", "bandwidth_limit", "credential_injector"]
+# What may follow it before the router: neither judges nor changes requests.
+MAY_FOLLOW = {"compressor", "dynamic_forward_proxy"}
+
+
+def eg_order(filter_order: list[dict]) -> list[str]:
+    """Envoy Gateway's order after `EnvoyProxy.spec.filterOrder` (each entry moves one filter
+    right before or after another, in turn)."""
+    order = list(EG_DEFAULT_ORDER)
+    short = lambda n: n.removeprefix("envoy.filters.http.")
+    for entry in filter_order:
+        name = short(entry["name"])
+        order.remove(name)
+        if "after" in entry:
+            order.insert(order.index(short(entry["after"])) + 1, name)
+        else:
+            order.insert(order.index(short(entry["before"])), name)
+    return order
+
+
+def test_envoy_gateway_example_puts_the_filter_last_before_the_router():
+    docs = list(yaml.safe_load_all((ENVOY_DIR / "envoy-gateway" / "immutable-tags.yaml").read_text()))
+    proxies = [d for d in docs if d["kind"] == "EnvoyProxy"]
+    assert len(proxies) == 1, "the example ships the EnvoyProxy that orders the filters"
+    order = eg_order(proxies[0]["spec"]["filterOrder"])
+    wasm = order.index("wasm")
+    for f in MUST_PRECEDE:
+        assert order.index(f) < wasm, (f, order)
+    assert set(order[wasm + 1:-1]) <= MAY_FOLLOW, order
+    # Without it, the default order would not do.
+    default = EG_DEFAULT_ORDER.index("wasm")
+    assert any(EG_DEFAULT_ORDER.index(f) > default for f in MUST_PRECEDE)
+
+
+def test_istio_example_runs_the_filter_after_authorization():
+    docs = list(yaml.safe_load_all((ENVOY_DIR / "istio" / "immutable-tags.yaml").read_text()))
+    (plugin,) = [d for d in docs if d["kind"] == "WasmPlugin"]
+    # AUTHN and AUTHZ insert before Istio's authentication / authorization; STATS after both
+    # (only Istio's stats filter follows); unset: at the end, before the router.
+    assert plugin["spec"].get("phase", "UNSPECIFIED_PHASE") in ("STATS", "UNSPECIFIED_PHASE")
+
+
+def test_envoy_yaml_puts_the_filter_last_before_the_router():
+    cfg = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names[-2:] == ["immutable-tags", "envoy.filters.http.router"], names
