@@ -208,9 +208,11 @@ pub struct Window {
 }
 
 impl Window {
-    /// Its shared-data key (etcd's: `crate::etcd::window_key`).
-    pub fn key(repository: &str, tag: &str) -> String {
-        format!("immutable_tags.break_glass/{repository}:{tag}")
+    /// Its shared-data key, one per tag and principal as in etcd (`crate::etcd::window_key`),
+    /// so that one principal's read does not replace another's window. Names and tags hold no
+    /// ':', so the principal is all that follows the second.
+    pub fn key(repository: &str, tag: &str, principal: &str) -> String {
+        format!("immutable_tags.break_glass/{repository}:{tag}:{principal}")
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -337,8 +339,9 @@ mod tests {
     #[test]
     fn each_tag_has_its_own_window_key() {
         // A shared key would let a window opened for one tag serve another.
-        assert_eq!(Window::key("team/app", "v1"), "immutable_tags.break_glass/team/app:v1");
-        assert_ne!(Window::key("team/app", "v1"), Window::key("team/app", "v2"));
-        assert_ne!(Window::key("team/app", "v1"), Window::key("team/api", "v1"));
+        assert_eq!(Window::key("team/app", "v1", "admin"), "immutable_tags.break_glass/team/app:v1:admin");
+        assert_ne!(Window::key("team/app", "v1", "a"), Window::key("team/app", "v2", "a"));
+        assert_ne!(Window::key("team/app", "v1", "a"), Window::key("team/api", "v1", "a"));
+        assert_ne!(Window::key("team/app", "v1", "a"), Window::key("team/app", "v1", "b"));
     }
 }

@@ -264,3 +264,31 @@ fn an_overriding_delete_goes_on_without_other_credentials() {
     assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
     assert_eq!(h.reply().unwrap().status, 500);
 }
+
+// --- break-glass windows in shared data: one per principal ---------------------------------
+
+#[test]
+fn one_principals_window_does_not_replace_anothers() {
+    let h = FakeHost::new();
+    let policy = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "break_glass": {"principals": ["admin", "sre"]}}"#;
+    let w = worker(&h, policy);
+    w.registry_auth.set(Some((true, h.now_ms())));
+    // admin, then sre, open a window on app:v1 by a read carrying the reason.
+    for who in [ADMIN, ("authorization", "Basic c3JlOnB3")] {
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("GET", "/v2/app/manifests/v1", &[who, REASON]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+        *h.response_headers.borrow_mut() = vec![(":status".to_string(), "200".to_string())];
+        assert_eq!(f.on_response_headers(&h), Action::Continue);
+        f.on_done(&h);
+    }
+    // admin's overwrite, without the header (skopeo cannot send it), uses admin's window.
+    let mut f = Filter::new(Some(w));
+    let len = M2.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1", &[("content-length", len.as_str()), ADMIN]);
+    on_headers(&mut f, &h, false);
+    respond(&mut f, &h, answer(200, &[("docker-content-digest", &sha(M1))], b""));
+    h.body.borrow_mut().extend_from_slice(M2);
+    f.on_request_body(&h, M2.len(), true);
+    assert_eq!(h.calls_with("PUT").len(), 1, "{:?}", h.reply().map(|r| String::from_utf8_lossy(&r.body).to_string()));
+}
