@@ -74,6 +74,8 @@ pub struct Filter {
     request: RequestInfo,
     /// What a delete asks of break-glass, read at its headers.
     asked: Asked,
+    /// The client's `:authority`, read at a checked write's headers (`Worker::map_key`).
+    authority: Option<String>,
 }
 
 enum State {
@@ -83,13 +85,16 @@ enum State {
     Push(Box<Push>),
     /// A delete by digest, being checked against the repository's immutable tags.
     Delete(Box<DigestDelete>),
-    /// A delete by digest let through; on success the map forgets tags pointing to it.
+    /// A delete by digest let through; on success the map forgets tags pointing to it
+    /// (`repository`: the map's key, `Worker::map_key`).
     Deleting { repository: String, digest: Digest },
-    /// A read of an immutable tag with `pin_immutable_pulls`; `pinned`: sent by digest.
+    /// A read of an immutable tag with `pin_immutable_pulls`; `pinned`: sent by digest
+    /// (`repository`: the map's key, `Worker::map_key`).
     Pull { repository: String, tag: String, pinned: bool },
     /// Answered locally.
     Done,
-    /// A refused delete let through by break-glass: logged once the registry accepted it.
+    /// A refused delete let through by break-glass: logged once the registry accepted it
+    /// (`repository`: the map's key, `Worker::map_key`).
     Overridden { repository: String, tag: String, digest: Option<Digest>, granted: Box<Granted> },
     /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
     Window { repository: String, tag: String },
@@ -109,7 +114,7 @@ enum From {
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default() }
+        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default(), authority: None }
     }
 
     fn count(&self, h: &dyn Host, counter: Counter) {
@@ -155,6 +160,7 @@ impl Filter {
                 client_address: h.property(&["source", "address"]),
                 user_agent: h.request_header("user-agent"),
             };
+            self.authority = h.request_header(":authority");
         }
         let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. });
         let Some(worker) = self.worker.clone() else {
@@ -173,8 +179,9 @@ impl Filter {
         }
         match request {
             Request::ManifestRead { repository, reference: Reference::Tag(tag) } if worker.config.pin_immutable_pulls => {
-                if let Some(pinned) = pull::on_read(h, &worker, &repository, &tag, &path) {
-                    self.state = State::Pull { repository, tag, pinned };
+                let key = worker.map_key(&repository, h.request_header(":authority").as_deref());
+                if let Some(pinned) = pull::on_read(h, &worker, &repository, &key, &tag, &path) {
+                    self.state = State::Pull { repository: key, tag, pinned };
                 }
                 Action::Continue
             }
@@ -311,7 +318,7 @@ impl Filter {
                 self.push_next(h, next, from)
             }
             State::Delete(d) => {
-                self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
+                self.state = State::Deleting { repository: d.map_key(&worker), digest: d.digest().clone() };
                 self.resume(h, from, "audit")
             }
             other => {
@@ -505,8 +512,8 @@ impl Filter {
                 None => self.refuse(h, &err, &extra, from),
             },
             delete::Next::Allow => {
-                if let State::Delete(d) = &self.state {
-                    self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
+                if let (State::Delete(d), Some(w)) = (&self.state, &self.worker) {
+                    self.state = State::Deleting { repository: d.map_key(w), digest: d.digest().clone() };
                 }
                 self.resume(h, from, "delete check")
             }
@@ -535,7 +542,10 @@ impl Filter {
                     return self.refuse(h, &OciError::new(500, "UNKNOWN", msg, json!({})), &extra, from);
                 }
                 let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
-                let (repository, tag) = audit::subject(&err).map(|(r, t)| (r.to_string(), t.to_string())).unwrap_or_default();
+                let (repository, tag) = audit::subject(&err).unwrap_or_default();
+                let authority = self.authority.as_deref();
+                let repository = self.worker.as_ref().map_or_else(|| repository.to_string(), |w| w.map_key(repository, authority));
+                let tag = tag.to_string();
                 self.state = State::Overridden { repository, tag, digest, granted: Box::new(granted) };
                 self.resume(h, from, "break-glass")
             }

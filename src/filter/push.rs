@@ -45,6 +45,8 @@ pub const METHOD_HEADER: &str = "x-immutable-tags-method";
 
 pub struct Push {
     pub repository: String,
+    /// `repository` as the map knows it (`Worker::map_key`).
+    map_key: String,
     /// The tag in the path: only it is known to be written by a 2xx (a registry may ignore
     /// `?tag=`, as distribution 2.8 does).
     path_tag: Option<String>,
@@ -194,8 +196,10 @@ impl Push {
             authorization: header("authorization").map(str::to_string),
         };
         let asked = Asked::read(worker, &|n| header(n).map(str::to_string));
+        let map_key = worker.map_key(&repository, caller.authority.as_deref());
         let mut push = Push {
             repository,
+            map_key,
             path_tag,
             path,
             tags: Vec::new(),
@@ -212,7 +216,7 @@ impl Push {
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
-            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.repository, &tag, now));
+            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.map_key, &tag, now));
             worker.count(host, if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
             let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
             let from_map = cached.is_some();
@@ -393,7 +397,7 @@ impl Push {
         match answer {
             Current::Present(d) => {
                 if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                    c.put(&self.repository, &check.tag, d.clone(), host.now_ms());
+                    c.put(&self.map_key, &check.tag, d.clone(), host.now_ms());
                 }
                 check.lookup = Lookup::Known(Some(d));
             }
@@ -636,7 +640,7 @@ impl Push {
             }
         }
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-            cache.forget(&self.repository, tag);
+            cache.forget(&self.map_key, tag);
         }
         match self.ask_again(host, worker, tag) {
             Ok(()) => Next::Wait,
@@ -707,7 +711,7 @@ impl Push {
         let forget_all = |worker: &Worker| {
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
-                    cache.forget(&self.repository, t);
+                    cache.forget(&self.map_key, t);
                 }
             }
         };
@@ -733,8 +737,8 @@ impl Push {
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
                     match (&digest, Some(t) == path_tag.as_ref()) {
-                        (Some(d), true) if status == 201 => cache.put_from(&self.repository, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
-                        _ => cache.forget(&self.repository, t),
+                        (Some(d), true) if status == 201 => cache.put_from(&self.map_key, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
+                        _ => cache.forget(&self.map_key, t),
                     }
                 }
             }
@@ -781,7 +785,7 @@ impl Push {
             host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", self.repository));
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &self.tags {
-                    cache.forget(&self.repository, &t.tag);
+                    cache.forget(&self.map_key, &t.tag);
                 }
             }
         }

@@ -292,3 +292,50 @@ fn one_principals_window_does_not_replace_anothers() {
     f.on_request_body(&h, M2.len(), true);
     assert_eq!(h.calls_with("PUT").len(), 1, "{:?}", h.reply().map(|r| String::from_utf8_lossy(&r.body).to_string()));
 }
+
+// --- the map keys by the registry's host when the client's :authority picks it ---------------
+
+/// Pushes `body` to `app:v1` through `authority`; the registry holds `holds` there. Returns the
+/// status and whether a HEAD was sent.
+fn push_via(h: &FakeHost, w: &Rc<Worker>, authority: &str, body: &[u8], holds: Option<&[u8]>) -> (u16, bool) {
+    let mut f = Filter::new(Some(w.clone()));
+    let len = body.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1", &[("content-length", len.as_str())]);
+    h.set_request_header(":authority", authority).unwrap();
+    h.calls.borrow_mut().clear();
+    h.replies.borrow_mut().clear();
+    on_headers(&mut f, h, false);
+    let headed = !h.calls_with("HEAD").is_empty();
+    if headed {
+        let head = match holds {
+            Some(b) => answer(200, &[("docker-content-digest", &sha(b))], b""),
+            None => answer(404, &[], b""),
+        };
+        respond(&mut f, h, head);
+    }
+    h.body.borrow_mut().extend_from_slice(body);
+    f.on_request_body(h, body.len(), true);
+    while !h.pending.borrow().is_empty() {
+        respond(&mut f, h, answer(201, &[("docker-content-digest", &sha(body))], b""));
+    }
+    f.on_done(h);
+    (h.reply().expect("an answer").status, headed)
+}
+
+#[test]
+fn a_digest_learned_on_one_host_does_not_answer_for_another() {
+    // One cluster serving two registries by host, upstream.authority unset: a.example holds M1
+    // at app:v1, b.example holds M2 there.
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push_via(&h, &w, "a.example", M1, Some(M1)), (201, true));
+    // b's tag is M2: pushing M1 there is an overwrite, whatever a's map entry says.
+    assert_eq!(push_via(&h, &w, "b.example", M1, Some(M2)), (409, true), "asked b, not a's entry");
+    // The same host in another case is the same key.
+    assert!(!push_via(&h, &w, "A.EXAMPLE", M1, Some(M1)).1, "a's entry answers");
+    // With upstream.authority set every call goes to that host: one key.
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry", "authority": "r.internal"}, "global": {"immutable_tags": true}}"#);
+    assert_eq!(push_via(&h, &w, "a.example", M1, Some(M1)), (201, true));
+    assert_eq!(push_via(&h, &w, "b.example", M1, Some(M1)), (201, false));
+}
