@@ -204,7 +204,7 @@ fn only_entries_from_the_filter_s_own_head_or_write_back_a_digest_delete() {
     let h = FakeHost::new();
     let w = worker(&h);
     assert_eq!(push(&h, &w, LIST, LIST), (1, 201));
-    w.cache.borrow_mut().forget("registry.test/app", "v1");
+    w.cache.borrow_mut().forget("registry.test\napp", "v1");
     let mut f = Filter::new(Some(w.clone()));
     h.request("PUT", "/v2/app/manifests/v1", &[("content-type", V2)]);
     on_headers(&mut f, &h, false);

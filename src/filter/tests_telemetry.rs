@@ -333,6 +333,8 @@ fn a_digest_learned_on_one_host_does_not_answer_for_another() {
     assert_eq!(push_via(&h, &w, "b.example", M1, Some(M2)), (409, true), "asked b, not a's entry");
     // The same host in another case is the same key.
     assert!(!push_via(&h, &w, "A.EXAMPLE", M1, Some(M1)).1, "a's entry answers");
+    // No host and repository spell another's key.
+    assert_ne!(w.map_key("app", Some("a.example/x")), w.map_key("x/app", Some("a.example")));
     // With upstream.authority set every call goes to that host: one key.
     let h = FakeHost::new();
     let w = worker(&h, r#"{"upstream": {"cluster": "registry", "authority": "r.internal"}, "global": {"immutable_tags": true}}"#);

@@ -51,7 +51,8 @@ impl Worker {
     /// only ever refuses or asks the registry again.)
     pub fn map_key(&self, repository: &str, authority: Option<&str>) -> String {
         match (&self.config.upstream.authority, authority) {
-            (None, Some(a)) => format!("{}/{repository}", a.trim().to_ascii_lowercase()),
+            // A line break: in no header value, so no host and repository can spell another's.
+            (None, Some(a)) => format!("{}\n{repository}", a.trim().to_ascii_lowercase()),
             _ => repository.to_string(),
         }
     }
