@@ -59,6 +59,9 @@ pub struct BreakGlass {
     pub reason_header: String,
     /// Lower-case: stripped from an overriding write, with `cookie`.
     pub credential_headers: Vec<String>,
+    /// `payload_in_metadata` of Envoy's jwt_authn provider: the `sub` it verified is a
+    /// principal proven by Envoy (`None`: only the registry proves).
+    pub jwt_authn_payload: Option<String>,
 }
 
 /// What a refused request brings to the exception.
@@ -70,6 +73,8 @@ pub struct Ask<'a> {
     pub reason: Option<&'a str>,
     /// Whether the registry demands authentication (`None`: unknown).
     pub registry_auth: Option<bool>,
+    /// The principal is the `sub` Envoy's jwt_authn verified: proven without the registry.
+    pub verified: bool,
 }
 
 fn err(field: &str, value: &str, reason: &str) -> ConfigError {
@@ -80,7 +85,7 @@ fn err(field: &str, value: &str, reason: &str) -> ConfigError {
 impl BreakGlass {
     /// Reads the `break_glass` object; errors name `break_glass.<field>` and the value.
     pub fn read(v: &Json) -> Result<BreakGlass, ConfigError> {
-        let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header", "credential_headers"])?;
+        let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header", "credential_headers", "jwt_authn_payload"])?;
         let principals = f.strings_or_empty("principals")?;
         let repositories = f.strings_or_empty("repositories")?;
         let names = f.strings_or_empty("actions")?;
@@ -123,7 +128,11 @@ impl BreakGlass {
         // The exclusion matcher's code, reused: "excluded" reads "selected" here.
         let matcher = if res.is_empty() { None } else { Some(Exclusions::compile(&res).map_err(|(_, why)| err("repositories", "", &why))?) };
         let credential_headers = credential_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
-        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase(), credential_headers })
+        let jwt_authn_payload = f.opt_string("jwt_authn_payload")?;
+        if jwt_authn_payload.as_deref() == Some("") {
+            return Err(err("jwt_authn_payload", "", "must name the jwt_authn provider's payload_in_metadata"));
+        }
+        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase(), credential_headers, jwt_authn_payload })
     }
 
     /// Whether `action` on `repository` can be overridden at all (by someone), or why not.
@@ -159,6 +168,9 @@ impl BreakGlass {
         };
         if !self.principals.iter().any(|x| x == p) {
             return Err(format!("principal '{p}' is not in break_glass.principals"));
+        }
+        if ask.verified {
+            return Ok(());
         }
         match ask.registry_auth {
             Some(true) => Ok(()),
@@ -241,7 +253,7 @@ mod tests {
         BreakGlass::read(&Json::parse(json.as_bytes()).unwrap())
     }
 
-    const ADMIN: Ask = Ask { principal: Some("release-admin"), reason: Some("CVE-2026-1"), registry_auth: Some(true) };
+    const ADMIN: Ask = Ask { principal: Some("release-admin"), reason: Some("CVE-2026-1"), registry_auth: Some(true), verified: false };
 
     #[test]
     fn config_defaults_and_errors_name_the_field() {
@@ -300,6 +312,9 @@ mod tests {
         assert!(why(Action::Overwrite, "prod/api", Ask { principal: None, ..ADMIN }).contains("names no principal"));
         assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: Some(false), ..ADMIN }).contains("unproven"));
         assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: None, ..ADMIN }).contains("could not learn"));
+        // A principal Envoy's jwt_authn verified needs no proof from the registry.
+        assert!(b.grant(Action::Overwrite, "prod/api", &Ask { registry_auth: Some(false), verified: true, ..ADMIN }).is_ok());
+        assert!(why(Action::Overwrite, "prod/api", Ask { principal: Some("bob"), verified: true, ..ADMIN }).contains("not in break_glass.principals"));
     }
 
     #[test]

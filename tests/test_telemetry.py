@@ -297,3 +297,69 @@ def test_envoy_yaml_puts_the_filter_last_before_the_router():
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     names = [f["name"] for f in hcm["http_filters"]]
     assert names[-2:] == ["immutable-tags", "envoy.filters.http.router"], names
+
+
+# --- break-glass: identities verified by Envoy's jwt_authn ---------------------------------
+
+
+def test_a_principal_verified_by_envoys_jwt_authn_overrides_on_a_registry_without_auth(
+        workdir, registry, stop_on_headers, uid):
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def b64u(n: int) -> str:
+        return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+    key, stranger = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    pub = key.public_key().public_numbers()
+    jwks = {"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "k1", "n": b64u(pub.n), "e": b64u(pub.e)}]}
+
+    def bearer(sub: str, signer=key) -> dict:
+        token = jwt.encode({"iss": "https://issuer.test", "sub": sub}, signer, algorithm="RS256", headers={"kid": "k1"})
+        return {"Authorization": f"Bearer {token}"}
+
+    policy = {"global": {"immutable_tags": True},
+              "break_glass": {"principals": ["release-admin"], "jwt_authn_payload": "jwt_payload"}}
+    port, admin = stack.free_port(), stack.free_port()
+    cfg = stack.envoy_config(policy, port, admin, registry.port, stop_on_headers=stop_on_headers)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    # Envoy verifies tokens and passes their payloads on (allow_missing_or_failed: the filter
+    # decides); the wasm filter stays last before the router.
+    hcm["http_filters"].insert(0, {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"test": {"issuer": "https://issuer.test", "local_jwks": {"inline_string": json.dumps(jwks)},
+                               "payload_in_metadata": "jwt_payload", "forward": True}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"allow_missing_or_failed": {}}}]}})
+    envoy = stack.Envoy(workdir, cfg, port, admin).start()
+    try:
+        repo = f"prod/jwt-{uid}"
+        m1, m2 = make_manifest(registry.url, repo, "one"), make_manifest(registry.url, repo, "two")
+        reason = {"X-Break-Glass-Reason": "CVE-2026-0001"}
+        assert put_manifest(envoy.url, repo, "v1", m1).status == 201
+
+        def why(r) -> str:
+            return json.loads(r.body)["errors"][0]["detail"].get("break_glass") or ""
+
+        # The same claim signed by a key Envoy does not know: not verified, and the registry
+        # (no auth) proves nobody.
+        deadline = time.monotonic() + 15
+        while True:
+            r = put_manifest(envoy.url, repo, "v1", m2, {**bearer("release-admin", stranger), **reason})
+            if "could not learn" not in why(r) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status == 409 and "unproven" in why(r), (r.status, r.body)
+        # Verified, but not listed.
+        r = put_manifest(envoy.url, repo, "v1", m2, {**bearer("bob"), **reason})
+        assert r.status == 409 and "principal 'bob' is not in" in why(r), (r.status, r.body)
+        assert current_digest(registry.url, repo, "v1") == sha256(m1)
+        # Verified and listed: the override goes through, in that principal's name.
+        r = put_manifest(envoy.url, repo, "v1", m2, {**bearer("release-admin"), **reason})
+        assert r.status == 201, (r.status, r.body)
+        assert current_digest(registry.url, repo, "v1") == sha256(m2)
+        deadline = time.monotonic() + 5
+        while '"principal":"release-admin"' not in envoy.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert '"event":"immutable_tags.break_glass"' in envoy.log()
+    finally:
+        envoy.stop()

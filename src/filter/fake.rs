@@ -81,6 +81,8 @@ pub struct FakeHost {
     pub dispatch_error_method: RefCell<Option<String>>,
     /// Header writes fail.
     pub refuse_header_writes: Cell<bool>,
+    /// The `sub` of the payload Envoy's jwt_authn verified, under any `payload_in_metadata`.
+    pub jwt_authn_sub: RefCell<Option<String>>,
     pub pending: RefCell<VecDeque<u32>>,
 }
 
@@ -188,6 +190,7 @@ impl Host for FakeHost {
         match path {
             ["source", "address"] => Some("127.0.0.1:40000".to_string()),
             ["response", "code_details"] => self.code_details.borrow().clone(),
+            ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", _, "sub"] => self.jwt_authn_sub.borrow().clone(),
             _ => None,
         }
     }

@@ -171,7 +171,7 @@ impl Filter {
             return self.refuse(h, &err, &[], From::Request);
         };
         if matches!(request, Request::ManifestRead { reference: Reference::Tag(_), .. }) && worker.config.break_glass.is_some() {
-            self.asked = Asked::read(&worker, &|n| h.request_header(n));
+            self.asked = Asked::read(&worker, &|n| h.request_header(n)).verify(h, &worker);
             if let (Some(_), Request::ManifestRead { repository, reference: Reference::Tag(tag) }) = (&self.asked.reason, &request) {
                 self.state = State::Window { repository: repository.clone(), tag: tag.clone() };
                 return Action::Continue;
@@ -191,7 +191,7 @@ impl Filter {
                 self.on_put(h, &worker, repository, reference, tags, end_of_stream)
             }
             Request::ManifestDelete { repository, reference } => {
-                self.asked = Asked::read(&worker, &|n| h.request_header(n));
+                self.asked = Asked::read(&worker, &|n| h.request_header(n)).verify(h, &worker);
                 self.on_delete(h, &worker, repository, reference)
             }
             Request::BlobDelete { repository } => self.on_blob_delete(h, &worker, &repository),

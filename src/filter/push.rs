@@ -195,7 +195,7 @@ impl Push {
             authority: header(":authority").map(str::to_string),
             authorization: header("authorization").map(str::to_string),
         };
-        let asked = Asked::read(worker, &|n| header(n).map(str::to_string));
+        let asked = Asked::read(worker, &|n| header(n).map(str::to_string)).verify(host, worker);
         let map_key = worker.map_key(&repository, caller.authority.as_deref());
         let mut push = Push {
             repository,

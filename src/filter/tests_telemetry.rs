@@ -341,3 +341,41 @@ fn a_digest_learned_on_one_host_does_not_answer_for_another() {
     assert_eq!(push_via(&h, &w, "a.example", M1, Some(M1)), (201, true));
     assert_eq!(push_via(&h, &w, "b.example", M1, Some(M1)), (201, false));
 }
+
+// --- break-glass: a principal verified by Envoy's jwt_authn -----------------------------------
+
+#[test]
+fn a_principal_verified_by_jwt_authn_needs_no_proof_from_the_registry() {
+    let policy = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+      "break_glass": {"principals": ["admin"], "jwt_authn_payload": "jwt_payload"}}"#;
+    // The registry demands no authentication: only Envoy's verification proves anyone.
+    let overwrite = |sub: Option<&str>, auth: (&str, &str)| {
+        let h = FakeHost::new();
+        let w = worker(&h, policy);
+        w.registry_auth.set(Some((false, h.now_ms())));
+        *h.jwt_authn_sub.borrow_mut() = sub.map(str::to_string);
+        let mut f = Filter::new(Some(w));
+        let len = M2.len().to_string();
+        h.request("PUT", "/v2/app/manifests/v1", &[("content-length", len.as_str()), auth, REASON]);
+        on_headers(&mut f, &h, false);
+        respond(&mut f, &h, answer(200, &[("docker-content-digest", &sha(M1))], b""));
+        h.body.borrow_mut().extend_from_slice(M2);
+        f.on_request_body(&h, M2.len(), true);
+        let written = !h.calls_with("PUT").is_empty();
+        let why = h.reply().map(|r| r.json()["errors"][0]["detail"]["break_glass"].as_str().unwrap_or("").to_string());
+        (written, why)
+    };
+    assert!(overwrite(Some("admin"), ("authorization", "Bearer x")).0);
+    // Verified, but not listed; or only claimed (Basic admin): refused.
+    assert!(overwrite(Some("bob"), ADMIN).1.unwrap().contains("principal 'bob' is not in"));
+    assert!(overwrite(None, ADMIN).1.unwrap().contains("unproven"));
+    // Without the setting the metadata is not read at all.
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    w.registry_auth.set(Some((false, h.now_ms())));
+    *h.jwt_authn_sub.borrow_mut() = Some("admin".into());
+    let mut f = Filter::new(Some(w));
+    h.request("DELETE", "/v2/app/manifests/v1", &[("authorization", "Bearer x"), REASON]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
+    assert_eq!(h.reply().unwrap().status, 409);
+}

@@ -97,7 +97,7 @@ fn opened(host: &dyn Host, repository: &str, tag: &str, principal: Option<&str>,
 /// until `on_open_response` says it is done.
 pub fn open(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked: &Asked) -> Option<Opening> {
     let bg = worker.config.break_glass.as_ref()?;
-    let ask = Ask { principal: asked.principal.as_deref(), reason: asked.reason.as_deref(), registry_auth: registry_auth(host, worker) };
+    let ask = Ask { principal: asked.principal.as_deref(), reason: asked.reason.as_deref(), registry_auth: registry_auth(host, worker), verified: asked.verified };
     // Any action the exception allows: the push or delete that uses the window is judged again.
     let why = bg.grant(bg.actions.first().copied().unwrap_or(Action::Overwrite), repository, &ask).err();
     let w = Window { principal: asked.principal.clone().unwrap_or_default(), reason: asked.reason.clone().unwrap_or_default(), expires_ms: host.now_ms() + WINDOW_MS };
