@@ -11,7 +11,7 @@ use crate::claims::{self, Claim, Slot, MAX_RECORDS};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::policy::is_signature_tag;
-use crate::request::{classify, is_valid_name, is_valid_tag, may_name_manifests, Reference, Request};
+use crate::request::{classify, is_valid_name, is_valid_tag, may_name_blobs, may_name_manifests, Reference, Request};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -191,7 +191,7 @@ proptest! {
     fn classify_never_panics(m in method(), path in hostile_path(), noise in ".{0,40}") {
         for p in [path.clone(), format!("/v2/{path}"), noise.clone(), format!("/v2/{noise}/manifests/{path}")] {
             // The glue skips everything the pre-filter rules out: it must rule out only Other.
-            if !may_name_manifests(&p) {
+            if !(may_name_manifests(&p) || (may_name_blobs(&p) && m.eq_ignore_ascii_case("DELETE"))) {
                 prop_assert_eq!(classify(&m, &p), Request::Other, "{}", p);
             }
             match classify(&m, &p) {
@@ -205,6 +205,7 @@ proptest! {
                 Request::ManifestDelete { repository, .. } | Request::ManifestRead { repository, .. } => {
                     prop_assert!(is_valid_name(&repository));
                 }
+                Request::BlobDelete { repository } => prop_assert!(is_valid_name(&repository)),
                 Request::Invalid(e) => prop_assert_eq!(e.status, 400),
                 Request::Other => {}
             }

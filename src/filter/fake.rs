@@ -67,6 +67,8 @@ pub struct FakeHost {
     /// Set while `answer` runs: the dispatched call's answer.
     call_answer: RefCell<Option<Reply>>,
     pub replies: RefCell<Vec<Reply>>,
+    /// The response code details of each local reply, in order.
+    pub details: RefCell<Vec<String>>,
     pub resumes: Cell<u32>,
     pub response_resumes: Cell<u32>,
     pub logs: RefCell<Vec<(Level, String)>>,
@@ -79,6 +81,8 @@ pub struct FakeHost {
     pub dispatch_error_method: RefCell<Option<String>>,
     /// Header writes fail.
     pub refuse_header_writes: Cell<bool>,
+    /// The `sub` of the payload Envoy's jwt_authn verified, under any `payload_in_metadata`.
+    pub jwt_authn_sub: RefCell<Option<String>>,
     pub pending: RefCell<VecDeque<u32>>,
 }
 
@@ -165,6 +169,14 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn remove_request_header(&self, name: &str) -> Result<(), String> {
+        if self.refuse_header_writes.get() {
+            return Err("BadArgument".into());
+        }
+        self.request_headers.borrow_mut().retain(|(k, _)| k != name);
+        Ok(())
+    }
+
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         let b = self.body.borrow();
         Some(b.get(..size.min(b.len())).unwrap_or_default().to_vec())
@@ -178,6 +190,7 @@ impl Host for FakeHost {
         match path {
             ["source", "address"] => Some("127.0.0.1:40000".to_string()),
             ["response", "code_details"] => self.code_details.borrow().clone(),
+            ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", _, "sub"] => self.jwt_authn_sub.borrow().clone(),
             _ => None,
         }
     }
@@ -253,7 +266,9 @@ impl Host for FakeHost {
         self.process.now_ms.get()
     }
 
-    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+        assert!(!details.is_empty() && !details.contains(char::is_whitespace), "details {details:?}");
+        self.details.borrow_mut().push(details.to_string());
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.replies.borrow_mut().push(Reply { status, headers, body: body.to_vec() });
         Ok(())

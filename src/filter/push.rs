@@ -37,8 +37,16 @@ use serde_json::json;
 /// route) stays the same.
 pub const HARMLESS_METHOD: &str = "OPTIONS";
 
+/// The request header that keeps the client's method once the request is rewritten, for
+/// access logs and traces (`%REQ(X-IMMUTABLE-TAGS-METHOD?:METHOD)%`). Set only by the filter:
+/// a client's own copy is removed (`Filter::first_look`, and the shipped configs' early header
+/// mutation on routes the filter skips).
+pub const METHOD_HEADER: &str = "x-immutable-tags-method";
+
 pub struct Push {
     pub repository: String,
+    /// `repository` as the map knows it (`Worker::map_key`).
+    map_key: String,
     /// The tag in the path: only it is known to be written by a 2xx (a registry may ignore
     /// `?tag=`, as distribution 2.8 does).
     path_tag: Option<String>,
@@ -177,7 +185,9 @@ impl Push {
                 return Err(too_large(&repository, &first, max));
             }
         }
-        if let Err(why) = host.set_request_header(":method", HARMLESS_METHOD) {
+        let method = header(":method").unwrap_or_default().to_string();
+        let rewritten = host.set_request_header(METHOD_HEADER, &method);
+        if let Err(why) = rewritten.and_then(|()| host.set_request_header(":method", HARMLESS_METHOD)) {
             let msg = format!("The filter could not hold the push back from the registry ({why})");
             return Err(OciError::new(500, "UNKNOWN", msg, json!({"repository": repository, "tag": first})));
         }
@@ -185,9 +195,11 @@ impl Push {
             authority: header(":authority").map(str::to_string),
             authorization: header("authorization").map(str::to_string),
         };
-        let asked = Asked::read(worker, &|n| header(n).map(str::to_string));
+        let asked = Asked::read(worker, &|n| header(n).map(str::to_string)).verify(host, worker);
+        let map_key = worker.map_key(&repository, caller.authority.as_deref());
         let mut push = Push {
             repository,
+            map_key,
             path_tag,
             path,
             tags: Vec::new(),
@@ -204,7 +216,7 @@ impl Push {
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
-            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.repository, &tag, now));
+            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.map_key, &tag, now));
             worker.count(host, if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
             let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
             let from_map = cached.is_some();
@@ -385,7 +397,7 @@ impl Push {
         match answer {
             Current::Present(d) => {
                 if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                    c.put(&self.repository, &check.tag, d.clone(), host.now_ms());
+                    c.put(&self.map_key, &check.tag, d.clone(), host.now_ms());
                 }
                 check.lookup = Lookup::Known(Some(d));
             }
@@ -628,7 +640,7 @@ impl Push {
             }
         }
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-            cache.forget(&self.repository, tag);
+            cache.forget(&self.map_key, tag);
         }
         match self.ask_again(host, worker, tag) {
             Ok(()) => Next::Wait,
@@ -672,7 +684,13 @@ impl Push {
     /// audit-mode path for a push that would have been refused (`claims` empty then).
     pub fn write(&mut self, host: &dyn Host, worker: &Worker, claims: Vec<TagClaim>) -> Next {
         let body = self.body.as_deref().unwrap_or_default();
-        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &self.client_headers, body) {
+        // An override was granted on the principal `Authorization` names: the write carries
+        // no other credential the registry might authenticate instead.
+        let mut headers = std::borrow::Cow::Borrowed(&self.client_headers);
+        if let (false, Some(bg)) = (self.overrides.is_empty(), &worker.config.break_glass) {
+            headers.to_mut().retain(|(k, _)| !bg.strips(k));
+        }
+        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &headers, body) {
             Ok(token) => {
                 self.phase = Phase::Writing { token, claims };
                 Next::Wait
@@ -693,7 +711,7 @@ impl Push {
         let forget_all = |worker: &Worker| {
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
-                    cache.forget(&self.repository, t);
+                    cache.forget(&self.map_key, t);
                 }
             }
         };
@@ -719,8 +737,8 @@ impl Push {
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
                     match (&digest, Some(t) == path_tag.as_ref()) {
-                        (Some(d), true) if status == 201 => cache.put_from(&self.repository, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
-                        _ => cache.forget(&self.repository, t),
+                        (Some(d), true) if status == 201 => cache.put_from(&self.map_key, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
+                        _ => cache.forget(&self.map_key, t),
                     }
                 }
             }
@@ -767,7 +785,7 @@ impl Push {
             host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", self.repository));
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &self.tags {
-                    cache.forget(&self.repository, &t.tag);
+                    cache.forget(&self.map_key, &t.tag);
                 }
             }
         }

@@ -1700,7 +1700,7 @@ fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word(
     assert_eq!(ha.calls_with("HEAD").len(), heads + 1, "the registry asked again");
     // A window open (through B), A's map stale again: the same push through A uses the window.
     open_in_etcd(&hb, &wb, &etcd);
-    wa.cache.borrow_mut().put("app", "v1", crate::digest::Digest::sha256(M1), ha.now_ms());
+    wa.cache.borrow_mut().put("registry.test\napp", "v1", crate::digest::Digest::sha256(M1), ha.now_ms());
     ha.advance(5); // A's view of the tag (its HEAD) is newer than B's commit
     let puts = ha.calls_with("PUT").len();
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
@@ -1789,8 +1789,8 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     let etcd = FakeEtcd::default();
     let (h, w) = bg_replica(&etcd);
     open_in_etcd(&h, &w, &etcd);
-    w.cache.borrow_mut().put("app", "v1", Digest::sha256(M2), h.now_ms());
-    w.cache.borrow_mut().put("app", "v2", Digest::sha256(M1), h.now_ms());
+    w.cache.borrow_mut().put("registry.test\napp", "v1", Digest::sha256(M2), h.now_ms());
+    w.cache.borrow_mut().put("registry.test\napp", "v2", Digest::sha256(M1), h.now_ms());
     let record = crate::etcd::Record { committed: true, at_ms: h.now_ms() + 1, digest: sha(b"m3") };
     etcd.kv.borrow_mut().insert("/immutable-tags/app:v2".into(), (record.encode(), 1, 0));
     h.advance(5);

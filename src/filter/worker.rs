@@ -43,6 +43,20 @@ impl Worker {
         Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false) }
     }
 
+    /// The map's key for `repository`. With `upstream.authority` unset the filter's calls go to
+    /// the client's `:authority`, and one cluster may serve several registries by host: a
+    /// digest learned on one must not answer for a tag of another, so the map keys by both.
+    /// (Claims stay keyed by repository and tag: split by a client's spelling of the host, two
+    /// pushes to one registry could race past each other; a claim shared by two hosts' tags
+    /// only ever refuses or asks the registry again.)
+    pub fn map_key(&self, repository: &str, authority: Option<&str>) -> String {
+        match (&self.config.upstream.authority, authority) {
+            // A line break: in no header value, so no host and repository can spell another's.
+            (None, Some(a)) => format!("{}\n{repository}", a.trim().to_ascii_lowercase()),
+            _ => repository.to_string(),
+        }
+    }
+
     /// Whether this Envoy delivers request bodies behind held headers (see `holds_headers`).
     pub fn holds_headers(&self) -> bool {
         self.holds_headers.get()
