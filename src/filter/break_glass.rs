@@ -193,6 +193,25 @@ pub fn explain(err: &mut OciError, why: Option<String>) {
     }
 }
 
+/// An override was granted for a write about to be sent: one warning line at once, whatever
+/// becomes of the write or its client (`done` logs the outcome).
+pub fn decided(host: &dyn Host, g: &Granted, current: &str, pushed: &str) {
+    host.log(
+        Level::Warn,
+        &line(&[
+            ("event", Some("immutable_tags.break_glass_decision")),
+            ("principal", Some(&g.principal)),
+            ("reason", Some(&g.reason)),
+            ("action", Some(g.action.as_str())),
+            ("repository", Some(&g.repository)),
+            ("tag", Some(&g.tag)),
+            ("current_digest", Some(current)),
+            ("pushed_digest", Some(pushed)),
+            ("request_id", g.request_id.as_deref()),
+        ]),
+    );
+}
+
 /// The registry accepted an overriding write: one warning line, one count.
 pub fn done(host: &dyn Host, worker: &Worker, g: &Granted, current: Option<&str>, pushed: Option<&str>) {
     host.log(

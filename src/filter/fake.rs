@@ -46,6 +46,8 @@ impl Reply {
 pub struct Process {
     pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     pub next_cas: Cell<u32>,
+    /// Hosts made by `share_with` so far (each gets its own token range).
+    pub hosts: Cell<u32>,
     pub now_ms: Cell<u64>,
     /// CAS mismatches to force on the next shared-data writes (another worker "wrote first").
     pub forced_cas_mismatches: Cell<u32>,
@@ -80,6 +82,9 @@ pub struct FakeHost {
     /// Header writes fail.
     pub refuse_header_writes: Cell<bool>,
     pub pending: RefCell<VecDeque<u32>>,
+    /// Tokens of this host start above this (hosts sharing a process never share a token, as
+    /// calls of one VM never do).
+    token_base: u32,
 }
 
 impl FakeHost {
@@ -91,7 +96,9 @@ impl FakeHost {
 
     /// Another "worker" of the same Envoy: same shared data and clock, its own streams.
     pub fn share_with(&self) -> FakeHost {
-        FakeHost { process: self.process.clone(), ..FakeHost::default() }
+        let n = self.process.hosts.get() + 1;
+        self.process.hosts.set(n);
+        FakeHost { process: self.process.clone(), token_base: n * 100_000, ..FakeHost::default() }
     }
 
     pub fn request(&self, method: &str, path: &str, extra: &[(&str, &str)]) {
@@ -118,6 +125,11 @@ impl FakeHost {
     /// The calls dispatched so far with this method.
     pub fn calls_with(&self, method: &str) -> Vec<Call> {
         self.calls.borrow().iter().filter(|c| c.header(":method") == Some(method)).cloned().collect()
+    }
+
+    /// The call dispatched as `token`.
+    pub fn call_of(&self, token: u32) -> Call {
+        self.calls.borrow()[(token - self.token_base) as usize - 1].clone()
     }
 
     pub fn last_call(&self) -> Option<Call> {
@@ -189,11 +201,12 @@ impl Host for FakeHost {
             (e, Some(m)) if Some(m) == method => return Err(e.unwrap_or_else(|| "BadArgument".into())),
             _ => {}
         }
-        let token = self.next_token.get() + 1;
+        let n = self.next_token.get() + 1;
         // A filter that calls without end would hang its test (`while respond_with(..) {}`):
         // fail it instead. No test sends more than 40.
-        assert!(token <= MAX_CALLS, "more than {MAX_CALLS} calls on one host: the filter is looping");
-        self.next_token.set(token);
+        assert!(n <= MAX_CALLS, "more than {MAX_CALLS} calls on one host: the filter is looping");
+        self.next_token.set(n);
+        let token = self.token_base + n;
         self.calls.borrow_mut().push(Call {
             cluster: cluster.to_string(),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -300,6 +313,9 @@ pub struct FakeEtcd {
     pub leases: RefCell<Vec<u64>>,
     /// The TTL each lease was granted with, as asked.
     pub ttls: RefCell<HashMap<u64, String>>,
+    /// With a clock, leases end on their own: lease -> when it expires (ms on that clock).
+    pub clock: RefCell<Option<Rc<Process>>>,
+    pub lease_ends: RefCell<HashMap<u64, u64>>,
 }
 
 impl FakeEtcd {
@@ -311,11 +327,23 @@ impl FakeEtcd {
         let raw = |v: &Value| String::from_utf8(unb64(v.as_str().unwrap_or_default()).unwrap_or_default()).unwrap_or_default();
         let ok = |v: Value| answer(200, &[("content-type", "application/json")], v.to_string().as_bytes());
         let header = |r: u64| json!({"cluster_id": "1", "revision": r.to_string()});
+        let now = self.clock.borrow().as_ref().map(|p| p.now_ms.get());
+        if let Some(now) = now {
+            let due: Vec<u64> = self.lease_ends.borrow().iter().filter(|(_, end)| **end <= now).map(|(l, _)| *l).collect();
+            for l in due {
+                self.expire(l);
+                self.lease_ends.borrow_mut().remove(&l);
+            }
+        }
+        let ttl_ms = |id: u64| self.ttls.borrow().get(&id).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1000;
         match call.header(":path") {
             Some("/v3/lease/grant") => {
-                let id = 7_000 + self.leases.borrow().len() as u64 + 1;
+                let id = 7_000 + self.ttls.borrow().len() as u64 + 1;
                 self.leases.borrow_mut().push(id);
                 self.ttls.borrow_mut().insert(id, s(&body["TTL"]));
+                if let Some(now) = now {
+                    self.lease_ends.borrow_mut().insert(id, now + ttl_ms(id));
+                }
                 ok(json!({"header": header(self.revision.get()), "ID": id.to_string(), "TTL": s(&body["TTL"])}))
             }
             Some("/v3/lease/keepalive") => {
@@ -323,6 +351,9 @@ impl FakeEtcd {
                 let mut result = json!({"header": header(self.revision.get()), "ID": id.to_string()});
                 if self.leases.borrow().contains(&id) {
                     result["TTL"] = json!("60");
+                    if let Some(now) = now {
+                        self.lease_ends.borrow_mut().insert(id, now + ttl_ms(id));
+                    }
                 }
                 ok(json!({"result": result}))
             }

@@ -17,6 +17,8 @@ pub mod worker;
 mod fake;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_claims;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -414,10 +416,9 @@ impl Filter {
 
     /// The stream ended.
     pub fn on_done(&mut self, h: &dyn Host) {
-        if let (State::Push(push), Some(worker)) = (&mut self.state, self.worker.clone()) {
+        if let (State::Push(push), Some(worker)) = (std::mem::replace(&mut self.state, State::Pass), self.worker.clone()) {
             push.on_done(h, &worker);
         }
-        self.state = State::Pass;
     }
 
     fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
