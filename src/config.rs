@@ -441,8 +441,8 @@ impl RawConfig {
         let etcd = self.claims.etcd.map(RawEtcd::validate).transpose()?;
         // A claim answer is trusted for half the TTL (`filter::claims::etcd`): a call's
         // timeout must leave room for the few calls of one claim within that.
-        if let Some(e) = etcd.as_ref().filter(|e| e.timeout_ms.saturating_mul(8) > claim_ttl * 1000) {
-            let why = format!("must be at most an eighth of claims.ttl_seconds ({claim_ttl} s), so a claim's answer is never older than the TTL");
+        if let Some(e) = etcd.as_ref().filter(|e| e.timeout_ms.saturating_mul(4) > claim_ttl * 1000) {
+            let why = format!("must be at most a quarter of claims.ttl_seconds ({claim_ttl} s), so a claim's answer is never older than the TTL");
             return Err(err("claims.etcd.timeout_ms", e.timeout_ms, why));
         }
         let max_manifest = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
