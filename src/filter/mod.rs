@@ -19,6 +19,8 @@ mod fake;
 mod tests;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_claims;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod sim;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
