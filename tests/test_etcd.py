@@ -20,7 +20,7 @@ REPLICAS = 3
 CLIENTS = 15
 ROUNDS = 5
 TTL = 3  # claims.ttl_seconds: also each worker's lease TTL, so a dead replica's claim goes soon
-POLICY = dict(SAMPLE_POLICY, claims={"ttl_seconds": TTL, "etcd": {"cluster": CLUSTER, "authority": "localhost",
+POLICY = dict(SAMPLE_POLICY, upstream=dict(SAMPLE_POLICY.get("upstream", {}), write_timeout_ms=1500), claims={"ttl_seconds": TTL, "etcd": {"cluster": CLUSTER, "authority": "localhost",
                                                                    "timeout_ms": 700}})
 
 

@@ -168,7 +168,8 @@ def test_percent_encoded_paths_are_read_like_the_registry(envoy, registry, uid):
 def test_a_stale_map_entry_is_checked_with_the_registry_before_refusing(stacks, registry, stop_on_headers, uid):
     # Claims of 2 s: the committed record of v1 -> m1 (which refuses "absent" while it lives:
     # a tag gone after the filter stored it is no new tag) expires before the second push.
-    policy = dict(SAMPLE_POLICY, claims={"ttl_seconds": 2})
+    policy = dict(SAMPLE_POLICY, upstream=dict(SAMPLE_POLICY.get("upstream", {}), write_timeout_ms=1000),
+                  claims={"ttl_seconds": 2})
     envoy = stacks.envoy(registry, policy, stop_on_headers, concurrency=1)  # one map
     repo = f"stale-{uid}"
     m1 = make_manifest(registry.url, repo, "one")

@@ -15,6 +15,8 @@ pub struct Call {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     pub timeout_ms: u64,
+    /// When it was dispatched (the process clock).
+    pub at_ms: u64,
 }
 
 impl Call {
@@ -64,6 +66,8 @@ pub struct FakeHost {
     pub response_headers: RefCell<Vec<(String, String)>>,
     /// Envoy's `response.code_details`: `via_upstream` for the registry's own answer.
     pub code_details: RefCell<Option<String>>,
+    /// Envoy's `source.address` (default `127.0.0.1:40000`).
+    pub source: RefCell<Option<String>>,
     pub calls: RefCell<Vec<Call>>,
     next_token: Cell<u32>,
     /// Set while `answer` runs: the dispatched call's answer.
@@ -188,7 +192,7 @@ impl Host for FakeHost {
 
     fn property(&self, path: &[&str]) -> Option<String> {
         match path {
-            ["source", "address"] => Some("127.0.0.1:40000".to_string()),
+            ["source", "address"] => Some(self.source.borrow().clone().unwrap_or_else(|| "127.0.0.1:40000".to_string())),
             ["response", "code_details"] => self.code_details.borrow().clone(),
             _ => None,
         }
@@ -212,6 +216,7 @@ impl Host for FakeHost {
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body: body.map(<[u8]>::to_vec),
             timeout_ms,
+            at_ms: self.process.now_ms.get(),
         });
         self.pending.borrow_mut().push_back(token);
         Ok(token)

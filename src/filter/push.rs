@@ -65,6 +65,8 @@ pub struct Push {
     overrides: Vec<(Granted, String, String)>,
     /// What etcd said of a window, per tag (judged again with it).
     windows: Vec<(String, Result<Granted, Option<String>>)>,
+    /// The client's address (no port): claims are bounded per client (`Worker::client_*`).
+    client: String,
 }
 
 enum Phase {
@@ -106,6 +108,8 @@ struct Claiming {
     taken: Vec<TagClaim>,
     /// The claim waiting for the store's answer, and for which tag.
     in_flight: Option<Box<(claims::etcd::InFlight, Want)>>,
+    /// When the first claim was asked for.
+    started_ms: u64,
 }
 
 struct TagCheck {
@@ -196,6 +200,7 @@ impl Push {
             asked,
             overrides: Vec::new(),
             windows: Vec::new(),
+            client: client_address(host),
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
@@ -468,7 +473,7 @@ impl Push {
                     worker.count(host, c);
                 }
                 let wants = wants.into_iter().rev().collect();
-                self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None });
+                self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None, started_ms: host.now_ms() });
                 self.claim_next(host, worker)
             }
             Judged::Ask(l) => {
@@ -571,10 +576,23 @@ impl Push {
                 let why = "the push took longer than claims.ttl_seconds; retry it";
                 return Next::Refuse(OciError::upstream(&self.repository, &want.tag, why), Vec::new());
             }
+            if !worker.client_may_claim(&self.client, host.now_ms()) {
+                self.give_back(host, worker);
+                let why = format!("this client holds {} claims in flight already; retry once they are answered", super::worker::MAX_CLAIMS_PER_CLIENT);
+                return Next::Refuse(OciError::new(429, "TOOMANYREQUESTS", &why, json!({"repository": self.repository, "tag": want.tag})), Vec::new());
+            }
             let view = claims::View { since_ms: want.since_ms, absent: want.absent };
             let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, view);
             if let Some(next) = self.claimed(host, worker, want, result) {
                 return next;
+            }
+        }
+        // The write lands within the write timeout; the claims must still live then.
+        if let Phase::Claiming(c) = &self.phase {
+            if host.now_ms().saturating_sub(c.started_ms) >= worker.config.claims.ttl_ms / 2 {
+                self.give_back(host, worker);
+                let why = "the claims took half of claims.ttl_seconds or more; retry the push";
+                return Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), why), Vec::new());
             }
         }
         let Phase::Claiming(c) = std::mem::replace(&mut self.phase, Phase::Checking) else { return Next::Wait };
@@ -587,6 +605,7 @@ impl Push {
         match result {
             Claimed::Proceed { .. } => {
                 c.taken.push(TagClaim { tag: want.tag, digest: want.pushed });
+                worker.client_claimed(&self.client, host.now_ms());
                 None
             }
             Claimed::Pending(f) => {
@@ -659,7 +678,9 @@ impl Push {
     /// Releases the claims this push took so far.
     fn release_claims(&mut self, host: &dyn Host, worker: &Worker) {
         if let Phase::Claiming(c) = &mut self.phase {
-            for t in std::mem::take(&mut c.taken) {
+            let taken = std::mem::take(&mut c.taken);
+            worker.client_settled(&self.client, taken.len());
+            for t in taken {
                 claims::release(host, worker, &self.repository, &t.tag, &t.digest);
             }
         }
@@ -737,6 +758,7 @@ impl Push {
     /// claimed, `?tag=` ones included (a registry that ignores them only makes their records
     /// stricter than needed until they expire); a refused one releases them.
     fn settle(&self, host: &dyn Host, worker: &Worker, tag_claims: &[TagClaim], stored: bool) {
+        worker.client_settled(&self.client, tag_claims.len());
         for c in tag_claims {
             match stored {
                 true => claims::commit(host, worker, &self.repository, &c.tag, &c.digest),
@@ -767,6 +789,12 @@ impl Push {
             }
         }
     }
+}
+
+/// The client's address without its port (one client, whatever connection it uses).
+fn client_address(host: &dyn Host) -> String {
+    let a = host.property(&["source", "address"]).unwrap_or_default();
+    a.rsplit_once(':').map_or(a.clone(), |(ip, _)| ip.to_string())
 }
 
 fn too_large(repository: &str, tag: &str, max: usize) -> OciError {

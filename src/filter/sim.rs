@@ -13,6 +13,7 @@
 //! check (seed 332), holders not counted (seed 964), claim answers trusted at any age (2639).
 //! Issue 27's six sequences are fixed schedules in `tests_claims`.
 use super::fake::FakeHost;
+use super::host::Host;
 use super::tests_claims::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, REASON};
 use std::collections::HashMap;
 
@@ -163,11 +164,44 @@ pub fn run(seed: u64) -> Result<(), String> {
         } else {
             let ms = [0, 100, 1_000, 5_000, 20_000, 45_000][rng.below(6)];
             trace.push(format!("time +{ms} ms"));
+            // The registry answers a write within the write timeout (Envoy's, else 504): every
+            // write that would outlive it lands first, then time passes.
+            let due = world.clock.now_ms() + ms;
+            for c in clients.iter_mut() {
+                let Some(s) = c.stream.as_mut() else { continue };
+                let puts: Vec<u32> = s.h.pending.borrow().iter().copied().filter(|t| landing(&s.h, *t, due)).collect();
+                for t in puts {
+                    s.h.pending.borrow_mut().retain(|x| *x != t);
+                    let reply = world.reg.answer(&s.h.call_of(t));
+                    deliver(s, t, reply);
+                }
+                if !s.h.replies.borrow().is_empty() {
+                    c.phase = 4;
+                    hosts.push(c.stream.take().unwrap().h);
+                }
+            }
+            let (late, kept): (Vec<_>, Vec<_>) = orphans.drain(..).partition(|(_, s)| s.held_puts.first().is_some_and(|t| landing(&s.h, *t, due)));
+            orphans = kept;
+            for (rep, mut s) in late {
+                if replicas[rep].dead {
+                    let token = s.held_puts.remove(0);
+                    world.reg.answer(&s.h.call_of(token));
+                } else {
+                    answer_orphan(&world, &replicas[rep], &mut s);
+                }
+                hosts.push(s.h);
+            }
             world.advance(ms);
         }
         check(&world, &hosts, &clients, &orphans).map_err(|e| format!("{e}\nseed {seed}, after:\n  {}", trace.join("\n  ")))?;
     }
     Ok(())
+}
+
+/// Whether `token` is a PUT that must have landed by `due` (its write timeout, 30 s).
+fn landing(h: &FakeHost, token: u32, due: u64) -> bool {
+    let c = h.call_of(token);
+    c.header(":method") == Some("PUT") && c.at_ms + 30_000 <= due
 }
 
 /// The oracle: every change of the tag's digest was an override decided (and logged) for

@@ -348,6 +348,10 @@ fn an_etcd_timeout_not_well_below_the_ttl_is_refused_naming_both_fields() {
     let c = r#"{"claims": {"ttl_seconds": 60, "etcd": {"cluster": "etcd", "timeout_ms": 60000}}}"#;
     let err = Config::from_json(c.as_bytes()).map(|_| ()).expect_err("refused").to_string();
     assert!(err.contains("claims.etcd.timeout_ms") && err.contains("claims.ttl_seconds"), "{err}");
+    // A write must land while its claim lives (found by the simulation, seed 5619 before).
+    let c = r#"{"upstream": {"write_timeout_ms": 40000}, "claims": {"ttl_seconds": 60}}"#;
+    let err = Config::from_json(c.as_bytes()).map(|_| ()).expect_err("refused").to_string();
+    assert!(err.contains("upstream.write_timeout_ms") && err.contains("claims.ttl_seconds"), "{err}");
     let ok = r#"{"claims": {"ttl_seconds": 60, "etcd": {"cluster": "etcd", "timeout_ms": 1000}}}"#;
     assert!(Config::from_json(ok.as_bytes()).is_ok());
 }
@@ -371,7 +375,7 @@ fn a_claim_whose_push_ended_without_an_answer_does_not_linger() {
 
 /// A call that only makes the fake etcd look at its clock.
 fn answer_probe() -> Call {
-    Call { cluster: "etcd".into(), headers: vec![(":path".into(), "/v3/none".into())], body: None, timeout_ms: 0 }
+    Call { cluster: "etcd".into(), headers: vec![(":path".into(), "/v3/none".into())], body: None, timeout_ms: 0, at_ms: 0 }
 }
 
 /// Issue 27, sequence 6 and issue 21, item 3: the filter's own write survives its client. An
@@ -456,4 +460,42 @@ fn absent_after_a_commit_is_not_a_first_push() {
         assert_eq!(r.status, 409, "{policy}");
         assert_eq!(world.reg.holds(V1), None, "{policy}");
     }
+}
+
+/// Issue 21, item 3: one client cannot fill the claim slots: past its bound of claims in
+/// flight its pushes are refused (429), other clients' are not, and its own go again once its
+/// writes are answered.
+#[test]
+fn claims_in_flight_are_bounded_per_client() {
+    let world = World::new(SHARED);
+    let a = world.replica();
+    let max = super::worker::MAX_CLAIMS_PER_CLIENT;
+    let mut held = Vec::new();
+    for i in 0..max {
+        let mut s = world.open_put(&a, &format!("t{i}"), X, &[BOB]);
+        world.pump(&mut s, false);
+        world.body(&mut s, X, true);
+        world.pump(&mut s, true);
+        assert_eq!(s.held_puts.len(), 1, "push {i} is written");
+        held.push(s);
+    }
+    assert_eq!(world.push(&a, "one-more", X, &[BOB]).status, 429);
+    let mut s = {
+        let h = a.root.share_with();
+        *h.source.borrow_mut() = Some("10.0.0.2:1234".into());
+        let len = X.len().to_string();
+        h.request("PUT", "/v2/app/manifests/other", &[("content-type", OCI), ("content-length", &len), BOB]);
+        let mut f = Filter::new(Some(a.w.clone()));
+        let p = Filter::first_look(&h).unwrap();
+        f.on_request_headers(&h, p, false);
+        Stream { h, f, held_puts: Vec::new() }
+    };
+    world.pump(&mut s, false);
+    world.body(&mut s, X, true);
+    world.pump(&mut s, false);
+    assert_eq!(reply(&s).status, 201, "another client");
+    for s in &mut held {
+        world.answer_put(s);
+    }
+    assert_eq!(world.push(&a, "one-more", X, &[BOB]).status, 201, "answered: free again");
 }
