@@ -2,9 +2,8 @@
 cannot be deleted, and neither can a manifest that an immutable tag points to."""
 from __future__ import annotations
 
-import time
-
 import copy
+import time
 
 import pytest
 
