@@ -606,6 +606,7 @@ impl Push {
             Claimed::Proceed { .. } => {
                 c.taken.push(TagClaim { tag: want.tag, digest: want.pushed });
                 worker.client_claimed(&self.client, host.now_ms());
+                worker.count(host, Counter::ClaimsTaken);
                 None
             }
             Claimed::Pending(f) => {
@@ -680,6 +681,7 @@ impl Push {
         if let Phase::Claiming(c) = &mut self.phase {
             let taken = std::mem::take(&mut c.taken);
             worker.client_settled(&self.client, taken.len());
+            worker.count_many(host, Counter::ClaimsSettled, taken.len() as u64);
             for t in taken {
                 claims::release(host, worker, &self.repository, &t.tag, &t.digest);
             }
@@ -759,6 +761,7 @@ impl Push {
     /// stricter than needed until they expire); a refused one releases them.
     fn settle(&self, host: &dyn Host, worker: &Worker, tag_claims: &[TagClaim], stored: bool) {
         worker.client_settled(&self.client, tag_claims.len());
+        worker.count_many(host, Counter::ClaimsSettled, tag_claims.len() as u64);
         for c in tag_claims {
             match stored {
                 true => claims::commit(host, worker, &self.repository, &c.tag, &c.digest),

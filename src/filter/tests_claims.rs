@@ -415,7 +415,9 @@ fn an_unauthorised_push_that_vanishes_does_not_block_the_tag() {
     world.body(&mut p, Y, true);
     world.pump(&mut p, true);
     p.f.on_done(&p.h);
+    assert_eq!((a.root.counter("claims_taken"), a.root.counter("claims_settled")), (1, 0), "one claim in flight");
     answer_orphan(&world, &a, &mut p);
+    assert_eq!(a.root.counter("claims_settled"), 1, "settled by the orphaned write's answer");
     run_for(&world, &[&a], 1_000);
     assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the pipeline's push a second later");
 }
