@@ -121,6 +121,14 @@ pub fn released(found: &Rec, digest: &str) -> Option<Option<Rec>> {
     Some((r.claim.is_some() || r.stored.is_some()).then_some(r))
 }
 
+/// The filter let a delete of the tag through (break-glass): the committed change is gone by
+/// the filter's own grant, so "absent" is the tag's truth now. Same answers as `released`.
+pub fn deleted(found: &Rec, now_ms: u64) -> Option<Option<Rec>> {
+    found.stored.as_ref()?;
+    let r = Rec { stored: None, claim: found.claim.clone(), at_ms: now_ms };
+    Some(r.claim.is_some().then_some(r))
+}
+
 fn drop_hold(claim: Option<(String, u32)>, digest: &str) -> Option<(String, u32)> {
     match claim {
         Some((d, n)) if d == digest => (n > 1).then(|| (d, n - 1)),
@@ -268,6 +276,15 @@ pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     let r = released(s.find(repository, tag)?, digest)?;
+    s.set(repository, tag, r);
+    Some(s.encode())
+}
+
+/// A delete of the tag the filter granted (see [`deleted`]). `None`: nothing to do.
+pub fn forget(slot: &[u8], repository: &str, tag: &str, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+    let mut s = Slot::decode(slot);
+    s.prune(now_ms, ttl_ms);
+    let r = deleted(s.find(repository, tag)?, now_ms)?;
     s.set(repository, tag, r);
     Some(s.encode())
 }

@@ -377,6 +377,7 @@ impl Filter {
                     }
                 }
                 bg::done(h, &worker, granted, digest.as_ref().map(Digest::to_string).as_deref(), None);
+                claims::forget(h, &worker, repository, tag);
                 Action::Continue
             }
             // Refused (Envoy's 504: timed out, the outcome unknown): the window is put back.

@@ -501,3 +501,23 @@ fn claims_in_flight_are_bounded_per_client() {
     }
     assert_eq!(world.push(&a, "one-more", X, &[BOB]).status, 201, "answered: free again");
 }
+
+/// The one way a protected tag becomes new again: a delete the filter itself granted
+/// (break-glass). After it, a first push of other content is no longer refused by the record.
+#[test]
+fn a_granted_delete_makes_the_tag_new_again() {
+    for policy in [ETCD_BG, ETCD_BG.replace(r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#, r#""claims": {}"#).as_str()] {
+        let world = World::new(policy);
+        let a = world.replica();
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a], 500);
+        let mut d = world.open(&a, "DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        assert!(d.h.reply().is_none(), "granted: {:?}", d.h.reply());
+        world.reg.tags.borrow_mut().remove(V1);
+        *d.h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+        d.f.on_response_headers(&d.h);
+        run_for(&world, &[&a], 500);
+        assert_eq!(world.push(&a, V1, Y, &[BOB]).status, 201, "{policy}");
+        assert_eq!(world.reg.holds(V1), Some(sha(Y)));
+    }
+}

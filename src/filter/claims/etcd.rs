@@ -60,6 +60,8 @@ enum Step {
 enum Change {
     Commit { digest: String, at_ms: u64 },
     Release { digest: String },
+    /// A delete the filter granted went through.
+    Deleted { at_ms: u64 },
 }
 
 /// What the root context sends (it outlives the streams).
@@ -240,6 +242,13 @@ pub fn release(worker: &Worker, repository: &str, tag: &str, digest: &str) {
     enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
 }
 
+/// Queues the forgetting of the tag's committed change (a delete the filter granted).
+pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) {
+    let Some(e) = &worker.config.claims.etcd else { return };
+    let change = Change::Deleted { at_ms: host.now_ms() };
+    enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
+}
+
 /// Queues a put of `key` if it is absent, bound to `lease` (expired: etcd refuses, nothing to do).
 pub fn create_later(worker: &Worker, key: String, value: Vec<u8>, lease: u64) {
     enqueue(worker, Op::Create { key, value, lease });
@@ -344,6 +353,7 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
             let next = match &change {
                 Change::Commit { digest, at_ms } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, *at_ms))),
                 Change::Release { digest } => live.and_then(|(r, _)| claims::released(r, digest)),
+                Change::Deleted { at_ms } => live.and_then(|(r, _)| claims::deleted(r, *at_ms)),
             };
             if let Some(next) = next {
                 if tries + 1 < MAX_TRIES {

@@ -65,3 +65,12 @@ pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, di
         Some(_) => etcd::release(worker, repository, tag, digest),
     }
 }
+
+/// A delete of the tag the filter granted (break-glass) went through: its committed change no
+/// longer refuses "absent" (the one way a protected tag becomes new again).
+pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) {
+    match &worker.config.claims.etcd {
+        None => shared_data::forget(host, &worker.config.claims, repository, tag),
+        Some(_) => etcd::forget(host, worker, repository, tag),
+    }
+}
