@@ -521,3 +521,28 @@ fn a_granted_delete_makes_the_tag_new_again() {
         assert_eq!(world.reg.holds(V1), Some(sha(Y)));
     }
 }
+
+/// Found by the simulation (seed 111888): a replica claims, sends its write and dies before
+/// committing; another push's "absent" view taken between that claim and the write's landing
+/// must not outlive the dead claim's record (views are trusted for half a TTL).
+#[test]
+fn a_view_taken_while_a_dead_replicas_write_was_in_flight_is_not_trusted_past_its_claim() {
+    let world = World::new(ETCD_BG);
+    let (mut a, b) = (world.replica(), world.replica());
+    let mut pa = world.open_put(&a, V1, X, &[BOB]);
+    world.pump(&mut pa, false);
+    world.body(&mut pa, X, true);
+    world.pump(&mut pa, true);
+    assert_eq!(pa.held_puts.len(), 1, "A claimed and sent its write");
+    a.dead = true;
+    world.advance(5_000);
+    let mut pb = world.open_put(&b, V1, Y, &[BOB]);
+    world.pump(&mut pb, false); // HEAD: absent
+    let token = pa.held_puts.remove(0);
+    world.reg.answer(&pa.h.call_of(token)); // A's write lands; nobody hears of it
+    world.advance(56_000);
+    world.body(&mut pb, Y, true);
+    world.pump(&mut pb, false);
+    assert_ne!(reply(&pb).status, 201);
+    assert_eq!(world.reg.holds(V1), Some(sha(X)));
+}

@@ -46,7 +46,8 @@ impl Worker {
         // the claim records that fence it: only a live record of that change stops a stale
         // "identical re-push" from putting the old digest back.
         let ttl_seconds = match config.tags_can_change() {
-            true => config.cache.ttl_seconds.min(config.claims.ttl_ms / 1000),
+            // Half the TTL: as long as any view is trusted (`push::claim_next`).
+            true => config.cache.ttl_seconds.min((config.claims.ttl_ms / 2000).max(1)),
             false => config.cache.ttl_seconds,
         };
         let cache = TagCache::new(config.cache.max_entries, ttl_seconds);

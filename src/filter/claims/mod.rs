@@ -9,8 +9,11 @@
 //! of the tag (map entry or HEAD answer, "absent" or a digest) is newer than the tag's last
 //! committed change of another digest, and never to "absent" while such a change is on record;
 //! a claim of another digest in flight refuses it, the same digest shares it (holders are
-//! counted, and a release takes one hold, never a committed change). A view older than the TTL
-//! is refused (503), and so is a claim answer that took half the TTL or more. Records live one
+//! counted, and a release takes one hold, never a committed change). A view older than half the
+//! TTL is refused (503), and so is a claim answer that took half the TTL or more; a write's
+//! claims are at most half a TTL old when it is sent and it lands within the write timeout (at
+//! most half a TTL), so a claim's record outlives every view taken while its write was in
+//! flight, even if its writer dies before committing. Records live one
 //! TTL past their last write, on their own (shared data: their expiry; etcd: a lease of their
 //! own, never their replica's), so no view that predates a committed change outlives its record.
 //!
