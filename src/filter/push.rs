@@ -96,7 +96,7 @@ struct Want {
     /// The registry does not hold the tag.
     absent: bool,
     /// The verdict rests on this worker's map, not on the registry's word: the tag may have
-    /// changed since (see `claims::needed`).
+    /// changed since (a committed change of another digest sends it to `recheck`).
     from_map: bool,
     pushed: String,
     since_ms: u64,
