@@ -25,11 +25,11 @@ fn scopes(n: usize) -> Config {
 }
 
 /// A policy of `n` glob rules in the Harbor/STACKIT form, rule i protecting tags `dev-*` of the
-/// repositories `team<i>/app/**`, then one GitLab-style regex rule (so that `queries` hits the
+/// repositories `app/**` of project `team<i>`, then one GitLab-style regex rule (so that `queries` hits the
 /// same kinds of rules for any `n`).
 fn rules(n: usize) -> Config {
     let mut list: Vec<serde_json::Value> = (0..n)
-        .map(|i| serde_json::json!({"name": format!("r{i}"), "repositories": {"matching": format!("team{i}/app/**")}, "tags": {"matching": "dev-*"}}))
+        .map(|i| serde_json::json!({"name": format!("r{i}"), "projects": format!("team{i}"), "repositories": {"matching": "app/**"}, "tags": {"matching": "dev-*"}}))
         .collect();
     list.push(serde_json::json!({"name": "features", "tags": {"regex": "^feature-\\d+-"}}));
     Config::from_json(serde_json::json!({"rules": list}).to_string().as_bytes()).unwrap()

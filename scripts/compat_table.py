@@ -1,14 +1,34 @@
 #!/usr/bin/env python3
 """Renders results/compat.json (written by the end-to-end tests, tests/conftest.py) and
 results/client_errors.json (tests/test_client_errors.py) into docs/compatibility.md.
-A cell the run did not reach says so; nothing is filled in that a test did not record."""
+A cell the run did not reach says so; nothing is filled in that a test did not record.
+The page holds no run-specific text (dates, ports, random names, timings), so a run that saw
+the same outcomes leaves it unchanged and `make test` leaves the tree clean; the raw results,
+timings included, stay in results/ (untracked)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run-specific parts of a client's message, replaced by a placeholder.
+VOLATILE = [
+    (re.compile(r"(127\.0\.0\.1|localhost):\d+"), r"\1:PORT"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "UUID"),
+    (re.compile(r"sha256(:|%3A)[0-9a-f]{64}"), r"sha256\1DIGEST"),
+    (re.compile(r"-[0-9a-f]{10}(?=[-/:\s]|$)"), "-UID"),
+    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?"), "TIME"),
+]
+
+
+def stable(text: str) -> str:
+    for pattern, placeholder in VOLATILE:
+        text = pattern.sub(placeholder, text)
+    return text
+
+
 MARK = {"pass": "pass", "fail": "**FAIL**", "not run": "not run", "not tested": "not tested"}
 
 
@@ -23,7 +43,7 @@ def matrix(data: dict) -> list[str]:
     cases = list(dict.fromkeys(r["case"] for r in rows))
     clients = list(dict.fromkeys(r["client"] for r in sorted(rows, key=lambda r: r["client"])))
     cell = {(r["client"], r["registry"], r["case"]): r for r in rows}
-    out = [f"Written by the tests on {data['written']} (`make test`; `python scripts/compat_table.py` renders it).", "",
+    out = ["Written by the tests (`make test`; `python scripts/compat_table.py` renders it).", "",
            "| client | case | " + " | ".join(registries) + " |", "|---|---|" + "---|" * len(registries)]
     notes = []
     for c in clients:
@@ -36,7 +56,7 @@ def matrix(data: dict) -> list[str]:
                     continue
                 m = MARK.get(r["outcome"], r["outcome"])
                 if r["outcome"] != "pass":
-                    note = f"{c} / {reg}: {r['outcome']}: {r['detail'].strip()}"
+                    note = f"{c} / {reg}: {r['outcome']}: {stable(r['detail'].strip())}"
                     if note not in notes:
                         notes.append(note)
                     m += f" [{notes.index(note) + 1}]"
@@ -49,9 +69,10 @@ def matrix(data: dict) -> list[str]:
 
 
 def errors(data: dict) -> list[str]:
-    out = ["| client | error_code | exit | seconds to fail | what the client prints (last line) |", "|---|---|---|---|---|"]
+    # Seconds to fail vary from run to run: they stay in results/client_errors.json.
+    out = ["| client | error_code | exit | what the client prints (last line) |", "|---|---|---|---|"]
     for r in data["rows"]:
-        out.append(f"| {r['client']} | {r['error_code']} | {r['exit']} | {r['seconds']:.1f} | `{r['line'].replace('|', '/')}` |")
+        out.append(f"| {r['client']} | {r['error_code']} | {r['exit']} | `{stable(r['line']).replace('|', '/')}` |")
     return out
 
 

@@ -13,6 +13,10 @@ use crate::json_doc::{Fields, Json};
 use crate::exclusions::{Exclusions, Match};
 
 pub const DEFAULT_REASON_HEADER: &str = "x-break-glass-reason";
+/// The longest reason taken (bytes): enough for a ticket and a sentence, not for a log flood.
+pub const DEFAULT_MAX_REASON_BYTES: usize = 256;
+/// The largest `max_reason_bytes` accepted.
+const MAX_REASON_BYTES_LIMIT: u64 = 4096;
 /// How long a window lasts: opened by a read of the tag that carries the reason header and that
 /// the registry answered 2xx (for clients that cannot send headers on a push: skopeo, podman).
 pub const WINDOW_MS: u64 = 300_000;
@@ -41,6 +45,8 @@ pub struct BreakGlass {
     pub actions: Vec<Action>,
     /// Lower-case, as Envoy hands header names to the filter.
     pub reason_header: String,
+    /// A longer reason is refused (it is logged, and stored in windows).
+    pub max_reason_bytes: usize,
 }
 
 /// What a refused request brings to the exception.
@@ -62,11 +68,16 @@ fn err(field: &str, value: &str, reason: &str) -> ConfigError {
 impl BreakGlass {
     /// Reads the `break_glass` object; errors name `break_glass.<field>` and the value.
     pub fn read(v: &Json) -> Result<BreakGlass, ConfigError> {
-        let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header"])?;
+        let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header", "max_reason_bytes"])?;
         let principals = f.strings_or_empty("principals")?;
         let repositories = f.strings_or_empty("repositories")?;
         let names = f.strings_or_empty("actions")?;
         let header = f.opt_string("reason_header")?.unwrap_or_else(|| DEFAULT_REASON_HEADER.into());
+        let max_reason = f.opt_uint("max_reason_bytes", "u64", u64::MAX)?.unwrap_or(DEFAULT_MAX_REASON_BYTES as u64);
+        if !(1..=MAX_REASON_BYTES_LIMIT).contains(&max_reason) {
+            let reason = format!("must be between 1 and {MAX_REASON_BYTES_LIMIT}");
+            return Err(ConfigError { field: "break_glass.max_reason_bytes".into(), value: max_reason.to_string(), reason });
+        }
         let mut actions = Vec::new();
         for a in &names {
             actions.push(match a.as_str() {
@@ -96,7 +107,8 @@ impl BreakGlass {
         }
         // The exclusion matcher's code, reused: "excluded" reads "selected" here.
         let matcher = if res.is_empty() { None } else { Some(Exclusions::compile(&res).map_err(|(_, why)| err("repositories", "", &why))?) };
-        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase() })
+        let max_reason_bytes = usize::try_from(max_reason).unwrap_or(DEFAULT_MAX_REASON_BYTES);
+        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase(), max_reason_bytes })
     }
 
     /// Whether `action` on `repository` can be overridden at all (by someone), or why not.
@@ -119,6 +131,11 @@ impl BreakGlass {
         match ask.reason.map(str::trim) {
             None => return Err(format!("no {h} header")),
             Some("") => return Err(format!("the {h} header is empty")),
+            // The header as sent (padding included): that is what is logged and stored.
+            Some(_) if ask.reason.map_or(0, str::len) > self.max_reason_bytes => {
+                let n = ask.reason.map_or(0, str::len);
+                return Err(format!("the {h} header is {n} bytes, longer than break_glass.max_reason_bytes ({})", self.max_reason_bytes));
+            }
             Some(_) => {}
         }
         let Some(p) = ask.principal else {
@@ -268,5 +285,29 @@ mod tests {
         assert_eq!(Window::key("team/app", "v1"), "immutable_tags.break_glass/team/app:v1");
         assert_ne!(Window::key("team/app", "v1"), Window::key("team/app", "v2"));
         assert_ne!(Window::key("team/app", "v1"), Window::key("team/api", "v1"));
+    }
+
+    #[test]
+    fn the_reason_is_bounded() {
+        let b = bg(r#"{"principals": ["release-admin"]}"#).unwrap();
+        assert_eq!(b.max_reason_bytes, DEFAULT_MAX_REASON_BYTES);
+        let long = "x".repeat(DEFAULT_MAX_REASON_BYTES + 1);
+        let why = b.grant(Action::Delete, "prod/api", &Ask { reason: Some(&long), ..ADMIN }).unwrap_err();
+        assert_eq!(
+            why,
+            format!("the x-break-glass-reason header is {} bytes, longer than break_glass.max_reason_bytes ({DEFAULT_MAX_REASON_BYTES})", DEFAULT_MAX_REASON_BYTES + 1)
+        );
+        // Padding counts: what is logged and stored is the header as sent.
+        let padded = format!("INC-9{}", " ".repeat(DEFAULT_MAX_REASON_BYTES));
+        assert!(b.grant(Action::Delete, "prod/api", &Ask { reason: Some(&padded), ..ADMIN }).unwrap_err().contains("longer than"));
+        let exact = "x".repeat(DEFAULT_MAX_REASON_BYTES);
+        assert!(b.grant(Action::Delete, "prod/api", &Ask { reason: Some(&exact), ..ADMIN }).is_ok());
+        let b = bg(r#"{"principals": ["a"], "max_reason_bytes": 10}"#).unwrap();
+        assert!(b.grant(Action::Delete, "x", &Ask { principal: Some("a"), reason: Some("12345678901"), ..ADMIN }).unwrap_err().contains("(10)"));
+        for bad in ["0", "4097", "-1", "\"300\""] {
+            let e = bg(&format!(r#"{{"principals": ["a"], "max_reason_bytes": {bad}}}"#)).unwrap_err();
+            assert_eq!(e.field, "break_glass.max_reason_bytes", "{bad}");
+            assert!(e.to_string().contains(&format!("= {bad}")) || e.to_string().contains("expected"), "{bad}: {e}");
+        }
     }
 }

@@ -1,10 +1,45 @@
 //! The per-worker tag-to-digest map: bounded (least recently used entries go first) and
 //! expiring (a stale entry is revalidated by HEAD before use). It is only ever a hint that
 //! saves a HEAD: a fresh entry is trusted for at most `ttl` and absence is never cached.
+//!
+//! Each entry records where it was learned ([`Source`]), which decides what it may be used for:
+//!
+//! | source | pins a read | backs a push verdict alone |
+//! |---|---|---|
+//! | [`Source::Head`]: the filter's own HEAD/GET | yes | yes |
+//! | [`Source::Push`]: the registry's 201 to a push the filter wrote | yes | yes |
+//! | [`Source::Read`]: a client's read (pinning) | yes | no: the registry is asked |
+//!
+//! [`TagCache::get`] and [`TagCache::get_since`] (the push and delete checks) only return entries
+//! that may back a verdict; [`TagCache::get_for_read`] (pinning) returns any. A delete is never let
+//! through on any entry: the map can only make it refuse sooner (`crate::deletes`).
 
 use crate::digest::Digest;
 use lru::LruCache;
 use std::num::NonZeroUsize;
+
+/// Where the map learned an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The filter's own HEAD (or GET) of the tag: sent to `upstream.cluster` with every manifest
+    /// type accepted and no query, so the registry answers with the tag's manifest as stored.
+    Head,
+    /// The registry's `201` (with its digest) to a push the filter wrote itself.
+    Push,
+    /// A client's read of the tag (pinning), whose `Accept` named every stored manifest type
+    /// (`pull::accepts_every_stored_type`). Good enough to pin other such reads, but the client
+    /// chose the request (its query, its other headers, the route that took it, perhaps to
+    /// another cluster than the filter's), so a write or delete is never let through on it.
+    Read,
+}
+
+impl Source {
+    /// Whether an entry of this source may alone back a verdict that lets a write or a delete
+    /// through (one that agrees with the push, or says a tag does not hold a deleted digest).
+    pub fn backs_verdicts(self) -> bool {
+        matches!(self, Source::Head | Source::Push)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -16,6 +51,7 @@ struct Key {
 struct Entry {
     digest: Digest,
     learned_at_ms: u64,
+    source: Source,
 }
 
 #[derive(Debug)]
@@ -34,7 +70,8 @@ impl TagCache {
         Key { repository: repository.to_string(), tag: tag.to_string() }
     }
 
-    /// The digest learned for `repository:tag`, if learned less than `ttl` ago.
+    /// The digest learned for `repository:tag`, if learned less than `ttl` ago from a source
+    /// that may back a push or delete verdict ([`Source::backs_verdicts`]).
     pub fn get(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<Digest> {
         self.get_since(repository, tag, now_ms).map(|(d, _)| d)
     }
@@ -42,24 +79,51 @@ impl TagCache {
     /// Like `get`, with the time the entry was learned: what the map says is only known to be
     /// true since then.
     pub fn get_since(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<(Digest, u64)> {
+        self.entry(repository, tag, now_ms).filter(|(_, _, s)| s.backs_verdicts()).map(|(d, at, _)| (d, at))
+    }
+
+    /// The digest a read may be pinned to: learned less than `ttl` ago, from any source.
+    pub fn get_for_read(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<Digest> {
+        self.entry(repository, tag, now_ms).map(|(d, _, _)| d)
+    }
+
+    /// A fresh entry (a stale one is dropped), marked used.
+    fn entry(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<(Digest, u64, Source)> {
         let key = Self::key(repository, tag);
         let fresh = match self.map.get(&key) {
             None => return None,
             Some(e) => now_ms.saturating_sub(e.learned_at_ms) < self.ttl_ms,
         };
         if fresh {
-            self.map.peek(&key).map(|e| (e.digest.clone(), e.learned_at_ms))
+            self.map.peek(&key).map(|e| (e.digest.clone(), e.learned_at_ms, e.source))
         } else {
             self.map.pop(&key);
             None
         }
     }
 
+    /// Learned from the filter's own HEAD or GET ([`Source::Head`]).
     pub fn put(&mut self, repository: &str, tag: &str, digest: Digest, now_ms: u64) {
+        self.put_from(repository, tag, digest, now_ms, Source::Head);
+    }
+
+    /// Learned from `source`. A client's read never makes an entry that backs verdicts younger:
+    /// one that agrees with it is kept as it is, one that disagrees is replaced (and so no
+    /// longer backs any verdict).
+    pub fn put_from(&mut self, repository: &str, tag: &str, digest: Digest, now_ms: u64, source: Source) {
         if self.ttl_ms == 0 {
             return;
         }
-        self.map.put(Self::key(repository, tag), Entry { digest, learned_at_ms: now_ms });
+        let key = Self::key(repository, tag);
+        if source == Source::Read {
+            if let Some(e) = self.map.peek(&key) {
+                let fresh = now_ms.saturating_sub(e.learned_at_ms) < self.ttl_ms;
+                if fresh && e.source.backs_verdicts() && e.digest == digest {
+                    return;
+                }
+            }
+        }
+        self.map.put(key, Entry { digest, learned_at_ms: now_ms, source });
     }
 
     pub fn forget(&mut self, repository: &str, tag: &str) {
@@ -163,5 +227,44 @@ mod tests {
         let mut c = TagCache::new(10, 60);
         c.put("a/b", "c", d("1"), 0);
         assert_eq!(c.get("a", "b/c", 0), None);
+    }
+
+    #[test]
+    fn only_entries_from_the_filter_s_own_reads_and_writes_back_verdicts() {
+        let mut c = TagCache::new(10, 60);
+        c.put("app", "head", d("h"), 0);
+        c.put_from("app", "push", d("p"), 0, Source::Push);
+        c.put_from("app", "read", d("r"), 0, Source::Read);
+        assert_eq!(c.get("app", "head", 1), Some(d("h")));
+        assert_eq!(c.get_since("app", "push", 1), Some((d("p"), 0)));
+        assert_eq!(c.get("app", "read", 1), None, "a client's read backs no verdict");
+        assert_eq!(c.get_since("app", "read", 1), None);
+        for (t, v) in [("head", "h"), ("push", "p"), ("read", "r")] {
+            assert_eq!(c.get_for_read("app", t, 1), Some(d(v)), "every entry pins a read");
+        }
+        assert_eq!(c.get_for_read("app", "read", 60_000), None, "and expires");
+    }
+
+    #[test]
+    fn a_read_never_freshens_or_lends_its_word_to_a_trusted_entry() {
+        let mut c = TagCache::new(10, 60);
+        c.put("app", "v1", d("a"), 0);
+        c.put_from("app", "v1", d("a"), 50_000, Source::Read);
+        assert_eq!(c.get_since("app", "v1", 50_000), Some((d("a"), 0)), "kept as learned");
+        assert_eq!(c.get("app", "v1", 60_000), None, "not freshened");
+        c.put("app", "v1", d("a"), 0);
+        c.put_from("app", "v1", d("b"), 1, Source::Read);
+        assert_eq!(c.get("app", "v1", 2), None, "a disagreeing read: no verdict on the map's word");
+        assert_eq!(c.get_for_read("app", "v1", 2), Some(d("b")));
+        c.put("app", "v1", d("c"), 3);
+        assert_eq!(c.get("app", "v1", 4), Some(d("c")), "the filter's own HEAD replaces a read");
+        // Once the trusted entry is stale, the read's word is taken (for reads only).
+        c.put("app", "v1", d("a"), 0);
+        c.put_from("app", "v1", d("a"), 60_000, Source::Read);
+        assert_eq!(c.get_for_read("app", "v1", 60_001), Some(d("a")));
+        assert_eq!(c.get("app", "v1", 60_001), None);
+        let mut c = TagCache::new(10, 0);
+        c.put_from("app", "v1", d("a"), 0, Source::Read);
+        assert!(c.is_empty());
     }
 }

@@ -127,6 +127,17 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The start of `refuse_lost_global_protection`'s reason.
+const LOST_GLOBAL_PROTECTION: &str = "inherits ";
+
+#[cfg(test)]
+impl ConfigError {
+    /// Whether this is `refuse_lost_global_protection`'s refusal (random policies skip it).
+    pub fn is_lost_global_protection(&self) -> bool {
+        self.field.starts_with("repository.") && self.field.ends_with(".immutable_tags") && self.reason.starts_with(LOST_GLOBAL_PROTECTION)
+    }
+}
+
 fn err(field: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
     ConfigError { field: field.into(), value: value.to_string(), reason: reason.into() }
 }
@@ -230,7 +241,22 @@ impl Config {
                 s.exclusions.as_ref().map_or(0, |e| e.patterns().len())
             )
         };
-        let repos: Vec<String> = p.repositories.iter().map(|(k, s)| format!("{k}: {}", scope(s))).collect();
+        // Each scope as resolved (nested scopes inherit), with where each field is written.
+        let from = |k: &str, origin: String| if origin == format!("repository.\"{k}\"") { "here".to_string() } else { format!("from {origin}") };
+        let repos: Vec<String> = p
+            .repositories
+            .iter()
+            .map(|(k, _)| {
+                let o = p.origins(k);
+                format!(
+                    "{k}: immutable_tags={} ({}) exclusions={} ({})",
+                    o.immutable_tags.map_or("unset".to_string(), |b| b.to_string()),
+                    from(k, o.immutable_tags_from),
+                    o.exclusions.map_or(0, |e| e.patterns().len()),
+                    from(k, o.exclusions_from)
+                )
+            })
+            .collect();
         let d = &self.deletes;
         format!(
             "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={} store={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",
@@ -312,9 +338,14 @@ impl RawConfig {
             let Json::Object(entries) = v else {
                 return Err(v.invalid_type("repository", "a map"));
             };
-            // As serde's map: a repeated key's last value wins.
+            // A repeated key is refused, as a repeated field is: keeping either value silently
+            // could drop the protection the other one states.
             for (name, scope) in entries {
-                repository.insert(name.clone(), RawScope::read(scope, &format!("repository.{name}"))?);
+                let at = format!("repository.{name}");
+                let scope = RawScope::read(scope, &at)?;
+                if repository.insert(name.clone(), scope).is_some() {
+                    return Err(err(at, "", format!("duplicate key `{name}`")));
+                }
             }
         }
         let cache = match object(&f, "cache", &["max_entries", "ttl_seconds"])? {
@@ -474,9 +505,11 @@ impl RawConfig {
             return Err(err("rules_max_regex_length", max_regex, format!("must be between 1 and {MAX_REGEX_LENGTH_LIMIT}")));
         }
         let rules = Rules::compile(self.rules, max_regex)?;
+        let policy = Policy::new(global, repositories, self.protect_signature_tags).with_rules(rules);
+        refuse_lost_global_protection(&policy)?;
         Ok(Config {
             upstream: Upstream { cluster, authority: self.upstream.authority, timeout_ms, write_timeout_ms },
-            policy: Policy::new(global, repositories, self.protect_signature_tags).with_rules(rules),
+            policy,
             error_code,
             cache: CacheSettings { max_entries, ttl_seconds },
             deletes,
@@ -488,6 +521,33 @@ impl RawConfig {
             break_glass: self.break_glass,
         })
     }
+}
+
+/// Before nested scopes inherited from enclosing scopes, a scope that did not set
+/// `immutable_tags` took `global`'s. A scope that took `true` so and now inherits `false` (or
+/// unset) from an enclosing scope would silently protect less: refused, as the rules'
+/// migration is (README "Policy"), naming the way to keep either meaning.
+fn refuse_lost_global_protection(policy: &Policy) -> Result<(), ConfigError> {
+    if policy.global.immutable_tags != Some(true) {
+        return Ok(());
+    }
+    for (key, scope) in &policy.repositories {
+        let now = policy.origins(key);
+        if scope.immutable_tags.is_none() && now.immutable_tags != Some(true) {
+            let value = now.immutable_tags.map_or("unset".to_string(), |v| v.to_string());
+            return Err(err(
+                format!("repository.{}.immutable_tags", quoted(key)),
+                "(unset)",
+                format!(
+                    "{LOST_GLOBAL_PROTECTION}{value} from {}.immutable_tags, but global.immutable_tags = true applied here before \
+                     scopes inherited from enclosing scopes: set \"immutable_tags\": true on this scope to keep it \
+                     immutable, or \"immutable_tags\": false to accept the new meaning",
+                    now.immutable_tags_from
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl RawEtcd {
@@ -760,5 +820,59 @@ mod tests {
         ] {
             assert_eq!(bad(json).field, field, "{json}");
         }
+    }
+}
+
+/// Attack review of the policy language (F4, F6).
+#[cfg(test)]
+mod policy_review_tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn a_scope_that_would_silently_lose_global_protection_by_inheriting_is_refused() {
+        // Before scopes inherited from enclosing scopes, dev/release took global's `true`.
+        let e = Config::from_json(
+            br#"{"global": {"immutable_tags": true},
+                 "repository": {"dev": {"immutable_tags": false},
+                                "dev/release": {"immutable_tags_exclusions": ["^latest$"]}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("repository.\"dev/release\".immutable_tags", "(unset)"));
+        assert!(e.reason.contains("inherits false from repository.\"dev\".immutable_tags"), "{e}");
+        assert!(e.reason.contains("set \"immutable_tags\": true on this scope to keep it immutable"), "{e}");
+        // Deeper, and with global's `true` reached through an unset middle scope.
+        assert!(Config::from_json(
+            br#"{"global": {"immutable_tags": true}, "repository": {"a": {"immutable_tags": false}, "a/b": {"immutable_tags_exclusions": ["x"]}, "a/b/c": {"immutable_tags_exclusions": ["y"]}}}"#
+        )
+        .is_err());
+        // Stated explicitly, either way, it loads.
+        for v in ["true", "false"] {
+            let c = Config::from_json(
+                format!(r#"{{"global": {{"immutable_tags": true}}, "repository": {{"dev": {{"immutable_tags": false}},
+                    "dev/release": {{"immutable_tags": {v}, "immutable_tags_exclusions": ["^latest$"]}}}}}}"#)
+                .as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(c.policy.decide("dev/release/app", "v1.0.0").immutable, v == "true");
+        }
+        // Inheriting what global gave, or more protection than before: loads.
+        for ok in [
+            r#"{"global": {"immutable_tags": true}, "repository": {"dev": {"immutable_tags_exclusions": ["x"]}, "dev/a": {"immutable_tags_exclusions": ["y"]}}}"#,
+            r#"{"global": {"immutable_tags": false}, "repository": {"dev": {"immutable_tags": true}, "dev/a": {"immutable_tags_exclusions": ["y"]}}}"#,
+            r#"{"repository": {"dev": {"immutable_tags": false}, "dev/a": {"immutable_tags_exclusions": ["y"]}}}"#,
+        ] {
+            assert!(Config::from_json(ok.as_bytes()).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_repository_key_is_refused() {
+        let e = Config::from_json(
+            br#"{"repository": {"prod": {"immutable_tags": true}, "prod": {"immutable_tags_exclusions": ["^latest$"]}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("repository.prod", "duplicate key `prod`"));
     }
 }

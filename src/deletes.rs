@@ -3,9 +3,15 @@
 //!
 //! A delete by tag is judged by the policy alone. A delete by digest needs the registry: the
 //! repository's tags are listed (`GET /v2/<name>/tags/list`, following `Link` pagination), the
-//! immutable ones kept, and their digests learned (tag-to-digest map or `HEAD`). This module
-//! holds that bookkeeping and every decision; the host glue only sends the calls it asks for.
-//! Anything it cannot judge (an upstream error, a garbled answer, too much work) refuses.
+//! immutable ones kept, and their digests learned by `HEAD` (the registry's word). The
+//! tag-to-digest map may only make it refuse sooner (`hint`), never allow: an entry can be stale
+//! (the tag moved behind the filter's back). This module holds that bookkeeping and every
+//! decision; the host glue only sends the calls it asks for. Anything it cannot judge (an
+//! upstream error, a garbled answer, too much work) refuses.
+//!
+//! A check that break-glass may lift (`exhaustive`) does not refuse at the first holder: it
+//! learns every immutable tag holding the digest from the registry, since a digest delete
+//! removes all of them and an override must cover each.
 
 use crate::digest::Digest;
 use crate::oci_error::OciError;
@@ -13,7 +19,7 @@ use crate::policy::Policy;
 use crate::request::is_valid_tag;
 use crate::verdict::Current;
 use crate::json_doc::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Dispatched `HEAD`s in flight at once for one digest delete: enough to hide the round trips,
@@ -111,6 +117,9 @@ fn next_url(header: &str) -> Option<&str> {
 pub struct Refusal {
     pub error: OciError,
     pub pass_challenge: bool,
+    /// The immutable tags known to hold the digest (sorted; empty: refused for another reason).
+    /// In an exhaustive check, every one of them, each confirmed by the registry.
+    pub held: Vec<String>,
 }
 
 /// What to do with a digest delete now.
@@ -148,10 +157,14 @@ pub struct DigestCheck {
     pages: usize,
     visited: BTreeSet<String>,
     listed: bool,
+    /// Break-glass may lift a refusal: wait for the registry's word on every immutable tag.
+    exhaustive: bool,
+    /// Tags the map says hold the digest: enough to refuse a non-exhaustive check, never to allow.
+    hinted: BTreeSet<String>,
 }
 
 impl DigestCheck {
-    pub fn new(repository: &str, digest: Digest, error_code: &str, max_immutable_tags: usize) -> DigestCheck {
+    pub fn new(repository: &str, digest: Digest, error_code: &str, max_immutable_tags: usize, exhaustive: bool) -> DigestCheck {
         DigestCheck {
             repository: repository.to_string(),
             digest,
@@ -161,6 +174,8 @@ impl DigestCheck {
             pages: 0,
             visited: BTreeSet::new(),
             listed: false,
+            exhaustive,
+            hinted: BTreeSet::new(),
         }
     }
 
@@ -172,15 +187,32 @@ impl DigestCheck {
         &self.digest
     }
 
+    pub fn exhaustive(&self) -> bool {
+        self.exhaustive
+    }
+
+    /// The detail of every refusal of this delete: the repository, the digest, and `extra`
+    /// (one builder rather than a `json!` per refusal: module size).
+    #[inline(never)]
+    fn detail(&self, extra: Vec<(&str, Value)>) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("repository".into(), Value::from(self.repository.as_str()));
+        m.insert("digest".into(), Value::from(self.digest.to_string()));
+        for (k, v) in extra {
+            m.insert(k.into(), v);
+        }
+        Value::Object(m)
+    }
+
     /// The registry could not be asked or did not answer usefully: refuse rather than guess.
     pub fn unavailable(&self, reason: &str) -> Refusal {
         let error = OciError::new(
             503,
             "UNAVAILABLE",
             format!("Cannot verify that manifest '{}' is not held by an immutable tag: {reason}", self.digest),
-            json!({"repository": self.repository, "digest": self.digest.to_string(), "reason": reason}),
+            self.detail(vec![("reason", Value::from(reason))]),
         );
-        Refusal { error, pass_challenge: false }
+        Refusal { error, pass_challenge: false, held: Vec::new() }
     }
 
     fn auth(&self, status: u16) -> Refusal {
@@ -189,8 +221,8 @@ impl DigestCheck {
         } else {
             ("DENIED", "requested access to the resource is denied")
         };
-        let error = OciError::new(status, code, msg, json!({"repository": self.repository, "digest": self.digest.to_string()}));
-        Refusal { error, pass_challenge: true }
+        let error = OciError::new(status, code, msg, self.detail(Vec::new()));
+        Refusal { error, pass_challenge: true, held: Vec::new() }
     }
 
     /// Reads one `tags/list` answer (`path` is the page that was asked for). `Ok(Some(next))`:
@@ -235,9 +267,9 @@ impl DigestCheck {
                     "Cannot verify that manifest '{}' is not held by an immutable tag: the repository has more than {} immutable tags to check (deletes.max_immutable_tags)",
                     self.digest, self.max_immutable_tags
                 ),
-                json!({"repository": self.repository, "digest": self.digest.to_string(), "max_immutable_tags": self.max_immutable_tags}),
+                self.detail(vec![("max_immutable_tags", Value::from(self.max_immutable_tags))]),
             );
-            return Err(Refusal { error, pass_challenge: false });
+            return Err(Refusal { error, pass_challenge: false, held: Vec::new() });
         }
         let next = if code == 200 { next_page_path(link, &self.repository, path).map_err(|e| self.unavailable(&e))? } else { None };
         match next {
@@ -255,14 +287,25 @@ impl DigestCheck {
         }
     }
 
-    /// Immutable tags whose digest is not known yet and not being asked for (the host looks
-    /// them up in its map and `learn`s the fresh ones).
+    /// Immutable tags whose digest is not known yet and not being asked for, when the map may
+    /// help: only a non-exhaustive check can refuse on its word (`hint`).
     pub fn unknown(&self) -> Vec<String> {
+        if self.exhaustive {
+            return Vec::new();
+        }
         self.immutable.iter().filter(|(_, c)| c.lookup == Lookup::Unknown).map(|(t, _)| t.clone()).collect()
     }
 
-    /// A tag's digest learned elsewhere (the map); `None`: the tag is absent.
-    pub fn learn(&mut self, tag: &str, digest: Option<Digest>) {
+    /// The map says `tag` points to `digest`: if that is the digest being deleted, refuse sooner
+    /// (a non-exhaustive check); anything else is asked of the registry all the same.
+    pub fn hint(&mut self, tag: &str, digest: &Digest) {
+        if *digest == self.digest && !self.exhaustive && self.immutable.contains_key(tag) {
+            self.hinted.insert(tag.to_string());
+        }
+    }
+
+    /// A tag's digest as the registry answered it; `None`: the tag is absent.
+    fn learn(&mut self, tag: &str, digest: Option<Digest>) {
         if let Some(c) = self.immutable.get_mut(tag) {
             c.lookup = Lookup::Known(digest);
         }
@@ -294,16 +337,28 @@ impl DigestCheck {
         Ok(())
     }
 
-    /// The decision so far: refuse as soon as one immutable tag is known to hold the digest.
+    /// The decision so far. A non-exhaustive check refuses as soon as one immutable tag is known
+    /// (or hinted) to hold the digest; an exhaustive one once the registry answered for every
+    /// immutable tag, naming all that hold it. Allowed only when the registry said, for every
+    /// immutable tag, that it points elsewhere.
     pub fn step(&self) -> Step {
         let mut resolved = self.listed;
         let mut other_algorithm = None;
+        let mut held = Vec::new();
         for (tag, c) in &self.immutable {
             match &c.lookup {
-                Lookup::Known(Some(d)) if *d == self.digest => return Step::Refuse(self.held(tag, &c.reason)),
+                Lookup::Known(Some(d)) if *d == self.digest => held.push(tag.clone()),
                 Lookup::Known(Some(d)) if d.algorithm() != self.digest.algorithm() => other_algorithm = Some(tag),
                 Lookup::Known(_) => {}
                 Lookup::Unknown | Lookup::InFlight => resolved = false,
+            }
+        }
+        if !self.exhaustive {
+            // The first in order, so that which tag is named does not depend on answer order
+            // when several are known.
+            let first = held.first().or(self.hinted.iter().next());
+            if let Some(tag) = first.cloned() {
+                return Step::Refuse(self.held(vec![tag]));
             }
         }
         if !resolved {
@@ -311,26 +366,41 @@ impl DigestCheck {
         }
         if let Some(tag) = other_algorithm {
             // Digests of different algorithms cannot be compared: the tag might hold this content.
+            // Not for break-glass to lift: nobody can say what the delete would remove.
             let reason = format!("immutable tag '{tag}' is reported with a digest of another algorithm");
             let error = OciError::new(
                 409,
                 "DENIED",
                 format!("Cannot verify that manifest '{}' is not held by an immutable tag: {reason}", self.digest),
-                json!({"repository": self.repository, "digest": self.digest.to_string(), "tag": tag, "reason": reason}),
+                self.detail(vec![("reason", Value::from(reason))]),
             );
-            return Step::Refuse(Refusal { error, pass_challenge: false });
+            return Step::Refuse(Refusal { error, pass_challenge: false, held: Vec::new() });
+        }
+        if !held.is_empty() {
+            return Step::Refuse(self.held(held));
         }
         Step::Allow
     }
 
-    fn held(&self, tag: &str, reason: &str) -> Refusal {
+    fn held(&self, tags: Vec<String>) -> Refusal {
+        // Built by hand: loops cost the module less than iterator chains.
+        let (mut names, mut list) = (String::new(), Vec::new());
+        for t in &tags {
+            names.push_str(if names.is_empty() { "'" } else { ", '" });
+            names.push_str(t);
+            names.push('\'');
+            list.push(Value::from(t.as_str()));
+        }
+        let first = tags.first().map(String::as_str).unwrap_or_default();
+        let reason = self.immutable.get(first).map(|c| c.reason.as_str()).unwrap_or_default();
+        let s = if tags.len() == 1 { "" } else { "s" };
         let error = OciError::new(
             409,
             &self.error_code,
-            format!("Manifest '{}' is held by immutable tag '{tag}' and cannot be deleted", self.digest),
-            json!({"repository": self.repository, "digest": self.digest.to_string(), "tag": tag, "reason": reason}),
+            format!("Manifest '{}' is held by immutable tag{s} {names} and cannot be deleted", self.digest),
+            self.detail(vec![("tag", Value::from(first)), ("tags", Value::Array(list)), ("reason", Value::from(reason))]),
         );
-        Refusal { error, pass_challenge: false }
+        Refusal { error, pass_challenge: false, held: tags }
     }
 }
 
@@ -355,7 +425,7 @@ mod tests {
         json!({"name": "app", "tags": tags}).to_string().into_bytes()
     }
     fn check(max: usize) -> DigestCheck {
-        DigestCheck::new("app", d("target"), "TAG_IMMUTABLE", max)
+        DigestCheck::new("app", d("target"), "TAG_IMMUTABLE", max, false)
     }
     fn refusal(step: Step) -> OciError {
         match step {
@@ -599,5 +669,49 @@ mod tests {
         let e = refusal(c.step());
         assert_eq!(e.status, 409);
         assert!(e.message.contains("another algorithm"));
+    }
+
+    #[test]
+    fn the_map_refuses_sooner_but_never_allows() {
+        // The map says v1 points elsewhere: the registry is asked all the same, and its word
+        // (v1 holds the digest) refuses.
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.hint("v1", &d("other"));
+        assert_eq!(c.step(), Step::Wait, "a map entry saying elsewhere is not the registry's word");
+        assert_eq!(c.take_heads(), vec!["v1"]);
+        c.on_head("v1", Current::Present(d("target"))).unwrap();
+        assert_eq!(refusal(c.step()).detail["tag"], "v1");
+        // The map says v1 holds it: refused without a HEAD.
+        let mut c = check(1000);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2"]), None).unwrap();
+        c.hint("v2", &d("target"));
+        let e = refusal(c.step());
+        assert_eq!(e.detail["tags"], json!(["v2"]));
+    }
+
+    #[test]
+    fn an_exhaustive_check_names_every_holder_on_the_registry_word() {
+        let mut c = DigestCheck::new("app", d("target"), "TAG_IMMUTABLE", 1000, true);
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v9", "a-scratch", "v1", "latest"]), None).unwrap();
+        assert!(c.unknown().is_empty(), "the map is not consulted");
+        c.hint("v9", &d("target"));
+        assert_eq!(c.step(), Step::Wait, "a hint does not stand for the registry");
+        let heads = c.take_heads();
+        assert_eq!(heads, vec!["a-scratch", "v1", "v9"]);
+        // Whichever answers first, the outcome is the same.
+        c.on_head("v9", Current::Present(d("target"))).unwrap();
+        assert_eq!(c.step(), Step::Wait, "not before every tag answered");
+        c.on_head("v1", Current::Present(d("other"))).unwrap();
+        assert_eq!(c.step(), Step::Wait);
+        c.on_head("a-scratch", Current::Present(d("target"))).unwrap();
+        let Step::Refuse(r) = c.step() else { panic!("refused") };
+        assert_eq!(r.held, vec!["a-scratch", "v9"]);
+        assert_eq!(r.error.detail["tags"], json!(["a-scratch", "v9"]));
+        assert_eq!(r.error.detail["tag"], "a-scratch");
+        assert_eq!(
+            r.error.message,
+            format!("Manifest '{}' is held by immutable tags 'a-scratch', 'v9' and cannot be deleted", d("target"))
+        );
     }
 }

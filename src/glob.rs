@@ -28,9 +28,20 @@ enum Token {
     Alternates(Vec<Vec<Token>>),
 }
 
+/// Longest glob accepted (characters): selectors name projects, repositories and tags, none
+/// longer than a few hundred characters; a longer one is a mistake or an attack on the load.
+pub const MAX_GLOB_LENGTH: usize = 1024;
+/// Deepest nesting of `{...}` accepted: translation recurses once per level (so does dropping
+/// the tokens), and a module's stack is 1 MiB; Harbor globs rarely nest at all.
+pub const MAX_NESTING: usize = 16;
+
 /// The regex matching exactly the strings `glob` matches (anchored at both ends), or why the
 /// glob is invalid.
 pub fn to_regex(glob: &str) -> Result<String, String> {
+    let length = glob.chars().count();
+    if length > MAX_GLOB_LENGTH {
+        return Err(format!("{length} characters, longer than {MAX_GLOB_LENGTH}"));
+    }
     let mut p = Parser { chars: glob.chars().peekable(), prev: None, cur: None, alternates: Vec::new(), branches: vec![Vec::new()] };
     p.parse()?;
     if p.branches.len() > 1 {
@@ -46,6 +57,26 @@ pub fn to_regex(glob: &str) -> Result<String, String> {
     tokens_to_regex(&tokens, &mut re);
     re.push('$');
     Ok(re)
+}
+
+/// Whether `glob` can match a name holding a `/` (`true` when it does not parse: the caller
+/// refuses it anyway). Negated classes and ranges spanning `/` can, as `**` and a `/` do.
+pub fn can_match_slash(glob: &str) -> bool {
+    let mut p = Parser { chars: glob.chars().peekable(), prev: None, cur: None, alternates: Vec::new(), branches: vec![Vec::new()] };
+    if p.parse().is_err() || p.branches.len() > 1 {
+        return true;
+    }
+    tokens_match_slash(&p.branches.pop().unwrap_or_default())
+}
+
+fn tokens_match_slash(tokens: &[Token]) -> bool {
+    tokens.iter().any(|t| match t {
+        Token::Literal(c) => *c == '/',
+        Token::Any | Token::ZeroOrMore => false,
+        Token::RecursivePrefix | Token::RecursiveSuffix | Token::RecursiveZeroOrMore => true,
+        Token::Class { negated, ranges } => *negated != ranges.iter().any(|&(a, b)| a <= '/' && '/' <= b),
+        Token::Alternates(branches) => branches.iter().any(|b| tokens_match_slash(b)),
+    })
 }
 
 fn tokens_to_regex(tokens: &[Token], re: &mut String) {
@@ -128,6 +159,9 @@ impl Parser<'_> {
                 '*' => self.parse_star()?,
                 '[' => self.parse_class()?,
                 '{' => {
+                    if self.alternates.len() >= MAX_NESTING {
+                        return Err(format!("alternate groups nested deeper than {MAX_NESTING}"));
+                    }
                     self.alternates.push(self.branches.len());
                     self.branches.push(Vec::new());
                 }

@@ -102,6 +102,50 @@ impl Matcher {
     }
 }
 
+/// Whether `pattern`, searched anywhere as the rules search, matches some string of at most
+/// `max_len` bytes whose first byte passes `first` and every other `rest` (the characters an OCI
+/// tag or name may hold): `check` warns on a selector that cannot. Explores the lazy DFA
+/// breadth first; `true` whenever unsure (a pattern that does not compile here, too many states).
+pub fn can_match(pattern: &str, first: fn(u8) -> bool, rest: fn(u8) -> bool, max_len: usize) -> bool {
+    let Ok(dfa) = DFA::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .thompson(thompson::Config::new().utf8(false))
+        .build(pattern)
+    else {
+        return true;
+    };
+    let mut cache = dfa.create_cache();
+    let Ok(start) = dfa.start_state_forward(&mut cache, &Input::new(&b""[..])) else { return true };
+    let mut seen = std::collections::HashSet::from([start]);
+    let mut frontier = vec![start];
+    for depth in 0..max_len {
+        let allowed = if depth == 0 { first } else { rest };
+        let mut next = Vec::new();
+        for &from in &frontier {
+            for b in (0..=255u8).filter(|&b| allowed(b)) {
+                let Ok(to) = dfa.next_state(&mut cache, from, b) else { return true };
+                // A match state is one byte late: something before `b` (a prefix of a longer
+                // valid string, which the search also matches) matched; or it matches at the end.
+                if to.is_match() || dfa.next_eoi_state(&mut cache, to).map_or(true, |e| e.is_match()) {
+                    return true;
+                }
+                if !to.is_dead() && seen.insert(to) {
+                    next.push(to);
+                }
+            }
+            // State IDs are only stable while the cache is not cleared.
+            if cache.clear_count() > 0 || seen.len() > 10_000 {
+                return true;
+            }
+        }
+        if next.is_empty() {
+            return false;
+        }
+        frontier = next;
+    }
+    false
+}
+
 /// regex-syntax errors span several lines (pattern, caret, message); keep the message, on one.
 pub fn error_text(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -153,6 +197,23 @@ mod tests {
         let m = Matcher::new(&["b".to_string(), "a.*".to_string(), "ab".to_string()]).unwrap();
         assert_eq!(m.find("ab"), Ok(Some(1)));
         assert_eq!(m.find("xab"), Ok(None));
+    }
+
+    #[test]
+    fn can_match_explores_only_the_allowed_characters() {
+        let lower = |b: u8| b.is_ascii_lowercase();
+        let tag = |b: u8| b.is_ascii_alphanumeric();
+        assert!(can_match("^ab$", lower, lower, 10));
+        assert!(!can_match("^Ab$", lower, lower, 10), "upper case");
+        assert!(!can_match(r"^v\d+$x", tag, tag, 128), "nothing after the end");
+        assert!(can_match(r"^v\d+$", tag, tag, 128));
+        assert!(!can_match("^abc$", lower, lower, 2), "too long");
+        assert!(can_match("b", lower, lower, 3), "unanchored: found anywhere");
+        assert!(!can_match("^$", lower, lower, 3), "only the empty string");
+        assert!(can_match("x*", lower, lower, 3), "the empty match is in every string");
+        assert!(!can_match("^1", lower, tag, 3), "the first byte has its own alphabet");
+        assert!(can_match("^a1", lower, tag, 3));
+        assert!(can_match("(", lower, lower, 3), "unsure: does not compile here");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub const MAX_REGEX_LENGTH_LIMIT: usize = 10_000;
 pub(crate) struct RawRule {
     name: Option<String>,
     disabled: bool,
+    /// With `true` when written as a plain glob list (the field is then `projects` itself).
+    projects: Option<(RawRepositories, bool)>,
     repositories: Option<RawRepositories>,
     tags: Option<RawTags>,
 }
@@ -69,7 +71,17 @@ impl RawRule {
     }
 
     fn read(v: &Json, at: &str) -> Result<RawRule, ConfigError> {
-        let f = v.fields(at, &["name", "disabled", "repositories", "tags"])?;
+        let f = v.fields(at, &["name", "disabled", "projects", "repositories", "tags"])?;
+        // `projects`: a glob list (`matching`), or the same object as `repositories`.
+        let projects = match f.get("projects") {
+            None => None,
+            Some(Json::Object(_)) => {
+                let p = f.get("projects").map(|p| p.fields(&f.at("projects"), &["matching", "excluding"])).transpose()?;
+                p.map(|p| Ok::<_, ConfigError>((RawRepositories { matching: Patterns::read(&p, "matching")?, excluding: Patterns::read(&p, "excluding")? }, false)))
+                    .transpose()?
+            }
+            Some(_) => Some((RawRepositories { matching: Patterns::read(&f, "projects")?, excluding: None }, true)),
+        };
         let repositories = match f.get("repositories") {
             None => None,
             Some(r) => {
@@ -88,7 +100,7 @@ impl RawRule {
                 })
             }
         };
-        Ok(RawRule { name: f.opt_string("name")?, disabled: f.bool_or_false("disabled")?, repositories, tags })
+        Ok(RawRule { name: f.opt_string("name")?, disabled: f.bool_or_false("disabled")?, projects, repositories, tags })
     }
 }
 
@@ -107,10 +119,13 @@ enum Select {
 pub struct Rule {
     index: usize,
     name: Option<String>,
+    /// Harbor's project: the first path component. `Any`: every repository, with or without one.
+    projects: Select,
     repositories: Select,
     tags: Select,
     description: String,
-    /// Its patterns' IDs in `Rules::repo_set` and `Rules::tag_set`.
+    /// Its patterns' IDs in `Rules::project_set`, `Rules::repo_set` and `Rules::tag_set`.
+    project_ids: Vec<usize>,
     repo_ids: Vec<usize>,
     tag_ids: Vec<usize>,
 }
@@ -142,6 +157,12 @@ pub struct Rules {
     /// Enabled rules in configuration order; "position" below means an index into this.
     rules: Vec<Rule>,
     disabled: usize,
+    /// The distinct project globs of every enabled rule.
+    project_set: Option<Matcher>,
+    /// For each pattern of `project_set`, the rules (positions, ascending) that are candidates
+    /// when it hits: those whose `projects` are all literal names (Harbor allows 15 rules per
+    /// project, so these lists stay short however many projects there are).
+    project_candidates: Vec<Vec<usize>>,
     /// The distinct repository globs of every enabled rule (`None`: there are none).
     repo_set: Option<Matcher>,
     /// For each pattern of `repo_set`, the rules (positions, ascending) that select
@@ -162,6 +183,7 @@ impl Rules {
     pub(crate) fn compile(raw: Vec<RawRule>, max_regex_length: usize) -> Result<Rules, ConfigError> {
         let mut out = Rules::default();
         let mut repo_patterns = Distinct::default();
+        let mut project_patterns = Distinct::default();
         let mut tag_patterns = Distinct::default();
         for (index, rule) in raw.into_iter().enumerate() {
             let at = format!("rules[{index}]");
@@ -177,7 +199,27 @@ impl Rules {
             // Validated even when disabled: enabling a rule later must not reveal a bad pattern.
             let position = out.rules.len();
             let mut description = Vec::new();
-            let (mut repo_ids, mut tag_ids) = (Vec::new(), Vec::new());
+            let (mut project_ids, mut repo_ids, mut tag_ids) = (Vec::new(), Vec::new(), Vec::new());
+            let mut literal_projects = false;
+            let projects = match rule.projects {
+                None => Select::Any,
+                Some((r, plain)) => {
+                    let at = format!("{at}.projects");
+                    let (select, key, patterns) = one_of(&at, r.matching, r.excluding, None)?;
+                    let patterns = patterns.unwrap_or(Patterns { values: Vec::new(), is_array: false });
+                    let field = if plain { at.clone() } else { format!("{at}.{key}") };
+                    literal_projects = patterns.values.iter().all(|v| !v.contains(['*', '?', '[', '{', '\\']));
+                    let globs = compile_globs(&field, &patterns)?;
+                    if let Some((g, _)) = globs.iter().find(|(g, _)| g.contains('/')) {
+                        return Err(err(field, quoted(g), "a project is one path component (the first of the name): no `/`"));
+                    }
+                    description.push(format!("projects {key} {}", list(&globs)));
+                    if !rule.disabled {
+                        project_ids = globs.into_iter().map(|(_, re)| project_patterns.id(re)).collect();
+                    }
+                    select
+                }
+            };
             let repositories = match rule.repositories {
                 None => Select::Any,
                 Some(r) => {
@@ -186,6 +228,9 @@ impl Rules {
                     let Some(patterns) = patterns else {
                         return Err(err(at, "", "`regex` is only for tags"));
                     };
+                    if projects == Select::Any {
+                        ambiguous_without_projects(&format!("{at}.{key}"), select, &patterns)?;
+                    }
                     let globs = compile_globs(&format!("{at}.{key}"), &patterns)?;
                     description.push(format!("repositories {key} {}", list(&globs)));
                     if !rule.disabled {
@@ -223,11 +268,15 @@ impl Rules {
                 out.disabled += 1;
                 continue;
             }
+            project_ids.sort_unstable();
+            project_ids.dedup();
             repo_ids.sort_unstable();
             repo_ids.dedup();
             tag_ids.sort_unstable();
             tag_ids.dedup();
-            if repositories == Select::Matching {
+            if projects == Select::Matching && literal_projects {
+                candidate(&mut out.project_candidates, &project_ids, position);
+            } else if repositories == Select::Matching {
                 candidate(&mut out.repo_candidates, &repo_ids, position);
             } else if tags == Select::Matching {
                 candidate(&mut out.tag_candidates, &tag_ids, position);
@@ -239,7 +288,7 @@ impl Rules {
             } else {
                 description.join(", ")
             };
-            out.rules.push(Rule { index, name: rule.name, repositories, tags, description, repo_ids, tag_ids });
+            out.rules.push(Rule { index, name: rule.name, projects, repositories, tags, description, project_ids, repo_ids, tag_ids });
         }
         let set = |what: &str, patterns: &[String]| match patterns {
             [] => Ok(None),
@@ -247,6 +296,7 @@ impl Rules {
                 .map(Some)
                 .map_err(|e| err("rules", "", format!("the rules' {what} do not compile together: {e}"))),
         };
+        out.project_set = set("project globs", &project_patterns.patterns)?;
         out.repo_set = set("repository globs", &repo_patterns.patterns)?;
         out.tag_set = set("tag globs and regexes", &tag_patterns.patterns)?;
         Ok(out)
@@ -268,10 +318,21 @@ impl Rules {
     /// Whether some enabled rule selects `repository` (for some tag): a repository no rule
     /// selects never needs a tag listing on a digest delete.
     pub fn may_select_repository(&self, repository: &str) -> bool {
-        let Ok(hits) = set_hits(&self.repo_set, repository) else {
+        let Ok(hits) = self.repository_hits(repository) else {
             return true; // the safe side: the caller then checks the tags
         };
-        self.rules.iter().any(|rule| selected(rule.repositories, &rule.repo_ids, &hits))
+        self.rules.iter().any(|rule| hits.select(rule))
+    }
+
+    /// The project and repository patterns that `repository` hits. Harbor matches a rule's
+    /// repositories against the name below the project (its first component); a name of one
+    /// component has no project and is matched whole.
+    fn repository_hits(&self, repository: &str) -> Result<RepositoryHits, Unfinished> {
+        let (project, below) = match repository.split_once('/') {
+            Some((p, below)) => (Some(set_hits(&self.project_set, p)?), below),
+            None => (None, repository),
+        };
+        Ok(RepositoryHits { project, repo: set_hits(&self.repo_set, below)? })
     }
 
     /// The first enabled rule (in configuration order) that selects `repository:tag`.
@@ -279,24 +340,24 @@ impl Rules {
         if self.rules.is_empty() {
             return None;
         }
-        let (Ok(repo_hits), Ok(tag_hits)) = (set_hits(&self.repo_set, repository), set_hits(&self.tag_set, tag)) else {
+        let (Ok(repo), Ok(tag_hits)) = (self.repository_hits(repository), set_hits(&self.tag_set, tag)) else {
             // The matcher could not finish (pattern.rs: not as configured): the safe side is
             // an immutable tag, so the first rule answers.
             return self.rules.first();
         };
         let selects = |position: usize| {
-            self.rules.get(position).is_some_and(|rule| {
-                selected(rule.repositories, &rule.repo_ids, &repo_hits) && selected(rule.tags, &rule.tag_ids, &tag_hits)
-            })
+            self.rules.get(position).is_some_and(|rule| repo.select(rule) && selected(rule.tags, &rule.tag_ids, &tag_hits))
         };
         // A rule with a `matching`/`regex` selector can only match if one of its patterns hit:
         // the candidates are the owners of the patterns that hit. Each list is in order, so
         // only its first rule that selects counts; the rules it skips were refused by their
         // other selector.
         let mut best: Option<usize> = None;
-        let lists = repo_hits
+        let lists = repo
+            .repo
             .iter()
             .filter_map(|&id| self.repo_candidates.get(id))
+            .chain(repo.project.iter().flatten().filter_map(|&id| self.project_candidates.get(id)))
             .chain(tag_hits.iter().filter_map(|&id| self.tag_candidates.get(id)));
         for list in lists {
             let mut before_best = list.iter().copied().take_while(|&p| best.map_or(true, |b| p < b));
@@ -308,6 +369,45 @@ impl Rules {
         let unhit = self.without_matching.iter().copied().take_while(|&p| best.map_or(true, |b| p < b)).find(|&p| selects(p));
         self.rules.get(unhit.or(best)?)
     }
+}
+
+/// What a repository hit: project patterns (`None`: the name has no project), repository ones.
+struct RepositoryHits {
+    project: Option<Vec<usize>>,
+    repo: Vec<usize>,
+}
+
+impl RepositoryHits {
+    /// Whether `rule` selects the repository (for some tag). A name without a project is
+    /// selected by no `projects` `matching`, and by every `excluding`.
+    fn select(&self, rule: &Rule) -> bool {
+        let project = match &self.project {
+            Some(hits) => selected(rule.projects, &rule.project_ids, hits),
+            None => rule.projects != Select::Matching,
+        };
+        project && selected(rule.repositories, &rule.repo_ids, &self.repo)
+    }
+}
+
+/// A rule without `projects` whose repository selector meant something else when rules matched
+/// the whole name: refused rather than silently protecting less (README "Rules", migrating).
+/// A `matching` glob that cannot match a `/` only selects more now (`**` as before, `*` or `app`
+/// also below every project); one that can (a `/`, a negated class, a range spanning `/`), or any
+/// `excluding` (which now also spares `<project>/<glob>`), could select less.
+fn ambiguous_without_projects(at: &str, select: Select, patterns: &Patterns) -> Result<(), ConfigError> {
+    let nested = patterns.values.iter().enumerate().find(|(_, v)| split_top_level(v).into_iter().map(str::trim).any(|g| g != "**" && glob::can_match_slash(g)));
+    let (field, value) = match (select, nested) {
+        (Select::Excluding, _) => (at.to_string(), patterns.values.join(",")),
+        (_, Some((i, v))) => (if patterns.is_array { format!("{at}[{i}]") } else { at.to_string() }, v.clone()),
+        _ => return Ok(()),
+    };
+    Err(err(
+        field,
+        quoted(&value),
+        "repositories match the name below the project, as in Harbor (in lib/a/b the project is lib): \
+         add \"projects\" so this rule cannot silently protect less (\"projects\": \"team-a\" with \"**\" \
+         for what \"team-a/**\" matched before; \"projects\": \"*\" for this selector below every project)",
+    ))
 }
 
 /// Whether a selector with these patterns selects, given the patterns that hit (sorted).
@@ -468,15 +568,25 @@ mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    /// These tests were written when repository globs matched the whole name: each rule with a
+    /// `repositories` selector runs below every project (`"projects": "*"`), and `hit` asks
+    /// about `p/<repo>`, so the globs mean what they meant.
     fn try_rules(json: &str) -> Result<Rules, ConfigError> {
-        let raw = RawRule::read_all(&Json::parse(json.as_bytes()).unwrap(), "rules").unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        for rule in v.as_array_mut().unwrap() {
+            let o = rule.as_object_mut().unwrap();
+            if o.contains_key("repositories") && !o.contains_key("projects") {
+                o.insert("projects".into(), "*".into());
+            }
+        }
+        let raw = RawRule::read_all(&Json::parse(v.to_string().as_bytes()).unwrap(), "rules").unwrap();
         Rules::compile(raw, DEFAULT_MAX_REGEX_LENGTH)
     }
     fn rules(json: &str) -> Rules {
         try_rules(json).unwrap()
     }
     fn hit(r: &Rules, repo: &str, tag: &str) -> Option<usize> {
-        r.first_match(repo, tag).map(Rule::index)
+        r.first_match(&format!("p/{repo}"), tag).map(Rule::index)
     }
 
     #[test]
@@ -518,13 +628,13 @@ mod tests {
     fn repository_selection_alone() {
         let r = rules(r#"[{"repositories": {"matching": "team-a/**"}, "tags": {"matching": "v*"}},
                           {"repositories": {"excluding": "sandbox/**"}, "tags": {"regex": "^x"}, "disabled": true}]"#);
-        assert!(r.may_select_repository("team-a/api"));
-        assert!(!r.may_select_repository("team-b/api"));
-        assert!(!r.may_select_repository("app"), "a disabled rule selects nothing");
+        assert!(r.may_select_repository("p/team-a/api"));
+        assert!(!r.may_select_repository("p/team-b/api"));
+        assert!(!r.may_select_repository("p/app"), "a disabled rule selects nothing");
         let r = rules(r#"[{"repositories": {"excluding": "sandbox/**"}}]"#);
-        assert!(r.may_select_repository("app"));
-        assert!(!r.may_select_repository("sandbox/x"));
-        assert!(rules(r#"[{"tags": {"matching": "v*"}}]"#).may_select_repository("anything"));
+        assert!(r.may_select_repository("p/app"));
+        assert!(!r.may_select_repository("p/sandbox/x"));
+        assert!(rules(r#"[{"tags": {"matching": "v*"}}]"#).may_select_repository("p/anything"));
     }
 
     #[test]
@@ -615,7 +725,7 @@ mod tests {
         assert_eq!(r.rules.get(1).unwrap().reason(), "rules[1]");
         assert_eq!(
             r.rules.get(1).unwrap().description(),
-            r#"repositories matching ["team-a/**", "team-b/api"], tags matching ["v*.*.*"]"#
+            r#"projects matching ["*"], repositories matching ["team-a/**", "team-b/api"], tags matching ["v*.*.*"]"#
         );
     }
 
@@ -633,7 +743,7 @@ mod tests {
         let r = rules(r#"[{"repositories": {"excluding": "sandbox/**"}, "tags": {"excluding": "latest"}}]"#);
         assert_eq!(hit(&r, "sandbox/x", "v1"), None);
         assert_eq!(hit(&r, "app", "latest"), None);
-        assert_eq!(r.rules.first().unwrap().description(), r#"repositories excluding ["sandbox/**"], tags excluding ["latest"]"#);
+        assert_eq!(r.rules.first().unwrap().description(), r#"projects matching ["*"], repositories excluding ["sandbox/**"], tags excluding ["latest"]"#);
         assert_eq!(rules("[{}]").rules.first().unwrap().description(), "every tag of every repository");
         // A rule with no `matching` selector is found apart from the pattern hits, yet it still
         // wins over a later rule that a pattern hit found.
@@ -720,7 +830,7 @@ mod tests {
         let c = cfg(r#"{
           "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^v.*"]},
           "repository": {"dev": {"immutable_tags": false}},
-          "rules": [{"name": "releases", "tags": {"regex": "^v\\d"}}, {"repositories": {"matching": "dev/keep"}}]
+          "rules": [{"name": "releases", "tags": {"regex": "^v\\d"}}, {"projects": "dev", "repositories": {"matching": "keep"}}]
         }"#);
         assert_eq!(decide(&c, "app", "main"), (true, "global.immutable_tags = true".into()), "the scope decides first");
         assert_eq!(
@@ -826,5 +936,165 @@ mod tests {
         assert_eq!(e.field, "rules[0].tags.regex");
         let e = try_rules(r#"[{"name": "bad\nname"}]"#).unwrap_err();
         assert_eq!(e.field, "rules[0].name");
+    }
+}
+
+/// Issue 30: Harbor's project scoping.
+#[cfg(test)]
+mod projects {
+    use crate::config::Config;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn cfg(json: &str) -> Config {
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+    fn immutable(c: &Config, repo: &str, tag: &str) -> bool {
+        c.policy.decide(repo, tag).immutable
+    }
+
+    #[test]
+    fn a_copied_harbor_rule_matches_the_name_below_the_project() {
+        let c = cfg(r#"{"rules": [{"repositories": {"matching": "*"}, "tags": {"matching": "**"}}]}"#);
+        assert!(immutable(&c, "library/app", "v1"));
+        assert!(!immutable(&c, "library/team/app", "v1"), "`*` stays in one segment, as in Harbor");
+        assert!(immutable(&c, "app", "v1"), "a name without a project is matched whole");
+        assert!(c.policy.may_protect_in("library/app"));
+        let c = cfg(r#"{"rules": [{"repositories": {"matching": "app"}, "tags": {"matching": "**"}}]}"#);
+        assert!(immutable(&c, "library/app", "v1"));
+        assert!(immutable(&c, "app", "v1"));
+        assert!(!immutable(&c, "library/app2", "v1"));
+    }
+
+    #[test]
+    fn projects_select_the_first_path_component() {
+        let c = cfg(r#"{"rules": [{"projects": ["team-a"], "repositories": {"matching": "**"}, "tags": {"matching": "**"}}]}"#);
+        assert!(!immutable(&c, "library/app", "v1"));
+        assert!(!c.policy.may_protect_in("library/app"));
+        assert!(immutable(&c, "team-a/app", "v1"));
+        assert!(immutable(&c, "team-a/x/y", "v1"));
+        assert!(!immutable(&c, "team-a", "v1"), "a name with one component has no project");
+        let c = cfg(r#"{"rules": [{"projects": "team-*", "repositories": {"matching": "api"}}]}"#);
+        assert!(immutable(&c, "team-b/api", "v1"));
+        assert!(!immutable(&c, "team-b/web", "v1"));
+        assert!(!immutable(&c, "lib/api", "v1"));
+        let c = cfg(r#"{"rules": [{"projects": {"excluding": "sandbox"}, "repositories": {"excluding": "tmp/**"}}]}"#);
+        assert!(immutable(&c, "app", "v1"), "no project: not excluded");
+        assert!(immutable(&c, "team/app", "v1"));
+        assert!(!immutable(&c, "sandbox/app", "v1"));
+        assert!(!immutable(&c, "team/tmp/x", "v1"));
+        assert!(!c.policy.may_protect_in("sandbox/app"));
+        assert!(c.policy.may_protect_in("team/app"));
+        let c = cfg(r#"{"rules": [{"projects": "a,b"}]}"#);
+        assert!(immutable(&c, "b/x", "v1"));
+        assert!(!immutable(&c, "c/x", "v1"));
+    }
+
+    #[test]
+    fn the_first_rule_wins_across_project_and_repository_candidates() {
+        let c = cfg(r#"{"rules": [{"projects": "*", "repositories": {"matching": "x"}, "tags": {"matching": "v*"}},
+            {"projects": "a", "tags": {"matching": "v*"}}, {"projects": ["a", "b"]}, {"projects": "a", "repositories": {"matching": "x"}}]}"#);
+        let hit = |repo: &str, tag: &str| c.policy.matching_rule(repo, tag).map(|r| r.index());
+        assert_eq!(hit("a/x", "v1"), Some(0));
+        assert_eq!(hit("a/y", "v1"), Some(1));
+        assert_eq!(hit("a/x", "w"), Some(2));
+        assert_eq!(hit("c/x", "w"), None);
+        assert_eq!(hit("c/x", "v2"), Some(0));
+        assert_eq!(hit("x", "v2"), None, "a name without a project: no `projects` matching selects it");
+        // A thousand projects, one rule each: a decision checks the rules of its project only.
+        let v: Vec<String> = (0..1000).map(|i| format!(r#"{{"projects": "team{i}", "repositories": {{"matching": "app/**"}}, "tags": {{"matching": "dev-*"}}}}"#)).collect();
+        let c = cfg(&format!(r#"{{"rules": [{}]}}"#, v.join(",")));
+        let hit = |repo: &str, tag: &str| c.policy.matching_rule(repo, tag).map(|r| r.index());
+        assert_eq!(hit("team999/app/x", "dev-1"), Some(999));
+        assert_eq!(hit("team0/app/x", "dev-1"), Some(0));
+        assert_eq!(hit("team0/web/x", "dev-1"), None);
+        assert_eq!(hit("team1000/app/x", "dev-1"), None);
+    }
+
+    #[test]
+    fn a_rule_whose_meaning_would_change_is_refused_at_load() {
+        let bad = |json: &str| Config::from_json(json.as_bytes()).unwrap_err();
+        // Full-path rules written before projects existed: never silently unprotected.
+        let e = bad(r#"{"rules": [{"repositories": {"matching": ["team-a/**", "team-b/api"]}}]}"#);
+        assert_eq!(e.field, "rules[0].repositories.matching[0]");
+        assert!(e.reason.contains("below the project") && e.reason.contains("projects"), "{e}");
+        let e = bad(r#"{"rules": [{"repositories": {"excluding": "sandbox"}}]}"#);
+        assert_eq!(e.field, "rules[0].repositories.excluding");
+        assert!(e.reason.contains("projects"), "{e}");
+        let e = bad(r#"{"rules": [{"projects": "a/b"}]}"#);
+        assert_eq!(e.field, "rules[0].projects");
+        assert!(e.reason.contains("one path component"), "{e}");
+        let e = bad(r#"{"rules": [{"projects": []}]}"#);
+        assert_eq!(e.field, "rules[0].projects");
+        // With `projects`, a nested selector is Harbor's.
+        let c = cfg(r#"{"rules": [{"projects": "*", "repositories": {"matching": "team-a/**"}}]}"#);
+        assert!(immutable(&c, "lib/team-a/x", "v1"));
+        assert!(!immutable(&c, "team-a/x", "v1"));
+    }
+}
+
+/// Attack review of the migration refusal (F5): a glob whose text has no `/` may still match one.
+#[cfg(test)]
+mod migration_review {
+    use crate::config::Config;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn refused(glob: &str) -> Option<String> {
+        let json = serde_json::json!({"rules": [{"repositories": {"matching": glob}}]}).to_string();
+        Config::from_json(json.as_bytes()).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_glob_whose_classes_can_match_a_slash_is_refused_without_projects() {
+        // Each matched `team/api` when globs matched the whole name.
+        for glob in ["team[!_]api", "prod[+-0]api", "team[^a]api", "{x,team[!_]api}", "[!a]*", "**,team[!_]api", "app, a/**"] {
+            let e = refused(glob).unwrap_or_else(|| panic!("{glob} loaded"));
+            assert!(e.contains("repositories.matching") && e.contains("add \\\"projects\\\"") || e.contains("add \"projects\""), "{e}");
+        }
+        let e = Config::from_json(br#"{"rules": [{"repositories": {"matching": ["app", "team[!_]api"]}}]}"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("rules[0].repositories.matching[1]", "\"team[!_]api\""));
+    }
+
+    /// Loads `json` on a thread with wasm32's 1 MiB stack: a stack overflow aborts the binary.
+    fn load_on_a_small_stack(json: String) -> Result<(), String> {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || Config::from_json(json.as_bytes()).map(|_| ()).map_err(|e| format!("{}: {}", e.field, e.reason)))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn deeply_nested_or_overlong_globs_are_refused_at_load_not_overflowing_the_stack() {
+        let deep = format!("{}a{}", "{".repeat(200_000), "}".repeat(200_000));
+        let json = serde_json::json!({"rules": [{"tags": {"matching": ["v*", deep]}}]}).to_string();
+        let e = load_on_a_small_stack(json).unwrap_err();
+        assert!(e.starts_with("rules[0].tags.matching[1]: invalid glob"), "{}", &e[..200.min(e.len())]);
+        assert!(e.ends_with("400001 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
+        for key in ["projects", "repositories"] {
+            let json = serde_json::json!({"rules": [{"projects": "*", key: {"matching": deep}}]}).to_string();
+            assert!(load_on_a_small_stack(json).unwrap_err().ends_with("400001 characters, longer than 1024"));
+        }
+        // Nesting is capped within the length too; at the limit it loads.
+        let deeper = format!("{}a{}", "{".repeat(17), "}".repeat(17));
+        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": deeper}}]}).to_string()).unwrap_err();
+        assert!(e.starts_with("rules[0].tags.matching: invalid glob"), "{e}");
+        assert!(e.ends_with("alternate groups nested deeper than 16"), "{e}");
+        let ok = format!("{}a{}", "{".repeat(16), "}".repeat(16));
+        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": ok}}]}).to_string()), Ok(()));
+        let long = "a".repeat(1025);
+        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": long}}]}).to_string()).unwrap_err();
+        assert!(e.ends_with("1025 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
+        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": "a".repeat(1024)}}]}).to_string()), Ok(()));
+    }
+
+    #[test]
+    fn a_glob_that_cannot_match_a_slash_still_loads() {
+        for glob in ["**", "app, **", "**,app", "*", "team?api", "team[!/]api", "team[a-z]api", "prod[0-9]*", "{a,b}*", "team**", "[!a/]x"] {
+            assert_eq!(refused(glob), None, "{glob}");
+        }
     }
 }

@@ -118,6 +118,7 @@ def test_htpasswd_a_proven_listed_principal_with_a_reason_overwrites(stacks, reg
 
     r = put_manifest(envoy.url, repo, "v1", m2, headers={**ADMIN, "X-Break-Glass-Reason": REASON, "X-Request-Id": f"req-{uid}"})
     assert r.status == 201, r
+    assert r.headers["x-request-id"] != f"req-{uid}", "Envoy's own id, not the client's"
     assert current_digest(registry.url, repo, "v1") == sha256(m2)
     assert overrides(envoy) == 1
     lines = [l for l in override_lines(envoy) if l["repository"] == repo]
@@ -125,7 +126,7 @@ def test_htpasswd_a_proven_listed_principal_with_a_reason_overwrites(stacks, reg
     assert lines[0] | {"mode": "enforce"} == {
         "event": "immutable_tags.break_glass", "mode": "enforce", "principal": "release-admin", "reason": REASON,
         "action": "overwrite", "repository": repo, "tag": "v1", "current_digest": sha256(m1),
-        "pushed_digest": sha256(m2), "request_id": f"req-{uid}",
+        "pushed_digest": sha256(m2), "request_id": r.headers["x-request-id"],
     }
     assert "pw-admin" not in envoy.log() and ADMIN["Authorization"].split()[1] not in envoy.log(), "never a credential"
     # One request: the next overwrite without a reason is refused again.

@@ -86,7 +86,7 @@ def test_digest_held_by_an_immutable_tag_is_refused(envoy, registry, uid):
     err = r.json()["errors"][0]
     assert err["code"] == "DENIED"
     assert err["message"] == f"Manifest '{d1}' is held by immutable tag 'v1' and cannot be deleted"
-    assert err["detail"] == {"repository": repo, "digest": d1, "tag": "v1", "reason": "global.immutable_tags = true"}
+    assert err["detail"] == {"repository": repo, "digest": d1, "tag": "v1", "tags": ["v1"], "reason": "global.immutable_tags = true"}
     assert exists(registry.url, repo, d1), "checked on the registry itself"
     assert current_digest(registry.url, repo, "v1") == d1
 

@@ -108,9 +108,12 @@ def test_refusal_log_line_carries_every_field(stacks, registry, uid):
     m1 = make_manifest(registry.url, repo, "one")
     m2 = make_manifest(registry.url, repo, "two")
     assert put_manifest(envoy.url, repo, "v1.4.2", m1).status == 201
-    rid = f"req-{uid}"
-    r = put_manifest(envoy.url, repo, "v1.4.2", m2, headers={"x-request-id": rid, "user-agent": "ci-bot/7"})
+    # Envoy replaces a client's x-request-id with its own (use_remote_address) and hands it back.
+    sent = f"req-{uid}"
+    r = put_manifest(envoy.url, repo, "v1.4.2", m2, headers={"x-request-id": sent, "user-agent": "ci-bot/7"})
     assert r.status == 409, r
+    rid = r.headers["x-request-id"]
+    assert rid != sent
 
     rec = record_for(envoy, rid)
     assert set(rec) == RECORD_FIELDS
@@ -130,8 +133,9 @@ def test_refusal_log_line_carries_every_field(stacks, registry, uid):
     assert sum(1 for x in records(envoy) if x["repository"] == repo) == 1
 
     # An unreadable request: logged with what is known.
-    rid = f"bad-{uid}"
-    assert request(envoy.url, "PUT", f"/v2/{repo}/manifests/v1/", body=m1, headers={"x-request-id": rid}).status == 400
+    r = request(envoy.url, "PUT", f"/v2/{repo}/manifests/v1/", body=m1, headers={"x-request-id": f"bad-{uid}"})
+    assert r.status == 400
+    rid = r.headers["x-request-id"]
     rec = record_for(envoy, rid)
     assert (rec["kind"], rec["code"], rec["repository"], rec["rule"]) == ("invalid_request", "MANIFEST_INVALID", None, None)
 
@@ -146,9 +150,9 @@ def test_audit_mode_lets_an_overwrite_through_and_logs_and_counts_it(stacks, reg
     assert put_manifest(envoy.url, repo, "v1.0.0", m1).status == 201
 
     c0 = counters(envoy)
-    rid = f"audit-{uid}"
-    r = put_manifest(envoy.url, repo, "v1.0.0", m2, headers={"x-request-id": rid})
+    r = put_manifest(envoy.url, repo, "v1.0.0", m2)
     assert r.status == 201, r
+    rid = r.headers["x-request-id"]
     assert current_digest(registry.url, repo, "v1.0.0") == sha256(m2), "the registry took it"
     d = moved(c0, counters(envoy))
     assert d["overwrites_refused"] == 1 and d["audit_would_refuse"] == 1, d

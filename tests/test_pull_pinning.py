@@ -63,10 +63,29 @@ def test_a_push_through_the_filter_teaches_the_map(stacks, registry, uid):
     repo = f"pin-{uid}"
     m = make_manifest(registry.url, repo, "one")
     assert put_manifest(envoy.url, repo, "v2", m).status == 201
-    r = pull(envoy.url, repo, "v2?ns=example", f"q-{uid}")
+    r = pull(envoy.url, repo, "v2", f"p-{uid}")
     assert r.status == 200 and r.body == m and r.digest == sha256(m)
-    assert reads(registry, repo, f"q-{uid}") == [("GET", f"/v2/{repo}/manifests/{sha256(m)}?ns=example")], \
-        "the query string is kept"
+    assert reads(registry, repo, f"p-{uid}") == [("GET", f"/v2/{repo}/manifests/{sha256(m)}")]
+
+
+def test_a_read_with_a_query_string_is_neither_pinned_nor_taught_from(stacks, registry, uid):
+    # A mirror may pick its upstream by the query (containerd's `?ns=`): the map's digest may not
+    # be that upstream's, and that upstream's digest must not pin other clients' reads.
+    envoy = pinning_envoy(stacks, registry)
+    repo = f"pin-{uid}"
+    m = make_manifest(registry.url, repo, "one")
+    assert put_manifest(envoy.url, repo, "v2", m).status == 201
+    for _ in range(2):
+        r = pull(envoy.url, repo, "v2?ns=example", f"q-{uid}")
+        assert r.status == 200 and r.body == m and r.digest == sha256(m)
+    assert reads(registry, repo, f"q-{uid}") == [("GET", f"/v2/{repo}/manifests/v2?ns=example")] * 2, \
+        "sent by tag, as it came"
+    m3 = make_manifest(registry.url, repo, "three")
+    assert put_manifest(registry.url, repo, "v3", m3).status == 201  # behind Envoy's back: map cold
+    assert pull(envoy.url, repo, "v3?ns=example", f"t-{uid}").status == 200
+    assert pull(envoy.url, repo, "v3", f"u-{uid}").status == 200
+    assert reads(registry, repo, f"u-{uid}") == [("GET", f"/v2/{repo}/manifests/v3")], \
+        "a read with a query taught the map nothing"
 
 
 def test_mutable_tags_and_unknown_tags_are_not_pinned(stacks, registry, uid):

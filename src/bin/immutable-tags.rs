@@ -6,7 +6,9 @@
 //! cannot be read or is invalid (with the line the filter would log), 2 on a usage error.
 
 use immutable_tags::break_glass::{Action, Ask};
-use immutable_tags::config::Config;
+use immutable_tags::config::{Config, Mode, OnUpstreamError};
+use immutable_tags::pattern::can_match;
+use immutable_tags::rules::split_top_level;
 use immutable_tags::request::{is_valid_name, is_valid_tag};
 use immutable_tags::BUILD;
 use std::io::{Read, Write};
@@ -14,11 +16,12 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: immutable-tags explain --config <policy.json | -> [--as <principal>] [--reason <text>] <repository> <tag>
        immutable-tags explain --config <policy.json | -> [--as <principal>] [--reason <text>] <repository>:<tag>
-       immutable-tags check <policy.json>...
+       immutable-tags check [--strict] <policy.json>...
 
 Prints whether the tag is immutable under the configuration and the setting or rule that
 decides it; `check` validates each file and prints its effective policy or its error. The
-configuration is the filter's plugin configuration (JSON); `-` reads stdin. With `break_glass`,
+configuration is the filter's plugin configuration (JSON); `-` reads stdin. `check` warns about
+selectors and scopes that can never apply; `--strict` makes a warning fail the check (for CI). With `break_glass`,
 `explain` says who may override the tag, and (`--as`, `--reason`) whether a request by that
 principal would, or why not (taking the registry's authentication as proven).";
 
@@ -107,22 +110,146 @@ fn exclusion_warnings(c: &Config) -> Vec<(String, String)> {
     found
 }
 
-/// `check FILE...`: every file through the filter's parser; 1 if any is unreadable or invalid.
-fn check(files: &[String]) -> ExitCode {
+/// Tags: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+fn tag_first(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+fn tag_rest(b: u8) -> bool {
+    tag_first(b) || b == b'.' || b == b'-'
+}
+/// Names: lower-case components of `[a-z0-9._-]` joined by `/` (the grammar's finer points,
+/// such as no `..`, are left out: a warning must never be wrong).
+fn name_first(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+fn name_rest(b: u8) -> bool {
+    name_first(b) || matches!(b, b'.' | b'_' | b'-' | b'/')
+}
+fn project_rest(b: u8) -> bool {
+    name_rest(b) && b != b'/'
+}
+
+/// What a selector is matched against: its name in a warning and its characters.
+#[derive(Clone, Copy)]
+struct Grammar {
+    what: &'static str,
+    first: fn(u8) -> bool,
+    rest: fn(u8) -> bool,
+    max: usize,
+}
+
+const TAG: Grammar = Grammar { what: "a tag (A-Z, a-z, 0-9, _, ., -; no /)", first: tag_first, rest: tag_rest, max: 128 };
+const NAME: Grammar = Grammar { what: "a repository name (lower-case a-z, 0-9, ., _, -, /)", first: name_first, rest: name_rest, max: 255 };
+const PROJECT: Grammar = Grammar { what: "a project (lower-case a-z, 0-9, ., _, -: one path component)", first: name_first, rest: project_rest, max: 255 };
+
+/// Adds a warning when `regex` (the translation of `pattern`) matches nothing `g` allows.
+fn never(found: &mut Vec<(String, String)>, field: String, pattern: &str, regex: &str, g: Grammar) {
+    if !can_match(regex, g.first, g.rest, g.max) {
+        found.push((field, format!("{pattern:?} can never match {}, so it has no effect", g.what)));
+    }
+}
+
+/// Rule selectors and exclusions that no valid name or tag can match, and scopes that can
+/// never apply, by field path. Read from the JSON itself: the compiled policy keeps no paths.
+fn never_warnings(c: &Config, doc: &serde_json::Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let glob = |g: &str| immutable_tags::glob::to_regex(g).map(|re| format!("(?s){re}")).unwrap_or_else(|_| ".*".into());
+    for (i, rule) in doc.get("rules").and_then(|r| r.as_array()).into_iter().flatten().enumerate() {
+        let at = format!("rules[{i}]");
+        for (key, g) in [("projects", PROJECT), ("repositories", NAME), ("tags", TAG)] {
+            let Some(sel) = rule.get(key) else { continue };
+            let mut lists = Vec::new();
+            match sel {
+                serde_json::Value::Object(o) => {
+                    for (k, v) in o {
+                        if k == "regex" {
+                            if let Some(re) = v.as_str() {
+                                never(&mut found, format!("{at}.{key}.regex"), re, re, g);
+                            }
+                        } else {
+                            lists.push((format!("{at}.{key}.{k}"), v));
+                        }
+                    }
+                }
+                v => lists.push((format!("{at}.{key}"), v)),
+            }
+            for (field, v) in lists {
+                let values: Vec<(String, &str)> = match v {
+                    serde_json::Value::Array(a) => a.iter().enumerate().filter_map(|(j, s)| Some((format!("{field}[{j}]"), s.as_str()?))).collect(),
+                    v => v.as_str().map(|s| (field.clone(), s)).into_iter().collect(),
+                };
+                for (field, value) in values {
+                    for p in split_top_level(value).into_iter().map(str::trim) {
+                        never(&mut found, field.clone(), p, &glob(p), g);
+                    }
+                }
+            }
+        }
+    }
+    let p = &c.policy;
+    let scopes = std::iter::once(("global".to_string(), None, &p.global))
+        .chain(p.repositories.iter().map(|(k, s)| (format!("repository.\"{k}\""), Some(k.as_str()), s)));
+    for (at, key, s) in scopes {
+        for (j, e) in s.exclusions.as_ref().map(|e| e.patterns()).unwrap_or_default().iter().enumerate() {
+            never(&mut found, format!("{at}.immutable_tags_exclusions[{j}]"), e, &format!("^(?:{e})$"), TAG);
+        }
+        let Some(key) = key else { continue };
+        let o = p.origins(key);
+        if s.immutable_tags.is_none() && s.exclusions.is_none() {
+            found.push((at.clone(), "sets neither immutable_tags nor a non-empty immutable_tags_exclusions: this scope never changes a decision".into()));
+        }
+        // Dead only if no scope that takes its exclusions from this one (itself, or a nested
+        // scope that sets none) ends up immutable.
+        let applies = || {
+            p.repositories.iter().any(|(k, _)| {
+                let t = p.origins(k);
+                t.exclusions_from == at && t.immutable_tags == Some(true)
+            })
+        };
+        if s.exclusions.is_some() && !applies() {
+            let value = o.immutable_tags.map_or("unset".to_string(), |v| v.to_string());
+            found.push((
+                format!("{at}.immutable_tags_exclusions"),
+                format!("never apply: immutable_tags is {value} here (from {}) and in every scope that inherits them", o.immutable_tags_from),
+            ));
+        }
+        // Before nested scopes inherited, an unset field came from `global`: name what now differs
+        // (a scope that would lose global's `immutable_tags = true` so is refused at load).
+        let global_list = p.global.exclusions.as_ref().map(|e| e.patterns()).unwrap_or_default();
+        let now = o.exclusions.map(|e| e.patterns()).unwrap_or_default();
+        if s.exclusions.is_none() && o.immutable_tags == Some(true) && now != global_list {
+            found.push((at.clone(), format!("inherits immutable_tags_exclusions from {} (global's applied here before scopes inherited from enclosing scopes); set them on this scope to keep that", o.exclusions_from)));
+        }
+    }
+    found
+}
+
+/// `check [--strict] FILE...`: every file through the filter's parser; 1 if any is unreadable
+/// or invalid, or (`--strict`) draws a warning.
+fn check(args: &[String]) -> ExitCode {
+    let strict = args.iter().any(|a| a == "--strict");
+    let files: Vec<&String> = args.iter().filter(|a| *a != "--strict").collect();
     if files.is_empty() {
         eprintln!("immutable-tags: check needs at least one file\n{USAGE}");
         return ExitCode::from(2);
     }
     let mut ok = true;
     for path in files {
-        match read_config(path).map(|b| Config::from_json(&b)) {
-            Ok(Ok(c)) => {
+        match read_config(path).map(|b| (Config::from_json(&b), b)) {
+            Ok((Ok(c), bytes)) => {
                 out(&format!("ok {path}: {}{}\n", c.summary(), break_glass_summary(&c)));
-                for (field, why) in exclusion_warnings(&c) {
+                let doc = serde_json::from_slice(&bytes).unwrap_or_default();
+                let mut warnings = exclusion_warnings(&c);
+                warnings.extend(never_warnings(&c, &doc));
+                for (field, why) in &warnings {
                     out(&format!("warning {path}: field `{field}`: {why}\n"));
                 }
+                if strict && !warnings.is_empty() {
+                    ok = false;
+                    out(&format!("failed {path}: {} warning(s) (--strict)\n", warnings.len()));
+                }
             }
-            Ok(Err(why)) => {
+            Ok((Err(why), _)) => {
                 ok = false;
                 out(&format!("invalid {path}: {why}\n"));
             }
@@ -145,7 +272,8 @@ fn break_glass_summary(c: &Config) -> String {
     let Some(b) = &c.break_glass else { return "; break_glass: off".into() };
     let repos = if b.repositories.is_empty() { "every repository".to_string() } else { b.repositories.join(", ") };
     let actions: Vec<&str> = b.actions.iter().map(|a| a.as_str()).collect();
-    format!("; break_glass: principals [{}], repositories [{repos}], actions [{}], reason header {}", b.principals.join(", "), actions.join(", "), b.reason_header)
+    let (p, a) = (b.principals.join(", "), actions.join(", "));
+    format!("; break_glass: principals [{p}], repositories [{repos}], actions [{a}], reason header {} (at most {} bytes)", b.reason_header, b.max_reason_bytes)
 }
 
 /// Who may override an immutable tag, and whether the given request would.
@@ -202,10 +330,15 @@ fn main() -> ExitCode {
     };
     let policy = &config.policy;
     let d = policy.decide(&e.repository, &e.tag);
-    let verdict = if d.immutable {
-        "immutable: a push of a different manifest is refused with 409"
-    } else {
-        "mutable: pushes pass unchecked"
+    // What the filter does with what it would refuse, in the configured mode.
+    let refused = match config.mode {
+        Mode::Enforce => "is refused",
+        Mode::Audit => "would be refused; logged and let through (mode = audit)",
+    };
+    let verdict = match (d.immutable, config.mode) {
+        (false, _) => "mutable: pushes pass unchecked".to_string(),
+        (true, Mode::Enforce) => "immutable: a push of a different manifest is refused with 409".to_string(),
+        (true, Mode::Audit) => format!("immutable: a push of a different manifest {refused}"),
     };
     let mut text = format!("{}:{}: {verdict}\nreason: {}\n", e.repository, e.tag, d.reason);
     if !policy.rules.is_empty() {
@@ -214,7 +347,37 @@ fn main() -> ExitCode {
             None => format!("first matching rule: none of {} enabled\n", policy.rules.enabled()),
         };
     }
+    text += &format!("{}\n", policy.trace(&e.repository));
     if d.immutable {
+        text += &match (config.deletes.protect, config.mode) {
+            (false, _) => "delete: passes unchecked (deletes.protect = false)\n".to_string(),
+            (true, Mode::Enforce) => "delete: refused with 409\n".to_string(),
+            (true, Mode::Audit) => format!("delete: {refused}\n"),
+        };
+        text += &match (config.on_upstream_error, config.mode) {
+            (OnUpstreamError::Allow, _) => "registry unreachable: the push passes unchecked (on_upstream_error = allow)\n".to_string(),
+            (OnUpstreamError::Refuse, Mode::Enforce) => "registry unreachable: the push is refused with 503 (on_upstream_error = refuse)\n".to_string(),
+            (OnUpstreamError::Refuse, Mode::Audit) => format!("registry unreachable: the push {refused}\n"),
+        };
+        // Answered in audit mode too: a body past the buffer can be neither judged nor written.
+        let too_large = format!("size: a manifest over max_manifest_bytes ({}) is refused with 413", config.max_manifest_bytes);
+        text += &match config.mode {
+            Mode::Enforce => format!("{too_large}\n"),
+            Mode::Audit => format!("{too_large}, in audit mode too\n"),
+        };
+        if config.pin_immutable_pulls {
+            // What `filter::pull` checks: only a read surely of the tag's own manifest, from the
+            // registry the filter's calls reach, is pinned.
+            let under = match &config.upstream.authority {
+                Some(a) => format!(" and is sent under :authority {a}"),
+                None => String::new(),
+            };
+            text += &format!(
+                "pull: a GET or HEAD whose Accept names all four stored manifest types (OCI manifest and index, \
+Docker v2 manifest and list) and that has no query string{under} is sent to the registry by the digest the \
+filter knows (pin_immutable_pulls); any other read goes as it came\n"
+            );
+        }
         text += &explain_break_glass(&config, &e);
     }
     out(&text);

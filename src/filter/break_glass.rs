@@ -212,7 +212,123 @@ pub fn decided(host: &dyn Host, g: &Granted, current: &str, pushed: &str) {
     );
 }
 
+/// Whether break-glass could lift a refused `action` on `repository` for this request: its
+/// principal is listed and the exception covers the action there (a reason or a window may
+/// then lift it). A digest delete that it could is checked against every immutable tag.
+pub fn may_override(worker: &Worker, action: Action, repository: &str, asked: &Asked) -> bool {
+    let Some(bg) = &worker.config.break_glass else { return false };
+    asked.principal.as_ref().is_some_and(|p| bg.principals.contains(p)) && bg.covers(action, repository).is_ok()
+}
+
+/// A refused delete: every immutable tag it would remove needs an override of its own (a
+/// window for one tag never removes another). Asked tag by tag, in order.
+#[derive(Debug)]
+pub struct Cover {
+    repository: String,
+    tags: Vec<String>,
+    next: usize,
+    granted: Vec<Granted>,
+    missing: Vec<(String, Option<String>)>,
+    asked: Asked,
+    /// The tags are every holder, each confirmed by the registry: only then may it be lifted.
+    complete: bool,
+    pending: Option<Box<Lookup>>,
+}
+
+/// What break-glass says to a refused delete.
+#[derive(Debug)]
+pub enum Covered {
+    /// Every tag is covered: one override each.
+    Yes(Vec<Granted>),
+    /// Refused; why (`None`: nothing was asked), and the tags not covered.
+    No(Option<String>, Vec<String>),
+    /// Waiting for etcd: hand the call's answer to `Cover::answered`.
+    Ask(Box<Cover>),
+}
+
+impl Cover {
+    pub fn new(repository: &str, tags: Vec<String>, asked: &Asked, complete: bool) -> Cover {
+        let repository = repository.to_string();
+        Cover { repository, tags, next: 0, granted: Vec::new(), missing: Vec::new(), asked: asked.clone(), complete, pending: None }
+    }
+
+    pub fn token(&self) -> Option<u32> {
+        self.pending.as_ref().map(|l| l.token())
+    }
+
+    fn record(&mut self, grant: Grant) -> bool {
+        let tag = self.tags.get(self.next).cloned().unwrap_or_default();
+        match grant {
+            Grant::Yes(g) => self.granted.push(g),
+            Grant::No(why) => self.missing.push((tag, why)),
+            Grant::Ask(l) => {
+                self.pending = Some(l);
+                return false;
+            }
+        }
+        self.next += 1;
+        true
+    }
+
+    /// Asks for the remaining tags.
+    pub fn run(mut self, host: &dyn Host, worker: &Worker) -> Covered {
+        while let Some(tag) = self.tags.get(self.next).cloned() {
+            let grant = grant(host, worker, Action::Delete, &self.repository, &tag, &self.asked);
+            if !self.record(grant) {
+                return Covered::Ask(Box::new(self));
+            }
+        }
+        self.finish(host, worker)
+    }
+
+    /// etcd answered the pending lookup.
+    pub fn answered(mut self, host: &dyn Host, worker: &Worker, body_size: usize) -> Covered {
+        if let Some(l) = self.pending.take() {
+            if !self.record(looked_up(host, worker, *l, body_size)) {
+                return Covered::Ask(Box::new(self));
+            }
+        }
+        self.run(host, worker)
+    }
+
+    /// Puts back every window taken so far (the delete is not lifted, or its stream ended).
+    pub fn give_back(&self, host: &dyn Host, worker: &Worker) {
+        for g in &self.granted {
+            if let Some(u) = &g.window {
+                window::restore(host, worker, u);
+            }
+        }
+    }
+
+    fn finish(self, host: &dyn Host, worker: &Worker) -> Covered {
+        let lifted = self.missing.is_empty() && !self.granted.is_empty();
+        if lifted && self.complete {
+            return Covered::Yes(self.granted);
+        }
+        self.give_back(host, worker);
+        if lifted {
+            // A check break-glass could lift lists every holder (`may_override`): never here.
+            return Covered::No(Some("not every tag holding the manifest is known".into()), Vec::new());
+        }
+        let (one, p) = (self.tags.len() == 1, self.asked.principal.as_deref().unwrap_or_default());
+        let (mut names, mut why, mut asked) = (Vec::new(), String::new(), !self.granted.is_empty());
+        for (t, w) in self.missing {
+            asked |= w.is_some();
+            let w = w.unwrap_or_else(|| format!("no break-glass window is open for principal '{p}' on it"));
+            if one {
+                why = w;
+            } else {
+                why.push_str(if why.is_empty() { "a delete by digest removes every tag holding it, and break-glass does not cover " } else { "; " });
+                why.push_str(&format!("tag '{t}': {w}"));
+            }
+            names.push(t);
+        }
+        Covered::No(asked.then_some(why), names)
+    }
+}
+
 /// The registry accepted an overriding write: one warning line, one count.
+#[inline(never)] // called from the push and the delete flows (module size)
 pub fn done(host: &dyn Host, worker: &Worker, g: &Granted, current: Option<&str>, pushed: Option<&str>) {
     host.log(
         Level::Warn,

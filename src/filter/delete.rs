@@ -1,7 +1,7 @@
 //! Deletes of immutable tags. A delete by tag is judged at its headers. A delete by digest is
 //! held at its headers (a DELETE has no body) while this lists the repository's tags
-//! (`tags/list` pages) and HEADs its immutable ones, as `crate::deletes::DigestCheck` asks,
-//! answering from the per-worker map where it can; then it is resumed or refused.
+//! (`tags/list` pages) and HEADs its immutable ones, as `crate::deletes::DigestCheck` asks;
+//! the per-worker map can only make it refuse sooner. Then it is resumed or refused.
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
@@ -32,15 +32,17 @@ pub struct DigestDelete {
 pub enum Next {
     Wait,
     Allow,
-    Refuse(OciError, Vec<(&'static str, String)>),
+    /// The refusal, headers to add, and the immutable tags known to hold the digest.
+    Refuse(OciError, Vec<(&'static str, String)>, Vec<String>),
 }
 
 impl DigestDelete {
     /// Starts the check with the first `tags/list` page; reads the request's headers.
-    pub fn start(host: &dyn Host, worker: &Worker, repository: &str, digest: Digest) -> (DigestDelete, Next) {
+    /// `exhaustive`: break-glass may lift a refusal, so every holder must be known.
+    pub fn start(host: &dyn Host, worker: &Worker, repository: &str, digest: Digest, exhaustive: bool) -> (DigestDelete, Next) {
         let config = &worker.config;
         let mut d = DigestDelete {
-            check: DigestCheck::new(repository, digest, &config.error_code, config.deletes.max_immutable_tags),
+            check: DigestCheck::new(repository, digest, &config.error_code, config.deletes.max_immutable_tags, exhaustive),
             calls: HashMap::new(),
             caller: Caller::of(host),
         };
@@ -54,6 +56,10 @@ impl DigestDelete {
 
     pub fn digest(&self) -> &Digest {
         self.check.digest()
+    }
+
+    pub fn exhaustive(&self) -> bool {
+        self.check.exhaustive()
     }
 
     fn list(&mut self, host: &dyn Host, worker: &Worker, path: String) -> Next {
@@ -84,8 +90,8 @@ impl DigestDelete {
                 match self.check.on_page(&worker.config.policy, &path, status.as_deref(), &body, link.as_deref()) {
                     Err(r) => return self.refuse(host, r),
                     Ok(Some(next)) => {
-                        if let Next::Refuse(e, h) = self.list(host, worker, next) {
-                            return Next::Refuse(e, h);
+                        if let refused @ Next::Refuse(..) = self.list(host, worker, next) {
+                            return refused;
                         }
                     }
                     Ok(None) => {}
@@ -121,13 +127,14 @@ impl DigestDelete {
         self.advance(host, worker)
     }
 
-    /// Learns what the map knows fresh, decides if it can, else sends the next HEADs.
+    /// Hints what the map knows fresh (it can only refuse sooner), decides if it can, else
+    /// sends the next HEADs.
     pub fn advance(&mut self, host: &dyn Host, worker: &Worker) -> Next {
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
             let now = host.now_ms();
             for tag in self.check.unknown() {
                 if let Some(d) = cache.get(self.check.repository(), &tag, now) {
-                    self.check.learn(&tag, Some(d));
+                    self.check.hint(&tag, &d);
                 }
             }
         }
@@ -157,6 +164,6 @@ impl DigestDelete {
         } else {
             Vec::new()
         };
-        Next::Refuse(r.error, extra)
+        Next::Refuse(r.error, extra, r.held)
     }
 }

@@ -21,6 +21,12 @@ mod tests;
 mod tests_claims;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod sim;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_deletes;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_pinning;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_pinning_scope;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -30,7 +36,7 @@ use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
-use break_glass::{self as bg, Asked, Grant, Granted, Lookup};
+use break_glass::{self as bg, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
 use push::Push;
@@ -69,14 +75,15 @@ enum State {
     Pull { repository: String, tag: String, pinned: bool },
     /// Answered locally.
     Done,
-    /// A refused delete let through by break-glass: logged once the registry accepted it.
-    Overridden { repository: String, tag: String, digest: Option<Digest>, granted: Box<Granted> },
+    /// A refused delete let through by break-glass, one override for each immutable tag it
+    /// removes: logged once the registry accepted it.
+    Overridden { repository: String, digest: Option<Digest>, granted: Vec<Granted> },
     /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
     Window { repository: String, tag: String },
     /// That answer, held while etcd writes the window.
     Opening(Box<window::Opening>),
-    /// A refused delete, held while etcd says whether a window lifts the refusal.
-    Unlocking(Box<Lookup>, Box<OciError>),
+    /// A refused delete, held while etcd says whether a window lifts the refusal for a tag.
+    Unlocking(Box<Cover>, Box<OciError>),
 }
 
 /// Where a flow's next step is acted on: a request callback answers with an `Action`; a call
@@ -317,10 +324,10 @@ impl Filter {
                     h.log(Level::Error, &format!("immutable-tags: cannot resume response after break-glass ({s})"));
                 }
             }
-            State::Unlocking(l, _) if l.token() == token => {
-                let State::Unlocking(l, err) = std::mem::replace(&mut self.state, State::Pass) else { return };
-                let grant = bg::looked_up(h, &worker, *l, body_size);
-                self.unlocked(h, grant, *err, Vec::new(), From::Call);
+            State::Unlocking(c, _) if c.token() == Some(token) => {
+                let State::Unlocking(c, err) = std::mem::replace(&mut self.state, State::Pass) else { return };
+                let covered = c.answered(h, &worker, body_size);
+                self.unlocked(h, covered, *err, Vec::new(), From::Call);
             }
             _ => {}
         }
@@ -369,20 +376,29 @@ impl Filter {
                 }
                 Action::Continue
             }
-            State::Overridden { repository, tag, digest, granted } if ok => {
+            State::Overridden { repository, digest, granted } if ok => {
                 if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-                    cache.forget(repository, tag);
+                    for g in granted.iter() {
+                        cache.forget(repository, g.tag());
+                    }
                     if let Some(d) = digest {
                         cache.forget_digest(repository, d);
                     }
                 }
-                bg::done(h, &worker, granted, digest.as_ref().map(Digest::to_string).as_deref(), None);
-                claims::forget(h, &worker, repository, tag);
+                // One line and one count for each immutable tag the delete removed.
+                let current = digest.as_ref().map(Digest::to_string);
+                for g in granted.iter() {
+                    bg::done(h, &worker, g, current.as_deref(), None);
+                    // A delete the filter granted: the one way the tag becomes new again.
+                    claims::forget(h, &worker, repository, g.tag());
+                }
                 Action::Continue
             }
-            // Refused (Envoy's 504: timed out, the outcome unknown): the window is put back.
+            // Refused (Envoy's 504: timed out, the outcome unknown): the windows are put back.
             State::Overridden { granted, .. } if h.response_header(":status").as_deref() != Some("504") => {
-                bg::restore(h, &worker, granted);
+                for g in granted.iter() {
+                    bg::restore(h, &worker, g);
+                }
                 Action::Continue
             }
             State::Window { repository, tag } if ok => match window::open(h, &worker, repository, tag, &self.asked) {
@@ -419,8 +435,11 @@ impl Filter {
 
     /// The stream ended.
     pub fn on_done(&mut self, h: &dyn Host) {
-        if let (State::Push(push), Some(worker)) = (std::mem::replace(&mut self.state, State::Pass), self.worker.clone()) {
-            push.on_done(h, &worker);
+        match (std::mem::replace(&mut self.state, State::Pass), self.worker.clone()) {
+            (State::Push(push), Some(worker)) => push.on_done(h, &worker),
+            // Gone while break-glass was taking windows: those it took go back.
+            (State::Unlocking(c, _), Some(worker)) => c.give_back(h, &worker),
+            _ => {}
         }
     }
 
@@ -431,13 +450,14 @@ impl Filter {
         }
         match reference {
             Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
-                Some(err) => self.delete_refused(h, worker, err, Vec::new(), From::Request),
+                Some(err) => self.delete_refused(h, worker, err, Vec::new(), vec![tag], true, From::Request),
                 None => Action::Continue,
             },
             // No tag of this repository can be immutable: no listing to pay for.
             Reference::Digest(_) if !config.policy.may_protect_in(&repository) => Action::Continue,
             Reference::Digest(digest) => {
-                let (check, next) = DigestDelete::start(h, worker, &repository, digest);
+                let exhaustive = bg::may_override(worker, BgAction::Delete, &repository, &self.asked);
+                let (check, next) = DigestDelete::start(h, worker, &repository, digest, exhaustive);
                 self.state = State::Delete(Box::new(check));
                 self.delete_next(h, next, From::Request)
             }
@@ -448,8 +468,11 @@ impl Filter {
     fn delete_next(&mut self, h: &dyn Host, next: delete::Next, from: From) -> Action {
         match next {
             delete::Next::Wait => Action::Pause,
-            delete::Next::Refuse(err, extra) => match self.worker.clone() {
-                Some(worker) => self.delete_refused(h, &worker, err, extra, from),
+            delete::Next::Refuse(err, extra, held) => match self.worker.clone() {
+                Some(worker) => {
+                    let complete = matches!(&self.state, State::Delete(d) if d.exhaustive());
+                    self.delete_refused(h, &worker, err, extra, held, complete, from)
+                }
                 None => self.refuse(h, &err, &extra, from),
             },
             delete::Next::Allow => {
@@ -461,30 +484,37 @@ impl Filter {
         }
     }
 
-    /// A delete of an immutable tag (or of a manifest one holds) is refused, unless break-glass
-    /// lifts the refusal: then it goes to the registry, and is logged once the registry accepted.
-    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
-        let grant = match audit::subject(&err).filter(|_| err.status == 409) {
-            Some((repository, tag)) => bg::grant(h, worker, BgAction::Delete, repository, tag, &self.asked),
-            None => Grant::No(None),
+    /// A delete of an immutable tag (or of a manifest immutable tags hold: `held`) is refused,
+    /// unless break-glass covers every one of them (`complete`: `held` is all of them, on the
+    /// registry's word): then it goes to the registry, and is logged once the registry accepted.
+    #[allow(clippy::too_many_arguments)]
+    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, err: OciError, extra: Vec<(&str, String)>, held: Vec<String>, complete: bool, from: From) -> Action {
+        let covered = match audit::subject(&err).filter(|_| err.status == 409 && !held.is_empty()) {
+            Some((repository, _)) => Cover::new(repository, held, &self.asked, complete).run(h, worker),
+            None => Covered::No(None, Vec::new()),
         };
-        self.unlocked(h, grant, err, extra, from)
+        self.unlocked(h, covered, err, extra, from)
     }
 
     /// Acts on break-glass's answer to a refused delete.
-    fn unlocked(&mut self, h: &dyn Host, grant: Grant, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
-        match grant {
-            Grant::Yes(granted) => {
+    fn unlocked(&mut self, h: &dyn Host, covered: Covered, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
+        match covered {
+            Covered::Yes(granted) => {
                 let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
-                let (repository, tag) = audit::subject(&err).map(|(r, t)| (r.to_string(), t.to_string())).unwrap_or_default();
-                self.state = State::Overridden { repository, tag, digest, granted: Box::new(granted) };
+                let repository = audit::subject(&err).map(|(r, _)| r.to_string()).unwrap_or_default();
+                self.state = State::Overridden { repository, digest, granted };
                 self.resume(h, from, "break-glass")
             }
-            Grant::Ask(l) => {
-                self.state = State::Unlocking(l, Box::new(err));
+            Covered::Ask(c) => {
+                self.state = State::Unlocking(c, Box::new(err));
                 Action::Pause
             }
-            Grant::No(why) => {
+            Covered::No(why, missing) => {
+                if why.is_some() {
+                    if let Some(d) = err.detail.as_object_mut() {
+                        d.insert("not_covered".into(), Value::Array(missing.into_iter().map(Value::from).collect()));
+                    }
+                }
                 bg::explain(&mut err, why);
                 self.refuse(h, &err, &extra, from)
             }

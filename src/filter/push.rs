@@ -737,7 +737,7 @@ impl Push {
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
                     match (&digest, Some(t) == path_tag.as_ref()) {
-                        (Some(d), true) if status == 201 => cache.put(&self.repository, t, d.clone(), host.now_ms()),
+                        (Some(d), true) if status == 201 => cache.put_from(&self.repository, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
                         _ => cache.forget(&self.repository, t),
                     }
                 }

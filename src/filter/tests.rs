@@ -991,7 +991,7 @@ fn only_streams_under_judgement_keep_state_and_only_until_their_answer() {
     }
     // A read of an immutable tag under pinning: state until its answer, none after.
     let mut f = Filter::new(Some(w.clone()));
-    h.request("GET", "/v2/app/manifests/v1", &[]);
+    h.request("GET", "/v2/app/manifests/v1", &[("accept", super::upstream::MANIFEST_ACCEPT)]);
     assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
     assert!(!f.idle());
     *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
@@ -1789,7 +1789,7 @@ fn pinned_reads_learn_from_the_answer_and_forget_a_digest_that_is_gone() {
     let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#);
     let read = |answer: &[(&str, &str)]| {
         let mut f = Filter::new(Some(w.clone()));
-        h.request("GET", "/v2/app/manifests/v1", &[]);
+        h.request("GET", "/v2/app/manifests/v1", &[("accept", super::upstream::MANIFEST_ACCEPT)]);
         assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
         let path = h.request_header_value(":path").unwrap();
         *h.response_headers.borrow_mut() = answer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -1936,7 +1936,7 @@ fn a_swept_stream_is_counted_only_when_its_answer_never_went() {
 #[test]
 fn a_digest_delete_where_no_tag_can_be_immutable_is_not_checked() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "rules": [{"repositories": {"matching": "prod/**"}, "tags": {"matching": "**"}}]}"#);
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "rules": [{"projects": "prod", "repositories": {"matching": "**"}, "tags": {"matching": "**"}}]}"#);
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
     assert_eq!(on_headers(&mut f, &h, true), Action::Continue);

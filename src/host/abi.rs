@@ -32,6 +32,7 @@ pub enum LogLevel {
 }
 
 const METRIC_COUNTER: u32 = 0;
+const METRIC_GAUGE: u32 = 1;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -78,6 +79,7 @@ extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_shared_data(
         key_data: *const u8,
         key_size: usize,
@@ -211,10 +213,24 @@ pub fn resume_response() -> Result<(), Status> {
 }
 
 pub fn define_counter(name: &str) -> Result<u32, Status> {
+    define_metric(METRIC_COUNTER, name)
+}
+
+pub fn define_gauge(name: &str) -> Result<u32, Status> {
+    define_metric(METRIC_GAUGE, name)
+}
+
+fn define_metric(kind: u32, name: &str) -> Result<u32, Status> {
     let mut id = 0u32;
     // SAFETY: valid name pointer/length; the host writes one u32.
-    check(unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) })?;
+    check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
+}
+
+/// Sets a gauge.
+pub fn record(id: u32, value: u64) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_record_metric(id, value) })
 }
 
 pub fn increment(id: u32, by: i64) -> Result<(), Status> {

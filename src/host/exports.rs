@@ -2,17 +2,26 @@
 //!
 //! The host (proxy-wasm-cpp-host) skips a callback the module does not export, and every
 //! exported per-stream callback is one more VM entry for every request. So there is no
-//! `proxy_on_context_create`, `proxy_on_done`, `proxy_on_delete`, `proxy_on_log`, no response
-//! body or trailers callback: an ordinary request (blob GET or upload chunk aside) costs
+//! `proxy_on_done`, `proxy_on_delete`, `proxy_on_log`, no response body or trailers callback:
+//! an ordinary request (blob GET or upload chunk aside) costs `proxy_on_context_create`,
 //! `proxy_on_request_headers` (one `:path` read: the host hands the value over through
 //! `proxy_on_memory_allocate`, a VM entry of its own) and `proxy_on_response_headers`, makes
 //! no other host call (it is counted in `ORDINARY`, added to `requests_seen` by the root's
 //! timer), and keeps no state.
 //!
+//! `proxy_on_context_create` is the one way the ABI tells a stream which plugin instance (root
+//! context) Envoy bound it to: no property does (`plugin_name`, `plugin_root_id`, `plugin_vm_id`
+//! are equal for the instances of one filter's successive configurations, and Envoy brings back
+//! a still-live instance for a byte-identical configuration without configuring it again). Envoy
+//! creates the context right before the stream's request headers (`decodeHeaders`: `onCreate`,
+//! then `onRequestHeaders`), so the module keeps only the last (stream, root) pair, no table.
+//!
 //! Streams under judgement (a push, a delete, a pinned read) get an entry in `STREAMS` at their
 //! headers; it leaves when the registry's answer passes the filter. The host never tells us a
 //! stream died (that is `proxy_on_done`/`proxy_on_delete`), so the root's timer sweeps: the host
-//! refuses `proxy_set_effective_context` for a context it destroyed.
+//! refuses `proxy_set_effective_context` for a context it destroyed. Roots Envoy dropped are
+//! swept the same way; until then no new stream names them (the host never reuses a live
+//! context's id), so they are never chosen.
 //!
 //! `tests/test_exports.py` pins this export set.
 use super::abi;
@@ -47,6 +56,12 @@ thread_local! {
     static CURRENT: Cell<u32> = const { Cell::new(0) };
     /// Ordinary requests since the last tick, not yet in `requests_seen`.
     static ORDINARY: Cell<u64> = const { Cell::new(0) };
+    /// The stream the host created last, and its root context (`proxy_on_context_create`).
+    static CREATED: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    /// The root of the stream created before it: a change may be Envoy bringing an instance back.
+    static SERVING: Cell<u32> = const { Cell::new(0) };
+    /// Configurations loaded in this VM: orders the instances of one plugin name.
+    static CONFIGURATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Records that `token`'s answer belongs to the current stream.
@@ -76,21 +91,44 @@ fn with_stream(id: u32, f: impl FnOnce(&mut Filter) -> u32, keep: impl FnOnce(&F
     status
 }
 
-/// The configuration a new stream runs with. One root is the usual case and costs nothing;
-/// with several (plugins sharing a VM, or an update draining the old one), the host's
-/// `plugin_name` names the stream's plugin, and the newest root of that name wins. No match:
-/// no configuration, so writes are refused (fail closed).
-fn worker_for_stream() -> Option<std::rc::Rc<crate::filter::worker::Worker>> {
-    ROOTS.with(|r| {
-        let roots = r.borrow();
-        match roots.as_slice() {
-            [only] => only.worker.clone(),
-            _ => {
-                let name = abi::property(&["plugin_name"]).ok().flatten().and_then(|b| String::from_utf8(b).ok());
-                roots.iter().rev().find(|root| root.name.is_some() && root.name == name).and_then(|root| root.worker.clone())
-            }
+/// The configuration a new stream runs with: its own root context's, as the host named it when
+/// it created the stream. None (a host that did not name it): no configuration, so writes are
+/// refused (fail closed).
+fn worker_for_stream(id: u32) -> Option<Rc<Worker>> {
+    let (created, root) = CREATED.with(Cell::get);
+    (created == id).then(|| worker_of(root)).flatten()
+}
+
+/// A new stream of another root than the one before: if a later configuration of its plugin
+/// name was loaded since this instance was last said to serve, Envoy brought it back (without
+/// configuring it again): the log and the gauge say so, once.
+fn serving(root_id: u32) {
+    let message = ROOTS.with(|r| {
+        let mut roots = r.borrow_mut();
+        let at = roots.iter().position(|root| root.id == root_id)?;
+        let root = roots.get(at)?;
+        let latest = roots.iter().filter(|other| other.name == root.name).map(|other| other.configured).max()?;
+        if root.configured >= latest || root.announced >= latest {
+            return None;
         }
-    })
+        let root = roots.get_mut(at)?;
+        root.announced = latest;
+        root.show_mode();
+        let mode = root.worker.as_ref().map_or("none (no valid configuration)", |w| w.config.mode.as_str());
+        Some(format!("immutable-tags {}: {} serves new streams again: mode={mode}", crate::BUILD, root.label()))
+    });
+    if let Some(m) = message {
+        WasmHost.log(Level::Info, &m);
+    }
+}
+
+/// The host creates a context: a stream's names its root context (0: a root's own).
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(id: u32, root_id: u32) {
+    CREATED.with(|c| c.set((id, root_id)));
+    if root_id != 0 && SERVING.with(|s| s.replace(root_id)) != root_id {
+        serving(root_id);
+    }
 }
 
 /// Declares the ABI version the host speaks to us in.
@@ -121,19 +159,18 @@ pub extern "C" fn _initialize() {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_id: u32, _size: usize) -> u32 {
-    let worker = root::configure();
-    let ok = worker.is_some();
-    let name = abi::property(&["plugin_name"]).ok().flatten().and_then(|b| String::from_utf8(b).ok());
+    let text = |p| abi::property(&[p]).ok().flatten().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
+    let configured = CONFIGURATIONS.with(|n| n.get().saturating_add(1));
+    CONFIGURATIONS.with(|n| n.set(configured));
+    let mut root = Root { id: root_id, name: text("plugin_name"), vm_id: text("plugin_vm_id"), worker: None, configured, announced: configured };
+    root.worker = root::configure(&root.label());
+    let ok = root.worker.is_some();
+    root.show_mode();
     ROOTS.with(|r| {
         let mut roots = r.borrow_mut();
-        // A root reconfigured in place replaces its worker: keep its place (its age).
-        match roots.iter_mut().find(|root| root.id == root_id) {
-            Some(root) => {
-                root.worker = worker;
-                root.name = name;
-            }
-            None => roots.push(Root { id: root_id, name, worker }),
-        }
+        // A root reconfigured in place (Envoy reuses its id) gets its new configuration.
+        roots.retain(|old| old.id != root_id);
+        roots.push(root);
     });
     if let Some(w) = worker_of(root_id) {
         // The root's timer sweeps dead streams; with claims.etcd it also keeps the worker's
@@ -155,7 +192,7 @@ pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, end_of_stre
         ORDINARY.with(|n| n.set(n.get().saturating_add(1)));
         return CONTINUE;
     };
-    let mut filter = Filter::new(worker_for_stream());
+    let mut filter = Filter::new(worker_for_stream(id));
     CURRENT.with(|c| c.set(id));
     let action = filter.on_request_headers(&WasmHost, path, end_of_stream != 0);
     CURRENT.with(|c| c.set(0));

@@ -1,0 +1,339 @@
+//! Deletes by digest on the fake host: the registry's word decides (issue 28 item 3, issue 26
+//! step 4), and break-glass must cover every immutable tag a delete removes (issue 29).
+use super::fake::{answer, FakeHost, Reply};
+use super::host::Host;
+use super::worker::Worker;
+use super::{Action, Filter};
+use crate::config::Config;
+use crate::digest::Digest;
+use std::rc::Rc;
+
+const BG: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}, "break_glass": {"principals": ["admin"], "repositories": ["app"]}}"#;
+const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
+const M2: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":2}"#;
+const CT: (&str, &str) = ("content-type", "application/vnd.oci.image.manifest.v1+json");
+/// `Basic admin:pw`.
+const ADMIN: (&str, &str) = ("authorization", "Basic YWRtaW46cHc=");
+const REASON: (&str, &str) = ("x-break-glass-reason", "INC-9 retire v9.9.9");
+
+fn worker(h: &FakeHost, policy: &str) -> Rc<Worker> {
+    let w = Rc::new(Worker::new(h, Config::from_json(policy.as_bytes()).unwrap()));
+    w.registry_auth.set(Some((true, h.now_ms())));
+    w
+}
+
+fn sha(b: &[u8]) -> String {
+    Digest::sha256(b).to_string()
+}
+
+fn head(body: &[u8]) -> Reply {
+    answer(200, &[("docker-content-digest", &sha(body))], b"")
+}
+
+fn tags(list: &[&str]) -> Reply {
+    answer(200, &[("content-type", "application/json")], serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes())
+}
+
+/// Answers the pending call for `path` (any order the registry likes).
+fn respond_to(f: &mut Filter, h: &FakeHost, path: &str, reply: Reply) {
+    let token = {
+        let calls = h.calls.borrow();
+        let pending = h.pending.borrow();
+        *pending.iter().find(|t| calls[**t as usize - 1].header(":path") == Some(path)).unwrap_or_else(|| panic!("no call for {path}"))
+    };
+    h.pending.borrow_mut().retain(|t| *t != token);
+    let size = reply.body.len();
+    h.set_answer(Some(reply));
+    f.on_call_response(h, token, size);
+    h.set_answer(None);
+}
+
+/// A 2xx read of `app:tag` carrying the reason header: opens admin's window for that tag.
+fn open_window(h: &FakeHost, w: &Rc<Worker>, tag: &str) {
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("HEAD", &format!("/v2/app/manifests/{tag}"), &[ADMIN, REASON]);
+    let path = Filter::first_look(h).unwrap();
+    assert_eq!(f.on_request_headers(h, path, true), Action::Continue);
+    h.response_headers.borrow_mut().push((":status".into(), "200".into()));
+    f.on_response_headers(h);
+    f.on_done(h);
+}
+
+/// `DELETE /v2/app/manifests/<digest of M1>` while `a-scratch` and `v9` hold M1 and `v1` holds M2;
+/// the HEADs answered in `order`. The client's answer (`None`: let through), and the filter.
+fn delete_m1(h: &FakeHost, w: &Rc<Worker>, extra: &[(&str, &str)], order: &[&str]) -> (Option<Reply>, Filter) {
+    let mut f = Filter::new(Some(w.clone()));
+    h.replies.borrow_mut().clear();
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), extra);
+    let path = Filter::first_look(h).unwrap();
+    assert_eq!(f.on_request_headers(h, path, true), Action::Pause);
+    respond_to(&mut f, h, "/v2/app/tags/list", tags(&["v9", "a-scratch", "v1", "latest"]));
+    for tag in order {
+        if h.reply().is_some() {
+            break;
+        }
+        let holds = if *tag == "v1" { M2 } else { M1 };
+        respond_to(&mut f, h, &format!("/v2/app/manifests/{tag}"), head(holds));
+    }
+    (h.reply(), f)
+}
+
+fn bg_lines(h: &FakeHost) -> Vec<serde_json::Value> {
+    h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "immutable_tags.break_glass").collect()
+}
+
+fn detail(r: &Reply) -> serde_json::Value {
+    r.json()["errors"][0]["detail"].clone()
+}
+
+const ORDERS: [[&str; 3]; 3] = [["v9", "a-scratch", "v1"], ["a-scratch", "v9", "v1"], ["v1", "v9", "a-scratch"]];
+
+#[test]
+fn a_window_for_one_tag_does_not_delete_the_manifest_another_tag_holds() {
+    for order in ORDERS {
+        let h = FakeHost::new();
+        let w = worker(&h, BG);
+        open_window(&h, &w, "v9");
+        let (reply, _) = delete_m1(&h, &w, &[ADMIN], &order);
+        let r = reply.unwrap_or_else(|| panic!("{order:?}: let through: {:?}", h.logs.borrow()));
+        assert_eq!(r.status, 409, "{order:?}");
+        let d = detail(&r);
+        assert_eq!(d["not_covered"], serde_json::json!(["a-scratch"]), "{order:?}: {d}");
+        assert_eq!(d["tags"], serde_json::json!(["a-scratch", "v9"]), "{order:?}");
+        assert!(d["break_glass"].as_str().unwrap().contains("tag 'a-scratch': no break-glass window is open"), "{d}");
+        assert_eq!(h.counter("break_glass_overrides"), 0);
+        // The window for v9 was not spent on the refused delete: v9 alone can still go.
+        let mut f = Filter::new(Some(w.clone()));
+        h.replies.borrow_mut().clear();
+        h.request("DELETE", "/v2/app/manifests/v9", &[ADMIN]);
+        let path = Filter::first_look(&h).unwrap();
+        assert_eq!(f.on_request_headers(&h, path, true), Action::Continue, "{order:?}: {:?}", h.reply().map(|r| r.json()));
+    }
+}
+
+#[test]
+fn a_reason_for_a_delete_by_digest_is_recorded_for_every_tag_it_removes() {
+    for order in ORDERS {
+        let h = FakeHost::new();
+        let w = worker(&h, BG);
+        let (reply, mut f) = delete_m1(&h, &w, &[ADMIN, REASON], &order);
+        assert!(reply.is_none(), "{order:?}: {:?}", reply.map(|r| r.json()));
+        *h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+        f.on_response_headers(&h);
+        let lines = bg_lines(&h);
+        let named: Vec<&str> = lines.iter().map(|l| l["tag"].as_str().unwrap()).collect();
+        assert_eq!(named, vec!["a-scratch", "v9"], "{order:?}");
+        assert!(lines.iter().all(|l| l["action"] == "delete" && l["current_digest"] == sha(M1)));
+        assert_eq!(h.counter("break_glass_overrides"), 2);
+    }
+}
+
+#[test]
+fn windows_for_every_tag_let_a_delete_by_digest_through_and_record_each() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    open_window(&h, &w, "v9");
+    open_window(&h, &w, "a-scratch");
+    let (reply, mut f) = delete_m1(&h, &w, &[ADMIN], &ORDERS[2]);
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.json()));
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+    f.on_response_headers(&h);
+    let named: Vec<String> = bg_lines(&h).iter().map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    assert_eq!(named, vec!["a-scratch", "v9"]);
+    assert_eq!(h.counter("break_glass_overrides"), 2);
+}
+
+#[test]
+fn a_digest_delete_asks_the_registry_when_the_map_says_elsewhere() {
+    // Issue 28 item 3: v1 = M1 pushed through the filter (the map learns it), then v1 moved to
+    // M2 behind the filter's back. A delete of M2 must ask the registry, which says v1 holds it.
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("PUT", "/v2/app/manifests/v1", &[CT, ("content-length", &M1.len().to_string())]);
+    let path = Filter::first_look(&h).unwrap();
+    f.on_request_headers(&h, path, false);
+    respond_to(&mut f, &h, "/v2/app/manifests/v1", answer(404, &[], b""));
+    h.body.borrow_mut().extend_from_slice(M1);
+    f.on_request_body(&h, M1.len(), true);
+    let created = answer(201, &[("docker-content-digest", &sha(M1))], b"");
+    respond_to(&mut f, &h, "/v2/app/manifests/v1", created);
+    assert_eq!(h.reply().unwrap().status, 201);
+    f.on_done(&h);
+
+    let mut f = Filter::new(Some(w.clone()));
+    h.replies.borrow_mut().clear();
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M2)), &[]);
+    let path = Filter::first_look(&h).unwrap();
+    assert_eq!(f.on_request_headers(&h, path, true), Action::Pause);
+    let resumes = h.resumes.get();
+    respond_to(&mut f, &h, "/v2/app/tags/list", tags(&["v1"]));
+    assert_eq!(h.resumes.get(), resumes, "not let through on the map's word");
+    respond_to(&mut f, &h, "/v2/app/manifests/v1", head(M2));
+    let r = h.reply().expect("refused");
+    assert_eq!(r.status, 409);
+    assert_eq!(detail(&r)["tag"], "v1");
+}
+
+#[test]
+fn a_map_entry_holding_the_digest_refuses_without_a_head() {
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#);
+    w.cache.borrow_mut().put("app", "v1", Digest::sha256(M1), h.now_ms());
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    let path = Filter::first_look(&h).unwrap();
+    f.on_request_headers(&h, path, true);
+    respond_to(&mut f, &h, "/v2/app/tags/list", tags(&["v1"]));
+    assert_eq!(h.reply().unwrap().status, 409);
+    assert!(h.calls_with("HEAD").is_empty());
+}
+
+#[test]
+fn an_over_long_reason_neither_overrides_nor_opens_a_window() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let long = "x".repeat(50_031);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("DELETE", "/v2/app/manifests/v9", &[ADMIN, ("x-break-glass-reason", &long)]);
+    let path = Filter::first_look(&h).unwrap();
+    f.on_request_headers(&h, path, true);
+    let r = h.reply().expect("refused");
+    assert_eq!(r.status, 409);
+    assert!(detail(&r)["break_glass"].as_str().unwrap().contains("50031 bytes, longer than break_glass.max_reason_bytes (256)"), "{}", detail(&r));
+    // A read with it opens no window, and says why.
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("HEAD", "/v2/app/manifests/v9", &[ADMIN, ("x-break-glass-reason", &long)]);
+    let path = Filter::first_look(&h).unwrap();
+    f.on_request_headers(&h, path, true);
+    h.response_headers.borrow_mut().push((":status".into(), "200".into()));
+    f.on_response_headers(&h);
+    let logs = h.logs.borrow();
+    let line = logs.iter().rev().find(|(_, l)| l.contains("break_glass_window")).expect("logged");
+    assert!(line.1.contains("max_reason_bytes (256)"), "{}", line.1);
+    assert!(!line.1.contains(&long), "the reason is not logged");
+}
+
+// ---- Windows in etcd: each tag's window is taken by its own round trip.
+
+use super::claims::etcd as etcd_claims;
+use super::fake::FakeEtcd;
+
+const BG_ETCD: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"]},
+  "claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}}"#;
+
+fn wkey(tag: &str) -> String {
+    format!("/immutable-tags/window:app:{tag}:admin")
+}
+
+/// Answers whatever is pending (etcd's calls) until nothing is.
+fn answer_etcd(f: &mut Filter, h: &FakeHost, etcd: &FakeEtcd) {
+    loop {
+        let next = h.pending.borrow_mut().pop_front();
+        let Some(token) = next else { break };
+        let call = h.calls.borrow()[token as usize - 1].clone();
+        let r = etcd.answer(&call);
+        let size = r.body.len();
+        h.set_answer(Some(r));
+        f.on_call_response(h, token, size);
+        h.set_answer(None);
+    }
+}
+
+/// The root context's timer, and etcd's answers to what it sent (windows put back).
+fn run_root(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd) {
+    etcd_claims::tick(h, w);
+    loop {
+        let next = h.pending.borrow_mut().pop_front();
+        let Some(token) = next else { break };
+        let call = h.calls.borrow()[token as usize - 1].clone();
+        let r = etcd.answer(&call);
+        let size = r.body.len();
+        h.set_answer(Some(r));
+        etcd_claims::on_root_response(h, w, token, size);
+        h.set_answer(None);
+    }
+}
+
+fn etcd_replica(etcd: &FakeEtcd) -> (FakeHost, Rc<Worker>) {
+    let h = FakeHost::new();
+    let w = worker(&h, BG_ETCD);
+    run_root(&h, &w, etcd);
+    (h, w)
+}
+
+fn open_in_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, tag: &str) {
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("HEAD", &format!("/v2/app/manifests/{tag}"), &[ADMIN, REASON]);
+    let path = Filter::first_look(h).unwrap();
+    f.on_request_headers(h, path, true);
+    h.response_headers.borrow_mut().push((":status".into(), "200".into()));
+    f.on_response_headers(h);
+    answer_etcd(&mut f, h, etcd);
+    assert!(etcd.value(&wkey(tag)).is_some(), "window for {tag} opened");
+}
+
+/// The digest delete of M1 through `h`, up to where it waits on etcd (the registry answered).
+fn delete_m1_etcd(h: &FakeHost, w: &Rc<Worker>) -> Filter {
+    let mut f = Filter::new(Some(w.clone()));
+    h.replies.borrow_mut().clear();
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[ADMIN]);
+    let path = Filter::first_look(h).unwrap();
+    assert_eq!(f.on_request_headers(h, path, true), Action::Pause);
+    respond_to(&mut f, h, "/v2/app/tags/list", tags(&["v9", "a-scratch", "v1"]));
+    for (tag, holds) in [("v1", M2), ("v9", M1), ("a-scratch", M1)] {
+        respond_to(&mut f, h, &format!("/v2/app/manifests/{tag}"), head(holds));
+    }
+    f
+}
+
+#[test]
+fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    let mut f = delete_m1_etcd(&b, &wb);
+    answer_etcd(&mut f, &b, &etcd);
+    let r = b.reply().expect("refused");
+    assert_eq!(r.status, 409);
+    assert_eq!(detail(&r)["not_covered"], serde_json::json!(["a-scratch"]));
+    assert_eq!(b.resumes.get(), 0);
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("v9")).is_some(), "v9's window is put back");
+    // With a-scratch's window too: through, and both recorded.
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    answer_etcd(&mut f, &b, &etcd);
+    assert_eq!((b.reply().map(|r| r.status), b.resumes.get()), (None, 1), "let through");
+    *b.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+    f.on_response_headers(&b);
+    let named: Vec<String> = bg_lines(&b).iter().map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    assert_eq!(named, vec!["a-scratch", "v9"]);
+    assert_eq!(b.counter("break_glass_overrides"), 2);
+    assert!(etcd.value(&wkey("v9")).is_none() && etcd.value(&wkey("a-scratch")).is_none(), "both used up");
+}
+
+#[test]
+fn a_delete_that_ends_while_taking_windows_puts_back_those_it_took() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    // a-scratch's window is taken (first in order); the client goes before v9's answer.
+    let token = b.pending.borrow_mut().pop_front().unwrap();
+    let call = b.calls.borrow()[token as usize - 1].clone();
+    let r = etcd.answer(&call);
+    b.set_answer(Some(r.clone()));
+    f.on_call_response(&b, token, r.body.len());
+    b.set_answer(None);
+    assert!(etcd.value(&wkey("a-scratch")).is_none(), "taken");
+    b.pending.borrow_mut().clear();
+    f.on_done(&b);
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
+    assert!(etcd.value(&wkey("v9")).is_some(), "never taken");
+}
