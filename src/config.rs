@@ -500,6 +500,18 @@ impl RawConfig {
             return Err(err("claims.slots", slots, "must be between 1 and 16384"));
         }
         let etcd = self.claims.etcd.map(RawEtcd::validate).transpose()?;
+        // A write must land while its claim lives: the claim is at most half a TTL old when the
+        // PUT is sent (`filter::push`), and the registry stores it within the write timeout.
+        if write_timeout_ms.saturating_mul(2) > claim_ttl * 1000 {
+            let why = format!("must be at most half of claims.ttl_seconds ({claim_ttl} s), so that a write lands while its claim lives");
+            return Err(err("upstream.write_timeout_ms", write_timeout_ms, why));
+        }
+        // A claim answer is trusted for half the TTL (`filter::claims::etcd`): a call's
+        // timeout must leave room for the few calls of one claim within that.
+        if let Some(e) = etcd.as_ref().filter(|e| e.timeout_ms.saturating_mul(4) > claim_ttl * 1000) {
+            let why = format!("must be at most a quarter of claims.ttl_seconds ({claim_ttl} s), so a claim's answer is never older than the TTL");
+            return Err(err("claims.etcd.timeout_ms", e.timeout_ms, why));
+        }
         let max_manifest = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
         let max_manifest_bytes = match usize::try_from(max_manifest) {
             Ok(n) if (1024..=64 << 20).contains(&n) => n,
@@ -801,7 +813,7 @@ mod tests {
 
     #[test]
     fn claims_and_on_upstream_error() {
-        let c = cfg(r#"{"claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
+        let c = cfg(r#"{"upstream": {"write_timeout_ms": 2500}, "claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
         assert_eq!(c.claims, ClaimSettings { ttl_ms: 5_000, slots: 8, etcd: None });
         assert_eq!(c.on_upstream_error, OnUpstreamError::Allow);
         assert_eq!(cfg(r#"{"on_upstream_error": "refuse"}"#).on_upstream_error, OnUpstreamError::Refuse);

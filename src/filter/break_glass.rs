@@ -132,6 +132,11 @@ impl Granted {
     pub fn tag(&self) -> &str {
         &self.tag
     }
+
+    /// The repository as the policy and the claims know it (not the map's key).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
 }
 
 impl Lookup {
@@ -206,6 +211,25 @@ pub fn explain(err: &mut OciError, why: Option<String>) {
     if let (Some(why), Some(d)) = (why, err.detail.as_object_mut()) {
         d.insert("break_glass".into(), Value::from(why));
     }
+}
+
+/// An override was granted for a write about to be sent: one warning line at once, whatever
+/// becomes of the write or its client (`done` logs the outcome).
+pub fn decided(host: &dyn Host, g: &Granted, current: &str, pushed: &str) {
+    host.log(
+        Level::Warn,
+        &line(&[
+            ("event", Some("immutable_tags.break_glass_decision")),
+            ("principal", Some(&g.principal)),
+            ("reason", Some(&g.reason)),
+            ("action", Some(g.action.as_str())),
+            ("repository", Some(&g.repository)),
+            ("tag", Some(&g.tag)),
+            ("current_digest", Some(current)),
+            ("pushed_digest", Some(pushed)),
+            ("request_id", g.request_id.as_deref()),
+        ]),
+    );
 }
 
 /// Whether break-glass could lift a refused `action` on `repository` for this request: its

@@ -18,6 +18,10 @@ mod fake;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
 #[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_claims;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod sim;
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_deletes;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_pinning;
@@ -446,6 +450,9 @@ impl Filter {
                 let current = digest.as_ref().map(Digest::to_string);
                 for g in granted.iter() {
                     bg::done(h, &worker, g, current.as_deref(), None);
+                    // A delete the filter granted: the one way the tag becomes new again. Claims
+                    // are keyed by repository alone (`repository` here is the map's key).
+                    claims::forget(h, &worker, g.repository(), g.tag());
                 }
                 Action::Continue
             }
@@ -490,13 +497,12 @@ impl Filter {
 
     /// The stream ended.
     pub fn on_done(&mut self, h: &dyn Host) {
-        match (&mut self.state, self.worker.clone()) {
+        match (std::mem::replace(&mut self.state, State::Pass), self.worker.clone()) {
             (State::Push(push), Some(worker)) => push.on_done(h, &worker),
             // Gone while break-glass was taking windows: those it took go back.
             (State::Unlocking(c, _), Some(worker)) => c.give_back(h, &worker),
             _ => {}
         }
-        self.state = State::Pass;
     }
 
     fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
