@@ -17,6 +17,8 @@ pub mod worker;
 mod fake;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_bytes;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -98,16 +100,29 @@ impl Filter {
     /// manifests. Most traffic (blobs, uploads, `/v2/`) is ordinary (`None`): it ends here,
     /// after one header read, and the caller counts it (`Counter::RequestsSeen`), in batches if
     /// it likes: on Istio's path this runs for every request, and each host call costs.
-    pub fn first_look(h: &dyn Host) -> Option<String> {
-        let path = h.request_header(":path").unwrap_or_default();
-        may_name_manifests(&path).then_some(path)
+    /// `Some(Err(why))`: the host would not give `:path`; the request cannot be judged, so
+    /// `on_request_headers` refuses it (see the rule on [`Host`]).
+    pub fn first_look(h: &dyn Host) -> Option<Result<String, String>> {
+        match h.read_request_header(":path") {
+            Ok(path) => {
+                let path = path.unwrap_or_default();
+                may_name_manifests(&path).then_some(Ok(path))
+            }
+            Err(why) => Some(Err(why)),
+        }
     }
 
     /// A request that may name manifests (`path`, from [`Filter::first_look`]) at its headers.
-    pub fn on_request_headers(&mut self, h: &dyn Host, path: String, end_of_stream: bool) -> Action {
+    pub fn on_request_headers(&mut self, h: &dyn Host, path: Result<String, String>, end_of_stream: bool) -> Action {
         self.count(h, Counter::RequestsSeen);
-        let method = h.request_header(":method").unwrap_or_default();
-        if METHOD_OVERRIDE_HEADERS.iter().any(|n| h.request_header(n).is_some()) && refuses_method_override(&path) {
+        // A request whose path or method cannot be read may be a write: refused, never passed.
+        let (path, method) = match (path, h.read_request_header(":method")) {
+            (Ok(path), Ok(method)) => (path, method.unwrap_or_default()),
+            (Err(why), _) => return self.unreadable(h, ":path", &why),
+            (_, Err(why)) => return self.unreadable(h, ":method", &why),
+        };
+        // An override header the host would not give counts as present.
+        if METHOD_OVERRIDE_HEADERS.iter().any(|n| !matches!(h.read_request_header(n), Ok(None))) && refuses_method_override(&path) {
             let msg = "Method override headers are not accepted on manifest routes";
             return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
         }
@@ -154,6 +169,12 @@ impl Filter {
                 self.on_delete(h, &worker, repository, reference)
             }
         }
+    }
+
+    /// The host would not give `name`: the request may be a write, so it is refused.
+    fn unreadable(&mut self, h: &dyn Host, name: &str, why: &str) -> Action {
+        let msg = format!("immutable-tags could not read the request's {name} (host status {why}); a request it cannot judge is refused");
+        self.refuse(h, &OciError::new(503, "UNAVAILABLE", msg, json!({})), &[], From::Request)
     }
 
     fn on_put(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, tags: Vec<String>, end_of_stream: bool) -> Action {

@@ -168,7 +168,11 @@ impl Push {
     ) -> Result<(Push, Next), OciError> {
         let client_headers = host.request_headers();
         let header = |name: &str| client_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let path = header(":path").unwrap_or_default().to_string();
+        // The PUT the filter sends replays these headers: without them it cannot be sent as judged.
+        let Some(path) = header(":path").map(str::to_string) else {
+            let msg = "immutable-tags could not read the request's headers; a push it cannot judge is refused";
+            return Err(OciError::new(503, "UNAVAILABLE", msg, json!({"repository": repository})));
+        };
         let first = checks.first().map(|(t, _)| t.clone()).unwrap_or_default();
         // A body announced larger than the limit is refused before a byte of it is buffered.
         let max = worker.config.max_manifest_bytes;
