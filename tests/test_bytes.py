@@ -5,6 +5,8 @@ Envoy's own local answers under `on_upstream_error: allow`. Each case runs in th
 config, without `allow_on_headers_stop_iteration`, and in the Istio-style one."""
 from __future__ import annotations
 
+import time
+
 import h2c
 from oci import OCI_MANIFEST, current_digest, make_manifest, put_manifest, sha256
 
@@ -82,4 +84,37 @@ def test_h1_put_with_a_non_utf8_query_byte_never_changes_the_tag(envoy, registry
         s.sendall(head + m2)
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 4"), answer[:200]
+    assert current_digest(registry.url, repo, "v1") == sha256(m1)
+
+
+def test_a_semicolon_in_a_write_query_is_refused(envoy, registry, uid):
+    """Go before 1.17 split a query at `;` too: `?x=1;tag=v1` could name a tag the filter never
+    judged. Refused (400); nothing reaches the registry."""
+    repo, m1, m2 = seeded(registry, uid)
+    r = put_manifest(envoy.url, repo, "v9?x=1;tag=v1", m2)
+    assert r.status == 400, r
+    assert r.json()["errors"][0]["code"] == "UNSUPPORTED", r.body
+    assert current_digest(registry.url, repo, "v9") is None
+    assert current_digest(registry.url, repo, "v1") == sha256(m1)
+
+
+def test_a_push_naming_too_many_tags_is_refused_at_once(envoy, registry, uid):
+    """`?tag=` past `max_tags_per_push` (16): refused with 400 before a single registry call;
+    at the cap the push is judged as usual."""
+    repo, m1, m2 = seeded(registry, uid)
+    heads = registry.head_requests()
+    many = "&".join(f"tag=t{i}" for i in range(2000))
+    t0 = time.monotonic()
+    r = put_manifest(envoy.url, repo, f"{sha256(m2)}?{many}", m2)
+    assert r.status == 400, r
+    assert time.monotonic() - t0 < 2, "refused quickly"
+    err = r.json()["errors"][0]
+    assert err["code"] == "UNSUPPORTED" and "at most 16" in err["message"], err
+    r = put_manifest(envoy.url, repo, f"{sha256(m2)}?" + "&".join(f"tag=t{i}" for i in range(17)), m2)
+    assert r.status == 400, r
+    assert registry.head_requests() == heads, "not one HEAD for a refused push"
+    r = put_manifest(envoy.url, repo, f"{sha256(m2)}?" + "&".join(f"tag=t{i}" for i in range(16)), m2)
+    assert r.status == 201, r
+    r = put_manifest(envoy.url, repo, f"{sha256(m2)}?tag=v1", m2)
+    assert r.status == 409, "a listed immutable tag is still judged"
     assert current_digest(registry.url, repo, "v1") == sha256(m1)

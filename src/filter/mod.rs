@@ -27,7 +27,7 @@ use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
-use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
+use crate::request::{classify_with, may_name_manifests, DEFAULT_MAX_TAGS_PER_PUSH, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
 use break_glass::{self as bg, Asked, Grant, Granted, Lookup};
 use delete::DigestDelete;
 use host::{Host, Level};
@@ -126,7 +126,8 @@ impl Filter {
             let msg = "Method override headers are not accepted on manifest routes";
             return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
         }
-        let request = classify(&method, &path);
+        let max_tags = self.worker.as_ref().map_or(DEFAULT_MAX_TAGS_PER_PUSH, |w| w.config.max_tags_per_push);
+        let request = classify_with(&method, &path, max_tags);
         if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::Invalid(_)) {
             self.count(h, Counter::RequestsChecked);
             self.request = RequestInfo {
@@ -136,6 +137,10 @@ impl Filter {
                 client_address: h.property(&["source", "address"]),
                 user_agent: h.request_header("user-agent"),
             };
+        }
+        // A write the filter cannot judge is refused whether or not it has a configuration.
+        if let Request::Invalid(err) = &request {
+            return self.refuse(h, err, &[], From::Request);
         }
         let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. });
         let Some(worker) = self.worker.clone() else {
@@ -160,6 +165,7 @@ impl Filter {
                 Action::Continue
             }
             Request::Other | Request::ManifestRead { .. } => Action::Continue,
+            // Refused above.
             Request::Invalid(err) => self.refuse(h, &err, &[], From::Request),
             Request::ManifestPut { repository, reference, tags } => {
                 self.on_put(h, &worker, repository, reference, tags, end_of_stream)

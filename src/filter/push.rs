@@ -48,7 +48,7 @@ pub struct Push {
     caller: Caller,
     /// The client's headers, replayed on the PUT.
     client_headers: Vec<(String, String)>,
-    /// The complete request body, once it has arrived.
+    /// The complete request body, once it has arrived; emptied once handed to the write.
     body: Option<Vec<u8>>,
     /// The client's headers are held (a HEAD is in flight).
     headers_held: bool,
@@ -236,6 +236,12 @@ impl Push {
         push.headers_held = true;
         let next = push.progress(host, worker);
         Ok((push, next))
+    }
+
+    /// Bytes of the manifest this push keeps in wasm memory.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.body.as_ref().map_or(0, Vec::len)
     }
 
     pub fn first_tag(&self) -> String {
@@ -679,6 +685,11 @@ impl Push {
         match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &self.client_headers, body) {
             Ok(token) => {
                 self.phase = Phase::Writing { token, claims };
+                // The host copied the bytes into the call: none of a manifest stays in wasm
+                // memory for as long as the registry takes to answer.
+                if let Some(b) = self.body.as_mut() {
+                    *b = Vec::new();
+                }
                 Next::Wait
             }
             Err(why) => {

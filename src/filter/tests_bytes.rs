@@ -157,3 +157,79 @@ fn unreadable_headers_at_a_push_refuse_it() {
     refused(&h, 503, "UNAVAILABLE");
     assert!(h.calls.borrow().is_empty());
 }
+
+#[test]
+fn invalid_writes_are_refused_without_a_configuration_too() {
+    for (method, path) in [("PUT", "//v2/app/manifests/v1"), ("PUT", "/v2/app/manifests/v1;x"), ("DELETE", "/v2/app/manifests/v1%zz")] {
+        let h = FakeHost::new();
+        let mut f = Filter::new(None);
+        h.request(method, path, &[CT]);
+        assert_eq!(on_headers(&mut f, &h, false), Action::Pause, "{method} {path}");
+        let r = h.reply().expect("refused");
+        assert_eq!(r.status, 400, "{method} {path}");
+    }
+    // A read still passes, and a valid write still gets 503 (no policy to judge it with).
+    let h = FakeHost::new();
+    let mut f = Filter::new(None);
+    h.request("GET", "//v2/app/manifests/v1", &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    h.request("PUT", "/v2/app/manifests/v1", &[CT]);
+    let mut f = Filter::new(None);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    refused(&h, 503, "UNAVAILABLE");
+}
+
+#[test]
+fn a_semicolon_in_a_write_query_is_refused() {
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, POLICY)));
+    h.request("PUT", "/v2/app/manifests/v9?x=1;tag=v1", &[CT]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    refused(&h, 400, "UNSUPPORTED");
+    assert!(h.calls.borrow().is_empty());
+}
+
+#[test]
+fn a_push_naming_thousands_of_tags_is_refused_before_any_call() {
+    let d = sha(M1);
+    let query: Vec<String> = (0..8000).map(|i| format!("tag=v{i}")).collect();
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, POLICY)));
+    h.request("PUT", &format!("/v2/app/manifests/{d}?{}", query.join("&")), &[CT]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    let err = refused(&h, 400, "UNSUPPORTED");
+    assert!(err["message"].as_str().unwrap().contains("at most 16"), "{err}");
+    assert!(h.calls.borrow().is_empty(), "not one registry call");
+    // At the cap: one HEAD per tag, no more.
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, POLICY)));
+    h.request("PUT", &format!("/v2/app/manifests/{d}?{}", query[..16].join("&")), &[CT]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Pause);
+    assert!(h.reply().is_none());
+    assert_eq!(h.calls_with("HEAD").len(), 16);
+    // The cap is the configuration's.
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_tags_per_push": 2}"#)));
+    h.request("PUT", &format!("/v2/app/manifests/{d}?{}", query[..3].join("&")), &[CT]);
+    on_headers(&mut f, &h, false);
+    let err = refused(&h, 400, "UNSUPPORTED");
+    assert!(err["message"].as_str().unwrap().contains("at most 2"), "{err}");
+}
+
+#[test]
+fn the_body_leaves_wasm_memory_once_handed_to_the_write() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w));
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1", &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    respond(&mut f, &h, head_answer(None));
+    h.body.borrow_mut().extend_from_slice(M1);
+    f.on_request_body(&h, M1.len(), true);
+    let put = h.calls_with("PUT");
+    assert_eq!(put.len(), 1);
+    assert_eq!(put[0].body.as_deref(), Some(M1), "the write carries the judged bytes");
+    let super::State::Push(p) = &f.state else { panic!("still a push") };
+    assert_eq!(p.buffered(), 0, "the write has the bytes; the filter keeps none");
+}
