@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import h2c
+import stack
+from conftest import SAMPLE_POLICY
+from fakes import FaultyUpstream
 from oci import OCI_MANIFEST, current_digest, make_manifest, put_manifest, sha256
 
 CT = [("content-type", OCI_MANIFEST)]
@@ -118,3 +123,44 @@ def test_a_push_naming_too_many_tags_is_refused_at_once(envoy, registry, uid):
     r = put_manifest(envoy.url, repo, f"{sha256(m2)}?tag=v1", m2)
     assert r.status == 409, "a listed immutable tag is still judged"
     assert current_digest(registry.url, repo, "v1") == sha256(m1)
+
+
+# --- on_upstream_error: allow, and Envoy's own answers ----------------------------------------
+
+ALLOW_POLICY = dict(SAMPLE_POLICY, upstream={"cluster": "registry", "timeout_ms": 500}, cache={"ttl_seconds": 0},
+                    on_upstream_error="allow")
+
+
+@pytest.fixture(scope="module")
+def faulty(registry):
+    f = FaultyUpstream(registry.port, stack.free_port()).start()
+    yield f
+    f.stop()
+
+
+@pytest.mark.parametrize("fault", ["stall", "reset"])
+def test_allow_never_applies_to_envoys_own_answers(stacks, registry, faulty, stop_on_headers, uid, fault):
+    """A HEAD that times out (Envoy's own 504) or is reset before headers (Envoy's own 503) got
+    no answer from the registry: with `on_upstream_error: allow` the overwrite is still refused,
+    since an attacker can provoke such answers (overflowing the circuit breakers, loading the
+    registry past `timeout_ms`). The registry's own 500 is what `allow` is for."""
+    envoy = stacks.envoy(faulty, ALLOW_POLICY, stop_on_headers)
+    repo = f"allow-{fault}-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    assert put_manifest(registry.url, repo, "v1", m1).status == 201
+    faulty.fault = fault
+    try:
+        heads = faulty.heads
+        r = put_manifest(envoy.url, repo, "v1", m2)
+        assert faulty.heads > heads, "the fault was met"
+        assert r.status == 503, r
+        assert r.json()["errors"][0]["code"] == "UNAVAILABLE", r.body
+    finally:
+        faulty.fault = "pass"
+    assert current_digest(registry.url, repo, "v1") == sha256(m1), "the overwrite did not land"
+    faulty.fault = "500"
+    try:
+        assert put_manifest(envoy.url, repo, "v2", m2).status == 201, "the registry's own 500: allowed"
+    finally:
+        faulty.fault = "pass"

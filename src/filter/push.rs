@@ -216,11 +216,8 @@ impl Push {
                 Some((d, _)) => (Lookup::Known(Some(d)), since_ms),
                 None => match push.send_head(host, worker, &tag) {
                     Ok(token) => (Lookup::Pending(token), since_ms),
-                    Err(why) if worker.config.on_upstream_error == OnUpstreamError::Allow => {
-                        let msg = format!("immutable-tags: {}:{tag}: {why}; allowed (on_upstream_error = allow)", push.repository);
-                        host.log(Level::Warn, &msg);
-                        (Lookup::Known(None), NO_VIEW)
-                    }
+                    // Envoy would not even send the HEAD: no answer of the registry's, so
+                    // `on_upstream_error = allow` does not apply (see `upstream::from_registry`).
                     Err(why) => {
                         // Refused, or in audit mode written unjudged: either way the push
                         // (already made harmless) is the state that answers.
@@ -417,7 +414,8 @@ impl Push {
                 let challenge = host.call_response_header("www-authenticate");
                 return Next::Refuse(err, challenge.map(|c| ("www-authenticate", c)).into_iter().collect());
             }
-            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+            // `allow` only for the registry's own answer, never for one Envoy made up.
+            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow && upstream::from_registry(host) => {
                 let msg = format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", self.repository, check.tag);
                 host.log(Level::Warn, &msg);
                 (check.lookup, check.since_ms) = (Lookup::Known(None), NO_VIEW);

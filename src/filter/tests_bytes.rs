@@ -233,3 +233,47 @@ fn the_body_leaves_wasm_memory_once_handed_to_the_write() {
     let super::State::Push(p) = &f.state else { panic!("still a push") };
     assert_eq!(p.buffered(), 0, "the write has the bytes; the filter keeps none");
 }
+
+const ALLOW: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "on_upstream_error": "allow", "cache": {"ttl_seconds": 0}}"#;
+
+/// Pushes M2 over a tag whose HEAD gets `head`; the client's answer and the PUTs written.
+fn push_over(head: Reply) -> (Reply, usize) {
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, ALLOW)));
+    let len = M2.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1", &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    respond(&mut f, &h, head);
+    h.body.borrow_mut().extend_from_slice(M2);
+    f.on_request_body(&h, M2.len(), true);
+    if h.reply().is_none() {
+        respond(&mut f, &h, answer(201, &[("docker-content-digest", &sha(M2)), ("x-envoy-upstream-service-time", "2")], b""));
+    }
+    (h.reply().expect("an answer"), h.calls_with("PUT").len())
+}
+
+#[test]
+fn allow_never_applies_to_envoys_own_answers() {
+    // What Envoy's router answers itself (no `x-envoy-upstream-service-time`): overflow, no
+    // healthy host, a reset or connection failure before headers, a timeout's 504.
+    for local in [
+        answer(503, &[("x-envoy-overloaded", "true"), ("content-type", "text/plain")], b"upstream connect error or disconnect/reset before headers. reset reason: overflow"),
+        answer(503, &[("content-type", "text/plain")], b"no healthy upstream"),
+        answer(503, &[("content-type", "text/plain")], b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+        answer(504, &[("content-type", "text/plain")], b"upstream request timeout"),
+    ] {
+        let (r, puts) = push_over(local.clone());
+        assert_eq!((r.status, puts), (503, 0), "{:?}", String::from_utf8_lossy(&local.body));
+    }
+    // A reset with no answer at all (zero headers).
+    let (r, puts) = push_over(Reply { status: 0, headers: Vec::new(), body: Vec::new() });
+    assert_eq!((r.status, puts), (503, 0));
+}
+
+#[test]
+fn allow_still_applies_to_the_registrys_own_error() {
+    let (r, puts) = push_over(answer(500, &[("x-envoy-upstream-service-time", "4")], b""));
+    assert_eq!((r.status, puts), (201, 1), "the trade-off `allow` is set for");
+    let (r, puts) = push_over(answer(503, &[("x-envoy-upstream-service-time", "4")], b"registry overloaded"));
+    assert_eq!((r.status, puts), (201, 1));
+}
