@@ -47,6 +47,7 @@ def request(port: int, method: bytes | str, path: bytes | str, headers: list | N
         # A large window, so that a manifest of a few MiB is never held by flow control.
         conn.increment_flow_control_window(1 << 24)
         sock.sendall(conn.data_to_send())
+        early: list = []  # events read while sending (window updates, an early answer)
         chunks = body if isinstance(body, list) else ([body] if body else [])
         hdrs = [(b":method", _b(method)), (b":path", _b(path)), (b":scheme", b"http"), (b":authority", _b(authority))]
         hdrs += [(_b(k), _b(v)) for k, v in (headers or [])]
@@ -58,7 +59,7 @@ def request(port: int, method: bytes | str, path: bytes | str, headers: list | N
                 break
             if delay:
                 time.sleep(delay)
-            _send_data(conn, sock, sid, chunk, end=(i == len(chunks) - 1 and not trailers and reset_after is None))
+            _send_data(conn, sock, sid, chunk, early, end=(i == len(chunks) - 1 and not trailers and reset_after is None))
         if reset_after is not None:
             conn.reset_stream(sid)
             sock.sendall(conn.data_to_send())
@@ -66,7 +67,7 @@ def request(port: int, method: bytes | str, path: bytes | str, headers: list | N
         if trailers:
             conn.send_headers(sid, [(_b(k), _b(v)) for k, v in trailers], end_stream=True)
             sock.sendall(conn.data_to_send())
-        return _read(conn, sock, sid, timeout)
+        return _read(conn, sock, sid, timeout, early)
     finally:
         try:
             sock.close()
@@ -74,33 +75,38 @@ def request(port: int, method: bytes | str, path: bytes | str, headers: list | N
             pass
 
 
-def _send_data(conn, sock, sid: int, chunk: bytes, end: bool) -> None:
-    # Split to the peer's max frame size; the window is assumed large enough (Envoy's default
-    # initial stream window is 256 MiB).
-    size = conn.max_outbound_frame_size
-    if not chunk:
-        conn.send_data(sid, b"", end_stream=end)
-    for at in range(0, len(chunk), size):
-        conn.send_data(sid, chunk[at:at + size], end_stream=end and at + size >= len(chunk))
-    sock.sendall(conn.data_to_send())
+def _send_data(conn, sock, sid: int, chunk: bytes, early: list, end: bool) -> None:
+    """Sends `chunk` within the peer's flow-control windows, reading its WINDOW_UPDATEs (and
+    SETTINGS) when they are spent. Stops quietly if the peer ended or reset the stream (an
+    early answer): the caller reads it."""
+    try:
+        if not chunk:
+            conn.send_data(sid, b"", end_stream=end)
+            sock.sendall(conn.data_to_send())
+            return
+        at = 0
+        while at < len(chunk):
+            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, len(chunk) - at)
+            if room <= 0:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                early.extend(conn.receive_data(data))
+                sock.sendall(conn.data_to_send())
+                continue
+            last = at + room >= len(chunk)
+            conn.send_data(sid, chunk[at:at + room], end_stream=end and last)
+            at += room
+            sock.sendall(conn.data_to_send())
+    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        return
 
 
-def _read(conn, sock, sid: int, timeout: float) -> H2Response:
+def _read(conn, sock, sid: int, timeout: float, early: list) -> H2Response:
     resp = H2Response(None)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except socket.timeout:
-            break
-        if not data:
-            resp.reset = True
-            break
-        try:
-            events = conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            resp.reset = True
-            break
+    events = list(early)
+    while True:
         for ev in events:
             if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
                 resp.headers = list(ev.headers)
@@ -111,7 +117,6 @@ def _read(conn, sock, sid: int, timeout: float) -> H2Response:
                 resp.body += ev.data
                 conn.acknowledge_received_data(ev.flow_controlled_length, sid)
             elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
-                sock.sendall(conn.data_to_send())
                 return resp
             elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
                 resp.reset = True
@@ -122,5 +127,17 @@ def _read(conn, sock, sid: int, timeout: float) -> H2Response:
         pending = conn.data_to_send()
         if pending:
             sock.sendall(pending)
+        if time.monotonic() >= deadline:
+            break
+        try:
+            data = sock.recv(65536)
+        except (socket.timeout, OSError):
+            break
+        if not data:
+            break
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            break
     resp.reset = True
     return resp
