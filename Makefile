@@ -7,7 +7,7 @@ MODULE := target/wasm32-wasip1/release/immutable_tags.wasm
 WASM_OPT := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 
-.PHONY: run test deps build unit clippy wasm-test e2e image bench mutants sim
+.PHONY: run test deps build unit clippy wasm-test e2e image bench mutants sim fuzz
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE ?= 127.0.0.1:5000/immutable-tags:$(VERSION)
@@ -55,6 +55,12 @@ image: build
 bench: build
 	python bench/bench.py
 	python bench/etcd_cost.py
+
+## fuzz: the adversarial end-to-end fuzzer (tests/fuzz_e2e.py) on a long budget, FUZZ_SECONDS
+## (default 1800); writes tests/fuzz_results.md (seed, cases, any broken invariant). `make test`
+## runs it for 40 s (tests/test_fuzz.py). Replay: FUZZ_SEED=<seed> make fuzz
+fuzz: build
+	python tests/fuzz_e2e.py --seconds $${FUZZ_SECONDS:-1800} --results tests/fuzz_results.md
 
 ## mutants: mutation testing (cargo-mutants) of the pure core and src/filter/ with the native
 ## unit tests only (about an hour for every file on 2 cores; not part of `make test`). Narrow it

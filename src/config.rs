@@ -5,7 +5,7 @@
 use crate::break_glass::BreakGlass;
 use crate::exclusions::Exclusions;
 use crate::policy::{Policy, Scope};
-use crate::request::is_valid_name;
+use crate::request::{is_valid_name, DEFAULT_MAX_TAGS_PER_PUSH};
 use crate::rules::{RawRule, Rules, DEFAULT_MAX_REGEX_LENGTH, MAX_REGEX_LENGTH_LIMIT};
 use crate::json_doc::{Fields, Json};
 use std::collections::BTreeMap;
@@ -25,6 +25,9 @@ pub struct Config {
     pub pin_immutable_pulls: bool,
     /// Largest manifest the filter buffers to hash; a larger push is refused with 413.
     pub max_manifest_bytes: usize,
+    /// Most `?tag=` parameters one push may carry (each costs a lookup and a claim); past it
+    /// the push is refused with 400.
+    pub max_tags_per_push: usize,
     /// The break-glass exception (see `break_glass`); `None`: no override ever.
     pub break_glass: Option<BreakGlass>,
 }
@@ -178,6 +181,7 @@ struct RawConfig {
     on_upstream_error: Option<OnUpstreamError>,
     pin_immutable_pulls: bool,
     max_manifest_bytes: Option<u64>,
+    max_tags_per_push: Option<u64>,
     break_glass: Option<BreakGlass>,
 }
 
@@ -225,6 +229,9 @@ struct RawCache {
 }
 
 pub const DEFAULT_ERROR_CODE: &str = "DENIED";
+
+/// The largest `max_tags_per_push`: each tag is a HEAD (and an etcd call) in flight at once.
+pub const MAX_TAGS_PER_PUSH_LIMIT: usize = 256;
 
 /// 4 MiB, the shipped route's `request_body_buffer_limit`: the filter refuses a larger manifest
 /// itself rather than rely on Envoy's 413, which does not come while headers are held.
@@ -275,7 +282,7 @@ impl Config {
             .collect();
         let d = &self.deletes;
         format!(
-            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={} blobs={:?}; claims ttl_seconds={} slots={} store={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",
+            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={} blobs={:?}; claims ttl_seconds={} slots={} store={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}; max_tags_per_push={}",
             self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
@@ -296,7 +303,8 @@ impl Config {
             self.claims.etcd.as_ref().map_or("shared-data".to_string(), |e| format!("etcd cluster={} prefix={} timeout_ms={}", e.cluster, e.prefix, e.timeout_ms)),
             self.on_upstream_error,
             self.pin_immutable_pulls,
-            self.max_manifest_bytes
+            self.max_manifest_bytes,
+            self.max_tags_per_push
         )
     }
 }
@@ -334,6 +342,7 @@ impl RawConfig {
                 "on_upstream_error",
                 "pin_immutable_pulls",
                 "max_manifest_bytes",
+                "max_tags_per_push",
                 "break_glass",
             ],
         )?;
@@ -425,6 +434,7 @@ impl RawConfig {
             on_upstream_error,
             pin_immutable_pulls: f.bool_or_false("pin_immutable_pulls")?,
             max_manifest_bytes: f.opt_uint("max_manifest_bytes", "u64", u64::MAX)?,
+            max_tags_per_push: f.opt_uint("max_tags_per_push", "u64", u64::MAX)?,
             break_glass: f.present("break_glass").map(BreakGlass::read).transpose()?,
         })
     }
@@ -517,6 +527,14 @@ impl RawConfig {
             Ok(n) if (1024..=64 << 20).contains(&n) => n,
             _ => return Err(err("max_manifest_bytes", max_manifest, "must be between 1024 and 67108864 (64 MiB)")),
         };
+        let max_tags = self.max_tags_per_push.unwrap_or(DEFAULT_MAX_TAGS_PER_PUSH as u64);
+        let max_tags_per_push = match usize::try_from(max_tags) {
+            Ok(n) if n <= MAX_TAGS_PER_PUSH_LIMIT => n,
+            _ => {
+                let why = format!("must be between 0 (no ?tag= at all) and {MAX_TAGS_PER_PUSH_LIMIT}");
+                return Err(err("max_tags_per_push", max_tags, why));
+            }
+        };
         let global = compile_scope("global", self.global)?;
         let mut repositories = Vec::new();
         for (name, raw) in self.repository {
@@ -548,6 +566,7 @@ impl RawConfig {
             on_upstream_error: self.on_upstream_error.unwrap_or(OnUpstreamError::Refuse),
             pin_immutable_pulls: self.pin_immutable_pulls,
             max_manifest_bytes,
+            max_tags_per_push,
             break_glass: self.break_glass,
         })
     }
@@ -809,6 +828,18 @@ mod tests {
             assert_eq!((e.field.as_str(), e.value.as_str()), ("mode", m), "{e}");
         }
         assert_eq!(bad(r#"{"mode": true}"#).field, "mode");
+    }
+
+    #[test]
+    fn max_tags_per_push() {
+        assert_eq!(cfg("{}").max_tags_per_push, 16, "the default");
+        assert_eq!(cfg(r#"{"max_tags_per_push": 0}"#).max_tags_per_push, 0);
+        assert_eq!(cfg(r#"{"max_tags_per_push": 256}"#).max_tags_per_push, 256);
+        for b in [r#"{"max_tags_per_push": 257}"#, r#"{"max_tags_per_push": -1}"#, r#"{"max_tags_per_push": "8"}"#, r#"{"max_tags_per_push": 1.5}"#] {
+            let e = bad(b);
+            assert_eq!(e.field, "max_tags_per_push", "{b}: {e}");
+        }
+        assert!(bad(r#"{"max_tags_per_push": 99999999999999999999}"#).to_string().contains("max_tags_per_push"));
     }
 
     #[test]

@@ -55,8 +55,17 @@ fn method_of(method: &str) -> Method {
     }
 }
 
-/// Classifies a request from its `:method` and raw `:path`.
+/// The default of `max_tags_per_push`: `?tag=` parameters one push may carry.
+pub const DEFAULT_MAX_TAGS_PER_PUSH: usize = 16;
+
+/// Classifies a request from its `:method` and raw `:path`, with the default `?tag=` cap.
 pub fn classify(method: &str, raw_path: &str) -> Request {
+    classify_with(method, raw_path, DEFAULT_MAX_TAGS_PER_PUSH)
+}
+
+/// Classifies a request; a PUT with more than `max_tags` `?tag=` parameters (repeats counted) is
+/// `Invalid`: each named tag costs a lookup and a claim, so one request must not name thousands.
+pub fn classify_with(method: &str, raw_path: &str, max_tags: usize) -> Request {
     let method = method_of(method);
     if matches!(method, Method::Other) {
         return Request::Other;
@@ -115,6 +124,11 @@ pub fn classify(method: &str, raw_path: &str) -> Request {
     } else {
         return refuse("MANIFEST_INVALID", "Invalid tag or digest in a manifests path");
     };
+    // Go before 1.17 (and other servers) also split a query at `;`: `?x=1;tag=v2` could name a
+    // tag the filter never saw. No registry client sends one.
+    if is_write && query.is_some_and(|q| q.contains(';')) {
+        return refuse("UNSUPPORTED", "A ';' in the query of a manifest write is not accepted");
+    }
     let repository = name.to_string();
     match method {
         Method::Read => Request::ManifestRead { repository, reference },
@@ -124,7 +138,12 @@ pub fn classify(method: &str, raw_path: &str) -> Request {
             if let Reference::Tag(t) = &reference {
                 tags.push(t.clone());
             }
-            for value in query.into_iter().flat_map(|q| q.split('&')).filter_map(tag_param) {
+            let named = query.into_iter().flat_map(|q| q.split('&')).filter_map(tag_param);
+            if named.clone().count() > max_tags {
+                let msg = format!("A push may name at most {max_tags} tags with ?tag= (max_tags_per_push); push the others separately");
+                return refuse("UNSUPPORTED", &msg);
+            }
+            for value in named {
                 match decode(value) {
                     Some(t) if is_valid_tag(&t) => {
                         if !tags.contains(&t) {
@@ -380,6 +399,32 @@ mod tests {
             assert!(is_invalid(&classify("DELETE", p)), "{p}");
             assert_eq!(classify("GET", p), Request::Other, "{p}");
         }
+    }
+
+    #[test]
+    fn a_semicolon_in_a_write_query_is_refused() {
+        for p in ["/v2/app/manifests/v1?x=1;tag=v2", "/v2/app/manifests/v1?;", "/v2/app/manifests/v1?tag=a;b"] {
+            assert!(is_invalid(&put(p)), "{p}");
+            assert!(is_invalid(&classify("DELETE", p)), "{p}");
+            assert!(matches!(classify("GET", p), Request::ManifestRead { .. }), "{p}");
+        }
+        assert!(matches!(put("/v2/app/manifests/v1?x=%3B"), Request::ManifestPut { .. }), "an encoded ';' splits nothing");
+    }
+
+    #[test]
+    fn tag_parameters_past_the_cap_are_refused() {
+        let d = Digest::sha256(b"m");
+        let query = |n: usize| (0..n).map(|i| format!("tag=t{i}")).collect::<Vec<_>>().join("&");
+        assert!(matches!(put(&format!("/v2/app/manifests/{d}?{}", query(16))), Request::ManifestPut { ref tags, .. } if tags.len() == 16));
+        let over = put(&format!("/v2/app/manifests/{d}?{}", query(17)));
+        assert!(is_invalid(&over), "{over:?}");
+        // Repeats count: the cap bounds the work of reading the query too.
+        assert!(is_invalid(&put(&format!("/v2/app/manifests/v1?{}", ["tag=v1"; 17].join("&")))));
+        assert!(matches!(classify_with("PUT", &format!("/v2/app/manifests/{d}?{}", query(3)), 2), Request::Invalid(_)));
+        assert!(matches!(classify_with("PUT", "/v2/app/manifests/v1?tag=v2", 0), Request::Invalid(_)));
+        assert!(matches!(classify_with("PUT", "/v2/app/manifests/v1", 0), Request::ManifestPut { .. }));
+        let Request::Invalid(e) = over else { unreachable!() };
+        assert!(e.message.contains("at most 16"), "{}", e.message);
     }
 
     #[test]

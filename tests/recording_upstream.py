@@ -6,7 +6,8 @@ declared body is complete, whatever arrived (possibly nothing) is stored under t
 same. So a refused write whose request reached it in part destroys the tag, and the tests see it
 both in what was recorded and in the tag's stored digest.
 
-Only `PUT`, `HEAD` and `GET` of `/v2/<name>/manifests/<ref>` and `GET /v2/` mean anything;
+Only `PUT`, `HEAD` and `GET` of `/v2/<name>/manifests/<ref>`, `GET /v2/<name>/tags/list` (every
+tag, one page) and `GET /v2/` mean anything;
 every other request is recorded and answered 404/405 with a small JSON body, with no effect.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
+TAGS_PATH = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
 
 
 def sha256(data: bytes) -> str:
@@ -295,6 +297,15 @@ class RecordingUpstream:
         api = [("Docker-Distribution-Api-Version", "registry/2.0")]
         if path == "/v2/" and rec.method in ("GET", "HEAD"):
             return 200, api + [("Content-Type", "application/json")], b"{}"
+        tags = TAGS_PATH.match(path)
+        if tags is not None and rec.method in ("GET", "HEAD"):
+            # Every tag of the repository, one page: what a delete by digest is checked against.
+            name = tags["name"]
+            with self._lock:
+                listed = sorted(ref for (n, ref) in self._store if n == name and ":" not in ref)
+            if not listed:
+                return 404, api + [("Content-Type", "application/json")], _error("NAME_UNKNOWN", "repository unknown", name)
+            return 200, api + [("Content-Type", "application/json")], json.dumps({"name": name, "tags": listed}).encode()
         m = MANIFEST_PATH.match(path)
         if m is None:
             return 404, api + [("Content-Type", "application/json")], _error("NAME_UNKNOWN", "not served here", path)

@@ -89,6 +89,9 @@ pub struct FakeHost {
     pub refuse_header_writes: Cell<bool>,
     /// The `sub` of the payload Envoy's jwt_authn verified, under any `payload_in_metadata`.
     pub jwt_authn_sub: RefCell<Option<String>>,
+    /// Reads of these request headers fail (a host status error); `*`: the whole map
+    /// (`request_headers`) only.
+    pub unreadable: RefCell<Vec<String>>,
     pub pending: RefCell<VecDeque<u32>>,
     /// Tokens of this host start above this (hosts sharing a process never share a token, as
     /// calls of one VM never do).
@@ -165,11 +168,17 @@ pub fn answer(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Reply {
 }
 
 impl Host for FakeHost {
-    fn request_header(&self, name: &str) -> Option<String> {
-        self.request_header_value(name)
+    fn read_request_header(&self, name: &str) -> Result<Option<String>, String> {
+        if self.unreadable.borrow().iter().any(|n| n == name) {
+            return Err("BadArgument".into());
+        }
+        Ok(self.request_header_value(name))
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
+        if self.unreadable.borrow().iter().any(|n| n == "*") {
+            return Vec::new();
+        }
         self.request_headers.borrow().clone()
     }
 

@@ -19,10 +19,27 @@ pub enum SharedError {
     Other(String),
 }
 
+/// The rule for everything read from the host: **every host read that fails on a request that
+/// may be a write refuses it.** A value the filter cannot read is never "absent" nor "empty".
+///
+/// - Header values are read as bytes and turned into text by `header_map::text`: every byte at
+///   or above 0x80 and every ASCII control becomes `%XX`. So no value is ever unreadable for
+///   being non-UTF-8 (HTTP/2 allows such bytes in `:path`), and it keeps its meaning to the
+///   registry, which routes on the decoded path.
+/// - A read the host refuses (a status error) is an error value ([`Host::read_request_header`]),
+///   never `None`: `:path` or `:method` unreadable refuses the request (503); a method-override
+///   header unreadable counts as present.
 pub trait Host {
-    /// A request header as text; `None` when absent, unreadable, or outside the headers phase.
-    fn request_header(&self, name: &str) -> Option<String>;
-    /// Every request header, pseudo-headers included (headers phase only).
+    /// A request header as text (see the rule above); `Ok(None)` when absent; `Err` (the host's
+    /// status) when the host refused the read.
+    fn read_request_header(&self, name: &str) -> Result<Option<String>, String>;
+    /// A request header where a failed read may count as absent: only for headers that cannot
+    /// make a write pass (log fields, credentials for the filter's own calls).
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.read_request_header(name).ok().flatten()
+    }
+    /// Every request header, pseudo-headers included (headers phase only), read as
+    /// [`Host::read_request_header`] reads one; empty if the host refused the read.
     fn request_headers(&self) -> Vec<(String, String)>;
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), String>;
     /// Removes a request header (Ok when it was absent).

@@ -29,6 +29,8 @@ mod tests_pinning;
 mod tests_pinning_scope;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_telemetry;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_bytes;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -38,7 +40,7 @@ use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::config::BlobDeletes;
-use crate::request::{classify, may_name_blobs, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
+use crate::request::{classify_with, may_name_blobs, may_name_manifests, refuses_method_override, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
 use break_glass::{self as bg, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
@@ -136,30 +138,42 @@ impl Filter {
     /// manifests. Most traffic (blobs, uploads, `/v2/`) is ordinary (`None`): it ends here,
     /// after one header read, and the caller counts it (`Counter::RequestsSeen`), in batches if
     /// it likes: on Istio's path this runs for every request, and each host call costs.
-    pub fn first_look(h: &dyn Host) -> Option<String> {
+    /// `Some(Err(why))`: the host would not give `:path`; the request cannot be judged, so
+    /// `on_request_headers` refuses it (see the rule on [`Host`]).
+    pub fn first_look(h: &dyn Host) -> Option<Result<String, String>> {
         // Only the filter says what a request was before it rewrote it: a client's own copy of
         // that header goes (a failure here leaves at worst a false log line on a request the
         // filter does not rewrite: a push sets the header or is refused).
         let _ = h.remove_request_header(push::METHOD_HEADER);
-        let path = h.request_header(":path").unwrap_or_default();
+        let path = match h.read_request_header(":path") {
+            Ok(path) => path.unwrap_or_default(),
+            Err(why) => return Some(Err(why)),
+        };
         if may_name_manifests(&path) {
-            return Some(path);
+            return Some(Ok(path));
         }
         // A blob delete: one more header read, on blob paths only (an unreadable method is
         // looked at closer).
-        let delete = may_name_blobs(&path) && h.request_header(":method").map_or(true, |m| m.eq_ignore_ascii_case("DELETE"));
-        delete.then_some(path)
+        let delete = may_name_blobs(&path) && h.read_request_header(":method").map_or(true, |m| m.map_or(true, |m| m.eq_ignore_ascii_case("DELETE")));
+        delete.then_some(Ok(path))
     }
 
     /// A request that may name manifests (`path`, from [`Filter::first_look`]) at its headers.
-    pub fn on_request_headers(&mut self, h: &dyn Host, path: String, end_of_stream: bool) -> Action {
+    pub fn on_request_headers(&mut self, h: &dyn Host, path: Result<String, String>, end_of_stream: bool) -> Action {
         self.count(h, Counter::RequestsSeen);
-        let method = h.request_header(":method").unwrap_or_default();
-        if METHOD_OVERRIDE_HEADERS.iter().any(|n| h.request_header(n).is_some()) && refuses_method_override(&path) {
+        // A request whose path or method cannot be read may be a write: refused, never passed.
+        let (path, method) = match (path, h.read_request_header(":method")) {
+            (Ok(path), Ok(method)) => (path, method.unwrap_or_default()),
+            (Err(why), _) => return self.unreadable(h, ":path", &why),
+            (_, Err(why)) => return self.unreadable(h, ":method", &why),
+        };
+        // An override header the host would not give counts as present.
+        if METHOD_OVERRIDE_HEADERS.iter().any(|n| !matches!(h.read_request_header(n), Ok(None))) && refuses_method_override(&path) {
             let msg = "Method override headers are not accepted on manifest routes";
             return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
         }
-        let request = classify(&method, &path);
+        let max_tags = self.worker.as_ref().map_or(DEFAULT_MAX_TAGS_PER_PUSH, |w| w.config.max_tags_per_push);
+        let request = classify_with(&method, &path, max_tags);
         if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. } | Request::Invalid(_)) {
             self.count(h, Counter::RequestsChecked);
             self.request = RequestInfo {
@@ -170,6 +184,10 @@ impl Filter {
                 user_agent: h.request_header("user-agent"),
             };
             self.authority = h.request_header(":authority");
+        }
+        // A write the filter cannot judge is refused whether or not it has a configuration.
+        if let Request::Invalid(err) = &request {
+            return self.refuse(h, err, &[], From::Request);
         }
         let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. });
         let Some(worker) = self.worker.clone() else {
@@ -195,6 +213,7 @@ impl Filter {
                 Action::Continue
             }
             Request::Other | Request::ManifestRead { .. } => Action::Continue,
+            // Refused above.
             Request::Invalid(err) => self.refuse(h, &err, &[], From::Request),
             Request::ManifestPut { repository, reference, tags } => {
                 self.on_put(h, &worker, repository, reference, tags, end_of_stream)
@@ -221,6 +240,12 @@ impl Filter {
         let msg = "Blob deletes are refused here: the registry's garbage collection removes blobs no manifest references";
         let err = OciError::new(405, "UNSUPPORTED", msg, json!({"repository": repository, "setting": "deletes.blobs"}));
         self.refuse(h, &err, &[], From::Request)
+    }
+
+    /// The host would not give `name`: the request may be a write, so it is refused.
+    fn unreadable(&mut self, h: &dyn Host, name: &str, why: &str) -> Action {
+        let msg = format!("immutable-tags could not read the request's {name} (host status {why}); a request it cannot judge is refused");
+        self.refuse(h, &OciError::new(503, "UNAVAILABLE", msg, json!({})), &[], From::Request)
     }
 
     fn on_put(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, tags: Vec<String>, end_of_stream: bool) -> Action {

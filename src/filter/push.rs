@@ -56,7 +56,7 @@ pub struct Push {
     caller: Caller,
     /// The client's headers, replayed on the PUT.
     client_headers: Vec<(String, String)>,
-    /// The complete request body, once it has arrived.
+    /// The complete request body, once it has arrived; emptied once handed to the write.
     body: Option<Vec<u8>>,
     /// The client's headers are held (a HEAD is in flight).
     headers_held: bool,
@@ -175,7 +175,11 @@ impl Push {
     ) -> Result<(Push, Next), OciError> {
         let client_headers = host.request_headers();
         let header = |name: &str| client_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let path = header(":path").unwrap_or_default().to_string();
+        // The PUT the filter sends replays these headers: without them it cannot be sent as judged.
+        let Some(path) = header(":path").map(str::to_string) else {
+            let msg = "immutable-tags could not read the request's headers; a push it cannot judge is refused";
+            return Err(OciError::new(503, "UNAVAILABLE", msg, json!({"repository": repository})));
+        };
         let first = checks.first().map(|(t, _)| t.clone()).unwrap_or_default();
         // A body announced larger than the limit is refused before a byte of it is buffered.
         let max = worker.config.max_manifest_bytes;
@@ -224,11 +228,8 @@ impl Push {
                 Some((d, _)) => (Lookup::Known(Some(d)), since_ms),
                 None => match push.send_head(host, worker, &tag) {
                     Ok(token) => (Lookup::Pending(token), since_ms),
-                    Err(why) if worker.config.on_upstream_error == OnUpstreamError::Allow => {
-                        let msg = format!("immutable-tags: {}:{tag}: {why}; allowed (on_upstream_error = allow)", push.repository);
-                        host.log(Level::Warn, &msg);
-                        (Lookup::Known(None), NO_VIEW)
-                    }
+                    // Envoy would not even send the HEAD: no answer of the registry's, so
+                    // `on_upstream_error = allow` does not apply (see `upstream::from_registry`).
                     Err(why) => {
                         // Refused, or in audit mode written unjudged: either way the push
                         // (already made harmless) is the state that answers.
@@ -244,6 +245,12 @@ impl Push {
         push.headers_held = true;
         let next = push.progress(host, worker);
         Ok((push, next))
+    }
+
+    /// Bytes of the manifest this push keeps in wasm memory.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.body.as_ref().map_or(0, Vec::len)
     }
 
     pub fn first_tag(&self) -> String {
@@ -420,7 +427,8 @@ impl Push {
                 let challenge = host.call_response_header("www-authenticate");
                 return Next::Refuse(err, challenge.map(|c| ("www-authenticate", c)).into_iter().collect());
             }
-            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow => {
+            // `allow` only for the registry's own answer, never for one Envoy made up.
+            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow && upstream::from_registry(host) => {
                 let msg = format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", self.repository, check.tag);
                 host.log(Level::Warn, &msg);
                 (check.lookup, check.since_ms) = (Lookup::Known(None), NO_VIEW);
@@ -716,6 +724,11 @@ impl Push {
         match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &headers, body) {
             Ok(token) => {
                 self.phase = Phase::Writing { token, claims };
+                // The host copied the bytes into the call: none of a manifest stays in wasm
+                // memory for as long as the registry takes to answer.
+                if let Some(b) = self.body.as_mut() {
+                    *b = Vec::new();
+                }
                 Next::Wait
             }
             Err(why) => {

@@ -25,6 +25,18 @@ impl Caller {
     }
 }
 
+/// Whether the answer to a dispatched call is the registry's own, not one Envoy made up.
+/// Envoy's router stamps `x-envoy-upstream-service-time` on every answer that came from the
+/// upstream to a complete request (the async client's router never suppresses Envoy's
+/// headers), and on none of its own local answers: circuit-breaker overflow, no healthy host,
+/// connection failure or reset before headers, the 504 of a timeout. Those an attacker can
+/// provoke (e.g. by filling the cluster's circuit breakers), so `on_upstream_error = allow`
+/// must not read them as "the registry is unavailable". Should the header ever be missing
+/// from a real answer, the push is refused: the safe side.
+pub fn from_registry(host: &dyn Host) -> bool {
+    host.call_response_header("x-envoy-upstream-service-time").is_some()
+}
+
 fn authority<'a>(upstream: &'a Upstream, caller: &'a Caller, method: &str) -> Result<&'a str, String> {
     upstream
         .authority

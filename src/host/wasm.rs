@@ -4,8 +4,9 @@ use crate::filter::host::{Host, Level, SharedError};
 
 pub struct WasmHost;
 
+/// A value read from the host as text (`header_map::text`: never dropped for not being UTF-8).
 fn text(v: Result<Option<Vec<u8>>, Status>) -> Option<String> {
-    v.ok().flatten().and_then(|b| String::from_utf8(b).ok())
+    v.ok().flatten().map(crate::header_map::text)
 }
 
 fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
@@ -13,8 +14,11 @@ fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
 }
 
 impl Host for WasmHost {
-    fn request_header(&self, name: &str) -> Option<String> {
-        text(abi::header(MapType::RequestHeaders, name))
+    fn read_request_header(&self, name: &str) -> Result<Option<String>, String> {
+        match abi::header(MapType::RequestHeaders, name) {
+            Ok(v) => Ok(v.map(crate::header_map::text)),
+            Err(s) => Err(format!("{s:?}")),
+        }
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
