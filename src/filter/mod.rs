@@ -72,7 +72,7 @@ enum State {
     /// Answered locally.
     Done,
     /// A refused delete let through by break-glass, one override for each immutable tag it
-    /// removes: logged once the registry accepted it.
+    /// removes: logged when sent, and again with its outcome (`overridden`).
     Overridden { repository: String, digest: Option<Digest>, granted: Vec<Granted> },
     /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
     Window { repository: String, tag: String },
@@ -372,27 +372,15 @@ impl Filter {
                 }
                 Action::Continue
             }
-            State::Overridden { repository, digest, granted } if ok => {
-                if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-                    for g in granted.iter() {
-                        cache.forget(repository, g.tag());
-                    }
-                    if let Some(d) = digest {
-                        cache.forget_digest(repository, d);
-                    }
-                }
-                // One line and one count for each immutable tag the delete removed.
-                let current = digest.as_ref().map(Digest::to_string);
-                for g in granted.iter() {
-                    bg::done(h, &worker, g, current.as_deref(), None);
-                }
-                Action::Continue
-            }
-            // Refused (Envoy's 504: timed out, the outcome unknown): the windows are put back.
-            State::Overridden { granted, .. } if h.response_header(":status").as_deref() != Some("504") => {
-                for g in granted.iter() {
-                    bg::restore(h, &worker, g);
-                }
+            State::Overridden { .. } => {
+                // Refused only on the registry's own 4xx; anything else may have deleted.
+                let own = h.property(&["response", "code_details"]).as_deref() == Some("via_upstream");
+                let outcome = match h.response_header(":status") {
+                    _ if ok => bg::Outcome::Accepted,
+                    Some(s) if own && s.starts_with('4') => bg::Outcome::Refused,
+                    _ => bg::Outcome::Unknown,
+                };
+                self.overridden(h, &worker, outcome);
                 Action::Continue
             }
             State::Window { repository, tag } if ok => match window::open(h, &worker, repository, tag, &self.asked) {
@@ -433,9 +421,30 @@ impl Filter {
             (State::Push(push), Some(worker)) => push.on_done(h, &worker),
             // Gone while break-glass was taking windows: those it took go back.
             (State::Unlocking(c, _), Some(worker)) => c.give_back(h, &worker),
+            // Sent, and no answer came: the registry may have deleted it all the same.
+            (State::Overridden { .. }, Some(worker)) => self.overridden(h, &worker, bg::Outcome::Unknown),
             _ => {}
         }
         self.state = State::Pass;
+    }
+
+    /// A delete break-glass let through has its outcome: recorded; the map forgets what it may
+    /// have removed; windows go back only when the registry refused it.
+    fn overridden(&mut self, h: &dyn Host, worker: &Worker, outcome: bg::Outcome) {
+        let State::Overridden { repository, digest, granted } = std::mem::replace(&mut self.state, State::Pass) else { return };
+        if outcome == bg::Outcome::Refused {
+            for g in granted.iter() {
+                bg::restore(h, worker, g);
+            }
+        } else if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+            for g in granted.iter() {
+                cache.forget(&repository, g.tag());
+            }
+            if let Some(d) = &digest {
+                cache.forget_digest(&repository, d);
+            }
+        }
+        bg::delete_record(h, worker, &granted, digest.map(|d| d.to_string()).as_deref(), outcome);
     }
 
     fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
@@ -497,6 +506,10 @@ impl Filter {
             Covered::Yes(granted) => {
                 let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
                 let repository = audit::subject(&err).map(|(r, _)| r.to_string()).unwrap_or_default();
+                if let Some(worker) = &self.worker {
+                    // Recorded before it goes: once sent it may happen, whatever comes back.
+                    bg::delete_record(h, worker, &granted, digest.as_ref().map(Digest::to_string).as_deref(), bg::Outcome::Sent);
+                }
                 self.state = State::Overridden { repository, digest, granted };
                 self.resume(h, from, "break-glass")
             }
