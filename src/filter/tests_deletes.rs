@@ -491,3 +491,65 @@ fn an_accepted_delete_is_recorded_once_sent_and_once_accepted() {
     assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "accepted"), ("v9", "accepted")]));
     assert_eq!(h.counter("break_glass_overrides"), 2);
 }
+
+// ---- The tags list's `Link` headers: all of them are read (the ABI's single read returns the
+// first value only), and next links that disagree refuse (attack review 2, item 2).
+
+const GLOBAL: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
+
+fn paged(list: &[&str], links: &[&str]) -> Reply {
+    let mut r = tags(list);
+    r.headers.extend(links.iter().map(|l| ("link".to_string(), l.to_string())));
+    r
+}
+
+fn delete_m1_paged(h: &FakeHost, first_page: Reply) -> Filter {
+    let w = worker(h, GLOBAL);
+    let mut f = Filter::new(Some(w));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    let path = Filter::first_look(h).unwrap();
+    assert_eq!(f.on_request_headers(h, path, true), Action::Pause);
+    respond_to(&mut f, h, "/v2/app/tags/list", first_page);
+    f
+}
+
+#[test]
+fn a_next_link_in_a_second_link_header_is_followed() {
+    let h = FakeHost::new();
+    let first = paged(&["v1"], &[r#"</v2/app/tags/list?n=1>; rel="first""#, r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#]);
+    let mut f = delete_m1_paged(&h, first);
+    assert!(h.reply().is_none(), "{:?}", h.reply().map(|r| r.json()));
+    respond_to(&mut f, &h, "/v2/app/tags/list?n=1&last=v1", tags(&["v9"]));
+    for (tag, holds) in [("v1", M2), ("v9", M1)] {
+        if h.reply().is_none() {
+            respond_to(&mut f, &h, &format!("/v2/app/manifests/{tag}"), head(holds));
+        }
+    }
+    assert_eq!(h.resumes.get(), 0, "not let through");
+    let r = h.reply().expect("refused");
+    assert_eq!((r.status, detail(&r)["tag"].as_str()), (409, Some("v9")));
+}
+
+#[test]
+fn next_links_that_disagree_refuse_the_delete() {
+    for links in [
+        vec![r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#, r#"</v2/app/tags/list?n=1&last=zz>; rel="next""#],
+        vec![r#"</v2/app/tags/list?n=1&last=v1>; rel="next", </v2/app/tags/list?n=1&last=zz>; rel="next""#],
+    ] {
+        let h = FakeHost::new();
+        delete_m1_paged(&h, paged(&["v1"], &links));
+        let r = h.reply().unwrap_or_else(|| panic!("{links:?}: not refused"));
+        assert_eq!(r.status, 503, "{links:?}");
+        assert!(r.json().to_string().contains("next page"), "{}", r.json());
+        assert_eq!(h.resumes.get(), 0);
+    }
+}
+
+#[test]
+fn the_same_next_link_twice_is_followed() {
+    let h = FakeHost::new();
+    let next = r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#;
+    let mut f = delete_m1_paged(&h, paged(&["v1"], &[next, next]));
+    assert!(h.reply().is_none());
+    respond_to(&mut f, &h, "/v2/app/tags/list?n=1&last=v1", tags(&["v9"]));
+}
