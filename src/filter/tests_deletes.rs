@@ -553,3 +553,18 @@ fn the_same_next_link_twice_is_followed() {
     assert!(h.reply().is_none());
     respond_to(&mut f, &h, "/v2/app/tags/list?n=1&last=v1", tags(&["v9"]));
 }
+
+/// The refusal line of a digest delete names every tag it would remove (attack review 2, item 3).
+#[test]
+fn a_refused_digest_delete_logs_every_tag_it_would_remove() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    open_window(&h, &w, "v9");
+    let (reply, _) = delete_m1(&h, &w, &[ADMIN], &ORDERS[0]);
+    assert_eq!(reply.map(|r| r.status), Some(409));
+    let logs = h.logs.borrow();
+    let line = logs.iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["event"] == "immutable_tags.refusal").expect("logged");
+    assert_eq!(line["tags"], serde_json::json!(["a-scratch", "v9"]));
+    assert_eq!(line["not_covered"], serde_json::json!(["a-scratch"]));
+    assert_eq!(line["digest"], sha(M1));
+}
