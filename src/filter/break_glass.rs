@@ -299,7 +299,7 @@ impl Cover {
         let (mut names, mut why, mut asked) = (Vec::new(), String::new(), !self.granted.is_empty());
         for (t, w) in self.missing {
             asked |= w.is_some();
-            let w = w.unwrap_or_else(|| format!("no break-glass window is open for principal '{p}' on it"));
+            let w = w.unwrap_or_else(|| format!("no break-glass window is open for the principal the request claims, '{p}', on it"));
             if one {
                 why = w;
             } else {

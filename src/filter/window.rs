@@ -207,7 +207,7 @@ pub fn on_take_response(host: &dyn Host, worker: &Worker, mut t: Taking, body_si
     match value.and_then(|(v, lease)| Some((Window::open(&v, host.now_ms()).filter(|w| w.principal == t.principal)?, v, lease))) {
         Some((w, value, lease)) => Taken::Found(w, Used { key: t.key, value, lease }),
         None => Taken::Not(Some(format!(
-            "no break-glass window is open for principal '{}' on this tag (none was opened, it expired, or another request used it)",
+            "no break-glass window is open for the principal the request claims, '{}', on this tag (none was opened, it expired, or another request used it)",
             t.principal
         ))),
     }
