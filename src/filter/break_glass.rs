@@ -285,6 +285,15 @@ impl Cover {
         }
     }
 
+    /// The stream ended: windows taken go back, and so will the one being taken, when etcd's
+    /// answer reaches the root (`window::orphan_answer`).
+    pub fn abandon(&mut self, host: &dyn Host, worker: &Worker) {
+        self.give_back(host, worker);
+        if let Some(l) = self.pending.take() {
+            window::park(worker, l.taking);
+        }
+    }
+
     fn finish(self, host: &dyn Host, worker: &Worker) -> Covered {
         let lifted = self.missing.is_empty() && !self.granted.is_empty();
         if lifted && self.complete {

@@ -383,6 +383,14 @@ impl Filter {
                 self.overridden(h, &worker, outcome);
                 Action::Continue
             }
+            // Envoy answered a delete held while windows are taken (a timeout): it never goes
+            // upstream, so the windows go back (the one being taken once etcd answers).
+            State::Unlocking(..) => {
+                if let State::Unlocking(mut c, _) = std::mem::replace(&mut self.state, State::Pass) {
+                    c.abandon(h, &worker);
+                }
+                Action::Continue
+            }
             State::Window { repository, tag } if ok => match window::open(h, &worker, repository, tag, &self.asked) {
                 Some(o) => {
                     self.state = State::Opening(Box::new(o));
@@ -399,11 +407,12 @@ impl Filter {
         matches!(self.state, State::Pass)
     }
 
-    /// Still judging or writing once the answer from upstream arrived: only a push, which
-    /// holds the harmless request's answer (whole: the response body never reaches the
-    /// filter) until it relays the registry's answer to its own PUT.
+    /// Still judging or writing once the answer from upstream arrived: a push, which holds the
+    /// harmless request's answer (whole: the response body never reaches the filter) until it
+    /// relays the registry's answer to its own PUT; a delete still judged, or taking windows
+    /// (an answer of Envoy's own, e.g. a timeout): kept until it ends, to give back what it took.
     pub fn in_flight(&self) -> bool {
-        matches!(self.state, State::Push(_) | State::Delete(_) | State::Opening(_))
+        matches!(self.state, State::Push(_) | State::Delete(_) | State::Opening(_) | State::Unlocking(..))
     }
 
     /// The host destroyed the stream before its answer passed (found by the root's timer).
@@ -420,7 +429,7 @@ impl Filter {
         match (&mut self.state, self.worker.clone()) {
             (State::Push(push), Some(worker)) => push.on_done(h, &worker),
             // Gone while break-glass was taking windows: those it took go back.
-            (State::Unlocking(c, _), Some(worker)) => c.give_back(h, &worker),
+            (State::Unlocking(c, _), Some(worker)) => c.abandon(h, &worker),
             // Sent, and no answer came: the registry may have deleted it all the same.
             (State::Overridden { .. }, Some(worker)) => self.overridden(h, &worker, bg::Outcome::Unknown),
             _ => {}
@@ -528,4 +537,11 @@ impl Filter {
             }
         }
     }
+}
+
+/// An answer the root context got for a call whose stream is gone (proxy-wasm dispatches every
+/// call on the root, so it still comes): a window's `deleterange` puts back what it took.
+/// `false`: not such a call.
+pub fn root_answer(h: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
+    window::orphan_answer(h, worker, token, body_size)
 }

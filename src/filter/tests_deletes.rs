@@ -568,3 +568,54 @@ fn a_refused_digest_delete_logs_every_tag_it_would_remove() {
     assert_eq!(line["not_covered"], serde_json::json!(["a-scratch"]));
     assert_eq!(line["digest"], sha(M1));
 }
+
+/// The client leaves while a window's `deleterange` is out: etcd runs it all the same, and its
+/// answer reaches the root (proxy-wasm dispatches every call on the root context), which puts
+/// the window back (attack review 2, item 4).
+#[test]
+fn a_window_taken_after_the_client_left_is_put_back_when_etcd_answers() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    assert!(f.in_flight(), "its state is kept until it ends, so that it gives back what it took");
+    f.on_done(&b);
+    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's deleterange is out");
+    let call = b.calls.borrow()[token as usize - 1].clone();
+    let r = etcd.answer(&call);
+    assert!(etcd.value(&wkey("a-scratch")).is_none(), "etcd took it");
+    b.set_answer(Some(r.clone()));
+    assert!(super::root_answer(&b, &wb, token, r.body.len()), "the root knows the call");
+    b.set_answer(None);
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
+    assert!(etcd.value(&wkey("v9")).is_some(), "never taken");
+}
+
+/// Envoy answers a delete itself (a timeout) while a window's `deleterange` is out: the request
+/// never goes upstream, so the windows go back, the one being taken once etcd answers.
+#[test]
+fn a_local_reply_while_taking_windows_puts_them_back() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    *b.response_headers.borrow_mut() = vec![(":status".into(), "408".into())];
+    *b.code_details.borrow_mut() = Some("request_overall_timeout".into());
+    f.on_response_headers(&b);
+    assert!(f.idle(), "nothing left to judge: its state goes, the call's answer is the root's");
+    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's deleterange is out");
+    let call = b.calls.borrow()[token as usize - 1].clone();
+    let r = etcd.answer(&call);
+    b.set_answer(Some(r.clone()));
+    assert!(super::root_answer(&b, &wb, token, r.body.len()));
+    b.set_answer(None);
+    assert_eq!(b.resumes.get(), 0, "never sent");
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
+    assert!(bg_lines(&b).is_empty(), "no override");
+}

@@ -21,6 +21,8 @@ pub struct Worker {
     /// Learned per worker (a new configuration makes a new worker, and relearns): not shared,
     /// so that no other configuration's Envoy could ever hold headers that must go.
     holds_headers: Cell<bool>,
+    /// Windows being taken for requests that ended (`window::orphan_answer`).
+    pub orphan_takes: RefCell<Vec<super::window::Taking>>,
 }
 
 impl Worker {
@@ -40,7 +42,7 @@ impl Worker {
         if config.claims.etcd.is_none() {
             super::claims::shared_data::create_slots(host, &config.claims);
         }
-        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false) }
+        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), orphan_takes: RefCell::new(Vec::new()) }
     }
 
     /// Whether this Envoy delivers request bodies behind held headers (see `holds_headers`).

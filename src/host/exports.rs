@@ -233,17 +233,22 @@ fn worker_of(root_id: u32) -> Option<Rc<Worker>> {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-    let stream = CALLS.with(|c| c.borrow_mut().remove(&token)).unwrap_or(id);
-    // A call the root sent: the break-glass probe, or etcd claims' lease, commits, releases.
-    if let Some(w) = (stream == 0).then(|| worker_of(id)).flatten() {
-        if !crate::filter::break_glass::learn(&WasmHost, &w, token) {
-            crate::filter::claims::etcd::on_root_response(&WasmHost, &w, token, body_size);
+    // Every call is the root context's (proxy-wasm dispatches `http_call` on the root), so its
+    // answer comes even when the stream that made it is gone.
+    let stream = CALLS.with(|c| c.borrow_mut().remove(&token)).unwrap_or(0);
+    // Host calls from here act on the stream that made the call, if it still lives.
+    if stream != 0 && abi::set_effective_context(stream).is_err() {
+        // Gone, and not swept yet: its state ends now, then the answer is the root's.
+        if let Some(mut f) = STREAMS.with(|s| s.borrow_mut().remove(&stream)) {
+            f.on_swept(&WasmHost);
         }
-        return;
+        let _ = abi::set_effective_context(id);
+        return root_response(id, token, body_size);
     }
-    // Host calls from here act on the stream that made the call.
-    if abi::set_effective_context(stream).is_err() {
-        return;
+    // The root's own call, or a stream whose state ended (a delete answered while it took windows).
+    if stream == 0 || !STREAMS.with(|s| s.borrow().contains_key(&stream)) {
+        let _ = abi::set_effective_context(id);
+        return root_response(id, token, body_size);
     }
     with_stream(
         stream,
@@ -254,6 +259,15 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
         // A stream with nothing left to do (a held answer let go) leaves at once.
         |f| !f.idle(),
     );
+}
+
+/// An answer to a call of the root's own (the break-glass probe; etcd claims' leases, commits,
+/// releases), or to a window's `deleterange` whose stream ended (the window goes back).
+fn root_response(root_id: u32, token: u32, body_size: usize) {
+    let Some(w) = worker_of(root_id) else { return };
+    if !crate::filter::break_glass::learn(&WasmHost, &w, token) && !crate::filter::root_answer(&WasmHost, &w, token, body_size) {
+        crate::filter::claims::etcd::on_root_response(&WasmHost, &w, token, body_size);
+    }
 }
 
 /// The root's timer: drops the state of streams, and the roots, the host has destroyed.
