@@ -7,7 +7,7 @@ MODULE := target/wasm32-wasip1/release/immutable_tags.wasm
 WASM_OPT := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 
-.PHONY: run test deps build unit clippy wasm-test e2e image bench mutants
+.PHONY: run test deps build unit clippy wasm-test e2e image bench mutants sim
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE ?= 127.0.0.1:5000/immutable-tags:$(VERSION)
@@ -65,3 +65,11 @@ mutants:
 	@bash scripts/deps.sh --mutants
 	PROPTEST_CASES=$${PROPTEST_CASES:-32} cargo mutants --test-tool cargo --profile mutants \
 		--timeout 60 --build-timeout 300 -j 2 $(MUTANTS_ARGS)
+
+## sim: the claims protocol's deterministic simulation, long (`cargo test` runs 2,000 schedules):
+## SIM_SCHEDULES schedules from seed SIM_FIRST (default 100,000 from 0, about 10 minutes). A
+## failure prints its seed; replay it with SIM_SEED=<seed> cargo test --lib sim::. Record the
+## range run in sim/results.md.
+sim:
+	SIM_REPORT=1 SIM_FIRST=$${SIM_FIRST:-0} SIM_SCHEDULES=$${SIM_SCHEDULES:-100000} \
+		cargo test --lib sim::random -- --nocapture

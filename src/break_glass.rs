@@ -17,6 +17,22 @@ pub const DEFAULT_REASON_HEADER: &str = "x-break-glass-reason";
 pub const DEFAULT_MAX_REASON_BYTES: usize = 256;
 /// The largest `max_reason_bytes` accepted.
 const MAX_REASON_BYTES_LIMIT: u64 = 4096;
+/// Credentials other than `Authorization` that registries accept (API keys, tokens, proxy
+/// credentials): an overriding write does not carry them, nor `Cookie`, so that the registry
+/// can only authenticate the credential the principal was read from.
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 11] = [
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "private-token",
+    "job-token",
+    "deploy-token",
+    "x-jfrog-art-api",
+    "x-registry-auth",
+    "x-amz-security-token",
+    "x-goog-iam-authorization-token",
+];
 /// How long a window lasts: opened by a read of the tag that carries the reason header and that
 /// the registry answered 2xx (for clients that cannot send headers on a push: skopeo, podman).
 pub const WINDOW_MS: u64 = 300_000;
@@ -47,6 +63,11 @@ pub struct BreakGlass {
     pub reason_header: String,
     /// A longer reason is refused (it is logged, and stored in windows).
     pub max_reason_bytes: usize,
+    /// Lower-case: stripped from an overriding write, with `cookie`.
+    pub credential_headers: Vec<String>,
+    /// `payload_in_metadata` of Envoy's jwt_authn provider: the `sub` it verified is a
+    /// principal proven by Envoy (`None`: only the registry proves).
+    pub jwt_authn_payload: Option<String>,
 }
 
 /// What a refused request brings to the exception.
@@ -58,6 +79,8 @@ pub struct Ask<'a> {
     pub reason: Option<&'a str>,
     /// Whether the registry demands authentication (`None`: unknown).
     pub registry_auth: Option<bool>,
+    /// The principal is the `sub` Envoy's jwt_authn verified: proven without the registry.
+    pub verified: bool,
 }
 
 fn err(field: &str, value: &str, reason: &str) -> ConfigError {
@@ -68,7 +91,10 @@ fn err(field: &str, value: &str, reason: &str) -> ConfigError {
 impl BreakGlass {
     /// Reads the `break_glass` object; errors name `break_glass.<field>` and the value.
     pub fn read(v: &Json) -> Result<BreakGlass, ConfigError> {
-        let f: Fields = v.fields("break_glass", &["principals", "repositories", "actions", "reason_header", "max_reason_bytes"])?;
+        let f: Fields = v.fields(
+            "break_glass",
+            &["principals", "repositories", "actions", "reason_header", "max_reason_bytes", "credential_headers", "jwt_authn_payload"],
+        )?;
         let principals = f.strings_or_empty("principals")?;
         let repositories = f.strings_or_empty("repositories")?;
         let names = f.strings_or_empty("actions")?;
@@ -77,6 +103,14 @@ impl BreakGlass {
         if !(1..=MAX_REASON_BYTES_LIMIT).contains(&max_reason) {
             let reason = format!("must be between 1 and {MAX_REASON_BYTES_LIMIT}");
             return Err(ConfigError { field: "break_glass.max_reason_bytes".into(), value: max_reason.to_string(), reason });
+        }
+        let credential_headers = match f.present("credential_headers") {
+            Some(_) => f.strings_or_empty("credential_headers")?,
+            None => DEFAULT_CREDENTIAL_HEADERS.iter().map(|h| h.to_string()).collect(),
+        };
+        let is_name = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if let Some(h) = credential_headers.iter().find(|h| !is_name(h) || h.eq_ignore_ascii_case("authorization")) {
+            return Err(err("credential_headers", h, "must list header names (letters, digits, - and _) other than authorization"));
         }
         let mut actions = Vec::new();
         for a in &names {
@@ -108,7 +142,13 @@ impl BreakGlass {
         // The exclusion matcher's code, reused: "excluded" reads "selected" here.
         let matcher = if res.is_empty() { None } else { Some(Exclusions::compile(&res).map_err(|(_, why)| err("repositories", "", &why))?) };
         let max_reason_bytes = usize::try_from(max_reason).unwrap_or(DEFAULT_MAX_REASON_BYTES);
-        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header: header.to_ascii_lowercase(), max_reason_bytes })
+        let credential_headers = credential_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let jwt_authn_payload = f.opt_string("jwt_authn_payload")?;
+        if jwt_authn_payload.as_deref() == Some("") {
+            return Err(err("jwt_authn_payload", "", "must name the jwt_authn provider's payload_in_metadata"));
+        }
+        let reason_header = header.to_ascii_lowercase();
+        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header, max_reason_bytes, credential_headers, jwt_authn_payload })
     }
 
     /// Whether `action` on `repository` can be overridden at all (by someone), or why not.
@@ -122,6 +162,12 @@ impl BreakGlass {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether an overriding request must not carry this (lower-case) header: a credential
+    /// other than the `Authorization` its principal was read from.
+    pub fn strips(&self, name: &str) -> bool {
+        name == "cookie" || self.credential_headers.iter().any(|h| h == name)
     }
 
     /// Lifts the refusal of `action` on `repository`, or says why not.
@@ -144,6 +190,9 @@ impl BreakGlass {
         if !self.principals.iter().any(|x| x == p) {
             return Err(format!("principal '{p}' is not in break_glass.principals"));
         }
+        if ask.verified {
+            return Ok(());
+        }
         match ask.registry_auth {
             Some(true) => Ok(()),
             Some(false) => Err(format!("the registry does not demand authentication, so principal '{p}' is unproven")),
@@ -162,17 +211,24 @@ pub fn principal(authorization: &str) -> Option<String> {
         text.split_once(':')?.0.to_string()
     } else if scheme.eq_ignore_ascii_case("bearer") {
         let payload = decode(cred.split('.').nth(1)?)?;
-        match Json::parse(&payload).ok()? {
-            Json::Object(fields) => match fields.into_iter().find(|(k, _)| k == "sub")?.1 {
-                Json::Str(s) => s,
-                _ => return None,
-            },
+        let Json::Object(fields) = Json::parse(&payload).ok()? else { return None };
+        // Go's encoding/json takes the last of the keys that fold to "sub" (any case, also
+        // U+017F 'ſ'); the filter took the first "sub". A payload with more than one, or with
+        // one spelled otherwise, names no one.
+        let mut subs = fields.into_iter().filter(|(k, _)| folds_to_sub(k));
+        match (subs.next(), subs.next()) {
+            (Some((k, Json::Str(s))), None) if k == "sub" => s,
             _ => return None,
         }
     } else {
         return None;
     };
     (!name.is_empty()).then_some(name)
+}
+
+fn folds_to_sub(key: &str) -> bool {
+    let folded: String = key.chars().map(|c| if c == '\u{17f}' { 's' } else { c.to_ascii_lowercase() }).collect();
+    folded == "sub"
 }
 
 /// A window opened for one principal and one `repository:tag` (kept in shared data, or in etcd:
@@ -185,9 +241,11 @@ pub struct Window {
 }
 
 impl Window {
-    /// Its shared-data key (etcd's: `crate::etcd::window_key`).
-    pub fn key(repository: &str, tag: &str) -> String {
-        format!("immutable_tags.break_glass/{repository}:{tag}")
+    /// Its shared-data key, one per tag and principal as in etcd (`crate::etcd::window_key`),
+    /// so that one principal's read does not replace another's window. Names and tags hold no
+    /// ':', so the principal is all that follows the second.
+    pub fn key(repository: &str, tag: &str, principal: &str) -> String {
+        format!("immutable_tags.break_glass/{repository}:{tag}:{principal}")
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -216,7 +274,7 @@ mod tests {
         BreakGlass::read(&Json::parse(json.as_bytes()).unwrap())
     }
 
-    const ADMIN: Ask = Ask { principal: Some("release-admin"), reason: Some("CVE-2026-1"), registry_auth: Some(true) };
+    const ADMIN: Ask = Ask { principal: Some("release-admin"), reason: Some("CVE-2026-1"), registry_auth: Some(true), verified: false };
 
     #[test]
     fn config_defaults_and_errors_name_the_field() {
@@ -243,6 +301,26 @@ mod tests {
     }
 
     #[test]
+    fn overriding_requests_carry_no_second_credential() {
+        let b = bg(r#"{"principals": ["a"]}"#).unwrap();
+        for h in ["cookie", "x-api-key", "private-token", "job-token", "x-jfrog-art-api", "proxy-authorization"] {
+            assert!(b.strips(h), "{h}");
+        }
+        assert!(!b.strips("authorization") && !b.strips("content-type"));
+        // The list replaces the default; Cookie always goes.
+        let b = bg(r#"{"principals": ["a"], "credential_headers": ["X-Corp-Key"]}"#).unwrap();
+        assert!(b.strips("x-corp-key") && b.strips("cookie") && !b.strips("x-api-key"));
+        for json in [
+            r#"{"principals": ["a"], "credential_headers": ["Authorization"]}"#,
+            r#"{"principals": ["a"], "credential_headers": ["a b"]}"#,
+            r#"{"principals": ["a"], "credential_headers": [""]}"#,
+            r#"{"principals": ["a"], "credential_headers": "x-api-key"}"#,
+        ] {
+            assert!(bg(json).unwrap_err().field.starts_with("break_glass.credential_headers"), "{json}");
+        }
+    }
+
+    #[test]
     fn grant_needs_everything_and_says_why_not() {
         let b = bg(r#"{"principals": ["release-admin"], "repositories": ["prod/**"], "actions": ["overwrite"]}"#).unwrap();
         assert_eq!(b.grant(Action::Overwrite, "prod/api", &ADMIN), Ok(()));
@@ -255,6 +333,9 @@ mod tests {
         assert!(why(Action::Overwrite, "prod/api", Ask { principal: None, ..ADMIN }).contains("names no principal"));
         assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: Some(false), ..ADMIN }).contains("unproven"));
         assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: None, ..ADMIN }).contains("could not learn"));
+        // A principal Envoy's jwt_authn verified needs no proof from the registry.
+        assert!(b.grant(Action::Overwrite, "prod/api", &Ask { registry_auth: Some(false), verified: true, ..ADMIN }).is_ok());
+        assert!(why(Action::Overwrite, "prod/api", Ask { principal: Some("bob"), verified: true, ..ADMIN }).contains("not in break_glass.principals"));
     }
 
     #[test]
@@ -266,6 +347,18 @@ mod tests {
         assert_eq!(principal(&format!("Bearer {jwt}")), Some("release-admin".into()));
         assert_eq!(principal("Bearer opaque-token"), None);
         assert_eq!(principal("Bearer a.e30.b"), None, "no sub");
+        let bearer = |payload: &str| format!("Bearer e30.{}.c2ln", crate::base64::encode(payload.as_bytes()));
+        assert_eq!(principal(&bearer(r#"{"sub":"release-admin"}"#)), Some("release-admin".into()));
+        for two in [
+            r#"{"sub":"release-admin","sub":"mallory"}"#,
+            r#"{"sub":"release-admin","Sub":"mallory"}"#,
+            r#"{"sub":"release-admin","SUB":"mallory"}"#,
+            r#"{"sub":"release-admin","\u017fub":"mallory"}"#,
+            r#"{"sub":"release-admin","s\u0075b":"mallory"}"#,
+            r#"{"Sub":"release-admin"}"#,
+        ] {
+            assert_eq!(principal(&bearer(two)), None, "{two}");
+        }
         assert_eq!(principal("Basic !!"), None);
         assert_eq!(principal("Basic OnB3"), None, "empty user");
         assert_eq!(principal("Digest x"), None);
@@ -282,9 +375,10 @@ mod tests {
     #[test]
     fn each_tag_has_its_own_window_key() {
         // A shared key would let a window opened for one tag serve another.
-        assert_eq!(Window::key("team/app", "v1"), "immutable_tags.break_glass/team/app:v1");
-        assert_ne!(Window::key("team/app", "v1"), Window::key("team/app", "v2"));
-        assert_ne!(Window::key("team/app", "v1"), Window::key("team/api", "v1"));
+        assert_eq!(Window::key("team/app", "v1", "admin"), "immutable_tags.break_glass/team/app:v1:admin");
+        assert_ne!(Window::key("team/app", "v1", "a"), Window::key("team/app", "v2", "a"));
+        assert_ne!(Window::key("team/app", "v1", "a"), Window::key("team/api", "v1", "a"));
+        assert_ne!(Window::key("team/app", "v1", "a"), Window::key("team/app", "v1", "b"));
     }
 
     #[test]

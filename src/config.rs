@@ -104,6 +104,21 @@ pub struct DeleteSettings {
     pub max_immutable_tags: usize,
     /// `n` of the `tags/list` pages the filter asks for; `None`: the registry's default.
     pub page_size: Option<u32>,
+    /// `DELETE /v2/<name>/blobs/<digest>` (`deletes.blobs`).
+    pub blobs: BlobDeletes,
+}
+
+/// What the filter does with a blob delete. A layer of an image behind an immutable tag, once
+/// unlinked, makes that image unpullable; the registry's garbage collection removes blobs no
+/// manifest references, so clients need no blob deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobDeletes {
+    /// Refused everywhere (the default).
+    Refuse,
+    /// Let through in repositories no immutable rule can select (`Policy::may_protect_in`).
+    Unprotected,
+    /// Let through everywhere.
+    Allow,
 }
 
 /// A configuration refused at load.
@@ -169,6 +184,7 @@ struct RawConfig {
 #[derive(Default)]
 struct RawDeletes {
     protect: Option<bool>,
+    blobs: Option<String>,
     max_immutable_tags: Option<usize>,
     page_size: Option<u32>,
 }
@@ -259,7 +275,7 @@ impl Config {
             .collect();
         let d = &self.deletes;
         format!(
-            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={}; claims ttl_seconds={} slots={} store={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",
+            "mode={}; global: {}; repositories: [{}]; rules: {} enabled, {} disabled; protect_signature_tags={}; error_code={}; upstream cluster={} timeout_ms={}; cache max_entries={} ttl_seconds={}; deletes protect={} max_immutable_tags={} page_size={} blobs={:?}; claims ttl_seconds={} slots={} store={}; on_upstream_error={:?}; pin_immutable_pulls={}; max_manifest_bytes={}",
             self.mode.as_str(),
             scope(&p.global),
             repos.join(", "),
@@ -274,6 +290,7 @@ impl Config {
             d.protect,
             d.max_immutable_tags,
             d.page_size.map_or("registry default".to_string(), |n| n.to_string()),
+            d.blobs,
             self.claims.ttl_ms / 1000,
             self.claims.slots,
             self.claims.etcd.as_ref().map_or("shared-data".to_string(), |e| format!("etcd cluster={} prefix={} timeout_ms={}", e.cluster, e.prefix, e.timeout_ms)),
@@ -355,10 +372,11 @@ impl RawConfig {
                 ttl_seconds: c.opt_uint("ttl_seconds", "u64", u64::MAX)?,
             },
         };
-        let deletes = match object(&f, "deletes", &["protect", "max_immutable_tags", "page_size"])? {
+        let deletes = match object(&f, "deletes", &["protect", "max_immutable_tags", "page_size", "blobs"])? {
             None => RawDeletes::default(),
             Some(d) => RawDeletes {
                 protect: d.opt_bool("protect")?,
+                blobs: d.opt_string("blobs")?,
                 max_immutable_tags: narrow(d.opt_uint("max_immutable_tags", "usize", usize_max())?),
                 page_size: narrow(d.opt_uint("page_size", "u32", u32::MAX.into())?),
             },
@@ -454,8 +472,20 @@ impl RawConfig {
                 return Err(err("deletes.page_size", n, "must be between 1 and 10000 (omit it for the registry's default)"));
             }
         }
-        let deletes =
-            DeleteSettings { protect: self.deletes.protect.unwrap_or(true), max_immutable_tags, page_size: self.deletes.page_size };
+        let blobs = match self.deletes.blobs.as_deref() {
+            None | Some("refuse") => BlobDeletes::Refuse,
+            Some("unprotected") => BlobDeletes::Unprotected,
+            Some("allow") => BlobDeletes::Allow,
+            Some(other) => {
+                return Err(err("deletes.blobs", quoted(other), "must be \"refuse\" (the default), \"unprotected\" or \"allow\""))
+            }
+        };
+        let deletes = DeleteSettings {
+            protect: self.deletes.protect.unwrap_or(true),
+            max_immutable_tags,
+            page_size: self.deletes.page_size,
+            blobs,
+        };
         let mode = match self.mode.as_deref() {
             None | Some("enforce") => Mode::Enforce,
             Some("audit") => Mode::Audit,
@@ -470,6 +500,18 @@ impl RawConfig {
             return Err(err("claims.slots", slots, "must be between 1 and 16384"));
         }
         let etcd = self.claims.etcd.map(RawEtcd::validate).transpose()?;
+        // A write must land while its claim lives: the claim is at most half a TTL old when the
+        // PUT is sent (`filter::push`), and the registry stores it within the write timeout.
+        if write_timeout_ms.saturating_mul(2) > claim_ttl * 1000 {
+            let why = format!("must be at most half of claims.ttl_seconds ({claim_ttl} s), so that a write lands while its claim lives");
+            return Err(err("upstream.write_timeout_ms", write_timeout_ms, why));
+        }
+        // A claim answer is trusted for half the TTL (`filter::claims::etcd`): a call's
+        // timeout must leave room for the few calls of one claim within that.
+        if let Some(e) = etcd.as_ref().filter(|e| e.timeout_ms.saturating_mul(4) > claim_ttl * 1000) {
+            let why = format!("must be at most a quarter of claims.ttl_seconds ({claim_ttl} s), so a claim's answer is never older than the TTL");
+            return Err(err("claims.etcd.timeout_ms", e.timeout_ms, why));
+        }
         let max_manifest = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
         let max_manifest_bytes = match usize::try_from(max_manifest) {
             Ok(n) if (1024..=64 << 20).contains(&n) => n,
@@ -612,13 +654,19 @@ mod tests {
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
         assert!(!c.pin_immutable_pulls, "pinning is opt-in");
-        assert_eq!(c.deletes, DeleteSettings { protect: true, max_immutable_tags: 1000, page_size: None });
+        assert_eq!(c.deletes, DeleteSettings { protect: true, max_immutable_tags: 1000, page_size: None, blobs: BlobDeletes::Refuse });
     }
 
     #[test]
     fn delete_settings() {
         let c = cfg(r#"{"deletes": {"protect": false, "max_immutable_tags": 5, "page_size": 100}}"#);
-        assert_eq!(c.deletes, DeleteSettings { protect: false, max_immutable_tags: 5, page_size: Some(100) });
+        assert_eq!(c.deletes, DeleteSettings { protect: false, max_immutable_tags: 5, page_size: Some(100), blobs: BlobDeletes::Refuse });
+        for (v, want) in [("refuse", BlobDeletes::Refuse), ("unprotected", BlobDeletes::Unprotected), ("allow", BlobDeletes::Allow)] {
+            assert_eq!(cfg(&format!(r#"{{"deletes": {{"blobs": "{v}"}}}}"#)).deletes.blobs, want);
+        }
+        let e = bad(r#"{"deletes": {"blobs": "yes"}}"#);
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("deletes.blobs", "\"yes\""));
+        assert_eq!(bad(r#"{"deletes": {"blobs": true}}"#).field, "deletes.blobs");
         assert!(c.summary().contains("deletes protect=false max_immutable_tags=5 page_size=100"), "{}", c.summary());
         let e = bad(r#"{"deletes": {"max_immutable_tags": 0}}"#);
         assert_eq!((e.field.as_str(), e.value.as_str()), ("deletes.max_immutable_tags", "0"));
@@ -765,7 +813,7 @@ mod tests {
 
     #[test]
     fn claims_and_on_upstream_error() {
-        let c = cfg(r#"{"claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
+        let c = cfg(r#"{"upstream": {"write_timeout_ms": 2500}, "claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
         assert_eq!(c.claims, ClaimSettings { ttl_ms: 5_000, slots: 8, etcd: None });
         assert_eq!(c.on_upstream_error, OnUpstreamError::Allow);
         assert_eq!(cfg(r#"{"on_upstream_error": "refuse"}"#).on_upstream_error, OnUpstreamError::Refuse);

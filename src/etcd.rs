@@ -7,10 +7,9 @@
 //! compare failed has no `succeeded`, a range with no match has no `kvs`, a lease that is gone
 //! answers a keepalive without `TTL`). Errors come as `{"error","message","code"}`.
 //!
-//! A record is one key, `<prefix><repository>:<tag>`, whose value is `c|d <at_ms> <digest>`:
-//! `c` a claim in flight written at `at_ms`, `d` the registry stored it at `at_ms`. Both live
-//! one claims TTL past `at_ms` (the same rules as `crate::claims`), and every record is bound
-//! to its writer's lease, so a replica that dies leaves nothing past the lease.
+//! A record is one key, `<prefix><repository>:<tag>`, whose value is a `crate::claims::Rec`
+//! (`<at_ms> <stored digest|-> <committed ms> <claimed digest|-> <holders>`), judged by the
+//! same rule as in shared data. Its lease is not its writer's: see `filter::claims::etcd`.
 use crate::base64::{decode as unb64, encode as b64};
 use crate::json_doc::Json;
 
@@ -41,30 +40,8 @@ pub fn key(prefix: &str, repository: &str, tag: &str) -> String {
     format!("{prefix}{repository}:{tag}")
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub committed: bool,
-    pub at_ms: u64,
-    pub digest: String,
-}
-
-impl Record {
-    pub fn encode(&self) -> String {
-        format!("{} {} {}", if self.committed { 'd' } else { 'c' }, self.at_ms, self.digest)
-    }
-
-    pub fn decode(text: &str) -> Option<Record> {
-        let mut f = text.split(' ');
-        let committed = match f.next()? {
-            "c" => false,
-            "d" => true,
-            _ => return None,
-        };
-        let at_ms = f.next()?.parse().ok()?;
-        let digest = f.next().filter(|d| !d.is_empty())?.to_string();
-        f.next().is_none().then_some(Record { committed, at_ms, digest })
-    }
-}
+/// A record's value: `crate::claims::Rec` (one encoding for both stores).
+pub use crate::claims::Rec as Record;
 
 /// Create the claim if the key does not exist (`create_revision == 0`), else read it back.
 /// (Every string in these bodies is base64 or digits: nothing to escape.)
@@ -93,6 +70,12 @@ pub fn put_if_txn(key: &str, mod_revision: u64, record: &Record, lease: u64) -> 
     let k = b64(key.as_bytes());
     let (compare, put) = (mod_is(&k, mod_revision), put(&k, record.encode().as_bytes(), lease));
     format!(r#"{{{compare},"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
+}
+
+/// Read the key (the compare only holds, writing nothing, if the key does not exist).
+pub fn read_txn(key: &str) -> String {
+    let k = b64(key.as_bytes());
+    format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
 /// Delete the key only if it is still at `mod_revision` (our own record, untouched since).
@@ -245,30 +228,6 @@ pub fn parse_keepalive(status: Option<u16>, body: &[u8]) -> Answer<()> {
     }
 }
 
-/// What a claim does with the record it found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    /// The same digest is claimed or stored: let the push through without holding anything.
-    Proceed,
-    /// Another digest holds the tag.
-    Conflict { digest: String, committed: bool },
-    /// The record no longer counts: replace it (compare on its `mod_revision`).
-    Replace,
-}
-
-/// The rules of `crate::claims::claim_known_since`: a record lives one TTL past its time; a
-/// committed record only fences views of the tag older than its commit.
-pub fn judge_found(record: &Record, digest: &str, now_ms: u64, ttl_ms: u64, known_since_ms: u64) -> Found {
-    if record.digest == digest {
-        return Found::Proceed;
-    }
-    let expired = record.at_ms.saturating_add(ttl_ms) <= now_ms;
-    if expired || (record.committed && known_since_ms > record.at_ms) {
-        return Found::Replace;
-    }
-    Found::Conflict { digest: record.digest.clone(), committed: record.committed }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,15 +237,15 @@ mod tests {
 
     #[test]
     fn requests_carry_base64_and_int64_strings() {
-        let r = Record { committed: false, at_ms: 5, digest: "sha256:ab".into() };
+        let r = Record { stored: None, claim: Some(("sha256:ab".into(), 1)), at_ms: 5 };
         let t: Value = serde_json::from_str(&claim_txn("/p/a:v1", &r, 7)).unwrap();
         assert_eq!(t["compare"][0], json!({"key": b64(b"/p/a:v1"), "target": "CREATE", "create_revision": "0"}));
         assert_eq!(t["success"][0]["request_put"]["lease"], "7");
-        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"c 5 sha256:ab");
+        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 - 0 sha256:ab 1");
         assert_eq!(t["failure"][0]["request_range"]["key"], b64(b"/p/a:v1"));
-        let t: Value = serde_json::from_str(&put_if_txn("k", 42, &Record { committed: true, ..r }, 7)).unwrap();
+        let t: Value = serde_json::from_str(&put_if_txn("k", 42, &Record { stored: Some(("sha256:ab".into(), 5)), claim: None, ..r }, 7)).unwrap();
         assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "MOD", "mod_revision": "42"}));
-        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"d 5 sha256:ab");
+        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 sha256:ab 5 - 0");
         let t: Value = serde_json::from_str(&delete_if_txn("k", 9_007_199_254_740_993)).unwrap();
         assert_eq!(t["compare"][0]["mod_revision"], "9007199254740993", "int64 beyond f64 precision stays exact");
         assert_eq!(grant_body(60), r#"{"TTL":"60"}"#);
@@ -295,7 +254,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_refuse_junk() {
-        let r = Record { committed: true, at_ms: 123, digest: "sha256:ab".into() };
+        let r = Record { stored: Some(("sha256:ab".into(), 120)), claim: None, at_ms: 123 };
         assert_eq!(Record::decode(&r.encode()), Some(r));
         for junk in ["", "x 1 d", "c one d", "c 1", "c 1 ", "c 1 d extra"] {
             assert_eq!(Record::decode(junk), None, "{junk:?}");
@@ -315,7 +274,7 @@ mod tests {
         let found = format!(
             r#"{{"header":{{"revision":"13"}},"responses":[{{"response_range":{{"header":{{"revision":"13"}},"kvs":[{{"key":"YQ==","create_revision":"2","mod_revision":"11","version":"1","value":"{value}","lease":"5"}}],"count":"1"}}}}]}}"#
         );
-        let rec = Record { committed: false, at_ms: 77, digest: "sha256:other".into() };
+        let rec = Record { stored: None, claim: Some(("sha256:other".into(), 1)), at_ms: 77 };
         assert_eq!(txn(&found), Answer::Ok(Txn::Found(Some((rec, 11)))));
         // The key vanished between compare and range: no `kvs`.
         assert_eq!(txn(r#"{"header":{"revision":"13"},"responses":[{"response_range":{"header":{"revision":"13"}}}]}"#), Answer::Ok(Txn::Found(None)));
@@ -382,16 +341,5 @@ mod tests {
         let t: Value = serde_json::from_str(&create_txn("k", b"v", 5)).unwrap();
         assert_eq!(t["compare"][0]["target"], "CREATE");
         assert_eq!(t["success"][0]["request_put"]["lease"], "5");
-    }
-
-    #[test]
-    fn found_records_follow_the_claim_rules() {
-        let claim = Record { committed: false, at_ms: 1_000, digest: "sha256:a".into() };
-        assert_eq!(judge_found(&claim, "sha256:a", 1_500, 1_000, 0), Found::Proceed);
-        assert_eq!(judge_found(&claim, "sha256:b", 1_500, 1_000, 1_400), Found::Conflict { digest: "sha256:a".into(), committed: false });
-        assert_eq!(judge_found(&claim, "sha256:b", 2_000, 1_000, 1_400), Found::Replace, "expired");
-        let done = Record { committed: true, ..claim };
-        assert_eq!(judge_found(&done, "sha256:b", 1_500, 1_000, 900), Found::Conflict { digest: "sha256:a".into(), committed: true });
-        assert_eq!(judge_found(&done, "sha256:b", 1_500, 1_000, 1_200), Found::Replace, "seen after the commit: deleted since");
     }
 }

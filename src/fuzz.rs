@@ -11,7 +11,7 @@ use crate::claims::{self, Claim, Slot, MAX_RECORDS};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::policy::is_signature_tag;
-use crate::request::{classify, is_valid_name, is_valid_tag, may_name_manifests, Reference, Request};
+use crate::request::{classify, is_valid_name, is_valid_tag, may_name_blobs, may_name_manifests, Reference, Request};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -191,7 +191,7 @@ proptest! {
     fn classify_never_panics(m in method(), path in hostile_path(), noise in ".{0,40}") {
         for p in [path.clone(), format!("/v2/{path}"), noise.clone(), format!("/v2/{noise}/manifests/{path}")] {
             // The glue skips everything the pre-filter rules out: it must rule out only Other.
-            if !may_name_manifests(&p) {
+            if !(may_name_manifests(&p) || (may_name_blobs(&p) && m.eq_ignore_ascii_case("DELETE"))) {
                 prop_assert_eq!(classify(&m, &p), Request::Other, "{}", p);
             }
             match classify(&m, &p) {
@@ -205,6 +205,7 @@ proptest! {
                 Request::ManifestDelete { repository, .. } | Request::ManifestRead { repository, .. } => {
                     prop_assert!(is_valid_name(&repository));
                 }
+                Request::BlobDelete { repository } => prop_assert!(is_valid_name(&repository)),
                 Request::Invalid(e) => prop_assert_eq!(e.status, 400),
                 Request::Other => {}
             }
@@ -293,6 +294,7 @@ proptest! {
         const TTL: u64 = 60_000;
         let keys: Vec<(String, String)> = (0..24).map(|i| (format!("r{}", i % 3), format!("t{i}"))).collect();
         let digests = ["sha256:aa", "sha256:bb", "sha256:cc"];
+        let view = |now: u64| claims::View { since_ms: now, absent: false };
         let mut slot = claims::empty_slot();
         let mut now = 0u64;
         for op in ops {
@@ -300,30 +302,32 @@ proptest! {
                 Op::Wait(ms) => now += ms,
                 Op::Claim { key, digest } => {
                     let (r, t) = &keys[key];
-                    match claims::claim(&slot, r, t, digests[digest], now, TTL) {
+                    match claims::claim(&slot, r, t, digests[digest], view(now), now, TTL) {
                         Claim::Write(b) => {
                             slot = b;
                             let other = digests[(digest + 1) % digests.len()];
-                            let conflict = matches!(claims::claim(&slot, r, t, other, now, TTL), Claim::Conflict { .. });
+                            let conflict = matches!(claims::claim(&slot, r, t, other, view(now), now, TTL), Claim::Conflict { .. });
                             prop_assert!(conflict, "a live claim fences another digest");
                         }
                         Claim::Full => {
-                            let live_claims = Slot::decode(&slot).records.iter().filter(|x| x.expires_ms > now && x.kind == claims::Kind::Claimed).count();
-                            prop_assert!(live_claims >= MAX_RECORDS, "refused only when full of claims in flight");
+                            let held = Slot::decode(&slot).records.iter().filter(|x| x.rec.live(now, TTL) && x.rec.claim.is_some()).count();
+                            prop_assert!(held >= MAX_RECORDS, "refused only when full of claims in flight");
                         }
-                        Claim::Proceed | Claim::Conflict { .. } => {}
+                        Claim::Conflict { .. } => {}
                     }
                 }
                 Op::Commit { key, digest } => {
                     let (r, t) = &keys[key];
                     if let Some(b) = claims::commit(&slot, r, t, digests[digest], now, TTL) {
                         slot = b;
-                        prop_assert_eq!(claims::claim(&slot, r, t, digests[digest], now, TTL), Claim::Proceed);
+                        let other = digests[(digest + 1) % digests.len()];
+                        let stale = matches!(claims::claim(&slot, r, t, other, view(now), now, TTL), Claim::Conflict { committed: true, .. });
+                        prop_assert!(stale, "a committed change fences every view not newer than it");
                     }
                 }
                 Op::Release { key, digest } => {
                     let (r, t) = &keys[key];
-                    if let Some(b) = claims::release(&slot, r, t, digests[digest], now) {
+                    if let Some(b) = claims::release(&slot, r, t, digests[digest], now, TTL) {
                         slot = b;
                     }
                 }
@@ -386,7 +390,7 @@ fn claim_slots_stay_bounded_under_a_flood_of_distinct_tags() {
     for i in 0..20_000u64 {
         let tag = format!("v{i}");
         let idx = claims::slot_index("app", &tag, slots) as usize;
-        match claims::claim(&data[idx], "app", &tag, "sha256:aa", i, 60_000) {
+        match claims::claim(&data[idx], "app", &tag, "sha256:aa", claims::View { since_ms: i, absent: true }, i, 60_000) {
             Claim::Write(b) => data[idx] = b,
             Claim::Full => refused += 1,
             other => panic!("{other:?}"),

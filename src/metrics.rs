@@ -35,12 +35,16 @@ pub enum Counter {
     /// Streams under judgement that ended before their answer passed the filter (client gone),
     /// whose state the root's timer dropped.
     StreamsSwept,
+    /// Tag claims taken for writes, and settled (committed or released): their difference is
+    /// the claims in flight (in etcd: keys held by writes not yet answered).
+    ClaimsTaken,
+    ClaimsSettled,
 }
 
 pub const PREFIX: &str = "immutable_tags.";
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::RequestsSeen,
         Counter::RequestsChecked,
         Counter::PushesMutable,
@@ -58,6 +62,8 @@ impl Counter {
         Counter::AuditWouldRefuse,
         Counter::BreakGlassOverrides,
         Counter::StreamsSwept,
+        Counter::ClaimsTaken,
+        Counter::ClaimsSettled,
     ];
 
     /// The name without the prefix.
@@ -80,6 +86,8 @@ impl Counter {
             Counter::AuditWouldRefuse => "audit_would_refuse",
             Counter::BreakGlassOverrides => "break_glass_overrides",
             Counter::StreamsSwept => "streams_swept",
+            Counter::ClaimsTaken => "claims_taken",
+            Counter::ClaimsSettled => "claims_settled",
         }
     }
 
@@ -113,6 +121,7 @@ impl Refusal {
         match status {
             400 => Refusal::Invalid,
             401 | 403 => Refusal::Unauthorized,
+            429 => Refusal::Upstream,
             _ if status == 503 || code == "UNAVAILABLE" => Refusal::Upstream,
             500..=599 => Refusal::Internal,
             _ if method.eq_ignore_ascii_case("DELETE") => Refusal::Delete,

@@ -21,6 +21,9 @@ pub enum Request {
     ManifestPut { repository: String, reference: Reference, tags: Vec<String> },
     /// DELETE of a manifest by tag or digest.
     ManifestDelete { repository: String, reference: Reference },
+    /// DELETE of a blob (`/v2/<name>/blobs/<digest>`; whatever the digest: it is refused or
+    /// let through by repository, see `deletes.blobs`).
+    BlobDelete { repository: String },
     /// A write to a manifests route the filter cannot judge: refused with this error.
     Invalid(OciError),
 }
@@ -62,6 +65,11 @@ pub fn classify(method: &str, raw_path: &str) -> Request {
         Some((p, q)) => (p, Some(q)),
         None => (raw_path, None),
     };
+    if matches!(method, Method::Delete) {
+        if let Some(r) = blob_delete(raw, raw_path) {
+            return r;
+        }
+    }
     if !may_name_manifests(raw) {
         return Request::Other;
     }
@@ -130,6 +138,37 @@ pub fn classify(method: &str, raw_path: &str) -> Request {
         }
         Method::Other => Request::Other,
     }
+}
+
+/// A DELETE whose path (decoded) ends in `/blobs/<one segment>`: a blob delete, refused as
+/// unreadable if it is not `/v2/<valid name>/blobs/..` (something in front of the registry
+/// might fold it into one). `None`: no blob delete (an upload's cancel, `blobs/uploads/<id>`,
+/// has two segments).
+fn blob_delete(raw: &str, raw_path: &str) -> Option<Request> {
+    if !may_name_blobs(raw) {
+        return None;
+    }
+    let invalid = |msg: &str| Some(Request::Invalid(OciError::unclassifiable("NAME_INVALID", msg, raw_path)));
+    let Some(path) = decode(raw) else {
+        let says_blobs = raw.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"blobs"));
+        return if says_blobs { invalid("Malformed percent-encoding in a blobs path") } else { None };
+    };
+    let at = rfind_ignore_case(&path, "/blobs/")?;
+    let segment = path.get(at + "/blobs/".len()..)?;
+    if segment.is_empty() || segment.contains('/') {
+        return None;
+    }
+    let name = path.get(..at).and_then(|p| strip_prefix_ignore_case(p, "/v2/"));
+    match name {
+        Some(n) if is_valid_name(n) => Some(Request::BlobDelete { repository: n.to_string() }),
+        _ => invalid("Blob deletes must use a /v2/<name>/blobs/<digest> path"),
+    }
+}
+
+/// Cheap pre-filter for blob deletes (query aside): an escape, or "blobs" in any case.
+pub fn may_name_blobs(raw_path: &str) -> bool {
+    let raw = raw_path.split_once('?').map_or(raw_path, |(p, _)| p);
+    raw.contains('%') || raw.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"blobs"))
 }
 
 /// Headers some frameworks honour in place of the method. distribution ignores them, but a
@@ -398,5 +437,44 @@ mod tests {
         assert!(!is_valid_tag("-v1"));
         assert!(!is_valid_tag("v1:x"));
         assert!(!is_valid_tag(""));
+    }
+}
+
+#[cfg(test)]
+mod tests_blobs {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn blob(repository: &str) -> Request {
+        Request::BlobDelete { repository: repository.to_string() }
+    }
+
+    #[test]
+    fn blob_deletes_are_read_as_the_registry_routes_them() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for (path, want) in [
+            (format!("/v2/app/blobs/{d}"), blob("app")),
+            (format!("/v2/team/app/blobs/{d}?x=1"), blob("team/app")),
+            (format!("/v2/app/BLOBS/{d}"), blob("app")),
+            (format!("/v2/app/blob%73/{d}"), blob("app")),
+            (format!("/v2/a/manifests/b/blobs/{d}"), blob("a/manifests/b")),
+            // Not a digest: refused all the same (the registry judges the digest, not us).
+            ("/v2/app/blobs/whatever".to_string(), blob("app")),
+            // An upload's cancel is no blob delete; a tag delete in a repository named "blobs".
+            ("/v2/app/blobs/uploads/0f3c".to_string(), Request::Other),
+            ("/v2/a/blobs/b/manifests/v1".to_string(), Request::ManifestDelete { repository: "a/blobs/b".into(), reference: Reference::Tag("v1".into()) }),
+        ] {
+            assert_eq!(classify("DELETE", &path), want, "{path}");
+            assert_eq!(classify("delete", &path), want, "{path}");
+            assert!(may_name_blobs(&path), "{path}");
+        }
+        for path in [format!("//v2/app/blobs/{d}"), format!("/v2/App/blobs/{d}"), "/v2/app/blobs/%zz".to_string()] {
+            assert!(matches!(classify("DELETE", &path), Request::Invalid(e) if e.status == 400), "{path}");
+        }
+        // Other methods on blobs are no concern of the filter.
+        assert_eq!(classify("GET", &format!("/v2/app/blobs/{d}")), Request::Other);
+        assert_eq!(classify("PUT", "/v2/app/blobs/uploads/0f3c?digest=x"), Request::Other);
+        assert!(!may_name_blobs("/v2/app/tags/list?n=blobs"));
     }
 }

@@ -70,8 +70,9 @@ def committed(etcd, repo: str, tag: str, digest: str = "") -> None:
     `digest`, if given), within a tick (250 ms). Until then the claim fences every other digest:
     an override's too, which claims the tag like any write that changes it."""
     def done() -> bool:
-        record = etcd.get(f"/immutable-tags/{repo}:{tag}") or ""
-        return record.startswith("d ") and record.endswith(digest)
+        # `<at> <stored digest|-> <committed ms> <claimed digest|-> <holders>`: stored, no hold.
+        f = (etcd.get(f"/immutable-tags/{repo}:{tag}") or "").split(" ")
+        return len(f) == 5 and f[1] != "-" and f[1].endswith(digest) and f[3] == "-"
     deadline = time.time() + 3
     while not done() and time.time() < deadline:
         time.sleep(0.05)

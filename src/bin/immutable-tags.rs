@@ -285,7 +285,7 @@ fn explain_break_glass(c: &Config, e: &Explain) -> String {
             (Err(why), _) => format!("no {} override: {why}", action.as_str()),
             (Ok(()), None) => format!("{} may be overridden by {} with the {} header", action.as_str(), b.principals.join(", "), b.reason_header),
             (Ok(()), Some(p)) => {
-                let ask = Ask { principal: Some(p), reason: e.reason.as_deref(), registry_auth: Some(true) };
+                let ask = Ask { principal: Some(p), reason: e.reason.as_deref(), registry_auth: Some(true), verified: false };
                 match b.grant(action, &e.repository, &ask) {
                     Ok(()) => format!("{} by {p}: overridden (once the registry authenticates {p} and accepts it)", action.as_str()),
                     Err(why) => format!("{} by {p}: refused: {why}", action.as_str()),

@@ -18,6 +18,8 @@ const AUTH_TTL_MS: u64 = 60_000;
 #[derive(Debug, Clone, Default)]
 pub struct Asked {
     pub principal: Option<String>,
+    /// `principal` is the `sub` Envoy's jwt_authn verified (`break_glass.jwt_authn_payload`).
+    pub verified: bool,
     pub reason: Option<String>,
     pub request_id: Option<String>,
 }
@@ -27,9 +29,22 @@ impl Asked {
         let Some(bg) = &worker.config.break_glass else { return Asked::default() };
         Asked {
             principal: header("authorization").and_then(|a| principal(&a)),
+            verified: false,
             reason: header(&bg.reason_header),
             request_id: header("x-request-id"),
         }
+    }
+
+    /// With `break_glass.jwt_authn_payload`: the `sub` in the payload Envoy's jwt_authn put in
+    /// the dynamic metadata (only after verifying the token) is the principal, proven by Envoy.
+    /// Nothing there (no token, or one it refused with `allow_missing_or_failed`), or a read
+    /// that fails: the credentials' claim stands, to be proven by the registry.
+    pub fn verify(mut self, host: &dyn Host, worker: &Worker) -> Asked {
+        let Some(key) = worker.config.break_glass.as_ref().and_then(|b| b.jwt_authn_payload.as_deref()) else { return self };
+        if let Some(sub) = host.property(&["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", key, "sub"]).filter(|s| !s.is_empty()) {
+            (self.principal, self.verified) = (Some(sub), true);
+        }
+        self
     }
 }
 
@@ -121,6 +136,11 @@ impl Granted {
     pub fn tag(&self) -> &str {
         &self.tag
     }
+
+    /// The repository as the policy and the claims know it (not the map's key).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
 }
 
 impl Lookup {
@@ -163,7 +183,7 @@ fn settle(host: &dyn Host, worker: &Worker, taken: Taken, action: Action, reposi
 #[allow(clippy::too_many_arguments)]
 fn finish(host: &dyn Host, worker: &Worker, action: Action, repository: &str, tag: &str, asked: &Asked, reason: String, window: Option<Used>) -> Grant {
     let Some(bg) = &worker.config.break_glass else { return Grant::No(None) };
-    let ask = Ask { principal: asked.principal.as_deref(), reason: Some(&reason), registry_auth: registry_auth(host, worker) };
+    let ask = Ask { principal: asked.principal.as_deref(), reason: Some(&reason), registry_auth: registry_auth(host, worker), verified: asked.verified };
     if let Err(why) = bg.grant(action, repository, &ask) {
         if let Some(u) = &window {
             window::restore(host, worker, u);
@@ -195,6 +215,25 @@ pub fn explain(err: &mut OciError, why: Option<String>) {
     if let (Some(why), Some(d)) = (why, err.detail.as_object_mut()) {
         d.insert("break_glass".into(), Value::from(why));
     }
+}
+
+/// An override was granted for a write about to be sent: one warning line at once, whatever
+/// becomes of the write or its client (`done` logs the outcome).
+pub fn decided(host: &dyn Host, g: &Granted, current: &str, pushed: &str) {
+    host.log(
+        Level::Warn,
+        &line(&[
+            ("event", Some("immutable_tags.break_glass_decision")),
+            ("principal", Some(&g.principal)),
+            ("reason", Some(&g.reason)),
+            ("action", Some(g.action.as_str())),
+            ("repository", Some(&g.repository)),
+            ("tag", Some(&g.tag)),
+            ("current_digest", Some(current)),
+            ("pushed_digest", Some(pushed)),
+            ("request_id", g.request_id.as_deref()),
+        ]),
+    );
 }
 
 /// Whether break-glass could lift a refused `action` on `repository` for this request: its

@@ -54,6 +54,11 @@ impl DigestDelete {
         self.check.repository()
     }
 
+    /// The repository as the map knows it (`Worker::map_key`).
+    pub fn map_key(&self, worker: &Worker) -> String {
+        worker.map_key(self.check.repository(), self.caller.authority.as_deref())
+    }
+
     pub fn digest(&self) -> &Digest {
         self.check.digest()
     }
@@ -121,7 +126,7 @@ impl DigestDelete {
                 }
                 if let Current::Present(d) = &answer {
                     if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                        c.put(self.check.repository(), &tag, d.clone(), host.now_ms());
+                        c.put(&self.map_key(worker), &tag, d.clone(), host.now_ms());
                     }
                 }
                 if let Err(r) = self.check.on_head(&tag, answer) {
@@ -135,10 +140,11 @@ impl DigestDelete {
     /// Hints what the map knows fresh (it can only refuse sooner), decides if it can, else
     /// sends the next HEADs.
     pub fn advance(&mut self, host: &dyn Host, worker: &Worker) -> Next {
+        let key = self.map_key(worker);
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
             let now = host.now_ms();
             for tag in self.check.unknown() {
-                if let Some(d) = cache.get(self.check.repository(), &tag, now) {
+                if let Some(d) = cache.get(&key, &tag, now) {
                     self.check.hint(&tag, &d);
                 }
             }

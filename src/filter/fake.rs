@@ -15,6 +15,8 @@ pub struct Call {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     pub timeout_ms: u64,
+    /// When it was dispatched (the process clock).
+    pub at_ms: u64,
 }
 
 impl Call {
@@ -46,6 +48,8 @@ impl Reply {
 pub struct Process {
     pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     pub next_cas: Cell<u32>,
+    /// Hosts made by `share_with` so far (each gets its own token range).
+    pub hosts: Cell<u32>,
     pub now_ms: Cell<u64>,
     /// CAS mismatches to force on the next shared-data writes (another worker "wrote first").
     pub forced_cas_mismatches: Cell<u32>,
@@ -62,11 +66,15 @@ pub struct FakeHost {
     pub response_headers: RefCell<Vec<(String, String)>>,
     /// Envoy's `response.code_details`: `via_upstream` for the registry's own answer.
     pub code_details: RefCell<Option<String>>,
+    /// Envoy's `source.address` (default `127.0.0.1:40000`).
+    pub source: RefCell<Option<String>>,
     pub calls: RefCell<Vec<Call>>,
     next_token: Cell<u32>,
     /// Set while `answer` runs: the dispatched call's answer.
     call_answer: RefCell<Option<Reply>>,
     pub replies: RefCell<Vec<Reply>>,
+    /// The response code details of each local reply, in order.
+    pub details: RefCell<Vec<String>>,
     pub resumes: Cell<u32>,
     pub response_resumes: Cell<u32>,
     pub logs: RefCell<Vec<(Level, String)>>,
@@ -79,7 +87,12 @@ pub struct FakeHost {
     pub dispatch_error_method: RefCell<Option<String>>,
     /// Header writes fail.
     pub refuse_header_writes: Cell<bool>,
+    /// The `sub` of the payload Envoy's jwt_authn verified, under any `payload_in_metadata`.
+    pub jwt_authn_sub: RefCell<Option<String>>,
     pub pending: RefCell<VecDeque<u32>>,
+    /// Tokens of this host start above this (hosts sharing a process never share a token, as
+    /// calls of one VM never do).
+    token_base: u32,
 }
 
 impl FakeHost {
@@ -91,7 +104,9 @@ impl FakeHost {
 
     /// Another "worker" of the same Envoy: same shared data and clock, its own streams.
     pub fn share_with(&self) -> FakeHost {
-        FakeHost { process: self.process.clone(), ..FakeHost::default() }
+        let n = self.process.hosts.get() + 1;
+        self.process.hosts.set(n);
+        FakeHost { process: self.process.clone(), token_base: n * 100_000, ..FakeHost::default() }
     }
 
     pub fn request(&self, method: &str, path: &str, extra: &[(&str, &str)]) {
@@ -118,6 +133,11 @@ impl FakeHost {
     /// The calls dispatched so far with this method.
     pub fn calls_with(&self, method: &str) -> Vec<Call> {
         self.calls.borrow().iter().filter(|c| c.header(":method") == Some(method)).cloned().collect()
+    }
+
+    /// The call dispatched as `token`.
+    pub fn call_of(&self, token: u32) -> Call {
+        self.calls.borrow()[(token - self.token_base) as usize - 1].clone()
     }
 
     pub fn last_call(&self) -> Option<Call> {
@@ -165,6 +185,14 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn remove_request_header(&self, name: &str) -> Result<(), String> {
+        if self.refuse_header_writes.get() {
+            return Err("BadArgument".into());
+        }
+        self.request_headers.borrow_mut().retain(|(k, _)| k != name);
+        Ok(())
+    }
+
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         let b = self.body.borrow();
         Some(b.get(..size.min(b.len())).unwrap_or_default().to_vec())
@@ -176,8 +204,9 @@ impl Host for FakeHost {
 
     fn property(&self, path: &[&str]) -> Option<String> {
         match path {
-            ["source", "address"] => Some("127.0.0.1:40000".to_string()),
+            ["source", "address"] => Some(self.source.borrow().clone().unwrap_or_else(|| "127.0.0.1:40000".to_string())),
             ["response", "code_details"] => self.code_details.borrow().clone(),
+            ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", _, "sub"] => self.jwt_authn_sub.borrow().clone(),
             _ => None,
         }
     }
@@ -189,16 +218,18 @@ impl Host for FakeHost {
             (e, Some(m)) if Some(m) == method => return Err(e.unwrap_or_else(|| "BadArgument".into())),
             _ => {}
         }
-        let token = self.next_token.get() + 1;
+        let n = self.next_token.get() + 1;
         // A filter that calls without end would hang its test (`while respond_with(..) {}`):
         // fail it instead. No test sends more than 40.
-        assert!(token <= MAX_CALLS, "more than {MAX_CALLS} calls on one host: the filter is looping");
-        self.next_token.set(token);
+        assert!(n <= MAX_CALLS, "more than {MAX_CALLS} calls on one host: the filter is looping");
+        self.next_token.set(n);
+        let token = self.token_base + n;
         self.calls.borrow_mut().push(Call {
             cluster: cluster.to_string(),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body: body.map(<[u8]>::to_vec),
             timeout_ms,
+            at_ms: self.process.now_ms.get(),
         });
         self.pending.borrow_mut().push_back(token);
         Ok(token)
@@ -253,7 +284,9 @@ impl Host for FakeHost {
         self.process.now_ms.get()
     }
 
-    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+        assert!(!details.is_empty() && !details.contains(char::is_whitespace), "details {details:?}");
+        self.details.borrow_mut().push(details.to_string());
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.replies.borrow_mut().push(Reply { status, headers, body: body.to_vec() });
         Ok(())
@@ -300,6 +333,9 @@ pub struct FakeEtcd {
     pub leases: RefCell<Vec<u64>>,
     /// The TTL each lease was granted with, as asked.
     pub ttls: RefCell<HashMap<u64, String>>,
+    /// With a clock, leases end on their own: lease -> when it expires (ms on that clock).
+    pub clock: RefCell<Option<Rc<Process>>>,
+    pub lease_ends: RefCell<HashMap<u64, u64>>,
 }
 
 impl FakeEtcd {
@@ -311,11 +347,23 @@ impl FakeEtcd {
         let raw = |v: &Value| String::from_utf8(unb64(v.as_str().unwrap_or_default()).unwrap_or_default()).unwrap_or_default();
         let ok = |v: Value| answer(200, &[("content-type", "application/json")], v.to_string().as_bytes());
         let header = |r: u64| json!({"cluster_id": "1", "revision": r.to_string()});
+        let now = self.clock.borrow().as_ref().map(|p| p.now_ms.get());
+        if let Some(now) = now {
+            let due: Vec<u64> = self.lease_ends.borrow().iter().filter(|(_, end)| **end <= now).map(|(l, _)| *l).collect();
+            for l in due {
+                self.expire(l);
+                self.lease_ends.borrow_mut().remove(&l);
+            }
+        }
+        let ttl_ms = |id: u64| self.ttls.borrow().get(&id).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1000;
         match call.header(":path") {
             Some("/v3/lease/grant") => {
-                let id = 7_000 + self.leases.borrow().len() as u64 + 1;
+                let id = 7_000 + self.ttls.borrow().len() as u64 + 1;
                 self.leases.borrow_mut().push(id);
                 self.ttls.borrow_mut().insert(id, s(&body["TTL"]));
+                if let Some(now) = now {
+                    self.lease_ends.borrow_mut().insert(id, now + ttl_ms(id));
+                }
                 ok(json!({"header": header(self.revision.get()), "ID": id.to_string(), "TTL": s(&body["TTL"])}))
             }
             Some("/v3/lease/keepalive") => {
@@ -323,6 +371,9 @@ impl FakeEtcd {
                 let mut result = json!({"header": header(self.revision.get()), "ID": id.to_string()});
                 if self.leases.borrow().contains(&id) {
                     result["TTL"] = json!("60");
+                    if let Some(now) = now {
+                        self.lease_ends.borrow_mut().insert(id, now + ttl_ms(id));
+                    }
                 }
                 ok(json!({"result": result}))
             }

@@ -25,6 +25,8 @@ pub trait Host {
     /// Every request header, pseudo-headers included (headers phase only).
     fn request_headers(&self) -> Vec<(String, String)>;
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), String>;
+    /// Removes a request header (Ok when it was absent).
+    fn remove_request_header(&self, name: &str) -> Result<(), String>;
     /// The request body buffered so far (body phase only); `None` if the host will not give it.
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
     fn response_header(&self, name: &str) -> Option<String>;
@@ -45,7 +47,8 @@ pub trait Host {
 
     fn now_ms(&self) -> u64;
     /// Answers the client locally (the request, if any part of it went upstream, is reset).
-    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String>;
+    /// `details` (no spaces) becomes Envoy's response code details, shown in access logs.
+    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String>;
     /// Lets a request the filter held at its headers go on.
     fn resume_request(&self) -> Result<(), String>;
     /// Lets a response the filter held at its headers go on.

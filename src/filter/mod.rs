@@ -18,11 +18,17 @@ mod fake;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
 #[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_claims;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod sim;
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_deletes;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_pinning;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_pinning_scope;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_telemetry;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -31,7 +37,8 @@ use crate::deletes::tag_delete;
 use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
-use crate::request::{classify, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
+use crate::config::BlobDeletes;
+use crate::request::{classify, may_name_blobs, may_name_manifests, refuses_method_override, Reference, Request, METHOD_OVERRIDE_HEADERS};
 use break_glass::{self as bg, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
@@ -39,6 +46,25 @@ use push::Push;
 use serde_json::{json, Value};
 use std::rc::Rc;
 use worker::Worker;
+
+/// The response code details of a refusal (Envoy's `%RESPONSE_CODE_DETAILS%`): the filter
+/// and the outcome, so access logs and traces tell its answers from the registry's.
+pub fn details(status: u16) -> &'static str {
+    match status {
+        405 | 409 => "immutable_tags_refused",
+        401 | 403 => "immutable_tags_unauthorized",
+        500..=599 => "immutable_tags_unavailable",
+        _ => "immutable_tags_invalid_request",
+    }
+}
+
+/// Removes from the request every credential header break-glass strips (`Cookie`, API keys):
+/// the error of the first removal that failed.
+fn strip_credentials(h: &dyn Host, worker: &Option<Rc<Worker>>) -> Option<String> {
+    let bg = worker.as_ref()?.config.break_glass.as_ref()?;
+    let names = std::iter::once("cookie").chain(bg.credential_headers.iter().map(String::as_str));
+    names.filter_map(|n| h.remove_request_header(n).err()).next()
+}
 
 /// What a request callback tells the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +82,8 @@ pub struct Filter {
     request: RequestInfo,
     /// What a delete asks of break-glass, read at its headers.
     asked: Asked,
+    /// The client's `:authority`, read at a checked write's headers (`Worker::map_key`).
+    authority: Option<String>,
 }
 
 enum State {
@@ -65,14 +93,17 @@ enum State {
     Push(Box<Push>),
     /// A delete by digest, being checked against the repository's immutable tags.
     Delete(Box<DigestDelete>),
-    /// A delete by digest let through; on success the map forgets tags pointing to it.
+    /// A delete by digest let through; on success the map forgets tags pointing to it
+    /// (`repository`: the map's key, `Worker::map_key`).
     Deleting { repository: String, digest: Digest },
-    /// A read of an immutable tag with `pin_immutable_pulls`; `pinned`: sent by digest.
+    /// A read of an immutable tag with `pin_immutable_pulls`; `pinned`: sent by digest
+    /// (`repository`: the map's key, `Worker::map_key`).
     Pull { repository: String, tag: String, pinned: bool },
     /// Answered locally.
     Done,
     /// A refused delete let through by break-glass, one override for each immutable tag it
-    /// removes: logged when sent, and again with its outcome (`overridden`).
+    /// removes: logged when sent, and again with its outcome (`overridden`) (`repository`: the
+    /// map's key, `Worker::map_key`).
     Overridden { repository: String, digest: Option<Digest>, granted: Vec<Granted> },
     /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
     Window { repository: String, tag: String },
@@ -92,7 +123,7 @@ enum From {
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default() }
+        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default(), authority: None }
     }
 
     fn count(&self, h: &dyn Host, counter: Counter) {
@@ -106,8 +137,18 @@ impl Filter {
     /// after one header read, and the caller counts it (`Counter::RequestsSeen`), in batches if
     /// it likes: on Istio's path this runs for every request, and each host call costs.
     pub fn first_look(h: &dyn Host) -> Option<String> {
+        // Only the filter says what a request was before it rewrote it: a client's own copy of
+        // that header goes (a failure here leaves at worst a false log line on a request the
+        // filter does not rewrite: a push sets the header or is refused).
+        let _ = h.remove_request_header(push::METHOD_HEADER);
         let path = h.request_header(":path").unwrap_or_default();
-        may_name_manifests(&path).then_some(path)
+        if may_name_manifests(&path) {
+            return Some(path);
+        }
+        // A blob delete: one more header read, on blob paths only (an unreadable method is
+        // looked at closer).
+        let delete = may_name_blobs(&path) && h.request_header(":method").map_or(true, |m| m.eq_ignore_ascii_case("DELETE"));
+        delete.then_some(path)
     }
 
     /// A request that may name manifests (`path`, from [`Filter::first_look`]) at its headers.
@@ -119,7 +160,7 @@ impl Filter {
             return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
         }
         let request = classify(&method, &path);
-        if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::Invalid(_)) {
+        if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. } | Request::Invalid(_)) {
             self.count(h, Counter::RequestsChecked);
             self.request = RequestInfo {
                 method: Some(method),
@@ -128,8 +169,9 @@ impl Filter {
                 client_address: h.property(&["source", "address"]),
                 user_agent: h.request_header("user-agent"),
             };
+            self.authority = h.request_header(":authority");
         }
-        let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. });
+        let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. });
         let Some(worker) = self.worker.clone() else {
             if !needs_worker {
                 return Action::Continue;
@@ -138,7 +180,7 @@ impl Filter {
             return self.refuse(h, &err, &[], From::Request);
         };
         if matches!(request, Request::ManifestRead { reference: Reference::Tag(_), .. }) && worker.config.break_glass.is_some() {
-            self.asked = Asked::read(&worker, &|n| h.request_header(n));
+            self.asked = Asked::read(&worker, &|n| h.request_header(n)).verify(h, &worker);
             if let (Some(_), Request::ManifestRead { repository, reference: Reference::Tag(tag) }) = (&self.asked.reason, &request) {
                 self.state = State::Window { repository: repository.clone(), tag: tag.clone() };
                 return Action::Continue;
@@ -146,8 +188,9 @@ impl Filter {
         }
         match request {
             Request::ManifestRead { repository, reference: Reference::Tag(tag) } if worker.config.pin_immutable_pulls => {
-                if let Some(pinned) = pull::on_read(h, &worker, &repository, &tag, &path) {
-                    self.state = State::Pull { repository, tag, pinned };
+                let key = worker.map_key(&repository, h.request_header(":authority").as_deref());
+                if let Some(pinned) = pull::on_read(h, &worker, &repository, &key, &tag, &path) {
+                    self.state = State::Pull { repository: key, tag, pinned };
                 }
                 Action::Continue
             }
@@ -157,10 +200,27 @@ impl Filter {
                 self.on_put(h, &worker, repository, reference, tags, end_of_stream)
             }
             Request::ManifestDelete { repository, reference } => {
-                self.asked = Asked::read(&worker, &|n| h.request_header(n));
+                self.asked = Asked::read(&worker, &|n| h.request_header(n)).verify(h, &worker);
                 self.on_delete(h, &worker, repository, reference)
             }
+            Request::BlobDelete { repository } => self.on_blob_delete(h, &worker, &repository),
         }
+    }
+
+    /// A blob delete (`deletes.blobs`): unlinking a layer of an image behind an immutable tag
+    /// would make it unpullable, and the registry's garbage collection is the way blobs go.
+    fn on_blob_delete(&mut self, h: &dyn Host, worker: &Worker, repository: &str) -> Action {
+        let allowed = match worker.config.deletes.blobs {
+            BlobDeletes::Allow => true,
+            BlobDeletes::Unprotected => !worker.config.policy.may_protect_in(repository),
+            BlobDeletes::Refuse => false,
+        };
+        if allowed {
+            return Action::Continue;
+        }
+        let msg = "Blob deletes are refused here: the registry's garbage collection removes blobs no manifest references";
+        let err = OciError::new(405, "UNSUPPORTED", msg, json!({"repository": repository, "setting": "deletes.blobs"}));
+        self.refuse(h, &err, &[], From::Request)
     }
 
     fn on_put(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, tags: Vec<String>, end_of_stream: bool) -> Action {
@@ -196,9 +256,14 @@ impl Filter {
             push::Next::Release => self.resume(h, from, "the lookup"),
             push::Next::Refuse(err, extra) => self.refuse(h, &err, &extra, from),
             push::Next::Relay { status, headers, body } => {
+                let details = match (&self.state, (200..300).contains(&status)) {
+                    (State::Push(p), true) if p.audit_pass() => "immutable_tags_written_unjudged_audit",
+                    (_, true) => "immutable_tags_written",
+                    (_, false) => "immutable_tags_write_failed",
+                };
                 self.state = State::Done;
                 let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                if let Err(s) = h.send_response(status, &headers, &body) {
+                if let Err(s) = h.send_response(status, details, &headers, &body) {
                     h.log(Level::Error, &format!("immutable-tags: cannot relay the registry's answer ({s})"));
                 }
                 Action::Pause
@@ -240,7 +305,7 @@ impl Filter {
     fn answer(&mut self, h: &dyn Host, err: &OciError, extra: &[(&str, String)]) -> Action {
         let mut hdrs: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         hdrs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        if let Err(s) = h.send_response(err.status, &hdrs, err.body().as_bytes()) {
+        if let Err(s) = h.send_response(err.status, details(err.status), &hdrs, err.body().as_bytes()) {
             h.log(Level::Error, &format!("immutable-tags: cannot send local reply ({s})"));
         }
         self.state = State::Done;
@@ -262,7 +327,7 @@ impl Filter {
                 self.push_next(h, next, from)
             }
             State::Delete(d) => {
-                self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
+                self.state = State::Deleting { repository: d.map_key(&worker), digest: d.digest().clone() };
                 self.resume(h, from, "audit")
             }
             other => {
@@ -380,7 +445,9 @@ impl Filter {
                     Some(s) if own && s.starts_with('4') => bg::Outcome::Refused,
                     _ => bg::Outcome::Unknown,
                 };
-                self.overridden(h, &worker, outcome);
+                if let State::Overridden { repository, digest, granted } = std::mem::replace(&mut self.state, State::Pass) {
+                    overridden(h, &worker, &repository, digest, &granted, outcome);
+                }
                 Action::Continue
             }
             // Envoy answered a delete held while windows are taken (a timeout): it never goes
@@ -426,35 +493,16 @@ impl Filter {
 
     /// The stream ended.
     pub fn on_done(&mut self, h: &dyn Host) {
-        match (&mut self.state, self.worker.clone()) {
+        match (std::mem::replace(&mut self.state, State::Pass), self.worker.clone()) {
             (State::Push(push), Some(worker)) => push.on_done(h, &worker),
             // Gone while break-glass was taking windows: those it took go back.
-            (State::Unlocking(c, _), Some(worker)) => c.abandon(h, &worker),
+            (State::Unlocking(mut c, _), Some(worker)) => c.abandon(h, &worker),
             // Sent, and no answer came: the registry may have deleted it all the same.
-            (State::Overridden { .. }, Some(worker)) => self.overridden(h, &worker, bg::Outcome::Unknown),
+            (State::Overridden { repository, digest, granted }, Some(worker)) => overridden(h, &worker, &repository, digest, &granted, bg::Outcome::Unknown),
             _ => {}
         }
-        self.state = State::Pass;
     }
 
-    /// A delete break-glass let through has its outcome: recorded; the map forgets what it may
-    /// have removed; windows go back only when the registry refused it.
-    fn overridden(&mut self, h: &dyn Host, worker: &Worker, outcome: bg::Outcome) {
-        let State::Overridden { repository, digest, granted } = std::mem::replace(&mut self.state, State::Pass) else { return };
-        if outcome == bg::Outcome::Refused {
-            for g in granted.iter() {
-                bg::restore(h, worker, g);
-            }
-        } else if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-            for g in granted.iter() {
-                cache.forget(&repository, g.tag());
-            }
-            if let Some(d) = &digest {
-                cache.forget_digest(&repository, d);
-            }
-        }
-        bg::delete_record(h, worker, &granted, digest.map(|d| d.to_string()).as_deref(), outcome);
-    }
 
     fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
         let config = &worker.config;
@@ -489,8 +537,8 @@ impl Filter {
                 None => self.refuse(h, &err, &extra, from),
             },
             delete::Next::Allow => {
-                if let State::Delete(d) = &self.state {
-                    self.state = State::Deleting { repository: d.repository().to_string(), digest: d.digest().clone() };
+                if let (State::Delete(d), Some(w)) = (&self.state, &self.worker) {
+                    self.state = State::Deleting { repository: d.map_key(w), digest: d.digest().clone() };
                 }
                 self.resume(h, from, "delete check")
             }
@@ -513,12 +561,23 @@ impl Filter {
     fn unlocked(&mut self, h: &dyn Host, covered: Covered, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
         match covered {
             Covered::Yes(granted) => {
+                // The delete goes on as the client sent it, but with no credential other than
+                // the `Authorization` its principal was read from (as an overriding push).
+                if let (Some(w), Some(why)) = (self.worker.clone(), strip_credentials(h, &self.worker)) {
+                    for g in granted.iter() {
+                        bg::restore(h, &w, g);
+                    }
+                    let msg = format!("The filter could not remove other credentials from the override ({why})");
+                    return self.refuse(h, &OciError::new(500, "UNKNOWN", msg, json!({})), &extra, from);
+                }
                 let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
                 let repository = audit::subject(&err).map(|(r, _)| r.to_string()).unwrap_or_default();
                 if let Some(worker) = &self.worker {
                     // Recorded before it goes: once sent it may happen, whatever comes back.
                     bg::delete_record(h, worker, &granted, digest.as_ref().map(Digest::to_string).as_deref(), bg::Outcome::Sent);
                 }
+                let authority = self.authority.as_deref();
+                let repository = self.worker.as_ref().map_or_else(|| repository.clone(), |w| w.map_key(&repository, authority));
                 self.state = State::Overridden { repository, digest, granted };
                 self.resume(h, from, "break-glass")
             }
@@ -544,4 +603,30 @@ impl Filter {
 /// `false`: not such a call.
 pub fn root_answer(h: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
     window::orphan_answer(h, worker, token, body_size)
+}
+
+/// A delete break-glass let through has its outcome: recorded; the map forgets what it may
+/// have removed; windows go back only when the registry refused it.
+fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Digest>, granted: &[Granted], outcome: bg::Outcome) {
+    if outcome == bg::Outcome::Refused {
+        for g in granted.iter() {
+            bg::restore(h, worker, g);
+        }
+    } else if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+        for g in granted.iter() {
+            cache.forget(repository, g.tag());
+        }
+        if let Some(d) = &digest {
+            cache.forget_digest(repository, d);
+        }
+    }
+    if outcome == bg::Outcome::Accepted {
+        for g in granted.iter() {
+            // A delete the filter granted: the one way the tag becomes new again. Claims are
+            // keyed by repository alone (`repository` here is the map's key). Not on an
+            // unknown outcome: the record then keeps refusing stale views (fail closed).
+            claims::forget(h, worker, g.repository(), g.tag());
+        }
+    }
+    bg::delete_record(h, worker, granted, digest.map(|d| d.to_string()).as_deref(), outcome);
 }

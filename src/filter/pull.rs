@@ -17,8 +17,9 @@ use crate::pull::{accepts_every_stored_type, learned_digest, pinned_path};
 
 /// For a GET/HEAD of `repository:tag` with pinning on: `None` when there is nothing to do (the
 /// tag is mutable, the read is narrower than the tag's own manifest, or may reach another
-/// upstream: it goes as it came and teaches nothing), else whether the request now reads the digest.
-pub fn on_read(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, raw_path: &str) -> Option<bool> {
+/// upstream: it goes as it came and teaches nothing), else whether the request now reads the
+/// digest. `key`: the repository as the map knows it (`Worker::map_key`).
+pub fn on_read(host: &dyn Host, worker: &Worker, repository: &str, key: &str, tag: &str, raw_path: &str) -> Option<bool> {
     if raw_path.contains('?') || !worker.config.policy.decide(repository, tag).immutable {
         return None;
     }
@@ -32,7 +33,7 @@ pub fn on_read(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, ra
     if !accepts_every_stored_type(accept) {
         return None;
     }
-    let known = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_for_read(repository, tag, host.now_ms()));
+    let known = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_for_read(key, tag, host.now_ms()));
     let Some(digest) = known else { return Some(false) };
     let path = pinned_path(repository, &digest);
     match host.set_request_header(":path", &path) {
@@ -45,14 +46,14 @@ pub fn on_read(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, ra
     }
 }
 
-/// The registry's answer to a read `on_read` looked at.
-pub fn on_response(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, pinned: bool) {
+/// The registry's answer to a read `on_read` looked at (`key`: the map's, as for `on_read`).
+pub fn on_response(host: &dyn Host, worker: &Worker, key: &str, tag: &str, pinned: bool) {
     let status = host.response_header(":status");
     let Ok(mut cache) = worker.cache.try_borrow_mut() else { return };
     if pinned {
         // The digest is gone (deleted): stop sending reads to it.
         if status.as_deref().map(str::trim) == Some("404") {
-            cache.forget(repository, tag);
+            cache.forget(key, tag);
         }
         return;
     }
@@ -60,6 +61,6 @@ pub fn on_response(host: &dyn Host, worker: &Worker, repository: &str, tag: &str
     let digest = host.response_header("docker-content-digest");
     if let Some(d) = learned_digest(status.as_deref(), content_type.as_deref(), digest.as_deref()) {
         // A client's read: pins other reads, never backs a write or delete verdict alone.
-        cache.put_from(repository, tag, d, host.now_ms(), Source::Read);
+        cache.put_from(key, tag, d, host.now_ms(), Source::Read);
     }
 }

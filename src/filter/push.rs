@@ -37,8 +37,16 @@ use serde_json::json;
 /// route) stays the same.
 pub const HARMLESS_METHOD: &str = "OPTIONS";
 
+/// The request header that keeps the client's method once the request is rewritten, for
+/// access logs and traces (`%REQ(X-IMMUTABLE-TAGS-METHOD?:METHOD)%`). Set only by the filter:
+/// a client's own copy is removed (`Filter::first_look`, and the shipped configs' early header
+/// mutation on routes the filter skips).
+pub const METHOD_HEADER: &str = "x-immutable-tags-method";
+
 pub struct Push {
     pub repository: String,
+    /// `repository` as the map knows it (`Worker::map_key`).
+    map_key: String,
     /// The tag in the path: only it is known to be written by a 2xx (a registry may ignore
     /// `?tag=`, as distribution 2.8 does).
     path_tag: Option<String>,
@@ -65,6 +73,8 @@ pub struct Push {
     overrides: Vec<(Granted, String, String)>,
     /// What etcd said of a window, per tag (judged again with it).
     windows: Vec<(String, Result<Granted, Option<String>>)>,
+    /// The client's address (no port): claims are bounded per client (`Worker::client_*`).
+    client: String,
 }
 
 enum Phase {
@@ -79,15 +89,12 @@ enum Phase {
     Written,
 }
 
-/// A tag's claim (see `claims`), taken just before the push is written.
+/// A tag's claim (see `claims`), held from just before the push is written until the
+/// registry's answer is known.
 #[derive(Debug, Clone)]
 pub struct TagClaim {
     tag: String,
     digest: String,
-    /// Whether this push holds the claim (and so must release it if the push fails).
-    held: bool,
-    /// The store's version of the record we hold (etcd).
-    revision: u64,
 }
 
 /// A tag judged allowed, still to be claimed.
@@ -96,10 +103,8 @@ struct Want {
     reason: String,
     /// The registry does not hold the tag.
     absent: bool,
-    /// Break-glass lifted the refusal of an overwrite: the push changes what the tag holds.
-    overriding: bool,
     /// The verdict rests on this worker's map, not on the registry's word: the tag may have
-    /// changed since (see `claims::needed`).
+    /// changed since (a committed change of another digest sends it to `recheck`).
     from_map: bool,
     pushed: String,
     since_ms: u64,
@@ -110,7 +115,9 @@ struct Claiming {
     wants: Vec<Want>,
     taken: Vec<TagClaim>,
     /// The claim waiting for the store's answer, and for which tag.
-    in_flight: Option<(claims::etcd::InFlight, Want)>,
+    in_flight: Option<Box<(claims::etcd::InFlight, Want)>>,
+    /// When the first claim was asked for.
+    started_ms: u64,
 }
 
 struct TagCheck {
@@ -177,7 +184,9 @@ impl Push {
                 return Err(too_large(&repository, &first, max));
             }
         }
-        if let Err(why) = host.set_request_header(":method", HARMLESS_METHOD) {
+        let method = header(":method").unwrap_or_default().to_string();
+        let rewritten = host.set_request_header(METHOD_HEADER, &method);
+        if let Err(why) = rewritten.and_then(|()| host.set_request_header(":method", HARMLESS_METHOD)) {
             let msg = format!("The filter could not hold the push back from the registry ({why})");
             return Err(OciError::new(500, "UNKNOWN", msg, json!({"repository": repository, "tag": first})));
         }
@@ -185,9 +194,11 @@ impl Push {
             authority: header(":authority").map(str::to_string),
             authorization: header("authorization").map(str::to_string),
         };
-        let asked = Asked::read(worker, &|n| header(n).map(str::to_string));
+        let asked = Asked::read(worker, &|n| header(n).map(str::to_string)).verify(host, worker);
+        let map_key = worker.map_key(&repository, caller.authority.as_deref());
         let mut push = Push {
             repository,
+            map_key,
             path_tag,
             path,
             tags: Vec::new(),
@@ -201,10 +212,11 @@ impl Push {
             asked,
             overrides: Vec::new(),
             windows: Vec::new(),
+            client: client_address(host),
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
-            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.repository, &tag, now));
+            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.map_key, &tag, now));
             worker.count(host, if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
             let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
             let from_map = cached.is_some();
@@ -339,7 +351,8 @@ impl Push {
             return if *t == token { self.written(host, worker, body_size) } else { Next::Wait };
         }
         if let Phase::Claiming(c) = &mut self.phase {
-            let Some((f, want)) = c.in_flight.take_if(|(f, _)| f.token == token) else { return Next::Wait };
+            let Some(b) = c.in_flight.take_if(|b| b.0.token == token) else { return Next::Wait };
+            let (f, want) = *b;
             let result = claims::on_response(host, worker, f, body_size);
             return match self.claimed(host, worker, want, result) {
                 Some(next) => next,
@@ -385,7 +398,7 @@ impl Push {
         match answer {
             Current::Present(d) => {
                 if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                    c.put(&self.repository, &check.tag, d.clone(), host.now_ms());
+                    c.put(&self.map_key, &check.tag, d.clone(), host.now_ms());
                 }
                 check.lookup = Lookup::Known(Some(d));
             }
@@ -464,12 +477,15 @@ impl Push {
         let mut overrides = Vec::new();
         match self.judge(host, worker, body, &mut overrides) {
             Judged::Allowed(counters, wants) => {
+                for (g, current, pushed) in &overrides {
+                    bg::decided(host, g, current, pushed);
+                }
                 self.overrides = overrides;
                 for c in counters {
                     worker.count(host, c);
                 }
                 let wants = wants.into_iter().rev().collect();
-                self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None });
+                self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None, started_ms: host.now_ms() });
                 self.claim_next(host, worker)
             }
             Judged::Ask(l) => {
@@ -508,7 +524,6 @@ impl Push {
         let mut allowed = Vec::new();
         for t in &self.tags {
             let Lookup::Known(current) = &t.lookup else { continue };
-            let mut overriding = false;
             let pushed = match current {
                 Some(c) if c.algorithm() != sha256.algorithm() => Digest::of(c.algorithm(), body),
                 _ => sha256.clone(),
@@ -527,7 +542,6 @@ impl Push {
                         // Judged as allowed from here on: claimed like any other write.
                         Grant::Yes(record) => {
                             overrides.push((record, current, new));
-                            overriding = true;
                         }
                         Grant::Ask(l) => return Judged::Ask(l),
                         Grant::No(why) => {
@@ -539,7 +553,7 @@ impl Push {
                 }
             }
             let (tag, reason, absent, since_ms) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms);
-            allowed.push(Want { tag, reason, absent, overriding, from_map: t.from_map, pushed: pushed.to_string(), since_ms });
+            allowed.push(Want { tag, reason, absent, from_map: t.from_map, pushed: pushed.to_string(), since_ms });
         }
         Judged::Allowed(counters, allowed)
     }
@@ -566,18 +580,34 @@ impl Push {
             let Phase::Claiming(c) = &mut self.phase else { return Next::Wait };
             let Some(want) = c.wants.pop() else { break };
             let ttl_ms = worker.config.claims.ttl_ms;
-            if want.absent && want.since_ms != NO_VIEW && !absence_still_fenced(want.since_ms, host.now_ms(), ttl_ms) {
+            // A view is trusted for half a TTL: a write claimed before it was taken lands within
+            // half a TTL of its claim (see below), so the claim's record, which lives a TTL,
+            // still stands when such a view is judged, even if its writer died before its
+            // commit (found by the simulation, seed 111888). A digest can only go stale where
+            // tags can change through the filter.
+            let may_be_stale = want.absent || worker.config.tags_can_change();
+            if may_be_stale && want.since_ms != NO_VIEW && !absence_still_fenced(want.since_ms, host.now_ms(), ttl_ms / 2) {
                 self.give_back(host, worker);
-                let why = "the push took longer than claims.ttl_seconds; retry it";
+                let why = "the push took longer than half of claims.ttl_seconds; retry it";
                 return Next::Refuse(OciError::upstream(&self.repository, &want.tag, why), Vec::new());
             }
-            let stale_map = want.from_map && worker.config.tags_can_change();
-            if !claims::needed(worker, want.absent || want.overriding || stale_map) {
-                continue;
+            if !worker.client_may_claim(&self.client, host.now_ms()) {
+                self.give_back(host, worker);
+                let why = format!("this client holds {} claims in flight already; retry once they are answered", super::worker::MAX_CLAIMS_PER_CLIENT);
+                return Next::Refuse(OciError::new(429, "TOOMANYREQUESTS", &why, json!({"repository": self.repository, "tag": want.tag})), Vec::new());
             }
-            let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, want.since_ms);
+            let view = claims::View { since_ms: want.since_ms, absent: want.absent };
+            let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, view);
             if let Some(next) = self.claimed(host, worker, want, result) {
                 return next;
+            }
+        }
+        // The write lands within the write timeout; the claims must still live then.
+        if let Phase::Claiming(c) = &self.phase {
+            if host.now_ms().saturating_sub(c.started_ms) >= worker.config.claims.ttl_ms / 2 {
+                self.give_back(host, worker);
+                let why = "the claims took half of claims.ttl_seconds or more; retry the push";
+                return Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), why), Vec::new());
             }
         }
         let Phase::Claiming(c) = std::mem::replace(&mut self.phase, Phase::Checking) else { return Next::Wait };
@@ -588,12 +618,14 @@ impl Push {
     fn claimed(&mut self, host: &dyn Host, worker: &Worker, want: Want, result: Claimed) -> Option<Next> {
         let Phase::Claiming(c) = &mut self.phase else { return Some(Next::Wait) };
         match result {
-            Claimed::Proceed { held, revision } => {
-                c.taken.push(TagClaim { tag: want.tag, digest: want.pushed, held, revision });
+            Claimed::Proceed { .. } => {
+                c.taken.push(TagClaim { tag: want.tag, digest: want.pushed });
+                worker.client_claimed(&self.client, host.now_ms());
+                worker.count(host, Counter::ClaimsTaken);
                 None
             }
             Claimed::Pending(f) => {
-                c.in_flight = Some((f, want));
+                c.in_flight = Some(Box::new((f, want)));
                 Some(Next::Wait)
             }
             // A committed record of another digest behind a map-confirmed verdict: the map is
@@ -628,7 +660,7 @@ impl Push {
             }
         }
         if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-            cache.forget(&self.repository, tag);
+            cache.forget(&self.map_key, tag);
         }
         match self.ask_again(host, worker, tag) {
             Ok(()) => Next::Wait,
@@ -662,8 +694,11 @@ impl Push {
     /// Releases the claims this push took so far.
     fn release_claims(&mut self, host: &dyn Host, worker: &Worker) {
         if let Phase::Claiming(c) = &mut self.phase {
-            for t in std::mem::take(&mut c.taken).iter().filter(|t| t.held) {
-                claims::release(host, worker, &self.repository, &t.tag, &t.digest, t.revision);
+            let taken = std::mem::take(&mut c.taken);
+            worker.client_settled(&self.client, taken.len());
+            worker.count_many(host, Counter::ClaimsSettled, taken.len() as u64);
+            for t in taken {
+                claims::release(host, worker, &self.repository, &t.tag, &t.digest);
             }
         }
     }
@@ -672,13 +707,19 @@ impl Push {
     /// audit-mode path for a push that would have been refused (`claims` empty then).
     pub fn write(&mut self, host: &dyn Host, worker: &Worker, claims: Vec<TagClaim>) -> Next {
         let body = self.body.as_deref().unwrap_or_default();
-        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &self.client_headers, body) {
+        // An override was granted on the principal `Authorization` names: the write carries
+        // no other credential the registry might authenticate instead.
+        let mut headers = std::borrow::Cow::Borrowed(&self.client_headers);
+        if let (false, Some(bg)) = (self.overrides.is_empty(), &worker.config.break_glass) {
+            headers.to_mut().retain(|(k, _)| !bg.strips(k));
+        }
+        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &headers, body) {
             Ok(token) => {
                 self.phase = Phase::Writing { token, claims };
                 Next::Wait
             }
             Err(why) => {
-                self.settle(host, worker, &claims, None);
+                self.settle(host, worker, &claims, false);
                 self.restore_windows(host, worker);
                 Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), &why), Vec::new())
             }
@@ -693,7 +734,7 @@ impl Push {
         let forget_all = |worker: &Worker| {
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
-                    cache.forget(&self.repository, t);
+                    cache.forget(&self.map_key, t);
                 }
             }
         };
@@ -707,20 +748,15 @@ impl Push {
         let digest = host.call_response_header("docker-content-digest").and_then(|d| Digest::parse(d.trim()));
         let path_tag = self.path_tag.clone().filter(|t| tags.contains(t));
         if (200..300).contains(&status) {
-            // The digest the path's tag now holds: the registry's word, else the one we claimed.
-            let stored = digest.as_ref().map(Digest::to_string).or_else(|| {
-                claims.iter().find(|c| Some(&c.tag) == path_tag.as_ref()).map(|c| c.digest.clone())
-            });
-            let stored = path_tag.as_deref().zip(stored.as_deref());
-            self.settle(host, worker, &claims, stored);
+            self.settle(host, worker, &claims, true);
             for (g, current, pushed) in &self.overrides {
                 bg::done(host, worker, g, Some(current), Some(pushed));
             }
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
                     match (&digest, Some(t) == path_tag.as_ref()) {
-                        (Some(d), true) if status == 201 => cache.put_from(&self.repository, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
-                        _ => cache.forget(&self.repository, t),
+                        (Some(d), true) if status == 201 => cache.put_from(&self.map_key, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
+                        _ => cache.forget(&self.map_key, t),
                     }
                 }
             }
@@ -728,7 +764,7 @@ impl Push {
             // Envoy's answer to a call that timed out: the outcome is unknown, as for a reset.
             forget_all(worker);
         } else {
-            self.settle(host, worker, &claims, None);
+            self.settle(host, worker, &claims, false);
             forget_all(worker);
             self.restore_windows(host, worker);
         }
@@ -741,37 +777,48 @@ impl Push {
         Next::Relay { status, headers, body }
     }
 
-    /// Settles the claims once the registry answered, or the stream died (`stored`: None).
-    /// Only the path's tag is known to be written by a 2xx: its record is committed with the
-    /// digest stored; every other claim held is released.
-    fn settle(&self, host: &dyn Host, worker: &Worker, tag_claims: &[TagClaim], stored: Option<(&str, &str)>) {
-        if let Some((tag, digest)) = stored {
-            let revision = tag_claims.iter().find(|c| c.tag == tag && c.held).map_or(0, |c| c.revision);
-            claims::commit(host, worker, &self.repository, tag, digest, revision);
-        }
-        for c in tag_claims.iter().filter(|c| c.held) {
-            if stored.is_some_and(|(tag, _)| tag == c.tag) {
-                continue; // the commit replaced our claim
+    /// Settles the claims once the registry answered: a stored write commits every tag it
+    /// claimed, `?tag=` ones included (a registry that ignores them only makes their records
+    /// stricter than needed until they expire); a refused one releases them.
+    fn settle(&self, host: &dyn Host, worker: &Worker, tag_claims: &[TagClaim], stored: bool) {
+        worker.client_settled(&self.client, tag_claims.len());
+        worker.count_many(host, Counter::ClaimsSettled, tag_claims.len() as u64);
+        for c in tag_claims {
+            match stored {
+                true => claims::commit(host, worker, &self.repository, &c.tag, &c.digest),
+                false => claims::release(host, worker, &self.repository, &c.tag, &c.digest),
             }
-            claims::release(host, worker, &self.repository, &c.tag, &c.digest, c.revision);
         }
     }
 
-    /// The stream ended early (client gone). A PUT in flight is cancelled by Envoy with the
-    /// stream: its outcome is unknown, so its claims stay until they expire.
-    pub fn on_done(&mut self, host: &dyn Host, worker: &Worker) {
-        // Claims taken for a push that never went out are given back (one still in flight in
-        // the store expires on its own), and so are the windows taken for its judgement.
-        self.give_back(host, worker);
-        if let Phase::Writing { .. } = self.phase {
-            host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", self.repository));
+    /// The stream ended early (client gone). Claims taken for a push that never went out
+    /// are given back, and so are the windows taken for its judgement. A write in flight is
+    /// the root context's call: its answer still comes, and settles it (`orphan_answer`).
+    pub fn on_done(self: Box<Self>, host: &dyn Host, worker: &Worker) {
+        let mut push = self;
+        push.give_back(host, worker);
+        if let Phase::Writing { .. } = push.phase {
+            host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", push.repository));
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-                for t in &self.tags {
-                    cache.forget(&self.repository, &t.tag);
+                for t in &push.tags {
+                    cache.forget(&push.map_key, &t.tag);
                 }
+            }
+            if let Ok(mut o) = worker.orphans.try_borrow_mut() {
+                if o.len() >= MAX_ORPHANS {
+                    o.remove(0);
+                }
+                push.body = None;
+                o.push(*push);
             }
         }
     }
+}
+
+/// The client's address without its port (one client, whatever connection it uses).
+fn client_address(host: &dyn Host) -> String {
+    let a = host.property(&["source", "address"]).unwrap_or_default();
+    a.rsplit_once(':').map_or(a.clone(), |(ip, _)| ip.to_string())
 }
 
 fn too_large(repository: &str, tag: &str, max: usize) -> OciError {
@@ -779,3 +826,22 @@ fn too_large(repository: &str, tag: &str, max: usize) -> OciError {
     let msg = format!("The manifest is larger than max_manifest_bytes ({max} bytes)");
     OciError::new(413, "SIZE_INVALID", msg, detail)
 }
+
+/// The answer to a write whose client left (the call is the root context's, so it arrives
+/// all the same): its claims are settled and its overrides' outcome logged, as if the client
+/// were there; nobody to relay it to. `false`: not such a write's answer.
+pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
+    let orphan = worker.orphans.try_borrow_mut().ok().and_then(|mut o| {
+        let i = o.iter().position(|p| matches!(p.phase, Phase::Writing { token: t, .. } if t == token))?;
+        Some(o.swap_remove(i))
+    });
+    let Some(mut push) = orphan else { return false };
+    if let Next::Relay { status, .. } = push.written(host, worker, body_size) {
+        host.log(Level::Info, &format!("immutable-tags: {}: the registry answered {status} to a push whose client left", push.repository));
+    }
+    true
+}
+
+/// Writes whose client left that a worker keeps, waiting for their answers: past this, the
+/// oldest goes (its claims then expire on their own).
+pub const MAX_ORPHANS: usize = 256;

@@ -420,7 +420,7 @@ fn a_stored_push_turns_its_claim_into_a_committed_record() {
     assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
     let r = records(&h);
     assert_eq!(r.len(), 1, "{r:?}");
-    assert_eq!((r[0].kind, r[0].holders, r[0].digest.as_str()), (crate::claims::Kind::Committed, 0, sha(M1).as_str()));
+    assert_eq!((r[0].rec.stored.clone().map(|s| s.0), r[0].rec.claim.clone()), (Some(sha(M1)), None));
     assert_eq!((r[0].repository.as_str(), r[0].tag.as_str()), ("app", "v1"));
 }
 
@@ -553,7 +553,7 @@ const KEY: &str = "/immutable-tags/app:v1";
 /// Answers the oldest pending call of `h` with `reply(call)`; `true` if there was one.
 fn respond_with(f: &mut Filter, h: &FakeHost, mut reply: impl FnMut(&super::fake::Call) -> Reply) -> bool {
     let Some(token) = h.pending.borrow_mut().pop_front() else { return false };
-    let call = h.calls.borrow()[token as usize - 1].clone();
+    let call = h.call_of(token);
     let r = reply(&call);
     let size = r.body.len();
     h.set_answer(Some(r));
@@ -565,8 +565,10 @@ fn respond_with(f: &mut Filter, h: &FakeHost, mut reply: impl FnMut(&super::fake
 /// The root context's timer, and etcd's answers to what it sent.
 fn run_root(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd) {
     etcd_claims::tick(h, w);
-    while let Some(token) = h.pending.borrow_mut().pop_front() {
-        let call = h.calls.borrow()[token as usize - 1].clone();
+    loop {
+        let next = h.pending.borrow_mut().pop_front();
+        let Some(token) = next else { break };
+        let call = h.call_of(token);
         let r = etcd.answer(&call);
         let size = r.body.len();
         h.set_answer(Some(r));
@@ -591,7 +593,7 @@ fn replica(etcd: &FakeEtcd, policy: &str) -> (FakeHost, Rc<Worker>) {
 fn answer_etcd(f: &mut Filter, h: &FakeHost, etcd: &FakeEtcd) {
     loop {
         let Some(token) = h.pending.borrow().front().copied() else { return };
-        if h.calls.borrow()[token as usize - 1].cluster != "etcd" {
+        if h.call_of(token).cluster != "etcd" {
             return;
         }
         respond_with(f, h, |c| etcd.answer(c));
@@ -609,42 +611,6 @@ fn to_claim_tag(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8]) -> Filter 
     respond(&mut f, h, head_answer(None));
     send_body(&mut f, h, &[body]);
     f
-}
-
-#[test]
-fn an_etcd_claim_is_one_txn_before_the_put_and_the_commit_goes_through_the_root() {
-    let etcd = FakeEtcd::default();
-    let (h, w) = replica(&etcd, ETCD_POLICY);
-    assert!(etcd.leases.borrow().is_empty(), "granted by the first claim that needs it");
-    // The first claim grants the worker's lease, then claims.
-    let mut f = to_claim_tag(&h, &w, "v0", M2);
-    answer_etcd(&mut f, &h, &etcd);
-    assert_eq!((etcd.leases.borrow().len(), etcd_calls(&h)), (1, 2));
-    respond(&mut f, &h, created(M2));
-    f.on_done(&h);
-    // The next push: one txn, and nothing upstream before it is granted.
-    let before = etcd_calls(&h);
-    let mut f = to_claim(&h, &w, M1);
-    let txn = h.last_call().unwrap();
-    assert_eq!((txn.cluster.as_str(), txn.header(":path"), txn.header(":authority")), ("etcd", Some("/v3/kv/txn"), Some("etcd.test")));
-    assert_eq!(txn.timeout_ms, 500);
-    assert!(h.calls_with("PUT").len() == 1, "only the first push's PUT so far");
-    answer_etcd(&mut f, &h, &etcd);
-    assert_eq!(etcd_calls(&h) - before, 1, "one etcd round trip per push");
-    assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M1))));
-    assert_eq!(etcd.kv.borrow()[KEY].2, etcd.leases.borrow()[0], "bound to the worker's lease");
-    assert_eq!(h.calls_with("PUT").len(), 2);
-    respond(&mut f, &h, created(M1));
-    assert_eq!(h.reply().unwrap().status, 201);
-    f.on_done(&h);
-    // The commit is sent by the root context, after the client got its answer.
-    assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M1))));
-    run_root(&h, &w, &etcd);
-    assert_eq!(etcd.value(KEY), Some(format!("d 1000000 {}", sha(M1))));
-    // One TTL later the root deletes the committed record.
-    h.advance(60_000);
-    run_root(&h, &w, &etcd);
-    assert_eq!(etcd.value(KEY), None);
 }
 
 #[test]
@@ -735,25 +701,6 @@ fn a_connect_failure_is_tried_once_more_before_refusing() {
 }
 
 #[test]
-fn pushes_that_need_no_claim_make_no_etcd_calls() {
-    let etcd = FakeEtcd::default();
-    let (h, w) = replica(&etcd, ETCD_POLICY);
-    let before = etcd_calls(&h);
-    let mut f = Filter::new(Some(w.clone()));
-    assert_eq!(put_headers(&mut f, &h, "latest", M1), super::Action::Continue);
-    assert_eq!(etcd_calls(&h), before, "a mutable tag");
-    // A first push (one claim) teaches the map; the identical re-push needs no claim.
-    let mut f = to_claim(&h, &w, M1);
-    answer_etcd(&mut f, &h, &etcd);
-    respond(&mut f, &h, created(M1));
-    f.on_done(&h);
-    let after_first = etcd_calls(&h);
-    assert_eq!(after_first, before + 2, "lease grant and claim");
-    assert_eq!(push(&h, &w, "v1", M1, Some(M1)).status, 201);
-    assert_eq!(etcd_calls(&h), after_first, "an identical re-push with a fresh map entry");
-}
-
-#[test]
 fn a_failed_write_releases_its_etcd_claim_through_the_root() {
     let etcd = FakeEtcd::default();
     let (h, w) = replica(&etcd, ETCD_POLICY);
@@ -785,7 +732,7 @@ fn a_lease_that_is_gone_is_granted_again_and_a_dead_replicas_claim_goes_with_its
     let mut f3 = to_claim(&h2, &w2, M2);
     while respond_with(&mut f3, &h2, |c| if c.cluster == "etcd" { etcd.answer(c) } else { created(M2) }) {}
     assert_eq!(h2.reply().unwrap().status, 201);
-    assert_eq!(etcd.value(KEY), Some(format!("c 1000000 {}", sha(M2))));
+    assert_eq!(etcd.value(KEY), Some(format!("1000000 - 0 {} 1", sha(M2))));
     assert_eq!(etcd.leases.borrow().len(), 1, "a new lease");
     assert!(h2.calls.borrow().iter().any(|c| c.header(":path") == Some("/v3/lease/grant")));
 }
@@ -809,7 +756,7 @@ fn a_multi_tag_push_claims_one_tag_at_a_time_and_gives_back_on_a_conflict() {
         assert_eq!(h.pending.borrow().len(), 0, "one etcd call at a time");
         etcd.answer(c)
     }) {}
-    assert_eq!(claimed, ["/v3/lease/grant", "/v3/kv/txn", "/v3/kv/txn"]);
+    assert_eq!(claimed, ["/v3/kv/txn", "/v3/kv/txn"], "the lease comes from the root");
     let r = h.reply().unwrap();
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["errors"][0]["detail"]["tag"], "b");
@@ -817,32 +764,6 @@ fn a_multi_tag_push_claims_one_tag_at_a_time_and_gives_back_on_a_conflict() {
     assert!(etcd.value("/immutable-tags/app:a").is_some(), "claimed before b was refused");
     run_root(&h, &w, &etcd);
     assert_eq!(etcd.value("/immutable-tags/app:a"), None, "given back");
-}
-
-#[test]
-fn the_root_keeps_the_lease_alive_and_a_lost_lease_is_granted_again() {
-    let etcd = FakeEtcd::default();
-    let (h, w) = replica(&etcd, ETCD_POLICY);
-    let mut f = to_claim_tag(&h, &w, "v0", M1);
-    answer_etcd(&mut f, &h, &etcd);
-    let lease = etcd.leases.borrow()[0];
-    let keepalives = || h.calls.borrow().iter().filter(|c| c.header(":path") == Some("/v3/lease/keepalive")).count();
-    run_root(&h, &w, &etcd);
-    assert_eq!(keepalives(), 0, "not due yet");
-    h.advance(20_000); // a third of the TTL
-    run_root(&h, &w, &etcd);
-    assert_eq!(keepalives(), 1);
-    assert_eq!(h.calls.borrow().last().unwrap().body.as_deref(), Some(format!(r#"{{"ID":"{lease}"}}"#).as_bytes()));
-    // etcd lost the lease: the keepalive says so, the next claim grants a new one.
-    etcd.expire(lease);
-    h.advance(20_000);
-    run_root(&h, &w, &etcd);
-    let grants = || h.calls.borrow().iter().filter(|c| c.header(":path") == Some("/v3/lease/grant")).count();
-    let before = grants();
-    let mut f = to_claim_tag(&h, &w, "v1", M1);
-    answer_etcd(&mut f, &h, &etcd);
-    assert_eq!(grants(), before + 1);
-    assert_eq!(h.calls_with("PUT").len(), 2);
 }
 
 // --- break-glass ---
@@ -1703,7 +1624,7 @@ fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word(
     assert_eq!(ha.calls_with("HEAD").len(), heads + 1, "the registry asked again");
     // A window open (through B), A's map stale again: the same push through A uses the window.
     open_in_etcd(&hb, &wb, &etcd);
-    wa.cache.borrow_mut().put("app", "v1", crate::digest::Digest::sha256(M1), ha.now_ms());
+    wa.cache.borrow_mut().put("registry.test\napp", "v1", crate::digest::Digest::sha256(M1), ha.now_ms());
     ha.advance(5); // A's view of the tag (its HEAD) is newer than B's commit
     let puts = ha.calls_with("PUT").len();
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
@@ -1758,7 +1679,7 @@ fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
         let mut asked_again = false;
         loop {
             let Some(token) = h1.pending.borrow().front().copied() else { break };
-            let call = h1.calls.borrow()[token as usize - 1].clone();
+            let call = h1.call_of(token);
             if (call.header(":method"), call.header(":path")) == (Some("HEAD"), Some("/v2/app/manifests/v2")) {
                 asked_again = true;
                 if gone {
@@ -1792,9 +1713,9 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     let etcd = FakeEtcd::default();
     let (h, w) = bg_replica(&etcd);
     open_in_etcd(&h, &w, &etcd);
-    w.cache.borrow_mut().put("app", "v1", Digest::sha256(M2), h.now_ms());
-    w.cache.borrow_mut().put("app", "v2", Digest::sha256(M1), h.now_ms());
-    let record = crate::etcd::Record { committed: true, at_ms: h.now_ms() + 1, digest: sha(b"m3") };
+    w.cache.borrow_mut().put("registry.test\napp", "v1", Digest::sha256(M2), h.now_ms());
+    w.cache.borrow_mut().put("registry.test\napp", "v2", Digest::sha256(M1), h.now_ms());
+    let record = crate::etcd::Record { stored: Some((sha(b"m3"), h.now_ms() + 1)), claim: None, at_ms: h.now_ms() + 1 };
     etcd.kv.borrow_mut().insert("/immutable-tags/app:v2".into(), (record.encode(), 1, 0));
     h.advance(5);
     let mut f = push_m1_to_v1_and_v2(&h, &w);
@@ -2237,7 +2158,7 @@ fn a_stored_push_the_registry_names_no_digest_for_commits_the_claimed_one() {
     assert_eq!(h.reply().unwrap().status, 201);
     let r = records(&h);
     assert_eq!(r.len(), 1, "{r:?}");
-    assert_eq!((r[0].kind, r[0].tag.as_str(), r[0].digest.as_str()), (crate::claims::Kind::Committed, "v1", sha(M1).as_str()));
+    assert_eq!((r[0].tag.as_str(), r[0].rec.stored.clone().map(|s| s.0), r[0].rec.claim.clone()), ("v1", Some(sha(M1)), None));
 }
 
 #[test]
@@ -2254,8 +2175,9 @@ fn only_a_201_teaches_the_map_the_written_digest() {
 }
 
 #[test]
-fn a_stored_multi_tag_push_commits_the_path_tag_and_gives_the_others_back() {
-    // A registry may ignore `?tag=`: only the path's tag is known to be written.
+fn a_stored_multi_tag_push_commits_every_tag_it_named() {
+    // Issue 21: every tag a stored write named is committed (a registry that ignores `?tag=`
+    // only makes that record stricter than needed until it expires).
     let h = FakeHost::new();
     let w = worker(&h, POLICY);
     let mut f = Filter::new(Some(w.clone()));
@@ -2267,38 +2189,9 @@ fn a_stored_multi_tag_push_commits_the_path_tag_and_gives_the_others_back() {
     send_body(&mut f, &h, &[M1]);
     respond(&mut f, &h, created(M1));
     assert_eq!(h.reply().unwrap().status, 201);
-    let held: Vec<_> = records(&h).into_iter().filter(|r| r.kind != crate::claims::Kind::Committed || r.tag != "v1").filter(|r| r.holders > 0 || r.tag == "v1").collect();
-    assert!(held.is_empty(), "only v1's committed record stays: {held:?}");
-    assert!(records(&h).iter().any(|r| r.kind == crate::claims::Kind::Committed && r.tag == "v1"));
-}
-
-#[test]
-fn an_etcd_commit_is_only_sent_for_a_path_tag_this_push_claimed() {
-    // Tag a already holds M1 (no claim needed in etcd); b is new and claimed. Once stored,
-    // b's claim is given back and nothing is committed for a.
-    let etcd = FakeEtcd::default();
-    let (h, w) = replica(&etcd, ETCD_POLICY);
-    let mut f = Filter::new(Some(w.clone()));
-    let len = M1.len().to_string();
-    h.request("PUT", "/v2/app/manifests/a?tag=b", &[CT, ("content-length", &len)]);
-    on_headers(&mut f, &h, false);
-    while h.calls_with("HEAD").len() > h.calls.borrow().len() - h.pending.borrow().len() || !h.pending.borrow().is_empty() {
-        let Some(call) = h.pending.borrow().front().map(|t| h.calls.borrow()[*t as usize - 1].clone()) else { break };
-        if call.header(":method") != Some("HEAD") {
-            break;
-        }
-        respond(&mut f, &h, head_answer((call.header(":path") == Some("/v2/app/manifests/a")).then_some(M1)));
-    }
-    send_body(&mut f, &h, &[M1]);
-    answer_etcd(&mut f, &h, &etcd);
-    assert!(etcd.value("/immutable-tags/app:b").is_some(), "b claimed");
-    respond(&mut f, &h, created(M1));
-    assert_eq!(h.reply().unwrap().status, 201);
-    let before = etcd_calls(&h);
-    run_root(&h, &w, &etcd);
-    assert_eq!(etcd_calls(&h) - before, 1, "one txn: b's release");
-    assert_eq!(etcd.value("/immutable-tags/app:b"), None);
-    assert_eq!(etcd.value("/immutable-tags/app:a"), None);
+    let r = records(&h);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r.iter().all(|r| r.rec.claim.is_none() && r.rec.stored.as_ref().map(|s| s.0.clone()) == Some(sha(M1))), "{r:?}");
 }
 
 #[test]
@@ -2337,20 +2230,9 @@ fn audit_mode_answers_an_oversized_body_it_cannot_write() {
 }
 
 #[test]
-fn the_etcd_lease_lives_as_long_as_a_claim() {
-    let etcd = FakeEtcd::default();
-    let policy = ETCD_POLICY.replace(r#""claims": {"#, r#""claims": {"ttl_seconds": 45, "#);
-    let (h, w) = replica(&etcd, &policy);
-    let _f = to_claim(&h, &w, M1);
-    let grant = h.calls.borrow().iter().find(|c| c.header(":path") == Some("/v3/lease/grant")).cloned().expect("a lease grant");
-    let body: serde_json::Value = serde_json::from_slice(grant.body.as_deref().unwrap()).unwrap();
-    assert_eq!(body["TTL"], "45");
-}
-
-#[test]
 fn an_etcd_claim_that_never_settles_is_refused_after_the_bound() {
-    // Every txn finds the key gone between its compare and its read: claimed again, 6 calls
-    // in all (the lease grant, 5 txns), then refused.
+    // Every txn finds the key gone between its compare and its read: claimed again, 6 txns
+    // (the lease is the root's), then refused.
     let etcd = FakeEtcd::default();
     let (h, w) = replica(&etcd, ETCD_POLICY);
     let mut f = to_claim(&h, &w, M1);
@@ -2368,64 +2250,10 @@ fn an_etcd_claim_that_never_settles_is_refused_after_the_bound() {
             break;
         }
     }
-    assert_eq!(txns, 5);
+    assert_eq!(txns, 6);
     let r = h.reply().expect("refused");
     assert_eq!(r.status, 503);
     assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("did not settle"), "{:?}", r.json());
     assert!(h.calls_with("PUT").is_empty());
 }
 
-fn etcd_paths(h: &FakeHost, from: usize) -> Vec<String> {
-    h.calls.borrow().iter().skip(from).filter(|c| c.cluster == "etcd").map(|c| c.header(":path").unwrap_or_default().to_string()).collect()
-}
-
-#[test]
-fn the_root_keeps_its_lease_alive_every_third_of_the_ttl() {
-    let etcd = FakeEtcd::default();
-    let (h, w) = replica(&etcd, ETCD_POLICY);
-    let mut f = to_claim(&h, &w, M1);
-    answer_etcd(&mut f, &h, &etcd);
-    let keepalives = || etcd_paths(&h, 0).iter().filter(|p| *p == "/v3/lease/keepalive").count();
-    for (advance, expected) in [(19_999, 0), (1, 1), (19_999, 1), (1, 2), (0, 2)] {
-        h.advance(advance);
-        run_root(&h, &w, &etcd);
-        assert_eq!(keepalives(), expected, "after {advance} ms more");
-    }
-}
-
-#[test]
-fn a_committed_record_is_deleted_one_ttl_after_the_commit() {
-    let etcd = FakeEtcd::default();
-    let (h, w) = replica(&etcd, ETCD_POLICY);
-    let mut f = to_claim(&h, &w, M1);
-    answer_etcd(&mut f, &h, &etcd);
-    respond(&mut f, &h, created(M1));
-    run_root(&h, &w, &etcd);
-    let committed = Some(format!("d 1000000 {}", sha(M1)));
-    assert_eq!(etcd.value(KEY), committed);
-    for advance in [0, 59_999] {
-        h.advance(advance);
-        run_root(&h, &w, &etcd);
-        assert_eq!(etcd.value(KEY), committed, "still fencing");
-    }
-    h.advance(1);
-    run_root(&h, &w, &etcd);
-    assert_eq!(etcd.value(KEY), None);
-}
-
-#[test]
-fn a_lease_etcd_lost_is_granted_again_before_the_next_claim_is_sent() {
-    let etcd = FakeEtcd::default();
-    let (h, w) = replica(&etcd, ETCD_POLICY);
-    let mut f = to_claim_tag(&h, &w, "v0", M1);
-    answer_etcd(&mut f, &h, &etcd);
-    let lease = etcd.leases.borrow()[0];
-    etcd.expire(lease);
-    h.advance(20_000);
-    run_root(&h, &w, &etcd);
-    let from = h.calls.borrow().len();
-    let mut f = to_claim_tag(&h, &w, "v1", M1);
-    answer_etcd(&mut f, &h, &etcd);
-    assert_eq!(etcd_paths(&h, from), ["/v3/lease/grant", "/v3/kv/txn"], "no txn wasted on the lost lease");
-    assert_eq!(h.calls_with("PUT").len(), 2);
-}

@@ -179,7 +179,7 @@ fn a_digest_delete_asks_the_registry_when_the_map_says_elsewhere() {
 fn a_map_entry_holding_the_digest_refuses_without_a_head() {
     let h = FakeHost::new();
     let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#);
-    w.cache.borrow_mut().put("app", "v1", Digest::sha256(M1), h.now_ms());
+    w.cache.borrow_mut().put(&w.map_key("app", Some("registry.test")), "v1", Digest::sha256(M1), h.now_ms());
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
     let path = Filter::first_look(&h).unwrap();
@@ -343,7 +343,7 @@ fn a_delete_that_ends_while_taking_windows_puts_back_those_it_took() {
 // when the registry itself refused it.
 
 fn window_open(h: &FakeHost, tag: &str) -> bool {
-    h.shared_get(&format!("immutable_tags.break_glass/app:{tag}")).unwrap().0.is_some_and(|v| !v.is_empty())
+    h.shared_get(&format!("immutable_tags.break_glass/app:{tag}:admin")).unwrap().0.is_some_and(|v| !v.is_empty())
 }
 
 /// The override lines with `outcome`, as (tag, outcome).

@@ -205,7 +205,7 @@ fn no_map_entry_whatever_its_source_lets_a_digest_delete_through() {
     let h = FakeHost::new();
     let w = worker(&h);
     assert_eq!(push(&h, &w, LIST, LIST), (1, 201));
-    w.cache.borrow_mut().forget("app", "v1");
+    w.cache.borrow_mut().forget("registry.test\napp", "v1");
     let mut f = Filter::new(Some(w.clone()));
     h.request("PUT", "/v2/app/manifests/v1", &[("content-type", V2)]);
     on_headers(&mut f, &h, false);

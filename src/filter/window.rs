@@ -3,7 +3,7 @@
 //! that tag (`take`), put back when that write fails (`restore`).
 //!
 //! - Without `claims.etcd`: Envoy shared data, seen by every worker of one Envoy. One key per
-//!   tag; a used window is written empty (shared data has no delete).
+//!   tag and principal, as in etcd; a used window is written empty (shared data has no delete).
 //! - With `claims.etcd`: etcd, seen by every replica. One key per tag and principal
 //!   (`crate::etcd::window_key`), bound to a lease of its own with the window's length, so etcd
 //!   drops it when it expires. The read's answer is held until etcd has it (a client may push
@@ -97,13 +97,13 @@ fn opened(host: &dyn Host, repository: &str, tag: &str, principal: Option<&str>,
 /// until `on_open_response` says it is done.
 pub fn open(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked: &Asked) -> Option<Opening> {
     let bg = worker.config.break_glass.as_ref()?;
-    let ask = Ask { principal: asked.principal.as_deref(), reason: asked.reason.as_deref(), registry_auth: registry_auth(host, worker) };
+    let ask = Ask { principal: asked.principal.as_deref(), reason: asked.reason.as_deref(), registry_auth: registry_auth(host, worker), verified: asked.verified };
     // Any action the exception allows: the push or delete that uses the window is judged again.
     let why = bg.grant(bg.actions.first().copied().unwrap_or(Action::Overwrite), repository, &ask).err();
     let w = Window { principal: asked.principal.clone().unwrap_or_default(), reason: asked.reason.clone().unwrap_or_default(), expires_ms: host.now_ms() + WINDOW_MS };
     let why = match (why, &worker.config.claims.etcd) {
         (Some(why), _) => Some(why),
-        (None, None) => host.shared_set(&Window::key(repository, tag), &w.encode(), 0).err().map(|e| format!("{e:?}")),
+        (None, None) => host.shared_set(&Window::key(repository, tag, &w.principal), &w.encode(), 0).err().map(|e| format!("{e:?}")),
         (None, Some(e)) => match Call::send(host, e, "/v3/lease/grant", wire::grant_body(WINDOW_MS / 1000)) {
             Ok(call) => {
                 let key = wire::window_key(&e.prefix, repository, tag, &w.principal);
@@ -174,7 +174,7 @@ impl Taking {
 /// Uses up `principal`'s window on `repository:tag`, if one is open.
 pub fn take(host: &dyn Host, worker: &Worker, bg: &BreakGlass, action: Action, repository: &str, tag: &str, principal: &str) -> Taken {
     let Some(e) = &worker.config.claims.etcd else {
-        let key = Window::key(repository, tag);
+        let key = Window::key(repository, tag, principal);
         let Ok((Some(value), cas)) = host.shared_get(&key) else { return Taken::Not(None) };
         let Some(w) = Window::open(&value, host.now_ms()).filter(|w| w.principal == principal) else { return Taken::Not(None) };
         return match host.shared_set(&key, b"", cas) {

@@ -4,6 +4,7 @@ use crate::cache::TagCache;
 use crate::config::Config;
 use crate::metrics::Counter;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 pub struct Worker {
     pub config: Config,
@@ -23,7 +24,20 @@ pub struct Worker {
     holds_headers: Cell<bool>,
     /// Windows being taken for requests that ended (`window::orphan_answer`).
     pub orphan_takes: RefCell<Vec<super::window::Taking>>,
+    /// Writes whose client left, waiting for the registry's answer (`push::orphan_answer`).
+    pub orphans: RefCell<Vec<super::push::Push>>,
+    /// Claims held per client address: when each was taken (an entry outlives its claim by
+    /// at most a TTL, so a lost one never blocks a client for long).
+    client_claims: RefCell<HashMap<String, Vec<u64>>>,
 }
+
+/// Claims one client address may hold at once through one worker: past this its pushes are
+/// refused (429), so that one client cannot fill the claim slots.
+pub const MAX_CLAIMS_PER_CLIENT: usize = 16;
+
+/// Client addresses tracked per worker (past this, the expired are dropped first; a new
+/// client then goes untracked rather than grow the map).
+const MAX_CLIENTS: usize = 4096;
 
 impl Worker {
     /// Defines every counter (Envoy answers the same id for a name defined before, so this is
@@ -34,7 +48,8 @@ impl Worker {
         // the claim records that fence it: only a live record of that change stops a stale
         // "identical re-push" from putting the old digest back.
         let ttl_seconds = match config.tags_can_change() {
-            true => config.cache.ttl_seconds.min(config.claims.ttl_ms / 1000),
+            // Half the TTL: as long as any view is trusted (`push::claim_next`).
+            true => config.cache.ttl_seconds.min((config.claims.ttl_ms / 2000).max(1)),
             false => config.cache.ttl_seconds,
         };
         let cache = TagCache::new(config.cache.max_entries, ttl_seconds);
@@ -42,7 +57,58 @@ impl Worker {
         if config.claims.etcd.is_none() {
             super::claims::shared_data::create_slots(host, &config.claims);
         }
-        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), orphan_takes: RefCell::new(Vec::new()) }
+        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), orphans: RefCell::new(Vec::new()), client_claims: RefCell::default(), orphan_takes: RefCell::new(Vec::new()) }
+    }
+
+    /// Whether `client` may take one more claim now (fewer than the bound live).
+    pub fn client_may_claim(&self, client: &str, now_ms: u64) -> bool {
+        let ttl = self.config.claims.ttl_ms;
+        let Ok(mut m) = self.client_claims.try_borrow_mut() else { return true };
+        match m.get_mut(client) {
+            Some(v) => {
+                v.retain(|t| t.saturating_add(ttl) > now_ms);
+                v.len() < MAX_CLAIMS_PER_CLIENT
+            }
+            None => true,
+        }
+    }
+
+    /// `client` took a claim.
+    pub fn client_claimed(&self, client: &str, now_ms: u64) {
+        let ttl = self.config.claims.ttl_ms;
+        let Ok(mut m) = self.client_claims.try_borrow_mut() else { return };
+        if m.len() >= MAX_CLIENTS && !m.contains_key(client) {
+            m.retain(|_, v| v.iter().any(|t| t.saturating_add(ttl) > now_ms));
+            if m.len() >= MAX_CLIENTS {
+                return;
+            }
+        }
+        m.entry(client.to_string()).or_default().push(now_ms);
+    }
+
+    /// `client` settled (committed or released) `n` claims.
+    pub fn client_settled(&self, client: &str, n: usize) {
+        let Ok(mut m) = self.client_claims.try_borrow_mut() else { return };
+        if let Some(v) = m.get_mut(client) {
+            v.drain(..n.min(v.len()));
+            if v.is_empty() {
+                m.remove(client);
+            }
+        }
+    }
+
+    /// The map's key for `repository`. With `upstream.authority` unset the filter's calls go to
+    /// the client's `:authority`, and one cluster may serve several registries by host: a
+    /// digest learned on one must not answer for a tag of another, so the map keys by both.
+    /// (Claims stay keyed by repository and tag: split by a client's spelling of the host, two
+    /// pushes to one registry could race past each other; a claim shared by two hosts' tags
+    /// only ever refuses or asks the registry again.)
+    pub fn map_key(&self, repository: &str, authority: Option<&str>) -> String {
+        match (&self.config.upstream.authority, authority) {
+            // A line break: in no header value, so no host and repository can spell another's.
+            (None, Some(a)) => format!("{}\n{repository}", a.trim().to_ascii_lowercase()),
+            _ => repository.to_string(),
+        }
     }
 
     /// Whether this Envoy delivers request bodies behind held headers (see `holds_headers`).

@@ -52,6 +52,7 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -180,6 +181,11 @@ pub fn replace_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Stat
     check(unsafe { proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
+pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
+    // SAFETY: valid pointer and length for the duration of the call.
+    check(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
 pub fn buffer(kind: BufferType, start: usize, max_size: usize) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: out-pointers are valid for the call.
     read(|d, s| unsafe { proxy_get_buffer_bytes(kind as u32, start, max_size, d, s) })
@@ -196,10 +202,13 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     read(|d, s| unsafe { proxy_get_property(p.as_ptr(), p.len(), d, s) })
 }
 
-pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
+/// `details` becomes the stream's response code details (`%RESPONSE_CODE_DETAILS%`).
+pub fn send_local_response(status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
     let h = crate::header_map::encode(headers);
     // SAFETY: valid pointers and lengths for the duration of the call; -1: no gRPC status.
-    check(unsafe { proxy_send_local_response(status, null(), 0, body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1) })
+    check(unsafe {
+        proxy_send_local_response(status, details.as_ptr(), details.len(), body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1)
+    })
 }
 
 pub fn resume_request() -> Result<(), Status> {

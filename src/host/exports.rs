@@ -262,10 +262,14 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
 }
 
 /// An answer to a call of the root's own (the break-glass probe; etcd claims' leases, commits,
-/// releases), or to a window's `deleterange` whose stream ended (the window goes back).
+/// releases), to a write whose client left (its claims are settled all the same), or to a
+/// window's `deleterange` whose stream ended (the window goes back).
 fn root_response(root_id: u32, token: u32, body_size: usize) {
     let Some(w) = worker_of(root_id) else { return };
-    if !crate::filter::break_glass::learn(&WasmHost, &w, token) && !crate::filter::root_answer(&WasmHost, &w, token, body_size) {
+    if !crate::filter::break_glass::learn(&WasmHost, &w, token)
+        && !crate::filter::push::orphan_answer(&WasmHost, &w, token, body_size)
+        && !crate::filter::root_answer(&WasmHost, &w, token, body_size)
+    {
         crate::filter::claims::etcd::on_root_response(&WasmHost, &w, token, body_size);
     }
 }
@@ -296,5 +300,6 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
             f.on_swept(&WasmHost);
         }
     }
-    CALLS.with(|c| c.borrow_mut().retain(|_, stream| !gone.contains(stream)));
+    // Their calls' answers still come: to the root now (a write's settles its claims).
+    CALLS.with(|c| c.borrow_mut().values_mut().filter(|s| gone.contains(s)).for_each(|s| *s = 0));
 }

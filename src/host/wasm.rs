@@ -25,6 +25,10 @@ impl Host for WasmHost {
         abi::replace_header(MapType::RequestHeaders, name, value.as_bytes()).map_err(|s| format!("{s:?}"))
     }
 
+    fn remove_request_header(&self, name: &str) -> Result<(), String> {
+        abi::remove_header(MapType::RequestHeaders, name).map_err(|s| format!("{s:?}"))
+    }
+
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         body(BufferType::HttpRequestBody, size)
     }
@@ -73,8 +77,8 @@ impl Host for WasmHost {
         abi::now_nanos().map_or(0, |n| n / 1_000_000)
     }
 
-    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
-        abi::send_local_response(u32::from(status), headers, body).map_err(|s| format!("{s:?}"))
+    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+        abi::send_local_response(u32::from(status), details, headers, body).map_err(|s| format!("{s:?}"))
     }
 
     fn resume_request(&self) -> Result<(), String> {

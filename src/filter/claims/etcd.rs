@@ -1,25 +1,33 @@
-//! Claims in etcd (`claims.etcd`): the same claim / commit / release / expiry rules as shared
-//! data, kept where every Envoy replica sees them. Encoding and rules: `crate::etcd`.
+//! Claims in etcd (`claims.etcd`): the same record and rule as shared data (`crate::claims`),
+//! kept where every Envoy replica sees them. Encoding: `crate::etcd`.
 //!
 //! - A claim is one txn (create the key if absent, else read it back): one round trip before
-//!   the PUT goes upstream. A record found stale (expired, or committed before this push's
-//!   view of the tag) is replaced with a second txn that compares its `mod_revision`.
-//! - Every record is bound to this worker's lease (TTL = `claims.ttl_seconds`), granted by the
-//!   first claim that needs it and kept alive by the root context's tick: no lease round trip
-//!   per push, and a replica that dies leaves nothing past one TTL.
-//! - Commit and release go through the root context's queue, never through the stream: calls
-//!   a stream dispatched are cancelled when it ends, and the commit must not delay the
-//!   client's answer. It is safe if a commit is lost (etcd down right then): the claim record
-//!   itself already holds the digest and fences every other one for one TTL from the claim.
+//!   the PUT goes upstream. A record found is judged by `claims::take` and, if the push may
+//!   hold it, rewritten with a second txn that compares its `mod_revision` (so holders are
+//!   counted, as in shared data).
+//! - An answer is trusted only while it is young: a claim whose round trips took half the TTL
+//!   or more (a paused replica, a slow etcd) is refused, and what it took is given back.
+//! - Records are not bound to their writer's life: every write uses the worker's current
+//!   lease, granted with twice the TTL and replaced every half TTL, never kept alive. So a
+//!   record lives at least one TTL past its last write whatever happens to its replica (a
+//!   committed change outlives every view that predates it), and at most two TTLs (nothing
+//!   lingers: a push whose answer never came leaves its key for two TTLs at most).
+//! - Commit and release go through the root context's queue: they never delay the client,
+//!   and read, judge and rewrite the record (compare on `mod_revision`), so a release by one
+//!   holder never removes what another holder or a committed change needs.
 //!   The queue also puts back break-glass windows (`filter::window`) a failed write had used.
 use super::Claimed;
+use crate::claims::{self, Rec, View};
 use crate::config::EtcdSettings;
-use crate::etcd::{self as wire, Answer, Found, Record, Txn};
+use crate::etcd::{self as wire, Answer, Txn};
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
 
-/// Calls one claim may make (grant, claim, replace, retries) before it gives up.
+/// Calls one claim may make (grant, claim, rewrite, retries) before it gives up.
 const MAX_STEPS: u32 = 6;
+
+/// Tries of a queued commit or release before it is left to expire.
+const MAX_TRIES: u32 = 8;
 
 /// Tries after a connect failure: with round robin over 3 members and one down, the third try
 /// at the latest reaches a live one.
@@ -31,36 +39,48 @@ pub struct InFlight {
     pub token: u32,
     key: String,
     digest: String,
-    since_ms: u64,
+    view: View,
     step: Step,
     steps: u32,
     retries: u32,
+    /// When the claim's first call was sent: its answers are only trusted while young.
+    sent_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Grant,
     Claim,
-    /// Replace the stale record found at this `mod_revision`.
-    Replace(u64),
+    /// Rewrite the record found at this `mod_revision` as this.
+    Write(u64, Rec),
+}
+
+/// What happens to a record after the registry answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Commit { digest: String, at_ms: u64 },
+    Release { digest: String },
+    /// A delete the filter granted went through.
+    Deleted { at_ms: u64 },
 }
 
 /// What the root context sends (it outlives the streams).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
-    Keepalive(u64),
-    Commit { key: String, revision: u64, record: Record },
-    /// Delete our record if untouched since `revision`, once `due_ms` has come.
-    Delete { key: String, revision: u64, due_ms: u64 },
+    /// A new lease, asked for at this time.
+    Grant(u64),
+    /// Read the record (`None`), or rewrite it at a `mod_revision` (`Some`; `None` record:
+    /// delete it), then apply `change` again to what is found.
+    Update { key: String, change: Change, write: Option<(u64, Option<Rec>)>, tries: u32 },
     /// Create the key if absent, bound to `lease`.
     Create { key: String, value: Vec<u8>, lease: u64 },
 }
 
-/// Per worker: the lease and the root context's queue.
+/// Per worker: the current lease (id, when its grant was sent) and the root context's queue.
 #[derive(Debug, Default)]
 pub struct State {
-    lease: Option<u64>,
-    keepalive_due_ms: u64,
+    lease: Option<(u64, u64)>,
+    granting: bool,
     queue: Vec<Op>,
     in_flight: Vec<(u32, Op)>,
 }
@@ -78,18 +98,31 @@ pub(crate) fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str) ->
         .map_err(|why| format!("cannot dispatch to cluster '{}' ({why})", e.cluster))
 }
 
-fn lease(worker: &Worker) -> Option<u64> {
-    worker.etcd.try_borrow().ok().and_then(|s| s.lease)
+/// The lease to bind a write to now: one granted less than a TTL ago (it has a TTL to go).
+fn lease(host: &dyn Host, worker: &Worker) -> Option<u64> {
+    let ttl = worker.config.claims.ttl_ms;
+    let s = worker.etcd.try_borrow().ok()?;
+    s.lease.filter(|(_, at)| at.saturating_add(ttl) > host.now_ms()).map(|(id, _)| id)
 }
 
-fn ttl_seconds(worker: &Worker) -> u64 {
-    worker.config.claims.ttl_ms / 1000
+/// Leases last two TTLs, in whole seconds.
+fn lease_seconds(worker: &Worker) -> u64 {
+    (2 * worker.config.claims.ttl_ms).div_ceil(1000)
 }
 
-pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, since_ms: u64) -> Claimed {
+fn learn_lease(worker: &Worker, id: u64, sent_ms: u64) {
+    if let Ok(mut s) = worker.etcd.try_borrow_mut() {
+        if s.lease.map_or(true, |(_, at)| at <= sent_ms) {
+            s.lease = Some((id, sent_ms));
+        }
+    }
+}
+
+pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let key = wire::key(&e.prefix, repository, tag);
-    send(host, worker, e, InFlight { token: 0, key, digest: digest.to_string(), since_ms, step: Step::Claim, steps: 0, retries: 0 })
+    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, retries: 0, sent_ms: host.now_ms() };
+    send(host, worker, e, f)
 }
 
 /// Sends the claim's next call; without a lease, grants one first.
@@ -98,17 +131,18 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
     if f.steps > MAX_STEPS {
         return Claimed::Unavailable(down(e, "the claim did not settle"));
     }
-    let record = Record { committed: false, at_ms: host.now_ms(), digest: f.digest.clone() };
-    let (path, body) = match (lease(worker), f.step) {
+    let now = host.now_ms();
+    let (path, body) = match (lease(host, worker), &f.step) {
         (None, _) => {
             f.step = Step::Grant;
-            ("/v3/lease/grant", wire::grant_body(ttl_seconds(worker)))
+            ("/v3/lease/grant", wire::grant_body(lease_seconds(worker)))
         }
         (Some(l), Step::Grant | Step::Claim) => {
             f.step = Step::Claim;
-            ("/v3/kv/txn", wire::claim_txn(&f.key, &record, l))
+            let first = claims::take(None, &f.digest, f.view, now).unwrap_or(Rec { stored: None, claim: None, at_ms: now });
+            ("/v3/kv/txn", wire::claim_txn(&f.key, &first, l))
         }
-        (Some(l), Step::Replace(m)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, m, &record, l)),
+        (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l)),
     };
     match call(host, e, path, &body) {
         Ok(token) => {
@@ -134,6 +168,16 @@ pub(crate) fn connect_failure(status: Option<u16>, body: &[u8]) -> bool {
 pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size: usize) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let (status, body) = answer(host, body_size);
+    let now = host.now_ms();
+    let ttl_ms = worker.config.claims.ttl_ms;
+    let too_late = now.saturating_sub(f.sent_ms) >= ttl_ms / 2;
+    if too_late {
+        // Whatever etcd says is too old to act on; if it granted the claim, give it back.
+        if let Answer::Ok(Txn::Done { .. }) = wire::parse_txn(status, &body) {
+            enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone() }, write: None, tries: 0 });
+        }
+        return Claimed::Unavailable(down(e, "its answer came too late (half of claims.ttl_seconds or more)"));
+    }
     if connect_failure(status, &body) && f.retries < CONNECT_RETRIES {
         f.retries += 1;
         return send(host, worker, e, f);
@@ -141,10 +185,7 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
     if f.step == Step::Grant {
         return match wire::parse_grant(status, &body) {
             Answer::Ok(id) => {
-                if let Ok(mut s) = worker.etcd.try_borrow_mut() {
-                    s.lease.get_or_insert(id);
-                    s.keepalive_due_ms = host.now_ms() + worker.config.claims.ttl_ms / 3;
-                }
+                learn_lease(worker, id, f.sent_ms);
                 f.step = Step::Claim;
                 send(host, worker, e, f)
             }
@@ -153,25 +194,24 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         };
     }
     match wire::parse_txn(status, &body) {
-        Answer::Ok(Txn::Done { revision }) => Claimed::Proceed { held: true, revision },
+        Answer::Ok(Txn::Done { revision }) => Claimed::Proceed { revision },
         Answer::Ok(Txn::Found(None)) => {
             // Gone between compare and read: claim again.
             f.step = Step::Claim;
             send(host, worker, e, f)
         }
         Answer::Ok(Txn::Found(Some((record, mod_revision)))) => {
-            let ttl_ms = worker.config.claims.ttl_ms;
-            match wire::judge_found(&record, &f.digest, host.now_ms(), ttl_ms, f.since_ms) {
-                Found::Proceed => Claimed::Proceed { held: false, revision: 0 },
-                Found::Conflict { digest, committed } => Claimed::Conflict { digest, committed },
-                Found::Replace => {
-                    f.step = Step::Replace(mod_revision);
+            let found = Some(&record).filter(|r| r.live(now, ttl_ms));
+            match claims::take(found, &f.digest, f.view, now) {
+                Err((digest, committed)) => Claimed::Conflict { digest, committed },
+                Ok(r) => {
+                    f.step = Step::Write(mod_revision, r);
                     send(host, worker, e, f)
                 }
             }
         }
         Answer::LeaseGone => {
-            // Expired (e.g. etcd was out of reach for a TTL): grant a new one and claim again.
+            // Gone (e.g. etcd was out of reach): grant a new one and claim again.
             if let Ok(mut s) = worker.etcd.try_borrow_mut() {
                 s.lease = None;
             }
@@ -188,21 +228,25 @@ fn enqueue(worker: &Worker, op: Op) {
     }
 }
 
-/// Queues the commit of our claim at `revision` (0: we hold no record, nothing to commit).
-pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: u64) {
+/// Queues the commit of `digest` (the registry stored it).
+pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
     let Some(e) = &worker.config.claims.etcd else { return };
-    if revision != 0 {
-        let record = Record { committed: true, at_ms: host.now_ms(), digest: digest.to_string() };
-        enqueue(worker, Op::Commit { key: wire::key(&e.prefix, repository, tag), revision, record });
-    }
+    let change = Change::Commit { digest: digest.to_string(), at_ms: host.now_ms() };
+    enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
 }
 
-/// Queues the release of our claim at `revision`.
-pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, revision: u64) {
+/// Queues the release of our hold on `digest`.
+pub fn release(worker: &Worker, repository: &str, tag: &str, digest: &str) {
     let Some(e) = &worker.config.claims.etcd else { return };
-    if revision != 0 {
-        enqueue(worker, Op::Delete { key: wire::key(&e.prefix, repository, tag), revision, due_ms: host.now_ms() });
-    }
+    let change = Change::Release { digest: digest.to_string() };
+    enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
+}
+
+/// Queues the forgetting of the tag's committed change (a delete the filter granted).
+pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) {
+    let Some(e) = &worker.config.claims.etcd else { return };
+    let change = Change::Deleted { at_ms: host.now_ms() };
+    enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
 }
 
 /// Queues a put of `key` if it is absent, bound to `lease` (expired: etcd refuses, nothing to do).
@@ -210,36 +254,62 @@ pub fn create_later(worker: &Worker, key: String, value: Vec<u8>, lease: u64) {
     enqueue(worker, Op::Create { key, value, lease });
 }
 
-/// The root context's timer: grants the lease, keeps it alive, sends queued commits and
-/// releases. All best effort: what fails here only leaves a record to expire.
+/// The root context's timer: keeps a fresh lease, sends queued commits and releases. What
+/// fails here is tried again at the next tick, a few times, then left to expire.
 pub fn tick(host: &dyn Host, worker: &Worker) {
     let Some(e) = &worker.config.claims.etcd else { return };
     let Ok(mut s) = worker.etcd.try_borrow_mut() else { return };
     let now = host.now_ms();
-    let mut ops: Vec<Op> = Vec::new();
-    if let Some(l) = s.lease.filter(|_| now >= s.keepalive_due_ms) {
-        s.keepalive_due_ms = now + worker.config.claims.ttl_ms / 3;
-        ops.push(Op::Keepalive(l));
-    }
-    for op in std::mem::take(&mut s.queue) {
-        match op {
-            Op::Delete { due_ms, .. } if due_ms > now => s.queue.push(op),
-            op => ops.push(op),
-        }
+    let ttl = worker.config.claims.ttl_ms;
+    let mut ops: Vec<Op> = std::mem::take(&mut s.queue);
+    // A new lease every half TTL, so that one with more than a TTL to go is always at hand.
+    if !s.granting && s.lease.map_or(true, |(_, at)| at.saturating_add(ttl / 2) <= now) {
+        s.granting = true;
+        ops.insert(0, Op::Grant(now));
     }
     for op in ops {
+        send_op(host, worker, e, &mut s, op, now);
+    }
+}
+
+/// Sends one of the root's calls (or queues it again: no lease to bind a write to yet).
+fn send_op(host: &dyn Host, worker: &Worker, e: &EtcdSettings, s: &mut State, op: Op, now: u64) {
+    let ttl = worker.config.claims.ttl_ms;
+    let current = s.lease.filter(|(_, at)| at.saturating_add(ttl) > now).map(|(id, _)| id);
+    {
         let (path, body) = match &op {
-            Op::Keepalive(l) => ("/v3/lease/keepalive", wire::keepalive_body(*l)),
-            Op::Commit { key, revision, record } => match s.lease {
-                Some(l) => ("/v3/kv/txn", wire::put_if_txn(key, *revision, record, l)),
-                None => continue, // no lease to bind it to: the claim record fences meanwhile
+            Op::Grant(_) => ("/v3/lease/grant", wire::grant_body(lease_seconds(worker))),
+            Op::Update { key, write: None, .. } => ("/v3/kv/txn", wire::read_txn(key)),
+            Op::Update { key, write: Some((m, None)), .. } => ("/v3/kv/txn", wire::delete_if_txn(key, *m)),
+            Op::Update { key, write: Some((m, Some(r))), .. } => match current {
+                Some(l) if *m == 0 => ("/v3/kv/txn", wire::create_txn(key, r.encode().as_bytes(), l)),
+                Some(l) => ("/v3/kv/txn", wire::put_if_txn(key, *m, r, l)),
+                None => {
+                    s.queue.push(op); // once a lease is granted
+                    return;
+                }
             },
-            Op::Delete { key, revision, .. } => ("/v3/kv/txn", wire::delete_if_txn(key, *revision)),
             Op::Create { key, value, lease } => ("/v3/kv/txn", wire::create_txn(key, value, *lease)),
         };
         match call(host, e, path, &body) {
             Ok(token) => s.in_flight.push((token, op)),
-            Err(why) => host.log(Level::Warn, &format!("immutable-tags: {}", down(e, &why))),
+            Err(why) => {
+                host.log(Level::Warn, &format!("immutable-tags: {}", down(e, &why)));
+                if matches!(op, Op::Grant(_)) {
+                    s.granting = false;
+                } else {
+                    retry(s, op);
+                }
+            }
+        }
+    }
+}
+
+/// Puts a failed update back in the queue, unless it was tried enough (it then expires).
+fn retry(s: &mut State, op: Op) {
+    if let Op::Update { key, change, tries, .. } = op {
+        if tries + 1 < MAX_TRIES {
+            s.queue.push(Op::Update { key, change, write: None, tries: tries + 1 });
         }
     }
 }
@@ -252,30 +322,46 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
     let (_, op) = s.in_flight.swap_remove(i);
     let (status, body) = answer(host, body_size);
     let now = host.now_ms();
+    let ttl = worker.config.claims.ttl_ms;
     let failed = |why: &str| host.log(Level::Warn, &format!("immutable-tags: {}", down(e, why)));
     match op {
-        Op::Keepalive(l) => match wire::parse_keepalive(status, &body) {
-            Answer::Ok(()) => {}
-            Answer::LeaseGone => {
-                host.log(Level::Warn, &format!("immutable-tags: etcd lease {l} expired; granting a new one"));
-                if s.lease == Some(l) {
+        Op::Grant(sent_ms) => {
+            s.granting = false;
+            match wire::parse_grant(status, &body) {
+                // Its TTL is counted from when it was asked for (etcd's count starts later).
+                Answer::Ok(id) => s.lease = Some((id, sent_ms)),
+                Answer::LeaseGone => failed("no lease granted"),
+                Answer::Failed(why) => failed(&why),
+            }
+        }
+        Op::Update { key, change, write, tries } => {
+            let found = match wire::parse_txn(status, &body) {
+                Answer::Ok(Txn::Done { .. }) if write.is_some() => return,
+                Answer::Ok(Txn::Done { .. }) => None, // read: the key does not exist
+                Answer::Ok(Txn::Found(f)) => f,
+                Answer::LeaseGone => {
                     s.lease = None;
+                    return retry(&mut s, Op::Update { key, change, write, tries });
+                }
+                Answer::Failed(why) => {
+                    failed(&why);
+                    return retry(&mut s, Op::Update { key, change, write, tries });
+                }
+            };
+            let live = found.as_ref().filter(|(r, _)| r.live(now, ttl));
+            let m = found.as_ref().map_or(0, |(_, m)| *m);
+            let next = match &change {
+                Change::Commit { digest, at_ms } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, *at_ms))),
+                Change::Release { digest } => live.and_then(|(r, _)| claims::released(r, digest)),
+                Change::Deleted { at_ms } => live.and_then(|(r, _)| claims::deleted(r, *at_ms)),
+            };
+            if let Some(next) = next {
+                if tries + 1 < MAX_TRIES {
+                    send_op(host, worker, e, &mut s, Op::Update { key, change, write: Some((m, next)), tries: tries + 1 }, now);
                 }
             }
-            Answer::Failed(why) => {
-                failed(&why);
-                s.keepalive_due_ms = now; // try again at the next tick
-            }
-        },
-        Op::Commit { key, revision, .. } => {
-            // The committed record (or, if the commit failed, the claim) goes one TTL later.
-            let revision = match wire::parse_txn(status, &body) {
-                Answer::Ok(Txn::Done { revision }) => revision,
-                _ => revision,
-            };
-            s.queue.push(Op::Delete { key, revision, due_ms: now + worker.config.claims.ttl_ms });
         }
-        Op::Delete { .. } | Op::Create { .. } => {
+        Op::Create { .. } => {
             if let Answer::Failed(why) = wire::parse_txn(status, &body) {
                 failed(&why);
             }

@@ -1,19 +1,37 @@
-//! Tag claims, one interface over two stores: Envoy shared data (one Envoy, synchronous CAS:
-//! `shared_data`) and etcd (every replica, asynchronous calls: `etcd`). The push flow asks
-//! `claim` and, when the answer is `Pending`, feeds the call's answer to `on_response`; it
-//! never looks at which store answers.
+//! Tag claims: one rule for every write the filter performs to a protected tag, over two
+//! stores: Envoy shared data (one Envoy, synchronous CAS: `shared_data`) and etcd (every
+//! replica, asynchronous calls: `etcd`). The record and the rule are `crate::claims`'s.
+//!
+//! **The rule.** A write of digest D to a protected tag holds a claim for D on the tag from
+//! before it is sent until the registry's answer is known (stored: the claim becomes the
+//! tag's committed change; refused: the hold is released), however it was judged: first push,
+//! identical re-push, break-glass override alike. The claim is granted only to a push whose view
+//! of the tag (map entry or HEAD answer, "absent" or a digest) is newer than the tag's last
+//! committed change of another digest, and never to "absent" while such a change is on record;
+//! a claim of another digest in flight refuses it, the same digest shares it (holders are
+//! counted, and a release takes one hold, never a committed change). A view older than half the
+//! TTL is refused (503), and so is a claim answer that took half the TTL or more; a write's
+//! claims are at most half a TTL old when it is sent and it lands within the write timeout (at
+//! most half a TTL), so a claim's record outlives every view taken while its write was in
+//! flight, even if its writer dies before committing. Records live one
+//! TTL past their last write, on their own (shared data: their expiry; etcd: a lease of their
+//! own, never their replica's), so no view that predates a committed change outlives its record.
+//!
+//! The push flow asks `claim` and, when the answer is `Pending`, feeds the call's answer to
+//! `on_response`; it never looks at which store answers.
 pub mod etcd;
 pub mod shared_data;
 
 use super::host::Host;
 use super::worker::Worker;
+pub use crate::claims::View;
 
 /// The outcome of a claim, for the push flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
-    /// Let the push through; `held`: release or commit it when the registry answers;
-    /// `revision`: the store's version of our record (etcd; 0 in shared data).
-    Proceed { held: bool, revision: u64 },
+    /// Let the push through, holding the claim: commit or release it when the registry
+    /// answers. `revision`: the store's version of the record (etcd; 0 in shared data).
+    Proceed { revision: u64 },
     Conflict { digest: String, committed: bool },
     /// Refuse with 503, for this reason (it names the claim store).
     Unavailable(String),
@@ -21,23 +39,11 @@ pub enum Claimed {
     Pending(etcd::InFlight),
 }
 
-/// Whether a tag judged allowed must be claimed. `changes`: the push changes what the tag
-/// holds (the registry does not hold it, or break-glass lifted an overwrite's refusal), or the
-/// verdict rests on a map entry while tags can change through the filter
-/// (`Config::tags_can_change`: the claim meets the record of that change).
-/// In etcd a push of the digest the registry itself just said it holds needs no claim: a
-/// concurrent push of another digest either sees that digest too (409 from the registry's
-/// word), or saw the tag absent before our first push committed, and then meets its committed
-/// record. Shared data claims every allowed tag (its behaviour since the start; no round trip).
-pub fn needed(worker: &Worker, changes: bool) -> bool {
-    changes || worker.config.claims.etcd.is_none()
-}
-
-/// Claims `repository:tag` for `digest`, for a push whose view of the tag dates from `since_ms`.
-pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, since_ms: u64) -> Claimed {
+/// Claims `repository:tag` for `digest`, for a push with this view of the tag.
+pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     match &worker.config.claims.etcd {
-        None => shared_data::claim(host, &worker.config.claims, repository, tag, digest, since_ms),
-        Some(_) => etcd::claim(host, worker, repository, tag, digest, since_ms),
+        None => shared_data::claim(host, &worker.config.claims, repository, tag, digest, view),
+        Some(_) => etcd::claim(host, worker, repository, tag, digest, view),
     }
 }
 
@@ -46,19 +52,28 @@ pub fn on_response(host: &dyn Host, worker: &Worker, claim: etcd::InFlight, body
     etcd::on_response(host, worker, claim, body_size)
 }
 
-/// The registry stored `digest` under `tag`: keep the record one more TTL. Never delays the
+/// The registry stored `digest` under `tag`: the tag's committed change. Never delays the
 /// client's answer (etcd: handed to the root context, see `etcd`).
-pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: u64) {
+pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
     match &worker.config.claims.etcd {
         None => shared_data::commit(host, &worker.config.claims, repository, tag, digest),
-        Some(_) => etcd::commit(host, worker, repository, tag, digest, revision),
+        Some(_) => etcd::commit(host, worker, repository, tag, digest),
     }
 }
 
-/// Gives back a claim this push held (the push failed or was refused).
-pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, revision: u64) {
+/// Gives back one hold on a claim of `digest` (the write failed or was never sent).
+pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
     match &worker.config.claims.etcd {
         None => shared_data::release(host, &worker.config.claims, repository, tag, digest),
-        Some(_) => etcd::release(host, worker, repository, tag, revision),
+        Some(_) => etcd::release(worker, repository, tag, digest),
+    }
+}
+
+/// A delete of the tag the filter granted (break-glass) went through: its committed change no
+/// longer refuses "absent" (the one way a protected tag becomes new again).
+pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) {
+    match &worker.config.claims.etcd {
+        None => shared_data::forget(host, &worker.config.claims, repository, tag),
+        Some(_) => etcd::forget(host, worker, repository, tag),
     }
 }

@@ -2,7 +2,7 @@
 //! `crate::claims` what to write, writes it back with CAS, and retries when another worker
 //! wrote first.
 use super::Claimed;
-use crate::claims::{self, Claim};
+use crate::claims::{self, Claim, View};
 use crate::config::ClaimSettings;
 use crate::filter::host::{Host, Level, SharedError};
 
@@ -50,14 +50,12 @@ fn update<T>(
     Err(format!("claim slot still contended after {CAS_ATTEMPTS} attempts"))
 }
 
-/// Claims the tag for a push whose view of it dates from `known_since_ms` (see
-/// `claims::claim_known_since`).
-pub fn claim(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, known_since_ms: u64) -> Claimed {
+/// Claims the tag for a push with this view of it (see `claims::take`).
+pub fn claim(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     let now_ms = host.now_ms();
-    let step = |slot: &[u8]| claims::claim_known_since(slot, repository, tag, digest, now_ms, settings.ttl_ms, known_since_ms);
+    let step = |slot: &[u8]| claims::claim(slot, repository, tag, digest, view, now_ms, settings.ttl_ms);
     let r = update(host, settings, repository, tag, |slot| match step(slot) {
-        Claim::Write(b) => (Some(b), Claimed::Proceed { held: true, revision: 0 }),
-        Claim::Proceed => (None, Claimed::Proceed { held: false, revision: 0 }),
+        Claim::Write(b) => (Some(b), Claimed::Proceed { revision: 0 }),
         Claim::Conflict { digest, committed } => (None, Claimed::Conflict { digest, committed }),
         Claim::Full => (None, Claimed::Unavailable("too many pushes in flight (claim slot full)".into())),
     });
@@ -76,8 +74,17 @@ pub fn commit(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: 
 /// Best effort: a failure only means the claim lives until it expires.
 pub fn release(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) {
     let now_ms = host.now_ms();
-    let r = update(host, settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, now_ms), ()));
+    let r = update(host, settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, now_ms, settings.ttl_ms), ()));
     if let Err(why) = r {
         host.log(Level::Warn, &format!("immutable-tags: cannot release claim on {repository}:{tag}: {why}"));
+    }
+}
+
+/// Best effort: a failure only means the committed record lives until it expires.
+pub fn forget(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str) {
+    let now_ms = host.now_ms();
+    let r = update(host, settings, repository, tag, |slot| (claims::forget(slot, repository, tag, now_ms, settings.ttl_ms), ()));
+    if let Err(why) = r {
+        host.log(Level::Warn, &format!("immutable-tags: cannot forget the record of {repository}:{tag}: {why}"));
     }
 }
