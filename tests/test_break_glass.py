@@ -53,13 +53,14 @@ def overrides(envoy) -> int:
 
 
 def override_lines(envoy, sent: bool = False) -> list[dict]:
-    """The override records: a push's, a delete's outcome (`sent`: the line a delete writes
-    before it goes to the registry)."""
+    """The override records: a push's, a delete's outcome (`sent`: the decision line a delete
+    writes before it goes to the registry)."""
+    event = '"event":"immutable_tags.break_glass_decision"' if sent else '"event":"immutable_tags.break_glass"'
     out = []
     for line in envoy.log().splitlines():
-        if '"event":"immutable_tags.break_glass"' in line:
+        if event in line:
             record = json.loads(line[line.index("{"):])
-            if (record.get("outcome") == "sent") == sent:
+            if not sent or record.get("outcome") == "sent":
                 out.append(record)
     return out
 

@@ -415,6 +415,10 @@ pub fn delete_record(host: &dyn Host, worker: &Worker, granted: &[Granted], dige
     let tags: Value = granted.iter().map(|g| Value::from(g.tag.as_str())).collect();
     for g in granted {
         let mut map = record(worker, g, digest, None);
+        if outcome == Outcome::Sent {
+            // The decision line, named as a push's (`decided`).
+            map.insert("event".into(), Value::from("immutable_tags.break_glass_decision"));
+        }
         map.insert("outcome".into(), Value::from(outcome.as_str()));
         map.insert("tags".into(), tags.clone());
         host.log(Level::Warn, &Value::Object(map).to_string());

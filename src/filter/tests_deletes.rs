@@ -78,8 +78,14 @@ fn delete_m1(h: &FakeHost, w: &Rc<Worker>, extra: &[(&str, &str)], order: &[&str
     (h.reply(), f)
 }
 
+/// The override records: decisions (`outcome: sent`) and outcomes.
 fn bg_lines(h: &FakeHost) -> Vec<serde_json::Value> {
-    h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "immutable_tags.break_glass").collect()
+    let events = ["immutable_tags.break_glass", "immutable_tags.break_glass_decision"];
+    let lines: Vec<serde_json::Value> = h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str(l).ok()).collect();
+    for l in &lines {
+        assert!(l["event"] != events[1] || l["outcome"] == "sent", "a decision is a sent line: {l}");
+    }
+    lines.into_iter().filter(|v| events.iter().any(|e| v["event"] == *e)).collect()
 }
 
 fn detail(r: &Reply) -> serde_json::Value {
