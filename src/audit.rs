@@ -34,7 +34,7 @@ pub fn refusal_record(
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    json!({
+    let mut record = json!({
         "event": EVENT,
         "mode": mode.as_str(),
         "action": match mode { Mode::Enforce => "refused", Mode::Audit => "would_refuse" },
@@ -53,7 +53,16 @@ pub fn refusal_record(
         "request_id": req.request_id,
         "client_address": req.client_address,
         "user_agent": req.user_agent,
-    })
+    });
+    // A delete by digest names every tag it would remove, so a search for any of them finds it.
+    if let Some(r) = record.as_object_mut() {
+        for k in ["digest", "tags", "not_covered"] {
+            if let Some(v) = err.detail.get(k) {
+                r.insert(k.into(), v.clone());
+            }
+        }
+    }
+    record
 }
 
 /// The repository and tag a refusal is about, from its OCI error detail.
@@ -155,6 +164,24 @@ mod tests {
         err.detail["break_glass"] = json!("principal 'bob' is not in break_glass.principals");
         let r = refusal_record(Mode::Enforce, Refusal::Overwrite, &err, None, &info());
         assert_eq!(r["break_glass"], "principal 'bob' is not in break_glass.principals");
+    }
+
+    #[test]
+    fn a_refused_digest_delete_names_every_tag() {
+        let err = OciError::new(
+            409,
+            "TAG_IMMUTABLE",
+            "the manifest is held by immutable tags",
+            json!({"repository": "app", "tag": "a-scratch", "digest": "sha256:cc",
+                   "tags": ["a-scratch", "v9"], "not_covered": ["a-scratch"]}),
+        );
+        let r = refusal_record(Mode::Enforce, Refusal::Delete, &err, None, &info());
+        assert_eq!(r["digest"], "sha256:cc");
+        assert_eq!(r["tags"], json!(["a-scratch", "v9"]), "a search for v9 finds it");
+        assert_eq!(r["not_covered"], json!(["a-scratch"]));
+        // Absent from the detail: absent from the record.
+        let r = refusal_record(Mode::Enforce, Refusal::Overwrite, &overwrite(), None, &info());
+        assert!(r.get("digest").is_none() && r.get("tags").is_none() && r.get("not_covered").is_none());
     }
 
     #[test]

@@ -69,13 +69,25 @@ pub fn parse_tags_page(body: &[u8]) -> Result<Vec<String>, String> {
     Ok(tags)
 }
 
-/// The path of the next `tags/list` page from a `Link` header (`<url>; rel="next"`), if any.
-/// `url` may be a path (`/v2/...`), an absolute URL (its path is sent to the same upstream), or
-/// a query (`?n=..&last=..`, relative to `current`). A next page outside this repository's
-/// `tags/list` is an error: following it would judge the wrong repository.
-pub fn next_page_path(link: Option<&str>, repository: &str, current: &str) -> Result<Option<String>, String> {
-    let Some(link) = link else { return Ok(None) };
-    let Some(url) = next_url(link) else { return Ok(None) };
+/// The path of the next `tags/list` page from the `Link` header values (`<url>; rel="next"`),
+/// if any: every value, since a registry may send `rel="first"` and `rel="next"` as separate
+/// headers. `url` may be a path (`/v2/...`), an absolute URL (its path is sent to the same
+/// upstream), or a query (`?n=..&last=..`, relative to `current`). A next page outside this
+/// repository's `tags/list`, or two next pages, are errors: following one would judge the wrong
+/// repository or skip tags.
+pub fn next_page_path(links: &[&str], repository: &str, current: &str) -> Result<Option<String>, String> {
+    let mut next: Option<String> = None;
+    for url in links.iter().flat_map(|l| next_urls(l)) {
+        let path = resolve(url, repository, current)?;
+        match &next {
+            Some(n) if *n != path => return Err(format!("the registry's Link headers name two next pages: {n:?} and {path:?}")),
+            _ => next = Some(path),
+        }
+    }
+    Ok(next)
+}
+
+fn resolve(url: &str, repository: &str, current: &str) -> Result<String, String> {
     let path = if url.starts_with('/') {
         url.to_string()
     } else if let Some(q) = url.strip_prefix('?') {
@@ -94,21 +106,25 @@ pub fn next_page_path(link: Option<&str>, repository: &str, current: &str) -> Re
     if p != expected || !path.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!("the registry's Link header points outside {expected}: {path:?}"));
     }
-    Ok(Some(path))
+    Ok(path)
 }
 
-/// The target of the `rel="next"` link in a `Link` header (several links may be comma-joined).
-fn next_url(header: &str) -> Option<&str> {
-    header.split('<').skip(1).find_map(|seg| {
-        let (url, params) = seg.split_once('>')?;
-        let params = params.split(',').next().unwrap_or_default();
-        let is_next = params.split(';').any(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            k.trim().eq_ignore_ascii_case("rel")
-                && v.trim().trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
-        });
-        is_next.then_some(url.trim())
-    })
+/// The targets of the `rel="next"` links in one `Link` header value (links may be comma-joined).
+fn next_urls(header: &str) -> Vec<&str> {
+    header
+        .split('<')
+        .skip(1)
+        .filter_map(|seg| {
+            let (url, params) = seg.split_once('>')?;
+            let params = params.split(',').next().unwrap_or_default();
+            let is_next = params.split(';').any(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim().trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
+            });
+            is_next.then_some(url.trim())
+        })
+        .collect()
 }
 
 /// Why a delete is refused. `pass_challenge`: a 401/403 from the registry, passed back to the
@@ -233,7 +249,7 @@ impl DigestCheck {
         path: &str,
         status: Option<&str>,
         body: &[u8],
-        link: Option<&str>,
+        links: &[&str],
     ) -> Result<Option<String>, Refusal> {
         self.pages += 1;
         self.visited.insert(path.to_string());
@@ -271,7 +287,7 @@ impl DigestCheck {
             );
             return Err(Refusal { error, pass_challenge: false, held: Vec::new() });
         }
-        let next = if code == 200 { next_page_path(link, &self.repository, path).map_err(|e| self.unavailable(&e))? } else { None };
+        let next = if code == 200 { next_page_path(links, &self.repository, path).map_err(|e| self.unavailable(&e))? } else { None };
         match next {
             Some(n) if self.visited.contains(&n) => {
                 Err(self.unavailable("the registry's tags/list pagination loops back to a page already read"))
@@ -461,13 +477,19 @@ mod tests {
     #[test]
     fn link_headers() {
         let cur = "/v2/app/tags/list?n=2";
-        let ok = |l: &str| next_page_path(Some(l), "app", cur).unwrap();
+        let ok = |l: &str| next_page_path(&[l], "app", cur).unwrap();
         assert_eq!(ok(r#"</v2/app/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/app/tags/list?n=2&last=b"));
         assert_eq!(ok(r#"<https://reg.example:5000/v2/app/tags/list?last=b&n=2>; rel=next"#).as_deref(), Some("/v2/app/tags/list?last=b&n=2"));
         assert_eq!(ok(r#"<?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/app/tags/list?n=2&last=b"));
         assert_eq!(ok(r#"</v2/app/tags/list?last=a>; rel="prev", </v2/app/tags/list?last=c>; REL="Next""#).as_deref(), Some("/v2/app/tags/list?last=c"));
         assert_eq!(ok(r#"</v2/app/tags/list?last=a>; rel="prev""#), None);
-        assert_eq!(next_page_path(None, "app", cur).unwrap(), None);
+        assert_eq!(next_page_path(&[], "app", cur).unwrap(), None);
+        // Separate headers: each is read; the same next twice is one page, two are an error.
+        let (first, next) = (r#"</v2/app/tags/list?n=2>; rel="first""#, r#"</v2/app/tags/list?last=b>; rel="next""#);
+        assert_eq!(next_page_path(&[first, next], "app", cur).unwrap().as_deref(), Some("/v2/app/tags/list?last=b"));
+        assert_eq!(next_page_path(&[next, next], "app", cur).unwrap().as_deref(), Some("/v2/app/tags/list?last=b"));
+        assert!(next_page_path(&[next, r#"<?last=c>; rel="next""#], "app", cur).unwrap_err().contains("two next pages"));
+        assert!(next_page_path(&[r#"<?last=b>; rel=next, <?last=c>; rel=next"#], "app", cur).is_err());
         for bad in [
             r#"</v2/other/tags/list?last=b>; rel="next""#,
             r#"</v2/app/tags/list/../../other?last=b>; rel="next""#,
@@ -475,7 +497,7 @@ mod tests {
             r#"<tags/list?last=b>; rel="next""#,
             r#"</v2/app/tags/list?last=a b>; rel="next""#,
         ] {
-            assert!(next_page_path(Some(bad), "app", cur).is_err(), "{bad}");
+            assert!(next_page_path(&[bad], "app", cur).is_err(), "{bad}");
         }
     }
 
@@ -488,7 +510,7 @@ mod tests {
     #[test]
     fn a_digest_held_by_an_immutable_tag_is_refused() {
         let mut c = check(1000);
-        let next = c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2", "latest", "dev-3"]), None).unwrap();
+        let next = c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2", "latest", "dev-3"]), &[]).unwrap();
         assert_eq!(next, None);
         assert_eq!(c.unknown(), vec!["v1", "v2"], "only immutable tags are checked");
         assert_eq!(c.step(), Step::Wait);
@@ -509,7 +531,7 @@ mod tests {
     #[test]
     fn refusal_does_not_wait_for_the_rest() {
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "c"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "c"]), &[]).unwrap();
         assert_eq!(c.take_heads().len(), 3);
         c.on_head("b", Current::Present(d("target"))).unwrap();
         assert!(matches!(c.step(), Step::Refuse(_)));
@@ -518,23 +540,23 @@ mod tests {
     #[test]
     fn a_digest_held_only_by_mutable_tags_is_allowed() {
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "latest", "dev-1"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "latest", "dev-1"]), &[]).unwrap();
         assert_eq!(c.take_heads(), vec!["v1"]);
         c.on_head("v1", Current::Present(d("other"))).unwrap();
         assert_eq!(c.step(), Step::Allow);
 
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), &[]).unwrap();
         c.take_heads();
         c.on_head("v1", Current::Absent).unwrap();
         assert_eq!(c.step(), Step::Allow, "a tag deleted since the listing holds nothing");
 
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("404"), b"{}", None).unwrap();
+        c.on_page(&global(), FIRST, Some("404"), b"{}", &[]).unwrap();
         assert_eq!(c.step(), Step::Allow, "no repository, no tags");
 
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), br#"{"name":"app","tags":null}"#, None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), br#"{"name":"app","tags":null}"#, &[]).unwrap();
         assert_eq!(c.step(), Step::Allow);
     }
 
@@ -543,13 +565,13 @@ mod tests {
         let mut c = check(1000);
         let p = global();
         let link = r#"</v2/app/tags/list?n=2&last=v2>; rel="next""#;
-        let next = c.on_page(&p, "/v2/app/tags/list?n=2", Some("200"), &page(&["v1", "v2"]), Some(link)).unwrap();
+        let next = c.on_page(&p, "/v2/app/tags/list?n=2", Some("200"), &page(&["v1", "v2"]), &[link]).unwrap();
         assert_eq!(next.as_deref(), Some("/v2/app/tags/list?n=2&last=v2"));
         c.take_heads();
         c.on_head("v1", Current::Present(d("x"))).unwrap();
         c.on_head("v2", Current::Present(d("y"))).unwrap();
         assert_eq!(c.step(), Step::Wait, "more pages to read");
-        let next = c.on_page(&p, "/v2/app/tags/list?n=2&last=v2", Some("200"), &page(&["v2", "v3"]), None).unwrap();
+        let next = c.on_page(&p, "/v2/app/tags/list?n=2&last=v2", Some("200"), &page(&["v2", "v3"]), &[]).unwrap();
         assert_eq!(next, None);
         assert_eq!(c.unknown(), vec!["v3"], "v2 is not checked twice");
         c.take_heads();
@@ -561,7 +583,7 @@ mod tests {
     fn pagination_loops_are_refused() {
         let mut c = check(1000);
         let link = r#"</v2/app/tags/list?n=2>; rel="next""#;
-        let e = c.on_page(&global(), "/v2/app/tags/list?n=2", Some("200"), &page(&["v1"]), Some(link)).unwrap_err();
+        let e = c.on_page(&global(), "/v2/app/tags/list?n=2", Some("200"), &page(&["v1"]), &[link]).unwrap_err();
         assert_eq!(e.error.status, 503);
         assert!(e.error.message.contains("loops"), "{}", e.error.message);
     }
@@ -573,7 +595,7 @@ mod tests {
         let mut refused = None;
         for i in 0..=MAX_PAGES {
             let link = format!("</v2/app/tags/list?last=t{i}>; rel=\"next\"");
-            match c.on_page(&policy("{}"), &path, Some("200"), &page(&[]), Some(&link)) {
+            match c.on_page(&policy("{}"), &path, Some("200"), &page(&[]), &[link.as_str()]) {
                 Ok(Some(n)) => path = n,
                 Ok(None) => unreachable!(),
                 Err(e) => {
@@ -592,7 +614,7 @@ mod tests {
         let mut c = check(1000);
         let tags: Vec<String> = (0..20).map(|i| format!("v{i:02}")).collect();
         let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
-        c.on_page(&global(), FIRST, Some("200"), &page(&refs), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&refs), &[]).unwrap();
         let first = c.take_heads();
         assert_eq!(first.len(), MAX_IN_FLIGHT);
         assert!(c.take_heads().is_empty());
@@ -619,26 +641,26 @@ mod tests {
     #[test]
     fn the_bound_on_immutable_tags_refuses_with_a_clear_error() {
         let mut c = check(2);
-        let e = c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "c", "latest"]), None).unwrap_err();
+        let e = c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "c", "latest"]), &[]).unwrap_err();
         assert_eq!(e.error.status, 409);
         assert_eq!(e.error.code, "DENIED");
         assert!(e.error.message.contains("more than 2 immutable tags"), "{}", e.error.message);
         let mut c = check(2);
-        assert!(c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "latest", "dev-1"]), None).is_ok(), "mutable tags do not count");
+        assert!(c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "latest", "dev-1"]), &[]).is_ok(), "mutable tags do not count");
     }
 
     #[test]
     fn upstream_errors_refuse_with_503() {
         for (status, body) in [(Some("500"), &b"{}"[..]), (Some("504"), b""), (None, b""), (Some("x"), b""), (Some("200"), b"not json"), (Some("302"), b"")] {
             let mut c = check(1000);
-            let e = c.on_page(&global(), FIRST, status, body, None).unwrap_err();
+            let e = c.on_page(&global(), FIRST, status, body, &[]).unwrap_err();
             assert_eq!(e.error.status, 503, "{status:?}");
             assert_eq!(e.error.code, "UNAVAILABLE");
             assert!(!e.pass_challenge);
             assert_eq!(e.error.detail["digest"], d("target").to_string());
         }
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), &[]).unwrap();
         c.take_heads();
         let e = c.on_head("v1", Current::Unknown { reason: "the registry did not answer HEAD in time (504)".into() }).unwrap_err();
         assert_eq!(e.error.status, 503);
@@ -650,11 +672,11 @@ mod tests {
         // The OCI error code matches the status: a client reads UNAUTHORIZED as "log in".
         for (s, code) in [(401u16, "UNAUTHORIZED"), (403, "DENIED")] {
             let mut c = check(1000);
-            let e = c.on_page(&global(), FIRST, Some(&s.to_string()), b"", None).unwrap_err();
+            let e = c.on_page(&global(), FIRST, Some(&s.to_string()), b"", &[]).unwrap_err();
             assert_eq!((e.error.status, e.error.code.as_str()), (s, code));
             assert!(e.pass_challenge);
             let mut c = check(1000);
-            c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+            c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), &[]).unwrap();
             c.take_heads();
             let e = c.on_head("v1", Current::AuthRequired { status: s }).unwrap_err();
             assert_eq!((e.error.status, e.error.code.as_str(), e.pass_challenge), (s, code, true));
@@ -664,7 +686,7 @@ mod tests {
     #[test]
     fn another_algorithm_cannot_be_compared() {
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), &[]).unwrap();
         c.learn("v1", Some(Digest::of(crate::digest::Algorithm::Sha512, b"x")));
         let e = refusal(c.step());
         assert_eq!(e.status, 409);
@@ -676,7 +698,7 @@ mod tests {
         // The map says v1 points elsewhere: the registry is asked all the same, and its word
         // (v1 holds the digest) refuses.
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), &[]).unwrap();
         c.hint("v1", &d("other"));
         assert_eq!(c.step(), Step::Wait, "a map entry saying elsewhere is not the registry's word");
         assert_eq!(c.take_heads(), vec!["v1"]);
@@ -684,7 +706,7 @@ mod tests {
         assert_eq!(refusal(c.step()).detail["tag"], "v1");
         // The map says v1 holds it: refused without a HEAD.
         let mut c = check(1000);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2"]), &[]).unwrap();
         c.hint("v2", &d("target"));
         let e = refusal(c.step());
         assert_eq!(e.detail["tags"], json!(["v2"]));
@@ -693,7 +715,7 @@ mod tests {
     #[test]
     fn an_exhaustive_check_names_every_holder_on_the_registry_word() {
         let mut c = DigestCheck::new("app", d("target"), "TAG_IMMUTABLE", 1000, true);
-        c.on_page(&global(), FIRST, Some("200"), &page(&["v9", "a-scratch", "v1", "latest"]), None).unwrap();
+        c.on_page(&global(), FIRST, Some("200"), &page(&["v9", "a-scratch", "v1", "latest"]), &[]).unwrap();
         assert!(c.unknown().is_empty(), "the map is not consulted");
         c.hint("v9", &d("target"));
         assert_eq!(c.step(), Step::Wait, "a hint does not stand for the registry");

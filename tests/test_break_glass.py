@@ -52,11 +52,16 @@ def overrides(envoy) -> int:
     return 0
 
 
-def override_lines(envoy) -> list[dict]:
+def override_lines(envoy, sent: bool = False) -> list[dict]:
+    """The override records: a push's, a delete's outcome (`sent`: the decision line a delete
+    writes before it goes to the registry)."""
+    event = '"event":"immutable_tags.break_glass_decision"' if sent else '"event":"immutable_tags.break_glass"'
     out = []
     for line in envoy.log().splitlines():
-        if '"event":"immutable_tags.break_glass"' in line:
-            out.append(json.loads(line[line.index("{"):]))
+        if event in line:
+            record = json.loads(line[line.index("{"):])
+            if not sent or record.get("outcome") == "sent":
+                out.append(record)
     return out
 
 
@@ -164,7 +169,8 @@ def test_deletes_follow_the_actions(stacks, registry, htpasswd_registry, uid, ac
         assert r.status == 202, r
         assert current_digest(registry.url, repo, "v1") is None
         assert overrides(envoy) == 1
-        assert [l["action"] for l in override_lines(envoy) if l["repository"] == repo] == ["delete"]
+        assert [(l["action"], l["outcome"]) for l in override_lines(envoy) if l["repository"] == repo] == [("delete", "accepted")]
+        assert [l["tags"] for l in override_lines(envoy, sent=True) if l["repository"] == repo] == [["v1"]]
     else:
         assert r.status == 409, r
         assert 'break_glass.actions does not include "delete"' in why(r)

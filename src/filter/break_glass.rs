@@ -63,11 +63,15 @@ pub struct Granted {
 
 /// One JSON log line from string fields (one code path rather than a `json!` per record).
 pub(super) fn line(fields: &[(&str, Option<&str>)]) -> String {
+    Value::Object(object(fields)).to_string()
+}
+
+fn object(fields: &[(&str, Option<&str>)]) -> Map<String, Value> {
     let mut map = Map::new();
     for (k, v) in fields {
         map.insert(k.to_string(), v.map_or(Value::Null, Value::from));
     }
-    Value::Object(map).to_string()
+    map
 }
 
 /// What the worker knows fresh: whether the registry demands authentication.
@@ -320,6 +324,15 @@ impl Cover {
         }
     }
 
+    /// The stream ended: windows taken go back, and so will the one being taken, when etcd's
+    /// answer reaches the root (`window::orphan_answer`).
+    pub fn abandon(&mut self, host: &dyn Host, worker: &Worker) {
+        self.give_back(host, worker);
+        if let Some(l) = self.pending.take() {
+            window::park(worker, l.taking);
+        }
+    }
+
     fn finish(self, host: &dyn Host, worker: &Worker) -> Covered {
         let lifted = self.missing.is_empty() && !self.granted.is_empty();
         if lifted && self.complete {
@@ -334,7 +347,7 @@ impl Cover {
         let (mut names, mut why, mut asked) = (Vec::new(), String::new(), !self.granted.is_empty());
         for (t, w) in self.missing {
             asked |= w.is_some();
-            let w = w.unwrap_or_else(|| format!("no break-glass window is open for principal '{p}' on it"));
+            let w = w.unwrap_or_else(|| format!("no break-glass window is open for the principal the request claims, '{p}', on it"));
             if one {
                 why = w;
             } else {
@@ -350,20 +363,67 @@ impl Cover {
 /// The registry accepted an overriding write: one warning line, one count.
 #[inline(never)] // called from the push and the delete flows (module size)
 pub fn done(host: &dyn Host, worker: &Worker, g: &Granted, current: Option<&str>, pushed: Option<&str>) {
-    host.log(
-        Level::Warn,
-        &line(&[
-            ("event", Some("immutable_tags.break_glass")),
-            ("mode", Some(worker.config.mode.as_str())),
-            ("principal", Some(&g.principal)),
-            ("reason", Some(&g.reason)),
-            ("action", Some(g.action.as_str())),
-            ("repository", Some(&g.repository)),
-            ("tag", Some(&g.tag)),
-            ("current_digest", current),
-            ("pushed_digest", pushed),
-            ("request_id", g.request_id.as_deref()),
-        ]),
-    );
+    host.log(Level::Warn, &Value::Object(record(worker, g, current, pushed)).to_string());
     worker.count(host, Counter::BreakGlassOverrides);
+}
+
+/// The override record's fields (never a credential).
+fn record(worker: &Worker, g: &Granted, current: Option<&str>, pushed: Option<&str>) -> Map<String, Value> {
+    object(&[
+        ("event", Some("immutable_tags.break_glass")),
+        ("mode", Some(worker.config.mode.as_str())),
+        ("principal", Some(&g.principal)),
+        ("reason", Some(&g.reason)),
+        ("action", Some(g.action.as_str())),
+        ("repository", Some(&g.repository)),
+        ("tag", Some(&g.tag)),
+        ("current_digest", current),
+        ("pushed_digest", pushed),
+        ("request_id", g.request_id.as_deref()),
+    ])
+}
+
+/// What became of a delete break-glass let through, for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Resumed to the registry: from here on it may happen whatever the client does.
+    Sent,
+    /// The registry answered 2xx.
+    Accepted,
+    /// The registry itself answered 4xx: nothing was deleted; its windows were put back.
+    Refused,
+    /// A 5xx, an answer of Envoy's own, or none (a reset, a timeout, the client gone): it may
+    /// have happened, so it is counted and its windows stay used.
+    Unknown,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// A delete lifted by break-glass: one warning line per tag it removes (each naming all of
+/// them), when it is sent and again with its outcome; counted once per tag unless refused.
+#[inline(never)]
+pub fn delete_record(host: &dyn Host, worker: &Worker, granted: &[Granted], digest: Option<&str>, outcome: Outcome) {
+    let tags: Value = granted.iter().map(|g| Value::from(g.tag.as_str())).collect();
+    for g in granted {
+        let mut map = record(worker, g, digest, None);
+        if outcome == Outcome::Sent {
+            // The decision line, named as a push's (`decided`).
+            map.insert("event".into(), Value::from("immutable_tags.break_glass_decision"));
+        }
+        map.insert("outcome".into(), Value::from(outcome.as_str()));
+        map.insert("tags".into(), tags.clone());
+        host.log(Level::Warn, &Value::Object(map).to_string());
+        if matches!(outcome, Outcome::Accepted | Outcome::Unknown) {
+            worker.count(host, Counter::BreakGlassOverrides);
+        }
+    }
 }

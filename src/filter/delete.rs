@@ -91,8 +91,13 @@ impl DigestDelete {
                 let Some(body) = host.call_response_body(body_size) else {
                     return self.refuse(host, self.check.unavailable("cannot read the registry's tags/list answer"));
                 };
-                let link = host.call_response_header("link");
-                match self.check.on_page(&worker.config.policy, &path, status.as_deref(), &body, link.as_deref()) {
+                // Every `Link` value: the single read returns only the first.
+                let headers = host.call_response_headers();
+                let links: Vec<&str> = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("link")).map(|(_, v)| v.as_str()).collect();
+                if host.call_response_header("link").is_some_and(|l| !links.contains(&l.as_str())) {
+                    return self.refuse(host, self.check.unavailable("cannot read the registry's Link headers"));
+                }
+                match self.check.on_page(&worker.config.policy, &path, status.as_deref(), &body, &links) {
                     Err(r) => return self.refuse(host, r),
                     Ok(Some(next)) => {
                         if let refused @ Next::Refuse(..) = self.list(host, worker, next) {

@@ -104,8 +104,8 @@ enum State {
     /// Answered locally.
     Done,
     /// A refused delete let through by break-glass, one override for each immutable tag it
-    /// removes: logged once the registry accepted it (`repository`: the map's key,
-    /// `Worker::map_key`).
+    /// removes: logged when sent, and again with its outcome (`overridden`) (`repository`: the
+    /// map's key, `Worker::map_key`).
     Overridden { repository: String, digest: Option<Digest>, granted: Vec<Granted> },
     /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
     Window { repository: String, tag: String },
@@ -462,29 +462,24 @@ impl Filter {
                 }
                 Action::Continue
             }
-            State::Overridden { repository, digest, granted } if ok => {
-                if let Ok(mut cache) = worker.cache.try_borrow_mut() {
-                    for g in granted.iter() {
-                        cache.forget(repository, g.tag());
-                    }
-                    if let Some(d) = digest {
-                        cache.forget_digest(repository, d);
-                    }
-                }
-                // One line and one count for each immutable tag the delete removed.
-                let current = digest.as_ref().map(Digest::to_string);
-                for g in granted.iter() {
-                    bg::done(h, &worker, g, current.as_deref(), None);
-                    // A delete the filter granted: the one way the tag becomes new again. Claims
-                    // are keyed by repository alone (`repository` here is the map's key).
-                    claims::forget(h, &worker, g.repository(), g.tag());
+            State::Overridden { .. } => {
+                // Refused only on the registry's own 4xx; anything else may have deleted.
+                let own = h.property(&["response", "code_details"]).as_deref() == Some("via_upstream");
+                let outcome = match h.response_header(":status") {
+                    _ if ok => bg::Outcome::Accepted,
+                    Some(s) if own && s.starts_with('4') => bg::Outcome::Refused,
+                    _ => bg::Outcome::Unknown,
+                };
+                if let State::Overridden { repository, digest, granted } = std::mem::replace(&mut self.state, State::Pass) {
+                    overridden(h, &worker, &repository, digest, &granted, outcome);
                 }
                 Action::Continue
             }
-            // Refused (Envoy's 504: timed out, the outcome unknown): the windows are put back.
-            State::Overridden { granted, .. } if h.response_header(":status").as_deref() != Some("504") => {
-                for g in granted.iter() {
-                    bg::restore(h, &worker, g);
+            // Envoy answered a delete held while windows are taken (a timeout): it never goes
+            // upstream, so the windows go back (the one being taken once etcd answers).
+            State::Unlocking(..) => {
+                if let State::Unlocking(mut c, _) = std::mem::replace(&mut self.state, State::Pass) {
+                    c.abandon(h, &worker);
                 }
                 Action::Continue
             }
@@ -504,11 +499,12 @@ impl Filter {
         matches!(self.state, State::Pass)
     }
 
-    /// Still judging or writing once the answer from upstream arrived: only a push, which
-    /// holds the harmless request's answer (whole: the response body never reaches the
-    /// filter) until it relays the registry's answer to its own PUT.
+    /// Still judging or writing once the answer from upstream arrived: a push, which holds the
+    /// harmless request's answer (whole: the response body never reaches the filter) until it
+    /// relays the registry's answer to its own PUT; a delete still judged, or taking windows
+    /// (an answer of Envoy's own, e.g. a timeout): kept until it ends, to give back what it took.
     pub fn in_flight(&self) -> bool {
-        matches!(self.state, State::Push(_) | State::Delete(_) | State::Opening(_))
+        matches!(self.state, State::Push(_) | State::Delete(_) | State::Opening(_) | State::Unlocking(..))
     }
 
     /// The host destroyed the stream before its answer passed (found by the root's timer).
@@ -525,10 +521,13 @@ impl Filter {
         match (std::mem::replace(&mut self.state, State::Pass), self.worker.clone()) {
             (State::Push(push), Some(worker)) => push.on_done(h, &worker),
             // Gone while break-glass was taking windows: those it took go back.
-            (State::Unlocking(c, _), Some(worker)) => c.give_back(h, &worker),
+            (State::Unlocking(mut c, _), Some(worker)) => c.abandon(h, &worker),
+            // Sent, and no answer came: the registry may have deleted it all the same.
+            (State::Overridden { repository, digest, granted }, Some(worker)) => overridden(h, &worker, &repository, digest, &granted, bg::Outcome::Unknown),
             _ => {}
         }
     }
+
 
     fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
         let config = &worker.config;
@@ -598,6 +597,10 @@ impl Filter {
                 }
                 let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
                 let repository = audit::subject(&err).map(|(r, _)| r.to_string()).unwrap_or_default();
+                if let Some(worker) = &self.worker {
+                    // Recorded before it goes: once sent it may happen, whatever comes back.
+                    bg::delete_record(h, worker, &granted, digest.as_ref().map(Digest::to_string).as_deref(), bg::Outcome::Sent);
+                }
                 let authority = self.authority.as_deref();
                 let repository = self.worker.as_ref().map_or_else(|| repository.clone(), |w| w.map_key(&repository, authority));
                 self.state = State::Overridden { repository, digest, granted };
@@ -618,4 +621,37 @@ impl Filter {
             }
         }
     }
+}
+
+/// An answer the root context got for a call whose stream is gone (proxy-wasm dispatches every
+/// call on the root, so it still comes): a window's `deleterange` puts back what it took.
+/// `false`: not such a call.
+pub fn root_answer(h: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
+    window::orphan_answer(h, worker, token, body_size)
+}
+
+/// A delete break-glass let through has its outcome: recorded; the map forgets what it may
+/// have removed; windows go back only when the registry refused it.
+fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Digest>, granted: &[Granted], outcome: bg::Outcome) {
+    if outcome == bg::Outcome::Refused {
+        for g in granted.iter() {
+            bg::restore(h, worker, g);
+        }
+    } else if let Ok(mut cache) = worker.cache.try_borrow_mut() {
+        for g in granted.iter() {
+            cache.forget(repository, g.tag());
+        }
+        if let Some(d) = &digest {
+            cache.forget_digest(repository, d);
+        }
+    }
+    if outcome == bg::Outcome::Accepted {
+        for g in granted.iter() {
+            // A delete the filter granted: the one way the tag becomes new again. Claims are
+            // keyed by repository alone (`repository` here is the map's key). Not on an
+            // unknown outcome: the record then keeps refusing stale views (fail closed).
+            claims::forget(h, worker, g.repository(), g.tag());
+        }
+    }
+    bg::delete_record(h, worker, granted, digest.map(|d| d.to_string()).as_deref(), outcome);
 }

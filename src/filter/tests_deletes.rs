@@ -78,8 +78,14 @@ fn delete_m1(h: &FakeHost, w: &Rc<Worker>, extra: &[(&str, &str)], order: &[&str
     (h.reply(), f)
 }
 
+/// The override records: decisions (`outcome: sent`) and outcomes.
 fn bg_lines(h: &FakeHost) -> Vec<serde_json::Value> {
-    h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "immutable_tags.break_glass").collect()
+    let events = ["immutable_tags.break_glass", "immutable_tags.break_glass_decision"];
+    let lines: Vec<serde_json::Value> = h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str(l).ok()).collect();
+    for l in &lines {
+        assert!(l["event"] != events[1] || l["outcome"] == "sent", "a decision is a sent line: {l}");
+    }
+    lines.into_iter().filter(|v| events.iter().any(|e| v["event"] == *e)).collect()
 }
 
 fn detail(r: &Reply) -> serde_json::Value {
@@ -100,7 +106,7 @@ fn a_window_for_one_tag_does_not_delete_the_manifest_another_tag_holds() {
         let d = detail(&r);
         assert_eq!(d["not_covered"], serde_json::json!(["a-scratch"]), "{order:?}: {d}");
         assert_eq!(d["tags"], serde_json::json!(["a-scratch", "v9"]), "{order:?}");
-        assert!(d["break_glass"].as_str().unwrap().contains("tag 'a-scratch': no break-glass window is open"), "{d}");
+        assert!(d["break_glass"].as_str().unwrap().contains("tag 'a-scratch': no break-glass window is open for the principal the request claims, 'admin', on it"), "{d}");
         assert_eq!(h.counter("break_glass_overrides"), 0);
         // The window for v9 was not spent on the refused delete: v9 alone can still go.
         let mut f = Filter::new(Some(w.clone()));
@@ -120,7 +126,7 @@ fn a_reason_for_a_delete_by_digest_is_recorded_for_every_tag_it_removes() {
         assert!(reply.is_none(), "{order:?}: {:?}", reply.map(|r| r.json()));
         *h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
         f.on_response_headers(&h);
-        let lines = bg_lines(&h);
+        let lines: Vec<_> = bg_lines(&h).into_iter().filter(|l| l["outcome"] == "accepted").collect();
         let named: Vec<&str> = lines.iter().map(|l| l["tag"].as_str().unwrap()).collect();
         assert_eq!(named, vec!["a-scratch", "v9"], "{order:?}");
         assert!(lines.iter().all(|l| l["action"] == "delete" && l["current_digest"] == sha(M1)));
@@ -138,7 +144,7 @@ fn windows_for_every_tag_let_a_delete_by_digest_through_and_record_each() {
     assert!(reply.is_none(), "{:?}", reply.map(|r| r.json()));
     *h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
     f.on_response_headers(&h);
-    let named: Vec<String> = bg_lines(&h).iter().map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    let named: Vec<String> = bg_lines(&h).iter().filter(|l| l["outcome"] == "accepted").map(|l| l["tag"].as_str().unwrap().to_string()).collect();
     assert_eq!(named, vec!["a-scratch", "v9"]);
     assert_eq!(h.counter("break_glass_overrides"), 2);
 }
@@ -309,7 +315,7 @@ fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
     assert_eq!((b.reply().map(|r| r.status), b.resumes.get()), (None, 1), "let through");
     *b.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
     f.on_response_headers(&b);
-    let named: Vec<String> = bg_lines(&b).iter().map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    let named: Vec<String> = bg_lines(&b).iter().filter(|l| l["outcome"] == "accepted").map(|l| l["tag"].as_str().unwrap().to_string()).collect();
     assert_eq!(named, vec!["a-scratch", "v9"]);
     assert_eq!(b.counter("break_glass_overrides"), 2);
     assert!(etcd.value(&wkey("v9")).is_none() && etcd.value(&wkey("a-scratch")).is_none(), "both used up");
@@ -336,4 +342,286 @@ fn a_delete_that_ends_while_taking_windows_puts_back_those_it_took() {
     run_root(&b, &wb, &etcd);
     assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
     assert!(etcd.value(&wkey("v9")).is_some(), "never taken");
+}
+
+// ---- A break-glass delete that reached the registry is recorded whatever comes back (attack
+// review 2, item 1): a line when it is sent, a line with the outcome; its windows go back only
+// when the registry itself refused it.
+
+fn window_open(h: &FakeHost, tag: &str) -> bool {
+    h.shared_get(&format!("immutable_tags.break_glass/app:{tag}:admin")).unwrap().0.is_some_and(|v| !v.is_empty())
+}
+
+/// The override lines with `outcome`, as (tag, outcome).
+fn outcomes(h: &FakeHost) -> Vec<(String, String)> {
+    bg_lines(h).iter().map(|l| (l["tag"].as_str().unwrap_or_default().to_string(), l["outcome"].as_str().unwrap_or_default().to_string())).collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+/// A delete of M1 lifted by both windows, sent to the registry.
+fn sent_with_windows(h: &FakeHost, w: &Rc<Worker>) -> Filter {
+    open_window(h, w, "v9");
+    open_window(h, w, "a-scratch");
+    let (reply, f) = delete_m1(h, w, &[ADMIN], &ORDERS[0]);
+    assert!(reply.is_none(), "{:?}", reply.map(|r| r.json()));
+    assert!(!window_open(h, "v9") && !window_open(h, "a-scratch"), "both taken");
+    f
+}
+
+#[test]
+fn a_break_glass_delete_is_recorded_when_it_is_sent() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let (reply, _) = delete_m1(&h, &w, &[ADMIN, REASON], &ORDERS[0]);
+    assert!(reply.is_none());
+    assert_eq!(h.resumes.get(), 1, "sent to the registry");
+    let lines = bg_lines(&h);
+    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent")]), "{lines:?}");
+    for l in &lines {
+        assert_eq!((l["principal"].as_str(), l["reason"].as_str(), l["action"].as_str()), (Some("admin"), Some(REASON.1), Some("delete")));
+        assert_eq!(l["current_digest"], sha(M1));
+        assert_eq!(l["tags"], serde_json::json!(["a-scratch", "v9"]), "every tag the delete removes");
+    }
+}
+
+#[test]
+fn a_client_reset_after_the_delete_was_sent_records_an_unknown_outcome() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let (_, mut f) = delete_m1(&h, &w, &[ADMIN, REASON], &ORDERS[0]);
+    f.on_done(&h); // RST_STREAM before the registry's 202: distribution deletes anyway
+    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
+    assert_eq!(h.counter("break_glass_overrides"), 2, "counted: it may have happened");
+}
+
+#[test]
+fn a_swept_delete_that_was_sent_records_an_unknown_outcome() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let (_, mut f) = delete_m1(&h, &w, &[ADMIN, REASON], &ORDERS[0]);
+    f.on_swept(&h);
+    assert_eq!(outcomes(&h).iter().filter(|(_, o)| o == "unknown").count(), 2);
+}
+
+#[test]
+fn an_upstream_reset_after_the_delete_keeps_the_windows_used_and_records_it() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let mut f = sent_with_windows(&h, &w);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "503".into())];
+    *h.code_details.borrow_mut() = Some("upstream_reset_before_response_started{connection_termination}".into());
+    f.on_response_headers(&h);
+    f.on_done(&h);
+    assert!(!window_open(&h, "v9") && !window_open(&h, "a-scratch"), "not put back");
+    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
+}
+
+#[test]
+fn a_window_is_not_used_twice_after_an_upstream_reset() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let mut f = sent_with_windows(&h, &w);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "503".into())];
+    f.on_response_headers(&h);
+    f.on_done(&h);
+    let mut f = Filter::new(Some(w.clone()));
+    h.replies.borrow_mut().clear();
+    h.request("DELETE", "/v2/app/manifests/v9", &[ADMIN]);
+    let path = Filter::first_look(&h).unwrap();
+    assert_ne!(f.on_request_headers(&h, path, true), Action::Continue, "one window, two removals of v9");
+    assert_eq!(h.reply().map(|r| r.status), Some(409));
+}
+
+#[test]
+fn a_gateway_timeout_records_an_unknown_outcome() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let (_, mut f) = delete_m1(&h, &w, &[ADMIN, REASON], &ORDERS[0]);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "504".into())];
+    f.on_response_headers(&h);
+    f.on_done(&h);
+    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
+}
+
+#[test]
+fn a_registry_5xx_keeps_the_windows_used() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let mut f = sent_with_windows(&h, &w);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "500".into())];
+    *h.code_details.borrow_mut() = Some("via_upstream".into());
+    f.on_response_headers(&h);
+    f.on_done(&h);
+    assert!(!window_open(&h, "v9") && !window_open(&h, "a-scratch"), "a 5xx may come after the delete");
+    assert_eq!(outcomes(&h).iter().filter(|(_, o)| o == "unknown").count(), 2);
+}
+
+#[test]
+fn a_refusal_from_the_registry_itself_puts_the_windows_back() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let mut f = sent_with_windows(&h, &w);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "403".into())];
+    *h.code_details.borrow_mut() = Some("via_upstream".into());
+    f.on_response_headers(&h);
+    f.on_done(&h);
+    assert!(window_open(&h, "v9") && window_open(&h, "a-scratch"), "put back");
+    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "refused"), ("v9", "refused")]));
+    assert_eq!(h.counter("break_glass_overrides"), 0);
+}
+
+#[test]
+fn an_envoy_local_4xx_keeps_the_windows_used() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let mut f = sent_with_windows(&h, &w);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "408".into())];
+    *h.code_details.borrow_mut() = Some("request_overall_timeout".into());
+    f.on_response_headers(&h);
+    f.on_done(&h);
+    assert!(!window_open(&h, "v9") && !window_open(&h, "a-scratch"));
+}
+
+#[test]
+fn an_accepted_delete_is_recorded_once_sent_and_once_accepted() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    let mut f = sent_with_windows(&h, &w);
+    *h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+    *h.code_details.borrow_mut() = Some("via_upstream".into());
+    f.on_response_headers(&h);
+    f.on_done(&h);
+    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "accepted"), ("v9", "accepted")]));
+    assert_eq!(h.counter("break_glass_overrides"), 2);
+}
+
+// ---- The tags list's `Link` headers: all of them are read (the ABI's single read returns the
+// first value only), and next links that disagree refuse (attack review 2, item 2).
+
+const GLOBAL: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
+
+fn paged(list: &[&str], links: &[&str]) -> Reply {
+    let mut r = tags(list);
+    r.headers.extend(links.iter().map(|l| ("link".to_string(), l.to_string())));
+    r
+}
+
+fn delete_m1_paged(h: &FakeHost, first_page: Reply) -> Filter {
+    let w = worker(h, GLOBAL);
+    let mut f = Filter::new(Some(w));
+    h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
+    let path = Filter::first_look(h).unwrap();
+    assert_eq!(f.on_request_headers(h, path, true), Action::Pause);
+    respond_to(&mut f, h, "/v2/app/tags/list", first_page);
+    f
+}
+
+#[test]
+fn a_next_link_in_a_second_link_header_is_followed() {
+    let h = FakeHost::new();
+    let first = paged(&["v1"], &[r#"</v2/app/tags/list?n=1>; rel="first""#, r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#]);
+    let mut f = delete_m1_paged(&h, first);
+    assert!(h.reply().is_none(), "{:?}", h.reply().map(|r| r.json()));
+    respond_to(&mut f, &h, "/v2/app/tags/list?n=1&last=v1", tags(&["v9"]));
+    for (tag, holds) in [("v1", M2), ("v9", M1)] {
+        if h.reply().is_none() {
+            respond_to(&mut f, &h, &format!("/v2/app/manifests/{tag}"), head(holds));
+        }
+    }
+    assert_eq!(h.resumes.get(), 0, "not let through");
+    let r = h.reply().expect("refused");
+    assert_eq!((r.status, detail(&r)["tag"].as_str()), (409, Some("v9")));
+}
+
+#[test]
+fn next_links_that_disagree_refuse_the_delete() {
+    for links in [
+        vec![r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#, r#"</v2/app/tags/list?n=1&last=zz>; rel="next""#],
+        vec![r#"</v2/app/tags/list?n=1&last=v1>; rel="next", </v2/app/tags/list?n=1&last=zz>; rel="next""#],
+    ] {
+        let h = FakeHost::new();
+        delete_m1_paged(&h, paged(&["v1"], &links));
+        let r = h.reply().unwrap_or_else(|| panic!("{links:?}: not refused"));
+        assert_eq!(r.status, 503, "{links:?}");
+        assert!(r.json().to_string().contains("next page"), "{}", r.json());
+        assert_eq!(h.resumes.get(), 0);
+    }
+}
+
+#[test]
+fn the_same_next_link_twice_is_followed() {
+    let h = FakeHost::new();
+    let next = r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#;
+    let mut f = delete_m1_paged(&h, paged(&["v1"], &[next, next]));
+    assert!(h.reply().is_none());
+    respond_to(&mut f, &h, "/v2/app/tags/list?n=1&last=v1", tags(&["v9"]));
+}
+
+/// The refusal line of a digest delete names every tag it would remove (attack review 2, item 3).
+#[test]
+fn a_refused_digest_delete_logs_every_tag_it_would_remove() {
+    let h = FakeHost::new();
+    let w = worker(&h, BG);
+    open_window(&h, &w, "v9");
+    let (reply, _) = delete_m1(&h, &w, &[ADMIN], &ORDERS[0]);
+    assert_eq!(reply.map(|r| r.status), Some(409));
+    let logs = h.logs.borrow();
+    let line = logs.iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["event"] == "immutable_tags.refusal").expect("logged");
+    assert_eq!(line["tags"], serde_json::json!(["a-scratch", "v9"]));
+    assert_eq!(line["not_covered"], serde_json::json!(["a-scratch"]));
+    assert_eq!(line["digest"], sha(M1));
+}
+
+/// The client leaves while a window's `deleterange` is out: etcd runs it all the same, and its
+/// answer reaches the root (proxy-wasm dispatches every call on the root context), which puts
+/// the window back (attack review 2, item 4).
+#[test]
+fn a_window_taken_after_the_client_left_is_put_back_when_etcd_answers() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    assert!(f.in_flight(), "its state is kept until it ends, so that it gives back what it took");
+    f.on_done(&b);
+    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's deleterange is out");
+    let call = b.calls.borrow()[token as usize - 1].clone();
+    let r = etcd.answer(&call);
+    assert!(etcd.value(&wkey("a-scratch")).is_none(), "etcd took it");
+    b.set_answer(Some(r.clone()));
+    assert!(super::root_answer(&b, &wb, token, r.body.len()), "the root knows the call");
+    b.set_answer(None);
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
+    assert!(etcd.value(&wkey("v9")).is_some(), "never taken");
+}
+
+/// Envoy answers a delete itself (a timeout) while a window's `deleterange` is out: the request
+/// never goes upstream, so the windows go back, the one being taken once etcd answers.
+#[test]
+fn a_local_reply_while_taking_windows_puts_them_back() {
+    let etcd = FakeEtcd::default();
+    let (a, wa) = etcd_replica(&etcd);
+    let (b, wb) = etcd_replica(&etcd);
+    open_in_etcd(&a, &wa, &etcd, "v9");
+    open_in_etcd(&a, &wa, &etcd, "a-scratch");
+    let mut f = delete_m1_etcd(&b, &wb);
+    *b.response_headers.borrow_mut() = vec![(":status".into(), "408".into())];
+    *b.code_details.borrow_mut() = Some("request_overall_timeout".into());
+    f.on_response_headers(&b);
+    assert!(f.idle(), "nothing left to judge: its state goes, the call's answer is the root's");
+    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's deleterange is out");
+    let call = b.calls.borrow()[token as usize - 1].clone();
+    let r = etcd.answer(&call);
+    b.set_answer(Some(r.clone()));
+    assert!(super::root_answer(&b, &wb, token, r.body.len()));
+    b.set_answer(None);
+    assert_eq!(b.resumes.get(), 0, "never sent");
+    run_root(&b, &wb, &etcd);
+    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
+    assert!(bg_lines(&b).is_empty(), "no override");
 }

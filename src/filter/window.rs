@@ -207,10 +207,42 @@ pub fn on_take_response(host: &dyn Host, worker: &Worker, mut t: Taking, body_si
     match value.and_then(|(v, lease)| Some((Window::open(&v, host.now_ms()).filter(|w| w.principal == t.principal)?, v, lease))) {
         Some((w, value, lease)) => Taken::Found(w, Used { key: t.key, value, lease }),
         None => Taken::Not(Some(format!(
-            "no break-glass window is open for principal '{}' on this tag (none was opened, it expired, or another request used it)",
+            "no break-glass window is open for the principal the request claims, '{}', on this tag (none was opened, it expired, or another request used it)",
             t.principal
         ))),
     }
+}
+
+/// Takes whose stream ended a worker keeps, waiting for etcd's answer: past this, the oldest
+/// goes (its window is then lost until its lease ends: fail closed).
+const MAX_ORPHANS: usize = 256;
+
+/// A take whose stream ended before etcd answered: its answer comes to the root.
+pub fn park(worker: &Worker, t: Taking) {
+    if let Ok(mut o) = worker.orphan_takes.try_borrow_mut() {
+        if o.len() >= MAX_ORPHANS {
+            o.remove(0);
+        }
+        o.push(t);
+    }
+}
+
+/// etcd answered a parked take: a window it took is put back. `false`: not a parked take.
+pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
+    let parked = worker.orphan_takes.try_borrow_mut().ok().and_then(|mut o| {
+        let i = o.iter().position(|t| t.token() == token)?;
+        Some(o.remove(i))
+    });
+    let Some(t) = parked else { return false };
+    match on_take_response(host, worker, t, body_size) {
+        Taken::Found(_, used) => {
+            restore(host, worker, &used);
+            host.log(Level::Info, "immutable-tags: a break-glass window taken for a request that ended is put back");
+        }
+        Taken::Pending(t) => park(worker, t),
+        Taken::Not(_) => {}
+    }
+    true
 }
 
 /// Puts a used window back (its write failed), unless a newer one was opened meanwhile.

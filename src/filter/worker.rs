@@ -22,6 +22,8 @@ pub struct Worker {
     /// Learned per worker (a new configuration makes a new worker, and relearns): not shared,
     /// so that no other configuration's Envoy could ever hold headers that must go.
     holds_headers: Cell<bool>,
+    /// Windows being taken for requests that ended (`window::orphan_answer`).
+    pub orphan_takes: RefCell<Vec<super::window::Taking>>,
     /// Writes whose client left, waiting for the registry's answer (`push::orphan_answer`).
     pub orphans: RefCell<Vec<super::push::Push>>,
     /// Claims held per client address: when each was taken (an entry outlives its claim by
@@ -55,7 +57,7 @@ impl Worker {
         if config.claims.etcd.is_none() {
             super::claims::shared_data::create_slots(host, &config.claims);
         }
-        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), orphans: RefCell::new(Vec::new()), client_claims: RefCell::default() }
+        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), orphans: RefCell::new(Vec::new()), client_claims: RefCell::default(), orphan_takes: RefCell::new(Vec::new()) }
     }
 
     /// Whether `client` may take one more claim now (fewer than the bound live).

@@ -245,7 +245,9 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
         let _ = abi::set_effective_context(id);
         return root_response(id, token, body_size);
     }
-    if stream == 0 {
+    // The root's own call, or a stream whose state ended (a delete answered while it took windows).
+    if stream == 0 || !STREAMS.with(|s| s.borrow().contains_key(&stream)) {
+        let _ = abi::set_effective_context(id);
         return root_response(id, token, body_size);
     }
     with_stream(
@@ -260,10 +262,14 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
 }
 
 /// An answer to a call of the root's own (the break-glass probe; etcd claims' leases, commits,
-/// releases), or to a write whose client left (its claims are settled all the same).
+/// releases), to a write whose client left (its claims are settled all the same), or to a
+/// window's `deleterange` whose stream ended (the window goes back).
 fn root_response(root_id: u32, token: u32, body_size: usize) {
     let Some(w) = worker_of(root_id) else { return };
-    if !crate::filter::break_glass::learn(&WasmHost, &w, token) && !crate::filter::push::orphan_answer(&WasmHost, &w, token, body_size) {
+    if !crate::filter::break_glass::learn(&WasmHost, &w, token)
+        && !crate::filter::push::orphan_answer(&WasmHost, &w, token, body_size)
+        && !crate::filter::root_answer(&WasmHost, &w, token, body_size)
+    {
         crate::filter::claims::etcd::on_root_response(&WasmHost, &w, token, body_size);
     }
 }
