@@ -29,15 +29,24 @@ def rid() -> str:
     return uuid.uuid4().hex
 
 
+def envoy_id(r) -> str:
+    """The request's id as Envoy logged it: Envoy replaces a client's x-request-id with its own
+    (use_remote_address) and hands it back (always_set_request_id_in_response)."""
+    return r.headers["x-request-id"]
+
+
 def test_a_stored_and_a_refused_push_log_their_method_and_outcome(stacks, registry, stop_on_headers, uid):
     envoy = stacks.envoy(registry, SAMPLE_POLICY, stop_on_headers)
     repo = f"telemetry-{uid}"
     m1 = make_manifest(registry.url, repo, "one")
     m2 = make_manifest(registry.url, repo, "two")
 
-    stored, refused = rid(), rid()
-    assert put_manifest(envoy.url, repo, "v1", m1, {"x-request-id": stored}).status == 201
-    assert put_manifest(envoy.url, repo, "v1", m2, {"x-request-id": refused}).status == 409
+    r = put_manifest(envoy.url, repo, "v1", m1, {"x-request-id": rid()})
+    assert r.status == 201
+    stored = envoy_id(r)
+    r = put_manifest(envoy.url, repo, "v1", m2, {"x-request-id": rid()})
+    assert r.status == 409
+    refused = envoy_id(r)
 
     line = access_line(envoy, stored)
     assert f'"PUT /v2/{repo}/manifests/v1 ' in line, line
@@ -57,11 +66,13 @@ def test_the_registrys_own_answers_and_other_requests_log_as_they_were(stacks, r
 
     # A read of a manifest (no filter on the reads route) and a mutable tag's push (the filter
     # lets it through unchanged): the registry's own answers, with their own methods.
-    read, mutable = rid(), rid()
     r = request(envoy.url, "GET", f"/v2/{repo}/manifests/v1",
-                headers={"x-request-id": read, "Accept": "application/vnd.oci.image.manifest.v1+json"})
+                headers={"x-request-id": rid(), "Accept": "application/vnd.oci.image.manifest.v1+json"})
     assert r.status == 200
-    assert put_manifest(envoy.url, repo, "latest", m1, {"x-request-id": mutable}).status == 201
+    read = envoy_id(r)
+    r = put_manifest(envoy.url, repo, "latest", m1, {"x-request-id": rid()})
+    assert r.status == 201
+    mutable = envoy_id(r)
     line = access_line(envoy, read)
     assert f'"GET /v2/{repo}/manifests/v1 ' in line and " 200 via_upstream " in line, line
     line = access_line(envoy, mutable)
@@ -74,12 +85,15 @@ def test_a_client_cannot_put_a_method_into_the_log(stacks, registry, stop_on_hea
     repo = f"telemetry-{uid}"
     m1 = make_manifest(registry.url, repo, "one")
     spoof = {"x-immutable-tags-method": "DELETE"}
-    blob, manifest, push = rid(), rid(), rid()
     # Routes with the filter off (a blob read), with it on (a manifest write it lets through
     # unchanged), and a push it rewrites.
-    request(envoy.url, "GET", f"/v2/{repo}/blobs/sha256:{'0' * 64}", headers={**spoof, "x-request-id": blob})
-    assert put_manifest(envoy.url, repo, "latest", m1, {**spoof, "x-request-id": manifest}).status == 201
-    assert put_manifest(envoy.url, repo, "v1", m1, {**spoof, "x-request-id": push}).status == 201
+    blob = envoy_id(request(envoy.url, "GET", f"/v2/{repo}/blobs/sha256:{'0' * 64}", headers=spoof))
+    r = put_manifest(envoy.url, repo, "latest", m1, spoof)
+    assert r.status == 201
+    manifest = envoy_id(r)
+    r = put_manifest(envoy.url, repo, "v1", m1, spoof)
+    assert r.status == 201
+    push = envoy_id(r)
     assert f'"GET /v2/{repo}/blobs/' in access_line(envoy, blob)
     assert f'"PUT /v2/{repo}/manifests/latest ' in access_line(envoy, manifest)
     assert f'"PUT /v2/{repo}/manifests/v1 ' in access_line(envoy, push)
@@ -90,8 +104,9 @@ def test_an_unreachable_registry_logs_unavailable(stacks, own_registry, stop_on_
     repo = f"telemetry-{uid}"
     m1 = make_manifest(own_registry.url, repo, "one")
     own_registry.stop()
-    down = rid()
-    assert put_manifest(envoy.url, repo, "v1", m1, {"x-request-id": down}).status == 503
+    r = put_manifest(envoy.url, repo, "v1", m1)
+    assert r.status == 503
+    down = envoy_id(r)
     line = access_line(envoy, down)
     assert f'"PUT /v2/{repo}/manifests/v1 ' in line and " 503 immutable_tags_unavailable " in line, line
     envoy.stop()
@@ -107,9 +122,9 @@ def test_a_blob_delete_of_an_immutable_images_layer_is_refused_and_the_image_sti
     m1 = make_manifest(registry.url, repo, "one")
     assert put_manifest(envoy.url, repo, "v1", m1).status == 201
     layer = json.loads(m1)["layers"][0]["digest"]
-    i = rid()
-    r = request(envoy.url, "DELETE", f"/v2/{repo}/blobs/{layer}", headers={"x-request-id": i})
+    r = request(envoy.url, "DELETE", f"/v2/{repo}/blobs/{layer}")
     assert r.status == 405, (r.status, r.body)
+    i = envoy_id(r)
     assert json.loads(r.body)["errors"][0]["code"] == "UNSUPPORTED"
     assert f'"DELETE /v2/{repo}/blobs/{layer} ' in (line := access_line(envoy, i)), line
     assert " 405 immutable_tags_refused " in line, line
