@@ -66,6 +66,8 @@ pub struct Push {
     body_seen: bool,
     /// Audit mode let a push that would have been refused go on: written unjudged.
     audit_pass: bool,
+    /// The digest an audit-mode pass wrote (committed to the claims once stored).
+    audit_digest: Option<String>,
     phase: Phase,
     /// Break-glass: what the request asks for, and the overrides granted (logged once the
     /// registry accepted the write).
@@ -212,6 +214,7 @@ impl Push {
             headers_held: false,
             body_seen: false,
             audit_pass: false,
+            audit_digest: None,
             phase: Phase::Checking,
             asked,
             overrides: Vec::new(),
@@ -715,6 +718,9 @@ impl Push {
     /// audit-mode path for a push that would have been refused (`claims` empty then).
     pub fn write(&mut self, host: &dyn Host, worker: &Worker, claims: Vec<TagClaim>) -> Next {
         let body = self.body.as_deref().unwrap_or_default();
+        if self.audit_pass {
+            self.audit_digest = Some(Digest::sha256(body).to_string());
+        }
         // An override was granted on the principal `Authorization` names: the write carries
         // no other credential the registry might authenticate instead.
         let mut headers = std::borrow::Cow::Borrowed(&self.client_headers);
@@ -762,6 +768,16 @@ impl Push {
         let path_tag = self.path_tag.clone().filter(|t| tags.contains(t));
         if (200..300).contains(&status) {
             self.settle(host, worker, &claims, true);
+            // Audit mode wrote it unjudged and unclaimed, yet the tags really changed: record the
+            // change like a claimed write's, so that a map elsewhere (a kept enforce instance, a
+            // replica) that still holds the old digest is sent back to the registry.
+            if self.audit_pass {
+                if let Some(d) = digest.as_ref().map(|d| d.to_string()).or_else(|| self.audit_digest.clone()) {
+                    for t in &tags {
+                        claims::commit(host, worker, &self.repository, t, &d);
+                    }
+                }
+            }
             for (g, current, pushed) in &self.overrides {
                 bg::done(host, worker, g, Some(current), Some(pushed));
             }

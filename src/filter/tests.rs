@@ -474,6 +474,19 @@ fn audit_mode_writes_what_it_would_refuse() {
 }
 
 #[test]
+fn an_enforce_map_older_than_an_audit_overwrite_is_not_trusted_for_a_same_digest_push() {
+    // Two instances on one Envoy (shared data shared): the enforce one learned v1 = M1, the
+    // audit one then let v1 = M2 be written unjudged. A push of M1 through the enforce map
+    // would turn the tag back: it must be re-judged on the registry's word.
+    let h = FakeHost::new();
+    let enforce = worker(&h, POLICY);
+    let audit = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#);
+    assert_eq!(push(&h, &enforce, "v1", M1, None).status, 201);
+    assert_eq!(push(&h, &audit, "v1", M2, Some(M1)).status, 201);
+    assert_eq!(push(&h, &enforce, "v1", M1, Some(M2)).status, 409);
+}
+
+#[test]
 fn a_request_that_cannot_be_made_harmless_is_refused() {
     let h = FakeHost::new();
     let w = worker(&h, POLICY);
