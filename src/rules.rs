@@ -1057,6 +1057,7 @@ mod migration_review {
     }
 
     /// Loads `json` on a thread with wasm32's 1 MiB stack: a stack overflow aborts the binary.
+    #[cfg(not(target_arch = "wasm32"))]
     fn load_on_a_small_stack(json: String) -> Result<(), String> {
         std::thread::Builder::new()
             .stack_size(1 << 20)
