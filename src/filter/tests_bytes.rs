@@ -277,3 +277,13 @@ fn allow_still_applies_to_the_registrys_own_error() {
     let (r, puts) = push_over(answer(503, &[("x-envoy-upstream-service-time", "4")], b"registry overloaded"));
     assert_eq!((r.status, puts), (201, 1));
 }
+
+/// A 4xx is the registry's word about this client (its pull quota, a bad request), not a sign
+/// the registry is down: an attacker who spends their own quota must not get `allow`'s pass.
+#[test]
+fn allow_never_applies_to_a_clients_own_4xx() {
+    for status in [400, 405, 406, 412, 429] {
+        let (r, puts) = push_over(answer(status, &[("x-envoy-upstream-service-time", "1")], b""));
+        assert_eq!((r.status, puts), (503, 0), "{status}");
+    }
+}

@@ -33,8 +33,13 @@ impl Caller {
 /// provoke (e.g. by filling the cluster's circuit breakers), so `on_upstream_error = allow`
 /// must not read them as "the registry is unavailable". Should the header ever be missing
 /// from a real answer, the push is refused: the safe side.
+///
+/// Only a `5xx` of the registry's own says it is unavailable: a `4xx` (429 of the client's own
+/// pull quota, 400, 412, ...) is the registry's word about this request, which an attacker can
+/// provoke at will, so it never opens `allow`.
 pub fn from_registry(host: &dyn Host) -> bool {
-    host.call_response_header("x-envoy-upstream-service-time").is_some()
+    let server_error = host.call_response_header(":status").and_then(|s| s.trim().parse::<u16>().ok()).is_some_and(|c| (500..600).contains(&c));
+    server_error && host.call_response_header("x-envoy-upstream-service-time").is_some()
 }
 
 fn authority<'a>(upstream: &'a Upstream, caller: &'a Caller, method: &str) -> Result<&'a str, String> {
