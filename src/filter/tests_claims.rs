@@ -546,3 +546,99 @@ fn a_view_taken_while_a_dead_replicas_write_was_in_flight_is_not_trusted_past_it
     assert_ne!(reply(&pb).status, 201);
     assert_eq!(world.reg.holds(V1), Some(sha(X)));
 }
+
+/// Hole A (attack 3): a full shared-data slot must never evict a live committed record, or
+/// "absent" passes again and an override can be undone (colliding tags are easy to find).
+mod slot_full {
+    use super::*;
+    use crate::claims::slot_index;
+
+    const V1: &str = "v1";
+    const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+    /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024 slots).
+    fn colliding(n: usize) -> Vec<String> {
+        let target = slot_index("app", V1, 1024);
+        (0..).map(|i| format!("c{i}")).filter(|t| slot_index("app", t, 1024) == target).take(n).collect()
+    }
+/// and committed; the attacker (push rights to any protected tag of the same slot) commits 16
+/// colliding tags: the committed record of v1 is evicted, and the held push of Y is stored over X.
+#[test]
+fn attack_slot_eviction_lets_absent_overwrite_a_new_tag() {
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+    world.pump(&mut p2, false); // HEAD: absent
+    world.body(&mut p2, &Y[..Y.len() - 1], false);
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
+    // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
+    let ts = colliding(16);
+    for t in &ts[..15] {
+        assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+    }
+    assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
+    world.advance(1_000);
+    world.body(&mut p2, &Y[Y.len() - 1..], true);
+    world.pump(&mut p2, false);
+    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
+    assert_eq!(world.reg.holds(V1), Some(sha(X)), "the tag was overwritten: {hist:?}");
+}
+
+/// B: an override is undone: worker B's map says X (learned before the override through A);
+/// the override's record is evicted; B's same-digest push of X is let through on the map's word.
+#[test]
+fn attack_slot_eviction_undoes_an_override() {
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    // A second worker of the same Envoy: its own map, the same shared data.
+    let b = Replica { root: a.root.share_with(), w: Rc::new(Worker::new(&a.root, Config::from_json(SHARED_BG.as_bytes()).unwrap())), dead: false };
+    b.w.registry_auth.set(Some((true, b.root.now_ms())));
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+    assert_eq!(world.push(&b, V1, X, &[BOB]).status, 201, "B learns X (identical re-push)");
+    world.advance(1_000);
+    assert_eq!(world.push(&a, V1, Y, &[ADMIN, REASON]).status, 201, "the override");
+    world.advance(1_000);
+    // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
+    let ts = colliding(16);
+    for t in &ts[..15] {
+        assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+    }
+    assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
+    let r = world.push(&b, V1, X, &[BOB]);
+    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
+    assert_eq!(r.status, 409, "the override's committed record still fences the map's stale X");
+    assert_eq!(world.reg.holds(V1), Some(sha(Y)), "override undone: {hist:?}");
+}
+
+/// A': the eviction needs no stored write: 16 read-only pushes to colliding tags, in flight
+/// at once (one HTTP/2 connection: one worker), evict the committed record; all get 401.
+#[test]
+fn attack_read_only_claims_in_flight_evict_a_committed_record() {
+    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+    world.pump(&mut p2, false); // HEAD: absent
+    world.body(&mut p2, &Y[..Y.len() - 1], false);
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
+    let mut held = Vec::new();
+    let ts = colliding(16);
+    for t in &ts[..15] {
+        let mut s = world.open_put(&a, t, X, &[RO]);
+        world.pump(&mut s, false);
+        world.body(&mut s, X, true);
+        world.pump(&mut s, true);
+        held.push(s);
+    }
+    assert_eq!(world.push(&a, &ts[15], X, &[RO]).status, 503, "slot full: refused, not evicted");
+    for s in &mut held {
+        world.answer_put(s);
+        assert_eq!(reply(s).status, 401);
+    }
+    world.body(&mut p2, &Y[Y.len() - 1..], true);
+    world.pump(&mut p2, false);
+    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).map(|(_, d)| d[7..15].to_string()).collect();
+    assert_eq!(world.reg.holds(V1), Some(sha(X)), "overwritten: {hist:?}");
+}
+}
