@@ -642,3 +642,46 @@ fn attack_read_only_claims_in_flight_evict_a_committed_record() {
     assert_eq!(world.reg.holds(V1), Some(sha(X)), "overwritten: {hist:?}");
 }
 }
+
+/// Hole D (attack 3): a release whose etcd delete loses its compare must be re-applied on the
+/// record it lost to, never read as "the key is gone".
+mod lost_release {
+    use super::*;
+    const V1: &str = "v1";
+
+#[test]
+fn attack_lost_release_lets_a_read_only_client_block_a_new_tag() {
+    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+    let world = World::new(ETCD_BG);
+    let a = world.replica();
+    run_for(&world, &[&a], 500);
+    let mut p1 = world.open_put(&a, V1, X, &[RO]);
+    world.pump(&mut p1, false);
+    world.body(&mut p1, X, true);
+    world.pump(&mut p1, false);
+    assert_eq!(reply(&p1).status, 401);
+    // The root's tick: the release reads the record; its answer sends the delete.
+    world.advance(250);
+    crate::filter::claims::etcd::tick(&a.root, &a.w);
+    let read = a.root.pending.borrow_mut().pop_front().unwrap();
+    let r = world.etcd.answer(&a.root.call_of(read));
+    let size = r.body.len();
+    a.root.set_answer(Some(r));
+    root_response(&a.root, &a.w, read, size);
+    a.root.set_answer(None);
+    // Meanwhile a second read-only push of X joins the claim (holders 1 -> 2).
+    let mut p2 = world.open_put(&a, V1, X, &[RO]);
+    world.pump(&mut p2, false);
+    world.body(&mut p2, X, true);
+    world.pump(&mut p2, true);
+    assert_eq!(p2.held_puts.len(), 1, "P2 joined the claim");
+    world.answer_root(&a); // the delete loses its compare: read as "gone"
+    world.answer_put(&mut p2);
+    assert_eq!(reply(&p2).status, 401);
+    run_for(&world, &[&a], 1_000);
+    println!("record: {:?}", world.etcd.value("/immutable-tags/app:v1"));
+    run_for(&world, &[&a], 1_000);
+    let r = world.push(&a, V1, Y, &[BOB]);
+    assert_eq!(r.status, 201, "blocked by a hold nobody owns: {}", String::from_utf8_lossy(&r.body));
+}
+}
