@@ -760,8 +760,10 @@ impl Push {
                     }
                 }
             }
-        } else if status == 504 {
-            // Envoy's answer to a call that timed out: the outcome is unknown, as for a reset.
+        } else if !(400..500).contains(&status) {
+            // A 5xx (Envoy's 504 for a timeout, its 503 for a reset after sending, a proxy's
+            // 502, a registry's 500 after the tag link) or an odd 1xx/3xx does not prove nothing was
+            // stored: the outcome is unknown, as for a reset. The claim stays until it expires.
             forget_all(worker);
         } else {
             self.settle(host, worker, &claims, false);

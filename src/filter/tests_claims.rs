@@ -685,3 +685,37 @@ fn attack_lost_release_lets_a_read_only_client_block_a_new_tag() {
     assert_eq!(r.status, 201, "blocked by a hold nobody owns: {}", String::from_utf8_lossy(&r.body));
 }
 }
+
+/// Hole C (attack 3): a write the registry stored but answered 5xx (a proxy's 502, Envoy's 503
+/// for a reset after sending, a 500 after the tag link) is an unknown outcome: its claim stays.
+mod stored_5xx {
+    use super::*;
+    const V1: &str = "v1";
+    const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+#[test]
+fn attack_stored_write_answered_5xx_releases_the_claim() {
+    for status in [500u16, 502, 503] {
+        for policy in [SHARED_BG, ETCD_BG] {
+            let world = World::new(policy);
+            let a = world.replica();
+            let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+            world.pump(&mut p2, false); // HEAD: absent
+            world.body(&mut p2, &Y[..Y.len() - 1], false);
+            let mut p1 = world.open_put(&a, V1, X, &[BOB]);
+            world.pump(&mut p1, false);
+            world.body(&mut p1, X, true);
+            world.pump(&mut p1, true);
+            let token = p1.held_puts.remove(0);
+            world.reg.answer(&p1.h.call_of(token)); // stored...
+            deliver(&mut p1, token, answer(status, &[], b"upstream connect error or disconnect/reset before headers"));
+            run_for(&world, &[&a], 500);
+            world.body(&mut p2, &Y[Y.len() - 1..], true);
+            world.pump(&mut p2, false);
+            let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).map(|(_, d)| d[7..15].to_string()).collect();
+            assert_eq!(world.reg.holds(V1), Some(sha(X)), "{status}: the stored X was overwritten: {hist:?}");
+        }
+    }
+}
+}
