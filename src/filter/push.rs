@@ -806,10 +806,9 @@ impl Push {
                     cache.forget(&push.map_key, &t.tag);
                 }
             }
+            // Never dropped unsettled (its claims would outlive a refused write): the list is
+            // bounded by the writes in flight, each answered by Envoy within the write timeout.
             if let Ok(mut o) = worker.orphans.try_borrow_mut() {
-                if o.len() >= MAX_ORPHANS {
-                    o.remove(0);
-                }
                 push.body = None;
                 o.push(*push);
             }
@@ -844,6 +843,3 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
     true
 }
 
-/// Writes whose client left that a worker keeps, waiting for their answers: past this, the
-/// oldest goes (its claims then expire on their own).
-pub const MAX_ORPHANS: usize = 256;

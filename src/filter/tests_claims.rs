@@ -719,3 +719,46 @@ fn attack_stored_write_answered_5xx_releases_the_claim() {
     }
 }
 }
+
+/// Hole E (attack 3): orphans (writes whose client left) are never dropped unsettled, so a
+/// read-only client's claim is released when the registry's 401 arrives, however many vanish.
+mod orphan_overflow {
+    use super::*;
+    const V1: &str = "v1";
+    const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+#[test]
+fn attack_orphan_overflow_keeps_a_read_only_claim() {
+    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    let open_from = |tag: &str, src: String| {
+        let h = a.root.share_with();
+        *h.source.borrow_mut() = Some(src);
+        let len = X.len().to_string();
+        h.request("PUT", &format!("/v2/app/manifests/{tag}"), &[("content-type", OCI), ("content-length", &len), RO]);
+        let mut f = Filter::new(Some(a.w.clone()));
+        let p = Filter::first_look(&h).unwrap();
+        f.on_request_headers(&h, p, false);
+        Stream { h, f, held_puts: Vec::new() }
+    };
+    let mut all = Vec::new();
+    for i in 0..=256 {
+        let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
+        let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
+        world.pump(&mut s, false);
+        world.body(&mut s, X, true);
+        world.pump(&mut s, true);
+        assert_eq!(s.held_puts.len(), 1, "push {i} written");
+        s.f.on_done(&s.h); // the client vanishes
+        all.push(s);
+    }
+    for s in &mut all {
+        answer_orphan(&world, &a, s); // 401s, settled from the root (the first is no orphan any more)
+    }
+    world.advance(5_000);
+    let r = world.push(&a, V1, Y, &[BOB]);
+    assert_eq!(r.status, 201);
+}
+}
