@@ -14,8 +14,8 @@
 //! every write. This module is pure: it turns a slot's bytes and `now` into a decision and the
 //! bytes to write back; `host::claims` does the reads and CAS writes.
 
-/// Live records one slot may hold. A claim that finds its slot full evicts the record closest
-/// to expiry that no push holds, or is refused (503) if every record is held.
+/// Live records one slot may hold. A claim that finds its slot full of live records is refused
+/// (503); no live record is ever evicted (a committed one still fences stale views).
 pub const MAX_RECORDS: usize = 16;
 
 /// Every slot starts with this line, so an existing slot is never empty (an empty value and a
@@ -186,22 +186,18 @@ impl Slot {
         self.records.iter().find(|r| r.is(repository, tag)).map(|r| &r.rec)
     }
 
-    /// Writes (or, `None`, removes) the record of `repository:tag`; `false` if the slot is full
-    /// of held records. When full, the record closest to expiry that no push holds goes.
+    /// Writes (or, `None`, removes) the record of `repository:tag`; `false` if the slot is full.
+    /// A full slot evicts nothing: after `prune` every record is live, so each is either held
+    /// or a committed change that may still fence a stale view ("absent", or a map learned
+    /// before an override); evicting it would let that view pass again. Full is a 503.
     fn set(&mut self, repository: &str, tag: &str, rec: Option<Rec>) -> bool {
         self.records.retain(|r| !r.is(repository, tag));
         let Some(rec) = rec else { return true };
         if self.records.len() >= MAX_RECORDS {
-            let oldest = self.records.iter().enumerate().filter(|(_, r)| r.rec.claim.is_none()).min_by_key(|(_, r)| r.rec.at_ms).map(|(i, _)| i);
-            match oldest {
-                Some(i) => {
-                    self.records.remove(i);
-                }
-                None => return false,
-            }
+            return false;
         }
         self.records.push(Record { repository: repository.to_string(), tag: tag.to_string(), rec });
-        self.records.len() <= MAX_RECORDS
+        true
     }
 }
 
@@ -387,15 +383,16 @@ mod tests {
     }
 
     #[test]
-    fn a_full_slot_refuses_only_when_every_record_is_held() {
+    fn a_full_slot_refuses_and_never_evicts_a_live_record() {
         let mut s = empty_slot();
         for i in 0..MAX_RECORDS {
             s = written(claim(&s, "app", &format!("t{i}"), D, absent(0), 0, TTL));
         }
         assert_eq!(claim(&s, "app", "new", D, absent(0), 1, TTL), Claim::Full);
         let s = commit(&s, "app", "t3", D, 2, TTL).unwrap();
-        let s = written(claim(&s, "app", "new", D, absent(0), 3, TTL));
-        assert!(!Slot::decode(&s).records.iter().any(|r| r.tag == "t3"), "the unheld record went");
+        assert_eq!(claim(&s, "app", "new", D, absent(0), 3, TTL), Claim::Full, "a committed record is not evicted");
+        assert!(matches!(claim(&s, "app", "t3", E, absent(3), 3, TTL), Claim::Conflict { committed: true, .. }));
+        assert!(matches!(claim(&s, "app", "new", D, absent(0), 2 + TTL, TTL), Claim::Write(_)), "room once records expire");
     }
 
     #[test]

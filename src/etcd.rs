@@ -78,11 +78,13 @@ pub fn read_txn(key: &str) -> String {
     format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
-/// Delete the key only if it is still at `mod_revision` (our own record, untouched since).
+/// Delete the key only if it is still at `mod_revision` (our own record, untouched since),
+/// else read it back: a lost compare must be told from "the key is gone", or the release
+/// (or delete grant) it carried would be dropped and leave a hold nobody owns.
 pub fn delete_if_txn(key: &str, mod_revision: u64) -> String {
     let k = b64(key.as_bytes());
     let compare = mod_is(&k, mod_revision);
-    format!(r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}]}}"#)
+    format!(r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
 /// The etcd key of `principal`'s break-glass window on `repository:tag`: repositories and tags

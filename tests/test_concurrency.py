@@ -100,17 +100,19 @@ def test_same_digest_pushed_concurrently_never_conflicts(stacks, registry, stop_
 
 
 def test_tiny_bounds_hold_far_more_tags_and_still_protect(stacks, registry, uid):
-    """One claim slot (16 records) and a 2-entry tag map, then 60 distinct tags: every push is
-    judged, none is refused for lack of room (old commits make way), overwrites still fail."""
+    """One claim slot (16 records) and a 2-entry tag map: 16 distinct tags fit, the 17th is
+    refused with 503 (a live committed record is never evicted: it still fences stale views),
+    overwrites still fail."""
     policy = dict(SAMPLE_POLICY, cache={"max_entries": 2, "ttl_seconds": 60}, claims={"slots": 1, "ttl_seconds": 60})
     envoy = stacks.envoy(registry, policy, True)
     repo = f"bounds-{uid}"
     m1 = make_manifest(registry.url, repo, "one")
     m2 = make_manifest(registry.url, repo, "two")
-    tags = [f"v{i}" for i in range(60)]
+    tags = [f"v{i}" for i in range(16)]
     for t in tags:
         r = put_manifest(envoy.url, repo, t, m1)
         assert r.status == 201, (t, r)
+    assert put_manifest(envoy.url, repo, "v16", m1).status == 503, "slot full: refused, nothing evicted"
     for t in tags[::7]:
         assert put_manifest(envoy.url, repo, t, m2).status == 409, t
         assert current_digest(registry.url, repo, t) == sha256(m1)

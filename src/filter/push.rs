@@ -789,8 +789,10 @@ impl Push {
                     }
                 }
             }
-        } else if status == 504 {
-            // Envoy's answer to a call that timed out: the outcome is unknown, as for a reset.
+        } else if !(400..500).contains(&status) {
+            // A 5xx (Envoy's 504 for a timeout, its 503 for a reset after sending, a proxy's
+            // 502, a registry's 500 after the tag link) or an odd 1xx/3xx does not prove nothing was
+            // stored: the outcome is unknown, as for a reset. The claim stays until it expires.
             forget_all(worker);
         } else {
             self.settle(host, worker, &claims, false);
@@ -833,10 +835,9 @@ impl Push {
                     cache.forget(&push.map_key, &t.tag);
                 }
             }
+            // Never dropped unsettled (its claims would outlive a refused write): the list is
+            // bounded by the writes in flight, each answered by Envoy within the write timeout.
             if let Ok(mut o) = worker.orphans.try_borrow_mut() {
-                if o.len() >= MAX_ORPHANS {
-                    o.remove(0);
-                }
                 push.body = None;
                 o.push(*push);
             }
@@ -871,6 +872,3 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
     true
 }
 
-/// Writes whose client left that a worker keeps, waiting for their answers: past this, the
-/// oldest goes (its claims then expire on their own).
-pub const MAX_ORPHANS: usize = 256;

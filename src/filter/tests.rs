@@ -720,8 +720,8 @@ fn a_failed_write_releases_its_etcd_claim_through_the_root() {
     let (h, w) = replica(&etcd, ETCD_POLICY);
     let mut f = to_claim(&h, &w, M1);
     answer_etcd(&mut f, &h, &etcd);
-    respond(&mut f, &h, answer(500, &[], b"{}"));
-    assert_eq!(h.reply().unwrap().status, 500);
+    respond(&mut f, &h, answer(400, &[], b"{}"));
+    assert_eq!(h.reply().unwrap().status, 400);
     assert!(etcd.value(KEY).is_some());
     run_root(&h, &w, &etcd);
     assert_eq!(etcd.value(KEY), None, "released");

@@ -546,3 +546,219 @@ fn a_view_taken_while_a_dead_replicas_write_was_in_flight_is_not_trusted_past_it
     assert_ne!(reply(&pb).status, 201);
     assert_eq!(world.reg.holds(V1), Some(sha(X)));
 }
+
+/// Hole A (attack 3): a full shared-data slot must never evict a live committed record, or
+/// "absent" passes again and an override can be undone (colliding tags are easy to find).
+mod slot_full {
+    use super::*;
+    use crate::claims::slot_index;
+
+    const V1: &str = "v1";
+    const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+    /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024 slots).
+    fn colliding(n: usize) -> Vec<String> {
+        let target = slot_index("app", V1, 1024);
+        (0..).map(|i| format!("c{i}")).filter(|t| slot_index("app", t, 1024) == target).take(n).collect()
+    }
+/// and committed; the attacker (push rights to any protected tag of the same slot) commits 16
+/// colliding tags: the committed record of v1 is evicted, and the held push of Y is stored over X.
+#[test]
+fn attack_slot_eviction_lets_absent_overwrite_a_new_tag() {
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+    world.pump(&mut p2, false); // HEAD: absent
+    world.body(&mut p2, &Y[..Y.len() - 1], false);
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
+    // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
+    let ts = colliding(16);
+    for t in &ts[..15] {
+        assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+    }
+    assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
+    world.advance(1_000);
+    world.body(&mut p2, &Y[Y.len() - 1..], true);
+    world.pump(&mut p2, false);
+    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
+    assert_eq!(world.reg.holds(V1), Some(sha(X)), "the tag was overwritten: {hist:?}");
+}
+
+/// B: an override is undone: worker B's map says X (learned before the override through A);
+/// the override's record is evicted; B's same-digest push of X is let through on the map's word.
+#[test]
+fn attack_slot_eviction_undoes_an_override() {
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    // A second worker of the same Envoy: its own map, the same shared data.
+    let b = Replica { root: a.root.share_with(), w: Rc::new(Worker::new(&a.root, Config::from_json(SHARED_BG.as_bytes()).unwrap())), dead: false };
+    b.w.registry_auth.set(Some((true, b.root.now_ms())));
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+    assert_eq!(world.push(&b, V1, X, &[BOB]).status, 201, "B learns X (identical re-push)");
+    world.advance(1_000);
+    assert_eq!(world.push(&a, V1, Y, &[ADMIN, REASON]).status, 201, "the override");
+    world.advance(1_000);
+    // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
+    let ts = colliding(16);
+    for t in &ts[..15] {
+        assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+    }
+    assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
+    let r = world.push(&b, V1, X, &[BOB]);
+    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
+    assert_eq!(r.status, 409, "the override's committed record still fences the map's stale X");
+    assert_eq!(world.reg.holds(V1), Some(sha(Y)), "override undone: {hist:?}");
+}
+
+/// A': the eviction needs no stored write: 16 read-only pushes to colliding tags, in flight
+/// at once (one HTTP/2 connection: one worker), evict the committed record; all get 401.
+#[test]
+fn attack_read_only_claims_in_flight_evict_a_committed_record() {
+    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+    world.pump(&mut p2, false); // HEAD: absent
+    world.body(&mut p2, &Y[..Y.len() - 1], false);
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
+    let mut held = Vec::new();
+    let ts = colliding(16);
+    for t in &ts[..15] {
+        let mut s = world.open_put(&a, t, X, &[RO]);
+        world.pump(&mut s, false);
+        world.body(&mut s, X, true);
+        world.pump(&mut s, true);
+        held.push(s);
+    }
+    assert_eq!(world.push(&a, &ts[15], X, &[RO]).status, 503, "slot full: refused, not evicted");
+    for s in &mut held {
+        world.answer_put(s);
+        assert_eq!(reply(s).status, 401);
+    }
+    world.body(&mut p2, &Y[Y.len() - 1..], true);
+    world.pump(&mut p2, false);
+    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).map(|(_, d)| d[7..15].to_string()).collect();
+    assert_eq!(world.reg.holds(V1), Some(sha(X)), "overwritten: {hist:?}");
+}
+}
+
+/// Hole D (attack 3): a release whose etcd delete loses its compare must be re-applied on the
+/// record it lost to, never read as "the key is gone".
+mod lost_release {
+    use super::*;
+    const V1: &str = "v1";
+
+#[test]
+fn attack_lost_release_lets_a_read_only_client_block_a_new_tag() {
+    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+    let world = World::new(ETCD_BG);
+    let a = world.replica();
+    run_for(&world, &[&a], 500);
+    let mut p1 = world.open_put(&a, V1, X, &[RO]);
+    world.pump(&mut p1, false);
+    world.body(&mut p1, X, true);
+    world.pump(&mut p1, false);
+    assert_eq!(reply(&p1).status, 401);
+    // The root's tick: the release reads the record; its answer sends the delete.
+    world.advance(250);
+    crate::filter::claims::etcd::tick(&a.root, &a.w);
+    let read = a.root.pending.borrow_mut().pop_front().unwrap();
+    let r = world.etcd.answer(&a.root.call_of(read));
+    let size = r.body.len();
+    a.root.set_answer(Some(r));
+    root_response(&a.root, &a.w, read, size);
+    a.root.set_answer(None);
+    // Meanwhile a second read-only push of X joins the claim (holders 1 -> 2).
+    let mut p2 = world.open_put(&a, V1, X, &[RO]);
+    world.pump(&mut p2, false);
+    world.body(&mut p2, X, true);
+    world.pump(&mut p2, true);
+    assert_eq!(p2.held_puts.len(), 1, "P2 joined the claim");
+    world.answer_root(&a); // the delete loses its compare: read as "gone"
+    world.answer_put(&mut p2);
+    assert_eq!(reply(&p2).status, 401);
+    run_for(&world, &[&a], 1_000);
+    println!("record: {:?}", world.etcd.value("/immutable-tags/app:v1"));
+    run_for(&world, &[&a], 1_000);
+    let r = world.push(&a, V1, Y, &[BOB]);
+    assert_eq!(r.status, 201, "blocked by a hold nobody owns: {}", String::from_utf8_lossy(&r.body));
+}
+}
+
+/// Hole C (attack 3): a write the registry stored but answered 5xx (a proxy's 502, Envoy's 503
+/// for a reset after sending, a 500 after the tag link) is an unknown outcome: its claim stays.
+mod stored_5xx {
+    use super::*;
+    const V1: &str = "v1";
+    const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+#[test]
+fn attack_stored_write_answered_5xx_releases_the_claim() {
+    for status in [500u16, 502, 503] {
+        for policy in [SHARED_BG, ETCD_BG] {
+            let world = World::new(policy);
+            let a = world.replica();
+            let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+            world.pump(&mut p2, false); // HEAD: absent
+            world.body(&mut p2, &Y[..Y.len() - 1], false);
+            let mut p1 = world.open_put(&a, V1, X, &[BOB]);
+            world.pump(&mut p1, false);
+            world.body(&mut p1, X, true);
+            world.pump(&mut p1, true);
+            let token = p1.held_puts.remove(0);
+            world.reg.answer(&p1.h.call_of(token)); // stored...
+            deliver(&mut p1, token, answer(status, &[], b"upstream connect error or disconnect/reset before headers"));
+            run_for(&world, &[&a], 500);
+            world.body(&mut p2, &Y[Y.len() - 1..], true);
+            world.pump(&mut p2, false);
+            let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).map(|(_, d)| d[7..15].to_string()).collect();
+            assert_eq!(world.reg.holds(V1), Some(sha(X)), "{status}: the stored X was overwritten: {hist:?}");
+        }
+    }
+}
+}
+
+/// Hole E (attack 3): orphans (writes whose client left) are never dropped unsettled, so a
+/// read-only client's claim is released when the registry's 401 arrives, however many vanish.
+mod orphan_overflow {
+    use super::*;
+    const V1: &str = "v1";
+    const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+#[test]
+fn attack_orphan_overflow_keeps_a_read_only_claim() {
+    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+    let world = World::new(SHARED_BG);
+    let a = world.replica();
+    let open_from = |tag: &str, src: String| {
+        let h = a.root.share_with();
+        *h.source.borrow_mut() = Some(src);
+        let len = X.len().to_string();
+        h.request("PUT", &format!("/v2/app/manifests/{tag}"), &[("content-type", OCI), ("content-length", &len), RO]);
+        let mut f = Filter::new(Some(a.w.clone()));
+        let p = Filter::first_look(&h).unwrap();
+        f.on_request_headers(&h, p, false);
+        Stream { h, f, held_puts: Vec::new() }
+    };
+    let mut all = Vec::new();
+    for i in 0..=256 {
+        let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
+        let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
+        world.pump(&mut s, false);
+        world.body(&mut s, X, true);
+        world.pump(&mut s, true);
+        assert_eq!(s.held_puts.len(), 1, "push {i} written");
+        s.f.on_done(&s.h); // the client vanishes
+        all.push(s);
+    }
+    for s in &mut all {
+        answer_orphan(&world, &a, s); // 401s, settled from the root (the first is no orphan any more)
+    }
+    world.advance(5_000);
+    let r = world.push(&a, V1, Y, &[BOB]);
+    assert_eq!(r.status, 201);
+}
+}
