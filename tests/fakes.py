@@ -12,8 +12,8 @@ import struct
 import threading
 import time
 
-# HEAD faults; "put-500" and "put-stall" instead break the manifest PUT (HEADs then pass).
-FAULTS = ("pass", "reset", "stall", "500", "garbage", "no-digest", "bad-digest", "put-500", "put-stall")
+# HEAD faults; "put-500", "put-400" and "put-stall" instead break the manifest PUT (HEADs then pass).
+FAULTS = ("pass", "reset", "stall", "500", "garbage", "no-digest", "bad-digest", "put-500", "put-400", "put-stall")
 
 
 class FaultyUpstream:
@@ -151,6 +151,8 @@ class FaultyUpstream:
                     continue
         elif f in ("500", "put-500"):
             conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        elif f == "put-400":
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         elif f == "garbage":
             conn.sendall(b"\x00\xffSSH-2.0-not-http\r\n\x16\x03\x01garbage\r\n\r\n")
         elif f == "no-digest":

@@ -134,10 +134,29 @@ def test_connection_refused_refuses_and_recovers(stacks, registry, faulty, stop_
 
 
 def test_failed_push_releases_its_claim(stacks, registry, faulty, stop_on_headers, uid):
-    """The registry refuses the push (5xx): the tag's claim is released at once, so another
-    manifest may be pushed to the still-absent tag without waiting for the claim to expire."""
+    """The registry refuses the push with a 4xx of its own: nothing was stored, so the tag's
+    claim is released at once and another manifest may be pushed to the still-absent tag
+    without waiting for the claim to expire."""
     envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
     repo = f"release-{uid}"
+    m1 = make_manifest(registry.url, repo, "one")
+    m2 = make_manifest(registry.url, repo, "two")
+    faulty.fault = "put-400"
+    try:
+        assert put_manifest(envoy.url, repo, "v1", m1).status == 400
+    finally:
+        faulty.fault = "pass"
+    assert current_digest(registry.url, repo, "v1") is None
+    assert put_manifest(envoy.url, repo, "v1", m2).status == 201
+    assert current_digest(registry.url, repo, "v1") == sha256(m2)
+
+
+def test_push_answered_5xx_keeps_its_claim(stacks, registry, faulty, stop_on_headers, uid):
+    """The push is answered 5xx: a registry (or a proxy before it) may have stored it before
+    failing, so the outcome is unknown and the claim stays until it expires. Meanwhile another
+    manifest is refused (in flight), and a retry of the same manifest goes through."""
+    envoy = stacks.envoy(faulty, FAULT_POLICY, stop_on_headers)
+    repo = f"unknown-{uid}"
     m1 = make_manifest(registry.url, repo, "one")
     m2 = make_manifest(registry.url, repo, "two")
     faulty.fault = "put-500"
@@ -145,9 +164,12 @@ def test_failed_push_releases_its_claim(stacks, registry, faulty, stop_on_header
         assert put_manifest(envoy.url, repo, "v1", m1).status == 500
     finally:
         faulty.fault = "pass"
+    r = put_manifest(envoy.url, repo, "v1", m2)
+    assert r.status == 409, r
+    assert "in_flight" in json.loads(r.body)["errors"][0]["detail"], r
     assert current_digest(registry.url, repo, "v1") is None
-    assert put_manifest(envoy.url, repo, "v1", m2).status == 201
-    assert current_digest(registry.url, repo, "v1") == sha256(m2)
+    assert put_manifest(envoy.url, repo, "v1", m1).status == 201
+    assert current_digest(registry.url, repo, "v1") == sha256(m1)
 
 
 def test_dead_stream_keeps_its_claim_until_it_expires(stacks, registry, faulty, stop_on_headers, uid):
