@@ -144,6 +144,33 @@ def test_switching_back_to_enforce_enforces_while_streams_of_each_earlier_config
         "the log says the kept enforce instance serves again"
 
 
+def test_the_gauge_follows_a_kept_audit_instance_brought_back_after_an_enforce_period(ecds, registry, uid):
+    """Audit, then enforce (no stream under it), then the byte-identical audit again while a
+    stream of the first audit is open: Envoy brings the kept audit instance back without
+    configuring it. The next stream is judged by audit, and the gauge must say so (it said
+    enforce before, because the last stream seen was the audit instance's own)."""
+    d, envoy = ecds
+    repo = f"gauge-{uid}"
+    m1, m2, m3 = (make_manifest(registry.url, repo, n) for n in ("one", "two", "three"))
+    assert put_manifest(envoy.url, repo, "v1.0.0", m1).status == 201
+    d.deliver(AUDIT)
+    wait_stat(envoy, "update_success", "2")
+    held = HeldPush(envoy, repo, "v1.0.1", m2)  # keeps the audit instance alive
+    time.sleep(0.5)
+    assert gauge(envoy) == "1"
+    d.deliver(SAMPLE_POLICY)
+    wait_stat(envoy, "update_success", "3")
+    time.sleep(0.5)
+    assert gauge(envoy) == "0"
+    d.deliver(AUDIT)
+    wait_stat(envoy, "update_success", "4")
+    r = put_manifest(envoy.url, repo, "v1.0.0", m3)
+    assert r.status == 201, (r.status, r.body)  # the audit policy lets it through
+    time.sleep(0.5)
+    assert gauge(envoy) == "1", "new streams are audited: the gauge says so"
+    assert held.finish() == 201
+
+
 def test_a_reload_while_pushes_are_in_flight_leaves_each_push_to_its_own_config(ecds, registry, uid):
     """Pushes opened under enforce, finished after a switch to audit (and back), are refused;
     pushes opened under audit and finished after the switch back are let through."""
