@@ -459,3 +459,31 @@ impl FakeEtcd {
         self.kv.borrow().get(key).map(|(v, _, _)| v.clone())
     }
 }
+
+// Helpers shared by the state machine's test files (`tests*.rs`).
+
+/// A worker with `policy` (a test's policy is valid).
+pub fn worker(h: &FakeHost, policy: &str) -> Rc<super::worker::Worker> {
+    Rc::new(super::worker::Worker::new(h, crate::config::Config::from_json(policy.as_bytes()).unwrap()))
+}
+
+pub fn sha(b: &[u8]) -> String {
+    crate::digest::Digest::sha256(b).to_string()
+}
+
+/// Answers the oldest pending dispatched call with `reply`.
+pub fn respond(f: &mut super::Filter, h: &FakeHost, reply: Reply) {
+    let token = h.pending.borrow_mut().pop_front().expect("a call to answer");
+    let size = reply.body.len();
+    h.set_answer(Some(reply));
+    f.on_call_response(h, token, size);
+    h.set_answer(None);
+}
+
+/// What the host glue does at a request's headers: the first look, then the filter.
+pub fn on_headers(f: &mut super::Filter, h: &FakeHost, end_of_stream: bool) -> super::Action {
+    match super::Filter::first_look(h) {
+        Some(path) => f.on_request_headers(h, path, end_of_stream),
+        None => super::Action::Continue,
+    }
+}

@@ -1,11 +1,10 @@
 //! The state machine on a fake host: every flow's states, without Envoy. Each test drives the
 //! callbacks in the order Envoy can deliver them and checks what reached "the registry" (the
 //! dispatched calls) and what the client got.
-use super::fake::{answer, FakeHost, Reply};
+use super::fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
 use super::host::Host;
 use super::worker::Worker;
 use super::{Action, Filter};
-use crate::config::Config;
 use crate::digest::Digest;
 use std::rc::Rc;
 
@@ -13,14 +12,6 @@ const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immuta
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
 const M2: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":2}"#;
 const CT: (&str, &str) = ("content-type", "application/vnd.oci.image.manifest.v1+json");
-
-fn worker(h: &FakeHost, policy: &str) -> Rc<Worker> {
-    Rc::new(Worker::new(h, Config::from_json(policy.as_bytes()).unwrap()))
-}
-
-fn sha(b: &[u8]) -> String {
-    Digest::sha256(b).to_string()
-}
 
 /// The HEAD answer of a tag that holds `body` (or 404 for `None`).
 fn head_answer(body: Option<&[u8]>) -> Reply {
@@ -34,23 +25,6 @@ fn head_answer(body: Option<&[u8]>) -> Reply {
 fn created(body: &[u8]) -> Reply {
     let d = sha(body);
     answer(201, &[("location", &format!("/v2/app/manifests/{d}")), ("docker-content-digest", &d)], b"")
-}
-
-/// Answers the oldest pending dispatched call with `reply`.
-fn respond(f: &mut Filter, h: &FakeHost, reply: Reply) {
-    let token = h.pending.borrow_mut().pop_front().expect("a call to answer");
-    let size = reply.body.len();
-    h.set_answer(Some(reply));
-    f.on_call_response(h, token, size);
-    h.set_answer(None);
-}
-
-/// What the host glue does at a request's headers: the first look, then the filter.
-fn on_headers(f: &mut Filter, h: &FakeHost, end_of_stream: bool) -> Action {
-    match Filter::first_look(h) {
-        Some(path) => f.on_request_headers(h, path, end_of_stream),
-        None => Action::Continue,
-    }
 }
 
 /// Starts a PUT of `body` to `app:tag` (headers only).

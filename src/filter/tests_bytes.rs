@@ -1,41 +1,14 @@
 //! Issue 21 on the fake host: nothing the filter cannot read gets through (host reads that fail,
 //! bytes that are not UTF-8), bounded work per request, `on_upstream_error: allow` only for the
 //! registry's own answers, `Invalid` writes and `;` refused with or without a configuration.
-use super::fake::{answer, FakeHost, Reply};
-use super::worker::Worker;
+use super::fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
 use super::{Action, Filter};
-use crate::config::Config;
-use crate::digest::Digest;
 use crate::header_map::text;
-use std::rc::Rc;
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}}"#;
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
 const M2: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":2}"#;
 const CT: (&str, &str) = ("content-type", "application/vnd.oci.image.manifest.v1+json");
-
-fn worker(h: &FakeHost, policy: &str) -> Rc<Worker> {
-    Rc::new(Worker::new(h, Config::from_json(policy.as_bytes()).unwrap()))
-}
-
-fn sha(b: &[u8]) -> String {
-    Digest::sha256(b).to_string()
-}
-
-fn on_headers(f: &mut Filter, h: &FakeHost, end_of_stream: bool) -> Action {
-    match Filter::first_look(h) {
-        Some(path) => f.on_request_headers(h, path, end_of_stream),
-        None => Action::Continue,
-    }
-}
-
-fn respond(f: &mut Filter, h: &FakeHost, reply: Reply) {
-    let token = h.pending.borrow_mut().pop_front().expect("a call to answer");
-    let size = reply.body.len();
-    h.set_answer(Some(reply));
-    f.on_call_response(h, token, size);
-    h.set_answer(None);
-}
 
 fn head_answer(body: Option<&[u8]>) -> Reply {
     match body {

@@ -1,6 +1,6 @@
 //! Deletes by digest on the fake host: the registry's word decides (issue 28 item 3, issue 26
 //! step 4), and break-glass must cover every immutable tag a delete removes (issue 29).
-use super::fake::{answer, FakeHost, Reply};
+use super::fake::{sha, answer, FakeHost, Reply};
 use super::host::Host;
 use super::worker::Worker;
 use super::{Action, Filter};
@@ -20,10 +20,6 @@ fn worker(h: &FakeHost, policy: &str) -> Rc<Worker> {
     let w = Rc::new(Worker::new(h, Config::from_json(policy.as_bytes()).unwrap()));
     w.registry_auth.set(Some((true, h.now_ms())));
     w
-}
-
-fn sha(b: &[u8]) -> String {
-    Digest::sha256(b).to_string()
 }
 
 fn head(body: &[u8]) -> Reply {

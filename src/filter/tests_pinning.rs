@@ -1,11 +1,10 @@
 //! Pull pinning on the fake host (issue 26): which reads teach the map, which reads are pinned,
 //! and what each source of a map entry may let through on its own.
-use super::fake::{answer, FakeHost, Reply};
+use super::fake::{on_headers, respond, sha, answer, FakeHost};
 use super::upstream::MANIFEST_ACCEPT;
 use super::worker::Worker;
 use super::{Action, Filter};
 use crate::config::Config;
-use crate::digest::Digest;
 use crate::pull::accepts_every_stored_type;
 use std::rc::Rc;
 
@@ -19,27 +18,8 @@ application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.dis
 const LIST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
 const CHILD: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","n":1}"#;
 
-fn sha(b: &[u8]) -> String {
-    Digest::sha256(b).to_string()
-}
-
 fn worker(h: &FakeHost) -> Rc<Worker> {
     Rc::new(Worker::new(h, Config::from_json(PINNING.as_bytes()).unwrap()))
-}
-
-fn on_headers(f: &mut Filter, h: &FakeHost, end_of_stream: bool) -> Action {
-    match Filter::first_look(h) {
-        Some(path) => f.on_request_headers(h, path, end_of_stream),
-        None => Action::Continue,
-    }
-}
-
-fn respond(f: &mut Filter, h: &FakeHost, reply: Reply) {
-    let token = h.pending.borrow_mut().pop_front().expect("a call to answer");
-    let size = reply.body.len();
-    h.set_answer(Some(reply));
-    f.on_call_response(h, token, size);
-    h.set_answer(None);
 }
 
 /// A client's `method` of `app:v1` with these `Accept` headers, answered `body` (of its media

@@ -2,12 +2,10 @@
 //! or sent under another `:authority` than the filter's own calls, may reach another upstream
 //! (containerd's `?ns=` mirror convention, a Host-routed registry): it neither teaches the map
 //! nor is pinned.
-use super::fake::FakeHost;
+use super::fake::{sha, worker, FakeHost};
 use super::host::Host;
 use super::worker::Worker;
 use super::{Action, Filter};
-use crate::config::Config;
-use crate::digest::Digest;
 use std::rc::Rc;
 
 const PINNING: &str = r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#;
@@ -18,14 +16,6 @@ const EVIL: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.imag
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const FULL: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
-
-fn sha(b: &[u8]) -> String {
-    Digest::sha256(b).to_string()
-}
-
-fn worker(h: &FakeHost, policy: &str) -> Rc<Worker> {
-    Rc::new(Worker::new(h, Config::from_json(policy.as_bytes()).unwrap()))
-}
 
 /// A client GET of `path` (every stored type in Accept) under `authority`, answered `body`:
 /// the `:path` the registry was asked.

@@ -1,40 +1,15 @@
 //! What Envoy's own telemetry sees of the filter (issue 23): the response code details of every
 //! local reply, and the client's method kept in a header the filter alone sets.
-use super::fake::{answer, FakeHost, Reply};
+use super::fake::{on_headers, respond, sha, worker, answer, FakeHost};
 use super::host::Host;
 use super::push::METHOD_HEADER;
 use super::worker::Worker;
 use super::{Action, Filter};
-use crate::config::Config;
-use crate::digest::Digest;
 use std::rc::Rc;
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
 const M2: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":2}"#;
-
-fn worker(h: &FakeHost, policy: &str) -> Rc<Worker> {
-    Rc::new(Worker::new(h, Config::from_json(policy.as_bytes()).unwrap()))
-}
-
-fn sha(b: &[u8]) -> String {
-    Digest::sha256(b).to_string()
-}
-
-fn on_headers(f: &mut Filter, h: &FakeHost, end_of_stream: bool) -> Action {
-    match Filter::first_look(h) {
-        Some(path) => f.on_request_headers(h, path, end_of_stream),
-        None => Action::Continue,
-    }
-}
-
-fn respond(f: &mut Filter, h: &FakeHost, reply: Reply) {
-    let token = h.pending.borrow_mut().pop_front().expect("a call to answer");
-    let size = reply.body.len();
-    h.set_answer(Some(reply));
-    f.on_call_response(h, token, size);
-    h.set_answer(None);
-}
 
 /// A push of `body` to `app:v1` while the registry holds `holds`, the PUT answered `put`:
 /// the response code details of the client's answer, and the request's headers as they left
