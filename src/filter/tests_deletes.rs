@@ -90,6 +90,18 @@ fn detail(r: &Reply) -> serde_json::Value {
 
 const ORDERS: [[&str; 3]; 3] = [["v9", "a-scratch", "v1"], ["a-scratch", "v9", "v1"], ["v1", "v9", "a-scratch"]];
 
+
+/// The registry's answer to a delete that went upstream (`details`: Envoy's response code
+/// details, if any), then the stream's end.
+fn answered(h: &FakeHost, f: &mut Filter, status: &str, details: Option<&str>) {
+    *h.response_headers.borrow_mut() = vec![(":status".into(), status.into())];
+    if let Some(d) = details {
+        *h.code_details.borrow_mut() = Some(d.into());
+    }
+    f.on_response_headers(h);
+    f.on_done(h);
+}
+
 #[test]
 fn a_window_for_one_tag_does_not_delete_the_manifest_another_tag_holds() {
     for order in ORDERS {
@@ -407,10 +419,7 @@ fn an_upstream_reset_after_the_delete_keeps_the_windows_used_and_records_it() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
     let mut f = sent_with_windows(&h, &w);
-    *h.response_headers.borrow_mut() = vec![(":status".into(), "503".into())];
-    *h.code_details.borrow_mut() = Some("upstream_reset_before_response_started{connection_termination}".into());
-    f.on_response_headers(&h);
-    f.on_done(&h);
+    answered(&h, &mut f, "503", Some("upstream_reset_before_response_started{connection_termination}"));
     assert!(!window_open(&h, "v9") && !window_open(&h, "a-scratch"), "not put back");
     assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
 }
@@ -420,9 +429,7 @@ fn a_window_is_not_used_twice_after_an_upstream_reset() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
     let mut f = sent_with_windows(&h, &w);
-    *h.response_headers.borrow_mut() = vec![(":status".into(), "503".into())];
-    f.on_response_headers(&h);
-    f.on_done(&h);
+    answered(&h, &mut f, "503", None);
     let mut f = Filter::new(Some(w.clone()));
     h.replies.borrow_mut().clear();
     h.request("DELETE", "/v2/app/manifests/v9", &[ADMIN]);
@@ -436,9 +443,7 @@ fn a_gateway_timeout_records_an_unknown_outcome() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
     let (_, mut f) = delete_m1(&h, &w, &[ADMIN, REASON], &ORDERS[0]);
-    *h.response_headers.borrow_mut() = vec![(":status".into(), "504".into())];
-    f.on_response_headers(&h);
-    f.on_done(&h);
+    answered(&h, &mut f, "504", None);
     assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
 }
 
@@ -447,10 +452,7 @@ fn a_registry_5xx_keeps_the_windows_used() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
     let mut f = sent_with_windows(&h, &w);
-    *h.response_headers.borrow_mut() = vec![(":status".into(), "500".into())];
-    *h.code_details.borrow_mut() = Some("via_upstream".into());
-    f.on_response_headers(&h);
-    f.on_done(&h);
+    answered(&h, &mut f, "500", Some("via_upstream"));
     assert!(!window_open(&h, "v9") && !window_open(&h, "a-scratch"), "a 5xx may come after the delete");
     assert_eq!(outcomes(&h).iter().filter(|(_, o)| o == "unknown").count(), 2);
 }
@@ -460,10 +462,7 @@ fn a_refusal_from_the_registry_itself_puts_the_windows_back() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
     let mut f = sent_with_windows(&h, &w);
-    *h.response_headers.borrow_mut() = vec![(":status".into(), "403".into())];
-    *h.code_details.borrow_mut() = Some("via_upstream".into());
-    f.on_response_headers(&h);
-    f.on_done(&h);
+    answered(&h, &mut f, "403", Some("via_upstream"));
     assert!(window_open(&h, "v9") && window_open(&h, "a-scratch"), "put back");
     assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "refused"), ("v9", "refused")]));
     assert_eq!(h.counter("break_glass_overrides"), 0);
@@ -474,10 +473,7 @@ fn an_envoy_local_4xx_keeps_the_windows_used() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
     let mut f = sent_with_windows(&h, &w);
-    *h.response_headers.borrow_mut() = vec![(":status".into(), "408".into())];
-    *h.code_details.borrow_mut() = Some("request_overall_timeout".into());
-    f.on_response_headers(&h);
-    f.on_done(&h);
+    answered(&h, &mut f, "408", Some("request_overall_timeout"));
     assert!(!window_open(&h, "v9") && !window_open(&h, "a-scratch"));
 }
 
@@ -486,10 +482,7 @@ fn an_accepted_delete_is_recorded_once_sent_and_once_accepted() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
     let mut f = sent_with_windows(&h, &w);
-    *h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
-    *h.code_details.borrow_mut() = Some("via_upstream".into());
-    f.on_response_headers(&h);
-    f.on_done(&h);
+    answered(&h, &mut f, "202", Some("via_upstream"));
     assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "accepted"), ("v9", "accepted")]));
     assert_eq!(h.counter("break_glass_overrides"), 2);
 }
