@@ -70,7 +70,11 @@ pub struct EtcdSettings {
     pub authority: String,
     /// Every key the filter writes starts with it (so etcd's RBAC can confine the filter).
     pub prefix: String,
+    /// Budget of one call, all its attempts together.
     pub timeout_ms: u64,
+    /// Deadline of one attempt: a member that does not answer within it is left for another
+    /// (`filter::claims::etcd::Call`).
+    pub attempt_timeout_ms: u64,
 }
 
 /// What to do with a push to an immutable tag when the registry cannot tell its current digest.
@@ -206,6 +210,7 @@ struct RawEtcd {
     authority: Option<String>,
     prefix: Option<String>,
     timeout_ms: Option<u64>,
+    attempt_timeout_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -395,13 +400,14 @@ impl RawConfig {
             Some(c) => RawClaims {
                 ttl_seconds: c.opt_uint("ttl_seconds", "u64", u64::MAX)?,
                 slots: narrow(c.opt_uint("slots", "u32", u32::MAX.into())?),
-                etcd: match object(&c, "etcd", &["cluster", "authority", "prefix", "timeout_ms"])? {
+                etcd: match object(&c, "etcd", &["cluster", "authority", "prefix", "timeout_ms", "attempt_timeout_ms"])? {
                     None => None,
                     Some(e) => Some(RawEtcd {
                         cluster: e.opt_string("cluster")?,
                         authority: e.opt_string("authority")?,
                         prefix: e.opt_string("prefix")?,
                         timeout_ms: e.opt_uint("timeout_ms", "u64", u64::MAX)?,
+                        attempt_timeout_ms: e.opt_uint("attempt_timeout_ms", "u64", u64::MAX)?,
                     }),
                 },
             },
@@ -618,7 +624,12 @@ impl RawEtcd {
         if !(1..=60_000).contains(&timeout_ms) {
             return Err(err("claims.etcd.timeout_ms", timeout_ms, "must be between 1 and 60000"));
         }
-        Ok(EtcdSettings { cluster, authority, prefix, timeout_ms })
+        // A third by default: a hung member costs one attempt, and two more fit the budget.
+        let attempt_timeout_ms = self.attempt_timeout_ms.unwrap_or((timeout_ms / 3).max(1));
+        if !(1..=timeout_ms).contains(&attempt_timeout_ms) {
+            return Err(err("claims.etcd.attempt_timeout_ms", attempt_timeout_ms, format!("must be between 1 and claims.etcd.timeout_ms ({timeout_ms})")));
+        }
+        Ok(EtcdSettings { cluster, authority, prefix, timeout_ms, attempt_timeout_ms })
     }
 }
 
@@ -871,16 +882,18 @@ mod tests {
     #[test]
     fn claims_in_etcd() {
         let c = cfg(r#"{"claims": {"etcd": {"cluster": "etcd"}}}"#);
-        let want = EtcdSettings { cluster: "etcd".into(), authority: "etcd".into(), prefix: "/immutable-tags/".into(), timeout_ms: 1000 };
+        let want = EtcdSettings { cluster: "etcd".into(), authority: "etcd".into(), prefix: "/immutable-tags/".into(), timeout_ms: 1000, attempt_timeout_ms: 333 };
         assert_eq!(c.claims.etcd, Some(want));
         let c = cfg(r#"{"claims": {"etcd": {"cluster": "e", "authority": "etcd:2379", "prefix": "/x/", "timeout_ms": 300}}}"#);
-        let want = EtcdSettings { cluster: "e".into(), authority: "etcd:2379".into(), prefix: "/x/".into(), timeout_ms: 300 };
+        let want = EtcdSettings { cluster: "e".into(), authority: "etcd:2379".into(), prefix: "/x/".into(), timeout_ms: 300, attempt_timeout_ms: 100 };
         assert_eq!(c.claims.etcd, Some(want));
         for (json, field) in [
             (r#"{"claims": {"etcd": {}}}"#, "claims.etcd.cluster"),
             (r#"{"claims": {"etcd": {"cluster": ""}}}"#, "claims.etcd.cluster"),
             (r#"{"claims": {"etcd": {"cluster": "e", "endpoints": []}}}"#, "claims.etcd.endpoints"),
             (r#"{"claims": {"etcd": {"cluster": "e", "timeout_ms": 0}}}"#, "claims.etcd.timeout_ms"),
+            (r#"{"claims": {"etcd": {"cluster": "e", "attempt_timeout_ms": 0}}}"#, "claims.etcd.attempt_timeout_ms"),
+            (r#"{"claims": {"etcd": {"cluster": "e", "timeout_ms": 900, "attempt_timeout_ms": 901}}}"#, "claims.etcd.attempt_timeout_ms"),
             (r#"{"claims": {"etcd": {"cluster": "e", "prefix": ""}}}"#, "claims.etcd.prefix"),
             (r#"{"claims": {"etcd": {"cluster": "e", "authority": "a b"}}}"#, "claims.etcd.authority"),
             (r#"{"claims": {"etcd": "etcd"}}"#, "claims.etcd"),

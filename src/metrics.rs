@@ -39,12 +39,25 @@ pub enum Counter {
     /// the claims in flight (in etcd: keys held by writes not yet answered).
     ClaimsTaken,
     ClaimsSettled,
+    /// etcd calls (claims, commits, windows, leases) sent again after a failed attempt, and
+    /// calls answered only after such a retry (a member failed and another answered).
+    EtcdAttemptsRetried,
+    EtcdFailovers,
+    /// Failed etcd attempts by cause: no answer within `attempt_timeout_ms`; Envoy's own 503
+    /// (connect failure, no healthy member); reset; etcd's retryable errors (no leader, leader
+    /// changed, too many requests: the gateway's 503/429/504).
+    EtcdAttemptTimeouts,
+    EtcdAttemptsRefused,
+    EtcdAttemptResets,
+    EtcdAttemptsUnavailable,
+    /// Calls that failed for good (every attempt, or the budget, spent; or a plain error).
+    EtcdCallsFailed,
 }
 
 pub const PREFIX: &str = "immutable_tags.";
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 26] = [
         Counter::RequestsSeen,
         Counter::RequestsChecked,
         Counter::PushesMutable,
@@ -64,6 +77,13 @@ impl Counter {
         Counter::StreamsSwept,
         Counter::ClaimsTaken,
         Counter::ClaimsSettled,
+        Counter::EtcdAttemptsRetried,
+        Counter::EtcdFailovers,
+        Counter::EtcdAttemptTimeouts,
+        Counter::EtcdAttemptsRefused,
+        Counter::EtcdAttemptResets,
+        Counter::EtcdAttemptsUnavailable,
+        Counter::EtcdCallsFailed,
     ];
 
     /// The name without the prefix.
@@ -88,6 +108,13 @@ impl Counter {
             Counter::StreamsSwept => "streams_swept",
             Counter::ClaimsTaken => "claims_taken",
             Counter::ClaimsSettled => "claims_settled",
+            Counter::EtcdAttemptsRetried => "etcd_attempts_retried",
+            Counter::EtcdFailovers => "etcd_failovers",
+            Counter::EtcdAttemptTimeouts => "etcd_attempt_timeouts",
+            Counter::EtcdAttemptsRefused => "etcd_attempts_refused",
+            Counter::EtcdAttemptResets => "etcd_attempt_resets",
+            Counter::EtcdAttemptsUnavailable => "etcd_attempts_unavailable",
+            Counter::EtcdCallsFailed => "etcd_calls_failed",
         }
     }
 

@@ -658,7 +658,8 @@ fn etcd_failures_refuse_with_503_naming_the_claim_store_and_send_no_put() {
         }
         let puts = h.calls_with("PUT").len();
         let mut f = to_claim(&h, &w, M1);
-        respond_with(&mut f, &h, |_| reply.clone());
+        // Every attempt fails alike (the error body, the timeout and the reset are retried).
+        while respond_with(&mut f, &h, |_| reply.clone()) {}
         let r = h.reply().unwrap_or_else(|| panic!("{what}: no answer"));
         assert_eq!(r.status, 503, "{what}");
         let msg = r.json()["errors"][0]["message"].as_str().unwrap().to_string();
@@ -679,13 +680,13 @@ fn a_connect_failure_is_tried_once_more_before_refusing() {
     answer_etcd(&mut f, &h, &etcd);
     assert_eq!(h.calls_with("PUT").len(), 1);
     respond(&mut f, &h, created(M1));
-    // Three times in a row: refused.
+    // MAX_ATTEMPTS times in a row: refused.
     let mut f = to_claim_tag(&h, &w, "v2", M2);
     let mut n = 0;
     while respond_with(&mut f, &h, |c| { assert_eq!(c.cluster, "etcd"); envoy_503.clone() }) {
         n += 1;
     }
-    assert_eq!((n, h.reply().unwrap().status), (3, 503));
+    assert_eq!((n, h.reply().unwrap().status), (super::claims::etcd::MAX_ATTEMPTS, 503));
 }
 
 #[test]
@@ -1468,12 +1469,12 @@ fn a_window_etcd_cannot_write_is_not_opened_and_the_read_goes_on() {
     let (mut f, action) = read_with_reason(&a, &wa, ADMIN);
     assert_eq!(action, Action::Pause);
     let quorum = answer(503, &[], br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#);
-    respond_with(&mut f, &a, |_| quorum.clone());
+    while respond_with(&mut f, &a, |_| quorum.clone()) {}
     assert_eq!(a.response_resumes.get(), 1);
     let why = window_lines(&a)[0]["not_opened"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("window store (etcd, cluster 'etcd') is unavailable: etcd answered 503"), "{why}");
     assert!(etcd.kv.borrow().is_empty());
-    // An etcd member that cannot be reached is tried CONNECT_RETRIES times more (nothing reached
+    // An etcd member that cannot be reached is tried MAX_ATTEMPTS times in all (nothing reached
     // it), then the window is not opened and the read goes on.
     let (b, wb) = bg_replica(&etcd);
     let (mut f, _) = read_with_reason(&b, &wb, ADMIN);
@@ -1482,7 +1483,7 @@ fn a_window_etcd_cannot_write_is_not_opened_and_the_read_goes_on() {
     while sent < 10 && respond_with(&mut f, &b, |_| refused.clone()) {
         sent += 1;
     }
-    assert_eq!(sent, 1 + super::claims::etcd::CONNECT_RETRIES);
+    assert_eq!(sent, super::claims::etcd::MAX_ATTEMPTS);
     assert_eq!(b.response_resumes.get(), 1);
     let why = window_lines(&b)[0]["not_opened"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("is unavailable"), "{why}");

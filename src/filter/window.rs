@@ -11,7 +11,7 @@
 //!   several replicas racing for one window, exactly one gets it. A window put back keeps its
 //!   lease (and so its end), through the root context's queue (the stream is ending).
 use super::break_glass::{line, registry_auth, Asked};
-use super::claims::etcd::{self as store, CONNECT_RETRIES};
+use super::claims::etcd::Call;
 use super::host::{Host, Level, SharedError};
 use super::worker::Worker;
 use crate::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
@@ -25,34 +25,6 @@ pub struct Used {
     value: Vec<u8>,
     /// Its etcd lease (0 in shared data).
     lease: u64,
-}
-
-/// One etcd call from a stream, sent again after a connect failure (nothing reached etcd).
-#[derive(Debug)]
-struct Call {
-    token: u32,
-    path: &'static str,
-    body: String,
-    retries: u32,
-}
-
-impl Call {
-    fn send(host: &dyn Host, e: &EtcdSettings, path: &'static str, body: String) -> Result<Call, String> {
-        let token = store::call(host, e, path, &body)?;
-        Ok(Call { token, path, body, retries: 0 })
-    }
-
-    /// The answer (status, body); `None`: sent again, wait for that.
-    fn answer(&mut self, host: &dyn Host, e: &EtcdSettings, body_size: usize) -> Option<(Option<u16>, Vec<u8>)> {
-        let (status, body) = store::answer(host, body_size);
-        if store::connect_failure(status, &body) && self.retries < CONNECT_RETRIES {
-            if let Ok(token) = store::call(host, e, self.path, &self.body) {
-                (self.token, self.retries) = (token, self.retries + 1);
-                return None;
-            }
-        }
-        Some((status, body))
-    }
 }
 
 fn down(e: &EtcdSettings, why: &str) -> String {
@@ -121,7 +93,7 @@ pub fn open(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked
 /// (written or not, logged); let the answer go.
 pub fn on_open_response(host: &dyn Host, worker: &Worker, o: &mut Opening, body_size: usize) -> bool {
     let Some(e) = &worker.config.claims.etcd else { return true };
-    let Some((status, body)) = o.call.answer(host, e, body_size) else { return false };
+    let Some((status, body)) = o.call.answer(host, worker, e, body_size) else { return false };
     let outcome = if o.granted {
         wire::parse_put(status, &body)
     } else {
@@ -197,7 +169,7 @@ pub fn take(host: &dyn Host, worker: &Worker, bg: &BreakGlass, action: Action, r
 /// etcd answered a `Taking`.
 pub fn on_take_response(host: &dyn Host, worker: &Worker, mut t: Taking, body_size: usize) -> Taken {
     let Some(e) = &worker.config.claims.etcd else { return Taken::Not(None) };
-    let Some((status, body)) = t.call.answer(host, e, body_size) else { return Taken::Pending(t) };
+    let Some((status, body)) = t.call.answer(host, worker, e, body_size) else { return Taken::Pending(t) };
     let value = match wire::parse_taken(status, &body) {
         Answer::Ok(v) => v,
         Answer::LeaseGone => return Taken::Not(Some(down(e, "lease not found"))),
@@ -248,7 +220,7 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
 /// Puts a used window back (its write failed), unless a newer one was opened meanwhile.
 pub fn restore(host: &dyn Host, worker: &Worker, u: &Used) {
     if worker.config.claims.etcd.is_some() {
-        store::create_later(worker, u.key.clone(), u.value.clone(), u.lease);
+        super::claims::etcd::create_later(worker, u.key.clone(), u.value.clone(), u.lease);
     } else if let Ok((Some(v), cas)) = host.shared_get(&u.key) {
         if v.is_empty() {
             let _ = host.shared_set(&u.key, &u.value, cas);

@@ -16,12 +16,19 @@
 //!   and read, judge and rewrite the record (compare on `mod_revision`), so a release by one
 //!   holder never removes what another holder or a committed change needs.
 //!   The queue also puts back break-glass windows (`filter::window`) a failed write had used.
+//! - Every call (claim, commit, release, lease grant, window) is a [`Call`]: attempts of at most
+//!   `attempt_timeout_ms` each, sent again while `timeout_ms` lasts when one times out, is
+//!   refused or etcd answers a retryable error. Envoy's round robin sends the next attempt to
+//!   the next member, and outlier detection ejects a hung one. Every write is a txn guarded by
+//!   a compare (create if absent, or `mod_revision`), so an attempt that lands late or twice
+//!   writes nothing more; a retry that finds our own write recognises it (`own_write`).
 use super::Claimed;
 use crate::claims::{self, Rec, View};
 use crate::config::EtcdSettings;
 use crate::etcd::{self as wire, Answer, Txn};
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
+use crate::metrics::Counter;
 
 /// Calls one claim may make (grant, claim, rewrite, retries) before it gives up.
 const MAX_STEPS: u32 = 6;
@@ -29,9 +36,88 @@ const MAX_STEPS: u32 = 6;
 /// Tries of a queued commit or release before it is left to expire.
 const MAX_TRIES: u32 = 8;
 
-/// Tries after a connect failure: with round robin over 3 members and one down, the third try
-/// at the latest reaches a live one.
-pub(crate) const CONNECT_RETRIES: u32 = 2;
+/// Attempts of one call at most: quick failures (refused, no leader) stop here, before its
+/// budget. With round robin over 3 members, one hung and one down, the third reaches the last.
+pub(crate) const MAX_ATTEMPTS: u32 = 4;
+
+/// Why an attempt failed in a way another member may not: it is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Envoy's 504: no answer within the attempt's deadline (a hung or slow member).
+    Timeout,
+    /// Envoy's own 503: it could not connect (or no member is healthy).
+    Refused,
+    Reset,
+    /// etcd's retryable errors: no leader, leader changed (gRPC Unavailable, the gateway's 503),
+    /// too many requests (ResourceExhausted: 429), and the gateway's 504 (DeadlineExceeded).
+    Unavailable,
+}
+
+fn fault(status: Option<u16>, body: &[u8]) -> Option<Fault> {
+    let etcd = body.starts_with(b"{");
+    let says = |m: &str| body.windows(m.len()).any(|w| w == m.as_bytes());
+    match status {
+        None => Some(Fault::Reset),
+        Some(504) if !etcd => Some(Fault::Timeout),
+        Some(503) if !etcd => Some(Fault::Refused),
+        Some(429 | 503 | 504) => Some(Fault::Unavailable),
+        // A stream's error travels in a 200 (`{"error":{...}}`): its message says it.
+        _ if etcd && ["no leader", "leader changed", "too many requests"].iter().any(|m| says(m)) => Some(Fault::Unavailable),
+        _ => None,
+    }
+}
+
+/// One etcd call and its attempts. Each attempt has `attempt_timeout_ms` (less what is left of
+/// `timeout_ms`, counted from the first); the body is sent again unchanged, so a write that a
+/// timed-out attempt did make is the very one a retry finds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Call {
+    pub token: u32,
+    path: &'static str,
+    body: String,
+    started_ms: u64,
+    attempts: u32,
+}
+
+impl Call {
+    pub(crate) fn send(host: &dyn Host, e: &EtcdSettings, path: &'static str, body: String) -> Result<Call, String> {
+        let token = call(host, e, path, &body, e.attempt_timeout_ms)?;
+        Ok(Call { token, path, body, started_ms: host.now_ms(), attempts: 1 })
+    }
+
+    /// The answer (status, body); `None`: an attempt failed and was sent again, wait for that.
+    pub(crate) fn answer(&mut self, host: &dyn Host, worker: &Worker, e: &EtcdSettings, body_size: usize) -> Option<(Option<u16>, Vec<u8>)> {
+        let (status, body) = answer(host, body_size);
+        let Some(f) = fault(status, &body) else {
+            if self.attempts > 1 {
+                worker.count(host, Counter::EtcdFailovers);
+            }
+            return Some((status, body));
+        };
+        worker.count(host, match f {
+            Fault::Timeout => Counter::EtcdAttemptTimeouts,
+            Fault::Refused => Counter::EtcdAttemptsRefused,
+            Fault::Reset => Counter::EtcdAttemptResets,
+            Fault::Unavailable => Counter::EtcdAttemptsUnavailable,
+        });
+        // A last attempt shorter than a quarter of one is not worth sending.
+        let left = e.timeout_ms.saturating_sub(host.now_ms().saturating_sub(self.started_ms));
+        if self.attempts < MAX_ATTEMPTS && left.saturating_mul(4) >= e.attempt_timeout_ms {
+            if let Ok(token) = call(host, e, self.path, &self.body, left.min(e.attempt_timeout_ms)) {
+                (self.token, self.attempts) = (token, self.attempts + 1);
+                worker.count(host, Counter::EtcdAttemptsRetried);
+                return None;
+            }
+        }
+        worker.count(host, Counter::EtcdCallsFailed);
+        Some((status, body))
+    }
+
+    /// An earlier attempt may have been applied (it failed after it was sent).
+    fn retried(&self) -> bool {
+        self.attempts > 1
+    }
+}
 
 /// A claim waiting for etcd's answer to the call `token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +128,9 @@ pub struct InFlight {
     view: View,
     step: Step,
     steps: u32,
-    retries: u32,
+    call: Call,
+    /// The record and lease the call writes, if it writes one: what a retry recognises.
+    writes: Option<(Rec, u64)>,
     /// When the claim's first call was sent: its answers are only trusted while young.
     sent_ms: u64,
 }
@@ -82,7 +170,7 @@ pub struct State {
     lease: Option<(u64, u64)>,
     granting: bool,
     queue: Vec<Op>,
-    in_flight: Vec<(u32, Op)>,
+    in_flight: Vec<(Call, Op)>,
 }
 
 /// How often the root context ticks: commits and releases wait at most this long.
@@ -92,9 +180,9 @@ fn down(e: &EtcdSettings, why: &str) -> String {
     format!("the claim store (etcd, cluster '{}') is unavailable: {why}", e.cluster)
 }
 
-pub(crate) fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str) -> Result<u32, String> {
+fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str, timeout_ms: u64) -> Result<u32, String> {
     let headers = [(":method", "POST"), (":path", path), (":authority", e.authority.as_str()), ("content-type", "application/json")];
-    host.dispatch(&e.cluster, &headers, Some(body.as_bytes()), e.timeout_ms)
+    host.dispatch(&e.cluster, &headers, Some(body.as_bytes()), timeout_ms)
         .map_err(|why| format!("cannot dispatch to cluster '{}' ({why})", e.cluster))
 }
 
@@ -121,7 +209,7 @@ fn learn_lease(worker: &Worker, id: u64, sent_ms: u64) {
 pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let key = wire::key(&e.prefix, repository, tag);
-    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, retries: 0, sent_ms: host.now_ms() };
+    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, call: Call::default(), writes: None, sent_ms: host.now_ms() };
     send(host, worker, e, f)
 }
 
@@ -132,42 +220,48 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
         return Claimed::Unavailable(down(e, "the claim did not settle"));
     }
     let now = host.now_ms();
-    let (path, body) = match (lease(host, worker), &f.step) {
+    let (path, body, writes) = match (lease(host, worker), &f.step) {
         (None, _) => {
             f.step = Step::Grant;
-            ("/v3/lease/grant", wire::grant_body(lease_seconds(worker)))
+            ("/v3/lease/grant", wire::grant_body(lease_seconds(worker)), None)
         }
         (Some(l), Step::Grant | Step::Claim) => {
             f.step = Step::Claim;
             let first = claims::take(None, &f.digest, f.view, now).unwrap_or(Rec { stored: None, claim: None, at_ms: now });
-            ("/v3/kv/txn", wire::claim_txn(&f.key, &first, l))
+            ("/v3/kv/txn", wire::claim_txn(&f.key, &first, l), Some((first, l)))
         }
-        (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l)),
+        (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l), Some((r.clone(), l))),
     };
-    match call(host, e, path, &body) {
-        Ok(token) => {
-            f.token = token;
+    match Call::send(host, e, path, body) {
+        Ok(call) => {
+            (f.token, f.call, f.writes) = (call.token, call, writes);
             Claimed::Pending(f)
         }
         Err(why) => Claimed::Unavailable(down(e, &why)),
     }
 }
 
+/// A retried txn found the record it writes, bound to the lease it writes with: an earlier
+/// attempt made it (the compare then failed on our own write). Anyone else's write differs:
+/// the lease is this worker's, and a record carries the time its claim was taken. (Two claims
+/// of one digest by one worker in the same millisecond would look alike; then the hold is
+/// counted once too few only if the first attempt was not applied.)
+fn own_write(f: &InFlight, found: &Rec, body: &[u8]) -> bool {
+    f.call.retried() && f.writes.as_ref().is_some_and(|(r, l)| r == found && wire::found_lease(body) == Some(*l))
+}
+
 /// The call's status and body; `None` status: a reset.
-pub(crate) fn answer(host: &dyn Host, body_size: usize) -> (Option<u16>, Vec<u8>) {
+fn answer(host: &dyn Host, body_size: usize) -> (Option<u16>, Vec<u8>) {
     let status = host.call_response_header(":status").and_then(|s| s.trim().parse().ok());
     (status, host.call_response_body(body_size).unwrap_or_default())
 }
 
-/// Envoy's own 503 (it could not connect to the member it picked): worth one more try, which
-/// Envoy sends to another member.
-pub(crate) fn connect_failure(status: Option<u16>, body: &[u8]) -> bool {
-    status == Some(503) && !body.starts_with(b"{")
-}
-
 pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size: usize) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
-    let (status, body) = answer(host, body_size);
+    let Some((status, body)) = f.call.answer(host, worker, e, body_size) else {
+        f.token = f.call.token;
+        return Claimed::Pending(f);
+    };
     let now = host.now_ms();
     let ttl_ms = worker.config.claims.ttl_ms;
     let too_late = now.saturating_sub(f.sent_ms) >= ttl_ms / 2;
@@ -177,10 +271,6 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
             enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone() }, write: None, tries: 0 });
         }
         return Claimed::Unavailable(down(e, "its answer came too late (half of claims.ttl_seconds or more)"));
-    }
-    if connect_failure(status, &body) && f.retries < CONNECT_RETRIES {
-        f.retries += 1;
-        return send(host, worker, e, f);
     }
     if f.step == Step::Grant {
         return match wire::parse_grant(status, &body) {
@@ -200,6 +290,7 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
             f.step = Step::Claim;
             send(host, worker, e, f)
         }
+        Answer::Ok(Txn::Found(Some((record, mod_revision)))) if own_write(&f, &record, &body) => Claimed::Proceed { revision: mod_revision },
         Answer::Ok(Txn::Found(Some((record, mod_revision)))) => {
             let found = Some(&record).filter(|r| r.live(now, ttl_ms));
             match claims::take(found, &f.digest, f.view, now) {
@@ -277,7 +368,7 @@ fn send_op(host: &dyn Host, worker: &Worker, e: &EtcdSettings, s: &mut State, op
     let ttl = worker.config.claims.ttl_ms;
     let current = s.lease.filter(|(_, at)| at.saturating_add(ttl) > now).map(|(id, _)| id);
     {
-        let (path, body) = match &op {
+        let (path, body): (&'static str, String) = match &op {
             Op::Grant(_) => ("/v3/lease/grant", wire::grant_body(lease_seconds(worker))),
             Op::Update { key, write: None, .. } => ("/v3/kv/txn", wire::read_txn(key)),
             Op::Update { key, write: Some((m, None)), .. } => ("/v3/kv/txn", wire::delete_if_txn(key, *m)),
@@ -291,8 +382,8 @@ fn send_op(host: &dyn Host, worker: &Worker, e: &EtcdSettings, s: &mut State, op
             },
             Op::Create { key, value, lease } => ("/v3/kv/txn", wire::create_txn(key, value, *lease)),
         };
-        match call(host, e, path, &body) {
-            Ok(token) => s.in_flight.push((token, op)),
+        match Call::send(host, e, path, body) {
+            Ok(call) => s.in_flight.push((call, op)),
             Err(why) => {
                 host.log(Level::Warn, &format!("immutable-tags: {}", down(e, &why)));
                 if matches!(op, Op::Grant(_)) {
@@ -318,9 +409,12 @@ fn retry(s: &mut State, op: Op) {
 pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size: usize) {
     let Some(e) = &worker.config.claims.etcd else { return };
     let Ok(mut s) = worker.etcd.try_borrow_mut() else { return };
-    let Some(i) = s.in_flight.iter().position(|(t, _)| *t == token) else { return };
-    let (_, op) = s.in_flight.swap_remove(i);
-    let (status, body) = answer(host, body_size);
+    let Some(i) = s.in_flight.iter().position(|(c, _)| c.token == token) else { return };
+    let (mut call, op) = s.in_flight.swap_remove(i);
+    let Some((status, body)) = call.answer(host, worker, e, body_size) else {
+        s.in_flight.push((call, op));
+        return;
+    };
     let now = host.now_ms();
     let ttl = worker.config.claims.ttl_ms;
     let failed = |why: &str| host.log(Level::Warn, &format!("immutable-tags: {}", down(e, why)));
@@ -337,6 +431,9 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
         Op::Update { key, change, write, tries } => {
             let found = match wire::parse_txn(status, &body) {
                 Answer::Ok(Txn::Done { .. }) if write.is_some() => return,
+                // A retried write finds what it wrote: an earlier attempt was applied. (Anyone
+                // else's identical record would only leave one hold too many: the safe side.)
+                Answer::Ok(Txn::Found(Some((r, _)))) if call.retried() && matches!(&write, Some((_, Some(w))) if *w == r) => return,
                 Answer::Ok(Txn::Done { .. }) => None, // read: the key does not exist
                 Answer::Ok(Txn::Found(f)) => f,
                 Answer::LeaseGone => {
