@@ -31,6 +31,8 @@ mod tests_pinning_scope;
 mod tests_telemetry;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_bytes;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_failover;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
