@@ -246,3 +246,22 @@ fn lease_grants_fail_over_too() {
     world.advance(5_500);
     assert_eq!(world.push(&a, "v1", X, &[]).status, 201);
 }
+
+#[test]
+fn the_same_record_under_another_lease_is_no_own_write() {
+    // Two replicas push X to v1 in the same millisecond: b's claim lands, a's first attempt
+    // times out before etcd. a's retry finds a record equal to its own but bound to b's lease:
+    // b's hold, so a takes a second one (counting it as its own would leave b's write unfenced
+    // once a commits).
+    let world = World::new(POLICY);
+    let (a, b) = (world.replica(), world.replica());
+    let mut s = world.open_put(&b, "v1", X, &[]);
+    world.pump(&mut s, true);
+    world.body(&mut s, X, true);
+    world.pump(&mut s, true);
+    assert_eq!(s.held_puts.len(), 1, "b holds the claim, its PUT out");
+    let r = push_with(&world, &a, X, |c, n| if n == 1 { timed_out() } else { world.etcd.answer(c) });
+    assert_eq!(r.status, 201);
+    run_for(&world, &[&a], 500);
+    assert_eq!(holders(&world), format!("{} 1", super::tests_claims::sha(X)), "b's hold outlives a's commit");
+}
