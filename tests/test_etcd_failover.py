@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import statistics
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -92,24 +93,16 @@ class Relay:
 def shipped_cluster(etcd: EtcdCluster, relays: list[Relay]) -> dict:
     """The etcd cluster of envoy/envoy-etcd.yaml as shipped, with this test's members (through
     the relays) and certificates put in."""
-    if not SHIPPED.exists():  # before the shipped file existed: the README's cluster
-        c = etcd.envoy_cluster()
-    else:
-        doc = yaml.safe_load(SHIPPED.read_text())
-        c = next(c for c in doc["static_resources"]["clusters"] if c["name"] == CLUSTER)
-        c["type"] = "STATIC"
-        tls = c["transport_socket"]["typed_config"]
-        tls["sni"] = "localhost"
-        ctx = tls["common_tls_context"]
-        ctx["tls_certificates"] = [{"certificate_chain": {"filename": etcd.certs["client"]},
-                                    "private_key": {"filename": etcd.certs["client_key"]}}]
-        ctx["validation_context"]["trusted_ca"] = {"filename": etcd.certs["ca"]}
+    doc = yaml.safe_load(SHIPPED.read_text())
+    c = next(c for c in doc["static_resources"]["clusters"] if c["name"] == CLUSTER)
+    ctx = c["transport_socket"]["typed_config"]["common_tls_context"]
+    ctx["tls_certificates"] = [{"certificate_chain": {"filename": etcd.certs["client"]},
+                                "private_key": {"filename": etcd.certs["client_key"]}}]
+    ctx["validation_context"]["trusted_ca"] = {"filename": etcd.certs["ca"]}
     eps = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert len(eps) == len(relays)
     for ep, r in zip(eps, relays):
         ep["endpoint"]["address"]["socket_address"].update(address="127.0.0.1", port_value=r.port)
-        for hc in ep["endpoint"].get("health_check_config", {}) and [ep["endpoint"]["health_check_config"]]:
-            hc.pop("port_value", None)
     return c
 
 
@@ -257,3 +250,96 @@ def test_a_hung_follower_loses_no_push(replicas, registry, etcd, uid):
         races(replicas, registry, repo + "-race", ROUNDS, f"m{follower} (follower) hung")
         unchanged(replicas, registry, repo, results)
     print(f"etcd_attempts_retried over the 3 replicas: +{sum(stat(e, 'etcd_attempts_retried') for e in replicas) - retried}")
+
+
+def test_a_hung_leader_costs_pushes_only_until_a_new_one_leads(replicas, registry, etcd, uid):
+    repo = f"hung-leader-{uid}"
+    baseline = push_sequence(replicas, registry, repo + "-base", 10)
+    lead = leader(etcd)
+    assert lead is not None
+    others = [i for i in range(3) if i != lead]
+    results, elected = [], None
+    with hung(etcd, lead):
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < 30:
+            m = make_manifest(registry.url, repo, f"seq-{i}")
+            start = time.monotonic() - t0
+            r = put_manifest(replicas[i % 3].url, repo, f"v{i}", m)
+            results.append((start, r.status, time.monotonic() - t0 - start))
+            i += 1
+            if elected is None:
+                new = leader(etcd, others)
+                if new is not None and new != lead:
+                    elected = time.monotonic() - t0
+            elif start > elected + 2 and i >= 40:
+                break
+        assert elected is not None, "the others elected no leader"
+        failed = [(round(t, 2), s) for t, s, _ in results if s != 201]
+        after = [(t, s) for t, s, _ in results if t > elected + 1]
+        print(f"leader m{lead} hung: new leader seen after {elected:.2f} s; {len(failed)} of {len(results)} "
+              f"pushes failed, at {failed[:10]}; after the election {sum(s == 201 for _, s in after)}/{len(after)} stored; "
+              f"slowest push {max(d for _, _, d in results) * 1000:.0f} ms")
+        assert all(s == 201 for _, s in after), f"failures after the election: {failed}"
+        races(replicas, registry, repo + "-race", ROUNDS, f"m{lead} (leader) hung")
+        unchanged(replicas, registry, repo, [(s, 0, "") for _, s, _ in results])
+
+
+def test_a_member_killed_and_restarted_with_its_data(replicas, registry, etcd, uid):
+    repo = f"killed-{uid}"
+    # A follower: the leader's loss is the hung-leader test's (an election, whatever the cause).
+    victim = next(i for i in range(3) if i != leader(etcd))
+    m = etcd.members[victim]
+    os.kill(m.proc.pid, signal.SIGKILL)
+    m.proc.wait()
+    m.proc = None
+    try:
+        results = push_sequence(replicas, registry, repo, 30)
+        assert all(s == 201 for s, _, _ in results), [r for r in results if r[0] != 201][:5]
+        races(replicas, registry, repo + "-race", ROUNDS, f"m{victim} killed")
+    finally:
+        m.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if status_of(etcd, victim)["header"]["member_id"]:
+                break
+        time.sleep(0.2)
+    more = push_sequence(replicas, registry, repo + "-back", 30)
+    assert all(s == 201 for s, _, _ in more), [r for r in more if r[0] != 201][:5]
+    unchanged(replicas, registry, repo, results)
+
+
+def test_a_slow_member_is_left_for_the_others(replicas, registry, etcd, relays, uid):
+    repo = f"slow-{uid}"
+    baseline = push_sequence(replicas, registry, repo + "-base", 10)
+    slow = next(i for i in range(3) if i != leader(etcd))
+    relays[slow].delay = 1.0  # past the attempt deadline (666 ms) and the health check's (500 ms)
+    try:
+        results = push_sequence(replicas, registry, repo, 60)
+        figures(f"m{slow} slowed by 1 s a chunk", baseline, results)
+        assert all(s == 201 for s, _, _ in results), [r for r in results if r[0] != 201][:5]
+        races(replicas, registry, repo + "-race", ROUNDS, f"m{slow} slowed")
+        unchanged(replicas, registry, repo, results)
+    finally:
+        relays[slow].delay = 0
+
+
+def test_the_shipped_etcd_cluster_validates(workdir, etcd):
+    """envoy/envoy-etcd.yaml passes `envoy --mode validate` (with certificates that exist), and
+    so does its plain-HTTP form."""
+    doc = yaml.safe_load(SHIPPED.read_text())
+    text = SHIPPED.read_text()
+    for path, real in (("/etc/immutable-tags/etcd-client.crt", etcd.certs["client"]),
+                       ("/etc/immutable-tags/etcd-client.key", etcd.certs["client_key"]),
+                       ("/etc/immutable-tags/etcd-ca.crt", etcd.certs["ca"])):
+        assert path in text
+        text = text.replace(path, real)
+    plain = yaml.safe_load(text)
+    plain["static_resources"]["clusters"][0].pop("transport_socket")
+    for name, body in (("tls", text), ("plain", yaml.safe_dump(plain))):
+        p = workdir / f"envoy-etcd-{name}.yaml"
+        p.write_text(body)
+        r = subprocess.run([stack.envoy_binary(), "--mode", "validate", "-c", str(p)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-2000:])
+    assert doc["static_resources"]["clusters"][0]["outlier_detection"]["consecutive_local_origin_failure"] == 1
