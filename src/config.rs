@@ -305,7 +305,7 @@ impl Config {
             d.blobs,
             self.claims.ttl_ms / 1000,
             self.claims.slots,
-            self.claims.etcd.as_ref().map_or("shared-data".to_string(), |e| format!("etcd cluster={} prefix={} timeout_ms={}", e.cluster, e.prefix, e.timeout_ms)),
+            self.claims.etcd.as_ref().map_or("shared-data".to_string(), |e| format!("etcd cluster={} prefix={} timeout_ms={} attempt_timeout_ms={}", e.cluster, e.prefix, e.timeout_ms, e.attempt_timeout_ms)),
             self.on_upstream_error,
             self.pin_immutable_pulls,
             self.max_manifest_bytes,
