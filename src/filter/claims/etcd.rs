@@ -128,9 +128,8 @@ pub struct InFlight {
     view: View,
     step: Step,
     steps: u32,
-    call: Call,
-    /// The record and lease the call writes, if it writes one: what a retry recognises.
-    writes: Option<(Rec, u64)>,
+    /// The call, and the record and lease it writes if it writes one (what a retry recognises).
+    call: Box<(Call, Option<(Rec, u64)>)>,
     /// When the claim's first call was sent: its answers are only trusted while young.
     sent_ms: u64,
 }
@@ -209,7 +208,7 @@ fn learn_lease(worker: &Worker, id: u64, sent_ms: u64) {
 pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let key = wire::key(&e.prefix, repository, tag);
-    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, call: Call::default(), writes: None, sent_ms: host.now_ms() };
+    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, call: Box::default(), sent_ms: host.now_ms() };
     send(host, worker, e, f)
 }
 
@@ -234,7 +233,7 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
     };
     match Call::send(host, e, path, body) {
         Ok(call) => {
-            (f.token, f.call, f.writes) = (call.token, call, writes);
+            (f.token, f.call) = (call.token, Box::new((call, writes)));
             Claimed::Pending(f)
         }
         Err(why) => Claimed::Unavailable(down(e, &why)),
@@ -247,7 +246,8 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
 /// of one digest by one worker in the same millisecond would look alike; then the hold is
 /// counted once too few only if the first attempt was not applied.)
 fn own_write(f: &InFlight, found: &Rec, body: &[u8]) -> bool {
-    f.call.retried() && f.writes.as_ref().is_some_and(|(r, l)| r == found && wire::found_lease(body) == Some(*l))
+    let (call, writes) = &*f.call;
+    call.retried() && writes.as_ref().is_some_and(|(r, l)| r == found && wire::found_lease(body) == Some(*l))
 }
 
 /// The call's status and body; `None` status: a reset.
@@ -258,8 +258,8 @@ fn answer(host: &dyn Host, body_size: usize) -> (Option<u16>, Vec<u8>) {
 
 pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size: usize) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
-    let Some((status, body)) = f.call.answer(host, worker, e, body_size) else {
-        f.token = f.call.token;
+    let Some((status, body)) = f.call.0.answer(host, worker, e, body_size) else {
+        f.token = f.call.0.token;
         return Claimed::Pending(f);
     };
     let now = host.now_ms();
