@@ -624,8 +624,9 @@ impl RawEtcd {
         if !(1..=60_000).contains(&timeout_ms) {
             return Err(err("claims.etcd.timeout_ms", timeout_ms, "must be between 1 and 60000"));
         }
-        // A third by default: a hung member costs one attempt, and two more fit the budget.
-        let attempt_timeout_ms = self.attempt_timeout_ms.unwrap_or((timeout_ms / 3).max(1));
+        // A quarter by default: a hung member costs one attempt (under 600 ms of a 2 s budget, the
+        // issue's target), and three more fit the budget.
+        let attempt_timeout_ms = self.attempt_timeout_ms.unwrap_or((timeout_ms / 4).max(1));
         if !(1..=timeout_ms).contains(&attempt_timeout_ms) {
             return Err(err("claims.etcd.attempt_timeout_ms", attempt_timeout_ms, format!("must be between 1 and claims.etcd.timeout_ms ({timeout_ms})")));
         }
@@ -882,10 +883,10 @@ mod tests {
     #[test]
     fn claims_in_etcd() {
         let c = cfg(r#"{"claims": {"etcd": {"cluster": "etcd"}}}"#);
-        let want = EtcdSettings { cluster: "etcd".into(), authority: "etcd".into(), prefix: "/immutable-tags/".into(), timeout_ms: 1000, attempt_timeout_ms: 333 };
+        let want = EtcdSettings { cluster: "etcd".into(), authority: "etcd".into(), prefix: "/immutable-tags/".into(), timeout_ms: 1000, attempt_timeout_ms: 250 };
         assert_eq!(c.claims.etcd, Some(want));
         let c = cfg(r#"{"claims": {"etcd": {"cluster": "e", "authority": "etcd:2379", "prefix": "/x/", "timeout_ms": 300}}}"#);
-        let want = EtcdSettings { cluster: "e".into(), authority: "etcd:2379".into(), prefix: "/x/".into(), timeout_ms: 300, attempt_timeout_ms: 100 };
+        let want = EtcdSettings { cluster: "e".into(), authority: "etcd:2379".into(), prefix: "/x/".into(), timeout_ms: 300, attempt_timeout_ms: 75 };
         assert_eq!(c.claims.etcd, Some(want));
         for (json, field) in [
             (r#"{"claims": {"etcd": {}}}"#, "claims.etcd.cluster"),

@@ -157,7 +157,7 @@ fn check_and_explain_validate_claims_in_etcd() {
     let o = run(&["check", good.to_str().unwrap()], None);
     assert!(o.status.success(), "{o:?}");
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("store=etcd cluster=etcd prefix=/immutable-tags/ timeout_ms=1000 attempt_timeout_ms=333"), "{text}");
+    assert!(text.contains("store=etcd cluster=etcd prefix=/immutable-tags/ timeout_ms=1000 attempt_timeout_ms=250"), "{text}");
     for (json, field) in [
         (r#"{"claims": {"etcd": {}}}"#, "claims.etcd.cluster"),
         (r#"{"claims": {"etcd": {"cluster": "etcd", "timeout_ms": 0}}}"#, "claims.etcd.timeout_ms"),

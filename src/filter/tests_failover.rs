@@ -7,7 +7,7 @@ use super::fake::{answer, Call, Reply};
 use super::host::Host;
 use super::tests_claims::{deliver, reply, run_for, Stream, World, X};
 
-/// timeout_ms 2000 (the issue's), so attempts of 666 ms: three fit.
+/// timeout_ms 2000 (the issue's), so attempts of 500 ms: four fit.
 const POLICY: &str = r#"{"upstream": {"cluster": "registry", "write_timeout_ms": 3000}, "global": {"immutable_tags": true},
   "claims": {"ttl_seconds": 10, "etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 2000}}}"#;
 const KEY: &str = "/immutable-tags/app:v1";
@@ -64,7 +64,7 @@ fn a_hung_member_costs_one_attempt_not_the_push() {
         world.etcd.answer(c)
     });
     assert_eq!(r.status, 201);
-    assert_eq!(timeouts, vec![666, 666], "a third of timeout_ms per attempt, the same call again");
+    assert_eq!(timeouts, vec![500, 500], "a quarter of timeout_ms per attempt, the same call again");
     assert_eq!(world.reg.holds("v1"), Some(super::tests_claims::sha(X)));
     for (name, n) in [("etcd_attempt_timeouts", 1), ("etcd_attempts_retried", 1), ("etcd_failovers", 1), ("etcd_calls_failed", 0)] {
         assert_eq!(a.root.counter(name), n, "{name}");
@@ -84,9 +84,9 @@ fn attempts_stop_when_the_budget_is_spent_then_the_push_is_refused() {
     });
     assert_eq!(r.status, 503);
     assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("claim store (etcd, cluster 'etcd') is unavailable"), "{:?}", r.json());
-    assert_eq!(timeouts, vec![666, 666, 666], "the fourth would have 2 ms left");
+    assert_eq!(timeouts, vec![500, 500, 500, 500], "MAX_ATTEMPTS, and the budget is spent");
     assert!(a.root.now_ms() - start <= 2000, "within timeout_ms");
-    assert_eq!((a.root.counter("etcd_attempt_timeouts"), a.root.counter("etcd_calls_failed")), (3, 1));
+    assert_eq!((a.root.counter("etcd_attempt_timeouts"), a.root.counter("etcd_calls_failed")), (4, 1));
     assert_eq!(world.reg.holds("v1"), None);
 }
 
@@ -235,7 +235,7 @@ fn lease_grants_fail_over_too() {
     super::claims::etcd::tick(&a.root, &a.w);
     let token = a.root.pending.borrow_mut().pop_front().unwrap();
     assert_eq!(a.root.call_of(token).header(":path"), Some("/v3/lease/grant"));
-    assert_eq!(a.root.call_of(token).timeout_ms, 666);
+    assert_eq!(a.root.call_of(token).timeout_ms, 500);
     a.root.set_answer(Some(timed_out()));
     super::tests_claims::root_response(&a.root, &a.w, token, 24);
     a.root.set_answer(None);

@@ -36,8 +36,8 @@ const MAX_STEPS: u32 = 6;
 /// Tries of a queued commit or release before it is left to expire.
 const MAX_TRIES: u32 = 8;
 
-/// Attempts of one call at most: quick failures (refused, no leader) stop here, before its
-/// budget. With round robin over 3 members, one hung and one down, the third reaches the last.
+/// Attempts of one call at most (as many as the default `attempt_timeout_ms`, a quarter of the
+/// budget, allows): quick failures (refused, no leader) stop here, before the budget is spent.
 pub(crate) const MAX_ATTEMPTS: u32 = 4;
 
 /// Why an attempt failed in a way another member may not: it is tried again.
