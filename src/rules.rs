@@ -307,6 +307,11 @@ impl Rules {
         self.rules.is_empty()
     }
 
+    /// The enabled rules in configuration order (`immutable-tags check` lists them).
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
     pub fn enabled(&self) -> usize {
         self.rules.len()
     }
