@@ -1,5 +1,5 @@
-"""Every object the Istio and Envoy Gateway folders ask users to apply is checked against the
-schema the cluster checks it with, and every Envoy config the project ships or documents passes
+"""Every object the Istio and Envoy Gateway folders ask users to apply, and every Kubernetes object
+the docs show, is checked against the schema the cluster checks it with, and every Envoy config the project ships or documents passes
 `envoy --mode validate`. Files are globbed, so a manifest or config added later is checked too.
 
 - Istio kinds (`WasmPlugin`, `ServiceEntry`, `DestinationRule`, `Gateway`, `VirtualService`,
@@ -40,6 +40,17 @@ def k8s_objects() -> list[tuple[str, dict]]:
             for i, doc in enumerate(yaml.safe_load_all(f.read_text())):
                 if doc is not None:
                     found.append((f"{f.relative_to(ROOT)}#{i}", doc))
+    return found
+
+
+def documented_objects() -> list[tuple[str, dict]]:
+    """Kubernetes objects the docs show in ```yaml blocks (e.g. docs/etcd.md's ServiceEntry)."""
+    found = []
+    for md in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", *sorted((ROOT / "envoy").rglob("README.md"))]:
+        for n, m in enumerate(re.finditer(r"```yaml\n(.*?)```", md.read_text(), re.S)):
+            for i, doc in enumerate(yaml.safe_load_all(m.group(1))):
+                if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
+                    found.append((f"{md.relative_to(ROOT)} block {n} #{i}", doc))
     return found
 
 
@@ -152,6 +163,10 @@ def split(objects):
     return eg, [(w, o) for w, o in objects if (w, o) not in eg]
 
 
+def test_the_docs_objects_are_found():
+    assert {o["kind"] for _, o in documented_objects()} >= {"ServiceEntry", "DestinationRule"}
+
+
 def test_there_are_manifests_to_check():
     kinds = {o.get("kind") for _, o in k8s_objects()}
     assert {"WasmPlugin", "ServiceEntry", "DestinationRule", "Gateway", "VirtualService", "EnvoyFilter",
@@ -159,14 +174,14 @@ def test_there_are_manifests_to_check():
 
 
 def test_every_istio_and_gateway_api_object_matches_its_schema(validate):
-    _, objects = split(k8s_objects())
+    _, objects = split(k8s_objects() + documented_objects())
     code, lines = validate(objects)
     assert len(lines) == len(objects), lines
     assert code == 0, "\n".join(l for l in lines if not l.startswith("ok "))
 
 
 def test_every_envoy_gateway_object_matches_its_fields():
-    eg, _ = split(k8s_objects())
+    eg, _ = split(k8s_objects() + documented_objects())
     assert eg
     errors = [f"{w}: {e}" for w, o in eg for e in check_envoy_gateway_kind(o)]
     assert not errors, "\n".join(errors)
