@@ -46,11 +46,12 @@ def all_policies() -> dict[str, list[tuple[str, str]]]:
         out[str(f.relative_to(stack.ROOT))] = [("file", f.read_text())]
     for f in sorted(ENVOY_DIR.rglob("*.yaml")):
         text = f.read_text()
-        if not any(k in text for k in ("kind: WasmPlugin", "kind: EnvoyExtensionPolicy", WASM_FILTER)):
+        docs = list(yaml.safe_load_all(text))
+        if WASM_FILTER not in text and not any(
+                isinstance(d, dict) and d.get("kind") in ("WasmPlugin", "EnvoyExtensionPolicy") for d in docs):
             # No object that can carry a policy: a route patch (envoy/istio/reads-without-filter.yaml),
             # the etcd objects (envoy/*/etcd.yaml, envoy/envoy-etcd.yaml).
             continue
-        docs = list(yaml.safe_load_all(text))
         out[str(f.relative_to(stack.ROOT))] = [p for d in docs for p in embedded_policies(d)]
     return out
 
