@@ -77,4 +77,11 @@ if [ "$(.tools/bin/container-registry --version 2>/dev/null | awk '{print $2}')"
   say "cargo install container-registry $CONTAINER_REGISTRY into .tools (about a minute, once)"
   cargo install --quiet container-registry --version "$CONTAINER_REGISTRY" --features bin --locked --root .tools
 fi
+# npm: the Istio, Gateway API and core Kubernetes schemas tests/test_manifests.py validates the
+# deployment manifests with (exact versions in tests/schemas/package-lock.json).
+if ! cmp -s tests/schemas/package-lock.json tests/schemas/node_modules/.installed-lock.json; then
+  say "npm ci (tests/schemas)"
+  (cd tests/schemas && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  cp tests/schemas/package-lock.json tests/schemas/node_modules/.installed-lock.json
+fi
 say "dependencies ready: $(.venv/bin/envoy --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | head -1), $(docker-registry --version 2>&1 | head -1)"

@@ -581,7 +581,7 @@ impl RawConfig {
 /// Before nested scopes inherited from enclosing scopes, a scope that did not set
 /// `immutable_tags` took `global`'s. A scope that took `true` so and now inherits `false` (or
 /// unset) from an enclosing scope would silently protect less: refused, as the rules'
-/// migration is (README "Policy"), naming the way to keep either meaning.
+/// migration is (docs/policy.md "Scopes, exclusions and signatures"), naming the way to keep either meaning.
 fn refuse_lost_global_protection(policy: &Policy) -> Result<(), ConfigError> {
     if policy.global.immutable_tags != Some(true) {
         return Ok(());

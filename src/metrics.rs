@@ -1,4 +1,4 @@
-//! The filter's counters: their names (one prefix, listed in the README) and which counter a
+//! The filter's counters: their names (one prefix, listed in docs/observability.md) and which counter a
 //! refusal moves. The host side (`host::metrics`) defines and increments them.
 
 /// Every counter the filter keeps. Envoy puts custom wasm stats in its `wasmcustom` namespace:

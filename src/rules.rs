@@ -307,6 +307,11 @@ impl Rules {
         self.rules.is_empty()
     }
 
+    /// The enabled rules in configuration order (`immutable-tags check` lists them).
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
     pub fn enabled(&self) -> usize {
         self.rules.len()
     }
@@ -390,7 +395,7 @@ impl RepositoryHits {
 }
 
 /// A rule without `projects` whose repository selector meant something else when rules matched
-/// the whole name: refused rather than silently protecting less (README "Rules", migrating).
+/// the whole name: refused rather than silently protecting less (docs/policy.md "Rules", migrating).
 /// A `matching` glob that cannot match a `/` only selects more now (`**` as before, `*` or `app`
 /// also below every project); one that can (a `/`, a negated class, a range spanning `/`), or any
 /// `excluding` (which now also spares `<project>/<glob>`), could select less.

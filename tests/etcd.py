@@ -1,6 +1,6 @@
 """A real etcd cluster on loopback for the claims in etcd (`claims.etcd`): Debian's etcd
 (`etcd-server`), 3 members, clients only over mutual TLS with certificates made here with the
-openssl CLI, and the Envoy cluster that reaches it the way the README shows.
+openssl CLI, and the Envoy cluster that reaches it the way docs/etcd.md shows.
 """
 from __future__ import annotations
 

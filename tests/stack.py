@@ -118,7 +118,7 @@ class Registry:
         return sum(1 for line in self.log_path.read_text(errors="replace").splitlines() if '"HEAD /v2/' in line)
 
 
-# The route `pin_immutable_pulls` needs (README, "Pull pinning"): put it first in envoy.yaml's
+# The route `pin_immutable_pulls` needs (docs/pull-pinning.md): put it first in envoy.yaml's
 # routes, so the filter sees manifest reads while blob reads keep skipping it.
 MANIFEST_READS_ROUTE = """
 name: manifest-reads

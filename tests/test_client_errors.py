@@ -1,6 +1,6 @@
 """What a person sees when the filter refuses an overwrite (issue 15), for each `error_code` the
-README discusses: each client's exit code, time to fail and the line that says why, recorded
-into results/client_errors.json (rendered into docs/compatibility.md and quoted in the README).
+docs/registries-and-clients.md discusses: each client's exit code, time to fail and the line that says why, recorded
+into results/client_errors.json (rendered into docs/compatibility.md and quoted in docs/registries-and-clients.md).
 
 containers/image (skopeo, podman, buildah) prints a code it does not know as `unknown:` and
 podman and buildah retry such a failed manifest upload; `DENIED` is a code it knows. Runs

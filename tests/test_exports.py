@@ -1,6 +1,6 @@
 """The module exports only the proxy-wasm callbacks the filter needs. The host skips a callback
 the module does not export, and every exported per-stream callback costs a VM entry on every
-request (README "Performance"): a dependency or SDK upgrade must not add any back."""
+request (docs/performance.md): a dependency or SDK upgrade must not add any back."""
 import stack
 from wasm_exports import exports
 

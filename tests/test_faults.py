@@ -199,7 +199,7 @@ def test_dead_stream_keeps_its_claim_until_it_expires(stacks, registry, faulty, 
 
 def test_on_upstream_error_allow_gives_up_the_check(stacks, registry, faulty, stop_on_headers, uid):
     """`on_upstream_error: allow` (explicit only) lets pushes through while the registry cannot
-    answer HEAD: an overwrite then lands. This is what the README says it gives up."""
+    answer HEAD: an overwrite then lands. This is what docs/security.md ("Faults") says it gives up."""
     envoy = stacks.envoy(faulty, dict(FAULT_POLICY, on_upstream_error="allow"), stop_on_headers)
     repo = f"allow-{uid}"
     m1 = make_manifest(registry.url, repo, "one")

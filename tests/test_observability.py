@@ -291,7 +291,7 @@ def test_audit_mode_lets_protected_deletes_through_and_counts_them(stacks, regis
 
 
 def test_a_push_abandoned_mid_body_has_its_state_swept(stacks, registry, stop_on_headers, uid):
-    """The module exports no proxy_on_done/proxy_on_delete (README "Limits"): the state of a
+    """The module exports no proxy_on_done/proxy_on_delete (docs/security.md "Limits"): the state of a
     stream under judgement whose client left is dropped by the root's timer, and counted."""
     import socket
     import time

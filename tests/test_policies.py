@@ -45,9 +45,13 @@ def all_policies() -> dict[str, list[tuple[str, str]]]:
     for f in sorted(ENVOY_DIR.rglob("*.json")):
         out[str(f.relative_to(stack.ROOT))] = [("file", f.read_text())]
     for f in sorted(ENVOY_DIR.rglob("*.yaml")):
-        docs = list(yaml.safe_load_all(f.read_text()))
-        if all(isinstance(d, dict) and d.get("kind") == "EnvoyFilter" for d in docs):
-            continue  # a route patch (envoy/istio/reads-without-filter.yaml): no policy in it
+        text = f.read_text()
+        docs = list(yaml.safe_load_all(text))
+        if WASM_FILTER not in text and not any(
+                isinstance(d, dict) and d.get("kind") in ("WasmPlugin", "EnvoyExtensionPolicy") for d in docs):
+            # No object that can carry a policy: a route patch (envoy/istio/reads-without-filter.yaml),
+            # the etcd objects (envoy/*/etcd.yaml, envoy/envoy-etcd.yaml).
+            continue
         out[str(f.relative_to(stack.ROOT))] = [p for d in docs for p in embedded_policies(d)]
     return out
 

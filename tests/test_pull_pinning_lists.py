@@ -4,7 +4,7 @@ distribution 2.8 answers a read of a tag holding a Docker manifest list, whose `
 list type, with the linux/amd64 child manifest (200, the child's digest). Such an answer is not
 the tag's own manifest: it must teach the map nothing, and a pinned digest is served only to
 clients whose `Accept` would have got it from the registry too. Both filter configurations: the
-shipped one with the README's `manifest-reads` route, and the Istio-style one."""
+shipped one with docs/pull-pinning.md's `manifest-reads` route, and the Istio-style one."""
 from __future__ import annotations
 
 import http.client

@@ -61,7 +61,7 @@ def test_excluded_tags_stay_mutable(envoy, registry, uid):
 
 
 def test_exclusions_match_the_whole_tag(stacks, registry, stop_on_headers, uid):
-    """Unanchored exclusions (`latest`, `rc-\\d+`) mean the whole tag, as the README says: a tag that
+    """Unanchored exclusions (`latest`, `rc-\\d+`) mean the whole tag, as docs/policy.md says: a tag that
     only starts or ends with an excluded name, or contains it, is still immutable."""
     policy = {"global": {"immutable_tags": True, "immutable_tags_exclusions": ["latest", "rc-\\d+"]}}
     envoy = stacks.envoy(registry, policy, stop_on_headers)

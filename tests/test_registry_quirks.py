@@ -49,7 +49,7 @@ def test_another_manifest_type_to_an_immutable_tag_is_refused(registry_name, wor
         # This test is about the HEADs (no map, so every push asks the registry). With
         # allow_on_headers_stop_iteration the harmless OPTIONS is not sent once a worker has seen
         # a body behind held headers; before that, container-registry may answer it before the
-        # body reaches the filter (a 503 "retry", README "Limits"; test_every_byte.py covers that
+        # body reaches the filter (a 503 "retry", docs/security.md "Limits"; test_every_byte.py covers that
         # case with an upstream of its own).
         envoy = stacks.envoy(registry, {**SAMPLE_POLICY, "cache": {"ttl_seconds": 0}}, stop_on_headers=True)
         repo = f"quirks/t-{uid}"  # container-registry wants two path components
@@ -64,7 +64,7 @@ def test_another_manifest_type_to_an_immutable_tag_is_refused(registry_name, wor
         body = json.dumps(docker).encode()
         # A worker that has not yet seen a body behind held headers lets the harmless request go
         # once its HEAD answers; container-registry may answer that before the body arrives, and
-        # the push is refused 503 "retry" (README "Limits"), never written. Clients retry.
+        # the push is refused 503 "retry" (docs/security.md "Limits"), never written. Clients retry.
         for _ in range(3):
             r = request(envoy.url, "PUT", f"/v2/{repo}/manifests/{TAG}", body=body,
                         headers={"Content-Type": DOCKER_V2, **write_auth(registry, repo)})

@@ -231,7 +231,7 @@ def test_an_override_with_a_wrong_password_and_a_valid_cookie_is_refused(stacks,
             # root learns at start-up that the registry demands authentication, and this front
             # answers the harmless OPTIONS at once without reading a body (http.server has no
             # do_OPTIONS), so under load its answer can beat the body to Envoy, which the filter
-            # refuses with 503 "retry the push" (README, tests/test_every_byte.py's eager upstream).
+            # refuses with 503 "retry the push" (docs/security.md "Limits", tests/test_every_byte.py's eager upstream).
             deadline = time.monotonic() + 15
             while True:
                 r = put_manifest(envoy.url, repo, "v1", manifest, headers)

@@ -6,7 +6,7 @@
 //! cannot be read or is invalid (with the line the filter would log), 2 on a usage error.
 
 use immutable_tags::break_glass::{Action, Ask};
-use immutable_tags::config::{Config, Mode, OnUpstreamError};
+use immutable_tags::config::{BlobDeletes, Config, Mode, OnUpstreamError};
 use immutable_tags::pattern::can_match;
 use immutable_tags::rules::split_top_level;
 use immutable_tags::request::{is_valid_name, is_valid_tag};
@@ -238,6 +238,7 @@ fn check(args: &[String]) -> ExitCode {
         match read_config(path).map(|b| (Config::from_json(&b), b)) {
             Ok((Ok(c), bytes)) => {
                 out(&format!("ok {path}: {}{}\n", c.summary(), break_glass_summary(&c)));
+                out(&policy_table(&c));
                 let doc = serde_json::from_slice(&bytes).unwrap_or_default();
                 let mut warnings = exclusion_warnings(&c);
                 warnings.extend(never_warnings(&c, &doc));
@@ -264,6 +265,88 @@ fn check(args: &[String]) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The effective policy as `check` prints it under the summary line, for a reviewer of a policy
+/// change: Markdown tables (indented, so they stay apart from the `ok`/`warning` lines) of what
+/// each scope makes immutable and where each field is set, the rules, then mode, deletes and
+/// who may break glass.
+fn policy_table(c: &Config) -> String {
+    let p = &c.policy;
+    let cell = |s: &str| s.replace('|', "\\|");
+    let yes_no = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
+    let exclusions = |immutable: Option<bool>, e: Option<&immutable_tags::exclusions::Exclusions>| match (immutable, e) {
+        (Some(true), Some(e)) if !e.patterns().is_empty() => e.patterns().iter().map(|x| format!("`{}`", cell(x))).collect::<Vec<_>>().join(", "),
+        (Some(true), _) => "none".to_string(),
+        _ => "none apply (tags are mutable)".to_string(),
+    };
+    let mut t = String::from("  | scope | tags immutable | set in | exclusions (tags that stay mutable) | set in |\n  |---|---|---|---|---|\n");
+    let g = &p.global;
+    let set = |is_set: bool| if is_set { "global" } else { "(unset)" };
+    let global_exclusions = g.exclusions.as_ref().is_some_and(|e| !e.patterns().is_empty());
+    t += &format!(
+        "  | global | {} | {} | {} | {} |\n",
+        yes_no(g.immutable_tags),
+        set(g.immutable_tags.is_some()),
+        exclusions(g.immutable_tags, g.exclusions.as_ref()),
+        set(global_exclusions)
+    );
+    let mut keys: Vec<&String> = p.repositories.iter().map(|(k, _)| k).collect();
+    keys.sort();
+    for k in keys {
+        let o = p.origins(k);
+        let here = |origin: String| if origin == format!("repository.\"{k}\"") { "here".to_string() } else { origin };
+        let imm_from = if o.immutable_tags.is_some() { here(o.immutable_tags_from) } else { "(unset)".to_string() };
+        let exc_set = o.exclusions.is_some_and(|e| !e.patterns().is_empty());
+        let exc_from = if exc_set { here(o.exclusions_from) } else { "(unset)".to_string() };
+        t += &format!("  | {} | {} | {imm_from} | {} | {exc_from} |\n", cell(k), yes_no(o.immutable_tags), exclusions(o.immutable_tags, o.exclusions));
+    }
+    if p.rules.enabled() == 0 {
+        t += "  rules: none\n";
+    } else {
+        t += "  | rule (a tag the scopes leave mutable is immutable if one selects it) | selects |\n  |---|---|\n";
+        for r in p.rules.iter() {
+            t += &format!("  | {} | {} |\n", cell(&r.reason()), cell(r.description()));
+        }
+    }
+    if p.rules.disabled() > 0 {
+        t += &format!("  disabled rules: {} (validated, no effect)\n", p.rules.disabled());
+    }
+    t += &if p.protect_signature_tags {
+        "  signature tags (sha256-<hex>, .sig, .att, .sbom): immutable like any tag (protect_signature_tags = true)\n".to_string()
+    } else {
+        "  signature tags (sha256-<hex>, .sig, .att, .sbom): mutable (protect_signature_tags = false)\n".to_string()
+    };
+    t += match c.mode {
+        Mode::Enforce => "  mode: enforce (refusals are answered)\n",
+        Mode::Audit => "  mode: audit (refusals are logged and counted, and the request is let through)\n",
+    };
+    let manifests = if c.deletes.protect {
+        "of a manifest an immutable tag holds, or of an immutable tag: refused"
+    } else {
+        "pass unchecked (deletes.protect = false)"
+    };
+    let blobs = match c.deletes.blobs {
+        BlobDeletes::Refuse => "refused",
+        BlobDeletes::Unprotected => "let through in repositories no immutable scope or rule can select",
+        BlobDeletes::Allow => "let through everywhere (deletes.blobs = allow)",
+    };
+    t += &format!("  deletes: {manifests}; blob deletes: {blobs}\n");
+    t += &match &c.break_glass {
+        None => "  break-glass: nobody (break_glass is not set)\n".to_string(),
+        Some(b) => {
+            let actions: Vec<&str> = b.actions.iter().map(|a| if a.as_str() == "delete" { "a delete" } else { "an overwrite" }).collect();
+            let repos = if b.repositories.is_empty() { "every repository".to_string() } else { b.repositories.join(", ") };
+            let jwt = b.jwt_authn_payload.as_ref().map_or(String::new(), |m| format!("; a sub verified by jwt_authn (metadata {m}) is proven by Envoy"));
+            format!(
+                "  break-glass: {} may override {} in {repos}, with a reason in the {} header{jwt}\n",
+                b.principals.join(", "),
+                actions.join(" or "),
+                b.reason_header
+            )
+        }
+    };
+    t
 }
 
 /// `break_glass` as `check` prints it (not in `Config::summary`: the module logs that, and every
