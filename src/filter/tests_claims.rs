@@ -557,10 +557,12 @@ mod slot_full {
     const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
   "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
-    /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024 slots).
-    fn colliding(n: usize) -> Vec<String> {
-        let target = slot_index("app", V1, 1024);
-        (0..).map(|i| format!("c{i}")).filter(|t| slot_index("app", t, 1024) == target).take(n).collect()
+    /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024
+    /// slots), under the world's slot key (an attacker who knew it; see `tests_bounds`).
+    fn colliding(world: &World, n: usize) -> Vec<String> {
+        let key = super::super::tests_bounds::slot_key_of(world);
+        let target = slot_index(&key, "app", V1, 1024);
+        (0..).map(|i| format!("c{i}")).filter(|t| slot_index(&key, "app", t, 1024) == target).take(n).collect()
     }
 /// and committed; the attacker (push rights to any protected tag of the same slot) commits 16
 /// colliding tags: the committed record of v1 is evicted, and the held push of Y is stored over X.
@@ -573,7 +575,7 @@ fn attack_slot_eviction_lets_absent_overwrite_a_new_tag() {
     world.body(&mut p2, &Y[..Y.len() - 1], false);
     assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
     // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
-    let ts = colliding(16);
+    let ts = colliding(&world, 16);
     for t in &ts[..15] {
         assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
     }
@@ -600,7 +602,7 @@ fn attack_slot_eviction_undoes_an_override() {
     assert_eq!(world.push(&a, V1, Y, &[ADMIN, REASON]).status, 201, "the override");
     world.advance(1_000);
     // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
-    let ts = colliding(16);
+    let ts = colliding(&world, 16);
     for t in &ts[..15] {
         assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
     }
@@ -623,7 +625,7 @@ fn attack_read_only_claims_in_flight_evict_a_committed_record() {
     world.body(&mut p2, &Y[..Y.len() - 1], false);
     assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
     let mut held = Vec::new();
-    let ts = colliding(16);
+    let ts = colliding(&world, 16);
     for t in &ts[..15] {
         let mut s = world.open_put(&a, t, X, &[RO]);
         world.pump(&mut s, false);
