@@ -39,12 +39,16 @@ pub enum Counter {
     /// the claims in flight (in etcd: keys held by writes not yet answered).
     ClaimsTaken,
     ClaimsSettled,
+    /// Writes whose client left while the registry had them, and those answered since: their
+    /// difference is the writes waiting on the root (bounded by `MAX_ORPHANS` per worker).
+    WritesOrphaned,
+    OrphansSettled,
 }
 
 pub const PREFIX: &str = "immutable_tags.";
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 21] = [
         Counter::RequestsSeen,
         Counter::RequestsChecked,
         Counter::PushesMutable,
@@ -64,6 +68,8 @@ impl Counter {
         Counter::StreamsSwept,
         Counter::ClaimsTaken,
         Counter::ClaimsSettled,
+        Counter::WritesOrphaned,
+        Counter::OrphansSettled,
     ];
 
     /// The name without the prefix.
@@ -88,6 +94,8 @@ impl Counter {
             Counter::StreamsSwept => "streams_swept",
             Counter::ClaimsTaken => "claims_taken",
             Counter::ClaimsSettled => "claims_settled",
+            Counter::WritesOrphaned => "writes_orphaned",
+            Counter::OrphansSettled => "orphans_settled",
         }
     }
 

@@ -4,7 +4,8 @@
 use super::claims::shared_data::{self, SLOT_KEY};
 use super::fake::Process;
 use super::host::{Host, SharedError};
-use super::tests_claims::{sha, World, BOB, SHARED, X, Y};
+use super::tests_claims::{sha, World, BOB, OCI, SHARED, X, Y};
+use super::Filter;
 use crate::claims::{self, decode_slot_key, encode_slot_key, slot_index, Slot, SlotKey};
 
 /// The unkeyed hash the slots used before (FNV-1a of `repository:tag`): anyone could compute
@@ -118,4 +119,44 @@ fn no_key_no_claim() {
         assert!(r.json()["errors"][0]["message"].as_str().unwrap_or("").contains("claim slots' key"), "{how}: {:?}", r.json());
         assert_eq!(world.reg.holds("v1"), None, "{how}");
     }
+}
+
+/// Writes whose client left wait on the worker for the registry's answer ("orphans"; never
+/// dropped unsettled). Their number is bounded: once `MAX_ORPHANS` wait, a new protected write
+/// is refused (503, saying why) rather than the list growing; once one is answered, writes go
+/// again. The counters say how many are waiting.
+#[test]
+fn orphans_are_bounded_new_writes_refused_while_the_list_is_full() {
+    use super::tests_claims::{answer_orphan, Stream};
+    use super::worker::MAX_ORPHANS;
+    let world = World::new(SHARED);
+    let a = world.replica();
+    let mut orphans: Vec<Stream> = Vec::new();
+    for i in 0..MAX_ORPHANS {
+        // Many clients (one client may hold only so many claims).
+        let h = a.root.share_with();
+        *h.source.borrow_mut() = Some(format!("10.8.{}.{}:1", i / 200, i % 200));
+        let len = X.len().to_string();
+        h.request("PUT", &format!("/v2/app/manifests/t{i}"), &[("content-type", OCI), ("content-length", &len), BOB]);
+        let mut f = Filter::new(Some(a.w.clone()));
+        f.on_request_headers(&h, Filter::first_look(&h).unwrap(), false);
+        let mut s = Stream { h, f, held_puts: Vec::new() };
+        world.pump(&mut s, false);
+        world.body(&mut s, X, true);
+        world.pump(&mut s, true);
+        assert_eq!(s.held_puts.len(), 1, "push {i} written");
+        s.f.on_done(&s.h); // the client vanishes during the write
+        orphans.push(s);
+    }
+    assert_eq!(a.w.orphans.borrow().len(), MAX_ORPHANS);
+    assert_eq!(a.root.counter("writes_orphaned") - a.root.counter("orphans_settled"), MAX_ORPHANS as u64);
+    let r = world.push(&a, "v1", Y, &[BOB]);
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    let msg = r.json()["errors"][0]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("writes whose client left"), "{msg}");
+    assert_eq!(world.reg.holds("v1"), None);
+    assert_eq!(a.w.orphans.borrow().len(), MAX_ORPHANS, "not grown");
+    answer_orphan(&world, &a, &mut orphans[0]);
+    assert_eq!(a.root.counter("orphans_settled"), 1);
+    assert_eq!(world.push(&a, "v1", Y, &[BOB]).status, 201, "room again");
 }
