@@ -32,11 +32,15 @@ pub fn sha(b: &[u8]) -> String {
 
 /// A registry that stores whatever it is sent (only a manifest content type is checked, and a
 /// token "bob-readonly" is refused 401), honours `?tag=`, and records every stored write.
+/// Deletes by tag or by digest (a digest's every tag goes, as distribution does) and lists tags.
 #[derive(Default)]
 pub struct Registry {
     pub tags: RefCell<HashMap<String, String>>,
-    /// (tag, digest) of every stored write, in order.
+    /// (tag, digest) of every stored write, in order; a deleted tag as (tag, "").
     pub history: RefCell<Vec<(String, String)>>,
+    /// How the next write (PUT, DELETE) goes wrong: 0 it does not; 1 it is done, then answered
+    /// 503 (the filter cannot tell); 2 answered 503, not done.
+    pub fault: std::cell::Cell<u8>,
 }
 
 impl Registry {
@@ -47,6 +51,26 @@ impl Registry {
             return answer(401, &[("www-authenticate", "Basic realm=\"r\"")], b"");
         }
         let tag = path.rsplit('/').next().unwrap_or_default().to_string();
+        if path.ends_with("/tags/list") {
+            let mut list: Vec<String> = self.tags.borrow().keys().filter(|t| !t.starts_with("sha256:")).cloned().collect();
+            list.sort();
+            return answer(200, &[("content-type", "application/json")], serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes());
+        }
+        let fault = match c.header(":method") {
+            Some("PUT" | "DELETE") => self.fault.replace(0),
+            _ => 0,
+        };
+        if fault == 2 {
+            return answer(503, &[], b"upstream overloaded");
+        }
+        let reply = self.act(c, tag, query);
+        match fault {
+            1 => answer(503, &[], b"upstream reset after the write"),
+            _ => reply,
+        }
+    }
+
+    fn act(&self, c: &Call, tag: String, query: &str) -> Reply {
         match c.header(":method") {
             Some("HEAD") | Some("GET") => match self.tags.borrow().get(&tag) {
                 Some(d) => answer(200, &[("docker-content-digest", d)], b""),
@@ -67,6 +91,21 @@ impl Registry {
                     self.history.borrow_mut().push((t, d.clone()));
                 }
                 answer(201, &[("docker-content-digest", &d)], b"")
+            }
+            Some("DELETE") => {
+                let gone: Vec<String> = match tag.starts_with("sha256:") {
+                    true => self.tags.borrow().iter().filter(|(_, d)| **d == tag).map(|(t, _)| t.clone()).collect(),
+                    false => self.tags.borrow().contains_key(&tag).then(|| tag.clone()).into_iter().collect(),
+                };
+                let known = !gone.is_empty() || self.history.borrow().iter().any(|(_, d)| *d == tag);
+                for t in gone {
+                    self.tags.borrow_mut().remove(&t);
+                    self.history.borrow_mut().push((t, String::new()));
+                }
+                match known {
+                    true => answer(202, &[], b""),
+                    false => answer(404, &[], br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
+                }
             }
             _ => answer(405, &[], b""),
         }
