@@ -215,22 +215,14 @@ fn parse_record(line: &str) -> Option<Record> {
 /// land in one slot and fill it (a full slot refuses every push hashing there).
 pub type SlotKey = [u8; 16];
 
-/// The key's shared-data value: a versioned line, so a malformed one is refused, not guessed.
+/// The key's shared-data value: a version prefix, then the 16 bytes (a value of any other
+/// shape is refused, never guessed at).
 pub fn encode_slot_key(key: &SlotKey) -> Vec<u8> {
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    format!("slot-key/1 {hex}").into_bytes()
+    [&b"slot-key/1 "[..], key].concat()
 }
 
 pub fn decode_slot_key(bytes: &[u8]) -> Option<SlotKey> {
-    let hex = std::str::from_utf8(bytes).ok()?.strip_prefix("slot-key/1 ")?;
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut key = [0u8; 16];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
+    bytes.strip_prefix(b"slot-key/1 ")?.try_into().ok()
 }
 
 /// The slot `repository:tag` lives in, out of `slots` (at least 1): SipHash-2-4 under `key`
@@ -442,7 +434,7 @@ mod tests {
     fn slot_keys_round_trip_and_junk_is_refused() {
         let k: SlotKey = [0, 1, 2, 0xfe, 0xff, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0x80];
         assert_eq!(decode_slot_key(&encode_slot_key(&k)), Some(k));
-        for junk in [&b""[..], b"slot-key/1 ", b"slot-key/1 00", b"slot-key/2 000102fe", b"slot-key/1 zz0102fe05060708090a0b0c0d0e80ff", "slot-key/1 é0102fe05060708090a0b0c0d0e8ff".as_bytes()] {
+        for junk in [&b""[..], b"slot-key/1 ", b"slot-key/1 00", b"slot-key/2 0123456789abcdef", b"slot-key/1 0123456789abcdef0", b"slot-key/10123456789abcdef"] {
             assert_eq!(decode_slot_key(junk), None, "{junk:?}");
         }
     }

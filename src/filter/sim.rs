@@ -315,7 +315,7 @@ pub fn run(seed: u64) -> Result<(), String> {
                 trace.push(format!("kill r{i}"));
                 replicas[i].dead = true;
                 // Its streams are gone with it (no callback); writes it sent may still land.
-                for c in clients.iter_mut().filter(|c| c.rep == i && c.phase < 4 || c.rep == i && c.phase == 5) {
+                for c in clients.iter_mut().filter(|c| c.rep == i && c.phase != 4) {
                     if c.phase >= 3 && c.delete.is_some() {
                         // A delete already sent upstream may still be done.
                         if let (3, Some(s)) = (c.phase, c.stream.as_ref()) {
