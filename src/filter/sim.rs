@@ -1,19 +1,28 @@
 //! Deterministic simulation of the claims protocol: the real state machine (`Filter`) on
 //! several fake replicas (each its own worker, lease and map) sharing one fake etcd (leases end
 //! on the shared clock) or, without etcd, one Envoy's shared data; a fake registry that stores
-//! whatever it is sent and records every stored write. A seeded scheduler picks, step by step:
-//! a client's next move (headers, all but the last byte, the last byte, one of its calls
-//! answered, vanishing), a replica's root tick, an orphaned write answered, a replica killed
-//! (SIGKILL: its state gone, its lease left to run out), time passing (a pause).
+//! whatever it is sent and records every stored write and deleted tag. A seeded scheduler picks,
+//! step by step: a client's next move (headers, all but the last byte, the last byte, one of its
+//! calls answered, vanishing; a delete let through reaching the registry, its answer reaching the
+//! filter; a retry after a 5xx), a replica's root tick, an orphaned write answered, a replica
+//! killed (SIGKILL: its state gone, its lease left to run out), time passing (a pause). Clients
+//! push one of 3 manifests to one of 3 tags, or to two or three at once (`?tag=`), or delete a
+//! tag or their manifest's digest; a quarter are break-glass admins. The registry answers an
+//! eighth of the writes 503 after doing them and an eighth 503 without. Half the schedules start
+//! with tags already pushed.
 //!
-//! The oracle is the registry's history of the tag: its first stored digest, then changes only
+//! The oracle is the registry's history per tag: its first stored digest, then changes only
 //! by a break-glass override logged when it was decided (`current -> pushed`, each decision
-//! justifying one change at most). `SIM_SEED=<n>` replays one schedule; `SIM_SCHEDULES=<n>`
-//! runs that many (`make sim`). Seen to catch each of: the rule without its committed-change
-//! check (seed 332), holders not counted (seed 964), claim answers trusted at any age (2639).
-//! Issue 27's six sequences are fixed schedules in `tests_claims`. Found two holes, fixed: a
-//! write landing after its claim expired (seed 5619), a view judged after the claim of a write
-//! whose writer died uncommitted expired (seed 111888).
+//! justifying one change at most), removals only by a delete decided for that tag (the tag is
+//! new after it). `SIM_SEED=<n>` replays one schedule; `SIM_SCHEDULES=<n>` runs that many
+//! (`make sim`); `SIM_STATS=1` prints what each schedule reached. Seen to catch each of (on the
+//! one-tag scheduler before the deletes, so those seeds replay no more): the rule without its
+//! committed-change check (seed 332), holders not counted (seed 964), claim answers trusted at
+//! any age (2639). Issue 27's six sequences are fixed schedules in `tests_claims`. Found two
+//! holes, fixed: a write landing after its claim expired (seed 5619), a view judged after the
+//! claim of a write whose writer died uncommitted expired (seed 111888). Found one known limit,
+//! not fenced (`digest_race` in `run`): a push stored between a digest delete's check and its
+//! landing is deleted with it (seed 1555 with `SIM_DIGEST_RACE=1`).
 use super::fake::FakeHost;
 use super::host::Host;
 use super::fake::{Call, Reply};
@@ -158,9 +167,12 @@ pub fn run(seed: u64) -> Result<(), String> {
     let mut trace: Vec<String> = Vec::new();
     // A delete by digest checks which protected tags hold the digest (tags/list, HEADs), then
     // goes to the registry: a push of that digest stored in between is deleted with it, no
-    // break-glass asked for its tag (seed 223 with this on). Nothing fences that yet, so by
+    // break-glass asked for its tag (seed 1555 with this on). Nothing fences that yet, so by
     // default a digest delete is judged and done in one step; `SIM_DIGEST_RACE=1` explores it.
     let digest_race = std::env::var("SIM_DIGEST_RACE").is_ok();
+    // Half the schedules are narrow: every client pushes one tag (the most contention per tag);
+    // the others wide: three tags, `?tag=`, deletes.
+    let wide = rng.below(2) == 0;
     // Half the schedules start with tags already pushed (so deletes and overrides meet them).
     if rng.below(2) == 0 {
         for t in TAGS {
@@ -176,8 +188,8 @@ pub fn run(seed: u64) -> Result<(), String> {
         if r < 8 && clients.len() < 8 {
             let (rep, d, admin) = (rng.below(n_replicas), rng.below(3), rng.below(4) == 0);
             // Mostly single-tag pushes; some write two or three tags at once; some delete.
-            let (tags, delete) = match rng.below(10) {
-                0..=5 => (vec![TAGS[rng.below(3)]], None),
+            let (tags, delete) = match if wide { rng.below(10) } else { 0 } {
+                0..=5 => (vec![if wide { TAGS[rng.below(3)] } else { "v1" }], None),
                 6..=7 => {
                     let first = rng.below(3);
                     let n = 2 + rng.below(2);
