@@ -22,7 +22,7 @@
 //! holes, fixed: a write landing after its claim expired (seed 5619), a view judged after the
 //! claim of a write whose writer died uncommitted expired (seed 111888). Found one known limit,
 //! not fenced (`digest_race` in `run`): a push stored between a digest delete's check and its
-//! landing is deleted with it (seed 1555 with `SIM_DIGEST_RACE=1`).
+//! landing is deleted with it (seed 2381 with `SIM_DIGEST_RACE=1`).
 use super::fake::FakeHost;
 use super::host::Host;
 use super::fake::{Call, Reply};
@@ -167,7 +167,7 @@ pub fn run(seed: u64) -> Result<(), String> {
     let mut trace: Vec<String> = Vec::new();
     // A delete by digest checks which protected tags hold the digest (tags/list, HEADs), then
     // goes to the registry: a push of that digest stored in between is deleted with it, no
-    // break-glass asked for its tag (seed 1555 with this on). Nothing fences that yet, so by
+    // break-glass asked for its tag (seed 2381 with this on). Nothing fences that yet, so by
     // default a digest delete is judged and done in one step; `SIM_DIGEST_RACE=1` explores it.
     let digest_race = std::env::var("SIM_DIGEST_RACE").is_ok();
     // Half the schedules are narrow: every client pushes one tag (the most contention per tag);
