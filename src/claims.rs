@@ -210,22 +210,35 @@ fn parse_record(line: &str) -> Option<Record> {
     Some(Record { repository: repository.to_string(), tag: tag.to_string(), rec: Rec::decode(rec)? })
 }
 
-/// FNV-1a: stable across VMs and builds (every worker must pick the same slot), no dependency.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+/// The secret key of the slot hash, the same for every worker of one Envoy (kept in shared
+/// data, see `filter::claims::shared_data`). Keyed so that nobody outside can compute tags that
+/// land in one slot and fill it (a full slot refuses every push hashing there).
+pub type SlotKey = [u8; 16];
+
+/// The key's shared-data value: a version prefix, then the 16 bytes (a value of any other
+/// shape is refused, never guessed at).
+pub fn encode_slot_key(key: &SlotKey) -> Vec<u8> {
+    [&b"slot-key/1 "[..], key].concat()
 }
 
-/// The slot `repository:tag` lives in, out of `slots` (at least 1).
-pub fn slot_index(repository: &str, tag: &str, slots: u32) -> u32 {
-    let h = fnv1a(&[repository.as_bytes(), b":", tag.as_bytes()]);
-    u32::try_from(h % u64::from(slots.max(1))).unwrap_or(0)
+pub fn decode_slot_key(bytes: &[u8]) -> Option<SlotKey> {
+    bytes.strip_prefix(b"slot-key/1 ")?.try_into().ok()
+}
+
+/// The slot `repository:tag` lives in, out of `slots` (at least 1): SipHash-2-4 under `key`
+/// (std's keyed hash, deprecated only as a public name; its output is fixed by the algorithm,
+/// so every VM of the build picks the same slot). No crate needed.
+pub fn slot_index(key: &SlotKey, repository: &str, tag: &str, slots: u32) -> u32 {
+    use std::hash::Hasher;
+    let (k0, k1) = key.split_at(8);
+    let half = |b: &[u8]| b.try_into().map_or(0, u64::from_le_bytes);
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(half(k0), half(k1));
+    // A repository never holds ':' (OCI grammar), so the joined bytes name one tag.
+    h.write(repository.as_bytes());
+    h.write(b":");
+    h.write(tag.as_bytes());
+    u32::try_from(h.finish() % u64::from(slots.max(1))).unwrap_or(0)
 }
 
 /// The shared-data key of a slot. The slot count is part of it, so a reconfiguration with a
@@ -397,9 +410,33 @@ mod tests {
 
     #[test]
     fn slots_are_stable_and_in_range() {
-        assert_eq!(slot_index("app", "v1", 1024), slot_index("app", "v1", 1024));
+        let k = [7u8; 16];
+        assert_eq!(slot_index(&k, "app", "v1", 1024), slot_index(&k, "app", "v1", 1024));
         assert_ne!(slot_key(1024, 1), slot_key(2048, 1));
-        assert_eq!(slot_index("app", "v1", 0), 0, "0 slots is treated as 1");
+        assert_eq!(slot_index(&k, "app", "v1", 0), 0, "0 slots is treated as 1");
+    }
+
+    #[test]
+    fn the_slot_of_a_tag_depends_on_the_key() {
+        // Tags that share a slot under one key are spread under another: a collision computed
+        // without the key is no collision.
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let target = slot_index(&a, "app", "v1", 1024);
+        let same: Vec<String> = (0..).map(|i| format!("c{i}")).filter(|t| slot_index(&a, "app", t, 1024) == target).take(16).collect();
+        let under_b: std::collections::HashSet<u32> = same.iter().map(|t| slot_index(&b, "app", t, 1024)).collect();
+        assert!(under_b.len() >= 14, "{under_b:?}");
+        // Not a fixed function of the text: the key moves single tags too.
+        let moved = (0..64).filter(|i| slot_index(&a, "app", &format!("t{i}"), 1024) != slot_index(&b, "app", &format!("t{i}"), 1024)).count();
+        assert!(moved >= 60, "{moved}");
+    }
+
+    #[test]
+    fn slot_keys_round_trip_and_junk_is_refused() {
+        let k: SlotKey = [0, 1, 2, 0xfe, 0xff, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0x80];
+        assert_eq!(decode_slot_key(&encode_slot_key(&k)), Some(k));
+        for junk in [&b""[..], b"slot-key/1 ", b"slot-key/1 00", b"slot-key/2 0123456789abcdef", b"slot-key/1 0123456789abcdef0", b"slot-key/10123456789abcdef"] {
+            assert_eq!(decode_slot_key(junk), None, "{junk:?}");
+        }
     }
 
     #[test]

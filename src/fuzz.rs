@@ -344,7 +344,7 @@ proptest! {
         bytes.extend_from_slice(&junk);
         let once = Slot::decode(&bytes);
         prop_assert_eq!(Slot::decode(&once.encode()), once);
-        prop_assert!(claims::slot_index("r", &String::from_utf8_lossy(&junk), 7) < 7);
+        prop_assert!(claims::slot_index(&[3; 16], "r", &String::from_utf8_lossy(&junk), 7) < 7);
     }
 }
 
@@ -390,7 +390,7 @@ fn claim_slots_stay_bounded_under_a_flood_of_distinct_tags() {
     let mut refused = 0;
     for i in 0..20_000u64 {
         let tag = format!("v{i}");
-        let idx = claims::slot_index("app", &tag, slots) as usize;
+        let idx = claims::slot_index(&[3; 16], "app", &tag, slots) as usize;
         match claims::claim(&data[idx], "app", &tag, "sha256:aa", claims::View { since_ms: i, absent: true }, i, 60_000) {
             Claim::Write(b) => data[idx] = b,
             Claim::Full => refused += 1,

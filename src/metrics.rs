@@ -52,12 +52,16 @@ pub enum Counter {
     EtcdAttemptsUnavailable,
     /// Calls that failed for good (every attempt, or the budget, spent; or a plain error).
     EtcdCallsFailed,
+    /// Writes whose client left while the registry had them, and those answered since: their
+    /// difference is the writes waiting on the root (bounded by `MAX_ORPHANS` per worker).
+    WritesOrphaned,
+    OrphansSettled,
 }
 
 pub const PREFIX: &str = "immutable_tags.";
 
 impl Counter {
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 28] = [
         Counter::RequestsSeen,
         Counter::RequestsChecked,
         Counter::PushesMutable,
@@ -84,6 +88,8 @@ impl Counter {
         Counter::EtcdAttemptResets,
         Counter::EtcdAttemptsUnavailable,
         Counter::EtcdCallsFailed,
+        Counter::WritesOrphaned,
+        Counter::OrphansSettled,
     ];
 
     /// The name without the prefix.
@@ -115,6 +121,8 @@ impl Counter {
             Counter::EtcdAttemptResets => "etcd_attempt_resets",
             Counter::EtcdAttemptsUnavailable => "etcd_attempts_unavailable",
             Counter::EtcdCallsFailed => "etcd_calls_failed",
+            Counter::WritesOrphaned => "writes_orphaned",
+            Counter::OrphansSettled => "orphans_settled",
         }
     }
 

@@ -55,6 +55,12 @@ pub struct Process {
     pub forced_cas_mismatches: Cell<u32>,
     pub cas_writes: Cell<u32>,
     pub counters: RefCell<Vec<(String, u64)>>,
+    /// Draws of `random` so far (each draw differs, as two workers' would).
+    pub random_draws: Cell<u64>,
+    /// `random` fails.
+    pub random_fails: Cell<bool>,
+    /// Reads of these shared-data keys fail.
+    pub unreadable_shared: RefCell<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -260,6 +266,9 @@ impl Host for FakeHost {
     }
 
     fn shared_get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), String> {
+        if self.process.unreadable_shared.borrow().iter().any(|k| k == key) {
+            return Err("InternalFailure".into());
+        }
         let read = match self.process.shared.borrow().get(key) {
             Some((v, cas)) => (Some(v.clone()), *cas),
             None => (None, 0),
@@ -280,7 +289,8 @@ impl Host for FakeHost {
             }
         }
         let mut shared = p.shared.borrow_mut();
-        if cas != 0 && shared.get(key).map(|(_, c)| *c) != Some(cas) {
+        // As Envoy: a write to a missing key succeeds whatever its token.
+        if cas != 0 && shared.get(key).is_some_and(|(_, c)| *c != cas) {
             return Err(SharedError::CasMismatch);
         }
         let next = p.next_cas.get() + 1;
@@ -291,6 +301,18 @@ impl Host for FakeHost {
 
     fn now_ms(&self) -> u64 {
         self.process.now_ms.get()
+    }
+
+    fn random(&self, buf: &mut [u8]) -> Result<(), String> {
+        if self.process.random_fails.get() {
+            return Err("random_get: WASI errno 52".into());
+        }
+        let n = self.process.random_draws.get() + 1;
+        self.process.random_draws.set(n);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> ((i % 8) * 8)) as u8 ^ (i as u8);
+        }
+        Ok(())
     }
 
     fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {

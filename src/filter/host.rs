@@ -63,6 +63,8 @@ pub trait Host {
     fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError>;
 
     fn now_ms(&self) -> u64;
+    /// Fills `buf` with cryptographically random bytes (WASI `random_get`).
+    fn random(&self, buf: &mut [u8]) -> Result<(), String>;
     /// Answers the client locally (the request, if any part of it went upstream, is reset).
     /// `details` (no spaces) becomes Envoy's response code details, shown in access logs.
     fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String>;

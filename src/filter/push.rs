@@ -587,6 +587,13 @@ impl Push {
     /// Claims the next tag of a push about to be written (see `claims`); once every tag is
     /// claimed, writes it. A claim the store answers later leaves the push waiting.
     fn claim_next(&mut self, host: &dyn Host, worker: &Worker) -> Next {
+        // Writes whose client left are never dropped unsettled: while too many wait, no new
+        // write is sent (it could become one more), so the list stays bounded.
+        if worker.orphans.try_borrow().map_or(true, |o| o.len() >= super::worker::MAX_ORPHANS) {
+            self.give_back(host, worker);
+            let why = format!("{} writes whose client left are still waiting for the registry's answer on this worker; retry shortly", super::worker::MAX_ORPHANS);
+            return Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), &why), Vec::new());
+        }
         loop {
             let Phase::Claiming(c) = &mut self.phase else { return Next::Wait };
             let Some(want) = c.wants.pop() else { break };
@@ -840,6 +847,7 @@ impl Push {
             if let Ok(mut o) = worker.orphans.try_borrow_mut() {
                 push.body = None;
                 o.push(*push);
+                worker.count(host, Counter::WritesOrphaned);
             }
         }
     }
@@ -866,6 +874,7 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
         Some(o.swap_remove(i))
     });
     let Some(mut push) = orphan else { return false };
+    worker.count(host, Counter::OrphansSettled);
     if let Next::Relay { status, .. } = push.written(host, worker, body_size) {
         host.log(Level::Info, &format!("immutable-tags: {}: the registry answered {status} to a push whose client left", push.repository));
     }

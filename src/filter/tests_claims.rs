@@ -32,11 +32,15 @@ pub fn sha(b: &[u8]) -> String {
 
 /// A registry that stores whatever it is sent (only a manifest content type is checked, and a
 /// token "bob-readonly" is refused 401), honours `?tag=`, and records every stored write.
+/// Deletes by tag or by digest (a digest's every tag goes, as distribution does) and lists tags.
 #[derive(Default)]
 pub struct Registry {
     pub tags: RefCell<HashMap<String, String>>,
-    /// (tag, digest) of every stored write, in order.
+    /// (tag, digest) of every stored write, in order; a deleted tag as (tag, "").
     pub history: RefCell<Vec<(String, String)>>,
+    /// How the next write (PUT, DELETE) goes wrong: 0 it does not; 1 it is done, then answered
+    /// 503 (the filter cannot tell); 2 answered 503, not done.
+    pub fault: std::cell::Cell<u8>,
 }
 
 impl Registry {
@@ -47,6 +51,26 @@ impl Registry {
             return answer(401, &[("www-authenticate", "Basic realm=\"r\"")], b"");
         }
         let tag = path.rsplit('/').next().unwrap_or_default().to_string();
+        if path.ends_with("/tags/list") {
+            let mut list: Vec<String> = self.tags.borrow().keys().filter(|t| !t.starts_with("sha256:")).cloned().collect();
+            list.sort();
+            return answer(200, &[("content-type", "application/json")], serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes());
+        }
+        let fault = match c.header(":method") {
+            Some("PUT" | "DELETE") => self.fault.replace(0),
+            _ => 0,
+        };
+        if fault == 2 {
+            return answer(503, &[], b"upstream overloaded");
+        }
+        let reply = self.act(c, tag, query);
+        match fault {
+            1 => answer(503, &[], b"upstream reset after the write"),
+            _ => reply,
+        }
+    }
+
+    fn act(&self, c: &Call, tag: String, query: &str) -> Reply {
         match c.header(":method") {
             Some("HEAD") | Some("GET") => match self.tags.borrow().get(&tag) {
                 Some(d) => answer(200, &[("docker-content-digest", d)], b""),
@@ -67,6 +91,21 @@ impl Registry {
                     self.history.borrow_mut().push((t, d.clone()));
                 }
                 answer(201, &[("docker-content-digest", &d)], b"")
+            }
+            Some("DELETE") => {
+                let gone: Vec<String> = match tag.starts_with("sha256:") {
+                    true => self.tags.borrow().iter().filter(|(_, d)| **d == tag).map(|(t, _)| t.clone()).collect(),
+                    false => self.tags.borrow().contains_key(&tag).then(|| tag.clone()).into_iter().collect(),
+                };
+                let known = !gone.is_empty() || self.history.borrow().iter().any(|(_, d)| *d == tag);
+                for t in gone {
+                    self.tags.borrow_mut().remove(&t);
+                    self.history.borrow_mut().push((t, String::new()));
+                }
+                match known {
+                    true => answer(202, &[], b""),
+                    false => answer(404, &[], br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
+                }
             }
             _ => answer(405, &[], b""),
         }
@@ -557,10 +596,12 @@ mod slot_full {
     const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
   "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
-    /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024 slots).
-    fn colliding(n: usize) -> Vec<String> {
-        let target = slot_index("app", V1, 1024);
-        (0..).map(|i| format!("c{i}")).filter(|t| slot_index("app", t, 1024) == target).take(n).collect()
+    /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024
+    /// slots), under the world's slot key (an attacker who knew it; see `tests_bounds`).
+    fn colliding(world: &World, n: usize) -> Vec<String> {
+        let key = super::super::tests_bounds::slot_key_of(world);
+        let target = slot_index(&key, "app", V1, 1024);
+        (0..).map(|i| format!("c{i}")).filter(|t| slot_index(&key, "app", t, 1024) == target).take(n).collect()
     }
 /// and committed; the attacker (push rights to any protected tag of the same slot) commits 16
 /// colliding tags: the committed record of v1 is evicted, and the held push of Y is stored over X.
@@ -573,7 +614,7 @@ fn attack_slot_eviction_lets_absent_overwrite_a_new_tag() {
     world.body(&mut p2, &Y[..Y.len() - 1], false);
     assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
     // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
-    let ts = colliding(16);
+    let ts = colliding(&world, 16);
     for t in &ts[..15] {
         assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
     }
@@ -600,7 +641,7 @@ fn attack_slot_eviction_undoes_an_override() {
     assert_eq!(world.push(&a, V1, Y, &[ADMIN, REASON]).status, 201, "the override");
     world.advance(1_000);
     // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
-    let ts = colliding(16);
+    let ts = colliding(&world, 16);
     for t in &ts[..15] {
         assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
     }
@@ -623,7 +664,7 @@ fn attack_read_only_claims_in_flight_evict_a_committed_record() {
     world.body(&mut p2, &Y[..Y.len() - 1], false);
     assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
     let mut held = Vec::new();
-    let ts = colliding(16);
+    let ts = colliding(&world, 16);
     for t in &ts[..15] {
         let mut s = world.open_put(&a, t, X, &[RO]);
         world.pump(&mut s, false);
@@ -744,7 +785,8 @@ fn attack_orphan_overflow_keeps_a_read_only_claim() {
         Stream { h, f, held_puts: Vec::new() }
     };
     let mut all = Vec::new();
-    for i in 0..=256 {
+    // As many as a worker keeps (`tests_bounds`: one more is refused).
+    for i in 0..super::super::worker::MAX_ORPHANS {
         let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
         let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
         world.pump(&mut s, false);

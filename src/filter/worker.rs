@@ -35,6 +35,11 @@ pub struct Worker {
 /// refused (429), so that one client cannot fill the claim slots.
 pub const MAX_CLAIMS_PER_CLIENT: usize = 16;
 
+/// Writes whose client left that one worker keeps waiting for the registry's answer: past
+/// this, new protected writes are refused (503) rather than one dropped unsettled or the list
+/// grown (each is answered within the write timeout, so the list drains on its own).
+pub const MAX_ORPHANS: usize = 256;
+
 /// Client addresses tracked per worker (past this, the expired are dropped first; a new
 /// client then goes untracked rather than grow the map).
 const MAX_CLIENTS: usize = 4096;

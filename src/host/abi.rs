@@ -247,6 +247,21 @@ pub fn increment(id: u32, by: i64) -> Result<(), Status> {
     check(unsafe { proxy_increment_metric(id, by) })
 }
 
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, len: usize) -> u16;
+}
+
+/// Fills `buf` from the host's cryptographic generator (Envoy: BoringSSL's `RAND_bytes`).
+/// Called directly rather than through std, whose wrapper panics on an error.
+pub fn random(buf: &mut [u8]) -> Result<(), u16> {
+    // SAFETY: valid buffer pointer/length; the host writes at most `len` bytes.
+    match unsafe { random_get(buf.as_mut_ptr(), buf.len()) } {
+        0 => Ok(()),
+        errno => Err(errno),
+    }
+}
+
 /// Process-wide shared data: the value (if any) and its CAS token.
 pub fn get_shared(key: &str) -> Result<(Option<Vec<u8>>, u32), Status> {
     let (mut data, mut size, mut cas) = (null_mut(), 0usize, 0u32);

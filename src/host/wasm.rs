@@ -69,6 +69,10 @@ impl Host for WasmHost {
         abi::get_shared(key).map_err(|s| format!("{s:?}"))
     }
 
+    fn random(&self, buf: &mut [u8]) -> Result<(), String> {
+        abi::random(buf).map_err(|errno| format!("random_get: WASI errno {errno}"))
+    }
+
     fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
         match abi::set_shared(key, value, cas) {
             Ok(()) => Ok(()),

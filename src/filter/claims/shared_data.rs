@@ -9,9 +9,46 @@ use crate::filter::host::{Host, Level, SharedError};
 /// Attempts before a contended slot is given up on (the push is then refused with 503).
 pub const CAS_ATTEMPTS: usize = 32;
 
+/// Where the slot hash's key lives (`claims::SlotKey`): one per Envoy and VM id, like the slots.
+pub const SLOT_KEY: &str = "immutable-tags/claims/slot-key";
+/// Written (unconditionally) just before the key is created: see `slot_key`.
+const SLOT_KEY_MARK: &str = "immutable-tags/claims/slot-key-mark";
+
+/// The slot hash's key, created once per Envoy and shared by every worker. Read on every use
+/// (one shared-data read): a worker never hashes with a key another worker does not use.
+///
+/// Creating it must never replace a key another worker already hashes with. Envoy writes a
+/// missing key whatever the CAS token given, and an existing one only if the token matches; its
+/// tokens start at 1 and grow by one per write, process-wide. So the key is created with token
+/// 1 right after a write of the mark: the mark takes token 1 if no write took it before, the key
+/// never holds 1, and the creation succeeds only where the key is still missing (a worker that
+/// lost the race reads the winner's key). Any failure refuses (the caller's 503), never hashes
+/// without a key.
+pub fn slot_key(host: &dyn Host) -> Result<claims::SlotKey, String> {
+    for _ in 0..2 {
+        match host.shared_get(SLOT_KEY).map_err(|s| format!("cannot read the claim slots' key ({s})"))? {
+            (Some(bytes), cas) if cas != 0 => return claims::decode_slot_key(&bytes).ok_or_else(|| "the claim slots' key is malformed".to_string()),
+            _ => {
+                let mut key = claims::SlotKey::default();
+                host.random(&mut key).map_err(|s| format!("cannot draw the claim slots' key ({s})"))?;
+                host.shared_set(SLOT_KEY_MARK, b"", 0).map_err(|s| format!("cannot create the claim slots' key ({s:?})"))?;
+                match host.shared_set(SLOT_KEY, &claims::encode_slot_key(&key), 1) {
+                    Ok(()) | Err(SharedError::CasMismatch) => continue, // read back what is there
+                    Err(SharedError::Other(s)) => return Err(format!("cannot create the claim slots' key ({s})")),
+                }
+            }
+        }
+    }
+    Err("the claim slots' key could not be created".into())
+}
+
 /// Creates every slot that does not exist yet. Done at configuration, before traffic: a CAS
 /// write to a missing key is unconditional, so slots must exist before two workers race.
 pub fn create_slots(host: &dyn Host, settings: &ClaimSettings) {
+    // The key too, before traffic (a failure here is retried on every claim).
+    if let Err(why) = slot_key(host) {
+        host.log(Level::Warn, &format!("immutable-tags: {why}"));
+    }
     for i in 0..settings.slots {
         let key = claims::slot_key(settings.slots, i);
         if let Ok((None, _)) = host.shared_get(&key) {
@@ -31,7 +68,8 @@ fn update<T>(
     tag: &str,
     step: impl Fn(&[u8]) -> (Option<Vec<u8>>, T),
 ) -> Result<T, String> {
-    let key = claims::slot_key(settings.slots, claims::slot_index(repository, tag, settings.slots));
+    let secret = slot_key(host)?;
+    let key = claims::slot_key(settings.slots, claims::slot_index(&secret, repository, tag, settings.slots));
     for _ in 0..CAS_ATTEMPTS {
         let (bytes, cas) = host.shared_get(&key).map_err(|s| format!("cannot read claim slot ({s})"))?;
         let Some(bytes) = bytes.filter(|_| cas != 0) else {
