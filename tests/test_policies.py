@@ -191,3 +191,31 @@ def test_istio_reads_patch_disables_the_plugin_on_the_read_route_only():
     later = vs["spec"]["http"][[r["name"] for r in vs["spec"]["http"]].index(route_name) + 1:]
     assert later and all("match" not in r for r in later)
     assert [r["route"] for r in later][0] == reads["route"]
+
+
+def test_envoy_gateway_etcd_route_is_accepted_and_takes_no_registry_request():
+    """envoy/envoy-gateway/etcd.yaml's route exists only so that Envoy Gateway makes the etcd
+    cluster: it must share a hostname with the Gateway's listener (else it is not accepted and no
+    cluster exists), take no request the registry's routes serve, and be closed to clients."""
+    docs = list(yaml.safe_load_all((ENVOY_DIR / "envoy-gateway" / "immutable-tags.yaml").read_text()))
+    etcd_docs = list(yaml.safe_load_all((ENVOY_DIR / "envoy-gateway" / "etcd.yaml").read_text()))
+    gateway = next(d for d in docs if d["kind"] == "Gateway")
+    _, routes = eg_docs()
+    (etcd_route,) = [d for d in etcd_docs if d["kind"] == "HTTPRoute"]
+    listeners = {l["hostname"] for l in gateway["spec"]["listeners"]}
+    assert set(etcd_route["spec"]["hostnames"]) & listeners, (etcd_route["spec"]["hostnames"], listeners)
+    ref = etcd_route["spec"]["parentRefs"][0]
+    assert (ref["name"], ref["namespace"]) == (gateway["metadata"]["name"], gateway["metadata"]["namespace"])
+    (sp,) = [d for d in etcd_docs if d["kind"] == "SecurityPolicy"]
+    assert [t["name"] for t in sp["spec"]["targetRefs"]] == [etcd_route["metadata"]["name"]]
+    assert sp["spec"]["authorization"] == {"defaultAction": "Deny"}
+    # One host, so precedence runs over both routes' rules together; etcd's first, so that a tie
+    # (decided by the routes' creation time in a cluster) goes against the registry.
+    merged = {"spec": {"rules": etcd_route["spec"]["rules"]
+                       + [r for route in routes.values() for r in route["spec"]["rules"]]}}
+    etcd_rules = {r["name"] for r in etcd_route["spec"]["rules"]}
+    for method in ("GET", "HEAD", "PUT", "OPTIONS", "DELETE", "POST", "PATCH"):
+        for path in ("/v2/", MANIFEST, BLOB, "/v2/team/app/blobs/uploads/", "/v2/_catalog"):
+            assert gateway_api_rule(merged, method, path, {}) not in etcd_rules, (method, path)
+    prefix = etcd_route["spec"]["rules"][0]["matches"][0]["path"]["value"]
+    assert gateway_api_rule(merged, "POST", prefix + "v3/kv/txn", {}) in etcd_rules
