@@ -182,13 +182,6 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
     }
 }
 
-/// The lease of the record a failed txn read back (`None`: none read, or no lease).
-pub fn found_lease(body: &[u8]) -> Option<u64> {
-    let doc = Json::parse(body).ok()?;
-    let kv = doc.field("responses")?.item(0)?;
-    int64(at(kv, &["response_range", "kvs"])?.item(0)?.field("lease"))
-}
-
 /// A `/v3/kv/put` answered.
 pub fn parse_put(status: Option<u16>, body: &[u8]) -> Answer<()> {
     match json_answer(status, body) {

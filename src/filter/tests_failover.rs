@@ -1,8 +1,9 @@
 //! Issue 22: etcd calls fail over within `claims.etcd.timeout_ms`. Each attempt gets
 //! `attempt_timeout_ms`; a timed-out, refused or reset attempt, or one etcd answers with a
 //! retryable error, is sent again (Envoy's round robin picks the next member), and a retried
-//! txn whose earlier attempt was applied recognises its own write: neither a conflict nor a
-//! second hold. Fake replicas, fake etcd, a registry that stores whatever it is sent.
+//! claim whose earlier attempt was applied joins its own record: no conflict, one hold too many
+//! (never too few: `tests_retry_safety`). Fake replicas, fake etcd, a registry that stores
+//! whatever it is sent.
 use super::fake::{answer, Call, Reply};
 use super::host::Host;
 use super::tests_claims::{deliver, reply, run_for, Stream, World, X};
@@ -91,9 +92,10 @@ fn attempts_stop_when_the_budget_is_spent_then_the_push_is_refused() {
 }
 
 #[test]
-fn a_retried_claim_whose_first_attempt_was_applied_holds_once() {
+fn a_retried_claim_whose_first_attempt_was_applied_is_no_conflict() {
     // The claim's create reaches etcd, its answer does not (a slow member: Envoy gives up on
-    // it); the retry's compare fails on our own record. Old code: 503 at the first 504.
+    // it); the retry's compare fails on our own record, which it joins like any record of its
+    // digest. Old code: 503 at the first 504.
     let world = World::new(POLICY);
     let a = world.replica();
     let r = push_with(&world, &a, X, |c, n| {
@@ -105,15 +107,17 @@ fn a_retried_claim_whose_first_attempt_was_applied_holds_once() {
     });
     assert_eq!(r.status, 201, "{:?}", r.json());
     run_for(&world, &[&a], 500);
-    assert_eq!(holders(&world), "- 0", "committed with no hold left (a second hold would linger)");
+    let x = super::tests_claims::sha(X);
+    assert_eq!(holders(&world), format!("{x} 1"), "committed; the retry's extra hold waits for expiry");
     assert_eq!(a.root.counter("etcd_failovers"), 1);
+    assert_eq!(world.push(&a, "v1", X, &[]).status, 201, "a re-push of X joins it");
     // A second push of another digest meets the committed change, not a phantom hold.
     let y = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":"y2"}"#;
     assert_eq!(world.push(&a, "v1", y, &[]).status, 409);
 }
 
 #[test]
-fn a_retried_rewrite_whose_first_attempt_was_applied_holds_once() {
+fn a_retried_rewrite_whose_first_attempt_was_applied_is_no_conflict() {
     // The tag has a committed record of X: an identical re-push rewrites it (second txn,
     // compare on mod_revision). That rewrite is applied, its answer lost.
     let world = World::new(POLICY);
@@ -130,7 +134,7 @@ fn a_retried_rewrite_whose_first_attempt_was_applied_holds_once() {
     });
     assert_eq!(r.status, 201, "{:?}", r.json());
     run_for(&world, &[&a], 500);
-    assert_eq!(holders(&world), "- 0");
+    assert_eq!(holders(&world), format!("{} 1", super::tests_claims::sha(X)), "one hold too many, never too few");
 }
 
 #[test]

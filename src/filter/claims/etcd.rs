@@ -21,7 +21,11 @@
 //!   refused or etcd answers a retryable error. Envoy's round robin sends the next attempt to
 //!   the next member, and outlier detection ejects a hung one. Every write is a txn guarded by
 //!   a compare (create if absent, or `mod_revision`), so an attempt that lands late or twice
-//!   writes nothing more; a retry that finds our own write recognises it (`own_write`).
+//!   writes nothing more. A retry cannot tell our own write from an identical one (one worker,
+//!   one digest, one millisecond), so it never counts a hold too few: a retried claim judges
+//!   what it finds like any record (our own: one hold more), and a commit or release some
+//!   attempt of which may have been applied is never applied again. At worst a hold too many
+//!   waits for the record's expiry (fail closed), as if its replica had died.
 use super::Claimed;
 use crate::claims::{self, Rec, View};
 use crate::config::EtcdSettings;
@@ -68,8 +72,8 @@ fn fault(status: Option<u16>, body: &[u8]) -> Option<Fault> {
 }
 
 /// One etcd call and its attempts. Each attempt has `attempt_timeout_ms` (less what is left of
-/// `timeout_ms`, counted from the first); the body is sent again unchanged, so a write that a
-/// timed-out attempt did make is the very one a retry finds.
+/// `timeout_ms`, counted from the first); the body is sent again unchanged, and its compare
+/// keeps a late or second attempt from writing twice.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Call {
     pub token: u32,
@@ -128,8 +132,7 @@ pub struct InFlight {
     view: View,
     step: Step,
     steps: u32,
-    /// The call, and the record and lease it writes if it writes one (what a retry recognises).
-    call: Box<(Call, Option<(Rec, u64)>)>,
+    call: Box<Call>,
     /// When the claim's first call was sent: its answers are only trusted while young.
     sent_ms: u64,
 }
@@ -219,35 +222,25 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
         return Claimed::Unavailable(down(e, "the claim did not settle"));
     }
     let now = host.now_ms();
-    let (path, body, writes) = match (lease(host, worker), &f.step) {
+    let (path, body) = match (lease(host, worker), &f.step) {
         (None, _) => {
             f.step = Step::Grant;
-            ("/v3/lease/grant", wire::grant_body(lease_seconds(worker)), None)
+            ("/v3/lease/grant", wire::grant_body(lease_seconds(worker)))
         }
         (Some(l), Step::Grant | Step::Claim) => {
             f.step = Step::Claim;
             let first = claims::take(None, &f.digest, f.view, now).unwrap_or(Rec { stored: None, claim: None, at_ms: now });
-            ("/v3/kv/txn", wire::claim_txn(&f.key, &first, l), Some((first, l)))
+            ("/v3/kv/txn", wire::claim_txn(&f.key, &first, l))
         }
-        (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l), Some((r.clone(), l))),
+        (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l)),
     };
     match Call::send(host, e, path, body) {
         Ok(call) => {
-            (f.token, f.call) = (call.token, Box::new((call, writes)));
+            (f.token, f.call) = (call.token, Box::new(call));
             Claimed::Pending(f)
         }
         Err(why) => Claimed::Unavailable(down(e, &why)),
     }
-}
-
-/// A retried txn found the record it writes, bound to the lease it writes with: an earlier
-/// attempt made it (the compare then failed on our own write). Anyone else's write differs:
-/// the lease is this worker's, and a record carries the time its claim was taken. (Two claims
-/// of one digest by one worker in the same millisecond would look alike; then the hold is
-/// counted once too few only if the first attempt was not applied.)
-fn own_write(f: &InFlight, found: &Rec, body: &[u8]) -> bool {
-    let (call, writes) = &*f.call;
-    call.retried() && writes.as_ref().is_some_and(|(r, l)| r == found && wire::found_lease(body) == Some(*l))
 }
 
 /// The call's status and body; `None` status: a reset.
@@ -258,8 +251,8 @@ fn answer(host: &dyn Host, body_size: usize) -> (Option<u16>, Vec<u8>) {
 
 pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size: usize) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
-    let Some((status, body)) = f.call.0.answer(host, worker, e, body_size) else {
-        f.token = f.call.0.token;
+    let Some((status, body)) = f.call.answer(host, worker, e, body_size) else {
+        f.token = f.call.token;
         return Claimed::Pending(f);
     };
     let now = host.now_ms();
@@ -290,7 +283,8 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
             f.step = Step::Claim;
             send(host, worker, e, f)
         }
-        Answer::Ok(Txn::Found(Some((record, mod_revision)))) if own_write(&f, &record, &body) => Claimed::Proceed { revision: mod_revision },
+        // Also after a retry whose earlier attempt wrote it: our own record is then joined, one
+        // hold too many (an identical record of another push must never pass for ours).
         Answer::Ok(Txn::Found(Some((record, mod_revision)))) => {
             let found = Some(&record).filter(|r| r.live(now, ttl_ms));
             match claims::take(found, &f.digest, f.view, now) {
@@ -431,9 +425,9 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
         Op::Update { key, change, write, tries } => {
             let found = match wire::parse_txn(status, &body) {
                 Answer::Ok(Txn::Done { .. }) if write.is_some() => return,
-                // A retried write finds what it wrote: an earlier attempt was applied. (Anyone
-                // else's identical record would only leave one hold too many: the safe side.)
-                Answer::Ok(Txn::Found(Some((r, _)))) if call.retried() && matches!(&write, Some((_, Some(w))) if *w == r) => return,
+                // A write an earlier attempt of which may have been applied is not applied again
+                // (a second release would take another push's hold): one hold too many at worst.
+                Answer::Ok(Txn::Found(_)) | Answer::LeaseGone if write.is_some() && call.retried() => return,
                 Answer::Ok(Txn::Done { .. }) => None, // read: the key does not exist
                 Answer::Ok(Txn::Found(f)) => f,
                 Answer::LeaseGone => {
@@ -442,7 +436,11 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
                 }
                 Answer::Failed(why) => {
                     failed(&why);
-                    return retry(&mut s, Op::Update { key, change, write, tries });
+                    // A failed write may have been applied: likewise.
+                    if write.is_none() {
+                        retry(&mut s, Op::Update { key, change, write, tries });
+                    }
+                    return;
                 }
             };
             let live = found.as_ref().filter(|(r, _)| r.live(now, ttl));
