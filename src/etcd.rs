@@ -67,8 +67,13 @@ fn mod_is(k: &str, mod_revision: u64) -> String {
 /// Write `record` only if the key is still at `mod_revision` (replacing an expired record, or
 /// committing our own claim), else read it back.
 pub fn put_if_txn(key: &str, mod_revision: u64, record: &Record, lease: u64) -> String {
+    replace_txn(key, mod_revision, record.encode().as_bytes(), lease)
+}
+
+/// Write `value` only if the key is still at `mod_revision` (0: absent), else read it back.
+pub fn replace_txn(key: &str, mod_revision: u64, value: &[u8], lease: u64) -> String {
     let k = b64(key.as_bytes());
-    let (compare, put) = (mod_is(&k, mod_revision), put(&k, record.encode().as_bytes(), lease));
+    let (compare, put) = (mod_is(&k, mod_revision), put(&k, value, lease));
     format!(r#"{{{compare},"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
 }
 
@@ -93,15 +98,18 @@ pub fn window_key(prefix: &str, repository: &str, tag: &str, principal: &str) ->
     format!("{prefix}window:{repository}:{tag}:{principal}")
 }
 
-/// `/v3/kv/put` of `value`, bound to `lease`.
-pub fn put_body(key: &str, value: &[u8], lease: u64) -> String {
-    format!(r#"{{"key":"{}","value":"{}","lease":"{lease}"}}"#, b64(key.as_bytes()), b64(value))
-}
+/// What a used window's key holds until its lease ends: a late write of the window (create if
+/// absent) finds the key taken, and a second use finds nothing to use.
+pub const USED: &[u8] = b"used";
 
-/// `/v3/kv/deleterange` of one key, answering what it deleted: one atomic read-and-use, so of
-/// several requests only one gets the value.
-pub fn take_body(key: &str) -> String {
-    format!(r#"{{"key":"{}","prev_kv":true}}"#, b64(key.as_bytes()))
+/// Use a window: if the key holds anything but [`USED`] (a missing key fails a value compare),
+/// write `USED` on the same lease and answer what was there. One atomic read-and-use: of
+/// several requests, or attempts, only one gets the value.
+pub fn use_txn(key: &str) -> String {
+    let (k, u) = (b64(key.as_bytes()), b64(USED));
+    format!(
+        r#"{{"compare":[{{"key":"{k}","target":"VALUE","result":"NOT_EQUAL","value":"{u}"}}],"success":[{{"request_put":{{"key":"{k}","value":"{u}","ignore_lease":true,"prev_kv":true}}}}]}}"#
+    )
 }
 
 pub fn grant_body(ttl_seconds: u64) -> String {
@@ -140,11 +148,11 @@ fn json_answer(status: Option<u16>, body: &[u8]) -> Result<Json, Answer<()>> {
     }
 }
 
-fn lift<T>(a: Answer<()>) -> Answer<T> {
+fn lift<T, U>(a: Answer<U>) -> Answer<T> {
     match a {
         Answer::LeaseGone => Answer::LeaseGone,
         Answer::Failed(m) => Answer::Failed(m),
-        Answer::Ok(()) => Answer::Failed(String::new()),
+        Answer::Ok(_) => Answer::Failed(String::new()),
     }
 }
 
@@ -182,27 +190,41 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
     }
 }
 
-/// A `/v3/kv/put` answered.
-pub fn parse_put(status: Option<u16>, body: &[u8]) -> Answer<()> {
-    match json_answer(status, body) {
-        Ok(d) if int64(at(&d, &["header", "revision"])).is_some() => Answer::Ok(()),
-        Ok(_) => Answer::Failed("etcd answered something unreadable".into()),
-        Err(a) => a,
-    }
-}
-
-/// A [`take_body`] answered: the value deleted and its lease, or `None` (there was no key).
-pub fn parse_taken(status: Option<u16>, body: &[u8]) -> Answer<Option<(Vec<u8>, u64)>> {
+/// A txn of a window's key answered: `Ok(Ok(revision))` done (the key is now at `revision`),
+/// `Ok(Err(m))` the compare failed, the key is at `m` (0: absent).
+fn window_txn(status: Option<u16>, body: &[u8]) -> Answer<(Json, Result<u64, u64>)> {
     let doc = match json_answer(status, body) {
         Ok(d) => d,
         Err(a) => return lift(a),
     };
-    if int64(at(&doc, &["header", "revision"])).is_none() {
-        return Answer::Failed("etcd answered something unreadable".into());
+    let Some(revision) = int64(at(&doc, &["header", "revision"])) else { return Answer::Failed("etcd answered something unreadable".into()) };
+    if matches!(doc.field("succeeded"), Some(Json::Bool(true))) {
+        return Answer::Ok((doc, Ok(revision)));
     }
-    let Some(kv) = doc.field("prev_kvs").and_then(|kvs| kvs.item(0)) else { return Answer::Ok(None) };
-    match unb64(text(kv.field("value")).unwrap_or_default()) {
-        Some(v) => Answer::Ok(Some((v, int64(kv.field("lease")).unwrap_or(0)))),
+    let range = doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_range", "kvs"]));
+    let m = range.and_then(|kvs| kvs.item(0)).map_or(Some(0), |kv| int64(kv.field("mod_revision"))).unwrap_or(u64::MAX);
+    Answer::Ok((doc, Err(m)))
+}
+
+/// A window's create or replace answered (see [`window_txn`]).
+pub fn parse_written(status: Option<u16>, body: &[u8]) -> Answer<Result<u64, u64>> {
+    match window_txn(status, body) {
+        Answer::Ok((_, r)) => Answer::Ok(r),
+        a => lift(a),
+    }
+}
+
+/// A [`use_txn`] answered: the window's value, its lease and the revision of the `USED` that
+/// replaced it; `None`: there was nothing to use.
+pub fn parse_taken(status: Option<u16>, body: &[u8]) -> Answer<Option<(Vec<u8>, u64, u64)>> {
+    let (doc, revision) = match window_txn(status, body) {
+        Answer::Ok((doc, Ok(revision))) => (doc, revision),
+        Answer::Ok(_) => return Answer::Ok(None),
+        a => return lift(a),
+    };
+    let kv = doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_put", "prev_kv"]));
+    match kv.and_then(|kv| Some((unb64(text(kv.field("value"))?)?, int64(kv.field("lease")).unwrap_or(0)))) {
+        Some((v, lease)) => Answer::Ok(Some((v, lease, revision))),
         None => Answer::Failed("etcd answered something unreadable".into()),
     }
 }
@@ -326,22 +348,28 @@ mod tests {
     }
 
     #[test]
-    fn windows_are_put_and_taken_whole() {
+    fn windows_are_created_used_and_put_back_by_compare() {
         let wk = window_key("/p/", "app", "v1", "admin");
         assert_eq!(wk, "/p/window:app:v1:admin");
-        let t: Value = serde_json::from_str(&put_body(&wk, b"9\nadmin\nwhy", 42)).unwrap();
-        assert_eq!((t["key"].as_str(), t["lease"].as_str()), (Some(b64(wk.as_bytes()).as_str()), Some("42")));
-        assert_eq!(unb64(t["value"].as_str().unwrap()).unwrap(), b"9\nadmin\nwhy");
-        assert_eq!(take_body("k"), r#"{"key":"aw==","prev_kv":true}"#);
-        assert_eq!(parse_put(Some(200), br#"{"header":{"revision":"3"}}"#), Answer::Ok(()));
-        assert!(matches!(parse_put(Some(200), b"{}"), Answer::Failed(_)));
-        let taken = format!(r#"{{"header":{{"revision":"4"}},"deleted":"1","prev_kvs":[{{"key":"aw==","value":"{}","lease":"42"}}]}}"#, b64(b"w"));
-        assert_eq!(parse_taken(Some(200), taken.as_bytes()), Answer::Ok(Some((b"w".to_vec(), 42))));
-        assert_eq!(parse_taken(Some(200), br#"{"header":{"revision":"4"}}"#), Answer::Ok(None), "nothing to take");
-        assert!(matches!(parse_taken(Some(200), br#"{"header":{"revision":"4"},"prev_kvs":[{"value":"!"}]}"#), Answer::Failed(_)));
+        let t: Value = serde_json::from_str(&use_txn("k")).unwrap();
+        assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "VALUE", "result": "NOT_EQUAL", "value": b64(USED)}));
+        assert_eq!(t["success"][0]["request_put"], json!({"key": "aw==", "value": b64(USED), "ignore_lease": true, "prev_kv": true}));
+        // etcd 3.4's answers: used (the window and its lease; USED at the txn's revision), or not.
+        let taken = format!(r#"{{"header":{{"revision":"9"}},"succeeded":true,"responses":[{{"response_put":{{"header":{{"revision":"9"}},"prev_kv":{{"key":"aw==","mod_revision":"4","value":"{}","lease":"42"}}}}}}]}}"#, b64(b"w"));
+        assert_eq!(parse_taken(Some(200), taken.as_bytes()), Answer::Ok(Some((b"w".to_vec(), 42, 9))));
+        assert_eq!(parse_taken(Some(200), br#"{"header":{"revision":"4"}}"#), Answer::Ok(None), "nothing to use");
+        assert!(matches!(parse_taken(Some(200), br#"{"header":{"revision":"4"},"succeeded":true}"#), Answer::Failed(_)));
         assert!(matches!(parse_taken(Some(503), b"no healthy upstream"), Answer::Failed(_)));
+        let t: Value = serde_json::from_str(&replace_txn("k", 9, b"w", 42)).unwrap();
+        assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "MOD", "mod_revision": "9"}));
+        assert_eq!(t["success"][0]["request_put"], json!({"key": "aw==", "value": b64(b"w"), "lease": "42"}));
+        assert_eq!(parse_written(Some(200), br#"{"header":{"revision":"5"},"succeeded":true}"#), Answer::Ok(Ok(5)));
+        let found = format!(r#"{{"header":{{"revision":"5"}},"responses":[{{"response_range":{{"kvs":[{{"key":"aw==","mod_revision":"3","value":"{}"}}]}}}}]}}"#, b64(USED));
+        assert_eq!(parse_written(Some(200), found.as_bytes()), Answer::Ok(Err(3)), "a used window, to replace at 3");
+        assert_eq!(parse_written(Some(200), br#"{"header":{"revision":"5"},"responses":[{"response_range":{}}]}"#), Answer::Ok(Err(0)), "absent");
         let t: Value = serde_json::from_str(&create_txn("k", b"v", 5)).unwrap();
         assert_eq!(t["compare"][0]["target"], "CREATE");
         assert_eq!(t["success"][0]["request_put"]["lease"], "5");
     }
+
 }

@@ -433,21 +433,32 @@ impl FakeEtcd {
                 let current = self.kv.borrow().get(&key).cloned();
                 let holds = match s(&c["target"]).as_str() {
                     "CREATE" => current.is_none(),
-                    "MOD" => current.as_ref().map(|(_, m, _)| m.to_string()) == Some(s(&c["mod_revision"])),
+                    // A missing key is at revision 0.
+                    "MOD" => current.as_ref().map_or(0, |(_, m, _)| *m).to_string() == s(&c["mod_revision"]),
+                    // A value compare on a missing key fails whatever the result asked.
+                    "VALUE" => current.as_ref().is_some_and(|(v, _, _)| (*v == raw(&c["value"])) == (s(&c["result"]) != "NOT_EQUAL")),
                     _ => false,
                 };
                 let ops = if holds { &body["success"] } else { &body["failure"] };
                 let mut responses = Vec::new();
                 for op in ops.as_array().cloned().unwrap_or_default() {
                     if let Some(p) = op.get("request_put") {
-                        let lease: u64 = s(&p["lease"]).parse().unwrap_or(0);
+                        let mut lease: u64 = s(&p["lease"]).parse().unwrap_or(0);
+                        let prev = self.kv.borrow().get(&raw(&p["key"])).cloned();
+                        if p["ignore_lease"] == true {
+                            lease = prev.as_ref().map_or(0, |(_, _, l)| *l);
+                        }
                         if lease != 0 && !self.leases.borrow().contains(&lease) {
                             let m = "etcdserver: requested lease not found";
                             return answer(400, &[], json!({"error": m, "message": m, "code": 5}).to_string().as_bytes());
                         }
                         self.revision.set(self.revision.get() + 1);
                         self.kv.borrow_mut().insert(raw(&p["key"]), (raw(&p["value"]), self.revision.get(), lease));
-                        responses.push(json!({"response_put": {"header": header(self.revision.get())}}));
+                        let mut r = json!({"header": header(self.revision.get())});
+                        if let (Some((v, m, l)), true) = (&prev, p["prev_kv"] == true) {
+                            r["prev_kv"] = json!({"key": p["key"], "mod_revision": m.to_string(), "value": b64(v.as_bytes()), "lease": l.to_string()});
+                        }
+                        responses.push(json!({"response_put": r}));
                     } else if op.get("request_delete_range").is_some() {
                         self.revision.set(self.revision.get() + 1);
                         self.kv.borrow_mut().remove(&key);
@@ -479,6 +490,11 @@ impl FakeEtcd {
 
     pub fn value(&self, key: &str) -> Option<String> {
         self.kv.borrow().get(key).map(|(v, _, _)| v.clone())
+    }
+
+    /// A break-glass window's value as a use sees it: `None` if absent or used.
+    pub fn window(&self, key: &str) -> Option<String> {
+        self.value(key).filter(|v| v.as_bytes() != crate::etcd::USED)
     }
 }
 

@@ -1233,7 +1233,7 @@ fn a_window_opened_through_one_replica_is_used_once_through_another() {
     assert!(f.in_flight());
     assert_eq!(a.last_call().unwrap().header(":path"), Some("/v3/lease/grant"));
     respond_with(&mut f, &a, |c| etcd.answer(c));
-    assert_eq!((a.last_call().unwrap().header(":path"), a.response_resumes.get()), (Some("/v3/kv/put"), 0));
+    assert_eq!((a.last_call().unwrap().header(":path"), a.response_resumes.get()), (Some("/v3/kv/txn"), 0), "create if absent");
     respond_with(&mut f, &a, |c| etcd.answer(c));
     assert_eq!(a.response_resumes.get(), 1, "let go once etcd has it");
     assert!(f.idle(), "nothing left to remember");
@@ -1246,7 +1246,7 @@ fn a_window_opened_through_one_replica_is_used_once_through_another() {
     assert_eq!(r.status, 201, "{:?}", r.json());
     assert_eq!(b.calls_with("PUT")[0].body.as_deref(), Some(M2));
     assert_eq!((bg_lines(&b)[0]["reason"].as_str(), bg_lines(&b)[0]["principal"].as_str()), (Some(REASON.1), Some("admin")));
-    assert_eq!(etcd.value(WKEY), None, "used up");
+    assert_eq!(etcd.window(WKEY), None, "used up");
     // Once: the next overwrite (through A) is refused, and says why.
     let r = bg_push_etcd(&a, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
     assert_eq!(r.status, 409);
@@ -1262,7 +1262,7 @@ fn no_window_refuses_and_only_a_principal_a_window_could_serve_costs_a_round_tri
     let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2));
     assert_eq!(r.status, 409);
     assert!(why(&r).contains("no break-glass window is open for the principal the request claims, 'admin', on this tag"), "{}", why(&r));
-    assert_eq!(b.calls_with("POST").iter().filter(|c| c.header(":path") == Some("/v3/kv/deleterange")).count(), 1);
+    assert_eq!(b.calls_with("POST").iter().filter(|c| c.header(":path") == Some("/v3/kv/txn")).count(), 1);
     // Unlisted, or anonymous: no window can exist, no call, nothing said.
     let before = etcd_calls(&b);
     for extra in [vec![BOB], vec![]] {
@@ -1274,9 +1274,9 @@ fn no_window_refuses_and_only_a_principal_a_window_could_serve_costs_a_round_tri
     let (a, wa) = bg_replica(&etcd);
     let (mut f, _) = read_with_reason(&a, &wa, SRE);
     while respond_with(&mut f, &a, |c| etcd.answer(c)) {}
-    assert!(etcd.value("/immutable-tags/window:app:v1:sre").is_some());
+    assert!(etcd.window("/immutable-tags/window:app:v1:sre").is_some());
     assert_eq!(bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status, 409);
-    assert!(etcd.value("/immutable-tags/window:app:v1:sre").is_some(), "untouched");
+    assert!(etcd.window("/immutable-tags/window:app:v1:sre").is_some(), "untouched");
 }
 
 #[test]
@@ -1288,8 +1288,8 @@ fn of_two_replicas_racing_for_one_window_exactly_one_overrides() {
     let mut fa = push_to_etcd(&a, &wa, M2, M1, &[ADMIN]);
     let mut fb = push_to_etcd(&b, &wb, b"{\"other\":1}", M1, &[ADMIN]);
     // Both wait on etcd for the window; A's take lands first.
-    assert_eq!(a.last_call().unwrap().header(":path"), Some("/v3/kv/deleterange"));
-    assert_eq!(b.last_call().unwrap().header(":path"), Some("/v3/kv/deleterange"));
+    assert_eq!(a.last_call().unwrap().header(":path"), Some("/v3/kv/txn"));
+    assert_eq!(b.last_call().unwrap().header(":path"), Some("/v3/kv/txn"));
     respond_with(&mut fa, &a, |c| etcd.answer(c));
     respond_with(&mut fb, &b, |c| etcd.answer(c));
     // A, with the window, claims the tag in etcd like any write that changes it.
@@ -1353,7 +1353,7 @@ fn a_failed_overriding_write_puts_the_window_back() {
     let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], blob_unknown);
     assert_eq!(r.status, 400, "the registry's answer is relayed");
     assert!(bg_lines(&b).is_empty(), "no override");
-    assert_eq!(etcd.value(WKEY), None, "taken while the write was out");
+    assert_eq!(etcd.window(WKEY), None, "taken while the write was out");
     let sent = b.calls.borrow().len();
     run_root(&b, &wb, &etcd);
     assert_eq!(etcd.kv.borrow().get(WKEY).map(|(_, _, l)| *l), Some(lease), "put back, with its lease (and so its end)");
@@ -1372,7 +1372,7 @@ fn a_failed_overriding_write_puts_the_window_back() {
     let reset = Reply { status: 0, headers: Vec::new(), body: Vec::new() };
     assert_eq!(bg_push_etcd(&b, &wb, &etcd, M1, M2, &[ADMIN], reset).status, 503);
     run_root(&b, &wb, &etcd);
-    assert_eq!(etcd.value(WKEY), None);
+    assert_eq!(etcd.window(WKEY), None);
     // Shared data (one Envoy): the same.
     let h = FakeHost::new();
     let w = bg_worker(&h, BG, Some(true));
@@ -1419,7 +1419,7 @@ fn a_digest_delete_waiting_on_etcd_for_its_window_takes_only_etcd_s_answer() {
     assert_eq!((b.reply(), b.resumes.get()), (None, 0), "still waiting on etcd");
     respond_with(&mut f, &b, |c| etcd.answer(c));
     assert_eq!((b.reply(), b.resumes.get()), (None, 1), "let through on the window");
-    assert_eq!(etcd.value(WKEY), None, "taken");
+    assert_eq!(etcd.window(WKEY), None, "taken");
 }
 
 #[test]
@@ -1440,7 +1440,7 @@ fn a_delete_uses_a_window_from_etcd_and_a_refused_one_puts_it_back() {
         *b.response_headers.borrow_mut() = vec![(":status".into(), status.into())];
         f.on_response_headers(&b);
         run_root(&b, &wb, &etcd);
-        assert_eq!(etcd.value(WKEY).is_some(), overrides == 0, "{status}");
+        assert_eq!(etcd.window(WKEY).is_some(), overrides == 0, "{status}");
         assert_eq!(bg_lines(&b).iter().filter(|l| l["outcome"] == "accepted").count(), overrides, "{status}");
     }
     // Envoy's 504 (timed out): the delete may have happened, so the window stays used.
@@ -1453,7 +1453,7 @@ fn a_delete_uses_a_window_from_etcd_and_a_refused_one_puts_it_back() {
     *b.code_details.borrow_mut() = None;
     f.on_response_headers(&b);
     run_root(&b, &wb, &etcd);
-    assert_eq!(etcd.value(WKEY), None, "not put back after a 504");
+    assert_eq!(etcd.window(WKEY), None, "not put back after a 504");
     // Used up.
     let mut f = Filter::new(Some(wb.clone()));
     b.request("DELETE", "/v2/app/manifests/v1", &[ADMIN]);
@@ -1619,7 +1619,7 @@ fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word(
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
     assert_eq!(r.status, 201, "{:?}", r.json());
     assert_eq!(ha.calls_with("PUT").len(), puts + 1);
-    assert_eq!(etcd.value(WKEY), None, "used up");
+    assert_eq!(etcd.window(WKEY), None, "used up");
     assert_eq!(bg_lines(&ha).len(), 1, "audited");
 }
 
@@ -1695,7 +1695,7 @@ fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
 
 #[test]
 fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
-    // As above, in etcd: admin's window on v1 is taken (deleterange) for the overwrite of v1;
+    // As above, in etcd: admin's window on v1 is taken (used) for the overwrite of v1;
     // v2's map entry (M1) meets a committed record of M3, and the registry, asked again, answers
     // 401. The window goes back exactly once: a second create sent beside the first could
     // revive a window used in between.
@@ -1715,10 +1715,10 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     }) {}
     f.on_done(&h);
     assert_eq!(h.reply().map(|r| r.status), Some(401));
-    assert_eq!(etcd.value(WKEY), None, "taken while v2 was asked again");
+    assert_eq!(etcd.window(WKEY), None, "taken while v2 was asked again");
     let sent = h.calls.borrow().len();
     run_root(&h, &w, &etcd);
-    assert!(etcd.value(WKEY).is_some(), "put back");
+    assert!(etcd.window(WKEY).is_some(), "put back");
     let key = crate::base64::encode(WKEY.as_bytes());
     let creates = h.calls.borrow()[sent..].iter().filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key))).count();
     assert_eq!(creates, 1, "put back once");

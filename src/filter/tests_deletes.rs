@@ -285,7 +285,7 @@ fn open_in_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, tag: &str) {
     h.response_headers.borrow_mut().push((":status".into(), "200".into()));
     f.on_response_headers(h);
     answer_etcd(&mut f, h, etcd);
-    assert!(etcd.value(&wkey(tag)).is_some(), "window for {tag} opened");
+    assert!(etcd.window(&wkey(tag)).is_some(), "window for {tag} opened");
 }
 
 /// The digest delete of M1 through `h`, up to where it waits on etcd (the registry answered).
@@ -315,7 +315,7 @@ fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
     assert_eq!(detail(&r)["not_covered"], serde_json::json!(["a-scratch"]));
     assert_eq!(b.resumes.get(), 0);
     run_root(&b, &wb, &etcd);
-    assert!(etcd.value(&wkey("v9")).is_some(), "v9's window is put back");
+    assert!(etcd.window(&wkey("v9")).is_some(), "v9's window is put back");
     // With a-scratch's window too: through, and both recorded.
     open_in_etcd(&a, &wa, &etcd, "a-scratch");
     let mut f = delete_m1_etcd(&b, &wb);
@@ -326,7 +326,7 @@ fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
     let named: Vec<String> = bg_lines(&b).iter().filter(|l| l["outcome"] == "accepted").map(|l| l["tag"].as_str().unwrap().to_string()).collect();
     assert_eq!(named, vec!["a-scratch", "v9"]);
     assert_eq!(b.counter("break_glass_overrides"), 2);
-    assert!(etcd.value(&wkey("v9")).is_none() && etcd.value(&wkey("a-scratch")).is_none(), "both used up");
+    assert!(etcd.window(&wkey("v9")).is_none() && etcd.window(&wkey("a-scratch")).is_none(), "both used up");
 }
 
 #[test]
@@ -344,12 +344,12 @@ fn a_delete_that_ends_while_taking_windows_puts_back_those_it_took() {
     b.set_answer(Some(r.clone()));
     f.on_call_response(&b, token, r.body.len());
     b.set_answer(None);
-    assert!(etcd.value(&wkey("a-scratch")).is_none(), "taken");
+    assert!(etcd.window(&wkey("a-scratch")).is_none(), "taken");
     b.pending.borrow_mut().clear();
     f.on_done(&b);
     run_root(&b, &wb, &etcd);
-    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
-    assert!(etcd.value(&wkey("v9")).is_some(), "never taken");
+    assert!(etcd.window(&wkey("a-scratch")).is_some(), "put back");
+    assert!(etcd.window(&wkey("v9")).is_some(), "never taken");
 }
 
 // ---- A break-glass delete that reached the registry is recorded whatever comes back (attack
@@ -564,7 +564,7 @@ fn a_refused_digest_delete_logs_every_tag_it_would_remove() {
     assert_eq!(line["digest"], sha(M1));
 }
 
-/// The client leaves while a window's `deleterange` is out: etcd runs it all the same, and its
+/// The client leaves while a window's use is out: etcd runs it all the same, and its
 /// answer reaches the root (proxy-wasm dispatches every call on the root context), which puts
 /// the window back (attack review 2, item 4).
 #[test]
@@ -577,19 +577,19 @@ fn a_window_taken_after_the_client_left_is_put_back_when_etcd_answers() {
     let mut f = delete_m1_etcd(&b, &wb);
     assert!(f.in_flight(), "its state is kept until it ends, so that it gives back what it took");
     f.on_done(&b);
-    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's deleterange is out");
+    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's use is out");
     let call = b.calls.borrow()[token as usize - 1].clone();
     let r = etcd.answer(&call);
-    assert!(etcd.value(&wkey("a-scratch")).is_none(), "etcd took it");
+    assert!(etcd.window(&wkey("a-scratch")).is_none(), "etcd took it");
     b.set_answer(Some(r.clone()));
     assert!(super::root_answer(&b, &wb, token, r.body.len()), "the root knows the call");
     b.set_answer(None);
     run_root(&b, &wb, &etcd);
-    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
-    assert!(etcd.value(&wkey("v9")).is_some(), "never taken");
+    assert!(etcd.window(&wkey("a-scratch")).is_some(), "put back");
+    assert!(etcd.window(&wkey("v9")).is_some(), "never taken");
 }
 
-/// Envoy answers a delete itself (a timeout) while a window's `deleterange` is out: the request
+/// Envoy answers a delete itself (a timeout) while a window's use is out: the request
 /// never goes upstream, so the windows go back, the one being taken once etcd answers.
 #[test]
 fn a_local_reply_while_taking_windows_puts_them_back() {
@@ -603,7 +603,7 @@ fn a_local_reply_while_taking_windows_puts_them_back() {
     *b.code_details.borrow_mut() = Some("request_overall_timeout".into());
     f.on_response_headers(&b);
     assert!(f.idle(), "nothing left to judge: its state goes, the call's answer is the root's");
-    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's deleterange is out");
+    let token = b.pending.borrow_mut().pop_front().expect("a-scratch's use is out");
     let call = b.calls.borrow()[token as usize - 1].clone();
     let r = etcd.answer(&call);
     b.set_answer(Some(r.clone()));
@@ -611,6 +611,6 @@ fn a_local_reply_while_taking_windows_puts_them_back() {
     b.set_answer(None);
     assert_eq!(b.resumes.get(), 0, "never sent");
     run_root(&b, &wb, &etcd);
-    assert!(etcd.value(&wkey("a-scratch")).is_some(), "put back");
+    assert!(etcd.window(&wkey("a-scratch")).is_some(), "put back");
     assert!(bg_lines(&b).is_empty(), "no override");
 }

@@ -147,3 +147,110 @@ fn a_release_whose_write_failed_after_it_was_sent_is_not_sent_again() {
     assert_eq!(holders(&world), format!("{} 1", sha(X)), "the second push still holds");
     assert_eq!(world.push(&b, "v1", Y, &[]).status, 409);
 }
+
+// ---- Break-glass windows in etcd: no late or repeated attempt brings back a used window.
+
+use super::tests_claims::{ADMIN, ETCD_BG, REASON};
+const WKEY: &str = "/immutable-tags/window:app:v1:admin";
+
+/// Whether `c` writes admin's window on v1.
+fn window_write(c: &Call) -> bool {
+    let key = crate::base64::encode(WKEY.as_bytes());
+    c.header(":path") != Some("/v3/lease/grant") && c.body.as_deref().is_some_and(|b| String::from_utf8_lossy(b).contains(&key))
+}
+
+/// A read of v1 by admin with the reason header, answered 200; etcd answers by `etcd`.
+fn open_window(world: &World, r: &Replica, mut etcd: impl FnMut(&Call) -> Reply) {
+    let mut s = world.open(r, "HEAD", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+    s.h.response_headers.borrow_mut().push((":status".into(), "200".into()));
+    s.f.on_response_headers(&s.h);
+    loop {
+        let Some(token) = s.h.pending.borrow_mut().pop_front() else { break };
+        let call = s.h.call_of(token);
+        let reply = etcd(&call);
+        deliver(&mut s, token, reply);
+    }
+    assert_eq!(s.h.response_resumes.get(), 1, "the read's answer goes on");
+}
+
+/// v1 holds X, written by a plain push.
+fn x_on_v1() -> (World, Replica) {
+    let world = World::new(ETCD_BG);
+    let a = world.replica();
+    assert_eq!(world.push(&a, "v1", X, &[]).status, 201);
+    run_for(&world, &[&a], 500);
+    (world, a)
+}
+
+#[test]
+fn a_window_write_that_lands_late_does_not_reopen_a_used_window() {
+    // The window's write times out at a hung member, which applies it later; the retry, on
+    // another member, opens the window. admin uses it. Old code (a plain put): the late
+    // attempt wrote the window again, and it served a second override.
+    let (world, a) = x_on_v1();
+    let mut late = None;
+    open_window(&world, &a, |c| {
+        if window_write(c) && late.is_none() {
+            late = Some(c.clone());
+            return timed_out();
+        }
+        world.etcd.answer(c)
+    });
+    assert_eq!(world.push(&a, "v1", Y, &[ADMIN]).status, 201, "the window overrides once");
+    run_for(&world, &[&a], 500);
+    world.etcd.answer(&late.expect("a window write timed out"));
+    assert_eq!(world.push(&a, "v1", X, &[ADMIN]).status, 409, "used");
+    assert_eq!(world.reg.holds("v1"), Some(sha(Y)));
+}
+
+#[test]
+fn a_window_put_back_late_does_not_reopen_it_once_used_again() {
+    // admin's override fails (4xx): its window is put back by the root; that write times out
+    // at a hung member, which applies it later, and its retry puts the window back. admin uses
+    // it. Old code (create if absent): the late attempt found the used window's key gone and
+    // wrote it again.
+    let (world, a) = x_on_v1();
+    open_window(&world, &a, |c| world.etcd.answer(c));
+    let mut s = world.open_put(&a, "v1", Y, &[ADMIN]);
+    to_put(&world, &mut s, Y, |c, _| world.etcd.answer(c));
+    fail_put(&mut s);
+    let mut late = None;
+    root(&world, &a, |c, _| {
+        if window_write(c) && late.is_none() {
+            late = Some(c.clone());
+            return timed_out();
+        }
+        world.etcd.answer(c)
+    });
+    assert_eq!(world.push(&a, "v1", Y, &[ADMIN]).status, 201, "put back: the window overrides");
+    run_for(&world, &[&a], 500);
+    world.etcd.answer(&late.expect("a put back timed out"));
+    assert_eq!(world.push(&a, "v1", X, &[ADMIN]).status, 409, "used");
+    assert_eq!(world.reg.holds("v1"), Some(sha(Y)));
+}
+
+#[test]
+fn a_use_of_a_window_whose_answer_is_lost_serves_at_most_one_override() {
+    // The use is applied, its answer lost; the retry finds the window used: refused (the
+    // window is spent, fail closed), and nothing is left to use.
+    let (world, a) = x_on_v1();
+    open_window(&world, &a, |c| world.etcd.answer(c));
+    let mut lost = false;
+    let mut s = world.open_put(&a, "v1", Y, &[ADMIN]);
+    world.pump(&mut s, false);
+    world.body(&mut s, Y, true);
+    loop {
+        let Some(token) = s.h.pending.borrow_mut().pop_front() else { break };
+        let call = s.h.call_of(token);
+        let mut reply = if call.cluster == "etcd" { world.etcd.answer(&call) } else { world.reg.answer(&call) };
+        if window_write(&call) && !lost {
+            lost = true;
+            reply = timed_out();
+        }
+        deliver(&mut s, token, reply);
+    }
+    assert!(lost);
+    assert_eq!(super::tests_claims::reply(&s).status, 409);
+    assert_eq!(world.push(&a, "v1", Y, &[ADMIN]).status, 409, "nothing left to use");
+    assert_eq!(world.reg.holds("v1"), Some(sha(X)));
+}

@@ -7,9 +7,14 @@
 //! - With `claims.etcd`: etcd, seen by every replica. One key per tag and principal
 //!   (`crate::etcd::window_key`), bound to a lease of its own with the window's length, so etcd
 //!   drops it when it expires. The read's answer is held until etcd has it (a client may push
-//!   right after reading). Using it is one `deleterange` that answers what it deleted: of
-//!   several replicas racing for one window, exactly one gets it. A window put back keeps its
-//!   lease (and so its end), through the root context's queue (the stream is ending).
+//!   right after reading). Every write is a txn whose compare no late or repeated attempt
+//!   passes: opening creates the key if absent, else replaces what it read there (at its
+//!   `mod_revision`: a used window, or an older one); using it is one txn that replaces
+//!   anything but `USED` by `USED` on the same lease and answers what was there (of several
+//!   replicas, or attempts, exactly one gets it); so the key stays taken until the window's
+//!   end, and a late create of it fails. A use whose answer is lost spends the window (fail
+//!   closed). A window put back (at the `mod_revision` of its `USED`: once, and never over a
+//!   newer window) keeps its lease, and so its end, through the root context's queue.
 use super::break_glass::{line, registry_auth, Asked};
 use super::claims::etcd::Call;
 use super::host::{Host, Level, SharedError};
@@ -23,8 +28,9 @@ use crate::etcd::{self as wire, Answer};
 pub struct Used {
     key: String,
     value: Vec<u8>,
-    /// Its etcd lease (0 in shared data).
+    /// Its etcd lease, and the revision of the `USED` that replaced it (0 in shared data).
     lease: u64,
+    at: u64,
 }
 
 fn down(e: &EtcdSettings, why: &str) -> String {
@@ -35,8 +41,9 @@ fn down(e: &EtcdSettings, why: &str) -> String {
 #[derive(Debug)]
 pub struct Opening {
     call: Call,
-    /// The lease is granted: `call` is the put.
-    granted: bool,
+    /// The lease, once granted (`call` is then a write), and the writes sent.
+    lease: u64,
+    writes: u8,
     key: String,
     value: Vec<u8>,
     repository: String,
@@ -80,7 +87,7 @@ pub fn open(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked
             Ok(call) => {
                 let key = wire::window_key(&e.prefix, repository, tag, &w.principal);
                 let (repository, tag, principal) = (repository.to_string(), tag.to_string(), asked.principal.clone());
-                return Some(Opening { call, granted: false, key, value: w.encode(), repository, tag, principal });
+                return Some(Opening { call, lease: 0, writes: 0, key, value: w.encode(), repository, tag, principal });
             }
             Err(why) => Some(down(e, &why)),
         },
@@ -94,23 +101,36 @@ pub fn open(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked
 pub fn on_open_response(host: &dyn Host, worker: &Worker, o: &mut Opening, body_size: usize) -> bool {
     let Some(e) = &worker.config.claims.etcd else { return true };
     let Some((status, body)) = o.call.answer(host, worker, e, body_size) else { return false };
-    let outcome = if o.granted {
-        wire::parse_put(status, &body)
-    } else {
-        match wire::parse_grant(status, &body) {
-            Answer::Ok(lease) => match Call::send(host, e, "/v3/kv/put", wire::put_body(&o.key, &o.value, lease)) {
+    // The key as last read: 0 absent (create it), else its `mod_revision` (replace that).
+    let at = match o.lease {
+        0 => match wire::parse_grant(status, &body) {
+            Answer::Ok(lease) => {
+                o.lease = lease;
+                Answer::Ok(Err(0))
+            }
+            Answer::LeaseGone => Answer::Failed("no lease granted".into()),
+            Answer::Failed(why) => Answer::Failed(why),
+        },
+        _ => wire::parse_written(status, &body),
+    };
+    let outcome = match at {
+        // The key changed as we wrote (another window, or its use): three writes at most.
+        Answer::Ok(Err(m)) if o.writes < 3 => {
+            o.writes += 1;
+            let body = if m == 0 { wire::create_txn(&o.key, &o.value, o.lease) } else { wire::replace_txn(&o.key, m, &o.value, o.lease) };
+            match Call::send(host, e, "/v3/kv/txn", body) {
                 Ok(call) => {
-                    (o.call, o.granted) = (call, true);
+                    o.call = call;
                     return false;
                 }
                 Err(why) => Answer::Failed(why),
-            },
-            Answer::Failed(why) => Answer::Failed(why),
-            Answer::LeaseGone => Answer::Failed("no lease granted".into()),
+            }
         }
+        Answer::Ok(Err(_)) => Answer::Failed("the key kept changing".into()),
+        a => a,
     };
     let why = match outcome {
-        Answer::Ok(()) => None,
+        Answer::Ok(_) => None,
         Answer::LeaseGone => Some(down(e, "its lease is gone")),
         Answer::Failed(why) => Some(down(e, &why)),
     };
@@ -150,7 +170,7 @@ pub fn take(host: &dyn Host, worker: &Worker, bg: &BreakGlass, action: Action, r
         let Ok((Some(value), cas)) = host.shared_get(&key) else { return Taken::Not(None) };
         let Some(w) = Window::open(&value, host.now_ms()).filter(|w| w.principal == principal) else { return Taken::Not(None) };
         return match host.shared_set(&key, b"", cas) {
-            Ok(()) => Taken::Found(w, Used { key, value, lease: 0 }),
+            Ok(()) => Taken::Found(w, Used { key, value, lease: 0, at: 0 }),
             Err(SharedError::CasMismatch) => Taken::Not(Some("the break-glass window was used by another request".into())),
             Err(SharedError::Other(s)) => Taken::Not(Some(format!("the break-glass window could not be used up ({s})"))),
         };
@@ -160,7 +180,7 @@ pub fn take(host: &dyn Host, worker: &Worker, bg: &BreakGlass, action: Action, r
         return Taken::Not(None);
     }
     let key = wire::window_key(&e.prefix, repository, tag, principal);
-    match Call::send(host, e, "/v3/kv/deleterange", wire::take_body(&key)) {
+    match Call::send(host, e, "/v3/kv/txn", wire::use_txn(&key)) {
         Ok(call) => Taken::Pending(Taking { call, key, principal: principal.to_string() }),
         Err(why) => Taken::Not(Some(down(e, &why))),
     }
@@ -176,8 +196,8 @@ pub fn on_take_response(host: &dyn Host, worker: &Worker, mut t: Taking, body_si
         Answer::Failed(why) => return Taken::Not(Some(down(e, &why))),
     };
     // An expired window may outlive its lease a little (etcd renews leases on a leader change).
-    match value.and_then(|(v, lease)| Some((Window::open(&v, host.now_ms()).filter(|w| w.principal == t.principal)?, v, lease))) {
-        Some((w, value, lease)) => Taken::Found(w, Used { key: t.key, value, lease }),
+    match value.and_then(|(v, lease, at)| Some((Window::open(&v, host.now_ms()).filter(|w| w.principal == t.principal)?, v, lease, at))) {
+        Some((w, value, lease, at)) => Taken::Found(w, Used { key: t.key, value, lease, at }),
         None => Taken::Not(Some(format!(
             "no break-glass window is open for the principal the request claims, '{}', on this tag (none was opened, it expired, or another request used it)",
             t.principal
@@ -220,7 +240,7 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
 /// Puts a used window back (its write failed), unless a newer one was opened meanwhile.
 pub fn restore(host: &dyn Host, worker: &Worker, u: &Used) {
     if worker.config.claims.etcd.is_some() {
-        super::claims::etcd::create_later(worker, u.key.clone(), u.value.clone(), u.lease);
+        super::claims::etcd::put_later(worker, wire::replace_txn(&u.key, u.at, &u.value, u.lease));
     } else if let Ok((Some(v), cas)) = host.shared_get(&u.key) {
         if v.is_empty() {
             let _ = host.shared_set(&u.key, &u.value, cas);

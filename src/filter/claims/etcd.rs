@@ -162,8 +162,8 @@ enum Op {
     /// Read the record (`None`), or rewrite it at a `mod_revision` (`Some`; `None` record:
     /// delete it), then apply `change` again to what is found.
     Update { key: String, change: Change, write: Option<(u64, Option<Rec>)>, tries: u32 },
-    /// Create the key if absent, bound to `lease`.
-    Create { key: String, value: Vec<u8>, lease: u64 },
+    /// A txn of its own (a window put back), sent once: its compare makes it exact.
+    Put(String),
 }
 
 /// Per worker: the current lease (id, when its grant was sent) and the root context's queue.
@@ -334,9 +334,9 @@ pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) {
     enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
 }
 
-/// Queues a put of `key` if it is absent, bound to `lease` (expired: etcd refuses, nothing to do).
-pub fn create_later(worker: &Worker, key: String, value: Vec<u8>, lease: u64) {
-    enqueue(worker, Op::Create { key, value, lease });
+/// Queues the txn `body` (a lease expired meanwhile: etcd refuses, nothing to do).
+pub fn put_later(worker: &Worker, body: String) {
+    enqueue(worker, Op::Put(body));
 }
 
 /// The root context's timer: keeps a fresh lease, sends queued commits and releases. What
@@ -374,7 +374,7 @@ fn send_op(host: &dyn Host, worker: &Worker, e: &EtcdSettings, s: &mut State, op
                     return;
                 }
             },
-            Op::Create { key, value, lease } => ("/v3/kv/txn", wire::create_txn(key, value, *lease)),
+            Op::Put(body) => ("/v3/kv/txn", body.clone()),
         };
         match Call::send(host, e, path, body) {
             Ok(call) => s.in_flight.push((call, op)),
@@ -456,8 +456,8 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
                 }
             }
         }
-        Op::Create { .. } => {
-            if let Answer::Failed(why) = wire::parse_txn(status, &body) {
+        Op::Put(_) => {
+            if let Answer::Failed(why) = wire::parse_written(status, &body) {
                 failed(&why);
             }
         }
