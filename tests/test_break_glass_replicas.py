@@ -3,6 +3,7 @@ is used by a push through another, exactly once, and a write the registry refuse
 it up. Two Envoys in front of one htpasswd registry, sharing one etcd."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import threading
@@ -108,7 +109,14 @@ def test_a_window_opened_through_one_replica_is_used_once_through_another(replic
     assert [(l["principal"], l["reason"], l["current_digest"], l["pushed_digest"]) for l in lines] == \
         [("release-admin", REASON, sha256(m1), second)], lines
     assert [l for l in override_lines(a) if l["repository"] == repo] == []
-    assert etcd.get(window_key(repo, "v1")) is None, "used up"
+    # Used up: the key holds "used" on the window's lease until the window's end, so a write of
+    # the window that lands late (create if absent) finds it taken.
+    used = etcd.get_kv(window_key(repo, "v1"))
+    assert (etcd.get(window_key(repo, "v1")), used["lease"]) == ("used", kv["lease"]), "used up"
+    key = base64.b64encode(window_key(repo, "v1").encode()).decode()
+    late = etcd.call("/v3/kv/txn", {"compare": [{"key": key, "target": "CREATE", "create_revision": "0"}],
+                                    "success": [{"request_put": {"key": key, "value": base64.b64encode(b"late").decode(), "lease": kv["lease"]}}]})
+    assert "succeeded" not in late and etcd.get(window_key(repo, "v1")) == "used", late
 
     # Once: the same principal's next overwrite, through A, is refused (after B's root committed
     # the override's claim: until then the refusal names the write in flight instead). A's
@@ -168,9 +176,9 @@ def test_a_write_the_registry_refuses_does_not_use_up_the_window(replicas, regis
     assert [l for l in override_lines(b) if l["repository"] == repo] == [], "not an override"
     # B's root context puts the window back within a tick.
     deadline = time.time() + 3
-    while etcd.get(window_key(repo, "v1")) is None and time.time() < deadline:
+    while etcd.get(window_key(repo, "v1")) in (None, "used") and time.time() < deadline:
         time.sleep(0.05)
-    assert etcd.get(window_key(repo, "v1")) is not None, "put back"
+    assert etcd.get(window_key(repo, "v1")) not in (None, "used"), "put back"
     r = put_manifest(b.url, repo, "v1", m2, headers=ADMIN)
     assert r.status == 201, r
     assert current_digest(registry.url, repo, "v1") == sha256(m2)
