@@ -630,7 +630,7 @@ impl Filter {
 }
 
 /// An answer the root context got for a call whose stream is gone (proxy-wasm dispatches every
-/// call on the root, so it still comes): a window's `deleterange` puts back what it took.
+/// call on the root, so it still comes): a window's use puts back what it took.
 /// `false`: not such a call.
 pub fn root_answer(h: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
     window::orphan_answer(h, worker, token, body_size)

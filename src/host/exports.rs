@@ -263,7 +263,7 @@ pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usi
 
 /// An answer to a call of the root's own (the break-glass probe; etcd claims' leases, commits,
 /// releases), to a write whose client left (its claims are settled all the same), or to a
-/// window's `deleterange` whose stream ended (the window goes back).
+/// window's use whose stream ended (the window goes back).
 fn root_response(root_id: u32, token: u32, body_size: usize) {
     let Some(w) = worker_of(root_id) else { return };
     if !crate::filter::break_glass::learn(&WasmHost, &w, token)
