@@ -37,6 +37,8 @@ mod tests_bytes;
 mod tests_failover;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_retry_safety;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_release_races;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
