@@ -16,6 +16,14 @@
 //!   and read, judge and rewrite the record (compare on `mod_revision`), so a release by one
 //!   holder never removes what another holder or a committed change needs.
 //!   The queue also puts back break-glass windows (`filter::window`) a failed write had used.
+//! - Order: a view's order is the highest cluster revision the worker had seen (any answer's
+//!   `header.revision`) before its HEAD was sent; a committed change's is the revision of the
+//!   write that committed it. Any answer's revision is a lower bound of the cluster's from then
+//!   on, so a view's order is at most the revision the cluster had when its HEAD went out: a
+//!   change committed after that has a larger revision and refuses the view. An order that
+//!   lags (a worker that had heard little from etcd) can only make a view look older than it
+//!   is, never newer: a spurious refusal, never a wrong grant, and the refused claim's answer
+//!   raises the worker's order, so the client's retry passes.
 use super::Claimed;
 use crate::claims::{self, Rec, View};
 use crate::config::EtcdSettings;
@@ -80,6 +88,8 @@ enum Op {
 #[derive(Debug, Default)]
 pub struct State {
     lease: Option<(u64, u64)>,
+    /// The highest cluster revision an answer carried: the order of a view taken now.
+    seen: u64,
     granting: bool,
     queue: Vec<Op>,
     in_flight: Vec<(u32, Op)>,
@@ -115,6 +125,17 @@ fn learn_lease(worker: &Worker, id: u64, sent_ms: u64) {
         if s.lease.map_or(true, |(_, at)| at <= sent_ms) {
             s.lease = Some((id, sent_ms));
         }
+    }
+}
+
+/// The order of a view taken now (see the module doc). 0 (older than every change) if busy.
+pub fn seen(worker: &Worker) -> u64 {
+    worker.etcd.try_borrow().map_or(0, |s| s.seen)
+}
+
+fn learn_revision(s: &mut State, body: &[u8]) {
+    if let Some(r) = wire::header_revision(body) {
+        s.seen = s.seen.max(r);
     }
 }
 
@@ -168,6 +189,9 @@ pub(crate) fn connect_failure(status: Option<u16>, body: &[u8]) -> bool {
 pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size: usize) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let (status, body) = answer(host, body_size);
+    if let Ok(mut s) = worker.etcd.try_borrow_mut() {
+        learn_revision(&mut s, &body);
+    }
     let now = host.now_ms();
     let ttl_ms = worker.config.claims.ttl_ms;
     let too_late = now.saturating_sub(f.sent_ms) >= ttl_ms / 2;
@@ -321,6 +345,7 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
     let Some(i) = s.in_flight.iter().position(|(t, _)| *t == token) else { return };
     let (_, op) = s.in_flight.swap_remove(i);
     let (status, body) = answer(host, body_size);
+    learn_revision(&mut s, &body);
     let now = host.now_ms();
     let ttl = worker.config.claims.ttl_ms;
     let failed = |why: &str| host.log(Level::Warn, &format!("immutable-tags: {}", down(e, why)));
@@ -351,7 +376,8 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
             let live = found.as_ref().filter(|(r, _)| r.live(now, ttl));
             let m = found.as_ref().map_or(0, |(_, m)| *m);
             let next = match &change {
-                Change::Commit { digest, at_ms } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, *at_ms))),
+                // Order 0: the revision this write gets (see `crate::etcd`).
+                Change::Commit { digest, at_ms } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, 0, *at_ms))),
                 Change::Release { digest } => live.and_then(|(r, _)| claims::released(r, digest)),
                 Change::Deleted { at_ms } => live.and_then(|(r, _)| claims::deleted(r, *at_ms)),
             };

@@ -39,6 +39,16 @@ pub enum Claimed {
     Pending(etcd::InFlight),
 }
 
+/// The order of a view of `repository:tag` taken now (read before its HEAD is sent): the
+/// store's counter, never a clock (see `crate::claims::View`). `Err`: it cannot be read; the
+/// push is refused.
+pub fn view_order(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) -> Result<u64, String> {
+    match &worker.config.claims.etcd {
+        None => shared_data::order(host, &worker.config.claims, repository, tag),
+        Some(_) => Ok(etcd::seen(worker)),
+    }
+}
+
 /// Claims `repository:tag` for `digest`, for a push with this view of the tag.
 pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     match &worker.config.claims.etcd {
