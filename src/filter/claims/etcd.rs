@@ -7,6 +7,7 @@
 //!   counted, as in shared data).
 //! - An answer is trusted only while it is young: a claim whose round trips took half the TTL
 //!   or more (a paused replica, a slow etcd) is refused, and what it took is given back.
+//! - A record lives as long as its key: no replica's clock judges it (clocks disagree).
 //! - Records are not bound to their writer's life: every write uses the worker's current
 //!   lease, granted with twice the TTL and replaced every half TTL, never kept alive. So a
 //!   record lives at least one TTL past its last write whatever happens to its replica (a
@@ -225,8 +226,9 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
             send(host, worker, e, f)
         }
         Answer::Ok(Txn::Found(Some((record, mod_revision)))) => {
-            let found = Some(&record).filter(|r| r.live(now, ttl_ms));
-            match claims::take(found, &f.digest, f.view, now) {
+            // Live while it exists: its lease (etcd's clock) ends it, never this replica's
+            // clock, which may run ahead of its writer's (skew) and end it early.
+            match claims::take(Some(&record), &f.digest, f.view, now) {
                 Err((digest, committed)) => Claimed::Conflict { digest, committed },
                 Ok(r) => {
                     f.step = Step::Write(mod_revision, r);
@@ -347,7 +349,6 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
     let (status, body) = answer(host, body_size);
     learn_revision(&mut s, &body);
     let now = host.now_ms();
-    let ttl = worker.config.claims.ttl_ms;
     let failed = |why: &str| host.log(Level::Warn, &format!("immutable-tags: {}", down(e, why)));
     match op {
         Op::Grant(sent_ms) => {
@@ -373,7 +374,7 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
                     return retry(&mut s, Op::Update { key, change, write, tries });
                 }
             };
-            let live = found.as_ref().filter(|(r, _)| r.live(now, ttl));
+            let live = found.as_ref(); // see `on_response`: records end by their lease
             let m = found.as_ref().map_or(0, |(_, m)| *m);
             let next = match &change {
                 // Order 0: the revision this write gets (see `crate::etcd`).
