@@ -187,7 +187,7 @@ pub fn run(seed: u64) -> Result<(), String> {
                 let i = clocks.below(n_replicas);
                 trace.push(format!("clock of {} steps back {back} ms", if etcd { format!("r{i}") } else { "the Envoy".into() }));
                 for (_, r) in replicas.iter().enumerate().filter(|(j, _)| !etcd || *j == i) {
-                    r.root.clock_offset.set(r.root.clock_offset.get() - back as i64);
+                    r.root.clock_offset.set(r.root.clock_offset.get() - back);
                 }
             }
             // The registry answers a write within the write timeout (Envoy's, else 504): every
