@@ -51,6 +51,8 @@ struct Key {
 struct Entry {
     digest: Digest,
     learned_at_ms: u64,
+    /// The claim store's order of the view that taught it (`claims::View`; 0: none known).
+    order: u64,
     source: Source,
 }
 
@@ -79,7 +81,13 @@ impl TagCache {
     /// Like `get`, with the time the entry was learned: what the map says is only known to be
     /// true since then.
     pub fn get_since(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<(Digest, u64)> {
-        self.entry(repository, tag, now_ms).filter(|(_, _, s)| s.backs_verdicts()).map(|(d, at, _)| (d, at))
+        self.get_view(repository, tag, now_ms).map(|(d, at, _)| (d, at))
+    }
+
+    /// Like `get_since`, with the claim store's order of the view that taught the entry.
+    pub fn get_view(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<(Digest, u64, u64)> {
+        let order = self.map.peek(&Self::key(repository, tag)).map_or(0, |e| e.order);
+        self.entry(repository, tag, now_ms).filter(|(_, _, s)| s.backs_verdicts()).map(|(d, at, _)| (d, at, order))
     }
 
     /// The digest a read may be pinned to: learned less than `ttl` ago, from any source.
@@ -111,6 +119,11 @@ impl TagCache {
     /// one that agrees with it is kept as it is, one that disagrees is replaced (and so no
     /// longer backs any verdict).
     pub fn put_from(&mut self, repository: &str, tag: &str, digest: Digest, now_ms: u64, source: Source) {
+        self.put_ordered(repository, tag, digest, now_ms, 0, source);
+    }
+
+    /// Like `put_from`, for a view of this claim-store `order` (0: unknown, the oldest).
+    pub fn put_ordered(&mut self, repository: &str, tag: &str, digest: Digest, now_ms: u64, order: u64, source: Source) {
         if self.ttl_ms == 0 {
             return;
         }
@@ -123,7 +136,7 @@ impl TagCache {
                 }
             }
         }
-        self.map.put(key, Entry { digest, learned_at_ms: now_ms, source });
+        self.map.put(key, Entry { digest, learned_at_ms: now_ms, order, source });
     }
 
     pub fn forget(&mut self, repository: &str, tag: &str) {

@@ -20,10 +20,12 @@ pub const MAX_RECORDS: usize = 16;
 
 /// Every slot starts with this line, so an existing slot is never empty (an empty value and a
 /// missing key are hard to tell apart through the host ABI) and a future format never mixes.
-const HEADER: &str = "claims/2\n";
+/// It is followed by the slot's write counter (`claims/2 <n>`), bumped by every write.
+const HEADER: &str = "claims/2";
 
 /// What the filter knows of one tag, in either store. One record per tag, two facts in it:
-/// the last committed change (the digest a write of the filter stored, and when), and the
+/// the last committed change (the digest a write of the filter stored, and its order: the
+/// store's counter at that write, see [`View`]), and the
 /// claim in flight (the digest being written, and how many pushes hold it). Both stay until
 /// the record expires one TTL after its last write (`at_ms`): a release takes away a hold,
 /// never the committed change.
@@ -34,11 +36,14 @@ pub struct Rec {
     pub at_ms: u64,
 }
 
-/// A push's view of the tag: since when it is known (a map entry's learning time, or when the
-/// HEAD was sent), and whether it said "absent".
+/// A push's view of the tag: whether it said "absent", and its order: the store's counter
+/// read before the HEAD that learned it was sent (etcd: the highest revision the worker had
+/// seen; shared data: the write counter of the tag's slot). Views and committed changes are
+/// ordered by that counter, never by wall clock: clocks of replicas disagree, and a clock
+/// steps. 0: nothing known (older than every committed change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
-    pub since_ms: u64,
+    pub order: u64,
     pub absent: bool,
 }
 
@@ -47,7 +52,9 @@ impl Rec {
         self.at_ms.saturating_add(ttl_ms) > now_ms
     }
 
-    /// `<at> <stored digest|-> <committed ms> <claimed digest|-> <holders>`.
+    /// `<at> <stored digest|-> <committed order> <claimed digest|-> <holders>`. A record of
+    /// before orders held a committed ms there: larger than any order, so it refuses every
+    /// view of another digest until it expires (the safe side).
     pub fn encode(&self) -> String {
         let (sd, sm) = self.stored.as_ref().map_or(("-", 0), |(d, m)| (d.as_str(), *m));
         let (cd, n) = self.claim.as_ref().map_or(("-", 0), |(d, n)| (d.as_str(), *n));
@@ -79,8 +86,11 @@ impl Rec {
 /// THE rule (see `filter::claims`): may a push of `digest` with this view hold a claim on the
 /// tag? `found`: the tag's live record. `Err((digest, committed))`: refused, for that digest.
 ///
-/// - A view that is not newer than the last committed change of another digest is stale: it
-///   cannot be the registry's word any more (sequence: HEAD, then an override, then the write).
+/// - A view older than the last committed change of another digest is stale: it cannot be the
+///   registry's word any more (sequence: HEAD, then an override, then the write). Older: its
+///   order is below the change's. A view whose order is the change's or above read the counter
+///   after the change was written, and the change is written only once the registry stored
+///   it, so its HEAD went out after the registry held that digest.
 /// - "Absent" is never newer than a committed change of another digest: the tag vanished
 ///   after the filter stored it (a delete race, or behind the filter's back), so a write of
 ///   another digest is no first push.
@@ -88,7 +98,7 @@ impl Rec {
 pub fn take(found: Option<&Rec>, digest: &str, view: View, now_ms: u64) -> Result<Rec, (String, bool)> {
     let mut r = found.cloned().unwrap_or(Rec { stored: None, claim: None, at_ms: now_ms });
     if let Some((d, at)) = &r.stored {
-        if d != digest && (view.since_ms <= *at || view.absent) {
+        if d != digest && (view.order < *at || view.absent) {
             return Err((d.clone(), true));
         }
     }
@@ -101,10 +111,11 @@ pub fn take(found: Option<&Rec>, digest: &str, view: View, now_ms: u64) -> Resul
     Ok(r)
 }
 
-/// The registry stored `digest` (a write that held a claim on it): the committed change, now.
-pub fn committed(found: Option<&Rec>, digest: &str, now_ms: u64) -> Rec {
+/// The registry stored `digest` (a write that held a claim on it): the committed change, at
+/// this `order` (the store's counter at the write that records it), now.
+pub fn committed(found: Option<&Rec>, digest: &str, order: u64, now_ms: u64) -> Rec {
     let mut r = found.cloned().unwrap_or(Rec { stored: None, claim: None, at_ms: now_ms });
-    r.stored = Some((digest.to_string(), now_ms));
+    r.stored = Some((digest.to_string(), order));
     r.claim = drop_hold(r.claim.take(), digest);
     r.at_ms = now_ms;
     r
@@ -150,15 +161,22 @@ impl Record {
     }
 }
 
-/// The records of one slot, decoded.
+/// The records of one slot, decoded, and its write counter: the order of shared data (see
+/// [`View`]). Shared data writes a slot only by compare-and-swap, so the counter only grows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Slot {
     pub records: Vec<Record>,
+    pub counter: u64,
 }
 
 /// Bytes of a fresh, empty slot.
 pub fn empty_slot() -> Vec<u8> {
-    HEADER.as_bytes().to_vec()
+    Slot::default().encode()
+}
+
+/// The write counter of a slot (a view's order, read when its HEAD is sent).
+pub fn slot_counter(bytes: &[u8]) -> u64 {
+    Slot::decode(bytes).counter
 }
 
 impl Slot {
@@ -166,12 +184,13 @@ impl Slot {
     /// and a record it cannot read protects nothing.
     pub fn decode(bytes: &[u8]) -> Slot {
         let text = String::from_utf8_lossy(bytes);
+        let counter = text.lines().next().and_then(|l| l.strip_prefix(HEADER)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0);
         let records = text.lines().filter_map(parse_record).collect();
-        Slot { records }
+        Slot { records, counter }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = String::from(HEADER);
+        let mut s = format!("{HEADER} {}\n", self.counter);
         for r in &self.records {
             s.push_str(&format!("{} {} {}\n", r.repository, r.tag, r.rec.encode()));
         }
@@ -262,6 +281,7 @@ pub enum Claim {
 pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, view: View, now_ms: u64, ttl_ms: u64) -> Claim {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
+    s.counter += 1;
     match take(s.find(repository, tag), digest, view, now_ms) {
         Err((digest, committed)) => Claim::Conflict { digest, committed },
         Ok(r) => match s.set(repository, tag, Some(r)) {
@@ -276,7 +296,8 @@ pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, view: View,
 pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
-    let r = committed(s.find(repository, tag), digest, now_ms);
+    s.counter += 1;
+    let r = committed(s.find(repository, tag), digest, s.counter, now_ms);
     s.set(repository, tag, Some(r)).then(|| s.encode())
 }
 
@@ -285,6 +306,7 @@ pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     let r = released(s.find(repository, tag)?, digest)?;
+    s.counter += 1;
     s.set(repository, tag, r);
     Some(s.encode())
 }
@@ -294,6 +316,7 @@ pub fn forget(slot: &[u8], repository: &str, tag: &str, now_ms: u64, ttl_ms: u64
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     let r = deleted(s.find(repository, tag)?, now_ms)?;
+    s.counter += 1;
     s.set(repository, tag, r);
     Some(s.encode())
 }
@@ -317,10 +340,10 @@ mod tests {
     const E: &str = "sha256:eeee";
 
     fn absent(at: u64) -> View {
-        View { since_ms: at, absent: true }
+        View { order: at, absent: true }
     }
     fn saw(at: u64) -> View {
-        View { since_ms: at, absent: false }
+        View { order: at, absent: false }
     }
 
     fn written(c: Claim) -> Vec<u8> {
@@ -352,13 +375,34 @@ mod tests {
 
     #[test]
     fn a_view_older_than_a_committed_change_is_refused_even_for_the_old_digest() {
-        // D stored, then E (an override) committed at 20: a view of D from 10 is stale.
-        let s = commit(&empty_slot(), "app", "v1", D, 0, TTL).unwrap();
-        let s = written(claim(&s, "app", "v1", E, saw(5), 15, TTL));
-        let s = commit(&s, "app", "v1", E, 20, TTL).unwrap();
-        assert_eq!(claim(&s, "app", "v1", D, saw(10), 30, TTL), Claim::Conflict { digest: E.into(), committed: true });
-        assert!(matches!(claim(&s, "app", "v1", D, saw(21), 30, TTL), Claim::Write(_)), "a newer view may (break-glass judged it)");
-        assert!(matches!(claim(&s, "app", "v1", E, saw(10), 30, TTL), Claim::Write(_)), "the same digest joins");
+        // D stored; a view of D is taken (the slot's counter then); E (an override) is committed
+        // after it: that view is stale, whatever the clocks say (the times here run backwards).
+        let s = commit(&empty_slot(), "app", "v1", D, 50, TTL).unwrap();
+        let old = slot_counter(&s);
+        let s = written(claim(&s, "app", "v1", E, saw(slot_counter(&s)), 40, TTL));
+        let s = commit(&s, "app", "v1", E, 30, TTL).unwrap();
+        let change = Slot::decode(&s).records[0].rec.stored.clone().unwrap().1;
+        assert_eq!(change, slot_counter(&s), "a commit records the counter it wrote");
+        assert_eq!(claim(&s, "app", "v1", D, saw(old), 60, TTL), Claim::Conflict { digest: E.into(), committed: true });
+        // `<`, not `<=`: a view that read the counter the commit wrote was taken after it.
+        assert_eq!(claim(&s, "app", "v1", D, saw(change - 1), 60, TTL), Claim::Conflict { digest: E.into(), committed: true });
+        assert!(matches!(claim(&s, "app", "v1", D, saw(change), 20, TTL), Claim::Write(_)), "a newer view may (break-glass judged it)");
+        assert!(matches!(claim(&s, "app", "v1", E, saw(old), 60, TTL), Claim::Write(_)), "the same digest joins");
+    }
+
+    #[test]
+    fn every_slot_write_bumps_its_counter_and_old_slots_read_as_zero() {
+        assert_eq!(slot_counter(b"claims/2\n"), 0, "a slot of before counters");
+        assert_eq!(slot_counter(b"junk"), 0);
+        let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));
+        assert_eq!(slot_counter(&s), 1);
+        let s = release(&s, "app", "v1", D, 0, TTL).unwrap();
+        let s = commit(&s, "app", "v1", D, 0, TTL).unwrap();
+        let s = forget(&s, "app", "v1", 0, TTL).unwrap();
+        assert_eq!(slot_counter(&s), 4);
+        // A committed ms of the format before orders is larger than any order: it refuses.
+        let old = b"claims/2\napp v1 5 sha256:dddd 1700000000000 - 0\n";
+        assert_eq!(claim(old, "app", "v1", E, saw(9), 6, TTL), Claim::Conflict { digest: D.into(), committed: true });
     }
 
     #[test]
@@ -368,7 +412,7 @@ mod tests {
         assert!(matches!(claim(&s, "app", "v1", D, absent(50), 60, TTL), Claim::Write(_)), "the same digest again");
         let s = written(claim(&s, "app", "v1", E, saw(20), 30, TTL));
         let s = release(&s, "app", "v1", E, 31, TTL).unwrap();
-        assert_eq!(Slot::decode(&s).records[0].rec.stored, Some((D.into(), 10)), "the commit stays");
+        assert_eq!(Slot::decode(&s).records[0].rec.stored, Some((D.into(), 1)), "the commit stays");
         assert_eq!(claim(&s, "app", "v1", E, absent(5), 40, TTL), Claim::Conflict { digest: D.into(), committed: true });
     }
 

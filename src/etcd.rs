@@ -8,8 +8,11 @@
 //! answers a keepalive without `TTL`). Errors come as `{"error","message","code"}`.
 //!
 //! A record is one key, `<prefix><repository>:<tag>`, whose value is a `crate::claims::Rec`
-//! (`<at_ms> <stored digest|-> <committed ms> <claimed digest|-> <holders>`), judged by the
-//! same rule as in shared data. Its lease is not its writer's: see `filter::claims::etcd`.
+//! (`<at_ms> <stored digest|-> <committed revision> <claimed digest|-> <holders>`), judged by
+//! the same rule as in shared data. Its lease is not its writer's: see `filter::claims::etcd`.
+//! A commit cannot write its own revision into the value, so committed revision 0 means "this
+//! key's `mod_revision`": [`parse_txn`] puts the number in, and every later rewrite (which
+//! compares `mod_revision`, so knows it exactly) writes it out.
 use crate::base64::{decode as unb64, encode as b64};
 use crate::json_doc::Json;
 
@@ -185,9 +188,21 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
     let value = text(kv.field("value")).unwrap_or_default();
     let record = unb64(value).and_then(|v| String::from_utf8(v).ok()).and_then(|v| Record::decode(&v));
     match (record, int64(kv.field("mod_revision"))) {
-        (Some(r), Some(m)) => Answer::Ok(Txn::Found(Some((r, m)))),
+        (Some(mut r), Some(m)) => {
+            if let Some((_, rev @ 0)) = &mut r.stored {
+                *rev = m;
+            }
+            Answer::Ok(Txn::Found(Some((r, m))))
+        }
         _ => Answer::Failed("etcd holds a claim record this filter cannot read".into()),
     }
+}
+
+/// The cluster revision an answer (any: txn, grant, keepalive, even a failed compare) was
+/// given at: a lower bound of etcd's revision from then on.
+pub fn header_revision(body: &[u8]) -> Option<u64> {
+    let doc = Json::parse(body).ok()?;
+    int64(at(&doc, &["header", "revision"]).or_else(|| at(&doc, &["result", "header", "revision"])))
 }
 
 /// A txn of a window's key answered: `Ok(Ok(revision))` done (the key is now at `revision`),

@@ -294,7 +294,8 @@ proptest! {
         const TTL: u64 = 60_000;
         let keys: Vec<(String, String)> = (0..24).map(|i| (format!("r{}", i % 3), format!("t{i}"))).collect();
         let digests = ["sha256:aa", "sha256:bb", "sha256:cc"];
-        let view = |now: u64| claims::View { since_ms: now, absent: false };
+        // A view taken now: the slot's counter, read before its HEAD.
+        let view = |slot: &[u8]| claims::View { order: claims::slot_counter(slot), absent: false };
         let mut slot = claims::empty_slot();
         let mut now = 0u64;
         for op in ops {
@@ -302,11 +303,11 @@ proptest! {
                 Op::Wait(ms) => now += ms,
                 Op::Claim { key, digest } => {
                     let (r, t) = &keys[key];
-                    match claims::claim(&slot, r, t, digests[digest], view(now), now, TTL) {
+                    match claims::claim(&slot, r, t, digests[digest], view(&slot), now, TTL) {
                         Claim::Write(b) => {
                             slot = b;
                             let other = digests[(digest + 1) % digests.len()];
-                            let conflict = matches!(claims::claim(&slot, r, t, other, view(now), now, TTL), Claim::Conflict { .. });
+                            let conflict = matches!(claims::claim(&slot, r, t, other, view(&slot), now, TTL), Claim::Conflict { .. });
                             prop_assert!(conflict, "a live claim fences another digest");
                         }
                         Claim::Full => {
@@ -319,10 +320,11 @@ proptest! {
                 }
                 Op::Commit { key, digest } => {
                     let (r, t) = &keys[key];
+                    let before = view(&slot);
                     if let Some(b) = claims::commit(&slot, r, t, digests[digest], now, TTL) {
                         slot = b;
                         let other = digests[(digest + 1) % digests.len()];
-                        let stale = matches!(claims::claim(&slot, r, t, other, view(now), now, TTL), Claim::Conflict { committed: true, .. });
+                        let stale = matches!(claims::claim(&slot, r, t, other, before, now, TTL), Claim::Conflict { committed: true, .. });
                         prop_assert!(stale, "a committed change fences every view not newer than it");
                     }
                 }
@@ -391,7 +393,7 @@ fn claim_slots_stay_bounded_under_a_flood_of_distinct_tags() {
     for i in 0..20_000u64 {
         let tag = format!("v{i}");
         let idx = claims::slot_index(&[3; 16], "app", &tag, slots) as usize;
-        match claims::claim(&data[idx], "app", &tag, "sha256:aa", claims::View { since_ms: i, absent: true }, i, 60_000) {
+        match claims::claim(&data[idx], "app", &tag, "sha256:aa", claims::View { order: i, absent: true }, i, 60_000) {
             Claim::Write(b) => data[idx] = b,
             Claim::Full => refused += 1,
             other => panic!("{other:?}"),

@@ -99,6 +99,10 @@ pub struct FakeHost {
     /// (`request_headers`) only.
     pub unreadable: RefCell<Vec<String>>,
     pub pending: RefCell<VecDeque<u32>>,
+    /// This host's clock minus the true one (`process.now_ms`): a replica's skew, or a step.
+    /// Shared by every host made from it with `share_with`, so a replica's streams read its
+    /// clock; `World::replica` gives each replica its own.
+    pub clock_offset: Rc<Cell<i64>>,
     /// Tokens of this host start above this (hosts sharing a process never share a token, as
     /// calls of one VM never do).
     token_base: u32,
@@ -115,7 +119,7 @@ impl FakeHost {
     pub fn share_with(&self) -> FakeHost {
         let n = self.process.hosts.get() + 1;
         self.process.hosts.set(n);
-        FakeHost { process: self.process.clone(), token_base: n * 100_000, ..FakeHost::default() }
+        FakeHost { process: self.process.clone(), token_base: n * 100_000, clock_offset: self.clock_offset.clone(), ..FakeHost::default() }
     }
 
     pub fn request(&self, method: &str, path: &str, extra: &[(&str, &str)]) {
@@ -300,7 +304,7 @@ impl Host for FakeHost {
     }
 
     fn now_ms(&self) -> u64 {
-        self.process.now_ms.get()
+        self.process.now_ms.get().saturating_add_signed(self.clock_offset.get())
     }
 
     fn random(&self, buf: &mut [u8]) -> Result<(), String> {

@@ -22,6 +22,8 @@ mod tests_claims;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_bounds;
 #[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_claims_order;
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod sim;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_deletes;

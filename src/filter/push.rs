@@ -77,6 +77,9 @@ pub struct Push {
     windows: Vec<(String, Result<Granted, Option<String>>)>,
     /// The client's address (no port): claims are bounded per client (`Worker::client_*`).
     client: String,
+    /// Judged again once on the registry's word after a view of a digest was found older than
+    /// a committed change (its order lagged, or the tag changed while it was judged).
+    rechecked: bool,
 }
 
 enum Phase {
@@ -110,6 +113,8 @@ struct Want {
     from_map: bool,
     pushed: String,
     since_ms: u64,
+    /// The claim store's order of the view (`claims::View`).
+    order: u64,
 }
 
 struct Claiming {
@@ -130,6 +135,9 @@ struct TagCheck {
     /// when the HEAD was sent. An "absent" older than the claim TTL is not trusted.
     /// [`NO_VIEW`] when nothing was learned (`on_upstream_error = allow`).
     since_ms: u64,
+    /// The claim store's order of the view (`claims::View`), read before the HEAD was sent:
+    /// what orders it against committed changes (clocks never do). 0 with [`NO_VIEW`].
+    order: u64,
     /// The lookup came from the map, not from the registry.
     from_map: bool,
 }
@@ -220,17 +228,18 @@ impl Push {
             overrides: Vec::new(),
             windows: Vec::new(),
             client: client_address(host),
+            rechecked: false,
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
-            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_since(&push.map_key, &tag, now));
+            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_view(&push.map_key, &tag, now));
             worker.count(host, if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
-            let since_ms = cached.as_ref().map_or(now, |(_, learned)| *learned);
+            let since_ms = cached.as_ref().map_or(now, |(_, learned, _)| *learned);
             let from_map = cached.is_some();
-            let (lookup, since_ms) = match cached {
-                Some((d, _)) => (Lookup::Known(Some(d)), since_ms),
-                None => match push.send_head(host, worker, &tag) {
-                    Ok(token) => (Lookup::Pending(token), since_ms),
+            let (lookup, order) = match cached {
+                Some((d, _, order)) => (Lookup::Known(Some(d)), order),
+                None => match push.order_then_head(host, worker, &tag) {
+                    Ok(sent) => sent,
                     // Envoy would not even send the HEAD: no answer of the registry's, so
                     // `on_upstream_error = allow` does not apply (see `upstream::from_registry`).
                     Err(why) => {
@@ -242,7 +251,7 @@ impl Push {
                     }
                 },
             };
-            push.tags.push(TagCheck { tag, reason, lookup, since_ms, from_map });
+            push.tags.push(TagCheck { tag, reason, lookup, since_ms, order, from_map });
         }
         // The headers are held until `progress` lets them go.
         push.headers_held = true;
@@ -302,6 +311,13 @@ impl Push {
         let token = upstream::head_manifest(host, &worker.config.upstream, &self.caller, &self.repository, tag)?;
         worker.count(host, Counter::HeadCallsDispatched);
         Ok(token)
+    }
+
+    /// Reads the claim store's order, then sends the HEAD: the view it learns is at least that
+    /// new (read first, so a change committed before the HEAD may be counted in, never one after).
+    fn order_then_head(&self, host: &dyn Host, worker: &Worker, tag: &str) -> Result<(Lookup, u64), String> {
+        let order = claims::view_order(host, worker, &self.repository, tag)?;
+        Ok((Lookup::Pending(self.send_head(host, worker, tag)?), order))
     }
 
     /// A body chunk arrived; `end_of_stream`: the body is complete (`size` bytes buffered).
@@ -408,7 +424,7 @@ impl Push {
         match answer {
             Current::Present(d) => {
                 if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                    c.put(&self.map_key, &check.tag, d.clone(), host.now_ms());
+                    c.put_ordered(&self.map_key, &check.tag, d.clone(), host.now_ms(), check.order, crate::cache::Source::Head);
                 }
                 check.lookup = Lookup::Known(Some(d));
             }
@@ -434,7 +450,7 @@ impl Push {
             Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow && upstream::from_registry(host) => {
                 let msg = format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", self.repository, check.tag);
                 host.log(Level::Warn, &msg);
-                (check.lookup, check.since_ms) = (Lookup::Known(None), NO_VIEW);
+                (check.lookup, check.since_ms, check.order) = (Lookup::Known(None), NO_VIEW, 0);
             }
             Current::Unknown { reason } => {
                 return Next::Refuse(OciError::upstream(&self.repository, &check.tag, &reason), Vec::new());
@@ -563,8 +579,8 @@ impl Push {
                     }
                 }
             }
-            let (tag, reason, absent, since_ms) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms);
-            allowed.push(Want { tag, reason, absent, from_map: t.from_map, pushed: pushed.to_string(), since_ms });
+            let (tag, reason, absent, since_ms, order) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms, t.order);
+            allowed.push(Want { tag, reason, absent, from_map: t.from_map, pushed: pushed.to_string(), since_ms, order });
         }
         Judged::Allowed(counters, allowed)
     }
@@ -614,7 +630,7 @@ impl Push {
                 let why = format!("this client holds {} claims in flight already; retry once they are answered", super::worker::MAX_CLAIMS_PER_CLIENT);
                 return Next::Refuse(OciError::new(429, "TOOMANYREQUESTS", &why, json!({"repository": self.repository, "tag": want.tag})), Vec::new());
             }
-            let view = claims::View { since_ms: want.since_ms, absent: want.absent };
+            let view = claims::View { order: want.order, absent: want.absent };
             let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, view);
             if let Some(next) = self.claimed(host, worker, want, result) {
                 return next;
@@ -650,13 +666,25 @@ impl Push {
             // stale (the tag changed through another worker or replica). Judged again on the
             // registry's word, like a map entry that disagrees with the push: the refusal then
             // rests on what the client may see, and break-glass gets to judge the overwrite.
-            Claimed::Conflict { committed: true, .. } if want.from_map => Some(self.recheck(host, worker, &want.tag)),
+            // So is a HEAD's view once (etcd: the worker's order may have lagged; the claim's
+            // answer brought it up to date, so the HEAD sent now is ordered after the change).
+            Claimed::Conflict { committed: true, .. } if want.from_map || (!want.absent && !self.rechecked) => {
+                self.rechecked |= !want.from_map;
+                Some(self.recheck(host, worker, &want.tag))
+            }
             Claimed::Conflict { digest, committed } => {
                 self.give_back(host, worker);
                 let (repository, tag, pushed) = (&self.repository, &want.tag, &want.pushed);
                 host.log(Level::Info, &format!("immutable-tags: refused concurrent push of {repository}:{tag} ({pushed}; claimed by {digest})"));
-                // The registry does not hold it yet: say why it is refused all the same.
-                let in_flight = (!committed).then(|| format!("a push of tag '{tag}' with digest {digest} is in flight"));
+                // The registry does not hold it yet: say why it is refused all the same. A view
+                // of a digest refused by a committed change predates it: the tag changed while
+                // the push was judged, or (etcd) the worker's order lagged; the claim's answer
+                // brought it up to date, so a retry is judged on the registry's word now.
+                let in_flight = match committed {
+                    false => Some(format!("a push of tag '{tag}' with digest {digest} is in flight")),
+                    true if !want.absent => Some(format!("tag '{tag}' changed to {digest} while this push was judged; retry it")),
+                    true => None,
+                };
                 Some(Next::Refuse(self.conflict(worker, tag, &want.reason, &digest, pushed, in_flight), Vec::new()))
             }
             Claimed::Unavailable(why) => {
@@ -692,9 +720,9 @@ impl Push {
     /// Asks the registry again what `tag` holds (the map's word on it is in doubt): its check
     /// waits for the HEAD.
     fn ask_again(&mut self, host: &dyn Host, worker: &Worker, tag: &str) -> Result<(), OciError> {
-        let token = self.send_head(host, worker, tag).map_err(|why| OciError::upstream(&self.repository, tag, &why))?;
+        let (lookup, order) = self.order_then_head(host, worker, tag).map_err(|why| OciError::upstream(&self.repository, tag, &why))?;
         if let Some(t) = self.tags.iter_mut().find(|t| t.tag == tag) {
-            (t.lookup, t.from_map, t.since_ms) = (Lookup::Pending(token), false, host.now_ms());
+            (t.lookup, t.from_map, t.since_ms, t.order) = (lookup, false, host.now_ms(), order);
         }
         Ok(())
     }
@@ -791,7 +819,12 @@ impl Push {
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &tags {
                     match (&digest, Some(t) == path_tag.as_ref()) {
-                        (Some(d), true) if status == 201 => cache.put_from(&self.map_key, t, d.clone(), host.now_ms(), crate::cache::Source::Push),
+                        // Its order: this push's own view's, a lower bound of its commit's
+                        // (a change after it refuses the entry; so may this commit: a recheck).
+                        (Some(d), true) if status == 201 => {
+                            let order = self.tags.iter().find(|c| c.tag == *t).map_or(0, |c| c.order);
+                            cache.put_ordered(&self.map_key, t, d.clone(), host.now_ms(), order, crate::cache::Source::Push)
+                        }
                         _ => cache.forget(&self.map_key, t),
                     }
                 }

@@ -9,7 +9,12 @@
 //! push one of 3 manifests to one of 3 tags, or to two or three at once (`?tag=`), or delete a
 //! tag or their manifest's digest; a quarter are break-glass admins. The registry answers an
 //! eighth of the writes 503 after doing them and an eighth 503 without. Half the schedules start
-//! with tags already pushed.
+//! with tags already pushed. Clocks: in
+//! etcd mode each replica's clock is off the true one by up to 20 s either way (skew), and a
+//! replica's clock may step back (in shared data, the one Envoy's, every worker's); at most
+//! 25 s back in all (a step back of half the TTL or more while a push is in flight is a named
+//! limit, see `filter::claims`). Drawn from a second generator, so a seed's schedule of moves
+//! is the one it had before clocks were added.
 //!
 //! The oracle is the registry's history per tag: its first stored digest, then changes only
 //! by a break-glass override logged when it was decided (`current -> pushed`, each decision
@@ -158,6 +163,16 @@ pub fn run(seed: u64) -> Result<(), String> {
     let world = World::new(if etcd { ETCD_BG } else { SHARED_BG });
     let n_replicas = if etcd { 2 + rng.below(2) } else { 1 + rng.below(3) };
     let mut replicas: Vec<Replica> = (0..n_replicas).map(|_| world.replica()).collect();
+    let mut clocks = Rng(seed ^ 0x5eed_c10c_4a11_0000);
+    let mut stepped: i64 = 0;
+    let mut trace: Vec<String> = Vec::new();
+    if etcd {
+        for (i, r) in replicas.iter().enumerate() {
+            let skew = [0, 0, 5_000, -5_000, 20_000, -20_000][clocks.below(6)];
+            r.root.clock_offset.set(skew);
+            trace.push(format!("r{i} clock {skew:+} ms"));
+        }
+    }
     let digests: Vec<Vec<u8>> = (0..3).map(manifest).collect();
     let mut clients: Vec<Client> = Vec::new();
     // Streams whose client left, with a write in flight: (replica, stream).
@@ -354,6 +369,16 @@ pub fn run(seed: u64) -> Result<(), String> {
         } else {
             let ms = [0, 100, 1_000, 5_000, 20_000, 45_000][rng.below(6)];
             trace.push(format!("time +{ms} ms"));
+            let back = [1_000, 5_000, 10_000, 20_000][clocks.below(4)];
+            if clocks.below(4) == 0 && stepped + back <= 25_000 {
+                stepped += back;
+                // One machine's clock steps back: a replica's (etcd), or the one Envoy's.
+                let i = clocks.below(n_replicas);
+                trace.push(format!("clock of {} steps back {back} ms", if etcd { format!("r{i}") } else { "the Envoy".into() }));
+                for (_, r) in replicas.iter().enumerate().filter(|(j, _)| !etcd || *j == i) {
+                    r.root.clock_offset.set(r.root.clock_offset.get() - back);
+                }
+            }
             // The registry answers a write within the write timeout (Envoy's, else 504): every
             // write that would outlive it lands first, then time passes. So does a delete
             // (the route's timeout).

@@ -148,7 +148,8 @@ impl World {
     }
 
     pub fn replica(&self) -> Replica {
-        let root = self.clock.share_with();
+        let mut root = self.clock.share_with();
+        root.clock_offset = Rc::new(std::cell::Cell::new(0));
         let w = Rc::new(Worker::new(&root, Config::from_json(self.policy.as_bytes()).unwrap()));
         // Learned by the root's probe in life; set here so break-glass can judge at once.
         w.registry_auth.set(Some((true, root.now_ms())));

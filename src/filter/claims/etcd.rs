@@ -7,6 +7,7 @@
 //!   counted, as in shared data).
 //! - An answer is trusted only while it is young: a claim whose round trips took half the TTL
 //!   or more (a paused replica, a slow etcd) is refused, and what it took is given back.
+//! - A record lives as long as its key: no replica's clock judges it (clocks disagree).
 //! - Records are not bound to their writer's life: every write uses the worker's current
 //!   lease, granted with twice the TTL and replaced every half TTL, never kept alive. So a
 //!   record lives at least one TTL past its last write whatever happens to its replica (a
@@ -26,6 +27,14 @@
 //!   what it finds like any record (our own: one hold more), and a commit or release some
 //!   attempt of which may have been applied is never applied again. At worst a hold too many
 //!   waits for the record's expiry (fail closed), as if its replica had died.
+//! - Order: a view's order is the highest cluster revision the worker had seen (any answer's
+//!   `header.revision`) before its HEAD was sent; a committed change's is the revision of the
+//!   write that committed it. Any answer's revision is a lower bound of the cluster's from then
+//!   on, so a view's order is at most the revision the cluster had when its HEAD went out: a
+//!   change committed after that has a larger revision and refuses the view. An order that
+//!   lags (a worker that had heard little from etcd) can only make a view look older than it
+//!   is, never newer: a spurious refusal, never a wrong grant, and the refused claim's answer
+//!   raises the worker's order, so the client's retry passes.
 use super::Claimed;
 use crate::claims::{self, Rec, View};
 use crate::config::EtcdSettings;
@@ -170,6 +179,8 @@ enum Op {
 #[derive(Debug, Default)]
 pub struct State {
     lease: Option<(u64, u64)>,
+    /// The highest cluster revision an answer carried: the order of a view taken now.
+    seen: u64,
     granting: bool,
     queue: Vec<Op>,
     in_flight: Vec<(Call, Op)>,
@@ -205,6 +216,17 @@ fn learn_lease(worker: &Worker, id: u64, sent_ms: u64) {
         if s.lease.map_or(true, |(_, at)| at <= sent_ms) {
             s.lease = Some((id, sent_ms));
         }
+    }
+}
+
+/// The order of a view taken now (see the module doc). 0 (older than every change) if busy.
+pub fn seen(worker: &Worker) -> u64 {
+    worker.etcd.try_borrow().map_or(0, |s| s.seen)
+}
+
+fn learn_revision(s: &mut State, body: &[u8]) {
+    if let Some(r) = wire::header_revision(body) {
+        s.seen = s.seen.max(r);
     }
 }
 
@@ -255,6 +277,9 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         f.token = f.call.token;
         return Claimed::Pending(f);
     };
+    if let Ok(mut s) = worker.etcd.try_borrow_mut() {
+        learn_revision(&mut s, &body);
+    }
     let now = host.now_ms();
     let ttl_ms = worker.config.claims.ttl_ms;
     let too_late = now.saturating_sub(f.sent_ms) >= ttl_ms / 2;
@@ -286,8 +311,9 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         // Also after a retry whose earlier attempt wrote it: our own record is then joined, one
         // hold too many (an identical record of another push must never pass for ours).
         Answer::Ok(Txn::Found(Some((record, mod_revision)))) => {
-            let found = Some(&record).filter(|r| r.live(now, ttl_ms));
-            match claims::take(found, &f.digest, f.view, now) {
+            // Live while it exists: its lease (etcd's clock) ends it, never this replica's
+            // clock, which may run ahead of its writer's (skew) and end it early.
+            match claims::take(Some(&record), &f.digest, f.view, now) {
                 Err((digest, committed)) => Claimed::Conflict { digest, committed },
                 Ok(r) => {
                     f.step = Step::Write(mod_revision, r);
@@ -409,8 +435,8 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
         s.in_flight.push((call, op));
         return;
     };
+    learn_revision(&mut s, &body);
     let now = host.now_ms();
-    let ttl = worker.config.claims.ttl_ms;
     let failed = |why: &str| host.log(Level::Warn, &format!("immutable-tags: {}", down(e, why)));
     match op {
         Op::Grant(sent_ms) => {
@@ -443,10 +469,11 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
                     return;
                 }
             };
-            let live = found.as_ref().filter(|(r, _)| r.live(now, ttl));
+            let live = found.as_ref(); // see `on_response`: records end by their lease
             let m = found.as_ref().map_or(0, |(_, m)| *m);
             let next = match &change {
-                Change::Commit { digest, at_ms } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, *at_ms))),
+                // Order 0: the revision this write gets (see `crate::etcd`).
+                Change::Commit { digest, at_ms } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, 0, *at_ms))),
                 Change::Release { digest } => live.and_then(|(r, _)| claims::released(r, digest)),
                 Change::Deleted { at_ms } => live.and_then(|(r, _)| claims::deleted(r, *at_ms)),
             };

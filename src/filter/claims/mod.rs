@@ -6,8 +6,8 @@
 //! before it is sent until the registry's answer is known (stored: the claim becomes the
 //! tag's committed change; refused: the hold is released), however it was judged: first push,
 //! identical re-push, break-glass override alike. The claim is granted only to a push whose view
-//! of the tag (map entry or HEAD answer, "absent" or a digest) is newer than the tag's last
-//! committed change of another digest, and never to "absent" while such a change is on record;
+//! of the tag (map entry or HEAD answer, "absent" or a digest) is not older than the tag's
+//! last committed change of another digest, and never to "absent" while such a change is on record;
 //! a claim of another digest in flight refuses it, the same digest shares it (holders are
 //! counted, and a release takes one hold, never a committed change). A view older than half the
 //! TTL is refused (503), and so is a claim answer that took half the TTL or more; a write's
@@ -16,6 +16,14 @@
 //! flight, even if its writer dies before committing. Records live one
 //! TTL past their last write, on their own (shared data: their expiry; etcd: a lease of their
 //! own, never their replica's), so no view that predates a committed change outlives its record.
+//!
+//! **Order, not clocks.** "Newer" and "older" are counted by the store's own counter (etcd:
+//! revisions; shared data: a slot's write counter; see `crate::claims::View`), so skew between
+//! replicas and clock steps never make a view that predates a committed change pass as newer.
+//! What a clock step can still do: the age limits (and shared data's record expiry) use the
+//! local clock, so a step back of half the TTL or more while a push is in flight can let its
+//! view outlive the record of a change made after it, and a step forward of half a TTL or more
+//! can end a hold (shared data) while its write is in flight. Named as a limit in the docs.
 //!
 //! The push flow asks `claim` and, when the answer is `Pending`, feeds the call's answer to
 //! `on_response`; it never looks at which store answers.
@@ -37,6 +45,16 @@ pub enum Claimed {
     Unavailable(String),
     /// Asked the store; the answer arrives as the call `token`'s response.
     Pending(etcd::InFlight),
+}
+
+/// The order of a view of `repository:tag` taken now (read before its HEAD is sent): the
+/// store's counter, never a clock (see `crate::claims::View`). `Err`: it cannot be read; the
+/// push is refused.
+pub fn view_order(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) -> Result<u64, String> {
+    match &worker.config.claims.etcd {
+        None => shared_data::order(host, &worker.config.claims, repository, tag),
+        Some(_) => Ok(etcd::seen(worker)),
+    }
 }
 
 /// Claims `repository:tag` for `digest`, for a push with this view of the tag.

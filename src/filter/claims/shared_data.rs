@@ -88,6 +88,15 @@ fn update<T>(
     Err(format!("claim slot still contended after {CAS_ATTEMPTS} attempts"))
 }
 
+/// The order of a view of `repository:tag` taken now: its slot's write counter. A slot that
+/// cannot be read gives no order (the push is refused); a missing one, 0 (older than any change).
+pub fn order(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str) -> Result<u64, String> {
+    let secret = slot_key(host)?;
+    let key = claims::slot_key(settings.slots, claims::slot_index(&secret, repository, tag, settings.slots));
+    let (bytes, _) = host.shared_get(&key).map_err(|s| format!("cannot read claim slot ({s})"))?;
+    Ok(bytes.map_or(0, |b| claims::slot_counter(&b)))
+}
+
 /// Claims the tag for a push with this view of it (see `claims::take`).
 pub fn claim(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     let now_ms = host.now_ms();
