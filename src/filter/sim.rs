@@ -167,9 +167,10 @@ pub fn run(seed: u64) -> Result<(), String> {
     let mut trace: Vec<String> = Vec::new();
     // A delete by digest checks which protected tags hold the digest (tags/list, HEADs), then
     // goes to the registry: a push of that digest stored in between is deleted with it, no
-    // break-glass asked for its tag (seed 2381 with this on). Nothing fences that yet, so by
-    // default a digest delete is judged and done in one step; `SIM_DIGEST_RACE=1` explores it.
-    let digest_race = std::env::var("SIM_DIGEST_RACE").is_ok();
+    // break-glass asked for its tag (seed 2381 before the fence). The fence (`claims::fence`)
+    // closes it, so the race is explored by default; `SIM_DIGEST_ATOMIC=1` judges and sends a
+    // digest delete in one step instead.
+    let digest_race = std::env::var("SIM_DIGEST_ATOMIC").is_err();
     // Half the schedules are narrow: every client pushes one tag (the most contention per tag);
     // the others wide: three tags, `?tag=`, deletes.
     let wide = rng.below(2) == 0;
