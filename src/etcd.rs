@@ -112,6 +112,34 @@ pub fn keepalive_body(lease: u64) -> String {
     format!(r#"{{"ID":"{lease}"}}"#)
 }
 
+/// The same txn, reading `key` (to `end`, exclusive, when given) last in both branches: a
+/// claim reads its digest's delete fence, a fence the claims in its repository, in the very
+/// txn that writes them (no extra round trip, one revision for both).
+pub fn and_read(txn: &str, key: &str, end: Option<&str>) -> String {
+    let end = end.map_or(String::new(), |e| format!(r#","range_end":"{}""#, b64(e.as_bytes())));
+    let op = format!(r#"{{"request_range":{{"key":"{}"{end}}}}}"#, b64(key.as_bytes()));
+    let txn = txn.replacen(r#"],"failure":["#, &format!(r#",{op}],"failure":["#), 1).replacen(r#""success":[,"#, r#""success":["#, 1);
+    match txn.strip_suffix("]}") {
+        Some(t) if t.ends_with('[') => format!("{t}{op}]}}"),
+        Some(t) => format!("{t},{op}]}}"),
+        None => txn,
+    }
+}
+
+/// The keys and values `and_read` read (the txn's second answer); `None`: unreadable.
+pub fn read_back(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let doc = Json::parse(body).ok()?;
+    let r = doc.field("responses")?.item(1)?.field("response_range")?;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(kv) = r.field("kvs").and_then(|k| k.item(i)) {
+        let s = |f: &str| unb64(text(kv.field(f))?).and_then(|v| String::from_utf8(v).ok());
+        out.push((s("key")?, s("value")?));
+        i += 1;
+    }
+    Some(out)
+}
+
 /// What an answer from etcd says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer<T> {

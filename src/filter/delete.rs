@@ -2,6 +2,7 @@
 //! held at its headers (a DELETE has no body) while this lists the repository's tags
 //! (`tags/list` pages) and HEADs its immutable ones, as `crate::deletes::DigestCheck` asks;
 //! the per-worker map can only make it refuse sooner. Then it is resumed or refused.
+use super::claims::{self, Claimed, View};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
@@ -26,6 +27,10 @@ pub struct DigestDelete {
     check: DigestCheck,
     calls: HashMap<u32, Call>,
     caller: Caller,
+    /// The fence on `repository@digest` (`claims::fence_tag`): being taken (etcd's answer
+    /// awaited), or taken at this time.
+    fencing: Option<claims::etcd::InFlight>,
+    fenced_ms: Option<u64>,
 }
 
 /// What the filter does with the delete now.
@@ -45,9 +50,40 @@ impl DigestDelete {
             check: DigestCheck::new(repository, digest, &config.error_code, config.deletes.max_immutable_tags, exhaustive),
             calls: HashMap::new(),
             caller: Caller::of(host),
+            fencing: None,
+            fenced_ms: None,
         };
-        let next = d.list(host, worker, first_page_path(repository, config.deletes.page_size));
+        // The fence first, then the check: a push of the digest stored after the check would be
+        // deleted with the manifest.
+        let digest = d.digest().to_string();
+        let view = View { since_ms: host.now_ms(), absent: true };
+        let next = d.fence(host, worker, claims::claim(host, worker, repository, &claims::fence_tag(&digest), &digest, view));
         (d, next)
+    }
+
+    fn fence(&mut self, host: &dyn Host, worker: &Worker, c: Claimed) -> Next {
+        match c {
+            Claimed::Proceed { .. } => {
+                self.fenced_ms = Some(host.now_ms());
+                self.list(host, worker, first_page_path(self.check.repository(), worker.config.deletes.page_size))
+            }
+            Claimed::Pending(f) => {
+                self.fencing = Some(f);
+                Next::Wait
+            }
+            Claimed::Fenced => {
+                let why = format!("a push of manifest '{}' to a protected tag is in flight; retry the delete", self.check.digest());
+                let error = OciError::new(409, "DENIED", why, serde_json::json!({"repository": self.check.repository(), "digest": self.check.digest().to_string()}));
+                self.refuse(host, Refusal { error, pass_challenge: false, held: Vec::new() })
+            }
+            Claimed::Unavailable(why) => self.refuse(host, self.check.unavailable(&why)),
+            Claimed::Conflict { .. } => self.refuse(host, self.check.unavailable("the delete fence is held by another digest")),
+        }
+    }
+
+    /// When the fence was taken (`None`: not taken).
+    pub fn fenced_ms(&self) -> Option<u64> {
+        self.fenced_ms
     }
 
     pub fn repository(&self) -> &str {
@@ -79,6 +115,10 @@ impl DigestDelete {
 
     /// A dispatched call answered.
     pub fn on_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
+        if let Some(f) = self.fencing.take_if(|f| f.token == token) {
+            let c = claims::on_response(host, worker, f, body_size);
+            return self.fence(host, worker, c);
+        }
         let Some(call) = self.calls.remove(&token) else { return Next::Wait };
         let status = host.call_response_header(":status");
         let is_get = matches!(call, Call::Get(_));

@@ -659,6 +659,12 @@ impl Push {
                 let in_flight = (!committed).then(|| format!("a push of tag '{tag}' with digest {digest} is in flight"));
                 Some(Next::Refuse(self.conflict(worker, tag, &want.reason, &digest, pushed, in_flight), Vec::new()))
             }
+            Claimed::Fenced => {
+                self.give_back(host, worker);
+                let why = format!("a delete of manifest {} is in flight; retry the push", want.pushed);
+                host.log(Level::Info, &format!("immutable-tags: refused push of {}:{}: {why}", self.repository, want.tag));
+                Some(Next::Refuse(OciError::new(409, "DENIED", why, serde_json::json!({"repository": self.repository, "tag": want.tag})), Vec::new()))
+            }
             Claimed::Unavailable(why) => {
                 self.give_back(host, worker);
                 host.log(Level::Warn, &format!("immutable-tags: {}:{}: {why}", self.repository, want.tag));

@@ -231,6 +231,12 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
         }
         (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l), Some((r.clone(), l))),
     };
+    let body = match (&f.step, f.key.rsplit_once(':')) {
+        (Step::Grant, _) | (_, None) => body,
+        // A fence reads the repository's claims (`<head>:` up to `<head>;`), a claim its fence.
+        (_, Some((head, tag))) if tag.starts_with('@') => wire::and_read(&body, &format!("{head}:"), Some(&format!("{head};"))),
+        (_, Some((head, _))) => wire::and_read(&body, &format!("{head}:{}", super::fence_tag(&f.digest)), None),
+    };
     match Call::send(host, e, path, body) {
         Ok(call) => {
             (f.token, f.call) = (call.token, Box::new((call, writes)));
@@ -284,13 +290,13 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         };
     }
     match wire::parse_txn(status, &body) {
-        Answer::Ok(Txn::Done { revision }) => Claimed::Proceed { revision },
+        Answer::Ok(Txn::Done { revision }) => fenced(worker, &f, &body, revision),
         Answer::Ok(Txn::Found(None)) => {
             // Gone between compare and read: claim again.
             f.step = Step::Claim;
             send(host, worker, e, f)
         }
-        Answer::Ok(Txn::Found(Some((record, mod_revision)))) if own_write(&f, &record, &body) => Claimed::Proceed { revision: mod_revision },
+        Answer::Ok(Txn::Found(Some((record, mod_revision)))) if own_write(&f, &record, &body) => fenced(worker, &f, &body, mod_revision),
         Answer::Ok(Txn::Found(Some((record, mod_revision)))) => {
             let found = Some(&record).filter(|r| r.live(now, ttl_ms));
             match claims::take(found, &f.digest, f.view, now) {
@@ -311,6 +317,27 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         }
         Answer::Failed(why) => Claimed::Unavailable(down(e, &why)),
     }
+}
+
+/// A granted claim, judged by what its txn read (`super::fence_tag`): a push's claim is given
+/// back if a delete of its digest holds the fence; a fence, if any push of the digest holds a
+/// claim in the repository. Keys with `:` or `@` past `<head>:` are windows and fences, not
+/// claims. A record that cannot be read counts as held (refused: the safe side).
+fn fenced(worker: &Worker, f: &InFlight, body: &[u8], revision: u64) -> Claimed {
+    let (head, tag) = f.key.rsplit_once(':').unwrap_or_default();
+    let fence = tag.starts_with('@');
+    let held = wire::read_back(body).map(|kvs| {
+        kvs.iter().any(|(k, v)| {
+            let rest = k.strip_prefix(head).and_then(|k| k.strip_prefix(':')).unwrap_or("@");
+            let wanted = if fence { !rest.starts_with('@') && !rest.contains(':') } else { rest.starts_with('@') };
+            wanted && Rec::decode(v).map_or(true, |r| claims::holds(&r, &f.digest))
+        })
+    });
+    if held == Some(false) {
+        return Claimed::Proceed { revision };
+    }
+    enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone() }, write: None, tries: 0 });
+    held.map_or_else(|| Claimed::Unavailable("the claim store's answer is unreadable".into()), |_| Claimed::Fenced)
 }
 
 fn enqueue(worker: &Worker, op: Op) {

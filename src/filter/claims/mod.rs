@@ -37,12 +37,36 @@ pub enum Claimed {
     Unavailable(String),
     /// Asked the store; the answer arrives as the call `token`'s response.
     Pending(etcd::InFlight),
+    /// Granted, then given back: a push found a delete of its digest in flight, or a delete's
+    /// fence found a push of its digest in flight (see `fence_tag`). Refuse with 409.
+    Fenced,
+}
+
+/// The tag of a digest delete's fence on `repository@digest`: a claim like any other (held
+/// from before the delete's check until the registry answers it, counted, expiring), under a
+/// name no tag can have. Reader/writer: a push of the digest to a protected tag reads the fence
+/// in the step that takes its claim; the fence, once written, reads every claim of the
+/// repository. Whichever is written second sees the other, so a push is never stored between
+/// a delete's check and its landing (it would be deleted with it, no break-glass asked).
+/// (`@<algorithm>@<hex>`: a claim key's tag holds no `:`.)
+pub fn fence_tag(digest: &str) -> String {
+    format!("@{}", digest.replacen(':', "@", 1))
 }
 
 /// Claims `repository:tag` for `digest`, for a push with this view of the tag.
 pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
-    match &worker.config.claims.etcd {
-        None => shared_data::claim(host, &worker.config.claims, repository, tag, digest, view),
+    let settings = &worker.config.claims;
+    match &settings.etcd {
+        None => match shared_data::claim(host, settings, repository, tag, digest, view) {
+            Claimed::Proceed { revision } => match shared_data::fenced(host, settings, repository, tag, digest) {
+                Ok(false) => Claimed::Proceed { revision },
+                fenced => {
+                    shared_data::release(host, settings, repository, tag, digest);
+                    fenced.map_or_else(Claimed::Unavailable, |_| Claimed::Fenced)
+                }
+            },
+            other => other,
+        },
         Some(_) => etcd::claim(host, worker, repository, tag, digest, view),
     }
 }
