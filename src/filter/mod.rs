@@ -35,6 +35,8 @@ mod tests_telemetry;
 mod tests_bytes;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_failover;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_fence;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
