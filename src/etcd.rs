@@ -112,32 +112,32 @@ pub fn keepalive_body(lease: u64) -> String {
     format!(r#"{{"ID":"{lease}"}}"#)
 }
 
-/// The same txn, reading `key` (to `end`, exclusive, when given) last in both branches: a
-/// claim reads its digest's delete fence, a fence the claims in its repository, in the very
-/// txn that writes them (no extra round trip, one revision for both).
-pub fn and_read(txn: &str, key: &str, end: Option<&str>) -> String {
-    let end = end.map_or(String::new(), |e| format!(r#","range_end":"{}""#, b64(e.as_bytes())));
-    let op = format!(r#"{{"request_range":{{"key":"{}"{end}}}}}"#, b64(key.as_bytes()));
-    let txn = txn.replacen(r#"],"failure":["#, &format!(r#",{op}],"failure":["#), 1).replacen(r#""success":[,"#, r#""success":["#, 1);
-    match txn.strip_suffix("]}") {
-        Some(t) if t.ends_with('[') => format!("{t}{op}]}}"),
-        Some(t) => format!("{t},{op}]}}"),
-        None => txn,
+/// The same txn, reading `key` up to `end` (exclusive) last in both branches: a claim reads
+/// its digest's delete fence, a fence the claims in its repository, in the very txn that
+/// writes them (no extra round trip, one revision for both). Both branches are never empty.
+pub fn and_read(txn: &str, key: &str, end: &str) -> String {
+    let op = format!(r#",{{"request_range":{{"key":"{}","range_end":"{}"}}}}"#, b64(key.as_bytes()), b64(end.as_bytes()));
+    match (txn.find(r#"],"failure""#), txn.strip_suffix("]}")) {
+        (Some(i), Some(t)) if i < t.len() => format!("{}{op}{}{op}]}}", &txn[..i], &t[i..]),
+        _ => txn.to_string(),
     }
 }
 
-/// The keys and values `and_read` read (the txn's second answer); `None`: unreadable.
-pub fn read_back(body: &[u8]) -> Option<Vec<(String, String)>> {
+/// Whether a record `and_read` read, other than `own` (the key the txn wrote), holds a claim
+/// of `digest` (`None`: unreadable). Values that are no record (windows) hold nothing.
+pub fn read_holds(body: &[u8], own: &str, digest: &str) -> Option<bool> {
     let doc = Json::parse(body).ok()?;
     let r = doc.field("responses")?.item(1)?.field("response_range")?;
-    let mut out = Vec::new();
+    let own = b64(own.as_bytes());
     let mut i = 0;
     while let Some(kv) = r.field("kvs").and_then(|k| k.item(i)) {
-        let s = |f: &str| unb64(text(kv.field(f))?).and_then(|v| String::from_utf8(v).ok());
-        out.push((s("key")?, s("value")?));
+        let v = unb64(text(kv.field("value"))?).and_then(|v| String::from_utf8(v).ok());
+        if text(kv.field("key"))? != own && v.and_then(|v| Record::decode(&v)).is_some_and(|r| crate::claims::holds(&r, digest)) {
+            return Some(true);
+        }
         i += 1;
     }
-    Some(out)
+    Some(false)
 }
 
 /// What an answer from etcd says.

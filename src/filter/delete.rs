@@ -71,19 +71,19 @@ impl DigestDelete {
                 self.fencing = Some(f);
                 Next::Wait
             }
-            Claimed::Fenced => {
-                let why = format!("a push of manifest '{}' to a protected tag is in flight; retry the delete", self.check.digest());
-                let error = OciError::new(409, "DENIED", why, serde_json::json!({"repository": self.check.repository(), "digest": self.check.digest().to_string()}));
-                self.refuse(host, Refusal { error, pass_challenge: false, held: Vec::new() })
+            // (A fence holds one digest: no other can conflict with it.)
+            Claimed::Fenced | Claimed::Conflict { .. } => {
+                let mut r = self.check.unavailable("a push of it to a protected tag is in flight; retry the delete");
+                (r.error.status, r.error.code) = (409, "DENIED".into());
+                self.refuse(host, r)
             }
             Claimed::Unavailable(why) => self.refuse(host, self.check.unavailable(&why)),
-            Claimed::Conflict { .. } => self.refuse(host, self.check.unavailable("the delete fence is held by another digest")),
         }
     }
 
-    /// When the fence was taken (`None`: not taken).
-    pub fn fenced_ms(&self) -> Option<u64> {
-        self.fenced_ms
+    /// The fence taken: repository, digest, when (`None`: not taken).
+    pub fn fence_taken(&self) -> Option<(String, String, u64)> {
+        self.fenced_ms.map(|at| (self.check.repository().to_string(), self.check.digest().to_string(), at))
     }
 
     pub fn repository(&self) -> &str {

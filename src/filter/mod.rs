@@ -542,10 +542,8 @@ impl Filter {
             }
             // Never sent: its fence goes back.
             (State::Delete(d), Some(_)) => {
-                if let Some(at) = d.fenced_ms() {
-                    self.fence = Some((d.repository().to_string(), d.digest().to_string(), at));
-                    self.unfence(h);
-                }
+                self.fence = d.fence_taken();
+                self.unfence(h);
             }
             // Sent, and no answer came: the registry may have deleted it all the same.
             (State::Overridden { repository, digest, granted }, Some(worker)) => overridden(h, &worker, &repository, digest, &granted, bg::Outcome::Unknown),
@@ -590,14 +588,14 @@ impl Filter {
     fn fence_stale(&self, h: &dyn Host) -> Option<OciError> {
         let (repository, digest, at) = self.fence.as_ref()?;
         let ttl = self.worker.as_ref()?.config.claims.ttl_ms;
-        let why = format!("the delete of manifest '{digest}' took half of claims.ttl_seconds or more to check; retry");
-        (h.now_ms().saturating_sub(*at) >= ttl / 2).then(|| OciError::new(503, "UNAVAILABLE", why, json!({"repository": repository})))
+        let why = "its check took half of claims.ttl_seconds or more; retry the delete";
+        (h.now_ms().saturating_sub(*at) >= ttl / 2).then(|| OciError::upstream(repository, digest, why))
     }
 
     /// Acts on a digest delete's next step.
     fn delete_next(&mut self, h: &dyn Host, next: delete::Next, from: From) -> Action {
         if let (State::Delete(d), false) = (&self.state, matches!(next, delete::Next::Wait)) {
-            self.fence = d.fenced_ms().map(|at| (d.repository().to_string(), d.digest().to_string(), at));
+            self.fence = d.fence_taken();
         }
         match next {
             delete::Next::Wait => Action::Pause,

@@ -661,9 +661,10 @@ impl Push {
             }
             Claimed::Fenced => {
                 self.give_back(host, worker);
-                let why = format!("a delete of manifest {} is in flight; retry the push", want.pushed);
-                host.log(Level::Info, &format!("immutable-tags: refused push of {}:{}: {why}", self.repository, want.tag));
-                Some(Next::Refuse(OciError::new(409, "DENIED", why, serde_json::json!({"repository": self.repository, "tag": want.tag})), Vec::new()))
+                // 409 DENIED: retrying later is the answer, not another digest.
+                let mut err = OciError::upstream(&self.repository, &want.tag, "a delete of this manifest is in flight; retry the push");
+                (err.status, err.code) = (409, "DENIED".into());
+                Some(Next::Refuse(err, Vec::new()))
             }
             Claimed::Unavailable(why) => {
                 self.give_back(host, worker);

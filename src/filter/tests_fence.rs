@@ -45,7 +45,7 @@ fn a_push_of_a_digest_being_deleted_is_refused_and_the_tag_never_deleted() {
         let deleted = land(&world, &d);
         answered(&mut d, deleted);
         assert_eq!(pushed.status, 409, "{policy}: {}", String::from_utf8_lossy(&pushed.body));
-        assert!(String::from_utf8_lossy(&pushed.body).contains("a delete of manifest"));
+        assert!(String::from_utf8_lossy(&pushed.body).contains("a delete of this manifest is in flight"));
         assert!(!world.reg.history.borrow().iter().any(|(t, _)| t == "v1"), "{policy}: {:?}", world.reg.history.borrow());
         // The registry answered the delete: the fence is given back, the push goes through.
         run_for(&world, &[&a, &b], 500);
@@ -68,7 +68,7 @@ fn a_delete_of_a_digest_a_push_is_writing_is_refused() {
         let mut d = delete_x(&world, &b);
         let refused = d.h.reply().expect("refused");
         assert_eq!(refused.status, 409, "{policy}");
-        assert!(String::from_utf8_lossy(&refused.body).contains("a push of manifest"));
+        assert!(String::from_utf8_lossy(&refused.body).contains("a push of it to a protected tag is in flight"));
         d.f.on_done(&d.h);
         world.answer_put(&mut p);
         assert_eq!(reply(&p).status, 201);

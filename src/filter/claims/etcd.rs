@@ -234,8 +234,14 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
     let body = match (&f.step, f.key.rsplit_once(':')) {
         (Step::Grant, _) | (_, None) => body,
         // A fence reads the repository's claims (`<head>:` up to `<head>;`), a claim its fence.
-        (_, Some((head, tag))) if tag.starts_with('@') => wire::and_read(&body, &format!("{head}:"), Some(&format!("{head};"))),
-        (_, Some((head, _))) => wire::and_read(&body, &format!("{head}:{}", super::fence_tag(&f.digest)), None),
+        (_, Some((head, tag))) => {
+            let (from, end) = match tag.starts_with('@') {
+                true => (format!("{head}:"), format!("{head};")),
+                false => (format!("{head}:{}", super::fence_tag(&f.digest)), String::new()),
+            };
+            let end = if end.is_empty() { format!("{from}\0") } else { end };
+            wire::and_read(&body, &from, &end)
+        }
     };
     match Call::send(host, e, path, body) {
         Ok(call) => {
@@ -321,18 +327,9 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
 
 /// A granted claim, judged by what its txn read (`super::fence_tag`): a push's claim is given
 /// back if a delete of its digest holds the fence; a fence, if any push of the digest holds a
-/// claim in the repository. Keys with `:` or `@` past `<head>:` are windows and fences, not
-/// claims. A record that cannot be read counts as held (refused: the safe side).
+/// claim in the repository.
 fn fenced(worker: &Worker, f: &InFlight, body: &[u8], revision: u64) -> Claimed {
-    let (head, tag) = f.key.rsplit_once(':').unwrap_or_default();
-    let fence = tag.starts_with('@');
-    let held = wire::read_back(body).map(|kvs| {
-        kvs.iter().any(|(k, v)| {
-            let rest = k.strip_prefix(head).and_then(|k| k.strip_prefix(':')).unwrap_or("@");
-            let wanted = if fence { !rest.starts_with('@') && !rest.contains(':') } else { rest.starts_with('@') };
-            wanted && Rec::decode(v).map_or(true, |r| claims::holds(&r, &f.digest))
-        })
-    });
+    let held = wire::read_holds(body, &f.key, &f.digest);
     if held == Some(false) {
         return Claimed::Proceed { revision };
     }

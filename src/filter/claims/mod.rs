@@ -50,7 +50,8 @@ pub enum Claimed {
 /// a delete's check and its landing (it would be deleted with it, no break-glass asked).
 /// (`@<algorithm>@<hex>`: a claim key's tag holds no `:`.)
 pub fn fence_tag(digest: &str) -> String {
-    format!("@{}", digest.replacen(':', "@", 1))
+    let (algorithm, hex) = digest.split_once(':').unwrap_or((digest, ""));
+    format!("@{algorithm}@{hex}")
 }
 
 /// Claims `repository:tag` for `digest`, for a push with this view of the tag.

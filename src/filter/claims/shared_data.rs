@@ -134,15 +134,17 @@ pub fn forget(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: 
 pub fn fenced(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) -> Result<bool, String> {
     let now = host.now_ms();
     let fence = tag.starts_with('@');
-    let slots: Vec<u32> = if fence {
-        (0..settings.slots).collect()
-    } else {
-        vec![claims::slot_index(&slot_key(host)?, repository, &super::fence_tag(digest), settings.slots)]
+    let (lo, hi) = match fence {
+        true => (0, settings.slots),
+        false => {
+            let i = claims::slot_index(&slot_key(host)?, repository, &super::fence_tag(digest), settings.slots);
+            (i, i + 1)
+        }
     };
-    for i in slots {
-        let (bytes, _) = host.shared_get(&claims::slot_key(settings.slots, i)).map_err(|s| format!("cannot read claim slot ({s})"))?;
+    for i in lo..hi {
+        let Ok((bytes, _)) = host.shared_get(&claims::slot_key(settings.slots, i)) else { return Err("cannot read a claim slot".into()) };
         let slot = claims::Slot::decode(&bytes.unwrap_or_default());
-        // A fence looks for claims (no '@'), a claim for the fence ('@').
+        // A fence looks for claims, a claim for the fence.
         if slot.records.iter().any(|r| r.repository == repository && r.tag.starts_with('@') != fence && r.rec.live(now, settings.ttl_ms) && claims::holds(&r.rec, digest)) {
             return Ok(true);
         }
