@@ -454,7 +454,7 @@ impl FakeEtcd {
                         responses.push(json!({"response_delete_range": {"header": header(self.revision.get()), "deleted": "1"}}));
                     } else if let Some(q) = op.get("request_range") {
                         // Its own key (to `range_end`, exclusive, when given), as read now.
-                        let (from, end) = (raw(&q["key"]), q.get("range_end").map(|e| raw(e)));
+                        let (from, end) = (raw(&q["key"]), q.get("range_end").map(&raw));
                         let mut r = json!({"header": header(self.revision.get())});
                         let mut kvs: Vec<(String, (String, u64, u64))> = self.kv.borrow().iter().filter(|(k, _)| match &end {
                             Some(e) => **k >= from && *k < e,

@@ -20,9 +20,9 @@
 //! committed-change check (seed 332), holders not counted (seed 964), claim answers trusted at
 //! any age (2639). Issue 27's six sequences are fixed schedules in `tests_claims`. Found two
 //! holes, fixed: a write landing after its claim expired (seed 5619), a view judged after the
-//! claim of a write whose writer died uncommitted expired (seed 111888). Found one known limit,
-//! not fenced (`digest_race` in `run`): a push stored between a digest delete's check and its
-//! landing is deleted with it (seed 2381 with `SIM_DIGEST_RACE=1`).
+//! claim of a write whose writer died uncommitted expired (seed 111888), a push stored between a
+//! digest delete's check and its landing deleted with it (seed 2381; fixed by the delete fence,
+//! `claims::fence_tag`; `SIM_DIGEST_ATOMIC=1` hides the race again, see `digest_race`).
 use super::fake::FakeHost;
 use super::host::Host;
 use super::fake::{Call, Reply};

@@ -17,6 +17,10 @@
 //! TTL past their last write, on their own (shared data: their expiry; etcd: a lease of their
 //! own, never their replica's), so no view that predates a committed change outlives its record.
 //!
+//! **Deletes by digest** hold a claim on their digest's fence (`fence_tag`) from before their
+//! check until the registry answers; a push of the digest to a protected tag is not granted
+//! its claim while a fence is held, nor a fence while such a claim is.
+//!
 //! The push flow asks `claim` and, when the answer is `Pending`, feeds the call's answer to
 //! `on_response`; it never looks at which store answers.
 pub mod etcd;
