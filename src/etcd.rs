@@ -273,6 +273,27 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
+    fn a_txn_reads_a_range_last_in_both_branches_and_the_read_is_judged() {
+        let r = Record { stored: None, claim: Some(("sha256:d".into(), 1)), at_ms: 5 };
+        for txn in [claim_txn("/p/app:v1", &r, 7), put_if_txn("/p/app:v1", 3, &r, 7)] {
+            let v: Value = serde_json::from_str(&and_read(&txn, "/p/app:", "/p/app;")).unwrap();
+            for branch in ["success", "failure"] {
+                let ops = v[branch].as_array().unwrap();
+                assert_eq!(ops.len(), 2, "{branch}");
+                assert_eq!(ops[1]["request_range"]["range_end"], json!(b64(b"/p/app;")));
+            }
+        }
+        let kv = |k: &str, v: &str| json!({"key": b64(k.as_bytes()), "value": b64(v.as_bytes())});
+        let body = |kvs: Value| json!({"responses": [{}, {"response_range": {"kvs": kvs}}]}).to_string().into_bytes();
+        let held = body(json!([kv("/p/app:v1", &r.encode()), kv("/p/app:v2", "5 - 0 sha256:e 1")]));
+        assert_eq!(read_holds(&held, "/p/app:v9", "sha256:d"), Some(true));
+        assert_eq!(read_holds(&held, "/p/app:v1", "sha256:d"), Some(false), "its own write is not another's");
+        assert_eq!(read_holds(&held, "/p/app:v9", "sha256:f"), Some(false));
+        assert_eq!(read_holds(&body(json!([kv("/p/window:app:v1:admin", "x")])), "/p/app:v9", "sha256:d"), Some(false));
+        assert_eq!(read_holds(b"{}", "/p/app:v9", "sha256:d"), None, "unreadable");
+    }
+
+    #[test]
     fn requests_carry_base64_and_int64_strings() {
         let r = Record { stored: None, claim: Some(("sha256:ab".into(), 1)), at_ms: 5 };
         let t: Value = serde_json::from_str(&claim_txn("/p/a:v1", &r, 7)).unwrap();
