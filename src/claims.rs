@@ -140,6 +140,11 @@ pub fn deleted(found: &Rec, now_ms: u64) -> Option<Option<Rec>> {
     Some(r.claim.is_some().then_some(r))
 }
 
+/// Whether the record holds a claim of `digest` (a write of it in flight, or a delete fence).
+pub fn holds(found: &Rec, digest: &str) -> bool {
+    matches!(&found.claim, Some((d, n)) if d == digest && *n > 0)
+}
+
 fn drop_hold(claim: Option<(String, u32)>, digest: &str) -> Option<(String, u32)> {
     match claim {
         Some((d, n)) if d == digest => (n > 1).then(|| (d, n - 1)),

@@ -123,6 +123,34 @@ pub fn keepalive_body(lease: u64) -> String {
     format!(r#"{{"ID":"{lease}"}}"#)
 }
 
+/// The same txn, reading `key` up to `end` (exclusive) last in both branches: a claim reads
+/// its digest's delete fence, a fence the claims in its repository, in the very txn that
+/// writes them (no extra round trip, one revision for both). Both branches are never empty.
+pub fn and_read(txn: &str, key: &str, end: &str) -> String {
+    let op = format!(r#",{{"request_range":{{"key":"{}","range_end":"{}"}}}}"#, b64(key.as_bytes()), b64(end.as_bytes()));
+    match (txn.find(r#"],"failure""#), txn.strip_suffix("]}")) {
+        (Some(i), Some(t)) if i < t.len() => format!("{}{op}{}{op}]}}", &txn[..i], &t[i..]),
+        _ => txn.to_string(),
+    }
+}
+
+/// Whether a record `and_read` read, other than `own` (the key the txn wrote), holds a claim
+/// of `digest` (`None`: unreadable). Values that are no record (windows) hold nothing.
+pub fn read_holds(body: &[u8], own: &str, digest: &str) -> Option<bool> {
+    let doc = Json::parse(body).ok()?;
+    let r = doc.field("responses")?.item(1)?.field("response_range")?;
+    let own = b64(own.as_bytes());
+    let mut i = 0;
+    while let Some(kv) = r.field("kvs").and_then(|k| k.item(i)) {
+        let v = unb64(text(kv.field("value"))?).and_then(|v| String::from_utf8(v).ok());
+        if text(kv.field("key"))? != own && v.and_then(|v| Record::decode(&v)).is_some_and(|r| crate::claims::holds(&r, digest)) {
+            return Some(true);
+        }
+        i += 1;
+    }
+    Some(false)
+}
+
 /// What an answer from etcd says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer<T> {
@@ -273,6 +301,27 @@ mod tests {
     use serde_json::{json, Value};
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn a_txn_reads_a_range_last_in_both_branches_and_the_read_is_judged() {
+        let r = Record { stored: None, claim: Some(("sha256:d".into(), 1)), at_ms: 5 };
+        for txn in [claim_txn("/p/app:v1", &r, 7), put_if_txn("/p/app:v1", 3, &r, 7)] {
+            let v: Value = serde_json::from_str(&and_read(&txn, "/p/app:", "/p/app;")).unwrap();
+            for branch in ["success", "failure"] {
+                let ops = v[branch].as_array().unwrap();
+                assert_eq!(ops.len(), 2, "{branch}");
+                assert_eq!(ops[1]["request_range"]["range_end"], json!(b64(b"/p/app;")));
+            }
+        }
+        let kv = |k: &str, v: &str| json!({"key": b64(k.as_bytes()), "value": b64(v.as_bytes())});
+        let body = |kvs: Value| json!({"responses": [{}, {"response_range": {"kvs": kvs}}]}).to_string().into_bytes();
+        let held = body(json!([kv("/p/app:v1", &r.encode()), kv("/p/app:v2", "5 - 0 sha256:e 1")]));
+        assert_eq!(read_holds(&held, "/p/app:v9", "sha256:d"), Some(true));
+        assert_eq!(read_holds(&held, "/p/app:v1", "sha256:d"), Some(false), "its own write is not another's");
+        assert_eq!(read_holds(&held, "/p/app:v9", "sha256:f"), Some(false));
+        assert_eq!(read_holds(&body(json!([kv("/p/window:app:v1:admin", "x")])), "/p/app:v9", "sha256:d"), Some(false));
+        assert_eq!(read_holds(b"{}", "/p/app:v9", "sha256:d"), None, "unreadable");
+    }
 
     #[test]
     fn requests_carry_base64_and_int64_strings() {

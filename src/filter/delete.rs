@@ -2,6 +2,7 @@
 //! held at its headers (a DELETE has no body) while this lists the repository's tags
 //! (`tags/list` pages) and HEADs its immutable ones, as `crate::deletes::DigestCheck` asks;
 //! the per-worker map can only make it refuse sooner. Then it is resumed or refused.
+use super::claims::{self, Claimed, View};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
@@ -26,6 +27,10 @@ pub struct DigestDelete {
     check: DigestCheck,
     calls: HashMap<u32, Call>,
     caller: Caller,
+    /// The fence on `repository@digest` (`claims::fence_tag`): being taken (etcd's answer
+    /// awaited), or taken at this time.
+    fencing: Option<claims::etcd::InFlight>,
+    fenced_ms: Option<u64>,
 }
 
 /// What the filter does with the delete now.
@@ -45,9 +50,42 @@ impl DigestDelete {
             check: DigestCheck::new(repository, digest, &config.error_code, config.deletes.max_immutable_tags, exhaustive),
             calls: HashMap::new(),
             caller: Caller::of(host),
+            fencing: None,
+            fenced_ms: None,
         };
-        let next = d.list(host, worker, first_page_path(repository, config.deletes.page_size));
+        // The fence first, then the check: a push of the digest stored after the check would be
+        // deleted with the manifest.
+        let digest = d.digest().to_string();
+        // A fence's tag is never committed (only claimed and given back), so no committed change
+        // can find this view stale: its order does not matter.
+        let view = View { order: 0, absent: true };
+        let next = d.fence(host, worker, claims::claim(host, worker, repository, &claims::fence_tag(&digest), &digest, view));
         (d, next)
+    }
+
+    fn fence(&mut self, host: &dyn Host, worker: &Worker, c: Claimed) -> Next {
+        match c {
+            Claimed::Proceed { .. } => {
+                self.fenced_ms = Some(host.now_ms());
+                self.list(host, worker, first_page_path(self.check.repository(), worker.config.deletes.page_size))
+            }
+            Claimed::Pending(f) => {
+                self.fencing = Some(f);
+                Next::Wait
+            }
+            // (A fence holds one digest: no other can conflict with it.)
+            Claimed::Fenced | Claimed::Conflict { .. } => {
+                let mut r = self.check.unavailable("a push of it to a protected tag is in flight; retry the delete");
+                (r.error.status, r.error.code) = (409, "DENIED".into());
+                self.refuse(host, r)
+            }
+            Claimed::Unavailable(why) => self.refuse(host, self.check.unavailable(&why)),
+        }
+    }
+
+    /// The fence taken: repository, digest, when (`None`: not taken).
+    pub fn fence_taken(&self) -> Option<(String, String, u64)> {
+        self.fenced_ms.map(|at| (self.check.repository().to_string(), self.check.digest().to_string(), at))
     }
 
     pub fn repository(&self) -> &str {
@@ -79,6 +117,10 @@ impl DigestDelete {
 
     /// A dispatched call answered.
     pub fn on_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
+        if let Some(f) = self.fencing.take_if(|f| f.token == token) {
+            let c = claims::on_response(host, worker, f, body_size);
+            return self.fence(host, worker, c);
+        }
         let Some(call) = self.calls.remove(&token) else { return Next::Wait };
         let status = host.call_response_header(":status");
         let is_get = matches!(call, Call::Get(_));

@@ -467,11 +467,18 @@ impl FakeEtcd {
                         self.revision.set(self.revision.get() + 1);
                         self.kv.borrow_mut().remove(&key);
                         responses.push(json!({"response_delete_range": {"header": header(self.revision.get()), "deleted": "1"}}));
-                    } else if op.get("request_range").is_some() {
+                    } else if let Some(q) = op.get("request_range") {
+                        // Its own key (to `range_end`, exclusive, when given), as read now.
+                        let (from, end) = (raw(&q["key"]), q.get("range_end").map(&raw));
                         let mut r = json!({"header": header(self.revision.get())});
-                        if let Some((v, m, l)) = &current {
-                            r["kvs"] = json!([{"key": b64(key.as_bytes()), "mod_revision": m.to_string(), "create_revision": m.to_string(), "value": b64(v.as_bytes()), "lease": l.to_string()}]);
-                            r["count"] = json!("1");
+                        let mut kvs: Vec<(String, (String, u64, u64))> = self.kv.borrow().iter().filter(|(k, _)| match &end {
+                            Some(e) => **k >= from && *k < e,
+                            None => **k == from,
+                        }).map(|(k, v)| (k.clone(), v.clone())).collect();
+                        kvs.sort();
+                        if !kvs.is_empty() {
+                            r["count"] = json!(kvs.len().to_string());
+                            r["kvs"] = kvs.iter().map(|(k, (v, m, l))| json!({"key": b64(k.as_bytes()), "mod_revision": m.to_string(), "create_revision": m.to_string(), "value": b64(v.as_bytes()), "lease": l.to_string()})).collect();
                         }
                         responses.push(json!({"response_range": r}));
                     }

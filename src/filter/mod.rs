@@ -41,6 +41,8 @@ mod tests_failover;
 mod tests_retry_safety;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_release_races;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_fence;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -96,6 +98,10 @@ pub struct Filter {
     asked: Asked,
     /// The client's `:authority`, read at a checked write's headers (`Worker::map_key`).
     authority: Option<String>,
+    /// A digest delete's fence (repository, digest, when taken), once its check ended: given
+    /// back when the filter refuses the delete or the registry answers it; an unknown outcome
+    /// leaves it to expire.
+    fence: Option<(String, String, u64)>,
 }
 
 enum State {
@@ -135,7 +141,7 @@ enum From {
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default(), authority: None }
+        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default(), authority: None, fence: None }
     }
 
     fn count(&self, h: &dyn Host, counter: Counter) {
@@ -320,6 +326,7 @@ impl Filter {
     /// The single refusal path. Counts the refusal, logs one JSON record of it, then answers with
     /// `err` (enforce mode) or lets the request through as if allowed (audit mode).
     fn refuse(&mut self, h: &dyn Host, err: &OciError, extra: &[(&str, String)], from: From) -> Action {
+        self.unfence(h);
         let kind = Refusal::of(self.request.method.as_deref().unwrap_or_default(), err.status, &err.code);
         let mode = self.worker.as_ref().map_or(Mode::Enforce, |w| w.config.mode);
         let rule = match (&self.worker, audit::subject(err)) {
@@ -434,6 +441,10 @@ impl Filter {
     /// filter's own answer.
     pub fn on_response_headers(&mut self, h: &dyn Host) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
+        // The registry answered the delete: it is done or refused, and lands no more.
+        if self.fence.is_some() && h.property(&["response", "code_details"]).as_deref() == Some("via_upstream") {
+            self.unfence(h);
+        }
         let ok = h.response_header(":status").is_some_and(|s| s.starts_with('2'));
         match &self.state {
             State::Push(p) if p.awaiting_body() => {
@@ -531,7 +542,15 @@ impl Filter {
         match (std::mem::replace(&mut self.state, State::Pass), self.worker.clone()) {
             (State::Push(push), Some(worker)) => push.on_done(h, &worker),
             // Gone while break-glass was taking windows: those it took go back.
-            (State::Unlocking(mut c, _), Some(worker)) => c.abandon(h, &worker),
+            (State::Unlocking(mut c, _), Some(worker)) => {
+                c.abandon(h, &worker);
+                self.unfence(h);
+            }
+            // Never sent: its fence goes back.
+            (State::Delete(d), Some(_)) => {
+                self.fence = d.fence_taken();
+                self.unfence(h);
+            }
             // Sent, and no answer came: the registry may have deleted it all the same.
             (State::Overridden { repository, digest, granted }, Some(worker)) => overridden(h, &worker, &repository, digest, &granted, bg::Outcome::Unknown),
             _ => {}
@@ -560,8 +579,30 @@ impl Filter {
         }
     }
 
+    /// Gives the delete fence back, if taken and young enough to still be ours alone to
+    /// release (a release after it expired could take another delete's hold).
+    fn unfence(&mut self, h: &dyn Host) {
+        if let (Some((repository, digest, at)), Some(w)) = (self.fence.take(), &self.worker) {
+            if h.now_ms().saturating_sub(at) < w.config.claims.ttl_ms / 2 {
+                claims::release(h, w, &repository, &claims::fence_tag(&digest), &digest);
+            }
+        }
+    }
+
+    /// A delete about to go upstream: its fence must outlive its landing (within the route's
+    /// timeout, at most half the TTL). `None`: it may go.
+    fn fence_stale(&self, h: &dyn Host) -> Option<OciError> {
+        let (repository, digest, at) = self.fence.as_ref()?;
+        let ttl = self.worker.as_ref()?.config.claims.ttl_ms;
+        let why = "its check took half of claims.ttl_seconds or more; retry the delete";
+        (h.now_ms().saturating_sub(*at) >= ttl / 2).then(|| OciError::upstream(repository, digest, why))
+    }
+
     /// Acts on a digest delete's next step.
     fn delete_next(&mut self, h: &dyn Host, next: delete::Next, from: From) -> Action {
+        if let (State::Delete(d), false) = (&self.state, matches!(next, delete::Next::Wait)) {
+            self.fence = d.fence_taken();
+        }
         match next {
             delete::Next::Wait => Action::Pause,
             delete::Next::Refuse(err, extra, held) => match self.worker.clone() {
@@ -572,6 +613,9 @@ impl Filter {
                 None => self.refuse(h, &err, &extra, from),
             },
             delete::Next::Allow => {
+                if let Some(err) = self.fence_stale(h) {
+                    return self.refuse(h, &err, &[], from);
+                }
                 if let (State::Delete(d), Some(w)) = (&self.state, &self.worker) {
                     self.state = State::Deleting { repository: d.map_key(w), digest: d.digest().clone() };
                 }
@@ -598,12 +642,18 @@ impl Filter {
             Covered::Yes(granted) => {
                 // The delete goes on as the client sent it, but with no credential other than
                 // the `Authorization` its principal was read from (as an overriding push).
-                if let (Some(w), Some(why)) = (self.worker.clone(), strip_credentials(h, &self.worker)) {
+                let failed = match self.fence_stale(h) {
+                    Some(e) => Some(e),
+                    None => strip_credentials(h, &self.worker).map(|why| {
+                        let msg = format!("The filter could not remove other credentials from the override ({why})");
+                        OciError::new(500, "UNKNOWN", msg, json!({}))
+                    }),
+                };
+                if let (Some(w), Some(e)) = (self.worker.clone(), failed) {
                     for g in granted.iter() {
                         bg::restore(h, &w, g);
                     }
-                    let msg = format!("The filter could not remove other credentials from the override ({why})");
-                    return self.refuse(h, &OciError::new(500, "UNKNOWN", msg, json!({})), &extra, from);
+                    return self.refuse(h, &e, &extra, from);
                 }
                 let digest = err.detail.get("digest").and_then(Value::as_str).and_then(Digest::parse);
                 let repository = audit::subject(&err).map(|(r, _)| r.to_string()).unwrap_or_default();

@@ -687,6 +687,13 @@ impl Push {
                 };
                 Some(Next::Refuse(self.conflict(worker, tag, &want.reason, &digest, pushed, in_flight), Vec::new()))
             }
+            Claimed::Fenced => {
+                self.give_back(host, worker);
+                // 409 DENIED: retrying later is the answer, not another digest.
+                let mut err = OciError::upstream(&self.repository, &want.tag, "a delete of this manifest is in flight; retry the push");
+                (err.status, err.code) = (409, "DENIED".into());
+                Some(Next::Refuse(err, Vec::new()))
+            }
             Claimed::Unavailable(why) => {
                 self.give_back(host, worker);
                 host.log(Level::Warn, &format!("immutable-tags: {}:{}: {why}", self.repository, want.tag));

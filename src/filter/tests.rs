@@ -1410,6 +1410,7 @@ fn a_digest_delete_waiting_on_etcd_for_its_window_takes_only_etcd_s_answer() {
     let mut f = Filter::new(Some(wb.clone()));
     b.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[ADMIN]);
     assert_eq!(on_headers(&mut f, &b, true), Action::Pause);
+    respond_with(&mut f, &b, |c| etcd.answer(c)); // the delete's fence
     respond(&mut f, &b, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1","v2"]}"#));
     assert_eq!(b.calls_with("HEAD").len(), 2, "both tags are asked at once");
     // v1 holds the digest: refused unless admin's window is open, which etcd is asked while

@@ -289,12 +289,23 @@ fn open_in_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, tag: &str) {
 }
 
 /// The digest delete of M1 through `h`, up to where it waits on etcd (the registry answered).
-fn delete_m1_etcd(h: &FakeHost, w: &Rc<Worker>) -> Filter {
+fn delete_m1_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd) -> Filter {
     let mut f = Filter::new(Some(w.clone()));
     h.replies.borrow_mut().clear();
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[ADMIN]);
     let path = Filter::first_look(h).unwrap();
     assert_eq!(f.on_request_headers(h, path, true), Action::Pause);
+    // Its fence (etcd's calls only).
+    loop {
+        let next = h.pending.borrow().iter().copied().find(|t| h.call_of(*t).cluster == "etcd");
+        let Some(token) = next else { break };
+        h.pending.borrow_mut().retain(|t| *t != token);
+        let r = etcd.answer(&h.call_of(token));
+        let size = r.body.len();
+        h.set_answer(Some(r));
+        f.on_call_response(h, token, size);
+        h.set_answer(None);
+    }
     respond_to(&mut f, h, "/v2/app/tags/list", tags(&["v9", "a-scratch", "v1"]));
     for (tag, holds) in [("v1", M2), ("v9", M1), ("a-scratch", M1)] {
         respond_to(&mut f, h, &format!("/v2/app/manifests/{tag}"), head(holds));
@@ -308,7 +319,7 @@ fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
     let (a, wa) = etcd_replica(&etcd);
     let (b, wb) = etcd_replica(&etcd);
     open_in_etcd(&a, &wa, &etcd, "v9");
-    let mut f = delete_m1_etcd(&b, &wb);
+    let mut f = delete_m1_etcd(&b, &wb, &etcd);
     answer_etcd(&mut f, &b, &etcd);
     let r = b.reply().expect("refused");
     assert_eq!(r.status, 409);
@@ -318,7 +329,7 @@ fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
     assert!(etcd.window(&wkey("v9")).is_some(), "v9's window is put back");
     // With a-scratch's window too: through, and both recorded.
     open_in_etcd(&a, &wa, &etcd, "a-scratch");
-    let mut f = delete_m1_etcd(&b, &wb);
+    let mut f = delete_m1_etcd(&b, &wb, &etcd);
     answer_etcd(&mut f, &b, &etcd);
     assert_eq!((b.reply().map(|r| r.status), b.resumes.get()), (None, 1), "let through");
     *b.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
@@ -336,7 +347,7 @@ fn a_delete_that_ends_while_taking_windows_puts_back_those_it_took() {
     let (b, wb) = etcd_replica(&etcd);
     open_in_etcd(&a, &wa, &etcd, "v9");
     open_in_etcd(&a, &wa, &etcd, "a-scratch");
-    let mut f = delete_m1_etcd(&b, &wb);
+    let mut f = delete_m1_etcd(&b, &wb, &etcd);
     // a-scratch's window is taken (first in order); the client goes before v9's answer.
     let token = b.pending.borrow_mut().pop_front().unwrap();
     let call = b.calls.borrow()[token as usize - 1].clone();
@@ -574,7 +585,7 @@ fn a_window_taken_after_the_client_left_is_put_back_when_etcd_answers() {
     let (b, wb) = etcd_replica(&etcd);
     open_in_etcd(&a, &wa, &etcd, "v9");
     open_in_etcd(&a, &wa, &etcd, "a-scratch");
-    let mut f = delete_m1_etcd(&b, &wb);
+    let mut f = delete_m1_etcd(&b, &wb, &etcd);
     assert!(f.in_flight(), "its state is kept until it ends, so that it gives back what it took");
     f.on_done(&b);
     let token = b.pending.borrow_mut().pop_front().expect("a-scratch's use is out");
@@ -598,7 +609,7 @@ fn a_local_reply_while_taking_windows_puts_them_back() {
     let (b, wb) = etcd_replica(&etcd);
     open_in_etcd(&a, &wa, &etcd, "v9");
     open_in_etcd(&a, &wa, &etcd, "a-scratch");
-    let mut f = delete_m1_etcd(&b, &wb);
+    let mut f = delete_m1_etcd(&b, &wb, &etcd);
     *b.response_headers.borrow_mut() = vec![(":status".into(), "408".into())];
     *b.code_details.borrow_mut() = Some("request_overall_timeout".into());
     f.on_response_headers(&b);

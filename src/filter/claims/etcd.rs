@@ -256,6 +256,18 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
         }
         (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l)),
     };
+    let body = match (&f.step, f.key.rsplit_once(':')) {
+        (Step::Grant, _) | (_, None) => body,
+        // A fence reads the repository's claims (`<head>:` up to `<head>;`), a claim its fence.
+        (_, Some((head, tag))) => {
+            let (from, end) = match tag.starts_with('@') {
+                true => (format!("{head}:"), format!("{head};")),
+                false => (format!("{head}:{}", super::fence_tag(&f.digest)), String::new()),
+            };
+            let end = if end.is_empty() { format!("{from}\0") } else { end };
+            wire::and_read(&body, &from, &end)
+        }
+    };
     match Call::send(host, e, path, body) {
         Ok(call) => {
             (f.token, f.call) = (call.token, Box::new(call));
@@ -302,7 +314,7 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         };
     }
     match wire::parse_txn(status, &body) {
-        Answer::Ok(Txn::Done { revision }) => Claimed::Proceed { revision },
+        Answer::Ok(Txn::Done { revision }) => fenced(worker, &f, &body, revision),
         Answer::Ok(Txn::Found(None)) => {
             // Gone between compare and read: claim again.
             f.step = Step::Claim;
@@ -331,6 +343,18 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         }
         Answer::Failed(why) => Claimed::Unavailable(down(e, &why)),
     }
+}
+
+/// A granted claim, judged by what its txn read (`super::fence_tag`): a push's claim is given
+/// back if a delete of its digest holds the fence; a fence, if any push of the digest holds a
+/// claim in the repository.
+fn fenced(worker: &Worker, f: &InFlight, body: &[u8], revision: u64) -> Claimed {
+    let held = wire::read_holds(body, &f.key, &f.digest);
+    if held == Some(false) {
+        return Claimed::Proceed { revision };
+    }
+    enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone() }, write: None, tries: 0 });
+    held.map_or_else(|| Claimed::Unavailable("the claim store's answer is unreadable".into()), |_| Claimed::Fenced)
 }
 
 fn enqueue(worker: &Worker, op: Op) {

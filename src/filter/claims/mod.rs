@@ -25,6 +25,10 @@
 //! view outlive the record of a change made after it, and a step forward of half a TTL or more
 //! can end a hold (shared data) while its write is in flight. Named as a limit in the docs.
 //!
+//! **Deletes by digest** hold a claim on their digest's fence (`fence_tag`) from before their
+//! check until the registry answers; a push of the digest to a protected tag is not granted
+//! its claim while a fence is held, nor a fence while such a claim is.
+//!
 //! The push flow asks `claim` and, when the answer is `Pending`, feeds the call's answer to
 //! `on_response`; it never looks at which store answers.
 pub mod etcd;
@@ -45,6 +49,21 @@ pub enum Claimed {
     Unavailable(String),
     /// Asked the store; the answer arrives as the call `token`'s response.
     Pending(etcd::InFlight),
+    /// Granted, then given back: a push found a delete of its digest in flight, or a delete's
+    /// fence found a push of its digest in flight (see `fence_tag`). Refuse with 409.
+    Fenced,
+}
+
+/// The tag of a digest delete's fence on `repository@digest`: a claim like any other (held
+/// from before the delete's check until the registry answers it, counted, expiring), under a
+/// name no tag can have. Reader/writer: a push of the digest to a protected tag reads the fence
+/// in the step that takes its claim; the fence, once written, reads every claim of the
+/// repository. Whichever is written second sees the other, so a push is never stored between
+/// a delete's check and its landing (it would be deleted with it, no break-glass asked).
+/// (`@<algorithm>@<hex>`: a claim key's tag holds no `:`.)
+pub fn fence_tag(digest: &str) -> String {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or((digest, ""));
+    format!("@{algorithm}@{hex}")
 }
 
 /// The order of a view of `repository:tag` taken now (read before its HEAD is sent): the
@@ -59,8 +78,18 @@ pub fn view_order(host: &dyn Host, worker: &Worker, repository: &str, tag: &str)
 
 /// Claims `repository:tag` for `digest`, for a push with this view of the tag.
 pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
-    match &worker.config.claims.etcd {
-        None => shared_data::claim(host, &worker.config.claims, repository, tag, digest, view),
+    let settings = &worker.config.claims;
+    match &settings.etcd {
+        None => match shared_data::claim(host, settings, repository, tag, digest, view) {
+            Claimed::Proceed { revision } => match shared_data::fenced(host, settings, repository, tag, digest) {
+                Ok(false) => Claimed::Proceed { revision },
+                fenced => {
+                    shared_data::release(host, settings, repository, tag, digest);
+                    fenced.map_or_else(Claimed::Unavailable, |_| Claimed::Fenced)
+                }
+            },
+            other => other,
+        },
         Some(_) => etcd::claim(host, worker, repository, tag, digest, view),
     }
 }

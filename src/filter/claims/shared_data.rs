@@ -135,3 +135,28 @@ pub fn forget(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: 
         host.log(Level::Warn, &format!("immutable-tags: cannot forget the record of {repository}:{tag}: {why}"));
     }
 }
+
+/// Read right after a claim was written (see `super::fence_tag`): for a push's claim, whether
+/// a delete of its digest holds the fence; for a fence, whether any push of the digest holds a
+/// claim in the repository (every slot is read: digest deletes are rare). A failed read is an
+/// error (the caller refuses).
+pub fn fenced(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) -> Result<bool, String> {
+    let now = host.now_ms();
+    let fence = tag.starts_with('@');
+    let (lo, hi) = match fence {
+        true => (0, settings.slots),
+        false => {
+            let i = claims::slot_index(&slot_key(host)?, repository, &super::fence_tag(digest), settings.slots);
+            (i, i + 1)
+        }
+    };
+    for i in lo..hi {
+        let Ok((bytes, _)) = host.shared_get(&claims::slot_key(settings.slots, i)) else { return Err("cannot read a claim slot".into()) };
+        let slot = claims::Slot::decode(&bytes.unwrap_or_default());
+        // A fence looks for claims, a claim for the fence.
+        if slot.records.iter().any(|r| r.repository == repository && r.tag.starts_with('@') != fence && r.rec.live(now, settings.ttl_ms) && claims::holds(&r.rec, digest)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
