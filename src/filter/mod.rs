@@ -141,8 +141,8 @@ impl Filter {
     }
 
     /// The first look at a request, before any state exists for it: its path, if it may name
-    /// manifests. Most traffic (blobs, uploads, `/v2/`) is ordinary (`None`): it ends here,
-    /// after one header read, and the caller counts it (`Counter::RequestsSeen`), in batches if
+    /// manifests, or names blobs with a delete or a method override. Most traffic (blobs,
+    /// uploads, `/v2/`) is ordinary (`None`): it ends here, after a few header reads, and the caller counts it (`Counter::RequestsSeen`), in batches if
     /// it likes: on Istio's path this runs for every request, and each host call costs.
     /// `Some(Err(why))`: the host would not give `:path`; the request cannot be judged, so
     /// `on_request_headers` refuses it (see the rule on [`Host`]).
