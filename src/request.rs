@@ -192,7 +192,7 @@ pub fn may_name_blobs(raw_path: &str) -> bool {
 
 /// Headers some frameworks honour in place of the method. distribution ignores them, but a
 /// proxy or framework between Envoy and the registry might not, turning a request the filter
-/// took for a read into a write: on a manifests path they are refused.
+/// took for a read into a write: on a manifests or blob path they are refused.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// Cheap pre-filter, no allocation: a path (query aside) with no escape that never says
@@ -201,17 +201,6 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-htt
 pub fn may_name_manifests(raw_path: &str) -> bool {
     let raw = raw_path.split_once('?').map_or(raw_path, |(p, _)| p);
     raw.contains('%') || mentions_manifests(raw)
-}
-
-/// Whether a request carrying a method-override header must be refused: its path is (or, once
-/// decoded, might be) a manifests route. A path that cannot be decoded counts too.
-pub fn refuses_method_override(raw_path: &str) -> bool {
-    let raw = raw_path.split_once('?').map_or(raw_path, |(p, _)| p);
-    mentions_manifests(raw)
-        || match decode(raw) {
-            Some(p) => mentions_manifests(&p),
-            None => true,
-        }
 }
 
 /// The value of a `tag=` query parameter (the key may itself be percent-encoded).
@@ -457,15 +446,6 @@ mod tests {
         for p in ["/v2/", "/v2/_catalog", "/v2/app/tags/list", "/v2/app/blobs/uploads/x?manifests", "/v2/app/blobs/x?a=%6d", ""] {
             assert!(!may_name_manifests(p), "{p}");
         }
-    }
-
-    #[test]
-    fn method_override_is_refused_on_manifests_paths() {
-        assert!(refuses_method_override("/v2/app/manifests/v1"));
-        assert!(refuses_method_override("/v2/app/%6danifests/v1"));
-        assert!(refuses_method_override("/v2/app/%zz/x"), "undecodable: cannot tell");
-        assert!(!refuses_method_override("/v2/app/blobs/uploads/x?manifests"));
-        assert!(!refuses_method_override("/v2/_catalog"));
     }
 
     #[test]

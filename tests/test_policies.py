@@ -161,6 +161,10 @@ BLOB = "/v2/team/app/blobs/sha256:" + "ab" * 32
     ("GET", MANIFEST, {"x-http-method-override": "PUT"}, True),
     ("HEAD", MANIFEST, {"x-http-method": "DELETE"}, True),
     ("GET", MANIFEST, {"x-method-override": "PUT"}, True),
+    # A blob delete by override (an intermediary honouring the header) is filtered too.
+    ("POST", BLOB, {"x-http-method-override": "DELETE"}, True),
+    ("GET", BLOB, {"x-http-method": "DELETE"}, True),
+    ("HEAD", BLOB, {"x-method-override": "DELETE"}, True),
 ])
 def test_envoy_gateway_only_reads_skip_the_filter(method, path, headers, filtered):
     policy, routes = eg_docs()
@@ -219,3 +223,19 @@ def test_envoy_gateway_etcd_route_is_accepted_and_takes_no_registry_request():
             assert gateway_api_rule(merged, method, path, {}) not in etcd_rules, (method, path)
     prefix = etcd_route["spec"]["rules"][0]["matches"][0]["path"]["value"]
     assert gateway_api_rule(merged, "POST", prefix + "v3/kv/txn", {}) in etcd_rules
+
+
+def test_envoy_yaml_routes_without_the_filter_take_no_method_override():
+    """Every filter-free route of the shipped envoy.yaml excludes each method-override header
+    (behind an intermediary that honours one, a blob POST is a blob delete), and the last route,
+    which takes what is left, keeps the filter."""
+    cfg = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    overrides = {"x-http-method-override", "x-http-method", "x-method-override"}
+    off = [r for r in routes if r.get("typed_per_filter_config", {}).get("immutable-tags", {}).get("disabled")]
+    assert {r["name"] for r in off} == {"reads", "other"}
+    for r in off:
+        excluded = {h["name"] for h in r["match"].get("headers", []) if h.get("present_match") and h.get("invert_match")}
+        assert overrides <= excluded, r["name"]
+    assert routes[-1]["match"] == {"prefix": "/"} and "typed_per_filter_config" not in routes[-1]

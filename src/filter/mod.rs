@@ -36,6 +36,8 @@ mod tests_telemetry;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_bytes;
 #[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_method_override;
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_failover;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_retry_safety;
@@ -52,7 +54,7 @@ use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::config::BlobDeletes;
-use crate::request::{classify_with, may_name_blobs, may_name_manifests, refuses_method_override, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
+use crate::request::{classify_with, may_name_blobs, may_name_manifests, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
 use break_glass::{self as bg, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
@@ -151,8 +153,8 @@ impl Filter {
     }
 
     /// The first look at a request, before any state exists for it: its path, if it may name
-    /// manifests. Most traffic (blobs, uploads, `/v2/`) is ordinary (`None`): it ends here,
-    /// after one header read, and the caller counts it (`Counter::RequestsSeen`), in batches if
+    /// manifests, or names blobs with a delete or a method override. Most traffic (blobs,
+    /// uploads, `/v2/`) is ordinary (`None`): it ends here, after a few header reads, and the caller counts it (`Counter::RequestsSeen`), in batches if
     /// it likes: on Istio's path this runs for every request, and each host call costs.
     /// `Some(Err(why))`: the host would not give `:path`; the request cannot be judged, so
     /// `on_request_headers` refuses it (see the rule on [`Host`]).
@@ -168,10 +170,11 @@ impl Filter {
         if may_name_manifests(&path) {
             return Some(Ok(path));
         }
-        // A blob delete: one more header read, on blob paths only (an unreadable method is
-        // looked at closer).
-        let delete = may_name_blobs(&path) && h.read_request_header(":method").map_or(true, |m| m.map_or(true, |m| m.eq_ignore_ascii_case("DELETE")));
-        delete.then_some(Ok(path))
+        // On blob paths only: a delete (an unreadable method is looked at closer), or a method
+        // override, which an intermediary could turn into a delete (refused below).
+        let judge = may_name_blobs(&path)
+            && (h.read_request_header(":method").map_or(true, |m| m.map_or(true, |m| m.eq_ignore_ascii_case("DELETE"))) || method_overridden(h));
+        judge.then_some(Ok(path))
     }
 
     /// A request that may name manifests (`path`, from [`Filter::first_look`]) at its headers.
@@ -183,9 +186,9 @@ impl Filter {
             (Err(why), _) => return self.unreadable(h, ":path", &why),
             (_, Err(why)) => return self.unreadable(h, ":method", &why),
         };
-        // An override header the host would not give counts as present.
-        if METHOD_OVERRIDE_HEADERS.iter().any(|n| !matches!(h.read_request_header(n), Ok(None))) && refuses_method_override(&path) {
-            let msg = "Method override headers are not accepted on manifest routes";
+        // Every path here may name manifests or blobs, where the verdict depends on the method.
+        if method_overridden(h) {
+            let msg = "Method override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) are not accepted on manifest or blob routes";
             return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
         }
         let max_tags = self.worker.as_ref().map_or(DEFAULT_MAX_TAGS_PER_PUSH, |w| w.config.max_tags_per_push);
@@ -714,4 +717,9 @@ fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Di
         }
     }
     bg::delete_record(h, worker, granted, digest.map(|d| d.to_string()).as_deref(), outcome);
+}
+
+/// Whether the request carries a method-override header; one the host would not give counts.
+fn method_overridden(h: &dyn Host) -> bool {
+    METHOD_OVERRIDE_HEADERS.iter().any(|n| !matches!(h.read_request_header(n), Ok(None)))
 }
