@@ -33,7 +33,7 @@ import pytest
 import stack
 from etcd import CLUSTER, EtcdCluster
 from fakes import FaultyUpstream
-from oci import OCI_MANIFEST, current_digest, make_manifest, put_manifest, sha256
+from oci import OCI_MANIFEST, head_manifest, make_manifest, put_manifest, sha256
 from test_break_glass import ADMIN, REASON, basic, htpasswd_registry  # noqa: F401 (a fixture)
 
 MODULE = Path(os.environ.get("IMMUTABLE_TAGS_MODULE") or stack.MODULE)
@@ -113,6 +113,20 @@ def wait_stored(etcd, repo: str, tag: str, digest: str, timeout: float = 3) -> b
             return True
         time.sleep(0.05)
     return False
+
+
+def current_digest(base: str, repo: str, tag: str) -> str | None:
+    """The tag's digest as the registry reports it; None if absent. distribution 2.8 answers a
+    HEAD with 500 now and then while the tag is being written: asked again then."""
+    for _ in range(20):
+        r = head_manifest(base, repo, tag)
+        if r.status < 500:
+            break
+        time.sleep(0.05)
+    if r.status == 404:
+        return None
+    assert r.status == 200, r
+    return r.digest
 
 
 def keys_under(etcd, prefix: str) -> list[str]:
