@@ -266,6 +266,19 @@ class HoldingProxy:
                 pass
 
 
+def warm_connections(envoy, repo: str, manifest: bytes) -> None:
+    """Pushes through `envoy` until its worker has a lease and 3 connections to etcd, idle once
+    the commits are done: while a HoldingProxy holds answers, a new connection never completes
+    its TLS handshake, so the claims must find one open."""
+    for i in range(5):
+        stack.run_together([lambda t=t: put_manifest(envoy.url, repo, t, manifest, headers=BOB)
+                            for t in (f"warm-{i}-{j}" for j in range(4))])
+        if etcd_connections(envoy) >= 3:
+            break
+    time.sleep(0.5)  # the commits are done
+    assert etcd_connections(envoy) >= 3
+
+
 def override(envoy, repo: str, tag: str, manifest: bytes):
     """An override, retried only while the replica has not learned yet that the registry
     demands authentication (its probe, right after start)."""
@@ -350,7 +363,7 @@ def test_4b_a_paused_replica_cannot_act_on_a_claim_answer_older_than_the_ttl(
         b = envoys(htpasswd_registry.port)
         repo = f"prod/seq4-{uid}"
         x, y = make_manifest(registry.url, repo, "x"), make_manifest(registry.url, repo, "y")
-        assert put_manifest(a.url, repo, "warm-up", x, headers=BOB).status == 201  # A has a lease
+        warm_connections(a, repo, x)
         proxy.holding.set()
         paused = send_put(a, repo, "v1", x, BOB)  # new tag: its HEAD says absent; it claims
         deadline = time.monotonic() + 5
@@ -435,14 +448,7 @@ def test_5b_a_claim_whose_client_left_before_etcd_answered_does_not_linger(
         b = envoys(htpasswd_registry.port)
         repo = f"prod/seq5b-{uid}"
         x, y = make_manifest(registry.url, repo, "x"), make_manifest(registry.url, repo, "y")
-        # A has a lease, and idle connections to etcd for the claims below (while answers are
-        # held, no new connection completes its TLS handshake).
-        for i in range(5):
-            stack.run_together([lambda t=t: put_manifest(a.url, repo, t, x, headers=BOB) for t in (f"warm-{i}-{j}" for j in range(4))])
-            if etcd_connections(a) >= 3:
-                break
-        time.sleep(0.5)  # the warm-up's commits are done
-        assert etcd_connections(a) >= 3
+        warm_connections(a, repo, x)
         proxy.holding.set()
         clients = [send_put(a, repo, tag, x, BOB) for tag in ("v1", "v2")]
         deadline = time.monotonic() + 5
