@@ -412,6 +412,8 @@ def test_5_claim_keys_of_pushes_whose_client_left_do_not_linger(envoys, htpasswd
             vanish(c)  # every client leaves while its write is in flight
         prefix = f"{PREFIX}{repo}:"
         assert len(keys_under(etcd, prefix)) == n, "each write holds its claim"
+        in_flight = [(counter(e, "claims_taken"), counter(e, "claims_settled")) for e in replicas]
+        assert in_flight == [(n // 2, 0)] * 2, in_flight  # the metric sees the claims in flight
         # The registry answers every orphaned write (a second after it was sent) and holds every
         # tag; each record then lives at most two TTLs past its last write (the commit).
         answered = time.monotonic() + slow.put_delay
