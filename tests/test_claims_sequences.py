@@ -357,6 +357,10 @@ def test_4a_an_etcd_timeout_not_well_below_the_ttl_is_refused(workdir, registry,
 
 def test_4b_a_paused_replica_cannot_act_on_a_claim_answer_older_than_the_ttl(
         envoys, htpasswd_registry, registry, etcd, uid):  # noqa: F811
+    """With `timeout_ms` at most TTL/4 (4a) Envoy's own call timeout has passed too when A
+    resumes; the filter's answer-age check refuses either way. The attack needed a timeout
+    longer than the pause: with `timeout_ms` 5000 (TTL 3 s), which a module from before the rule
+    accepted, that module let the paused push write over the winner (201)."""
     proxy = HoldingProxy(etcd.members[0].client_port)
     try:
         a = envoys(htpasswd_registry.port, etcd_port=proxy.port)
