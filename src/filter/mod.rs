@@ -41,6 +41,8 @@ mod tests_failover;
 mod tests_retry_safety;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_release_races;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_holds;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
