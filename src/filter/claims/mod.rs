@@ -34,12 +34,16 @@ use super::host::Host;
 use super::worker::Worker;
 pub use crate::claims::View;
 
+/// The take time of no hold (an audit-mode write holds none): its commit removes none.
+pub const NO_HOLD: u64 = u64::MAX;
+
 /// The outcome of a claim, for the push flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
     /// Let the push through, holding the claim: commit or release it when the registry
-    /// answers. `revision`: the store's version of the record (etcd; 0 in shared data).
-    Proceed { revision: u64 },
+    /// answers. `revision`: the store's version of the record (etcd; 0 in shared data);
+    /// `at_ms`: the hold's take time, which its commit or release names.
+    Proceed { revision: u64, at_ms: u64 },
     Conflict { digest: String, committed: bool },
     /// Refuse with 503, for this reason (it names the claim store).
     Unavailable(String),
@@ -71,19 +75,20 @@ pub fn on_response(host: &dyn Host, worker: &Worker, claim: etcd::InFlight, body
 }
 
 /// The registry stored `digest` under `tag`: the tag's committed change. Never delays the
-/// client's answer (etcd: handed to the root context, see `etcd`).
-pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
+/// client's answer (etcd: handed to the root context, see `etcd`). `held`: the take time of
+/// the write's hold (`Proceed`'s `at_ms`; [`NO_HOLD`] for a write that held none).
+pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, held: u64) {
     match &worker.config.claims.etcd {
-        None => shared_data::commit(host, &worker.config.claims, repository, tag, digest),
-        Some(_) => etcd::commit(host, worker, repository, tag, digest),
+        None => shared_data::commit(host, &worker.config.claims, repository, tag, digest, held),
+        Some(_) => etcd::commit(host, worker, repository, tag, digest, held),
     }
 }
 
 /// Gives back one hold on a claim of `digest` (the write failed or was never sent).
-pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
+pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, held: u64) {
     match &worker.config.claims.etcd {
-        None => shared_data::release(host, &worker.config.claims, repository, tag, digest),
-        Some(_) => etcd::release(worker, repository, tag, digest),
+        None => shared_data::release(host, &worker.config.claims, repository, tag, digest, held),
+        Some(_) => etcd::release(worker, repository, tag, digest, held),
     }
 }
 
