@@ -56,16 +56,18 @@ impl Rec {
         self.at_ms.saturating_add(ttl_ms) > now_ms
     }
 
-    /// `<at> <stored digest|-> <committed order> <claimed digest|-> <@take,take..|0>`. A record
-    /// of before orders held a committed ms there: larger than any order, so it refuses every
-    /// view of another digest until it expires (the safe side).
+    /// `<at> <stored digest|-> <committed order> <claimed digest@take,take..|-> <holds>`. A
+    /// record of before orders held a committed ms there: larger than any order, so it refuses
+    /// every view of another digest until it expires (the safe side). The take times ride on
+    /// the digest (never holding '@'), so a filter of before reads a claim of a digest no push
+    /// has: it refuses every push of the tag while the record lives (a mixed rollout fails closed).
     pub fn encode(&self) -> String {
         let (sd, sm) = self.stored.as_ref().map_or(("-", 0), |(d, m)| (d.as_str(), *m));
-        let (cd, h) = match &self.claim {
-            Some((d, h)) => (d.as_str(), format!("@{}", h.iter().map(u64::to_string).collect::<Vec<_>>().join(","))),
-            None => ("-", "0".into()),
+        let (cd, n) = match &self.claim {
+            Some((d, h)) => (format!("{d}@{}", h.iter().map(u64::to_string).collect::<Vec<_>>().join(",")), h.len()),
+            None => ("-".into(), 0),
         };
-        format!("{} {sd} {sm} {cd} {h}", self.at_ms)
+        format!("{} {sd} {sm} {cd} {n}", self.at_ms)
     }
 
     /// Also reads a record of the previous formats (`c|d <at> <digest>`; a count of holders,
@@ -77,11 +79,12 @@ impl Rec {
             [at, sd, sm, cd, n] => {
                 let stored = if *sd == "-" { None } else { Some((digest(sd)?, sm.parse().ok()?)) };
                 let at = at.parse().ok()?;
-                let holds: Vec<u64> = match n.strip_prefix('@') {
-                    Some(l) => l.split(',').map(|t| t.parse().ok()).collect::<Option<_>>()?,
-                    None => vec![at; n.parse::<u32>().ok()?.min(MAX_HOLDS as u32) as usize],
+                let n = n.parse::<u32>().ok()?.min(MAX_HOLDS as u32) as usize;
+                let (cd, holds): (&str, Vec<u64>) = match cd.split_once('@') {
+                    Some((d, l)) => (d, l.split(',').map(|t| t.parse().ok()).collect::<Option<_>>()?),
+                    None => (cd, vec![at; n]),
                 };
-                let claim = match *cd {
+                let claim = match cd {
                     "-" => None,
                     _ => Some((digest(cd)?, holds)).filter(|(_, h)| !h.is_empty()),
                 };
@@ -542,7 +545,7 @@ mod tests {
         let old = Rec::decode("9 - 0 sha256:ab 2").unwrap();
         assert_eq!(old.claim, Some(("sha256:ab".into(), vec![9, 9])));
         assert_eq!(Rec::decode("9 - 0 sha256:ab 4294967295").unwrap().claim.unwrap().1.len(), MAX_HOLDS);
-        for junk in ["9 - 0 sha256:ab @", "9 - 0 sha256:ab @1,", "9 - 0 sha256:ab @x"] {
+        for junk in ["9 - 0 sha256:ab@ 1", "9 - 0 sha256:ab@1, 2", "9 - 0 sha256:ab@x 1", "9 - 0 @1 1"] {
             assert_eq!(Rec::decode(junk), None, "{junk:?}");
         }
         // A hold taken at 0 counts until just before two TTLs, whatever the record's time.

@@ -280,7 +280,7 @@ mod tests {
         let t: Value = serde_json::from_str(&claim_txn("/p/a:v1", &r, 7)).unwrap();
         assert_eq!(t["compare"][0], json!({"key": b64(b"/p/a:v1"), "target": "CREATE", "create_revision": "0"}));
         assert_eq!(t["success"][0]["request_put"]["lease"], "7");
-        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 - 0 sha256:ab @5");
+        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 - 0 sha256:ab@5 1");
         assert_eq!(t["failure"][0]["request_range"]["key"], b64(b"/p/a:v1"));
         let t: Value = serde_json::from_str(&put_if_txn("k", 42, &Record { stored: Some(("sha256:ab".into(), 5)), claim: None, ..r }, 7)).unwrap();
         assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "MOD", "mod_revision": "42"}));

@@ -18,7 +18,7 @@ fn holders(world: &World) -> String {
     let v = world.etcd.value(KEY).unwrap_or_default();
     let f: Vec<&str> = v.split(' ').skip(3).collect();
     match f.as_slice() {
-        [d, h] => format!("{d} {}", h.strip_prefix('@').map_or(0, |h| h.split(',').count())),
+        [d, n] => format!("{} {n}", d.split('@').next().unwrap_or(d)),
         _ => f.join(" "),
     }
 }
