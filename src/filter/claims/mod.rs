@@ -8,8 +8,9 @@
 //! identical re-push, break-glass override alike. The claim is granted only to a push whose view
 //! of the tag (map entry or HEAD answer, "absent" or a digest) is not older than the tag's
 //! last committed change of another digest, and never to "absent" while such a change is on record;
-//! a claim of another digest in flight refuses it, the same digest shares it (holders are
-//! counted, and a release takes one hold, never a committed change). A view older than half the
+//! a claim of another digest in flight refuses it, the same digest shares it (each hold has
+//! its take time; a push's commit or release removes its own, never another's or a committed
+//! change; a hold counts for two TTLs, see `crate::claims::held`). A view older than half the
 //! TTL is refused (503), and so is a claim answer that took half the TTL or more; a write's
 //! claims are at most half a TTL old when it is sent and it lands within the write timeout (at
 //! most half a TTL), so a claim's record outlives every view taken while its write was in
