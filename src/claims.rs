@@ -18,6 +18,9 @@
 /// (503); no live record is ever evicted (a committed one still fences stale views).
 pub const MAX_RECORDS: usize = 16;
 
+/// Holds one record may count: a push beyond is refused (503), so a record stays small.
+pub const MAX_HOLDS: usize = 32;
+
 /// Every slot starts with this line, so an existing slot is never empty (an empty value and a
 /// missing key are hard to tell apart through the host ABI) and a future format never mixes.
 /// It is followed by the slot's write counter (`claims/2 <n>`), bumped by every write.
@@ -26,13 +29,14 @@ const HEADER: &str = "claims/2";
 /// What the filter knows of one tag, in either store. One record per tag, two facts in it:
 /// the last committed change (the digest a write of the filter stored, and its order: the
 /// store's counter at that write, see [`View`]), and the
-/// claim in flight (the digest being written, and how many pushes hold it). Both stay until
+/// claim in flight (the digest being written, and when each push that holds it took it, by
+/// its taker's clock: see [`held`]). Both stay until
 /// the record expires one TTL after its last write (`at_ms`): a release takes away a hold,
 /// never the committed change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rec {
     pub stored: Option<(String, u64)>,
-    pub claim: Option<(String, u32)>,
+    pub claim: Option<(String, Vec<u64>)>,
     pub at_ms: u64,
 }
 
@@ -52,28 +56,44 @@ impl Rec {
         self.at_ms.saturating_add(ttl_ms) > now_ms
     }
 
-    /// `<at> <stored digest|-> <committed order> <claimed digest|-> <holders>`. A record of
-    /// before orders held a committed ms there: larger than any order, so it refuses every
-    /// view of another digest until it expires (the safe side).
+    /// `<at> <stored digest|-> <committed order> <claimed digest@take,take..|-> <holds>`. A
+    /// record of before orders held a committed ms there: larger than any order, so it refuses
+    /// every view of another digest until it expires (the safe side). The take times ride on
+    /// the digest (never holding '@'), so a filter of before reads a claim of a digest no push
+    /// has: it refuses every push of the tag while the record lives (a mixed rollout fails closed).
     pub fn encode(&self) -> String {
         let (sd, sm) = self.stored.as_ref().map_or(("-", 0), |(d, m)| (d.as_str(), *m));
-        let (cd, n) = self.claim.as_ref().map_or(("-", 0), |(d, n)| (d.as_str(), *n));
+        let (cd, n) = match &self.claim {
+            Some((d, h)) => (format!("{d}@{}", h.iter().map(u64::to_string).collect::<Vec<_>>().join(",")), h.len()),
+            None => ("-".into(), 0),
+        };
         format!("{} {sd} {sm} {cd} {n}", self.at_ms)
     }
 
-    /// Also reads a record of the previous format (`c|d <at> <digest>`), so an upgrade never
-    /// reads a live record as nothing.
+    /// Also reads a record of the previous formats (`c|d <at> <digest>`; a count of holders,
+    /// each taken at the record's time), so an upgrade never reads a live record as nothing.
     pub fn decode(text: &str) -> Option<Rec> {
         let f: Vec<&str> = text.split(' ').collect();
         let digest = |d: &str| (!d.is_empty()).then(|| d.to_string());
         match f.as_slice() {
             [at, sd, sm, cd, n] => {
                 let stored = if *sd == "-" { None } else { Some((digest(sd)?, sm.parse().ok()?)) };
-                let claim = if *cd == "-" { None } else { Some((digest(cd)?, n.parse().ok()?)) };
-                n.parse::<u32>().ok()?;
-                Some(Rec { stored, claim, at_ms: at.parse().ok()? })
+                let at = at.parse().ok()?;
+                let n = n.parse::<u32>().ok()?.min(MAX_HOLDS as u32) as usize;
+                let (cd, holds): (&str, Vec<u64>) = match cd.split_once('@') {
+                    Some((d, l)) => (d, l.split(',').map(|t| t.parse().ok()).collect::<Option<_>>()?),
+                    None => (cd, vec![at; n]),
+                };
+                let claim = match cd {
+                    "-" => None,
+                    _ => Some((digest(cd)?, holds)).filter(|(_, h)| !h.is_empty()),
+                };
+                Some(Rec { stored, claim, at_ms: at })
             }
-            ["c", at, d] => Some(Rec { stored: None, claim: Some((digest(d)?, 1)), at_ms: at.parse().ok()? }),
+            ["c", at, d] => {
+                let at = at.parse().ok()?;
+                Some(Rec { stored: None, claim: Some((digest(d)?, vec![at])), at_ms: at })
+            }
             ["d", at, d] => {
                 let at = at.parse().ok()?;
                 Some(Rec { stored: Some((digest(d)?, at)), claim: None, at_ms: at })
@@ -94,41 +114,69 @@ impl Rec {
 /// - "Absent" is never newer than a committed change of another digest: the tag vanished
 ///   after the filter stored it (a delete race, or behind the filter's back), so a write of
 ///   another digest is no first push.
-/// - A claim of another digest in flight refuses; the same digest joins it (one more holder).
-pub fn take(found: Option<&Rec>, digest: &str, view: View, now_ms: u64) -> Result<Rec, (String, bool)> {
+/// - A claim of another digest in flight refuses; the same digest joins it (one more hold,
+///   taken `now_ms`: the push remembers it, and its commit or release removes that one).
+///
+/// `Err(None)`: [`MAX_HOLDS`] pushes hold the claim already (503).
+pub fn take(found: Option<&Rec>, digest: &str, view: View, now_ms: u64, ttl_ms: u64) -> Result<Rec, Option<(String, bool)>> {
     let mut r = found.cloned().unwrap_or(Rec { stored: None, claim: None, at_ms: now_ms });
     if let Some((d, at)) = &r.stored {
         if d != digest && (view.order < *at || view.absent) {
-            return Err((d.clone(), true));
+            return Err(Some((d.clone(), true)));
         }
     }
-    r.claim = match r.claim.take() {
-        Some((d, n)) if n > 0 && d != digest => return Err((d, false)),
-        Some((_, n)) => Some((digest.to_string(), n.saturating_add(1))),
-        None => Some((digest.to_string(), 1)),
+    r.claim = match prune(r.claim.take(), now_ms, ttl_ms) {
+        Some((d, _)) if d != digest => return Err(Some((d, false))),
+        Some((_, h)) if h.len() >= MAX_HOLDS => return Err(None),
+        Some((d, mut h)) => {
+            h.push(now_ms);
+            Some((d, h))
+        }
+        None => Some((digest.to_string(), vec![now_ms])),
     };
     r.at_ms = now_ms;
     Ok(r)
 }
 
+/// Whether a hold taken at `take_ms` (its taker's clock) still counts at `now_ms` (the
+/// reader's): for two TTLs. A live hold is at most one TTL old: a push's claims are at most
+/// half a TTL old when its write is sent, and the write lands within half a TTL. The second
+/// TTL is margin for skew between the replicas' clocks. An older hold is a push that will never
+/// settle it (its client left while the claim's call was out; its write's outcome is unknown):
+/// it is ignored and pruned, so identical re-pushes that keep the record fresh never carry it
+/// forward. Limit: a clock skew or step of over one TTL can end a live hold early.
+pub fn held(take_ms: u64, now_ms: u64, ttl_ms: u64) -> bool {
+    now_ms.saturating_sub(take_ms) < ttl_ms.saturating_mul(2)
+}
+
+fn prune(claim: Option<(String, Vec<u64>)>, now_ms: u64, ttl_ms: u64) -> Option<(String, Vec<u64>)> {
+    let (d, mut h) = claim?;
+    h.retain(|t| held(*t, now_ms, ttl_ms));
+    (!h.is_empty()).then_some((d, h))
+}
+
 /// The registry stored `digest` (a write that held a claim on it): the committed change, at
-/// this `order` (the store's counter at the write that records it), now.
-pub fn committed(found: Option<&Rec>, digest: &str, order: u64, now_ms: u64) -> Rec {
+/// this `order` (the store's counter at the write that records it), now. `take_ms`: the
+/// write's hold (see [`take`]).
+pub fn committed(found: Option<&Rec>, digest: &str, order: u64, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Rec {
     let mut r = found.cloned().unwrap_or(Rec { stored: None, claim: None, at_ms: now_ms });
     r.stored = Some((digest.to_string(), order));
-    r.claim = drop_hold(r.claim.take(), digest);
+    r.claim = prune(drop_hold(r.claim.take(), digest, take_ms), now_ms, ttl_ms);
     r.at_ms = now_ms;
     r
 }
 
 /// The write of `digest` failed: one hold less. `None`: nothing to do; `Some(None)`: the
 /// record holds nothing any more (delete it); `Some(Some(r))`: write `r`.
-pub fn released(found: &Rec, digest: &str) -> Option<Option<Rec>> {
+pub fn released(found: &Rec, digest: &str, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Option<Option<Rec>> {
     let mut r = found.clone();
     if !matches!(&r.claim, Some((d, _)) if d == digest) {
         return None;
     }
-    r.claim = drop_hold(r.claim.take(), digest);
+    r.claim = prune(drop_hold(r.claim.take(), digest, take_ms), now_ms, ttl_ms);
+    if r.claim == found.claim {
+        return None; // its hold was pruned already: nothing to write (etcd: no lease renewed)
+    }
     Some((r.claim.is_some() || r.stored.is_some()).then_some(r))
 }
 
@@ -141,13 +189,20 @@ pub fn deleted(found: &Rec, now_ms: u64) -> Option<Option<Rec>> {
 }
 
 /// Whether the record holds a claim of `digest` (a write of it in flight, or a delete fence).
+/// Holds too old to be live count too (the safe side: a fence or a push waits for them).
 pub fn holds(found: &Rec, digest: &str) -> bool {
-    matches!(&found.claim, Some((d, n)) if d == digest && *n > 0)
+    matches!(&found.claim, Some((d, h)) if d == digest && !h.is_empty())
 }
 
-fn drop_hold(claim: Option<(String, u32)>, digest: &str) -> Option<(String, u32)> {
+/// Removes the hold taken at `take_ms` (none left with that time: it was pruned).
+fn drop_hold(claim: Option<(String, Vec<u64>)>, digest: &str, take_ms: u64) -> Option<(String, Vec<u64>)> {
     match claim {
-        Some((d, n)) if d == digest => (n > 1).then(|| (d, n - 1)),
+        Some((d, mut h)) if d == digest => {
+            if let Some(i) = h.iter().position(|t| *t == take_ms) {
+                h.swap_remove(i);
+            }
+            (!h.is_empty()).then_some((d, h))
+        }
         other => other,
     }
 }
@@ -278,7 +333,8 @@ pub enum Claim {
     Write(Vec<u8>),
     /// Another digest holds the tag: refuse with 409. `committed`: it is already stored.
     Conflict { digest: String, committed: bool },
-    /// The slot holds [`MAX_RECORDS`] held records: refuse with 503 rather than grow.
+    /// The slot holds [`MAX_RECORDS`] held records, or the tag [`MAX_HOLDS`] holds: refuse
+    /// with 503 rather than grow.
     Full,
 }
 
@@ -287,8 +343,9 @@ pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, view: View,
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     s.counter += 1;
-    match take(s.find(repository, tag), digest, view, now_ms) {
-        Err((digest, committed)) => Claim::Conflict { digest, committed },
+    match take(s.find(repository, tag), digest, view, now_ms, ttl_ms) {
+        Err(Some((digest, committed))) => Claim::Conflict { digest, committed },
+        Err(None) => Claim::Full,
         Ok(r) => match s.set(repository, tag, Some(r)) {
             true => Claim::Write(s.encode()),
             false => Claim::Full,
@@ -297,20 +354,20 @@ pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, view: View,
 }
 
 /// The registry stored `digest` under the tag. `None`: nothing to write (the slot is full of
-/// held records).
-pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+/// held records). `take_ms`: the write's hold.
+pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     s.counter += 1;
-    let r = committed(s.find(repository, tag), digest, s.counter, now_ms);
+    let r = committed(s.find(repository, tag), digest, s.counter, take_ms, now_ms, ttl_ms);
     s.set(repository, tag, Some(r)).then(|| s.encode())
 }
 
 /// The write failed: one hold less on our claim. `None`: nothing to do.
-pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
-    let r = released(s.find(repository, tag)?, digest)?;
+    let r = released(s.find(repository, tag)?, digest, take_ms, now_ms, ttl_ms)?;
     s.counter += 1;
     s.set(repository, tag, r);
     Some(s.encode())
@@ -369,12 +426,12 @@ mod tests {
     fn same_digest_joins_and_a_release_never_drops_what_another_holder_needs() {
         let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));
         let s = written(claim(&s, "app", "v1", D, absent(0), 1, TTL));
-        assert_eq!(Slot::decode(&s).records[0].rec.claim, Some((D.into(), 2)));
-        let s = release(&s, "app", "v1", D, 2, TTL).unwrap();
+        assert_eq!(Slot::decode(&s).records[0].rec.claim, Some((D.into(), vec![0, 1])));
+        let s = release(&s, "app", "v1", D, 1, 2, TTL).unwrap();
         assert!(matches!(claim(&s, "app", "v1", E, absent(0), 3, TTL), Claim::Conflict { .. }), "one holder left");
-        let s = commit(&s, "app", "v1", D, 4, TTL).unwrap();
+        let s = commit(&s, "app", "v1", D, 0, 4, TTL).unwrap();
         assert_eq!(claim(&s, "app", "v1", E, absent(0), 5, TTL), Claim::Conflict { digest: D.into(), committed: true });
-        let s = release(&s, "app", "v1", D, 6, TTL).unwrap_or(s);
+        let s = release(&s, "app", "v1", D, 0, 6, TTL).unwrap_or(s);
         assert_eq!(claim(&s, "app", "v1", E, absent(1), 7, TTL), Claim::Conflict { digest: D.into(), committed: true });
     }
 
@@ -382,10 +439,10 @@ mod tests {
     fn a_view_older_than_a_committed_change_is_refused_even_for_the_old_digest() {
         // D stored; a view of D is taken (the slot's counter then); E (an override) is committed
         // after it: that view is stale, whatever the clocks say (the times here run backwards).
-        let s = commit(&empty_slot(), "app", "v1", D, 50, TTL).unwrap();
+        let s = commit(&empty_slot(), "app", "v1", D, 50, 50, TTL).unwrap();
         let old = slot_counter(&s);
         let s = written(claim(&s, "app", "v1", E, saw(slot_counter(&s)), 40, TTL));
-        let s = commit(&s, "app", "v1", E, 30, TTL).unwrap();
+        let s = commit(&s, "app", "v1", E, 40, 30, TTL).unwrap();
         let change = Slot::decode(&s).records[0].rec.stored.clone().unwrap().1;
         assert_eq!(change, slot_counter(&s), "a commit records the counter it wrote");
         assert_eq!(claim(&s, "app", "v1", D, saw(old), 60, TTL), Claim::Conflict { digest: E.into(), committed: true });
@@ -401,8 +458,8 @@ mod tests {
         assert_eq!(slot_counter(b"junk"), 0);
         let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));
         assert_eq!(slot_counter(&s), 1);
-        let s = release(&s, "app", "v1", D, 0, TTL).unwrap();
-        let s = commit(&s, "app", "v1", D, 0, TTL).unwrap();
+        let s = release(&s, "app", "v1", D, 0, 0, TTL).unwrap();
+        let s = commit(&s, "app", "v1", D, 0, 0, TTL).unwrap();
         let s = forget(&s, "app", "v1", 0, TTL).unwrap();
         assert_eq!(slot_counter(&s), 4);
         // A committed ms of the format before orders is larger than any order: it refuses.
@@ -412,11 +469,11 @@ mod tests {
 
     #[test]
     fn absent_after_a_commit_is_no_first_push_and_a_failed_override_keeps_the_commit() {
-        let s = commit(&empty_slot(), "app", "v1", D, 10, TTL).unwrap();
+        let s = commit(&empty_slot(), "app", "v1", D, 10, 10, TTL).unwrap();
         assert_eq!(claim(&s, "app", "v1", E, absent(50), 60, TTL), Claim::Conflict { digest: D.into(), committed: true });
         assert!(matches!(claim(&s, "app", "v1", D, absent(50), 60, TTL), Claim::Write(_)), "the same digest again");
         let s = written(claim(&s, "app", "v1", E, saw(20), 30, TTL));
-        let s = release(&s, "app", "v1", E, 31, TTL).unwrap();
+        let s = release(&s, "app", "v1", E, 30, 31, TTL).unwrap();
         assert_eq!(Slot::decode(&s).records[0].rec.stored, Some((D.into(), 1)), "the commit stays");
         assert_eq!(claim(&s, "app", "v1", E, absent(5), 40, TTL), Claim::Conflict { digest: D.into(), committed: true });
     }
@@ -431,9 +488,9 @@ mod tests {
 
     #[test]
     fn records_round_trip_old_ones_are_read_and_junk_refused() {
-        let r = Rec { stored: Some((D.into(), 5)), claim: Some((E.into(), 2)), at_ms: 7 };
+        let r = Rec { stored: Some((D.into(), 5)), claim: Some((E.into(), vec![3, 7])), at_ms: 7 };
         assert_eq!(Rec::decode(&r.encode()), Some(r));
-        assert_eq!(Rec::decode("c 5 sha256:ab"), Some(Rec { stored: None, claim: Some(("sha256:ab".into(), 1)), at_ms: 5 }));
+        assert_eq!(Rec::decode("c 5 sha256:ab"), Some(Rec { stored: None, claim: Some(("sha256:ab".into(), vec![5])), at_ms: 5 }));
         assert_eq!(Rec::decode("d 5 sha256:ab"), Some(Rec { stored: Some(("sha256:ab".into(), 5)), claim: None, at_ms: 5 }));
         for junk in ["", "x 1 d", "c one d", "c 1", "c 1 ", "1 - 0 - x", "1 d x - 0", "1 - 0 - 0 extra"] {
             assert_eq!(Rec::decode(junk), None, "{junk:?}");
@@ -451,7 +508,7 @@ mod tests {
             s = written(claim(&s, "app", &format!("t{i}"), D, absent(0), 0, TTL));
         }
         assert_eq!(claim(&s, "app", "new", D, absent(0), 1, TTL), Claim::Full);
-        let s = commit(&s, "app", "t3", D, 2, TTL).unwrap();
+        let s = commit(&s, "app", "t3", D, 0, 2, TTL).unwrap();
         assert_eq!(claim(&s, "app", "new", D, absent(0), 3, TTL), Claim::Full, "a committed record is not evicted");
         assert!(matches!(claim(&s, "app", "t3", E, absent(3), 3, TTL), Claim::Conflict { committed: true, .. }));
         assert!(matches!(claim(&s, "app", "new", D, absent(0), 2 + TTL, TTL), Claim::Write(_)), "room once records expire");
@@ -486,6 +543,39 @@ mod tests {
         for junk in [&b""[..], b"slot-key/1 ", b"slot-key/1 00", b"slot-key/2 0123456789abcdef", b"slot-key/1 0123456789abcdef0", b"slot-key/10123456789abcdef"] {
             assert_eq!(decode_slot_key(junk), None, "{junk:?}");
         }
+    }
+
+    #[test]
+    fn holds_have_their_own_age_and_a_count_is_read_as_holds_at_the_records_time() {
+        // An old count: two holds taken at the record's time; a huge one is capped.
+        let old = Rec::decode("9 - 0 sha256:ab 2").unwrap();
+        assert_eq!(old.claim, Some(("sha256:ab".into(), vec![9, 9])));
+        assert_eq!(Rec::decode("9 - 0 sha256:ab 4294967295").unwrap().claim.unwrap().1.len(), MAX_HOLDS);
+        for junk in ["9 - 0 sha256:ab@ 1", "9 - 0 sha256:ab@1, 2", "9 - 0 sha256:ab@x 1", "9 - 0 @1 1"] {
+            assert_eq!(Rec::decode(junk), None, "{junk:?}");
+        }
+        // A hold taken at 0 counts until just before two TTLs, whatever the record's time.
+        let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));
+        let mut s = s;
+        for t in [TTL / 2, TTL, 3 * TTL / 2] {
+            s = written(claim(&s, "app", "v1", D, absent(0), t, TTL));
+            s = commit(&s, "app", "v1", D, t, t, TTL).unwrap(); // re-pushes keep the record fresh
+        }
+        let s = written(claim(&s, "app", "v1", D, absent(0), 2 * TTL - 1, TTL));
+        assert_eq!(Slot::decode(&s).records[0].rec.claim, Some((D.into(), vec![0, 2 * TTL - 1])));
+        let s = commit(&s, "app", "v1", D, 2 * TTL - 1, 2 * TTL - 1, TTL).unwrap();
+        assert!(matches!(claim(&s, "app", "v1", E, saw(9), 2 * TTL - 1, TTL), Claim::Conflict { committed: false, .. }));
+        assert!(matches!(claim(&s, "app", "v1", E, saw(9), 2 * TTL, TTL), Claim::Write(_)), "pruned");
+        // A release of a pruned hold writes nothing.
+        let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));
+        let s = written(claim(&s, "app", "v1", D, absent(0), TTL - 1, TTL));
+        assert_eq!(release(&s, "app", "v1", D, 5, TTL, TTL), None);
+        // Holds are capped.
+        let mut s = empty_slot();
+        for i in 0..MAX_HOLDS as u64 {
+            s = written(claim(&s, "app", "v1", D, absent(0), i, TTL));
+        }
+        assert_eq!(claim(&s, "app", "v1", D, absent(0), 40, TTL), Claim::Full);
     }
 
     #[test]

@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_txn_reads_a_range_last_in_both_branches_and_the_read_is_judged() {
-        let r = Record { stored: None, claim: Some(("sha256:d".into(), 1)), at_ms: 5 };
+        let r = Record { stored: None, claim: Some(("sha256:d".into(), vec![5])), at_ms: 5 };
         for txn in [claim_txn("/p/app:v1", &r, 7), put_if_txn("/p/app:v1", 3, &r, 7)] {
             let v: Value = serde_json::from_str(&and_read(&txn, "/p/app:", "/p/app;")).unwrap();
             for branch in ["success", "failure"] {
@@ -325,11 +325,11 @@ mod tests {
 
     #[test]
     fn requests_carry_base64_and_int64_strings() {
-        let r = Record { stored: None, claim: Some(("sha256:ab".into(), 1)), at_ms: 5 };
+        let r = Record { stored: None, claim: Some(("sha256:ab".into(), vec![5])), at_ms: 5 };
         let t: Value = serde_json::from_str(&claim_txn("/p/a:v1", &r, 7)).unwrap();
         assert_eq!(t["compare"][0], json!({"key": b64(b"/p/a:v1"), "target": "CREATE", "create_revision": "0"}));
         assert_eq!(t["success"][0]["request_put"]["lease"], "7");
-        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 - 0 sha256:ab 1");
+        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 - 0 sha256:ab@5 1");
         assert_eq!(t["failure"][0]["request_range"]["key"], b64(b"/p/a:v1"));
         let t: Value = serde_json::from_str(&put_if_txn("k", 42, &Record { stored: Some(("sha256:ab".into(), 5)), claim: None, ..r }, 7)).unwrap();
         assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "MOD", "mod_revision": "42"}));
@@ -362,7 +362,7 @@ mod tests {
         let found = format!(
             r#"{{"header":{{"revision":"13"}},"responses":[{{"response_range":{{"header":{{"revision":"13"}},"kvs":[{{"key":"YQ==","create_revision":"2","mod_revision":"11","version":"1","value":"{value}","lease":"5"}}],"count":"1"}}}}]}}"#
         );
-        let rec = Record { stored: None, claim: Some(("sha256:other".into(), 1)), at_ms: 77 };
+        let rec = Record { stored: None, claim: Some(("sha256:other".into(), vec![77])), at_ms: 77 };
         assert_eq!(txn(&found), Answer::Ok(Txn::Found(Some((rec, 11)))));
         // The key vanished between compare and range: no `kvs`.
         assert_eq!(txn(r#"{"header":{"revision":"13"},"responses":[{"response_range":{"header":{"revision":"13"}}}]}"#), Answer::Ok(Txn::Found(None)));

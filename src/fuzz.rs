@@ -321,7 +321,7 @@ proptest! {
                 Op::Commit { key, digest } => {
                     let (r, t) = &keys[key];
                     let before = view(&slot);
-                    if let Some(b) = claims::commit(&slot, r, t, digests[digest], now, TTL) {
+                    if let Some(b) = claims::commit(&slot, r, t, digests[digest], now, now, TTL) {
                         slot = b;
                         let other = digests[(digest + 1) % digests.len()];
                         let stale = matches!(claims::claim(&slot, r, t, other, before, now, TTL), Claim::Conflict { committed: true, .. });
@@ -330,7 +330,7 @@ proptest! {
                 }
                 Op::Release { key, digest } => {
                     let (r, t) = &keys[key];
-                    if let Some(b) = claims::release(&slot, r, t, digests[digest], now, TTL) {
+                    if let Some(b) = claims::release(&slot, r, t, digests[digest], now, now, TTL) {
                         slot = b;
                     }
                 }

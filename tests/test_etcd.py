@@ -104,9 +104,9 @@ def test_one_winner_across_replicas(replicas, registry, etcd, uid):
         # The record in etcd is the winner's, under the prefix.
         key, won = f"/immutable-tags/{repo}:{tag}", sha256(ms[winners(results)[0]])
         record = etcd.get(key)
-        assert record is not None and won in record.split(" "), record
+        assert record is not None and won in record.replace("@", " ").split(" "), record  # a claim: `digest@take times`
         # The winner's replica commits it from its root context, after the client's answer:
-        # `<at> <stored> <committed ms> <claimed|-> <holders>`, no hold left.
+        # `<at> <stored> <committed order> <claimed@takes|-> <holds>`, no hold left.
         def fields():
             return (etcd.get(key) or "").split(" ")
         deadline = time.monotonic() + 2

@@ -65,8 +65,10 @@ impl DigestDelete {
 
     fn fence(&mut self, host: &dyn Host, worker: &Worker, c: Claimed) -> Next {
         match c {
-            Claimed::Proceed { .. } => {
-                self.fenced_ms = Some(host.now_ms());
+            // The hold's take time: what its release names, and (no later than the answer) when
+            // the fence began, for its age.
+            Claimed::Proceed { at_ms, .. } => {
+                self.fenced_ms = Some(at_ms);
                 self.list(host, worker, first_page_path(self.check.repository(), worker.config.deletes.page_size))
             }
             Claimed::Pending(f) => {

@@ -45,6 +45,8 @@ mod tests_retry_safety;
 mod tests_release_races;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_fence;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_holds;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -587,7 +589,7 @@ impl Filter {
     fn unfence(&mut self, h: &dyn Host) {
         if let (Some((repository, digest, at)), Some(w)) = (self.fence.take(), &self.worker) {
             if h.now_ms().saturating_sub(at) < w.config.claims.ttl_ms / 2 {
-                claims::release(h, w, &repository, &claims::fence_tag(&digest), &digest);
+                claims::release(h, w, &repository, &claims::fence_tag(&digest), &digest, at);
             }
         }
     }

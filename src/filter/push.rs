@@ -100,6 +100,8 @@ enum Phase {
 pub struct TagClaim {
     tag: String,
     digest: String,
+    /// The take time of its hold (see `claims::Claimed::Proceed`).
+    at_ms: u64,
 }
 
 /// A tag judged allowed, still to be claimed.
@@ -652,8 +654,8 @@ impl Push {
     fn claimed(&mut self, host: &dyn Host, worker: &Worker, want: Want, result: Claimed) -> Option<Next> {
         let Phase::Claiming(c) = &mut self.phase else { return Some(Next::Wait) };
         match result {
-            Claimed::Proceed { .. } => {
-                c.taken.push(TagClaim { tag: want.tag, digest: want.pushed });
+            Claimed::Proceed { at_ms, .. } => {
+                c.taken.push(TagClaim { tag: want.tag, digest: want.pushed, at_ms });
                 worker.client_claimed(&self.client, host.now_ms());
                 worker.count(host, Counter::ClaimsTaken);
                 None
@@ -751,7 +753,7 @@ impl Push {
             worker.client_settled(&self.client, taken.len());
             worker.count_many(host, Counter::ClaimsSettled, taken.len() as u64);
             for t in taken {
-                claims::release(host, worker, &self.repository, &t.tag, &t.digest);
+                claims::release(host, worker, &self.repository, &t.tag, &t.digest, t.at_ms);
             }
         }
     }
@@ -816,7 +818,7 @@ impl Push {
             if self.audit_pass {
                 if let Some(d) = digest.as_ref().map(|d| d.to_string()).or_else(|| self.audit_digest.clone()) {
                     for t in &tags {
-                        claims::commit(host, worker, &self.repository, t, &d);
+                        claims::commit(host, worker, &self.repository, t, &d, claims::NO_HOLD);
                     }
                 }
             }
@@ -863,8 +865,8 @@ impl Push {
         worker.count_many(host, Counter::ClaimsSettled, tag_claims.len() as u64);
         for c in tag_claims {
             match stored {
-                true => claims::commit(host, worker, &self.repository, &c.tag, &c.digest),
-                false => claims::release(host, worker, &self.repository, &c.tag, &c.digest),
+                true => claims::commit(host, worker, &self.repository, &c.tag, &c.digest, c.at_ms),
+                false => claims::release(host, worker, &self.repository, &c.tag, &c.digest, c.at_ms),
             }
         }
     }

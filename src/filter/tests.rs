@@ -721,7 +721,7 @@ fn a_lease_that_is_gone_is_granted_again_and_a_dead_replicas_claim_goes_with_its
     let mut f3 = to_claim(&h2, &w2, M2);
     while respond_with(&mut f3, &h2, |c| if c.cluster == "etcd" { etcd.answer(c) } else { created(M2) }) {}
     assert_eq!(h2.reply().unwrap().status, 201);
-    assert_eq!(etcd.value(KEY), Some(format!("1000000 - 0 {} 1", sha(M2))));
+    assert_eq!(etcd.value(KEY), Some(format!("1000000 - 0 {}@1000000 1", sha(M2))));
     assert_eq!(etcd.leases.borrow().len(), 1, "a new lease");
     assert!(h2.calls.borrow().iter().any(|c| c.header(":path") == Some("/v3/lease/grant")));
 }

@@ -144,6 +144,8 @@ pub struct InFlight {
     call: Box<Call>,
     /// When the claim's first call was sent: its answers are only trusted while young.
     sent_ms: u64,
+    /// The take time of the hold the claim's last txn writes (`claims::take`).
+    at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,8 +159,9 @@ enum Step {
 /// What happens to a record after the registry answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
-    Commit { digest: String, at_ms: u64 },
-    Release { digest: String },
+    /// `held`: the take time of the write's hold, which it removes (`claims::take`).
+    Commit { digest: String, at_ms: u64, held: u64 },
+    Release { digest: String, held: u64 },
     /// A delete the filter granted went through.
     Deleted { at_ms: u64 },
 }
@@ -233,7 +236,7 @@ fn learn_revision(s: &mut State, body: &[u8]) {
 pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
     let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
     let key = wire::key(&e.prefix, repository, tag);
-    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, call: Box::default(), sent_ms: host.now_ms() };
+    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, call: Box::default(), sent_ms: host.now_ms(), at_ms: 0 };
     send(host, worker, e, f)
 }
 
@@ -251,7 +254,9 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
         }
         (Some(l), Step::Grant | Step::Claim) => {
             f.step = Step::Claim;
-            let first = claims::take(None, &f.digest, f.view, now).unwrap_or(Rec { stored: None, claim: None, at_ms: now });
+            f.at_ms = now;
+            let ttl = worker.config.claims.ttl_ms;
+            let first = claims::take(None, &f.digest, f.view, now, ttl).unwrap_or(Rec { stored: None, claim: None, at_ms: now });
             ("/v3/kv/txn", wire::claim_txn(&f.key, &first, l))
         }
         (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l)),
@@ -298,7 +303,8 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
     if too_late {
         // Whatever etcd says is too old to act on; if it granted the claim, give it back.
         if let Answer::Ok(Txn::Done { .. }) = wire::parse_txn(status, &body) {
-            enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone() }, write: None, tries: 0 });
+            let change = Change::Release { digest: f.digest.clone(), held: f.at_ms };
+            enqueue(worker, Op::Update { key: f.key.clone(), change, write: None, tries: 0 });
         }
         return Claimed::Unavailable(down(e, "its answer came too late (half of claims.ttl_seconds or more)"));
     }
@@ -325,10 +331,11 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         Answer::Ok(Txn::Found(Some((record, mod_revision)))) => {
             // Live while it exists: its lease (etcd's clock) ends it, never this replica's
             // clock, which may run ahead of its writer's (skew) and end it early.
-            match claims::take(Some(&record), &f.digest, f.view, now) {
-                Err((digest, committed)) => Claimed::Conflict { digest, committed },
+            match claims::take(Some(&record), &f.digest, f.view, now, ttl_ms) {
+                Err(Some((digest, committed))) => Claimed::Conflict { digest, committed },
+                Err(None) => Claimed::Unavailable(down(e, "too many pushes of this tag in flight")),
                 Ok(r) => {
-                    f.step = Step::Write(mod_revision, r);
+                    (f.step, f.at_ms) = (Step::Write(mod_revision, r), now);
                     send(host, worker, e, f)
                 }
             }
@@ -351,9 +358,9 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
 fn fenced(worker: &Worker, f: &InFlight, body: &[u8], revision: u64) -> Claimed {
     let held = wire::read_holds(body, &f.key, &f.digest);
     if held == Some(false) {
-        return Claimed::Proceed { revision };
+        return Claimed::Proceed { revision, at_ms: f.at_ms };
     }
-    enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone() }, write: None, tries: 0 });
+    enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone(), held: f.at_ms }, write: None, tries: 0 });
     held.map_or_else(|| Claimed::Unavailable("the claim store's answer is unreadable".into()), |_| Claimed::Fenced)
 }
 
@@ -364,16 +371,16 @@ fn enqueue(worker: &Worker, op: Op) {
 }
 
 /// Queues the commit of `digest` (the registry stored it).
-pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
+pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, held: u64) {
     let Some(e) = &worker.config.claims.etcd else { return };
-    let change = Change::Commit { digest: digest.to_string(), at_ms: host.now_ms() };
+    let change = Change::Commit { digest: digest.to_string(), at_ms: host.now_ms(), held };
     enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
 }
 
 /// Queues the release of our hold on `digest`.
-pub fn release(worker: &Worker, repository: &str, tag: &str, digest: &str) {
+pub fn release(worker: &Worker, repository: &str, tag: &str, digest: &str, held: u64) {
     let Some(e) = &worker.config.claims.etcd else { return };
-    let change = Change::Release { digest: digest.to_string() };
+    let change = Change::Release { digest: digest.to_string(), held };
     enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
 }
 
@@ -460,7 +467,7 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
         return;
     };
     learn_revision(&mut s, &body);
-    let now = host.now_ms();
+    let (now, ttl) = (host.now_ms(), worker.config.claims.ttl_ms);
     let failed = |why: &str| host.log(Level::Warn, &format!("immutable-tags: {}", down(e, why)));
     match op {
         Op::Grant(sent_ms) => {
@@ -497,8 +504,8 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
             let m = found.as_ref().map_or(0, |(_, m)| *m);
             let next = match &change {
                 // Order 0: the revision this write gets (see `crate::etcd`).
-                Change::Commit { digest, at_ms } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, 0, *at_ms))),
-                Change::Release { digest } => live.and_then(|(r, _)| claims::released(r, digest)),
+                Change::Commit { digest, at_ms, held } => Some(Some(claims::committed(live.map(|(r, _)| r), digest, 0, *held, *at_ms, ttl))),
+                Change::Release { digest, held } => live.and_then(|(r, _)| claims::released(r, digest, *held, now, ttl)),
                 Change::Deleted { at_ms } => live.and_then(|(r, _)| claims::deleted(r, *at_ms)),
             };
             if let Some(next) = next {

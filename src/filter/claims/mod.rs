@@ -8,8 +8,9 @@
 //! identical re-push, break-glass override alike. The claim is granted only to a push whose view
 //! of the tag (map entry or HEAD answer, "absent" or a digest) is not older than the tag's
 //! last committed change of another digest, and never to "absent" while such a change is on record;
-//! a claim of another digest in flight refuses it, the same digest shares it (holders are
-//! counted, and a release takes one hold, never a committed change). A view older than half the
+//! a claim of another digest in flight refuses it, the same digest shares it (each hold has
+//! its take time; a push's commit or release removes its own, never another's or a committed
+//! change; a hold counts for two TTLs, see `crate::claims::held`). A view older than half the
 //! TTL is refused (503), and so is a claim answer that took half the TTL or more; a write's
 //! claims are at most half a TTL old when it is sent and it lands within the write timeout (at
 //! most half a TTL), so a claim's record outlives every view taken while its write was in
@@ -38,12 +39,16 @@ use super::host::Host;
 use super::worker::Worker;
 pub use crate::claims::View;
 
+/// The take time of no hold (an audit-mode write holds none): its commit removes none.
+pub const NO_HOLD: u64 = u64::MAX;
+
 /// The outcome of a claim, for the push flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
     /// Let the push through, holding the claim: commit or release it when the registry
-    /// answers. `revision`: the store's version of the record (etcd; 0 in shared data).
-    Proceed { revision: u64 },
+    /// answers. `revision`: the store's version of the record (etcd; 0 in shared data);
+    /// `at_ms`: the hold's take time, which its commit or release names.
+    Proceed { revision: u64, at_ms: u64 },
     Conflict { digest: String, committed: bool },
     /// Refuse with 503, for this reason (it names the claim store).
     Unavailable(String),
@@ -81,10 +86,10 @@ pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, dige
     let settings = &worker.config.claims;
     match &settings.etcd {
         None => match shared_data::claim(host, settings, repository, tag, digest, view) {
-            Claimed::Proceed { revision } => match shared_data::fenced(host, settings, repository, tag, digest) {
-                Ok(false) => Claimed::Proceed { revision },
+            Claimed::Proceed { revision, at_ms } => match shared_data::fenced(host, settings, repository, tag, digest) {
+                Ok(false) => Claimed::Proceed { revision, at_ms },
                 fenced => {
-                    shared_data::release(host, settings, repository, tag, digest);
+                    shared_data::release(host, settings, repository, tag, digest, at_ms);
                     fenced.map_or_else(Claimed::Unavailable, |_| Claimed::Fenced)
                 }
             },
@@ -100,19 +105,20 @@ pub fn on_response(host: &dyn Host, worker: &Worker, claim: etcd::InFlight, body
 }
 
 /// The registry stored `digest` under `tag`: the tag's committed change. Never delays the
-/// client's answer (etcd: handed to the root context, see `etcd`).
-pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
+/// client's answer (etcd: handed to the root context, see `etcd`). `held`: the take time of
+/// the write's hold (`Proceed`'s `at_ms`; [`NO_HOLD`] for a write that held none).
+pub fn commit(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, held: u64) {
     match &worker.config.claims.etcd {
-        None => shared_data::commit(host, &worker.config.claims, repository, tag, digest),
-        Some(_) => etcd::commit(host, worker, repository, tag, digest),
+        None => shared_data::commit(host, &worker.config.claims, repository, tag, digest, held),
+        Some(_) => etcd::commit(host, worker, repository, tag, digest, held),
     }
 }
 
 /// Gives back one hold on a claim of `digest` (the write failed or was never sent).
-pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str) {
+pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, held: u64) {
     match &worker.config.claims.etcd {
-        None => shared_data::release(host, &worker.config.claims, repository, tag, digest),
-        Some(_) => etcd::release(worker, repository, tag, digest),
+        None => shared_data::release(host, &worker.config.claims, repository, tag, digest, held),
+        Some(_) => etcd::release(worker, repository, tag, digest, held),
     }
 }
 

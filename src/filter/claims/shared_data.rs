@@ -102,26 +102,26 @@ pub fn claim(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &
     let now_ms = host.now_ms();
     let step = |slot: &[u8]| claims::claim(slot, repository, tag, digest, view, now_ms, settings.ttl_ms);
     let r = update(host, settings, repository, tag, |slot| match step(slot) {
-        Claim::Write(b) => (Some(b), Claimed::Proceed { revision: 0 }),
+        Claim::Write(b) => (Some(b), Claimed::Proceed { revision: 0, at_ms: now_ms }),
         Claim::Conflict { digest, committed } => (None, Claimed::Conflict { digest, committed }),
-        Claim::Full => (None, Claimed::Unavailable("too many pushes in flight (claim slot full)".into())),
+        Claim::Full => (None, Claimed::Unavailable("too many pushes in flight (claim slot full, or too many pushes of this tag)".into())),
     });
     r.unwrap_or_else(Claimed::Unavailable)
 }
 
 /// Best effort: a failure only means the record lives until it expires.
-pub fn commit(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) {
+pub fn commit(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, held: u64) {
     let now_ms = host.now_ms();
-    let r = update(host, settings, repository, tag, |slot| (claims::commit(slot, repository, tag, digest, now_ms, settings.ttl_ms), ()));
+    let r = update(host, settings, repository, tag, |slot| (claims::commit(slot, repository, tag, digest, held, now_ms, settings.ttl_ms), ()));
     if let Err(why) = r {
         host.log(Level::Warn, &format!("immutable-tags: cannot commit claim on {repository}:{tag}: {why}"));
     }
 }
 
 /// Best effort: a failure only means the claim lives until it expires.
-pub fn release(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) {
+pub fn release(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, held: u64) {
     let now_ms = host.now_ms();
-    let r = update(host, settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, now_ms, settings.ttl_ms), ()));
+    let r = update(host, settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, held, now_ms, settings.ttl_ms), ()));
     if let Err(why) = r {
         host.log(Level::Warn, &format!("immutable-tags: cannot release claim on {repository}:{tag}: {why}"));
     }
