@@ -43,6 +43,8 @@ mod tests_retry_safety;
 mod tests_release_races;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_fence;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_deltimeout;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
