@@ -45,3 +45,20 @@ fn a_fenced_delete_whose_timeout_cannot_be_written_is_refused() {
         assert_eq!(d.h.reply().expect("refused").status, 503, "{policy}");
     }
 }
+
+#[test]
+fn a_break_glass_delete_of_a_digest_goes_bounded_too() {
+    use super::tests_claims::{run_for, ADMIN, REASON};
+    let shared = ETCD_BG.replace(r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#, r#""claims": {}"#);
+    for policy in [shared.as_str(), ETCD_BG] {
+        let world = World::new(policy);
+        let a = world.replica();
+        assert_eq!(world.push(&a, "v1", X, &[BOB]).status, 201);
+        run_for(&world, &[&a], 500);
+        let mut d = world.open(&a, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[ADMIN, REASON, (T, "999999")]);
+        world.pump(&mut d, false);
+        assert!(d.h.reply().is_none(), "{policy}: granted: {:?}", d.h.reply());
+        let left: u64 = d.h.request_header_value(T).and_then(|v| v.parse().ok()).expect("bounded");
+        assert!((1..=30_000).contains(&left), "{policy}: {left}");
+    }
+}
