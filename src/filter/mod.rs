@@ -47,6 +47,8 @@ mod tests_release_races;
 mod tests_fence;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_holds;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_deltimeout;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -594,13 +596,22 @@ impl Filter {
         }
     }
 
-    /// A delete about to go upstream: its fence must outlive its landing (within the route's
-    /// timeout, at most half the TTL). `None`: it may go.
+    /// A delete about to go upstream: its fence must outlive its landing, so Envoy's router
+    /// gives up (504, upstream reset) at half the TTL since the fence was taken, whatever the
+    /// route or the client said (the expected timeout too: a router may respect it first).
+    /// `None`: it may go.
     fn fence_stale(&self, h: &dyn Host) -> Option<OciError> {
         let (repository, digest, at) = self.fence.as_ref()?;
         let ttl = self.worker.as_ref()?.config.claims.ttl_ms;
-        let why = "its check took half of claims.ttl_seconds or more; retry the delete";
-        (h.now_ms().saturating_sub(*at) >= ttl / 2).then(|| OciError::upstream(repository, digest, why))
+        let left = (ttl / 2).saturating_sub(h.now_ms().saturating_sub(*at));
+        let why = if left == 0 {
+            "its check took half of claims.ttl_seconds or more; retry the delete"
+        } else if ["x-envoy-upstream-rq-timeout-ms", "x-envoy-expected-rq-timeout-ms"].iter().any(|n| h.set_request_header(n, &left.to_string()).is_err()) {
+            "the filter could not bound its time upstream"
+        } else {
+            return None;
+        };
+        Some(OciError::upstream(repository, digest, why))
     }
 
     /// Acts on a digest delete's next step.
