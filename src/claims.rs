@@ -155,15 +155,25 @@ fn prune(claim: Option<(String, Vec<u64>)>, now_ms: u64, ttl_ms: u64) -> Option<
     (!h.is_empty()).then_some((d, h))
 }
 
+/// The take time of no hold (an audit-mode write holds none): its commit removes none.
+pub const NO_HOLD: u64 = u64::MAX;
+
 /// The registry stored `digest` (a write that held a claim on it): the committed change, at
 /// this `order` (the store's counter at the write that records it), now. `take_ms`: the
-/// write's hold (see [`take`]).
-pub fn committed(found: Option<&Rec>, digest: &str, order: u64, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Rec {
+/// write's hold (see [`take`]). `None`: nothing to write, the hold is gone (pruned, or its
+/// record ended): a commit that late (a paused replica's queue) could come after a change of
+/// another digest, which its order would pass as older; while the hold stands no other digest
+/// can be claimed, so a commit that finds it is the tag's latest change.
+pub fn committed(found: Option<&Rec>, digest: &str, order: u64, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Option<Rec> {
+    let holds_ours = |r: &Rec| matches!(&r.claim, Some((d, h)) if d == digest && h.iter().any(|t| *t == take_ms && held(*t, now_ms, ttl_ms)));
+    if take_ms != NO_HOLD && !found.is_some_and(holds_ours) {
+        return None;
+    }
     let mut r = found.cloned().unwrap_or(Rec { stored: None, claim: None, at_ms: now_ms });
     r.stored = Some((digest.to_string(), order));
     r.claim = prune(drop_hold(r.claim.take(), digest, take_ms), now_ms, ttl_ms);
     r.at_ms = now_ms;
-    r
+    Some(r)
 }
 
 /// The write of `digest` failed: one hold less. `None`: nothing to do; `Some(None)`: the
@@ -182,8 +192,11 @@ pub fn released(found: &Rec, digest: &str, take_ms: u64, now_ms: u64, ttl_ms: u6
 
 /// The filter let a delete of the tag through (break-glass): the committed change is gone by
 /// the filter's own grant, so "absent" is the tag's truth now. Same answers as `released`.
-pub fn deleted(found: &Rec, now_ms: u64) -> Option<Option<Rec>> {
-    found.stored.as_ref()?;
+/// `before`: the store's order read before the delete was sent; only a change at or below it
+/// is the one deleted (a later one, a first push after the delete, stays: a late forget must
+/// not erase it). A change the order cannot place (a lagging etcd order) stays too: fail closed.
+pub fn deleted(found: &Rec, before: u64, now_ms: u64) -> Option<Option<Rec>> {
+    found.stored.as_ref().filter(|(_, order)| *order <= before)?;
     let r = Rec { stored: None, claim: found.claim.clone(), at_ms: now_ms };
     Some(r.claim.is_some().then_some(r))
 }
@@ -359,7 +372,7 @@ pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: u
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     s.counter += 1;
-    let r = committed(s.find(repository, tag), digest, s.counter, take_ms, now_ms, ttl_ms);
+    let r = committed(s.find(repository, tag), digest, s.counter, take_ms, now_ms, ttl_ms)?;
     s.set(repository, tag, Some(r)).then(|| s.encode())
 }
 
@@ -374,10 +387,10 @@ pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: 
 }
 
 /// A delete of the tag the filter granted (see [`deleted`]). `None`: nothing to do.
-pub fn forget(slot: &[u8], repository: &str, tag: &str, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+pub fn forget(slot: &[u8], repository: &str, tag: &str, before: u64, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
-    let r = deleted(s.find(repository, tag)?, now_ms)?;
+    let r = deleted(s.find(repository, tag)?, before, now_ms)?;
     s.counter += 1;
     s.set(repository, tag, r);
     Some(s.encode())
@@ -439,7 +452,7 @@ mod tests {
     fn a_view_older_than_a_committed_change_is_refused_even_for_the_old_digest() {
         // D stored; a view of D is taken (the slot's counter then); E (an override) is committed
         // after it: that view is stale, whatever the clocks say (the times here run backwards).
-        let s = commit(&empty_slot(), "app", "v1", D, 50, 50, TTL).unwrap();
+        let s = commit(&empty_slot(), "app", "v1", D, NO_HOLD, 50, TTL).unwrap();
         let old = slot_counter(&s);
         let s = written(claim(&s, "app", "v1", E, saw(slot_counter(&s)), 40, TTL));
         let s = commit(&s, "app", "v1", E, 40, 30, TTL).unwrap();
@@ -459,8 +472,9 @@ mod tests {
         let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));
         assert_eq!(slot_counter(&s), 1);
         let s = release(&s, "app", "v1", D, 0, 0, TTL).unwrap();
-        let s = commit(&s, "app", "v1", D, 0, 0, TTL).unwrap();
-        let s = forget(&s, "app", "v1", 0, TTL).unwrap();
+        assert_eq!(commit(&s, "app", "v1", D, 0, 0, TTL), None, "a commit whose hold is gone writes nothing");
+        let s = commit(&s, "app", "v1", D, NO_HOLD, 0, TTL).unwrap();
+        let s = forget(&s, "app", "v1", u64::MAX, 0, TTL).unwrap();
         assert_eq!(slot_counter(&s), 4);
         // A committed ms of the format before orders is larger than any order: it refuses.
         let old = b"claims/2\napp v1 5 sha256:dddd 1700000000000 - 0\n";
@@ -469,7 +483,7 @@ mod tests {
 
     #[test]
     fn absent_after_a_commit_is_no_first_push_and_a_failed_override_keeps_the_commit() {
-        let s = commit(&empty_slot(), "app", "v1", D, 10, 10, TTL).unwrap();
+        let s = commit(&empty_slot(), "app", "v1", D, NO_HOLD, 10, TTL).unwrap();
         assert_eq!(claim(&s, "app", "v1", E, absent(50), 60, TTL), Claim::Conflict { digest: D.into(), committed: true });
         assert!(matches!(claim(&s, "app", "v1", D, absent(50), 60, TTL), Claim::Write(_)), "the same digest again");
         let s = written(claim(&s, "app", "v1", E, saw(20), 30, TTL));

@@ -49,6 +49,8 @@ mod tests_fence;
 mod tests_holds;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_deltimeout;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_late_changes;
 
 use crate::audit::{self, RequestInfo};
 use crate::break_glass::Action as BgAction;
@@ -128,7 +130,7 @@ enum State {
     /// A refused delete let through by break-glass, one override for each immutable tag it
     /// removes: logged when sent, and again with its outcome (`overridden`) (`repository`: the
     /// map's key, `Worker::map_key`).
-    Overridden { repository: String, digest: Option<Digest>, granted: Vec<Granted> },
+    Overridden { repository: String, digest: Option<Digest>, granted: Vec<Granted>, before: Vec<u64> },
     /// A read of a tag carrying the reason header: a 2xx answer opens a break-glass window.
     Window { repository: String, tag: String },
     /// That answer, held while etcd writes the window.
@@ -498,8 +500,8 @@ impl Filter {
                     Some(s) if own && s.starts_with('4') => bg::Outcome::Refused,
                     _ => bg::Outcome::Unknown,
                 };
-                if let State::Overridden { repository, digest, granted } = std::mem::replace(&mut self.state, State::Pass) {
-                    overridden(h, &worker, &repository, digest, &granted, outcome);
+                if let State::Overridden { repository, digest, granted, before } = std::mem::replace(&mut self.state, State::Pass) {
+                    overridden(h, &worker, &repository, digest, &granted, &before, outcome);
                 }
                 Action::Continue
             }
@@ -559,7 +561,7 @@ impl Filter {
                 self.unfence(h);
             }
             // Sent, and no answer came: the registry may have deleted it all the same.
-            (State::Overridden { repository, digest, granted }, Some(worker)) => overridden(h, &worker, &repository, digest, &granted, bg::Outcome::Unknown),
+            (State::Overridden { repository, digest, granted, before }, Some(worker)) => overridden(h, &worker, &repository, digest, &granted, &before, bg::Outcome::Unknown),
             _ => {}
         }
     }
@@ -658,9 +660,16 @@ impl Filter {
             Covered::Yes(granted) => {
                 // The delete goes on as the client sent it, but with no credential other than
                 // the `Authorization` its principal was read from (as an overriding push).
-                let failed = match self.fence_stale(h) {
-                    Some(e) => Some(e),
-                    None => strip_credentials(h, &self.worker).map(|why| {
+                // Each tag's claim-store order before the delete goes: its forget erases only a
+                // change at or below it (a first push after the delete is newer and stays).
+                let before: Result<Vec<u64>, String> = match &self.worker {
+                    Some(w) => granted.iter().map(|g| claims::view_order(h, w, g.repository(), g.tag())).collect(),
+                    None => Ok(Vec::new()),
+                };
+                let failed = match (self.fence_stale(h), &before) {
+                    (Some(e), _) => Some(e),
+                    (None, Err(why)) => Some(OciError::new(503, "UNAVAILABLE", &format!("The filter could not read the claim store before the delete ({why})"), json!({}))),
+                    (None, Ok(_)) => strip_credentials(h, &self.worker).map(|why| {
                         let msg = format!("The filter could not remove other credentials from the override ({why})");
                         OciError::new(500, "UNKNOWN", msg, json!({}))
                     }),
@@ -679,7 +688,7 @@ impl Filter {
                 }
                 let authority = self.authority.as_deref();
                 let repository = self.worker.as_ref().map_or_else(|| repository.clone(), |w| w.map_key(&repository, authority));
-                self.state = State::Overridden { repository, digest, granted };
+                self.state = State::Overridden { repository, digest, granted, before: before.unwrap_or_default() };
                 self.resume(h, from, "break-glass")
             }
             Covered::Ask(c) => {
@@ -708,7 +717,7 @@ pub fn root_answer(h: &dyn Host, worker: &Worker, token: u32, body_size: usize) 
 
 /// A delete break-glass let through has its outcome: recorded; the map forgets what it may
 /// have removed; windows go back only when the registry refused it.
-fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Digest>, granted: &[Granted], outcome: bg::Outcome) {
+fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Digest>, granted: &[Granted], before: &[u64], outcome: bg::Outcome) {
     if outcome == bg::Outcome::Refused {
         for g in granted.iter() {
             bg::restore(h, worker, g);
@@ -722,11 +731,11 @@ fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Di
         }
     }
     if outcome == bg::Outcome::Accepted {
-        for g in granted.iter() {
+        for (g, before) in granted.iter().zip(before) {
             // A delete the filter granted: the one way the tag becomes new again. Claims are
             // keyed by repository alone (`repository` here is the map's key). Not on an
             // unknown outcome: the record then keeps refusing stale views (fail closed).
-            claims::forget(h, worker, g.repository(), g.tag());
+            claims::forget(h, worker, g.repository(), g.tag(), *before);
         }
     }
     bg::delete_record(h, worker, granted, digest.map(|d| d.to_string()).as_deref(), outcome);

@@ -39,8 +39,7 @@ use super::host::Host;
 use super::worker::Worker;
 pub use crate::claims::View;
 
-/// The take time of no hold (an audit-mode write holds none): its commit removes none.
-pub const NO_HOLD: u64 = u64::MAX;
+pub use crate::claims::NO_HOLD;
 
 /// The outcome of a claim, for the push flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +122,11 @@ pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, di
 }
 
 /// A delete of the tag the filter granted (break-glass) went through: its committed change no
-/// longer refuses "absent" (the one way a protected tag becomes new again).
-pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) {
+/// longer refuses "absent" (the one way a protected tag becomes new again). `before`: the
+/// tag's [`view_order`] read before the delete was sent (see `crate::claims::deleted`).
+pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64) {
     match &worker.config.claims.etcd {
-        None => shared_data::forget(host, &worker.config.claims, repository, tag),
-        Some(_) => etcd::forget(host, worker, repository, tag),
+        None => shared_data::forget(host, &worker.config.claims, repository, tag, before),
+        Some(_) => etcd::forget(host, worker, repository, tag, before),
     }
 }

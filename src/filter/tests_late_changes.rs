@@ -1,0 +1,146 @@
+//! Late changes from the root queue or a late answer (an attacker's read of the merged claims
+//! protocol): a forget or a commit that lands after a newer change must not erase or outrank it.
+use super::tests_claims::*;
+
+const V1: &str = "v1";
+
+/// A granted (break-glass) delete's `forget` erases whatever committed change it finds when it
+/// finally lands, even one committed after the delete (a re-push of the tag). A stale "absent"
+/// view then overwrites the re-pushed tag without break-glass.
+#[test]
+fn atk_late_forget_erases_a_later_commit() {
+    for etcd in [true] {
+        let world = World::new(ETCD_BG);
+        let (a, b) = (world.replica(), world.replica());
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a, &b], 500);
+        // Admin deletes v1 through A (break-glass, logged).
+        let mut d = world.open(&a, "DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        assert!(d.h.reply().is_none(), "granted: {:?}", d.h.reply());
+        world.reg.tags.borrow_mut().remove(V1);
+        world.reg.history.borrow_mut().push((V1.into(), String::new()));
+        *d.h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+        d.f.on_response_headers(&d.h);
+        // A's forget is queued; its etcd calls are slow (A does not get to it for a while).
+        // Bob's push F of Y through B: HEAD now says absent; its last byte is held.
+        let mut f = world.open_put(&b, V1, Y, &[BOB]);
+        world.pump(&mut f, false);
+        world.body(&mut f, &Y[..Y.len() - 1], false);
+        world.pump(&mut f, false);
+        // Bob re-pushes X through B: a first push of the (now absent) tag, committed.
+        assert_eq!(world.push(&b, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&b], 500);
+        // A's forget lands now.
+        run_for(&world, &[&a, &b], 500);
+        // F's stale "absent" view is 1.x s old (well within half the TTL).
+        world.body(&mut f, &Y[Y.len() - 1..], true);
+        world.pump(&mut f, false);
+        let r = reply(&f);
+        eprintln!("etcd={etcd} F: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+        assert_eq!(world.reg.holds(V1), Some(sha(X)), "v1 changed X -> Y without break-glass");
+    }
+}
+
+const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+/// The same with every replica ticking normally (etcd): A's forget reads the record, its
+/// rewrite reaches etcd after B's re-push committed (a late call): the compare fails, the
+/// forget is applied again to what it finds, the new commit. Shared data: the delete's 202
+/// reaches the filter after the re-push committed (forget is applied at the answer).
+#[test]
+fn atk_forget_reapplied_to_a_later_commit() {
+    let mut broken = Vec::new();
+    for policy in [ETCD_BG, SHARED_BG] {
+        let etcd = policy == ETCD_BG;
+        let world = World::new(policy);
+        let (a, b) = (world.replica(), world.replica());
+        let b = &b; // shared data: another worker of the same Envoy (same process, same shared data)
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a, b], 500);
+        let mut d = world.open(&a, "DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        assert!(d.h.reply().is_none(), "granted: {:?}", d.h.reply());
+        world.reg.tags.borrow_mut().remove(V1);
+        world.reg.history.borrow_mut().push((V1.into(), String::new()));
+        let mut held = Vec::new();
+        if etcd {
+            *d.h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+            d.f.on_response_headers(&d.h);
+            world.advance(250);
+            // A's tick: the forget's read is answered, its write is sent and travels slowly.
+            super::claims::etcd::tick(&a.root, &a.w);
+            loop {
+                let Some(token) = a.root.pending.borrow_mut().pop_front() else { break };
+                let call = a.root.call_of(token);
+                let body = String::from_utf8_lossy(call.body.as_deref().unwrap_or_default()).to_string();
+                if body.contains("\"target\":\"MOD\"") {
+                    held.push(token);
+                    continue;
+                }
+                let reply = world.etcd.answer(&call);
+                let size = reply.body.len();
+                a.root.set_answer(Some(reply));
+                root_response(&a.root, &a.w, token, size);
+                a.root.set_answer(None);
+                super::claims::etcd::tick(&a.root, &a.w);
+            }
+            assert_eq!(held.len(), 1, "the forget's write is in flight");
+        }
+        let mut f = world.open_put(b, V1, Y, &[BOB]);
+        world.pump(&mut f, false);
+        world.body(&mut f, &Y[..Y.len() - 1], false);
+        world.pump(&mut f, false);
+        assert_eq!(world.push(b, V1, X, &[BOB]).status, 201, "a first push of the tag again");
+        run_for(&world, &[b], 500);
+        if etcd {
+            for token in held {
+                let call = a.root.call_of(token);
+                let reply = world.etcd.answer(&call);
+                let size = reply.body.len();
+                a.root.set_answer(Some(reply));
+                root_response(&a.root, &a.w, token, size);
+                a.root.set_answer(None);
+            }
+            world.answer_root(&a);
+        } else {
+            *d.h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+            d.f.on_response_headers(&d.h);
+        }
+        run_for(&world, &[&a, b], 500);
+        world.body(&mut f, &Y[Y.len() - 1..], true);
+        world.pump(&mut f, false);
+        let r = reply(&f);
+        eprintln!("etcd={etcd} F: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+        if world.reg.holds(V1) != Some(sha(X)) {
+            broken.push(etcd);
+        }
+    }
+    assert!(broken.is_empty(), "v1 changed X -> Y without break-glass (etcd?): {broken:?}");
+}
+
+#[test]
+fn atk_stale_commit_undoes_an_override() {
+    let world = World::new(ETCD_BG);
+    let (a, b) = (world.replica(), world.replica());
+    // A: first push of X; the client has its 201; A's root context stalls before its tick.
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+    run_for(&world, &[&b], 125_000); // A stalls (> 2 TTLs): X's hold record ends by its lease
+    // Bob's push S of X through B: HEAD says X; last byte held.
+    let mut s = world.open_put(&b, V1, X, &[BOB]);
+    world.pump(&mut s, false);
+    world.body(&mut s, &X[..X.len() - 1], false);
+    world.pump(&mut s, false);
+    world.advance(100);
+    // Admin's logged override X -> Y through B.
+    let o = world.push(&b, V1, Y, &[ADMIN, REASON]);
+    assert_eq!(o.status, 201, "{}", String::from_utf8_lossy(&o.body));
+    run_for(&world, &[&b], 500);
+    // A resumes: its queued commit of X goes.
+    run_for(&world, &[&a, &b], 1_000);
+    eprintln!("record {:?}", world.etcd.value("/immutable-tags/app:v1"));
+    world.body(&mut s, &X[X.len() - 1..], true);
+    world.pump(&mut s, false);
+    let r = reply(&s);
+    eprintln!("S: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+    assert_eq!(world.reg.holds(V1), Some(sha(Y)), "the override was undone without break-glass");
+}
