@@ -668,7 +668,7 @@ impl Filter {
                 };
                 let failed = match (self.fence_stale(h), &before) {
                     (Some(e), _) => Some(e),
-                    (None, Err(why)) => Some(OciError::new(503, "UNAVAILABLE", &format!("The filter could not read the claim store before the delete ({why})"), json!({}))),
+                    (None, Err(why)) => Some(OciError::new(503, "UNAVAILABLE", format!("The filter could not read the claim store before the delete ({why})"), json!({}))),
                     (None, Ok(_)) => strip_credentials(h, &self.worker).map(|why| {
                         let msg = format!("The filter could not remove other credentials from the override ({why})");
                         OciError::new(500, "UNKNOWN", msg, json!({}))

@@ -9,7 +9,8 @@ const V1: &str = "v1";
 /// view then overwrites the re-pushed tag without break-glass.
 #[test]
 fn atk_late_forget_erases_a_later_commit() {
-    for etcd in [true] {
+    {
+        let etcd = true;
         let world = World::new(ETCD_BG);
         let (a, b) = (world.replica(), world.replica());
         assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
