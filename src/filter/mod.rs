@@ -38,6 +38,8 @@ mod tests_bytes;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_method_override;
 #[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_gitlab_delete;
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_failover;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_retry_safety;
