@@ -210,6 +210,12 @@ pub fn may_name_blobs(raw_path: &str) -> bool {
 /// took for a read into a write: on a manifests or blob path they are refused.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
+/// A `_method` query key (any case, any escape), which some frameworks honour as the method.
+pub fn query_overrides_method(raw_path: &str) -> bool {
+    let q = raw_path.split_once('?').map_or("", |(_, q)| q);
+    q.split(['&', ';']).any(|kv| decode(kv.split_once('=').map_or(kv, |(k, _)| k)).is_none_or(|k| k.eq_ignore_ascii_case("_method")))
+}
+
 /// Cheap pre-filter, no allocation: a path (query aside) with no escape that never says
 /// "manifests" cannot be a manifests route, whatever the method. Everything else goes through
 /// the full parse. The shipped Envoy config's route for the filter mirrors this test.
