@@ -213,7 +213,7 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-htt
 /// A `_method` query key (any case, any escape), which some frameworks honour as the method.
 pub fn query_overrides_method(raw_path: &str) -> bool {
     let q = raw_path.split_once('?').map_or("", |(_, q)| q);
-    q.split(['&', ';']).any(|kv| decode(kv.split_once('=').map_or(kv, |(k, _)| k)).map_or(true, |k| k.eq_ignore_ascii_case("_method")))
+    q.split(['&', ';']).any(|kv| decode(kv.split_once('=').map_or(kv, |(k, _)| k)).is_some_and(|k| k.eq_ignore_ascii_case("_method")))
 }
 
 /// Cheap pre-filter, no allocation: a path (query aside) with no escape that never says
