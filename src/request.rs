@@ -75,7 +75,7 @@ pub fn classify_with(method: &str, raw_path: &str, max_tags: usize) -> Request {
         None => (raw_path, None),
     };
     if matches!(method, Method::Delete) {
-        if let Some(r) = blob_delete(raw, raw_path) {
+        if let Some(r) = blob_delete(raw, raw_path).or_else(|| tag_reference_delete(raw, raw_path)) {
             return r;
         }
     }
@@ -184,6 +184,21 @@ fn blob_delete(raw: &str, raw_path: &str) -> Option<Request> {
     }
 }
 
+/// GitLab's registry deletes a tag with `DELETE /v2/<name>/tags/reference/<tag>`: judged as
+/// the tag delete it is; anything unreadable that says "reference" is refused.
+fn tag_reference_delete(raw: &str, raw_path: &str) -> Option<Request> {
+    let invalid = || Some(Request::Invalid(OciError::unclassifiable("NAME_INVALID", "Unreadable tags/reference delete path", raw_path)));
+    let says = |p: &str| p.to_ascii_lowercase().contains("reference");
+    let Some(path) = decode(raw) else { return if says(raw) { invalid() } else { None } };
+    let at = rfind_ignore_case(&path, "/tags/reference/")?;
+    let tag = path.get(at + "/tags/reference/".len()..)?;
+    let name = path.get(..at).and_then(|p| strip_prefix_ignore_case(p, "/v2/"));
+    match name {
+        Some(n) if is_valid_name(n) && is_valid_tag(tag) => Some(Request::ManifestDelete { repository: n.to_string(), reference: Reference::Tag(tag.to_string()) }),
+        _ => invalid(),
+    }
+}
+
 /// Cheap pre-filter for blob deletes (query aside): an escape, or "blobs" in any case.
 pub fn may_name_blobs(raw_path: &str) -> bool {
     let raw = raw_path.split_once('?').map_or(raw_path, |(p, _)| p);
@@ -195,12 +210,19 @@ pub fn may_name_blobs(raw_path: &str) -> bool {
 /// took for a read into a write: on a manifests or blob path they are refused.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
+/// A `_method` query key (any case, any escape), which some frameworks honour as the method.
+pub fn query_overrides_method(raw_path: &str) -> bool {
+    let q = raw_path.split_once('?').map_or("", |(_, q)| q);
+    q.split(['&', ';']).any(|kv| decode(kv.split_once('=').map_or(kv, |(k, _)| k)).is_some_and(|k| k.eq_ignore_ascii_case("_method")))
+}
+
 /// Cheap pre-filter, no allocation: a path (query aside) with no escape that never says
 /// "manifests" cannot be a manifests route, whatever the method. Everything else goes through
 /// the full parse. The shipped Envoy config's route for the filter mirrors this test.
 pub fn may_name_manifests(raw_path: &str) -> bool {
     let raw = raw_path.split_once('?').map_or(raw_path, |(p, _)| p);
-    raw.contains('%') || mentions_manifests(raw)
+    // "reference": GitLab's tag delete (`/tags/reference/<tag>`) is judged as one too.
+    raw.contains('%') || mentions_manifests(raw) || raw.to_ascii_lowercase().contains("/reference/")
 }
 
 /// The value of a `tag=` query parameter (the key may itself be percent-encoded).

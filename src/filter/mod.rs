@@ -38,6 +38,8 @@ mod tests_bytes;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_method_override;
 #[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests_gitlab_delete;
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_failover;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_retry_safety;
@@ -60,7 +62,7 @@ use crate::digest::Digest;
 use crate::metrics::{Counter, Refusal};
 use crate::oci_error::OciError;
 use crate::config::BlobDeletes;
-use crate::request::{classify_with, may_name_blobs, may_name_manifests, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
+use crate::request::{classify_with, may_name_blobs, query_overrides_method, may_name_manifests, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
 use break_glass::{self as bg, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
@@ -179,7 +181,7 @@ impl Filter {
         // On blob paths only: a delete (an unreadable method is looked at closer), or a method
         // override, which an intermediary could turn into a delete (refused below).
         let judge = may_name_blobs(&path)
-            && (h.read_request_header(":method").map_or(true, |m| m.map_or(true, |m| m.eq_ignore_ascii_case("DELETE"))) || method_overridden(h));
+            && (h.read_request_header(":method").map_or(true, |m| m.map_or(true, |m| m.eq_ignore_ascii_case("DELETE"))) || method_overridden(h) || query_overrides_method(&path));
         judge.then_some(Ok(path))
     }
 
@@ -193,8 +195,8 @@ impl Filter {
             (_, Err(why)) => return self.unreadable(h, ":method", &why),
         };
         // Every path here may name manifests or blobs, where the verdict depends on the method.
-        if method_overridden(h) {
-            let msg = "Method override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) are not accepted on manifest or blob routes";
+        if method_overridden(h) || query_overrides_method(&path) {
+            let msg = "Method override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) and ?_method= are not accepted on manifest or blob routes";
             return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
         }
         let max_tags = self.worker.as_ref().map_or(DEFAULT_MAX_TAGS_PER_PUSH, |w| w.config.max_tags_per_push);

@@ -44,3 +44,20 @@ fn blob_traffic_without_override_headers_passes_untouched() {
         assert!(h.reply().is_none());
     }
 }
+
+#[test]
+fn a_method_query_parameter_on_a_manifest_or_blob_path_is_refused() {
+    for q in ["_method=DELETE", "_METHOD=delete", "%5fmethod=DELETE", "a=1&_Method=PUT", "_method"] {
+        for (method, path) in [("GET", BLOB), ("POST", BLOB), ("GET", "/v2/app/manifests/v1"), ("POST", "/v2/app/tags/reference/v1")] {
+            let h = FakeHost::new();
+            let mut f = Filter::new(Some(worker(&h, POLICY)));
+            h.request(method, &format!("{path}?{q}"), &[]);
+            assert_eq!(on_headers(&mut f, &h, false), Action::Pause, "{method} {path}?{q}");
+            assert_eq!(h.reply().expect("refused").status, 400, "{method} {path}?{q}");
+        }
+    }
+    let h = FakeHost::new();
+    let mut f = Filter::new(Some(worker(&h, POLICY)));
+    h.request("GET", &format!("{BLOB}?method=x"), &[]);
+    assert_eq!(on_headers(&mut f, &h, false), Action::Continue);
+}
