@@ -195,8 +195,8 @@ pub fn released(found: &Rec, digest: &str, take_ms: u64, now_ms: u64, ttl_ms: u6
 /// `before`: the store's order read before the delete was sent; only a change at or below it
 /// is the one deleted (a later one, a first push after the delete, stays: a late forget must
 /// not erase it). A change the order cannot place (a lagging etcd order) stays too: fail closed.
-pub fn deleted(found: &Rec, before: u64, now_ms: u64) -> Option<Option<Rec>> {
-    found.stored.as_ref().filter(|(_, order)| *order <= before)?;
+pub fn deleted(found: &Rec, before: u64, digest: Option<&str>, now_ms: u64) -> Option<Option<Rec>> {
+    found.stored.as_ref().filter(|(d, order)| *order <= before && digest.map_or(true, |x| x == d))?;
     let r = Rec { stored: None, claim: found.claim.clone(), at_ms: now_ms };
     Some(r.claim.is_some().then_some(r))
 }
@@ -387,10 +387,10 @@ pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: 
 }
 
 /// A delete of the tag the filter granted (see [`deleted`]). `None`: nothing to do.
-pub fn forget(slot: &[u8], repository: &str, tag: &str, before: u64, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+pub fn forget(slot: &[u8], repository: &str, tag: &str, before: u64, digest: Option<&str>, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
-    let r = deleted(s.find(repository, tag)?, before, now_ms)?;
+    let r = deleted(s.find(repository, tag)?, before, digest, now_ms)?;
     s.counter += 1;
     s.set(repository, tag, r);
     Some(s.encode())
@@ -474,7 +474,7 @@ mod tests {
         let s = release(&s, "app", "v1", D, 0, 0, TTL).unwrap();
         assert_eq!(commit(&s, "app", "v1", D, 0, 0, TTL), None, "a commit whose hold is gone writes nothing");
         let s = commit(&s, "app", "v1", D, NO_HOLD, 0, TTL).unwrap();
-        let s = forget(&s, "app", "v1", u64::MAX, 0, TTL).unwrap();
+        let s = forget(&s, "app", "v1", u64::MAX, None, 0, TTL).unwrap();
         assert_eq!(slot_counter(&s), 4);
         // A committed ms of the format before orders is larger than any order: it refuses.
         let old = b"claims/2\napp v1 5 sha256:dddd 1700000000000 - 0\n";

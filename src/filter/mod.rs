@@ -733,11 +733,12 @@ fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Di
         }
     }
     if outcome == bg::Outcome::Accepted {
+        let deleted_digest = digest.as_ref().map(|d| d.to_string());
         for (g, before) in granted.iter().zip(before) {
             // A delete the filter granted: the one way the tag becomes new again. Claims are
             // keyed by repository alone (`repository` here is the map's key). Not on an
             // unknown outcome: the record then keeps refusing stale views (fail closed).
-            claims::forget(h, worker, g.repository(), g.tag(), *before);
+            claims::forget(h, worker, g.repository(), g.tag(), *before, deleted_digest.as_deref());
         }
     }
     bg::delete_record(h, worker, granted, digest.map(|d| d.to_string()).as_deref(), outcome);

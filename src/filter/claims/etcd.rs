@@ -163,7 +163,7 @@ enum Change {
     Commit { digest: String, at_ms: u64, held: u64 },
     Release { digest: String, held: u64 },
     /// A delete the filter granted went through.
-    Deleted { at_ms: u64, before: u64 },
+    Deleted { at_ms: u64, before: u64, digest: Option<String> },
 }
 
 /// What the root context sends (it outlives the streams).
@@ -385,9 +385,9 @@ pub fn release(worker: &Worker, repository: &str, tag: &str, digest: &str, held:
 }
 
 /// Queues the forgetting of the tag's committed change (a delete the filter granted).
-pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64) {
+pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64, digest: Option<&str>) {
     let Some(e) = &worker.config.claims.etcd else { return };
-    let change = Change::Deleted { at_ms: host.now_ms(), before };
+    let change = Change::Deleted { at_ms: host.now_ms(), before, digest: digest.map(str::to_string) };
     enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
 }
 
@@ -508,7 +508,7 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
                 Change::Commit { held: claims::NO_HOLD, at_ms, .. } if now.saturating_sub(*at_ms) >= ttl / 2 => None,
                 Change::Commit { digest, at_ms, held } => claims::committed(live.map(|(r, _)| r), digest, 0, *held, *at_ms, ttl).map(Some),
                 Change::Release { digest, held } => live.and_then(|(r, _)| claims::released(r, digest, *held, now, ttl)),
-                Change::Deleted { at_ms, before } => live.and_then(|(r, _)| claims::deleted(r, *before, *at_ms)),
+                Change::Deleted { at_ms, before, digest } => live.and_then(|(r, _)| claims::deleted(r, *before, digest.as_deref(), *at_ms)),
             };
             if let Some(next) = next {
                 if tries + 1 < MAX_TRIES {

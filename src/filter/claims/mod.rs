@@ -124,9 +124,9 @@ pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, di
 /// A delete of the tag the filter granted (break-glass) went through: its committed change no
 /// longer refuses "absent" (the one way a protected tag becomes new again). `before`: the
 /// tag's [`view_order`] read before the delete was sent (see `crate::claims::deleted`).
-pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64) {
+pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64, digest: Option<&str>) {
     match &worker.config.claims.etcd {
-        None => shared_data::forget(host, &worker.config.claims, repository, tag, before),
-        Some(_) => etcd::forget(host, worker, repository, tag, before),
+        None => shared_data::forget(host, &worker.config.claims, repository, tag, before, digest),
+        Some(_) => etcd::forget(host, worker, repository, tag, before, digest),
     }
 }

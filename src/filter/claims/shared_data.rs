@@ -128,9 +128,9 @@ pub fn release(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag:
 }
 
 /// Best effort: a failure only means the committed record lives until it expires.
-pub fn forget(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, before: u64) {
+pub fn forget(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, before: u64, digest: Option<&str>) {
     let now_ms = host.now_ms();
-    let r = update(host, settings, repository, tag, |slot| (claims::forget(slot, repository, tag, before, now_ms, settings.ttl_ms), ()));
+    let r = update(host, settings, repository, tag, |slot| (claims::forget(slot, repository, tag, before, digest, now_ms, settings.ttl_ms), ()));
     if let Err(why) = r {
         host.log(Level::Warn, &format!("immutable-tags: cannot forget the record of {repository}:{tag}: {why}"));
     }
