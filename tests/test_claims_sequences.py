@@ -444,10 +444,10 @@ def test_5b_a_claim_whose_client_left_before_etcd_answered_does_not_linger(
     (v1); and its hold must not outlive a TTL either when other writes keep the tag's record
     fresh (v2: identical re-pushes of the stored digest, every half second), else the hold
     refuses every other digest, a break-glass override included, for as long as they go on.
-    FAILS on main 351d223 (a real bug, left for the claims owners): the hold has no age of its
-    own, and every identical re-push rewrites the record (`at` and lease), so the vanished
-    push's hold is still counted 7 s (> 2 TTLs) after its client left, and the override gets
-    409 `in_flight` ("a push of tag 'v2' with digest X is in flight")."""
+    Failed on 351d223 (the hold had no age of its own, and every identical re-push rewrote the
+    record, so the vanished push's hold was still counted 7 s (> 2 TTLs) after its client left
+    and the override got 409 `in_flight`); each hold now carries its take time and ends two TTLs
+    after it."""
     proxy = HoldingProxy(etcd.members[0].client_port)
     try:
         a = envoys(htpasswd_registry.port, etcd_port=proxy.port)
