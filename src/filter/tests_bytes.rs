@@ -260,3 +260,21 @@ fn allow_never_applies_to_a_clients_own_4xx() {
         assert_eq!((r.status, puts), (503, 0), "{status}");
     }
 }
+
+/// Found by `make fuzz` (FUZZ_SEED=2378254564 FUZZ_CASE=3809): an escaped `manifests` and a raw
+/// byte >= 0x80 (escaped by the glue, so the path no longer decodes) passed unjudged, `?tag=` of
+/// an immutable tag included.
+#[test]
+fn an_undecodable_write_path_that_spells_manifests_escaped_is_refused() {
+    for p in [&b"/v2/app/%6danifests/sha256:770c48b387405868d242753a202780c8b3de7269254b17386d0\xa3a705f2e9f29e3?tag=new87&tag=v2"[..], b"/v2/app/%6danifests/v1\xff", b"/v2/app/%6danifests/v1%ff"] {
+        for method in ["PUT", "DELETE"] {
+            let h = FakeHost::new();
+            let w = worker(&h, POLICY);
+            let mut f = Filter::new(Some(w));
+            raw_request(&h, method.as_bytes(), p, &[CT]);
+            assert_eq!(on_headers(&mut f, &h, false), Action::Pause, "{method} {p:?}");
+            assert_eq!(h.reply().map(|r| r.status), Some(400), "{method} {p:?}");
+            assert!(h.calls.borrow().is_empty());
+        }
+    }
+}
