@@ -168,6 +168,11 @@ def regression_cases(w: World) -> list[Case]:
         Case("h2", b"PUT", p + b"v1", ct + [(b"x-http-method", b"\xff")], m3, label="override header with 0xFF"),
         Case("h2", b"PUT", p + b"v1", ct, m3, reset_after=1, pieces=2, label="h2 PUT reset after half the body"),
         Case("h1", b"PUT", p + b"v1", ct, m3, framing="chunked", pieces=3, delay=0.1, label="chunked, delayed"),
+        # Found by make fuzz (FUZZ_SEED=2378254564 FUZZ_CASE=3809): an escaped "manifests" and a
+        # raw high byte (the path no longer decodes) passed unjudged, ?tag= of v1 included.
+        Case("h2", b"PUT", f"/v2/{repo}/%6danifests/".encode() + sha256(m3).encode()[:-8] + b"\xa3" + b"?tag=new1&tag=v1", ct, m3,
+             label="h2 PUT, escaped manifests and a raw 0xA3 in a digest, ?tag=v1"),
+        Case("h2", b"PUT", f"/v2/{repo}/%6danifests/v1".encode() + b"\xff", ct, m3, label="h2 PUT, escaped manifests, 0xFF in the tag"),
     ]
     return cases
 
