@@ -7,7 +7,7 @@
 //! 401, `registry_auth` below): against a registry without auth any name is unproven.
 
 use crate::base64::decode;
-use crate::config::ConfigError;
+use crate::json_doc::ConfigError;
 use crate::glob;
 use crate::json_doc::{Fields, Json};
 use crate::exclusions::{Exclusions, Match};

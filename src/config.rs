@@ -128,26 +128,9 @@ pub enum BlobDeletes {
     Allow,
 }
 
-/// A configuration refused at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// JSON path of the offending field, e.g. `repository.dev.immutable_tags`.
-    pub field: String,
-    pub value: String,
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: field `{}`", self.field)?;
-        if !self.value.is_empty() {
-            write!(f, " = {}", self.value)?;
-        }
-        write!(f, ": {}", self.reason)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+// ConfigError lives in json_doc (a leaf): the readers that return it (json_doc, rules,
+// break_glass) are below config, which re-exports it so `config::ConfigError` stays its path.
+pub use crate::json_doc::ConfigError;
 
 /// The start of `refuse_lost_global_protection`'s reason.
 const LOST_GLOBAL_PROTECTION: &str = "inherits ";

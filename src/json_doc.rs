@@ -3,9 +3,29 @@
 //! instead of one per field type and wrapper (about 55 KB of the Envoy module). Objects keep
 //! their entries in order, so a duplicated field is still refused.
 
-use crate::config::ConfigError;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
+
+/// A configuration refused at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending field, e.g. `repository.dev.immutable_tags`.
+    pub field: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: field `{}`", self.field)?;
+        if !self.value.is_empty() {
+            write!(f, " = {}", self.value)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 pub enum Json {
     Null,

@@ -12,7 +12,7 @@
 //! with `globset` and `regex::RegexSet` instead pulled their engines and Unicode tables into
 //! the module, more than doubling its size.)
 
-use crate::config::ConfigError;
+use crate::json_doc::ConfigError;
 use crate::glob;
 use crate::pattern::{Matcher, Unfinished};
 use crate::json_doc::{Fields, Json};
