@@ -25,6 +25,7 @@
 //!
 //! `tests/test_exports.py` pins this export set.
 use super::abi;
+use super::streams::{with_stream, CALLS, CONTINUE, CURRENT, STREAMS};
 use super::root::{self, Root};
 use super::wasm::WasmHost;
 use crate::filter::host::{Host, Level};
@@ -32,14 +33,13 @@ use crate::filter::worker::Worker;
 use crate::filter::{Action, Filter};
 use crate::metrics::Counter;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// The root's timer period: how long a finished stream's state may outlive it.
 const SWEEP_PERIOD_MS: u32 = 2_000;
 
-// The ABI's header and data statuses.
-const CONTINUE: u32 = 0;
+// The ABI's header and data statuses (CONTINUE, also what a stream without state answers, is
+// in streams).
 /// Headers: StopIteration (Envoy turns it into StopAllIterationAndWatermark without
 /// `allow_on_headers_stop_iteration`); body: StopIterationAndBuffer; trailers: StopIteration.
 const PAUSE: u32 = 1;
@@ -49,11 +49,6 @@ const STOP_ALL: u32 = 4;
 
 thread_local! {
     static ROOTS: RefCell<Vec<Root>> = const { RefCell::new(Vec::new()) };
-    static STREAMS: RefCell<BTreeMap<u32, Filter>> = const { RefCell::new(BTreeMap::new()) };
-    /// Dispatched call token -> the stream that made it.
-    static CALLS: RefCell<BTreeMap<u32, u32>> = const { RefCell::new(BTreeMap::new()) };
-    /// The stream whose callback runs now (0: a root callback).
-    static CURRENT: Cell<u32> = const { Cell::new(0) };
     /// Ordinary requests since the last tick, not yet in `requests_seen`.
     static ORDINARY: Cell<u64> = const { Cell::new(0) };
     /// The stream the host created last, and its root context (`proxy_on_context_create`).
@@ -64,31 +59,11 @@ thread_local! {
     static CONFIGURATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Records that `token`'s answer belongs to the current stream.
-pub fn register_call(token: u32) {
-    let stream = CURRENT.with(Cell::get);
-    CALLS.with(|c| c.borrow_mut().insert(token, stream));
-}
-
 fn code(a: Action) -> u32 {
     match a {
         Action::Continue => CONTINUE,
         Action::Pause => PAUSE,
     }
-}
-
-/// Runs `f` on the stream's state, if it has any; the state is out of the table meanwhile, so
-/// nothing the host does during the callback can find it borrowed. `keep` decides whether it
-/// goes back.
-fn with_stream(id: u32, f: impl FnOnce(&mut Filter) -> u32, keep: impl FnOnce(&Filter) -> bool) -> u32 {
-    let Some(mut filter) = STREAMS.with(|s| s.borrow_mut().remove(&id)) else { return CONTINUE };
-    CURRENT.with(|c| c.set(id));
-    let status = f(&mut filter);
-    CURRENT.with(|c| c.set(0));
-    if keep(&filter) {
-        STREAMS.with(|s| s.borrow_mut().insert(id, filter));
-    }
-    status
 }
 
 /// The configuration a new stream runs with: its own root context's, as the host named it when

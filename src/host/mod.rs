@@ -6,4 +6,5 @@
 mod abi;
 mod exports;
 mod root;
+mod streams;
 mod wasm;

@@ -49,7 +49,7 @@ impl Host for WasmHost {
         let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
         let token = abi::http_call(cluster, headers, body, timeout).map_err(|s| format!("{s:?}"))?;
         // The answer is routed to the stream that is calling now.
-        super::exports::register_call(token);
+        super::streams::register_call(token);
         Ok(token)
     }
 
