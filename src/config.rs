@@ -2,12 +2,12 @@
 //! `pluginConfig`), validated, and compiled once. Any error names the field and the value, and
 //! refuses the whole configuration: there is no half-working policy.
 
-use crate::break_glass::BreakGlass;
-use crate::exclusions::Exclusions;
+use crate::verdict::break_glass::BreakGlass;
+use crate::policy::exclusions::Exclusions;
 use crate::policy::{Policy, Scope};
-use crate::request::{is_valid_name, DEFAULT_MAX_TAGS_PER_PUSH};
-use crate::rules::{RawRule, Rules, DEFAULT_MAX_REGEX_LENGTH, MAX_REGEX_LENGTH_LIMIT};
-use crate::json_doc::{Fields, Json};
+use crate::oci::request::{is_valid_name, DEFAULT_MAX_TAGS_PER_PUSH};
+use crate::policy::rules::{RawRule, Rules, DEFAULT_MAX_REGEX_LENGTH, MAX_REGEX_LENGTH_LIMIT};
+use crate::util::json_doc::{Fields, Json};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -130,7 +130,7 @@ pub enum BlobDeletes {
 
 // ConfigError lives in json_doc (a leaf): the readers that return it (json_doc, rules,
 // break_glass) are below config, which re-exports it so `config::ConfigError` stays its path.
-pub use crate::json_doc::ConfigError;
+pub use crate::util::json_doc::ConfigError;
 
 /// The start of `refuse_lost_global_protection`'s reason.
 const LOST_GLOBAL_PROTECTION: &str = "inherits ";

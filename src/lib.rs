@@ -1,43 +1,73 @@
 //! immutable-tags: an Envoy proxy-wasm filter that makes OCI registry tags immutable.
 //!
-//! The pure core (everything but `filter` and `host`) makes every decision and makes no host
-//! calls, so it is tested natively and on wasm32. `filter` is the per-request state machine,
-//! written against a small host interface and tested natively with a fake host. `host` is the
-//! thin proxy-wasm glue that runs it in Envoy, built only for the module (`wasm32-wasip1`).
+//! # Layers
+//!
+//! Each layer imports only those below it (`scripts/import_graph.py`, run by
+//! `tests/test_layout.py`, keeps files and folders free of import circles).
+//!
+//! * **The pure core** makes every decision and makes no host call, so it is tested natively
+//!   and on wasm32:
+//!   - [`config`]: the plugin configuration, JSON bytes -> a validated [`config::Config`]
+//!     (any error names the field and the value).
+//!   - [`policy`]: the policy language: is `<repository>:<tag>` immutable, and why.
+//!   - [`oci`]: the distribution protocol as the registry reads it (requests, digests, errors).
+//!   - [`verdict`]: each flow's decisions (push, delete, pull, break-glass), given the answers.
+//!   - [`store`]: what the filter remembers about tags, as values and bytes (tag cache, claim
+//!     slots, etcd records).
+//!   - [`observability`]: counter names and the refusal log record.
+//!   - [`util`]: the JSON reader and base64, written here for module size.
+//! * [`filter`]: the per-request state machine over the [`filter::host::Host`] trait, tested
+//!   natively with a fake host.
+//! * [`proxy_wasm`]: the proxy-wasm ABI glue, without the SDK; built for the module only
+//!   (`wasm32-wasip1`), except its pure header-map encoding.
+//!
+//! `proptests` (native tests only) holds the property tests over the pure core; `src/bin` the
+//! `immutable-tags` CLI (`check`, `explain`) on the same parser and policy.
+//!
+//! # Vocabulary
+//!
+//! * **immutable tag**: a `<repository>:<tag>` the [`policy`] protects: once it names a
+//!   manifest, a push of another digest and a delete are refused.
+//! * **harmless request**: one that cannot change what an immutable tag names (a pull, a blob,
+//!   a push of the digest the tag already has, a mutable tag); passed without a registry call.
+//! * **tag cache**: the per-worker map tag -> digest ([`store::tag_cache`]); a hint that saves a
+//!   HEAD, never trusted for absence.
+//! * **claim**: a push's reservation of a tag for a digest before the registry answers, so that
+//!   concurrent pushes of one immutable tag cannot both win ([`store::claims`],
+//!   [`filter::claims`]); kept in shared data (one Envoy) or etcd (several replicas).
+//! * **committed record**: a claim made final once the registry accepted the push: the tag's
+//!   digest, which later pushes are judged against.
+//! * **hold**: how long a claim stays in force while its push is in flight; an expired hold can
+//!   be taken over.
+//! * **order / counter**: the number a claim carries so that records are compared in the order
+//!   they were made, not by clock.
+//! * **principal**: who a request's credentials name ([`verdict::break_glass`]), the subject of
+//!   a break-glass exception and of the audit record.
+//! * **window**: a break-glass grant: a short time in which the named principal may overwrite or
+//!   delete one immutable tag ([`filter::break_glass`], [`filter::window`]).
 #![cfg_attr(
     test,
     allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
-pub mod audit;
-pub mod base64;
-pub mod break_glass;
-pub mod cache;
-pub mod claims;
+// The pure core.
 pub mod config;
-pub mod deletes;
-pub mod digest;
-pub mod etcd;
-pub mod exclusions;
-pub mod filter;
-pub mod glob;
-pub mod header_map;
-pub mod json_doc;
-pub mod metrics;
-pub mod oci_error;
-pub mod pattern;
+pub mod observability;
+pub mod oci;
 pub mod policy;
-pub mod pull;
-pub mod request;
-pub mod rules;
+pub mod store;
+pub mod util;
 pub mod verdict;
 
-#[cfg(target_os = "wasi")]
-mod host;
+// The per-request state machine.
+pub mod filter;
+
+// The glue (wasm32-wasip1 only, but for the header-map encoding: see its mod.rs).
+pub mod proxy_wasm;
 
 // Property tests over the pure core (proptest is a native-only dev-dependency).
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod fuzz;
+mod proptests;
 
 /// Crate version and git commit, stamped by `build.rs`.
 pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IMMUTABLE_TAGS_COMMIT"), ")");

@@ -5,11 +5,11 @@
 //! Exit status: 0 when a decision was printed (every file is valid), 1 when a configuration
 //! cannot be read or is invalid (with the line the filter would log), 2 on a usage error.
 
-use immutable_tags::break_glass::{Action, Ask};
+use immutable_tags::verdict::break_glass::{Action, Ask};
 use immutable_tags::config::{BlobDeletes, Config, Mode, OnUpstreamError};
-use immutable_tags::pattern::can_match;
-use immutable_tags::rules::split_top_level;
-use immutable_tags::request::{is_valid_name, is_valid_tag};
+use immutable_tags::policy::pattern::can_match;
+use immutable_tags::policy::rules::split_top_level;
+use immutable_tags::oci::request::{is_valid_name, is_valid_tag};
 use immutable_tags::BUILD;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -102,7 +102,7 @@ fn exclusion_warnings(c: &Config) -> Vec<(String, String)> {
     for (scope, s) in global.chain(scopes) {
         let patterns = s.exclusions.as_ref().map(|e| e.patterns()).unwrap_or_default();
         for (i, p) in patterns.iter().enumerate() {
-            if let Some(why) = immutable_tags::exclusions::literal_prefix_warning(p) {
+            if let Some(why) = immutable_tags::policy::exclusions::literal_prefix_warning(p) {
                 found.push((format!("{scope}.immutable_tags_exclusions[{i}]"), format!("{p:?} {why}")));
             }
         }
@@ -153,7 +153,7 @@ fn never(found: &mut Vec<(String, String)>, field: String, pattern: &str, regex:
 /// never apply, by field path. Read from the JSON itself: the compiled policy keeps no paths.
 fn never_warnings(c: &Config, doc: &serde_json::Value) -> Vec<(String, String)> {
     let mut found = Vec::new();
-    let glob = |g: &str| immutable_tags::glob::to_regex(g).map(|re| format!("(?s){re}")).unwrap_or_else(|_| ".*".into());
+    let glob = |g: &str| immutable_tags::policy::glob::to_regex(g).map(|re| format!("(?s){re}")).unwrap_or_else(|_| ".*".into());
     for (i, rule) in doc.get("rules").and_then(|r| r.as_array()).into_iter().flatten().enumerate() {
         let at = format!("rules[{i}]");
         for (key, g) in [("projects", PROJECT), ("repositories", NAME), ("tags", TAG)] {
@@ -275,7 +275,7 @@ fn policy_table(c: &Config) -> String {
     let p = &c.policy;
     let cell = |s: &str| s.replace('|', "\\|");
     let yes_no = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
-    let exclusions = |immutable: Option<bool>, e: Option<&immutable_tags::exclusions::Exclusions>| match (immutable, e) {
+    let exclusions = |immutable: Option<bool>, e: Option<&immutable_tags::policy::exclusions::Exclusions>| match (immutable, e) {
         (Some(true), Some(e)) if !e.patterns().is_empty() => e.patterns().iter().map(|x| format!("`{}`", cell(x))).collect::<Vec<_>>().join(", "),
         (Some(true), _) => "none".to_string(),
         _ => "none apply (tags are mutable)".to_string(),

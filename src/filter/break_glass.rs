@@ -6,9 +6,9 @@ use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::window::{self, Taken, Taking, Used};
 use super::worker::Worker;
-use crate::break_glass::{principal, Action, Ask};
-use crate::metrics::Counter;
-use crate::oci_error::OciError;
+use crate::verdict::break_glass::{principal, Action, Ask};
+use crate::observability::metrics::Counter;
+use crate::oci::error::OciError;
 use serde_json::{Map, Value};
 
 /// How long a worker trusts what it learned about the registry's authentication.

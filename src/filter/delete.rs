@@ -1,15 +1,15 @@
 //! Deletes of immutable tags. A delete by tag is judged at its headers. A delete by digest is
 //! held at its headers (a DELETE has no body) while this lists the repository's tags
-//! (`tags/list` pages) and HEADs its immutable ones, as `crate::deletes::DigestCheck` asks;
+//! (`tags/list` pages) and HEADs its immutable ones, as [`crate::verdict::delete::DigestCheck`] asks;
 //! the per-worker map can only make it refuse sooner. Then it is resumed or refused.
 use super::claims::{self, Claimed, View};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
-use crate::deletes::{first_page_path, DigestCheck, Refusal, Step};
-use crate::digest::Digest;
-use crate::oci_error::OciError;
-use crate::verdict::{read_get, read_head, Current};
+use crate::verdict::delete::{first_page_path, DigestCheck, Refusal, Step};
+use crate::oci::digest::Digest;
+use crate::oci::error::OciError;
+use crate::verdict::push::{read_get, read_head, Current};
 use std::collections::HashMap;
 
 /// A `tags/list` page larger than this is refused: 1,000 maximal tags are about 130 KiB.

@@ -375,7 +375,7 @@ pub struct FakeEtcd {
 
 impl FakeEtcd {
     pub fn answer(&self, call: &Call) -> Reply {
-        use crate::base64::{decode as unb64, encode as b64};
+        use crate::util::base64::{decode as unb64, encode as b64};
         use serde_json::{json, Value};
         let body: Value = serde_json::from_slice(call.body.as_deref().unwrap_or_default()).unwrap_or(Value::Null);
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -505,7 +505,7 @@ impl FakeEtcd {
 
     /// A break-glass window's value as a use sees it: `None` if absent or used.
     pub fn window(&self, key: &str) -> Option<String> {
-        self.value(key).filter(|v| v.as_bytes() != crate::etcd::USED)
+        self.value(key).filter(|v| v.as_bytes() != crate::store::etcd::USED)
     }
 }
 
@@ -517,7 +517,7 @@ pub fn worker(h: &FakeHost, policy: &str) -> Rc<super::worker::Worker> {
 }
 
 pub fn sha(b: &[u8]) -> String {
-    crate::digest::Digest::sha256(b).to_string()
+    crate::oci::digest::Digest::sha256(b).to_string()
 }
 
 /// Answers the oldest pending dispatched call with `reply`.

@@ -1,5 +1,5 @@
 //! The HTTP filter's state machine, one instance per request, written against the small
-//! [`host::Host`] interface: `crate::host` drives it from Envoy's proxy-wasm callbacks, and the
+//! [`host::Host`] interface: [`crate::proxy_wasm`] drives it from Envoy's proxy-wasm callbacks, and the
 //! native tests drive it with a fake host. It classifies the request at its headers and hands
 //! it to its flow: `push` (manifest writes), `delete` (deletes), `pull` (pinned reads); every
 //! other request leaves after one header read.
@@ -54,15 +54,15 @@ mod tests_deltimeout;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests_late_changes;
 
-use crate::audit::{self, RequestInfo};
-use crate::break_glass::Action as BgAction;
+use crate::observability::audit::{self, RequestInfo};
+use crate::verdict::break_glass::Action as BgAction;
 use crate::config::Mode;
-use crate::deletes::tag_delete;
-use crate::digest::Digest;
-use crate::metrics::{Counter, Refusal};
-use crate::oci_error::OciError;
+use crate::verdict::delete::tag_delete;
+use crate::oci::digest::Digest;
+use crate::observability::metrics::{Counter, Refusal};
+use crate::oci::error::OciError;
 use crate::config::BlobDeletes;
-use crate::request::{classify_with, may_name_blobs, query_overrides_method, may_name_manifests, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
+use crate::oci::request::{classify_with, may_name_blobs, query_overrides_method, may_name_manifests, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
 use break_glass::{self as bg, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};

@@ -12,8 +12,8 @@
 //! attacker's digest) nor be pinned by it (it would get this upstream's manifest).
 use super::host::{Host, Level};
 use super::worker::Worker;
-use crate::cache::Source;
-use crate::pull::{accepts_every_stored_type, learned_digest, pinned_path};
+use crate::store::tag_cache::Source;
+use crate::verdict::pull::{accepts_every_stored_type, learned_digest, pinned_path};
 
 /// For a GET/HEAD of `repository:tag` with pinning on: `None` when there is nothing to do (the
 /// tag is mutable, the read is narrower than the tag's own manifest, or may reach another

@@ -23,13 +23,13 @@ use super::claims::{self, Claimed};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
-use crate::break_glass::Action;
-use crate::claims::absence_still_fenced;
+use crate::verdict::break_glass::Action;
+use crate::store::claims::absence_still_fenced;
 use crate::config::OnUpstreamError;
-use crate::digest::Digest;
-use crate::metrics::Counter;
-use crate::oci_error::OciError;
-use crate::verdict::{judge, read_get, read_head, Current, Verdict};
+use crate::oci::digest::Digest;
+use crate::observability::metrics::Counter;
+use crate::oci::error::OciError;
+use crate::verdict::push::{judge, read_get, read_head, Current, Verdict};
 use serde_json::json;
 
 /// The method the request that goes upstream before the decision is rewritten to: safe and
@@ -426,7 +426,7 @@ impl Push {
         match answer {
             Current::Present(d) => {
                 if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                    c.put_ordered(&self.map_key, &check.tag, d.clone(), host.now_ms(), check.order, crate::cache::Source::Head);
+                    c.put_ordered(&self.map_key, &check.tag, d.clone(), host.now_ms(), check.order, crate::store::tag_cache::Source::Head);
                 }
                 check.lookup = Lookup::Known(Some(d));
             }
@@ -832,7 +832,7 @@ impl Push {
                         // (a change after it refuses the entry; so may this commit: a recheck).
                         (Some(d), true) if status == 201 => {
                             let order = self.tags.iter().find(|c| c.tag == *t).map_or(0, |c| c.order);
-                            cache.put_ordered(&self.map_key, t, d.clone(), host.now_ms(), order, crate::cache::Source::Push)
+                            cache.put_ordered(&self.map_key, t, d.clone(), host.now_ms(), order, crate::store::tag_cache::Source::Push)
                         }
                         _ => cache.forget(&self.map_key, t),
                     }

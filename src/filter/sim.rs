@@ -421,7 +421,7 @@ pub fn run(seed: u64) -> Result<(), String> {
         }
         if std::env::var("SIM_TRACE").is_ok() {
             let last = trace.last().cloned().unwrap_or_default();
-            let slots: Vec<String> = world.clock.process.shared.borrow().values().flat_map(|(v, _)| crate::claims::Slot::decode(v).records).map(|r| format!("{}:{}", r.tag, r.rec.encode())).collect();
+            let slots: Vec<String> = world.clock.process.shared.borrow().values().flat_map(|(v, _)| crate::store::claims::Slot::decode(v).records).map(|r| format!("{}:{}", r.tag, r.rec.encode())).collect();
             let reg: Vec<String> = TAGS.iter().map(|t| world.reg.holds(t).map_or("-".into(), |d| d[7..13].to_string())).collect();
             eprintln!("{:>8} {last:<40} etcd={:?} shared={slots:?} reg={reg:?}", world.clock.now_ms() - 1_000_000, world.etcd.value("/immutable-tags/app:v1"));
         }

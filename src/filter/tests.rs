@@ -5,7 +5,7 @@ use super::fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
 use super::host::Host;
 use super::worker::Worker;
 use super::{Action, Filter};
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use std::rc::Rc;
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}}"#;
@@ -383,8 +383,8 @@ fn concurrent_pushes_of_different_manifests_to_a_new_tag_have_one_winner() {
 }
 
 /// Every claim record in the fake process's shared data, decoded.
-fn records(h: &FakeHost) -> Vec<crate::claims::Record> {
-    h.process.shared.borrow().values().flat_map(|(v, _)| crate::claims::Slot::decode(v).records).collect()
+fn records(h: &FakeHost) -> Vec<crate::store::claims::Record> {
+    h.process.shared.borrow().values().flat_map(|(v, _)| crate::store::claims::Slot::decode(v).records).collect()
 }
 
 #[test]
@@ -926,7 +926,7 @@ fn a_window_lets_one_push_of_its_principal_through_without_the_header() {
     assert_eq!(r.status, 409, "used up");
     // A window expires.
     open("200", ADMIN);
-    h.advance(crate::break_glass::WINDOW_MS);
+    h.advance(crate::verdict::break_glass::WINDOW_MS);
     assert_eq!(bg_push(&h, &w, "v1", M1, M2, &[ADMIN], created(M1)).status, 409, "expired");
 }
 
@@ -1239,7 +1239,7 @@ fn a_window_opened_through_one_replica_is_used_once_through_another() {
     assert!(f.idle(), "nothing left to remember");
     let (value, _, lease) = etcd.kv.borrow()[WKEY].clone();
     assert_eq!(etcd.ttls.borrow()[&lease], "300", "etcd drops it when the window ends");
-    assert_eq!(value, format!("{}\nadmin\n{}", 1_000_000 + crate::break_glass::WINDOW_MS, REASON.1));
+    assert_eq!(value, format!("{}\nadmin\n{}", 1_000_000 + crate::verdict::break_glass::WINDOW_MS, REASON.1));
     assert_eq!(window_lines(&a)[0]["not_opened"], serde_json::Value::Null);
     // Through B, without the header: used up, written, audited there.
     let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2));
@@ -1358,7 +1358,7 @@ fn a_failed_overriding_write_puts_the_window_back() {
     run_root(&b, &wb, &etcd);
     assert_eq!(etcd.kv.borrow().get(WKEY).map(|(_, _, l)| *l), Some(lease), "put back, with its lease (and so its end)");
     // Once: a second create, sent beside the first, would bring back a window used between them.
-    let key = crate::base64::encode(WKEY.as_bytes());
+    let key = crate::util::base64::encode(WKEY.as_bytes());
     let creates = b.calls.borrow()[sent..].iter().filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key))).count();
     assert_eq!(creates, 1, "put back once");
     assert_eq!(bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status, 201, "the retry overrides");
@@ -1614,7 +1614,7 @@ fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word(
     assert_eq!(ha.calls_with("HEAD").len(), heads + 1, "the registry asked again");
     // A window open (through B), A's map stale again: the same push through A uses the window.
     open_in_etcd(&hb, &wb, &etcd);
-    wa.cache.borrow_mut().put("registry.test\napp", "v1", crate::digest::Digest::sha256(M1), ha.now_ms());
+    wa.cache.borrow_mut().put("registry.test\napp", "v1", crate::oci::digest::Digest::sha256(M1), ha.now_ms());
     ha.advance(5); // A's view of the tag (its HEAD) is newer than B's commit
     let puts = ha.calls_with("PUT").len();
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
@@ -1705,7 +1705,7 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     open_in_etcd(&h, &w, &etcd);
     w.cache.borrow_mut().put("registry.test\napp", "v1", Digest::sha256(M2), h.now_ms());
     w.cache.borrow_mut().put("registry.test\napp", "v2", Digest::sha256(M1), h.now_ms());
-    let record = crate::etcd::Record { stored: Some((sha(b"m3"), h.now_ms() + 1)), claim: None, at_ms: h.now_ms() + 1 };
+    let record = crate::store::etcd::Record { stored: Some((sha(b"m3"), h.now_ms() + 1)), claim: None, at_ms: h.now_ms() + 1 };
     etcd.kv.borrow_mut().insert("/immutable-tags/app:v2".into(), (record.encode(), 1, 0));
     h.advance(5);
     let mut f = push_m1_to_v1_and_v2(&h, &w);
@@ -1720,7 +1720,7 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     let sent = h.calls.borrow().len();
     run_root(&h, &w, &etcd);
     assert!(etcd.window(WKEY).is_some(), "put back");
-    let key = crate::base64::encode(WKEY.as_bytes());
+    let key = crate::util::base64::encode(WKEY.as_bytes());
     let creates = h.calls.borrow()[sent..].iter().filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key))).count();
     assert_eq!(creates, 1, "put back once");
 }
@@ -1973,7 +1973,7 @@ fn the_probe_runs_only_with_break_glass_and_only_when_due() {
 
 #[test]
 fn a_window_lasts_window_ms_from_the_read_that_opened_it() {
-    use crate::break_glass::WINDOW_MS;
+    use crate::verdict::break_glass::WINDOW_MS;
     for (after, status) in [(WINDOW_MS - 1, 201), (WINDOW_MS, 409)] {
         let h = FakeHost::new();
         let w = bg_worker(&h, BG, Some(true));
@@ -2116,7 +2116,7 @@ fn a_lookup_the_registry_refuses_is_answered_with_its_status_code_and_challenge(
 
 #[test]
 fn a_tag_holding_a_sha512_digest_is_judged_by_sha512() {
-    use crate::digest::Algorithm;
+    use crate::oci::digest::Algorithm;
     for (pushed, status) in [(M1, 201), (M2, 409)] {
         let h = FakeHost::new();
         let w = worker(&h, POLICY);

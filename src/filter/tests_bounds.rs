@@ -6,7 +6,7 @@ use super::fake::Process;
 use super::host::{Host, SharedError};
 use super::tests_claims::{sha, World, BOB, OCI, SHARED, X, Y};
 use super::Filter;
-use crate::claims::{self, decode_slot_key, encode_slot_key, slot_index, Slot, SlotKey};
+use crate::store::claims::{self, decode_slot_key, encode_slot_key, slot_index, Slot, SlotKey};
 
 /// The unkeyed hash the slots used before (FNV-1a of `repository:tag`): anyone could compute
 /// tags that land in one slot.

@@ -3,7 +3,7 @@
 //! registry's own answers, `Invalid` writes and `;` refused with or without a configuration.
 use super::fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
 use super::{Action, Filter};
-use crate::header_map::text;
+use crate::proxy_wasm::header_map::text;
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}}"#;
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;

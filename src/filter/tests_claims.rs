@@ -8,7 +8,7 @@ use super::host::Host;
 use super::worker::Worker;
 use super::Filter;
 use crate::config::Config;
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -591,7 +591,7 @@ fn a_view_taken_while_a_dead_replicas_write_was_in_flight_is_not_trusted_past_it
 /// "absent" passes again and an override can be undone (colliding tags are easy to find).
 mod slot_full {
     use super::*;
-    use crate::claims::slot_index;
+    use crate::store::claims::slot_index;
 
     const V1: &str = "v1";
     const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},

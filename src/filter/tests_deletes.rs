@@ -5,7 +5,7 @@ use super::host::Host;
 use super::worker::Worker;
 use super::{Action, Filter};
 use crate::config::Config;
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use std::rc::Rc;
 
 const BG: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}, "break_glass": {"principals": ["admin"], "repositories": ["app"]}}"#;

@@ -1,6 +1,6 @@
 //! GitLab's registry deletes a tag with `DELETE /v2/<name>/tags/reference/<tag>`: the filter
 //! judges it as `DELETE /v2/<name>/manifests/<tag>`.
-use crate::request::{classify, Reference, Request};
+use crate::oci::request::{classify, Reference, Request};
 
 #[test]
 fn a_gitlab_tag_delete_is_a_tag_delete() {
@@ -10,7 +10,7 @@ fn a_gitlab_tag_delete_is_a_tag_delete() {
             Request::ManifestDelete { repository: "team/app".into(), reference: Reference::Tag("v1".into()) },
             "{p}"
         );
-        assert!(crate::request::may_name_manifests(p), "{p}");
+        assert!(crate::oci::request::may_name_manifests(p), "{p}");
         assert_eq!(classify("GET", p), Request::Other, "{p}");
     }
     for p in ["/v2/App/tags/reference/v1", "/v2/app/tags/reference/", "/v2/app/tags/reference/a/b", "//v2/app/tags/reference/v1", "/v2/app/tags/reference/v%zz"] {

@@ -5,7 +5,7 @@ use super::upstream::MANIFEST_ACCEPT;
 use super::worker::Worker;
 use super::{Action, Filter};
 use crate::config::Config;
-use crate::pull::accepts_every_stored_type;
+use crate::verdict::pull::accepts_every_stored_type;
 use std::rc::Rc;
 
 const PINNING: &str = r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#;

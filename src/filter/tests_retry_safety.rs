@@ -161,7 +161,7 @@ const WKEY: &str = "/immutable-tags/window:app:v1:admin";
 
 /// Whether `c` writes admin's window on v1.
 fn window_write(c: &Call) -> bool {
-    let key = crate::base64::encode(WKEY.as_bytes());
+    let key = crate::util::base64::encode(WKEY.as_bytes());
     c.header(":path") != Some("/v3/lease/grant") && c.body.as_deref().is_some_and(|b| String::from_utf8_lossy(b).contains(&key))
 }
 

@@ -5,7 +5,7 @@
 //! - Without `claims.etcd`: Envoy shared data, seen by every worker of one Envoy. One key per
 //!   tag and principal, as in etcd; a used window is written empty (shared data has no delete).
 //! - With `claims.etcd`: etcd, seen by every replica. One key per tag and principal
-//!   (`crate::etcd::window_key`), bound to a lease of its own with the window's length, so etcd
+//!   ([`crate::store::etcd::window_key`]), bound to a lease of its own with the window's length, so etcd
 //!   drops it when it expires. The read's answer is held until etcd has it (a client may push
 //!   right after reading). Every write is a txn whose compare no late or repeated attempt
 //!   passes: opening creates the key if absent, else replaces what it read there (at its
@@ -19,9 +19,9 @@ use super::break_glass::{line, registry_auth, Asked};
 use super::claims::etcd::Call;
 use super::host::{Host, Level, SharedError};
 use super::worker::Worker;
-use crate::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
+use crate::verdict::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
 use crate::config::EtcdSettings;
-use crate::etcd::{self as wire, Answer};
+use crate::store::etcd::{self as wire, Answer};
 
 /// A window used for a write: what `restore` writes back.
 #[derive(Debug, Clone)]

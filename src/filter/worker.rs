@@ -1,8 +1,8 @@
 //! What the HTTP contexts of one worker share: one VM per worker thread, so no locking.
 use super::host::Host;
-use crate::cache::TagCache;
+use crate::store::tag_cache::TagCache;
 use crate::config::Config;
-use crate::metrics::Counter;
+use crate::observability::metrics::Counter;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 

@@ -1,5 +1,5 @@
-//! Claims in etcd (`claims.etcd`): the same record and rule as shared data (`crate::claims`),
-//! kept where every Envoy replica sees them. Encoding: `crate::etcd`.
+//! Claims in etcd (`claims.etcd`): the same record and rule as shared data ([`crate::store::claims`]),
+//! kept where every Envoy replica sees them. Encoding: [`crate::store::etcd`].
 //!
 //! - A claim is one txn (create the key if absent, else read it back): one round trip before
 //!   the PUT goes upstream. A record found is judged by `claims::take` and, if the push may
@@ -16,7 +16,7 @@
 //! - Commit and release go through the root context's queue: they never delay the client,
 //!   and read, judge and rewrite the record (compare on `mod_revision`), so a release by one
 //!   holder never removes what another holder or a committed change needs.
-//!   The queue also puts back break-glass windows (`filter::window`) a failed write had used.
+//!   The queue also puts back break-glass windows ([`filter::window`](crate::filter::window)) a failed write had used.
 //! - Every call (claim, commit, release, lease grant, window) is a [`Call`]: attempts of at most
 //!   `attempt_timeout_ms` each, sent again while `timeout_ms` lasts when one times out, is
 //!   refused or etcd answers a retryable error. Envoy's round robin sends the next attempt to
@@ -36,12 +36,12 @@
 //!   is, never newer: a spurious refusal, never a wrong grant, and the refused claim's answer
 //!   raises the worker's order, so the client's retry passes.
 use super::Claimed;
-use crate::claims::{self, Rec, View};
+use crate::store::claims::{self, Rec, View};
 use crate::config::EtcdSettings;
-use crate::etcd::{self as wire, Answer, Txn};
+use crate::store::etcd::{self as wire, Answer, Txn};
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
-use crate::metrics::Counter;
+use crate::observability::metrics::Counter;
 
 /// Calls one claim may make (grant, claim, rewrite, retries) before it gives up.
 const MAX_STEPS: u32 = 6;
@@ -503,7 +503,7 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
             let live = found.as_ref(); // see `on_response`: records end by their lease
             let m = found.as_ref().map_or(0, |(_, m)| *m);
             let next = match &change {
-                // Order 0: the revision this write gets (see `crate::etcd`).
+                // Order 0: the revision this write gets (see `crate::store::etcd`).
                 // A commit of no hold (audit mode) is only trusted while young: see `committed`.
                 Change::Commit { held: claims::NO_HOLD, at_ms, .. } if now.saturating_sub(*at_ms) >= ttl / 2 => None,
                 Change::Commit { digest, at_ms, held } => claims::committed(live.map(|(r, _)| r), digest, 0, *held, *at_ms, ttl).map(Some),

@@ -1,6 +1,6 @@
 //! Tag claims: one rule for every write the filter performs to a protected tag, over two
 //! stores: Envoy shared data (one Envoy, synchronous CAS: `shared_data`) and etcd (every
-//! replica, asynchronous calls: `etcd`). The record and the rule are `crate::claims`'s.
+//! replica, asynchronous calls: `etcd`). The record and the rule are [`crate::store::claims`]'s.
 //!
 //! **The rule.** A write of digest D to a protected tag holds a claim for D on the tag from
 //! before it is sent until the registry's answer is known (stored: the claim becomes the
@@ -10,7 +10,7 @@
 //! last committed change of another digest, and never to "absent" while such a change is on record;
 //! a claim of another digest in flight refuses it, the same digest shares it (each hold has
 //! its take time; a push's commit or release removes its own, never another's or a committed
-//! change; a hold counts for two TTLs, see `crate::claims::held`). A view older than half the
+//! change; a hold counts for two TTLs, see [`crate::store::claims::held`]). A view older than half the
 //! TTL is refused (503), and so is a claim answer that took half the TTL or more; a write's
 //! claims are at most half a TTL old when it is sent and it lands within the write timeout (at
 //! most half a TTL), so a claim's record outlives every view taken while its write was in
@@ -19,7 +19,7 @@
 //! own, never their replica's), so no view that predates a committed change outlives its record.
 //!
 //! **Order, not clocks.** "Newer" and "older" are counted by the store's own counter (etcd:
-//! revisions; shared data: a slot's write counter; see `crate::claims::View`), so skew between
+//! revisions; shared data: a slot's write counter; see [`crate::store::claims::View`]), so skew between
 //! replicas and clock steps never make a view that predates a committed change pass as newer.
 //! What a clock step can still do: the age limits (and shared data's record expiry) use the
 //! local clock, so a step back of half the TTL or more while a push is in flight can let its
@@ -37,9 +37,9 @@ pub mod shared_data;
 
 use super::host::Host;
 use super::worker::Worker;
-pub use crate::claims::View;
+pub use crate::store::claims::View;
 
-pub use crate::claims::NO_HOLD;
+pub use crate::store::claims::NO_HOLD;
 
 /// The outcome of a claim, for the push flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub fn fence_tag(digest: &str) -> String {
 }
 
 /// The order of a view of `repository:tag` taken now (read before its HEAD is sent): the
-/// store's counter, never a clock (see `crate::claims::View`). `Err`: it cannot be read; the
+/// store's counter, never a clock (see `crate::store::claims::View`). `Err`: it cannot be read; the
 /// push is refused.
 pub fn view_order(host: &dyn Host, worker: &Worker, repository: &str, tag: &str) -> Result<u64, String> {
     match &worker.config.claims.etcd {
@@ -123,7 +123,7 @@ pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, di
 
 /// A delete of the tag the filter granted (break-glass) went through: its committed change no
 /// longer refuses "absent" (the one way a protected tag becomes new again). `before`: the
-/// tag's [`view_order`] read before the delete was sent (see `crate::claims::deleted`).
+/// tag's [`view_order`] read before the delete was sent (see `crate::store::claims::deleted`).
 pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64, digest: Option<&str>) {
     match &worker.config.claims.etcd {
         None => shared_data::forget(host, &worker.config.claims, repository, tag, before, digest),

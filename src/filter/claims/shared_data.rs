@@ -1,8 +1,8 @@
 //! Claims in Envoy shared data (process-wide, compare-and-swap): reads a slot, asks the pure
-//! `crate::claims` what to write, writes it back with CAS, and retries when another worker
+//! [`crate::store::claims`] what to write, writes it back with CAS, and retries when another worker
 //! wrote first.
 use super::Claimed;
-use crate::claims::{self, Claim, View};
+use crate::store::claims::{self, Claim, View};
 use crate::config::ClaimSettings;
 use crate::filter::host::{Host, Level, SharedError};
 

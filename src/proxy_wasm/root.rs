@@ -1,7 +1,7 @@
 //! The root context: loads the configuration (refusing a bad one, so Envoy never runs an
 //! unprotected listener) and owns what the worker's streams share.
 use super::abi::{self, BufferType};
-use super::wasm::WasmHost;
+use super::wasm_host::WasmHost;
 use crate::config::{Config, Mode};
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
@@ -39,7 +39,7 @@ impl Root {
             "" => "unnamed".into(),
             n => n.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect(),
         };
-        if let Ok(id) = abi::define_gauge(&format!("{}auditing.{name}", crate::metrics::PREFIX)) {
+        if let Ok(id) = abi::define_gauge(&format!("{}auditing.{name}", crate::observability::metrics::PREFIX)) {
             let _ = abi::record(id, u64::from(w.config.mode == Mode::Audit));
         }
     }

@@ -173,7 +173,7 @@ pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
 pub fn headers(map: MapType) -> Result<Vec<(String, String)>, Status> {
     // SAFETY: out-pointers are valid for the call.
     let bytes = read(|d, s| unsafe { proxy_get_header_map_pairs(map as u32, d, s) })?;
-    Ok(bytes.map(|b| crate::header_map::decode(&b)).unwrap_or_default())
+    Ok(bytes.map(|b| crate::proxy_wasm::header_map::decode(&b)).unwrap_or_default())
 }
 
 pub fn replace_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
@@ -204,7 +204,7 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
 
 /// `details` becomes the stream's response code details (`%RESPONSE_CODE_DETAILS%`).
 pub fn send_local_response(status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
-    let h = crate::header_map::encode(headers);
+    let h = crate::proxy_wasm::header_map::encode(headers);
     // SAFETY: valid pointers and lengths for the duration of the call; -1: no gRPC status.
     check(unsafe {
         proxy_send_local_response(status, details.as_ptr(), details.len(), body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1)
@@ -284,8 +284,8 @@ pub fn set_shared(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
 /// Sends an HTTP call to `cluster`; the host answers with `proxy_on_http_call_response` on the
 /// calling stream's context, carrying the returned token.
 pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u32) -> Result<u32, Status> {
-    let h = crate::header_map::encode(headers);
-    let t = crate::header_map::encode(&[]);
+    let h = crate::proxy_wasm::header_map::encode(headers);
+    let t = crate::proxy_wasm::header_map::encode(&[]);
     let (b, n) = body.map_or((null(), 0), |b| (b.as_ptr(), b.len()));
     let mut token = 0u32;
     // SAFETY: valid pointers and lengths for the duration of the call.

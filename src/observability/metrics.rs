@@ -1,5 +1,7 @@
 //! The filter's counters: their names (one prefix, listed in docs/observability.md) and which counter a
-//! refusal moves. The host side (`host::metrics`) defines and increments them.
+//! refusal moves. The filter
+//! ([`Worker::count`](crate::filter::worker::Worker::count)) moves them through the `Host` trait;
+//! the glue (`proxy_wasm`, wasm only) defines them in Envoy.
 
 /// Every counter the filter keeps. Envoy puts custom wasm stats in its `wasmcustom` namespace:
 /// `wasmcustom.immutable_tags.<name>` at `/stats`, `immutable_tags_<name>` at `/stats/prometheus`.

@@ -6,12 +6,12 @@
 //!
 //! Native only: proptest is not a wasm32 dev-dependency.
 
-use crate::cache::TagCache;
-use crate::claims::{self, Claim, Slot, MAX_RECORDS};
+use crate::store::tag_cache::TagCache;
+use crate::store::claims::{self, Claim, Slot, MAX_RECORDS};
 use crate::config::Config;
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use crate::policy::is_signature_tag;
-use crate::request::{classify, is_valid_name, is_valid_tag, may_name_blobs, may_name_manifests, Reference, Request};
+use crate::oci::request::{classify, is_valid_name, is_valid_tag, may_name_blobs, may_name_manifests, Reference, Request};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 

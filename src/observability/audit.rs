@@ -2,8 +2,8 @@
 //! have been refused), with enough to answer "who tried to overwrite prod/api:v1.4.2 yesterday".
 
 use crate::config::Mode;
-use crate::metrics::Refusal;
-use crate::oci_error::OciError;
+use crate::observability::metrics::Refusal;
+use crate::oci::error::OciError;
 use serde_json::{json, Value};
 
 /// What the host knows about the request being refused; every field may be missing.

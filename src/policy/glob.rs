@@ -345,7 +345,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::fuzz::cases(4000))]
+            #![proptest_config(crate::proptests::cases(4000))]
             #[test]
             fn same_regex_or_both_refuse(glob in r"[az/*?\[\]!^{},\\.é-]{0,12}") {
                 prop_assert_eq!(to_regex(&glob).map_err(|_| ()), globset(&glob), "{}", glob);

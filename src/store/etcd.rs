@@ -1,20 +1,20 @@
 //! Claims in etcd (`claims.etcd`), the encoding half: the JSON bodies of etcd's v3 gateway
 //! (`/v3/kv/txn`, `/v3/lease/grant`, `/v3/lease/keepalive`) and what their answers mean.
-//! Pure: `filter::claims::etcd` dispatches the calls.
+//! Pure: [`filter::claims::etcd`](crate::filter::claims::etcd) dispatches the calls.
 //!
 //! The gateway speaks proto3 JSON: keys and values are base64, int64 fields (revisions, lease
 //! IDs, TTLs) are JSON strings, and fields at their default value are omitted (a txn whose
 //! compare failed has no `succeeded`, a range with no match has no `kvs`, a lease that is gone
 //! answers a keepalive without `TTL`). Errors come as `{"error","message","code"}`.
 //!
-//! A record is one key, `<prefix><repository>:<tag>`, whose value is a `crate::claims::Rec`
+//! A record is one key, `<prefix><repository>:<tag>`, whose value is a [`crate::store::claims::Rec`]
 //! (`<at_ms> <stored digest|-> <committed revision> <claimed digest|-> <holders>`), judged by
-//! the same rule as in shared data. Its lease is not its writer's: see `filter::claims::etcd`.
+//! the same rule as in shared data. Its lease is not its writer's: see [`filter::claims::etcd`](crate::filter::claims::etcd).
 //! A commit cannot write its own revision into the value, so committed revision 0 means "this
 //! key's `mod_revision`": [`parse_txn`] puts the number in, and every later rewrite (which
 //! compares `mod_revision`, so knows it exactly) writes it out.
-use crate::base64::{decode as unb64, encode as b64};
-use crate::json_doc::Json;
+use crate::util::base64::{decode as unb64, encode as b64};
+use crate::util::json_doc::Json;
 
 /// An int64 of the gateway (a JSON string; a number from a lenient writer). Revisions and
 /// lease IDs etcd hands out are never negative.
@@ -43,8 +43,8 @@ pub fn key(prefix: &str, repository: &str, tag: &str) -> String {
     format!("{prefix}{repository}:{tag}")
 }
 
-/// A record's value: `crate::claims::Rec` (one encoding for both stores).
-pub use crate::claims::Rec as Record;
+/// A record's value: `crate::store::claims::Rec` (one encoding for both stores).
+pub use crate::store::claims::Rec as Record;
 
 /// Create the claim if the key does not exist (`create_revision == 0`), else read it back.
 /// (Every string in these bodies is base64 or digits: nothing to escape.)
@@ -143,7 +143,7 @@ pub fn read_holds(body: &[u8], own: &str, digest: &str) -> Option<bool> {
     let mut i = 0;
     while let Some(kv) = r.field("kvs").and_then(|k| k.item(i)) {
         let v = unb64(text(kv.field("value"))?).and_then(|v| String::from_utf8(v).ok());
-        if text(kv.field("key"))? != own && v.and_then(|v| Record::decode(&v)).is_some_and(|r| crate::claims::holds(&r, digest)) {
+        if text(kv.field("key"))? != own && v.and_then(|v| Record::decode(&v)).is_some_and(|r| crate::store::claims::holds(&r, digest)) {
             return Some(true);
         }
         i += 1;
@@ -249,7 +249,7 @@ fn window_txn(status: Option<u16>, body: &[u8]) -> Answer<(Json, Result<u64, u64
     Answer::Ok((doc, Err(m)))
 }
 
-/// A window's create or replace answered (see [`window_txn`]).
+/// A window's create or replace answered (see `window_txn`).
 pub fn parse_written(status: Option<u16>, body: &[u8]) -> Answer<Result<u64, u64>> {
     match window_txn(status, body) {
         Answer::Ok((_, r)) => Answer::Ok(r),

@@ -1,4 +1,4 @@
-//! `filter::host::Host` on Envoy's proxy-wasm ABI, through `abi` (which never panics).
+//! [`filter::host::Host`](crate::filter::host::Host) on Envoy's proxy-wasm ABI, through `abi` (which never panics).
 use super::abi::{self, BufferType, LogLevel, MapType, Status, CAS_MISMATCH};
 use crate::filter::host::{Host, Level, SharedError};
 
@@ -6,7 +6,7 @@ pub struct WasmHost;
 
 /// A value read from the host as text (`header_map::text`: never dropped for not being UTF-8).
 fn text(v: Result<Option<Vec<u8>>, Status>) -> Option<String> {
-    v.ok().flatten().map(crate::header_map::text)
+    v.ok().flatten().map(crate::proxy_wasm::header_map::text)
 }
 
 fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
@@ -16,7 +16,7 @@ fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
 impl Host for WasmHost {
     fn read_request_header(&self, name: &str) -> Result<Option<String>, String> {
         match abi::header(MapType::RequestHeaders, name) {
-            Ok(v) => Ok(v.map(crate::header_map::text)),
+            Ok(v) => Ok(v.map(crate::proxy_wasm::header_map::text)),
             Err(s) => Err(format!("{s:?}")),
         }
     }

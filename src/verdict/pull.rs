@@ -10,7 +10,7 @@
 //! linux/amd64 child when the list type is missing), and answers a read by digest as stored, so
 //! a pinned narrow read would get what the registry would not have given it.
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// The manifest media types a registry stores as pushed. A manifest read answered with any
 /// other type (distribution converts to schema 1 for old clients) has a digest that is not the

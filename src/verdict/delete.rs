@@ -13,12 +13,12 @@
 //! learns every immutable tag holding the digest from the registry, since a digest delete
 //! removes all of them and an override must cover each.
 
-use crate::digest::Digest;
-use crate::oci_error::OciError;
+use crate::oci::digest::Digest;
+use crate::oci::error::OciError;
 use crate::policy::Policy;
-use crate::request::is_valid_tag;
-use crate::verdict::Current;
-use crate::json_doc::Json;
+use crate::oci::request::is_valid_tag;
+use crate::verdict::push::Current;
+use crate::util::json_doc::Json;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -687,7 +687,7 @@ mod tests {
     fn another_algorithm_cannot_be_compared() {
         let mut c = check(1000);
         c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), &[]).unwrap();
-        c.learn("v1", Some(Digest::of(crate::digest::Algorithm::Sha512, b"x")));
+        c.learn("v1", Some(Digest::of(crate::oci::digest::Algorithm::Sha512, b"x")));
         let e = refusal(c.step());
         assert_eq!(e.status, 409);
         assert!(e.message.contains("another algorithm"));

@@ -5,8 +5,8 @@
 //! Any write to a manifests route that the filter cannot read with certainty is refused: a
 //! request that looks harmless to the filter but not to the registry would be a bypass.
 
-use crate::digest::Digest;
-use crate::oci_error::OciError;
+use crate::oci::digest::Digest;
+use crate::oci::error::OciError;
 use percent_encoding::percent_decode_str;
 
 /// What a request means to the filter.

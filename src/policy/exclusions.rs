@@ -9,7 +9,7 @@
 //! start. Everything here runs in time linear in the tag (no backtracking), so no pattern can
 //! stall a worker.
 
-use crate::pattern::Matcher;
+use crate::policy::pattern::Matcher;
 
 #[derive(Debug, Clone)]
 pub struct Exclusions {

@@ -7,9 +7,21 @@
 //!
 //! Harbor/STACKIT/GitLab model: `rules` (see rules.rs). A tag is immutable when the scopes say
 //! so OR any enabled rule selects it.
+//!
+//! Its children are the pieces a policy is made of:
+//!
+//! * [`rules`]: Harbor / STACKIT / GitLab rule lists (repository and tag selectors).
+//! * [`exclusions`]: Angos exclusion regexes, matched against the whole tag.
+//! * [`pattern`]: sets of regexes compiled into one lazy DFA, shared by the two above.
+//! * [`glob`]: doublestar globs translated into regexes (a port of globset's translation).
 
-use crate::exclusions::{Exclusions, Match};
-use crate::rules::{Rule, Rules};
+pub mod exclusions;
+pub mod glob;
+pub mod pattern;
+pub mod rules;
+
+use crate::policy::exclusions::{Exclusions, Match};
+use crate::policy::rules::{Rule, Rules};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default)]
@@ -311,7 +323,7 @@ mod seeds {
     /// The same table tests/explain.rs runs through `explain`.
     #[test]
     fn the_seeds_documented_examples_decide_as_the_seeds_say() {
-        let table: serde_json::Value = serde_json::from_str(include_str!("../tests/seed_examples.json")).unwrap();
+        let table: serde_json::Value = serde_json::from_str(include_str!("../../tests/seed_examples.json")).unwrap();
         let mut n = 0;
         for entry in table.as_array().unwrap() {
             let seed = entry["seed"].as_str().unwrap();
@@ -391,7 +403,7 @@ mod nesting_properties {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz::cases(500))]
+        #![proptest_config(crate::proptests::cases(500))]
         #[test]
         fn an_immutable_tag_is_in_a_repository_that_may_protect(
             global in setting(),

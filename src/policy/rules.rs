@@ -12,10 +12,10 @@
 //! with `globset` and `regex::RegexSet` instead pulled their engines and Unicode tables into
 //! the module, more than doubling its size.)
 
-use crate::json_doc::ConfigError;
-use crate::glob;
-use crate::pattern::{Matcher, Unfinished};
-use crate::json_doc::{Fields, Json};
+use crate::util::json_doc::ConfigError;
+use crate::policy::glob;
+use crate::policy::pattern::{Matcher, Unfinished};
+use crate::util::json_doc::{Fields, Json};
 
 /// Longest `regex` accepted (characters) unless `rules_max_regex_length` says otherwise.
 /// GitLab allows 100; long patterns are rarely honest and cost memory in the set.

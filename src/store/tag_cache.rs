@@ -12,9 +12,9 @@
 //!
 //! [`TagCache::get`] and [`TagCache::get_since`] (the push and delete checks) only return entries
 //! that may back a verdict; [`TagCache::get_for_read`] (pinning) returns any. A delete is never let
-//! through on any entry: the map can only make it refuse sooner (`crate::deletes`).
+//! through on any entry: the map can only make it refuse sooner ([`crate::verdict::delete`]).
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 use lru::LruCache;
 use std::num::NonZeroUsize;
 

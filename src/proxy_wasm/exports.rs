@@ -27,11 +27,11 @@
 use super::abi;
 use super::streams::{with_stream, CALLS, CONTINUE, CURRENT, STREAMS};
 use super::root::{self, Root};
-use super::wasm::WasmHost;
+use super::wasm_host::WasmHost;
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
 use crate::filter::{Action, Filter};
-use crate::metrics::Counter;
+use crate::observability::metrics::Counter;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 

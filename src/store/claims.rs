@@ -1,4 +1,4 @@
-//! Tag claims, the pure half: the record of a tag, THE rule (`take`, see `filter::claims`),
+//! Tag claims, the pure half: the record of a tag, THE rule (`take`, see [`filter::claims`](crate::filter::claims)),
 //! and shared data's slots (the process-wide store within one Envoy).
 //!
 //! Each HTTP context only sees its own HEAD answer, so two pushes can both learn "absent" and
@@ -12,7 +12,7 @@
 //! Shared data has no delete, so memory is bounded by design: `repository:tag` hashes into a
 //! fixed number of slots, each holding at most [`MAX_RECORDS`] records, expired ones pruned on
 //! every write. This module is pure: it turns a slot's bytes and `now` into a decision and the
-//! bytes to write back; `host::claims` does the reads and CAS writes.
+//! bytes to write back; [`filter::claims::shared_data`](crate::filter::claims::shared_data) does the reads and CAS writes.
 
 /// Live records one slot may hold. A claim that finds its slot full of live records is refused
 /// (503); no live record is ever evicted (a committed one still fences stale views).

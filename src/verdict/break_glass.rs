@@ -6,11 +6,11 @@
 //! write, and only when the registry demands authentication (an anonymous `GET /v2/` answered
 //! 401, `registry_auth` below): against a registry without auth any name is unproven.
 
-use crate::base64::decode;
-use crate::json_doc::ConfigError;
-use crate::glob;
-use crate::json_doc::{Fields, Json};
-use crate::exclusions::{Exclusions, Match};
+use crate::util::base64::decode;
+use crate::util::json_doc::ConfigError;
+use crate::policy::glob;
+use crate::util::json_doc::{Fields, Json};
+use crate::policy::exclusions::{Exclusions, Match};
 
 pub const DEFAULT_REASON_HEADER: &str = "x-break-glass-reason";
 /// The longest reason taken (bytes): enough for a ticket and a sentence, not for a log flood.
@@ -241,7 +241,7 @@ pub struct Window {
 }
 
 impl Window {
-    /// Its shared-data key, one per tag and principal as in etcd (`crate::etcd::window_key`),
+    /// Its shared-data key, one per tag and principal as in etcd (`crate::store::etcd::window_key`),
     /// so that one principal's read does not replace another's window. Names and tags hold no
     /// ':', so the principal is all that follows the second.
     pub fn key(repository: &str, tag: &str, principal: &str) -> String {
@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(principal(&format!("Bearer {jwt}")), Some("release-admin".into()));
         assert_eq!(principal("Bearer opaque-token"), None);
         assert_eq!(principal("Bearer a.e30.b"), None, "no sub");
-        let bearer = |payload: &str| format!("Bearer e30.{}.c2ln", crate::base64::encode(payload.as_bytes()));
+        let bearer = |payload: &str| format!("Bearer e30.{}.c2ln", crate::util::base64::encode(payload.as_bytes()));
         assert_eq!(principal(&bearer(r#"{"sub":"release-admin"}"#)), Some("release-admin".into()));
         for two in [
             r#"{"sub":"release-admin","sub":"mallory"}"#,

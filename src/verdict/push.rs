@@ -1,7 +1,7 @@
 //! The decision on a tag push, once the filter knows the tag's current digest and the digest of
 //! the manifest being pushed; and how an upstream HEAD answer is read.
 
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// What the upstream said about a tag, from a dispatched `HEAD /v2/<name>/manifests/<tag>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
