@@ -141,10 +141,11 @@ enum State {
     Unlocking(Box<Cover>, Box<OciError>),
 }
 
-/// Where a flow's next step is acted on: a request callback answers with an `Action`; a call
+/// Which callback a flow's next step is acted on from (named `Callback`, not `From`, so as not
+/// to shadow the standard trait): a request callback answers with an `Action`; a call
 /// response must resume the request itself.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum From {
+enum Callback {
     Request,
     Call,
 }
@@ -197,7 +198,7 @@ impl Filter {
         // Every path here may name manifests or blobs, where the verdict depends on the method.
         if method_overridden(h) || query_overrides_method(&path) {
             let msg = "Method override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) and ?_method= are not accepted on manifest or blob routes";
-            return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], From::Request);
+            return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], Callback::Request);
         }
         let max_tags = self.worker.as_ref().map_or(DEFAULT_MAX_TAGS_PER_PUSH, |w| w.config.max_tags_per_push);
         let request = classify_with(&method, &path, max_tags);
@@ -214,7 +215,7 @@ impl Filter {
         }
         // A write the filter cannot judge is refused whether or not it has a configuration.
         if let Request::Invalid(err) = &request {
-            return self.refuse(h, err, &[], From::Request);
+            return self.refuse(h, err, &[], Callback::Request);
         }
         let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. });
         let Some(worker) = self.worker.clone() else {
@@ -222,7 +223,7 @@ impl Filter {
                 return Action::Continue;
             }
             let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
-            return self.refuse(h, &err, &[], From::Request);
+            return self.refuse(h, &err, &[], Callback::Request);
         };
         if matches!(request, Request::ManifestRead { reference: Reference::Tag(_), .. }) && worker.config.break_glass.is_some() {
             self.asked = Asked::read(&worker, &|n| h.request_header(n)).verify(h, &worker);
@@ -241,7 +242,7 @@ impl Filter {
             }
             Request::Other | Request::ManifestRead { .. } => Action::Continue,
             // Refused above.
-            Request::Invalid(err) => self.refuse(h, &err, &[], From::Request),
+            Request::Invalid(err) => self.refuse(h, &err, &[], Callback::Request),
             Request::ManifestPut { repository, reference, tags } => {
                 self.on_put(h, &worker, repository, reference, tags, end_of_stream)
             }
@@ -266,13 +267,13 @@ impl Filter {
         }
         let msg = "Blob deletes are refused here: the registry's garbage collection removes blobs no manifest references";
         let err = OciError::new(405, "UNSUPPORTED", msg, json!({"repository": repository, "setting": "deletes.blobs"}));
-        self.refuse(h, &err, &[], From::Request)
+        self.refuse(h, &err, &[], Callback::Request)
     }
 
     /// The host would not give `name`: the request may be a write, so it is refused.
     fn unreadable(&mut self, h: &dyn Host, name: &str, why: &str) -> Action {
         let msg = format!("immutable-tags could not read the request's {name} (host status {why}); a request it cannot judge is refused");
-        self.refuse(h, &OciError::new(503, "UNAVAILABLE", msg, json!({})), &[], From::Request)
+        self.refuse(h, &OciError::new(503, "UNAVAILABLE", msg, json!({})), &[], Callback::Request)
     }
 
     fn on_put(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, tags: Vec<String>, end_of_stream: bool) -> Action {
@@ -295,14 +296,14 @@ impl Filter {
         match Push::start(h, worker, repository, path_tag, checks, end_of_stream) {
             Ok((push, next)) => {
                 self.state = State::Push(Box::new(push));
-                self.push_next(h, next, From::Request)
+                self.push_next(h, next, Callback::Request)
             }
-            Err(err) => self.refuse(h, &err, &[], From::Request),
+            Err(err) => self.refuse(h, &err, &[], Callback::Request),
         }
     }
 
     /// Acts on a push's next step.
-    fn push_next(&mut self, h: &dyn Host, next: push::Next, from: From) -> Action {
+    fn push_next(&mut self, h: &dyn Host, next: push::Next, from: Callback) -> Action {
         match next {
             push::Next::Wait => Action::Pause,
             push::Next::Release => self.resume(h, from, "the lookup"),
@@ -325,8 +326,8 @@ impl Filter {
 
     /// Lets held headers go: from a request callback by answering `Continue`, from a call
     /// response by resuming.
-    fn resume(&self, h: &dyn Host, from: From, after: &str) -> Action {
-        if from == From::Call {
+    fn resume(&self, h: &dyn Host, from: Callback, after: &str) -> Action {
+        if from == Callback::Call {
             if let Err(s) = h.resume_request() {
                 h.log(Level::Error, &format!("immutable-tags: cannot resume request after {after} ({s})"));
             }
@@ -336,7 +337,7 @@ impl Filter {
 
     /// The single refusal path. Counts the refusal, logs one JSON record of it, then answers with
     /// `err` (enforce mode) or lets the request through as if allowed (audit mode).
-    fn refuse(&mut self, h: &dyn Host, err: &OciError, extra: &[(&str, String)], from: From) -> Action {
+    fn refuse(&mut self, h: &dyn Host, err: &OciError, extra: &[(&str, String)], from: Callback) -> Action {
         self.unfence(h);
         let kind = Refusal::of(self.request.method.as_deref().unwrap_or_default(), err.status, &err.code);
         let mode = self.worker.as_ref().map_or(Mode::Enforce, |w| w.config.mode);
@@ -366,7 +367,7 @@ impl Filter {
     }
 
     /// Audit mode: a request that would have been refused goes on as an allowed one would.
-    fn let_through(&mut self, h: &dyn Host, from: From, err: &OciError) -> Action {
+    fn let_through(&mut self, h: &dyn Host, from: Callback, err: &OciError) -> Action {
         let Some(worker) = self.worker.clone() else { return self.resume(h, from, "audit") };
         match std::mem::replace(&mut self.state, State::Pass) {
             State::Push(mut push) => {
@@ -395,7 +396,7 @@ impl Filter {
         match &mut self.state {
             State::Push(push) => {
                 let next = push.on_body(h, &worker, body_size, end_of_stream);
-                self.push_next(h, next, From::Request);
+                self.push_next(h, next, Callback::Request);
                 // Never release a byte of a push: it is buffered until the filter writes it.
                 Action::Pause
             }
@@ -409,7 +410,7 @@ impl Filter {
         match &mut self.state {
             State::Push(push) => {
                 let next = push.on_trailers(h, &worker);
-                self.push_next(h, next, From::Request);
+                self.push_next(h, next, Callback::Request);
                 Action::Pause
             }
             State::Done | State::Delete(_) | State::Unlocking(..) => Action::Pause,
@@ -422,11 +423,11 @@ impl Filter {
         match &mut self.state {
             State::Delete(d) => {
                 let next = d.on_response(h, &worker, token, body_size);
-                self.delete_next(h, next, From::Call);
+                self.delete_next(h, next, Callback::Call);
             }
             State::Push(push) => {
                 let next = push.on_call_response(h, &worker, token, body_size);
-                self.push_next(h, next, From::Call);
+                self.push_next(h, next, Callback::Call);
             }
             // Done once the window is written (or could not be): the held answer goes on.
             State::Opening(o) if o.token() == token => {
@@ -441,7 +442,7 @@ impl Filter {
             State::Unlocking(c, _) if c.token() == Some(token) => {
                 let State::Unlocking(c, err) = std::mem::replace(&mut self.state, State::Pass) else { return };
                 let covered = c.answered(h, &worker, body_size);
-                self.unlocked(h, covered, *err, Vec::new(), From::Call);
+                self.unlocked(h, covered, *err, Vec::new(), Callback::Call);
             }
             _ => {}
         }
@@ -478,7 +479,7 @@ impl Filter {
                     h.log(Level::Warn, &format!("immutable-tags: {}", err.message));
                     return self.answer(h, &err, &[]);
                 }
-                self.refuse(h, &err, &[], From::Request)
+                self.refuse(h, &err, &[], Callback::Request)
             }
             State::Push(_) => Action::Pause,
             State::Pull { repository, tag, pinned } => {
@@ -576,7 +577,7 @@ impl Filter {
         }
         match reference {
             Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
-                Some(err) => self.delete_refused(h, worker, err, Vec::new(), vec![tag], true, From::Request),
+                Some(err) => self.delete_refused(h, worker, err, Vec::new(), vec![tag], true, Callback::Request),
                 None => Action::Continue,
             },
             // No tag of this repository can be immutable: no listing to pay for.
@@ -585,7 +586,7 @@ impl Filter {
                 let exhaustive = bg::may_override(worker, BgAction::Delete, &repository, &self.asked);
                 let (check, next) = DigestDelete::start(h, worker, &repository, digest, exhaustive);
                 self.state = State::Delete(Box::new(check));
-                self.delete_next(h, next, From::Request)
+                self.delete_next(h, next, Callback::Request)
             }
         }
     }
@@ -619,7 +620,7 @@ impl Filter {
     }
 
     /// Acts on a digest delete's next step.
-    fn delete_next(&mut self, h: &dyn Host, next: delete::Next, from: From) -> Action {
+    fn delete_next(&mut self, h: &dyn Host, next: delete::Next, from: Callback) -> Action {
         if let (State::Delete(d), false) = (&self.state, matches!(next, delete::Next::Wait)) {
             self.fence = d.fence_taken();
         }
@@ -648,7 +649,7 @@ impl Filter {
     /// unless break-glass covers every one of them (`complete`: `held` is all of them, on the
     /// registry's word): then it goes to the registry, and is logged once the registry accepted.
     #[allow(clippy::too_many_arguments)]
-    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, err: OciError, extra: Vec<(&str, String)>, held: Vec<String>, complete: bool, from: From) -> Action {
+    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, err: OciError, extra: Vec<(&str, String)>, held: Vec<String>, complete: bool, from: Callback) -> Action {
         let covered = match audit::subject(&err).filter(|_| err.status == 409 && !held.is_empty()) {
             Some((repository, _)) => Cover::new(repository, held, &self.asked, complete).run(h, worker),
             None => Covered::No(None, Vec::new()),
@@ -657,7 +658,7 @@ impl Filter {
     }
 
     /// Acts on break-glass's answer to a refused delete.
-    fn unlocked(&mut self, h: &dyn Host, covered: Covered, mut err: OciError, extra: Vec<(&str, String)>, from: From) -> Action {
+    fn unlocked(&mut self, h: &dyn Host, covered: Covered, mut err: OciError, extra: Vec<(&str, String)>, from: Callback) -> Action {
         match covered {
             Covered::Yes(granted) => {
                 // The delete goes on as the client sent it, but with no credential other than
