@@ -3,7 +3,7 @@
 //! land late, after its answer was given up on. Holds may be counted too often (the tag then
 //! waits for its record's expiry: fail closed), never too seldom; a window serves one override.
 use super::fake::{answer, Call, Reply};
-use super::tests_claims::{deliver, root_response, run_for, sha, Replica, Stream, World, X, Y};
+use super::sequences::{deliver, root_response, run_for, sha, Replica, Stream, World, X, Y};
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry", "write_timeout_ms": 3000}, "global": {"immutable_tags": true},
   "claims": {"ttl_seconds": 10, "etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 2000}}}"#;
@@ -56,7 +56,7 @@ fn to_put(world: &World, s: &mut Stream, body: &[u8], mut etcd: impl FnMut(&Call
 
 /// The root's queued commits and releases, its etcd writes answered by `write(call, n)`.
 fn root(world: &World, r: &Replica, mut write: impl FnMut(&Call, usize) -> Reply) {
-    super::claims::etcd::tick(&r.root, &r.w);
+    crate::filter::claims::etcd::tick(&r.root, &r.w);
     let mut n = 0;
     loop {
         let Some(token) = r.root.pending.borrow_mut().pop_front() else { break };
@@ -156,7 +156,7 @@ fn a_release_whose_write_failed_after_it_was_sent_is_not_sent_again() {
 
 // ---- Break-glass windows in etcd: no late or repeated attempt brings back a used window.
 
-use super::tests_claims::{ADMIN, ETCD_BG, REASON};
+use super::sequences::{ADMIN, ETCD_BG, REASON};
 const WKEY: &str = "/immutable-tags/window:app:v1:admin";
 
 /// Whether `c` writes admin's window on v1.
@@ -256,7 +256,7 @@ fn a_use_of_a_window_whose_answer_is_lost_serves_at_most_one_override() {
         deliver(&mut s, token, reply);
     }
     assert!(lost);
-    assert_eq!(super::tests_claims::reply(&s).status, 409);
+    assert_eq!(super::sequences::reply(&s).status, 409);
     assert_eq!(world.push(&a, "v1", Y, &[ADMIN]).status, 409, "nothing left to use");
     assert_eq!(world.reg.holds("v1"), Some(sha(X)));
 }

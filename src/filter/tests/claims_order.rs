@@ -2,7 +2,7 @@
 //! revision, a shared-data slot's write counter), never by wall clock. Replicas whose clocks
 //! disagree, or a clock that steps back, must not let a view taken before an override pass
 //! as newer than it.
-use super::tests_claims::{reply, run_for, sha, World, ADMIN, BOB, ETCD_BG, REASON, X, Y};
+use super::sequences::{reply, run_for, sha, World, ADMIN, BOB, ETCD_BG, REASON, X, Y};
 
 const V1: &str = "v1";
 const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},

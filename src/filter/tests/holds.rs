@@ -1,7 +1,7 @@
 //! Issue 27, "nothing lingers": a hold whose push never settles (its write answered 5xx, the
 //! outcome unknown; or its client left while the claim's call was out) has an age of its own,
 //! so identical re-pushes that keep the tag's record fresh do not carry it forward forever.
-use super::tests_claims::{reply, run_for, sha, Replica, World, ADMIN, BOB, ETCD_BG, REASON, X, Y};
+use super::sequences::{reply, run_for, sha, Replica, World, ADMIN, BOB, ETCD_BG, REASON, X, Y};
 
 const V1: &str = "v1";
 const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},

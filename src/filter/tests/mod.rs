@@ -1,10 +1,30 @@
 //! The state machine on a fake host: every flow's states, without Envoy. Each test drives the
 //! callbacks in the order Envoy can deliver them and checks what reached "the registry" (the
 //! dispatched calls) and what the client got.
-use super::fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
-use super::host::Host;
-use super::worker::Worker;
-use super::{Action, Filter};
+mod fake;
+mod sim;
+mod claims;
+mod claims_order;
+mod deletes;
+mod deltimeout;
+mod failover;
+mod fence;
+mod gitlab_delete;
+mod holds;
+mod input;
+mod late_changes;
+mod method_override;
+mod pinning;
+mod pinning_scope;
+mod release_races;
+mod retry_safety;
+mod sequences;
+mod telemetry;
+
+use fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
+use crate::filter::host::Host;
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
 use crate::digest::Digest;
 use std::rc::Rc;
 
@@ -530,8 +550,8 @@ fn an_upstream_error_let_through_by_policy_is_still_fenced_by_the_claims() {
 // ---- Claims in etcd (`claims.etcd`): every "replica" is its own FakeHost (own process, own
 // shared data), all talking to one FakeEtcd.
 
-use super::claims::etcd as etcd_claims;
-use super::fake::FakeEtcd;
+use crate::filter::claims::etcd as etcd_claims;
+use fake::FakeEtcd;
 
 const ETCD_POLICY: &str = r#"{"upstream": {"cluster": "registry"},
   "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
@@ -539,7 +559,7 @@ const ETCD_POLICY: &str = r#"{"upstream": {"cluster": "registry"},
 const KEY: &str = "/immutable-tags/app:v1";
 
 /// Answers the oldest pending call of `h` with `reply(call)`; `true` if there was one.
-fn respond_with(f: &mut Filter, h: &FakeHost, mut reply: impl FnMut(&super::fake::Call) -> Reply) -> bool {
+fn respond_with(f: &mut Filter, h: &FakeHost, mut reply: impl FnMut(&fake::Call) -> Reply) -> bool {
     let Some(token) = h.pending.borrow_mut().pop_front() else { return false };
     let call = h.call_of(token);
     let r = reply(&call);
@@ -686,7 +706,7 @@ fn a_connect_failure_is_tried_once_more_before_refusing() {
     while respond_with(&mut f, &h, |c| { assert_eq!(c.cluster, "etcd"); envoy_503.clone() }) {
         n += 1;
     }
-    assert_eq!((n, h.reply().unwrap().status), (super::claims::etcd::MAX_ATTEMPTS, 503));
+    assert_eq!((n, h.reply().unwrap().status), (crate::filter::claims::etcd::MAX_ATTEMPTS, 503));
 }
 
 #[test]
@@ -934,21 +954,21 @@ fn a_window_lets_one_push_of_its_principal_through_without_the_header() {
 fn the_probe_learns_from_the_registry_answer() {
     let h = FakeHost::new();
     let w = worker(&h, BG);
-    super::break_glass::probe(&h, &w);
+    crate::filter::break_glass::probe(&h, &w);
     let call = h.last_call().unwrap();
     assert_eq!((call.header(":method"), call.header(":path"), call.header("authorization")), (Some("GET"), Some("/v2/"), None));
     for (status, learned) in [("500", None), ("401", Some(true)), ("200", Some(false))] {
         let token = h.pending.borrow_mut().pop_front().unwrap();
         h.set_answer(Some(answer(status.parse().unwrap(), &[], b"")));
         // Another root call's answer (etcd) is not the probe's.
-        assert!(!super::break_glass::learn(&h, &w, token + 100));
-        assert!(super::break_glass::learn(&h, &w, token));
-        assert_eq!(super::break_glass::registry_auth(&h, &w), learned, "{status}");
-        h.advance(super::break_glass::PROBE_PERIOD_MS);
-        super::break_glass::probe(&h, &w);
+        assert!(!crate::filter::break_glass::learn(&h, &w, token + 100));
+        assert!(crate::filter::break_glass::learn(&h, &w, token));
+        assert_eq!(crate::filter::break_glass::registry_auth(&h, &w), learned, "{status}");
+        h.advance(crate::filter::break_glass::PROBE_PERIOD_MS);
+        crate::filter::break_glass::probe(&h, &w);
     }
     h.advance(60_000);
-    assert_eq!(super::break_glass::registry_auth(&h, &w), None, "stale knowledge is no knowledge");
+    assert_eq!(crate::filter::break_glass::registry_auth(&h, &w), None, "stale knowledge is no knowledge");
 }
 
 #[test]
@@ -980,7 +1000,7 @@ fn only_streams_under_judgement_keep_state_and_only_until_their_answer() {
     }
     // A read of an immutable tag under pinning: state until its answer, none after.
     let mut f = Filter::new(Some(w.clone()));
-    h.request("GET", "/v2/app/manifests/v1", &[("accept", super::upstream::MANIFEST_ACCEPT)]);
+    h.request("GET", "/v2/app/manifests/v1", &[("accept", crate::filter::upstream::MANIFEST_ACCEPT)]);
     assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
     assert!(!f.idle());
     *h.response_headers.borrow_mut() = vec![(":status".into(), "200".into())];
@@ -1001,7 +1021,7 @@ fn only_streams_under_judgement_keep_state_and_only_until_their_answer() {
 
 #[test]
 fn a_tags_list_page_over_the_bound_refuses_the_delete() {
-    use super::delete::MAX_PAGE_BYTES;
+    use crate::filter::delete::MAX_PAGE_BYTES;
     let h = FakeHost::new();
     let w = worker(&h, POLICY);
     let page = |size: usize| {
@@ -1484,7 +1504,7 @@ fn a_window_etcd_cannot_write_is_not_opened_and_the_read_goes_on() {
     while sent < 10 && respond_with(&mut f, &b, |_| refused.clone()) {
         sent += 1;
     }
-    assert_eq!(sent, super::claims::etcd::MAX_ATTEMPTS);
+    assert_eq!(sent, crate::filter::claims::etcd::MAX_ATTEMPTS);
     assert_eq!(b.response_resumes.get(), 1);
     let why = window_lines(&b)[0]["not_opened"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("is unavailable"), "{why}");
@@ -1782,7 +1802,7 @@ fn pinned_reads_learn_from_the_answer_and_forget_a_digest_that_is_gone() {
     let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#);
     let read = |answer: &[(&str, &str)]| {
         let mut f = Filter::new(Some(w.clone()));
-        h.request("GET", "/v2/app/manifests/v1", &[("accept", super::upstream::MANIFEST_ACCEPT)]);
+        h.request("GET", "/v2/app/manifests/v1", &[("accept", crate::filter::upstream::MANIFEST_ACCEPT)]);
         assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
         let path = h.request_header_value(":path").unwrap();
         *h.response_headers.borrow_mut() = answer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -1949,25 +1969,25 @@ fn what_a_worker_learned_of_the_registry_auth_is_trusted_for_a_minute_only() {
     let h = FakeHost::new();
     let w = bg_worker(&h, BG, Some(true));
     h.advance(59_999);
-    assert_eq!(super::break_glass::registry_auth(&h, &w), Some(true));
+    assert_eq!(crate::filter::break_glass::registry_auth(&h, &w), Some(true));
     h.advance(1);
-    assert_eq!(super::break_glass::registry_auth(&h, &w), None, "60 s old: stale");
+    assert_eq!(crate::filter::break_glass::registry_auth(&h, &w), None, "60 s old: stale");
 }
 
 #[test]
 fn the_probe_runs_only_with_break_glass_and_only_when_due() {
     let h = FakeHost::new();
     let w = worker(&h, POLICY);
-    super::break_glass::probe(&h, &w);
+    crate::filter::break_glass::probe(&h, &w);
     assert!(h.calls.borrow().is_empty(), "no break-glass: nothing to learn");
     let w = worker(&h, BG);
-    super::break_glass::probe(&h, &w);
+    crate::filter::break_glass::probe(&h, &w);
     assert_eq!(h.calls.borrow().len(), 1);
-    h.advance(super::break_glass::PROBE_PERIOD_MS - 1);
-    super::break_glass::probe(&h, &w);
+    h.advance(crate::filter::break_glass::PROBE_PERIOD_MS - 1);
+    crate::filter::break_glass::probe(&h, &w);
     assert_eq!(h.calls.borrow().len(), 1, "not due yet");
     h.advance(1);
-    super::break_glass::probe(&h, &w);
+    crate::filter::break_glass::probe(&h, &w);
     assert_eq!(h.calls.borrow().len(), 2);
 }
 

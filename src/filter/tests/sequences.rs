@@ -4,9 +4,9 @@
 //! sharing its replica's worker; every replica shares the one clock (`Process`), and etcd's
 //! leases end on that clock.
 use super::fake::{answer, Call, FakeEtcd, FakeHost, Reply};
-use super::host::Host;
-use super::worker::Worker;
-use super::Filter;
+use crate::filter::host::Host;
+use crate::filter::worker::Worker;
+use crate::filter::Filter;
 use crate::config::Config;
 use crate::digest::Digest;
 use std::cell::RefCell;
@@ -168,7 +168,7 @@ impl World {
             return;
         }
         r.w.registry_auth.set(Some((true, r.root.now_ms())));
-        super::claims::etcd::tick(&r.root, &r.w);
+        crate::filter::claims::etcd::tick(&r.root, &r.w);
         self.answer_root(r);
     }
 
@@ -259,8 +259,8 @@ pub fn deliver(s: &mut Stream, token: u32, reply: Reply) {
 
 /// A call answered whose stream is gone (or a root call): what the host glue does with it.
 pub fn root_response(h: &FakeHost, w: &Worker, token: u32, size: usize) {
-    if !super::break_glass::learn(h, w, token) {
-        super::claims::etcd::on_root_response(h, w, token, size);
+    if !crate::filter::break_glass::learn(h, w, token) {
+        crate::filter::claims::etcd::on_root_response(h, w, token, size);
     }
 }
 
@@ -270,7 +270,7 @@ pub fn answer_orphan(world: &World, r: &Replica, s: &mut Stream) {
     let reply = world.reg.answer(&s.h.call_of(token));
     let size = reply.body.len();
     r.root.set_answer(Some(reply));
-    super::push::orphan_answer(&r.root, &r.w, token, size);
+    crate::filter::push::orphan_answer(&r.root, &r.w, token, size);
     r.root.set_answer(None);
 }
 
@@ -511,7 +511,7 @@ fn absent_after_a_commit_is_not_a_first_push() {
 fn claims_in_flight_are_bounded_per_client() {
     let world = World::new(SHARED);
     let a = world.replica();
-    let max = super::worker::MAX_CLAIMS_PER_CLIENT;
+    let max = crate::filter::worker::MAX_CLAIMS_PER_CLIENT;
     let mut held = Vec::new();
     for i in 0..max {
         let mut s = world.open_put(&a, &format!("t{i}"), X, &[BOB]);
@@ -600,7 +600,7 @@ mod slot_full {
     /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024
     /// slots), under the world's slot key (an attacker who knew it; see `tests_bounds`).
     fn colliding(world: &World, n: usize) -> Vec<String> {
-        let key = super::super::tests_bounds::slot_key_of(world);
+        let key = super::super::claims::slot_key_of(world);
         let target = slot_index(&key, "app", V1, 1024);
         (0..).map(|i| format!("c{i}")).filter(|t| slot_index(&key, "app", t, 1024) == target).take(n).collect()
     }
@@ -787,7 +787,7 @@ fn attack_orphan_overflow_keeps_a_read_only_claim() {
     };
     let mut all = Vec::new();
     // As many as a worker keeps (`tests_bounds`: one more is refused).
-    for i in 0..super::super::worker::MAX_ORPHANS {
+    for i in 0..crate::filter::worker::MAX_ORPHANS {
         let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
         let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
         world.pump(&mut s, false);

@@ -21,7 +21,7 @@ fn a_gitlab_tag_delete_is_a_tag_delete() {
 #[test]
 fn the_filter_refuses_a_gitlab_delete_of_an_immutable_tag_as_it_does_a_manifests_one() {
     use super::fake::{on_headers, worker, FakeHost};
-    use super::{Action, Filter};
+    use crate::filter::{Action, Filter};
     let policy = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
     let mut seen = Vec::new();
     for path in ["/v2/app/manifests/v1", "/v2/app/tags/reference/v1", "/v2/app/Tags/Reference/v%31"] {

@@ -5,8 +5,8 @@
 //! (never too few: `tests_retry_safety`). Fake replicas, fake etcd, a registry that stores
 //! whatever it is sent.
 use super::fake::{answer, Call, Reply};
-use super::host::Host;
-use super::tests_claims::{deliver, reply, run_for, Stream, World, X};
+use crate::filter::host::Host;
+use super::sequences::{deliver, reply, run_for, Stream, World, X};
 
 /// timeout_ms 2000 (the issue's), so attempts of 500 ms: four fit.
 const POLICY: &str = r#"{"upstream": {"cluster": "registry", "write_timeout_ms": 3000}, "global": {"immutable_tags": true},
@@ -29,7 +29,7 @@ fn step(s: &mut Stream, mut f: impl FnMut(&Call) -> Reply) -> bool {
 
 /// A push of `body` to v1 through `r`, its etcd calls answered by `etcd(call, n)` (n: the
 /// how-manieth etcd call of the stream), the registry's by the registry.
-fn push_with(world: &World, r: &super::tests_claims::Replica, body: &[u8], mut etcd: impl FnMut(&Call, usize) -> Reply) -> Reply {
+fn push_with(world: &World, r: &super::sequences::Replica, body: &[u8], mut etcd: impl FnMut(&Call, usize) -> Reply) -> Reply {
     let mut s = world.open_put(r, "v1", body, &[]);
     let mut n = 0;
     let mut answer = |c: &Call| {
@@ -72,7 +72,7 @@ fn a_hung_member_costs_one_attempt_not_the_push() {
     });
     assert_eq!(r.status, 201);
     assert_eq!(timeouts, vec![500, 500], "a quarter of timeout_ms per attempt, the same call again");
-    assert_eq!(world.reg.holds("v1"), Some(super::tests_claims::sha(X)));
+    assert_eq!(world.reg.holds("v1"), Some(super::sequences::sha(X)));
     for (name, n) in [("etcd_attempt_timeouts", 1), ("etcd_attempts_retried", 1), ("etcd_failovers", 1), ("etcd_calls_failed", 0)] {
         assert_eq!(a.root.counter(name), n, "{name}");
     }
@@ -113,7 +113,7 @@ fn a_retried_claim_whose_first_attempt_was_applied_is_no_conflict() {
     });
     assert_eq!(r.status, 201, "{:?}", r.json());
     run_for(&world, &[&a], 500);
-    let x = super::tests_claims::sha(X);
+    let x = super::sequences::sha(X);
     assert_eq!(holders(&world), format!("{x} 1"), "committed; the retry's extra hold waits for expiry");
     assert_eq!(a.root.counter("etcd_failovers"), 1);
     assert_eq!(world.push(&a, "v1", X, &[]).status, 201, "a re-push of X joins it");
@@ -140,7 +140,7 @@ fn a_retried_rewrite_whose_first_attempt_was_applied_is_no_conflict() {
     });
     assert_eq!(r.status, 201, "{:?}", r.json());
     run_for(&world, &[&a], 500);
-    assert_eq!(holders(&world), format!("{} 1", super::tests_claims::sha(X)), "one hold too many, never too few");
+    assert_eq!(holders(&world), format!("{} 1", super::sequences::sha(X)), "one hold too many, never too few");
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn another_replicas_record_is_no_own_write() {
     let r = push_with(&world, &a, X, |c, n| if n == 1 { timed_out() } else { world.etcd.answer(c) });
     assert_eq!(r.status, 409);
     world.answer_put(&mut s);
-    assert_eq!(world.reg.holds("v1"), Some(super::tests_claims::sha(y)));
+    assert_eq!(world.reg.holds("v1"), Some(super::sequences::sha(y)));
 }
 
 #[test]
@@ -175,10 +175,10 @@ fn a_retried_commit_that_was_applied_drops_one_hold_only() {
         world.pump(s, true);
         assert_eq!(s.held_puts.len(), 1);
     }
-    assert_eq!(holders(&world), format!("{} 2", super::tests_claims::sha(X)));
+    assert_eq!(holders(&world), format!("{} 2", super::sequences::sha(X)));
     world.answer_put(&mut s1);
     // The root's commit: read, then the rewrite, which etcd applies and whose answer is lost.
-    super::claims::etcd::tick(&a.root, &a.w);
+    crate::filter::claims::etcd::tick(&a.root, &a.w);
     let mut n = 0;
     loop {
         let Some(token) = a.root.pending.borrow_mut().pop_front() else { break };
@@ -192,11 +192,11 @@ fn a_retried_commit_that_was_applied_drops_one_hold_only() {
         }
         let size = reply.body.len();
         a.root.set_answer(Some(reply));
-        super::tests_claims::root_response(&a.root, &a.w, token, size);
+        super::sequences::root_response(&a.root, &a.w, token, size);
         a.root.set_answer(None);
     }
     assert_eq!(n, 2, "the rewrite, and its retry");
-    assert_eq!(holders(&world), format!("{} 1", super::tests_claims::sha(X)), "the second push still holds");
+    assert_eq!(holders(&world), format!("{} 1", super::sequences::sha(X)), "the second push still holds");
 }
 
 #[test]
@@ -242,12 +242,12 @@ fn lease_grants_fail_over_too() {
     let leases = world.etcd.leases.borrow().len();
     // Half a TTL on, the root grants a new lease; its first attempt times out.
     world.advance(5_000);
-    super::claims::etcd::tick(&a.root, &a.w);
+    crate::filter::claims::etcd::tick(&a.root, &a.w);
     let token = a.root.pending.borrow_mut().pop_front().unwrap();
     assert_eq!(a.root.call_of(token).header(":path"), Some("/v3/lease/grant"));
     assert_eq!(a.root.call_of(token).timeout_ms, 500);
     a.root.set_answer(Some(timed_out()));
-    super::tests_claims::root_response(&a.root, &a.w, token, 24);
+    super::sequences::root_response(&a.root, &a.w, token, 24);
     a.root.set_answer(None);
     world.answer_root(&a);
     assert_eq!(world.etcd.leases.borrow().len(), leases + 1, "granted by the retry");
@@ -273,5 +273,5 @@ fn the_same_record_under_another_lease_is_no_own_write() {
     let r = push_with(&world, &a, X, |c, n| if n == 1 { timed_out() } else { world.etcd.answer(c) });
     assert_eq!(r.status, 201);
     run_for(&world, &[&a], 500);
-    assert_eq!(holders(&world), format!("{} 1", super::tests_claims::sha(X)), "b's hold outlives a's commit");
+    assert_eq!(holders(&world), format!("{} 1", super::sequences::sha(X)), "b's hold outlives a's commit");
 }

@@ -3,8 +3,8 @@
 //! manifest, no break-glass asked. The fence on `repository@D` (`claims::fence_tag`) refuses
 //! whichever of the two comes second, in both stores.
 use super::fake::Call;
-use super::host::Host;
-use super::tests_claims::{reply, run_for, sha, Stream, World, BOB, ETCD_BG, SHARED, X};
+use crate::filter::host::Host;
+use super::sequences::{reply, run_for, sha, Stream, World, BOB, ETCD_BG, SHARED, X};
 
 /// The delete the filter let through reaches the registry (what Envoy forwards).
 fn land(world: &World, s: &Stream) -> u16 {
@@ -20,7 +20,7 @@ fn answered(s: &mut Stream, status: u16) {
     s.f.on_done(&s.h);
 }
 
-fn delete_x(world: &World, r: &super::tests_claims::Replica) -> Stream {
+fn delete_x(world: &World, r: &super::sequences::Replica) -> Stream {
     let mut d = world.open(r, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[BOB]);
     world.pump(&mut d, false);
     d
@@ -97,7 +97,7 @@ fn a_delete_whose_check_took_half_the_ttl_is_refused_before_it_goes() {
             let Some(token) = next else { break };
             d.h.pending.borrow_mut().retain(|t| *t != token);
             let r = world.etcd.answer(&d.h.call_of(token));
-            super::tests_claims::deliver(&mut d, token, r);
+            super::sequences::deliver(&mut d, token, r);
         }
         world.advance(30_000);
         world.pump(&mut d, false);

@@ -1,9 +1,9 @@
 //! Deletes by digest on the fake host: the registry's word decides (issue 28 item 3, issue 26
 //! step 4), and break-glass must cover every immutable tag a delete removes (issue 29).
 use super::fake::{sha, answer, FakeHost, Reply};
-use super::host::Host;
-use super::worker::Worker;
-use super::{Action, Filter};
+use crate::filter::host::Host;
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
 use crate::config::Config;
 use crate::digest::Digest;
 use std::rc::Rc;
@@ -230,7 +230,7 @@ fn an_over_long_reason_neither_overrides_nor_opens_a_window() {
 
 // ---- Windows in etcd: each tag's window is taken by its own round trip.
 
-use super::claims::etcd as etcd_claims;
+use crate::filter::claims::etcd as etcd_claims;
 use super::fake::FakeEtcd;
 
 const BG_ETCD: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
@@ -593,7 +593,7 @@ fn a_window_taken_after_the_client_left_is_put_back_when_etcd_answers() {
     let r = etcd.answer(&call);
     assert!(etcd.window(&wkey("a-scratch")).is_none(), "etcd took it");
     b.set_answer(Some(r.clone()));
-    assert!(super::root_answer(&b, &wb, token, r.body.len()), "the root knows the call");
+    assert!(crate::filter::root_answer(&b, &wb, token, r.body.len()), "the root knows the call");
     b.set_answer(None);
     run_root(&b, &wb, &etcd);
     assert!(etcd.window(&wkey("a-scratch")).is_some(), "put back");
@@ -618,7 +618,7 @@ fn a_local_reply_while_taking_windows_puts_them_back() {
     let call = b.calls.borrow()[token as usize - 1].clone();
     let r = etcd.answer(&call);
     b.set_answer(Some(r.clone()));
-    assert!(super::root_answer(&b, &wb, token, r.body.len()));
+    assert!(crate::filter::root_answer(&b, &wb, token, r.body.len()));
     b.set_answer(None);
     assert_eq!(b.resumes.get(), 0, "never sent");
     run_root(&b, &wb, &etcd);

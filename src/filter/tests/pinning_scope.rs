@@ -3,9 +3,9 @@
 //! (containerd's `?ns=` mirror convention, a Host-routed registry): it neither teaches the map
 //! nor is pinned.
 use super::fake::{sha, worker, FakeHost};
-use super::host::Host;
-use super::worker::Worker;
-use super::{Action, Filter};
+use crate::filter::host::Host;
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
 use std::rc::Rc;
 
 const PINNING: &str = r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#;

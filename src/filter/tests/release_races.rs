@@ -2,7 +2,7 @@
 //! whose attempt may have landed is never applied again, so it cannot take another push's
 //! hold (both failed before the fix: two digests stored to one tag).
 use super::fake::{answer, Reply};
-use super::tests_claims::{reply, root_response, Replica, World, X, Y};
+use super::sequences::{reply, root_response, Replica, World, X, Y};
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry", "write_timeout_ms": 3000}, "global": {"immutable_tags": true},
   "claims": {"ttl_seconds": 10, "etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 2000}}}"#;
@@ -35,7 +35,7 @@ fn double_release(outer: bool) -> (u16, u16, Vec<(String, String)>) {
     // A's push of X: claimed; the registry refuses the write (401): a release is queued.
     let r = world.push(&a, "v1", X, &[("authorization", "Bearer bob-readonly")]);
     assert_eq!(r.status, 401);
-    super::claims::etcd::tick(&a.root, &a.w);
+    crate::filter::claims::etcd::tick(&a.root, &a.w);
     // The release reads the record, sends delete_if(m); etcd applies it, the answer is lost.
     let mut applied = false;
     while root_one(&a, |call| {

@@ -1,11 +1,11 @@
 //! Issue 27's bounds: the shared-data slot hash is keyed with a secret every worker of one
 //! Envoy shares (an attacker cannot compute colliding tags), and writes whose client left
 //! ("orphans") are bounded per worker.
-use super::claims::shared_data::{self, SLOT_KEY};
+use crate::filter::claims::shared_data::{self, SLOT_KEY};
 use super::fake::Process;
-use super::host::{Host, SharedError};
-use super::tests_claims::{sha, World, BOB, OCI, SHARED, X, Y};
-use super::Filter;
+use crate::filter::host::{Host, SharedError};
+use super::sequences::{sha, World, BOB, OCI, SHARED, X, Y};
+use crate::filter::Filter;
 use crate::claims::{self, decode_slot_key, encode_slot_key, slot_index, Slot, SlotKey};
 
 /// The unkeyed hash the slots used before (FNV-1a of `repository:tag`): anyone could compute
@@ -127,8 +127,8 @@ fn no_key_no_claim() {
 /// again. The counters say how many are waiting.
 #[test]
 fn orphans_are_bounded_new_writes_refused_while_the_list_is_full() {
-    use super::tests_claims::{answer_orphan, Stream};
-    use super::worker::MAX_ORPHANS;
+    use super::sequences::{answer_orphan, Stream};
+    use crate::filter::worker::MAX_ORPHANS;
     let world = World::new(SHARED);
     let a = world.replica();
     let mut orphans: Vec<Stream> = Vec::new();

@@ -29,10 +29,10 @@
 //! digest delete's check and its landing deleted with it (seed 2381; fixed by the delete fence,
 //! `claims::fence_tag`; `SIM_DIGEST_ATOMIC=1` hides the race again, see `digest_race`).
 use super::fake::FakeHost;
-use super::host::Host;
+use crate::filter::host::Host;
 use super::fake::{Call, Reply};
-use super::tests_claims::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, OCI, REASON};
-use super::{Action, Filter};
+use super::sequences::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, OCI, REASON};
+use crate::filter::{Action, Filter};
 use std::collections::HashMap;
 
 /// A small, seeded, well-mixed generator (SplitMix64): no dependency, the same on every host.

@@ -1,6 +1,6 @@
 //! Late changes from the root queue or a late answer (an attacker's read of the merged claims
 //! protocol): a forget or a commit that lands after a newer change must not erase or outrank it.
-use super::tests_claims::*;
+use super::sequences::*;
 
 const V1: &str = "v1";
 
@@ -69,7 +69,7 @@ fn atk_forget_reapplied_to_a_later_commit() {
             d.f.on_response_headers(&d.h);
             world.advance(250);
             // A's tick: the forget's read is answered, its write is sent and travels slowly.
-            super::claims::etcd::tick(&a.root, &a.w);
+            crate::filter::claims::etcd::tick(&a.root, &a.w);
             loop {
                 let Some(token) = a.root.pending.borrow_mut().pop_front() else { break };
                 let call = a.root.call_of(token);
@@ -83,7 +83,7 @@ fn atk_forget_reapplied_to_a_later_commit() {
                 a.root.set_answer(Some(reply));
                 root_response(&a.root, &a.w, token, size);
                 a.root.set_answer(None);
-                super::claims::etcd::tick(&a.root, &a.w);
+                crate::filter::claims::etcd::tick(&a.root, &a.w);
             }
             assert_eq!(held.len(), 1, "the forget's write is in flight");
         }

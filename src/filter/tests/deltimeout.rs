@@ -1,7 +1,7 @@
 //! A fenced delete let through is bounded by Envoy's router: `x-envoy-upstream-rq-timeout-ms`
 //! is the time left until half the TTL since the fence was taken, so the registry's answer (or
 //! Envoy's 504) comes while the fence still holds.
-use super::tests_claims::{sha, Stream, World, BOB, ETCD_BG, SHARED, X};
+use super::sequences::{sha, Stream, World, BOB, ETCD_BG, SHARED, X};
 
 const T: &str = "x-envoy-upstream-rq-timeout-ms";
 const E: &str = "x-envoy-expected-rq-timeout-ms";
@@ -16,7 +16,7 @@ fn delete_after(world: &World, policy: &str, ms: u64, refuse_writes: bool) -> St
         let Some(token) = next else { break };
         d.h.pending.borrow_mut().retain(|t| *t != token);
         let r = world.etcd.answer(&d.h.call_of(token));
-        super::tests_claims::deliver(&mut d, token, r);
+        super::sequences::deliver(&mut d, token, r);
     }
     assert!(d.h.reply().is_none(), "{policy}: fence taken");
     world.advance(ms);
@@ -48,7 +48,7 @@ fn a_fenced_delete_whose_timeout_cannot_be_written_is_refused() {
 
 #[test]
 fn a_break_glass_delete_of_a_digest_goes_bounded_too() {
-    use super::tests_claims::{run_for, ADMIN, REASON};
+    use super::sequences::{run_for, ADMIN, REASON};
     let shared = ETCD_BG.replace(r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#, r#""claims": {}"#);
     for policy in [shared.as_str(), ETCD_BG] {
         let world = World::new(policy);
