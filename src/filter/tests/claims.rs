@@ -4,7 +4,7 @@
 use crate::filter::claims::shared_data::{self, SLOT_KEY};
 use super::fake::Process;
 use crate::filter::host::{Host, SharedError};
-use super::sequences::{sha, World, BOB, OCI, SHARED, X, Y};
+use super::world::{sha, World, BOB, OCI, SHARED, X, Y};
 use crate::filter::Filter;
 use crate::claims::{self, decode_slot_key, encode_slot_key, slot_index, Slot, SlotKey};
 
@@ -127,7 +127,7 @@ fn no_key_no_claim() {
 /// again. The counters say how many are waiting.
 #[test]
 fn orphans_are_bounded_new_writes_refused_while_the_list_is_full() {
-    use super::sequences::{answer_orphan, Stream};
+    use super::world::{answer_orphan, Stream};
     use crate::filter::worker::MAX_ORPHANS;
     let world = World::new(SHARED);
     let a = world.replica();

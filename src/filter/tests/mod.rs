@@ -3,21 +3,15 @@
 //! dispatched calls) and what the client got.
 mod fake;
 mod sim;
+mod world;
 mod claims;
-mod claims_order;
+mod delete_fence;
 mod deletes;
-mod deltimeout;
 mod failover;
-mod fence;
-mod gitlab_delete;
-mod holds;
 mod input;
-mod late_changes;
 mod method_override;
 mod pinning;
 mod pinning_scope;
-mod release_races;
-mod retry_safety;
 mod sequences;
 mod telemetry;
 

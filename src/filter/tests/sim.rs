@@ -31,7 +31,7 @@
 use super::fake::FakeHost;
 use crate::filter::host::Host;
 use super::fake::{Call, Reply};
-use super::sequences::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, OCI, REASON};
+use super::world::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, OCI, REASON};
 use crate::filter::{Action, Filter};
 use std::collections::HashMap;
 
