@@ -1,6 +1,9 @@
-//! Issue 27's bounds: the shared-data slot hash is keyed with a secret every worker of one
-//! Envoy shares (an attacker cannot compute colliding tags), and writes whose client left
-//! ("orphans") are bounded per worker.
+//! Claims in shared data (one Envoy's workers, no etcd): CAS conflicts and their bound, one
+//! winner among concurrent pushes, a stored push's committed record, releases; and issue 27's
+//! bounds: the shared-data slot hash is keyed with a secret every worker of one Envoy shares
+//! (an attacker cannot compute colliding tags), and writes whose client left ("orphans") are
+//! bounded per worker.
+use super::*;
 use crate::filter::claims::shared_data::{self, SLOT_KEY};
 use super::fake::Process;
 use crate::filter::host::{Host, SharedError};
@@ -159,4 +162,174 @@ fn orphans_are_bounded_new_writes_refused_while_the_list_is_full() {
     answer_orphan(&world, &a, &mut orphans[0]);
     assert_eq!(a.root.counter("orphans_settled"), 1);
     assert_eq!(world.push(&a, "v1", Y, &[BOB]).status, 201, "room again");
+}
+
+// ---- Claims in shared data on one Envoy: CAS conflicts, one winner, committed records, releases.
+
+#[test]
+fn claims_retry_on_every_cas_conflict_and_give_up_after_the_bound() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    h.process.forced_cas_mismatches.set(5);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    assert_eq!(h.process.forced_cas_mismatches.get(), 0, "every forced conflict was met and retried");
+    let h2 = h.share_with();
+    h2.process.forced_cas_mismatches.set(1000);
+    let r = push(&h2, &w, "v2", M1, None);
+    assert_eq!(r.status, 503);
+    assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("still contended"));
+    assert!(h2.calls_with("PUT").is_empty());
+}
+
+#[test]
+fn a_claim_written_between_read_and_swap_is_seen_not_overwritten() {
+    // Worker B reads the slot, worker A claims the tag before B's compare-and-swap: B's write
+    // must fail, and B must then see A's claim.
+    let a = FakeHost::new();
+    let w = worker(&a, POLICY);
+    let b = a.share_with();
+    let wa = w.clone();
+    let mut fb = Filter::new(Some(w.clone()));
+    put_headers(&mut fb, &b, "v1", M2);
+    respond(&mut fb, &b, head_answer(None));
+    let a2 = a.share_with();
+    *b.intruder.borrow_mut() = Some(Box::new(move |_| {
+        let mut fa = Filter::new(Some(wa));
+        put_headers(&mut fa, &a2, "v1", M1);
+        respond(&mut fa, &a2, head_answer(None));
+        send_body(&mut fa, &a2, &[M1]);
+        assert_eq!(a2.calls_with("PUT").len(), 1, "A holds the claim and is writing");
+    }));
+    send_body(&mut fb, &b, &[M2]);
+    let r = b.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
+    assert!(r.json()["errors"][0]["detail"]["in_flight"].is_string());
+    assert!(b.calls_with("PUT").is_empty());
+}
+
+#[test]
+fn concurrent_pushes_of_different_manifests_to_a_new_tag_have_one_winner() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let hosts: Vec<FakeHost> = (0..8).map(|_| h.share_with()).collect();
+    let mut filters: Vec<Filter> = hosts.iter().map(|_| Filter::new(Some(w.clone()))).collect();
+    let bodies: Vec<Vec<u8>> = (0..8).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    for ((f, h), b) in filters.iter_mut().zip(&hosts).zip(&bodies) {
+        put_headers(f, h, "v1", b);
+        respond(f, h, head_answer(None));
+    }
+    for ((f, h), b) in filters.iter_mut().zip(&hosts).zip(&bodies) {
+        send_body(f, h, &[b]);
+    }
+    let writers: Vec<usize> = hosts.iter().enumerate().filter(|(_, h)| !h.calls_with("PUT").is_empty()).map(|(i, _)| i).collect();
+    assert_eq!(writers, vec![0]);
+    for h in &hosts[1..] {
+        assert_eq!(h.reply().unwrap().status, 409);
+    }
+}
+
+/// Every claim record in the fake process's shared data, decoded.
+fn records(h: &FakeHost) -> Vec<crate::claims::Record> {
+    h.process.shared.borrow().values().flat_map(|(v, _)| crate::claims::Slot::decode(v).records).collect()
+}
+
+#[test]
+fn a_stored_push_turns_its_claim_into_a_committed_record() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let r = records(&h);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].rec.stored.clone().map(|s| s.0), r[0].rec.claim.clone()), (Some(sha(M1)), None));
+    assert_eq!((r[0].repository.as_str(), r[0].tag.as_str()), ("app", "v1"));
+}
+
+#[test]
+fn a_failed_write_releases_the_claim_and_is_relayed() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    let body = br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown"}]}"#;
+    respond(&mut f, &h, answer(400, &[("content-type", "application/json"), ("content-length", "70")], body));
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body, body.to_vec());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("content-length"), None, "framing is Envoy's");
+    // The claim is gone: another manifest may now be the first push.
+    assert_eq!(push(&h, &w, "v1", M2, None).status, 201);
+}
+
+#[test]
+fn a_reset_write_keeps_the_claim_until_it_expires() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, Reply { status: 0, headers: Vec::new(), body: Vec::new() });
+    assert_eq!(h.reply().unwrap().status, 503);
+    // The registry may hold M1 now: M2 must not get in on an "absent" answer.
+    let r = push(&h, &w, "v1", M2, None);
+    assert_eq!(r.status, 409);
+    assert!(r.json()["errors"][0]["detail"]["in_flight"].is_string());
+}
+
+#[test]
+fn an_upstream_error_let_through_by_policy_is_still_fenced_by_the_claims() {
+    // on_upstream_error = allow gives up the registry's word, not the claims': a push that
+    // learned nothing must not override what a push through this Envoy just committed.
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "on_upstream_error": "allow", "cache": {"ttl_seconds": 0}}"#);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    h.advance(1000);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M2);
+    // The registry's own 500 (Envoy stamps its answers; see `upstream::from_registry`).
+    respond(&mut f, &h, answer(500, &[("x-envoy-upstream-service-time", "3")], b""));
+    send_body(&mut f, &h, &[M2]);
+    let r = h.reply().unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M1));
+    assert_eq!(h.calls_with("PUT").len(), 1);
+}
+
+#[test]
+fn a_stored_push_the_registry_names_no_digest_for_commits_the_claimed_one() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    put_headers(&mut f, &h, "v1", M1);
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, answer(201, &[("location", "/v2/app/manifests/v1")], b""));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let r = records(&h);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].tag.as_str(), r[0].rec.stored.clone().map(|s| s.0), r[0].rec.claim.clone()), ("v1", Some(sha(M1)), None));
+}
+
+#[test]
+fn a_stored_multi_tag_push_commits_every_tag_it_named() {
+    // Issue 21: every tag a stored write named is committed (a registry that ignores `?tag=`
+    // only makes that record stricter than needed until it expires).
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    let mut f = Filter::new(Some(w.clone()));
+    let len = M1.len().to_string();
+    h.request("PUT", "/v2/app/manifests/v1?tag=v2", &[CT, ("content-length", &len)]);
+    on_headers(&mut f, &h, false);
+    respond(&mut f, &h, head_answer(None));
+    respond(&mut f, &h, head_answer(None));
+    send_body(&mut f, &h, &[M1]);
+    respond(&mut f, &h, created(M1));
+    assert_eq!(h.reply().unwrap().status, 201);
+    let r = records(&h);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r.iter().all(|r| r.rec.claim.is_none() && r.rec.stored.as_ref().map(|s| s.0.clone()) == Some(sha(M1))), "{r:?}");
 }

@@ -2,7 +2,7 @@
 //! `attempt_timeout_ms`; a timed-out, refused or reset attempt, or one etcd answers with a
 //! retryable error, is sent again (Envoy's round robin picks the next member), and a retried
 //! claim whose earlier attempt was applied joins its own record: no conflict, one hold too many
-//! (never too few: `tests_retry_safety`). Fake replicas, fake etcd, a registry that stores
+//! (never too few: the retry section below). Fake replicas, fake etcd, a registry that stores
 //! whatever it is sent.
 use super::fake::{answer, Call, Reply};
 use crate::filter::host::Host;

@@ -323,7 +323,7 @@ mod slot_full {
   "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
     /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024
-    /// slots), under the world's slot key (an attacker who knew it; see `tests_bounds`).
+    /// slots), under the world's slot key (an attacker who knew it; see `claims`).
     fn colliding(world: &World, n: usize) -> Vec<String> {
         let key = super::super::claims::slot_key_of(world);
         let target = slot_index(&key, "app", V1, 1024);
@@ -511,7 +511,7 @@ fn attack_orphan_overflow_keeps_a_read_only_claim() {
         Stream { h, f, held_puts: Vec::new() }
     };
     let mut all = Vec::new();
-    // As many as a worker keeps (`tests_bounds`: one more is refused).
+    // As many as a worker keeps (`claims`: one more is refused).
     for i in 0..crate::filter::worker::MAX_ORPHANS {
         let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
         let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
