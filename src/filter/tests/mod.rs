@@ -32,7 +32,7 @@ mod sequences;
 /// holds or bring back a used window.
 mod failover;
 /// Deletes (by tag, by digest, GitLab's path): the registry's word decides, break-glass covers
-/// every immutable tag a delete removes, the tags list is read in full and bounded.
+/// every immutable tag a delete removes, every `Link` of the tags list is read.
 mod deletes;
 /// A digest delete's check on one worker: tags list bound, HEADs without a digest, size limit.
 mod delete_checks;
@@ -69,6 +69,7 @@ use std::rc::Rc;
 use crate::filter::claims::etcd as etcd_claims;
 use fake::FakeEtcd;
 
+// Pushes on one worker.
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}}"#;
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
 const M2: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":2}"#;
@@ -124,6 +125,7 @@ fn push(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8], registry_holds: Op
     h.reply().expect("the client got an answer")
 }
 
+// Replicas sharing a FakeEtcd (claims_etcd, windows_etcd, stale_map).
 /// Answers the oldest pending call of `h` with `reply(call)`; `true` if there was one.
 fn respond_with(f: &mut Filter, h: &FakeHost, mut reply: impl FnMut(&fake::Call) -> Reply) -> bool {
     let Some(token) = h.pending.borrow_mut().pop_front() else { return false };
@@ -183,6 +185,7 @@ fn to_claim_tag(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8]) -> Filter 
     f
 }
 
+// Break-glass.
 const BG: &str = r#"{"global": {"immutable_tags": true}, "break_glass": {"principals": ["admin", "sre"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
 /// `Basic admin:pw` and `Basic bob:pw`.
@@ -232,6 +235,7 @@ fn why(r: &Reply) -> String {
     r.json()["errors"][0]["detail"]["break_glass"].as_str().unwrap_or("").to_string()
 }
 
+// Size limits and registries whose HEAD names no digest (push, delete_checks).
 const LIMIT_1K: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#;
 
 /// A registry whose manifest HEAD answers 200 without `Docker-Content-Digest`
@@ -240,6 +244,7 @@ fn head_without_digest() -> Reply {
     answer(200, &[("content-type", CT.1)], b"")
 }
 
+// Break-glass windows in etcd.
 const BG_ETCD: &str = r#"{"global": {"immutable_tags": true},
   "break_glass": {"principals": ["admin", "sre"], "repositories": ["app"], "actions": ["overwrite", "delete"]},
   "claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}}"#;
@@ -298,6 +303,7 @@ fn bg_push_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, body: &[u8], hold
     h.reply().expect("an answer")
 }
 
+// A re-push being written when its client leaves (stale_map, callbacks).
 /// `app:v1` holds `M1` and the map knows it; an identical re-push of it is being written (its
 /// PUT is out, unanswered).
 fn rewriting_v1(h: &FakeHost, w: &Rc<Worker>) -> Filter {
