@@ -23,7 +23,6 @@ import signal
 import socket
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,6 +33,7 @@ import stack
 from etcd import CLUSTER, EtcdCluster
 from fakes import FaultyUpstream
 from oci import OCI_MANIFEST, head_manifest, make_manifest, put_manifest, sha256
+from relay import Relay
 from test_break_glass import ADMIN, REASON, basic, htpasswd_registry  # noqa: F401 (a fixture)
 
 MODULE = Path(os.environ.get("IMMUTABLE_TAGS_MODULE") or stack.MODULE)
@@ -213,62 +213,9 @@ class SlowPuts(FaultyUpstream):
         super()._forward(conn, method, path, headers, body)
 
 
-class HoldingProxy:
-    """A TCP forwarder to an etcd member (TLS goes through untouched) that holds etcd's answers
-    while `holding` is set."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.port = stack.free_port()
-        self.holding = threading.Event()
-        self._stop = threading.Event()
-        self._conns: list[socket.socket] = []
-        self._sock = socket.create_server(("127.0.0.1", self.port))
-        self._sock.settimeout(0.2)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                c, _ = self._sock.accept()
-            except OSError:
-                continue
-            up = socket.create_connection(("127.0.0.1", self.target))
-            self._conns += [c, up]
-            threading.Thread(target=self._pipe, args=(c, up, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, c, True), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                while answers and self.holding.is_set() and not self._stop.is_set():
-                    time.sleep(0.01)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._sock.close()
-        for c in self._conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-
 def warm_connections(envoy, repo: str, manifest: bytes) -> None:
     """Pushes through `envoy` until its worker has a lease and 3 connections to etcd, idle once
-    the commits are done: while a HoldingProxy holds answers, a new connection never completes
+    the commits are done: while a Relay holds answers, a new connection never completes
     its TLS handshake, so the claims must find one open."""
     for i in range(5):
         stack.run_together([lambda t=t: put_manifest(envoy.url, repo, t, manifest, headers=BOB)
@@ -361,7 +308,7 @@ def test_4b_a_paused_replica_cannot_act_on_a_claim_answer_older_than_the_ttl(
     resumes; the filter's answer-age check refuses either way. The attack needed a timeout
     longer than the pause: with `timeout_ms` 5000 (TTL 3 s), which a module from before the rule
     accepted, that module let the paused push write over the winner (201)."""
-    proxy = HoldingProxy(etcd.members[0].client_port)
+    proxy = Relay(etcd.members[0].client_port)
     try:
         a = envoys(htpasswd_registry.port, etcd_port=proxy.port)
         b = envoys(htpasswd_registry.port)
@@ -448,7 +395,7 @@ def test_5b_a_claim_whose_client_left_before_etcd_answered_does_not_linger(
     record, so the vanished push's hold was still counted 7 s (> 2 TTLs) after its client left
     and the override got 409 `in_flight`); each hold now carries its take time and ends two TTLs
     after it."""
-    proxy = HoldingProxy(etcd.members[0].client_port)
+    proxy = Relay(etcd.members[0].client_port)
     try:
         a = envoys(htpasswd_registry.port, etcd_port=proxy.port)
         b = envoys(htpasswd_registry.port)

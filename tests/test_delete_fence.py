@@ -6,7 +6,6 @@ comes in between. Claims in Envoy's shared data (one Envoy) and in etcd (two Env
 through one, the delete through the other)."""
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -15,52 +14,9 @@ import pytest
 import stack
 from etcd import CLUSTER, EtcdCluster
 from oci import OCI_MANIFEST, current_digest, make_manifest, request, sha256
+from relay import Relay
 
 HOLD_S = 3.0
-
-
-class Relay:
-    """TCP relay to `port` that holds a request whose first line is `<method> .../manifests/...`
-    for HOLD_S seconds before passing it on (`method` None: holds nothing)."""
-
-    def __init__(self, port: int):
-        self.target = port
-        self.method: bytes | None = None
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            u = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pipe, args=(c, u, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(u, c, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                line = data.split(b"\r\n", 1)[0]
-                if requests and self.method and line.startswith(self.method + b" ") and b"/manifests/" in line:
-                    time.sleep(HOLD_S)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self.sock.close()
 
 
 def policy(store: str) -> dict:
@@ -73,7 +29,7 @@ def policy(store: str) -> dict:
 @pytest.fixture(scope="module")
 def fenced(workdir):
     reg = stack.Registry(workdir).start()
-    relay = Relay(reg.port)
+    relay = Relay(reg.port, hold_s=HOLD_S)
     yield reg, relay
     relay.stop()
     reg.stop()
@@ -121,14 +77,14 @@ def test_a_push_of_a_digest_being_deleted_is_refused_and_no_tag_is_deleted(pair)
     m = make_manifest(reg.url, repo, f"delete-first-{store}")
     d = sha256(m)
     assert put(reg.url, repo, d, m).status == 201  # the manifest, untagged
-    relay.method = b"DELETE"
+    relay.hold_method = b"DELETE"
     try:
         t, deleted = in_thread(lambda: request(b.url, "DELETE", f"/v2/{repo}/manifests/{d}"))
         time.sleep(HOLD_S / 3)  # checked, let through, held on its way to the registry
         pushed = put(a.url, repo, "v1", m)
         t.join()
     finally:
-        relay.method = None
+        relay.hold_method = None
     assert deleted[0].status == 202, deleted[0]
     assert pushed.status == 409, pushed
     assert b"a delete of this manifest is in flight" in pushed.body
@@ -144,14 +100,14 @@ def test_a_delete_of_a_digest_a_push_is_writing_is_refused(pair):
     repo = f"fence/{store}-push-first"
     m = make_manifest(reg.url, repo, f"push-first-{store}")
     d = sha256(m)
-    relay.method = b"PUT"
+    relay.hold_method = b"PUT"
     try:
         t, pushed = in_thread(lambda: put(a.url, repo, "v2", m))
         time.sleep(HOLD_S / 3)  # claimed, the filter's PUT held on its way to the registry
         deleted = request(b.url, "DELETE", f"/v2/{repo}/manifests/{d}")
         t.join()
     finally:
-        relay.method = None
+        relay.hold_method = None
     assert pushed[0].status == 201, pushed[0]
     assert deleted.status == 409, deleted
     assert b"a push of it to a protected tag is in flight" in deleted.body

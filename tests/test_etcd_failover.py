@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import stack
 from conftest import SAMPLE_POLICY
 from etcd import CLUSTER, EtcdCluster
 from oci import current_digest, make_manifest, put_manifest, sha256
+from relay import Relay
 from test_etcd import assert_one_winner, manifests_for, race, winners
 
 SHIPPED = stack.ROOT / "envoy" / "envoy-etcd.yaml"
@@ -39,55 +38,6 @@ POLICY = dict(SAMPLE_POLICY,
 # Sequential pushes with one follower hung: the issue asks for 200 (about 15 s here).
 PUSHES = int(os.environ.get("FAILOVER_PUSHES", "200"))
 ROUNDS = 5
-
-
-class Relay:
-    """A loopback TCP relay in front of one member; `delay` seconds before each chunk it
-    forwards either way (0: a plain pass-through). TLS passes through untouched."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.delay = 0.0
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                u = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                u.settimeout(None)
-            except OSError:
-                c.close()
-                continue
-            for a, b in ((c, u), (u, c)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if self.delay:
-                    time.sleep(self.delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def shipped_cluster(etcd: EtcdCluster, relays: list[Relay]) -> dict:
@@ -122,7 +72,7 @@ def relays(etcd):
     rs = [Relay(m.client_port) for m in etcd.members]
     yield rs
     for r in rs:
-        r.close()
+        r.stop()
 
 
 @pytest.fixture(scope="module")

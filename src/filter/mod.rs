@@ -14,45 +14,7 @@ pub mod window;
 pub mod worker;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod fake;
-#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_claims;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_bounds;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_claims_order;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod sim;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_deletes;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_pinning;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_pinning_scope;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_telemetry;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_bytes;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_method_override;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_gitlab_delete;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_failover;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_retry_safety;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_release_races;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_fence;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_holds;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_deltimeout;
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests_late_changes;
 
 use crate::observability::audit::{self, RequestInfo};
 use crate::verdict::break_glass::Action as BgAction;

@@ -3,288 +3,13 @@
 //! records every stored write. Every stream is its own `FakeHost` (its own request and calls)
 //! sharing its replica's worker; every replica shares the one clock (`Process`), and etcd's
 //! leases end on that clock.
-use super::fake::{answer, Call, FakeEtcd, FakeHost, Reply};
-use super::host::Host;
-use super::worker::Worker;
-use super::Filter;
+use super::world::*;
+use super::fake::{answer, Call, FakeHost, Reply};
+use crate::filter::host::Host;
+use crate::filter::worker::Worker;
+use crate::filter::Filter;
 use crate::config::Config;
-use crate::oci::digest::Digest;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
-
-pub const X: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":"x"}"#;
-pub const Y: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":"y"}"#;
-pub const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
-/// `Basic admin:pw` (listed for break-glass) and `Basic bob:pw` (a plain pusher).
-pub const ADMIN: (&str, &str) = ("authorization", "Basic YWRtaW46cHc=");
-pub const BOB: (&str, &str) = ("authorization", "Basic Ym9iOnB3");
-pub const REASON: (&str, &str) = ("x-break-glass-reason", "CVE-2026-1 in v1");
-
-pub const ETCD_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
-  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]},
-  "claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}}"#;
-pub const SHARED: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
-
-pub fn sha(b: &[u8]) -> String {
-    Digest::sha256(b).to_string()
-}
-
-/// A registry that stores whatever it is sent (only a manifest content type is checked, and a
-/// token "bob-readonly" is refused 401), honours `?tag=`, and records every stored write.
-/// Deletes by tag or by digest (a digest's every tag goes, as distribution does) and lists tags.
-#[derive(Default)]
-pub struct Registry {
-    pub tags: RefCell<HashMap<String, String>>,
-    /// (tag, digest) of every stored write, in order; a deleted tag as (tag, "").
-    pub history: RefCell<Vec<(String, String)>>,
-    /// How the next write (PUT, DELETE) goes wrong: 0 it does not; 1 it is done, then answered
-    /// 503 (the filter cannot tell); 2 answered 503, not done.
-    pub fault: std::cell::Cell<u8>,
-}
-
-impl Registry {
-    pub fn answer(&self, c: &Call) -> Reply {
-        let path = c.header(":path").unwrap_or_default().to_string();
-        let (path, query) = path.split_once('?').unwrap_or((&path, ""));
-        if path == "/v2/" {
-            return answer(401, &[("www-authenticate", "Basic realm=\"r\"")], b"");
-        }
-        let tag = path.rsplit('/').next().unwrap_or_default().to_string();
-        if path.ends_with("/tags/list") {
-            let mut list: Vec<String> = self.tags.borrow().keys().filter(|t| !t.starts_with("sha256:")).cloned().collect();
-            list.sort();
-            return answer(200, &[("content-type", "application/json")], serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes());
-        }
-        let fault = match c.header(":method") {
-            Some("PUT" | "DELETE") => self.fault.replace(0),
-            _ => 0,
-        };
-        if fault == 2 {
-            return answer(503, &[], b"upstream overloaded");
-        }
-        let reply = self.act(c, tag, query);
-        match fault {
-            1 => answer(503, &[], b"upstream reset after the write"),
-            _ => reply,
-        }
-    }
-
-    fn act(&self, c: &Call, tag: String, query: &str) -> Reply {
-        match c.header(":method") {
-            Some("HEAD") | Some("GET") => match self.tags.borrow().get(&tag) {
-                Some(d) => answer(200, &[("docker-content-digest", d)], b""),
-                None => answer(404, &[], br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
-            },
-            Some("PUT") => {
-                if c.header("authorization") == Some("Bearer bob-readonly") {
-                    return answer(401, &[], br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
-                }
-                if c.header("content-type") != Some(OCI) {
-                    return answer(400, &[], br#"{"errors":[{"code":"MANIFEST_INVALID"}]}"#);
-                }
-                let d = sha(c.body.as_deref().unwrap_or_default());
-                let mut tags = vec![tag];
-                tags.extend(query.split('&').filter_map(|kv| kv.strip_prefix("tag=")).map(str::to_string));
-                for t in tags {
-                    self.tags.borrow_mut().insert(t.clone(), d.clone());
-                    self.history.borrow_mut().push((t, d.clone()));
-                }
-                answer(201, &[("docker-content-digest", &d)], b"")
-            }
-            Some("DELETE") => {
-                let gone: Vec<String> = match tag.starts_with("sha256:") {
-                    true => self.tags.borrow().iter().filter(|(_, d)| **d == tag).map(|(t, _)| t.clone()).collect(),
-                    false => self.tags.borrow().contains_key(&tag).then(|| tag.clone()).into_iter().collect(),
-                };
-                let known = !gone.is_empty() || self.history.borrow().iter().any(|(_, d)| *d == tag);
-                for t in gone {
-                    self.tags.borrow_mut().remove(&t);
-                    self.history.borrow_mut().push((t, String::new()));
-                }
-                match known {
-                    true => answer(202, &[], b""),
-                    false => answer(404, &[], br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
-                }
-            }
-            _ => answer(405, &[], b""),
-        }
-    }
-
-    pub fn holds(&self, tag: &str) -> Option<String> {
-        self.tags.borrow().get(tag).cloned()
-    }
-}
-
-/// One Envoy replica: its worker, and the host its root context runs on.
-pub struct Replica {
-    pub root: FakeHost,
-    pub w: Rc<Worker>,
-    /// Stopped (SIGKILL): its root no longer ticks; its streams are gone.
-    pub dead: bool,
-}
-
-/// A request in flight: its own host (request, calls), its filter.
-pub struct Stream {
-    pub h: FakeHost,
-    pub f: Filter,
-    /// PUT calls held back (token), answered by `answer_put`.
-    pub held_puts: Vec<u32>,
-}
-
-pub struct World {
-    pub clock: FakeHost,
-    pub etcd: FakeEtcd,
-    pub reg: Registry,
-    pub policy: String,
-}
-
-impl World {
-    pub fn new(policy: &str) -> World {
-        let clock = FakeHost::new();
-        let etcd = FakeEtcd::default();
-        *etcd.clock.borrow_mut() = Some(clock.process.clone());
-        World { clock, etcd, reg: Registry::default(), policy: policy.to_string() }
-    }
-
-    pub fn replica(&self) -> Replica {
-        let mut root = self.clock.share_with();
-        root.clock_offset = Rc::new(std::cell::Cell::new(0));
-        let w = Rc::new(Worker::new(&root, Config::from_json(self.policy.as_bytes()).unwrap()));
-        // Learned by the root's probe in life; set here so break-glass can judge at once.
-        w.registry_auth.set(Some((true, root.now_ms())));
-        let r = Replica { root, w, dead: false };
-        self.tick(&r);
-        r
-    }
-
-    pub fn advance(&self, ms: u64) {
-        self.clock.advance(ms);
-    }
-
-    /// The replica's root timer, and the answers to what it sent (etcd, the registry).
-    pub fn tick(&self, r: &Replica) {
-        if r.dead {
-            return;
-        }
-        r.w.registry_auth.set(Some((true, r.root.now_ms())));
-        super::claims::etcd::tick(&r.root, &r.w);
-        self.answer_root(r);
-    }
-
-    pub fn answer_root(&self, r: &Replica) {
-        loop {
-        let next = r.root.pending.borrow_mut().pop_front();
-        let Some(token) = next else { break };
-            let call = r.root.call_of(token);
-            let reply = if call.cluster == "etcd" { self.etcd.answer(&call) } else { self.reg.answer(&call) };
-            let size = reply.body.len();
-            r.root.set_answer(Some(reply));
-            root_response(&r.root, &r.w, token, size);
-            r.root.set_answer(None);
-        }
-    }
-
-    /// Starts a request through `r`.
-    pub fn open(&self, r: &Replica, method: &str, path: &str, headers: &[(&str, &str)]) -> Stream {
-        let h = r.root.share_with();
-        h.request(method, path, headers);
-        let mut f = Filter::new(Some(r.w.clone()));
-        if let Some(p) = Filter::first_look(&h) {
-            f.on_request_headers(&h, p, false);
-        }
-        Stream { h, f, held_puts: Vec::new() }
-    }
-
-    /// A PUT of `body` to `app:tag` (headers only), with a manifest content type.
-    pub fn open_put(&self, r: &Replica, tag: &str, body: &[u8], extra: &[(&str, &str)]) -> Stream {
-        let len = body.len().to_string();
-        let mut headers = vec![("content-type", OCI), ("content-length", len.as_str())];
-        headers.extend_from_slice(extra);
-        self.open(r, "PUT", &format!("/v2/app/manifests/{tag}"), &headers)
-    }
-
-    /// Answers the stream's calls (etcd, registry) until it waits on something else; PUTs are
-    /// held back if `hold_puts`.
-    pub fn pump(&self, s: &mut Stream, hold_puts: bool) {
-        loop {
-            let Some(token) = s.h.pending.borrow_mut().pop_front() else { return };
-            let call = s.h.call_of(token);
-            if hold_puts && call.header(":method") == Some("PUT") {
-                s.held_puts.push(token);
-                continue;
-            }
-            let reply = if call.cluster == "etcd" { self.etcd.answer(&call) } else { self.reg.answer(&call) };
-            deliver(s, token, reply);
-        }
-    }
-
-    /// The registry answers a held PUT now (it stores what it was sent, or refuses it).
-    pub fn answer_put(&self, s: &mut Stream) {
-        let token = s.held_puts.remove(0);
-        let reply = self.reg.answer(&s.h.call_of(token));
-        deliver(s, token, reply);
-    }
-
-    /// Body bytes; `last`: they end the body.
-    pub fn body(&self, s: &mut Stream, bytes: &[u8], last: bool) {
-        s.h.body.borrow_mut().extend_from_slice(bytes);
-        let size = s.h.body.borrow().len();
-        s.f.on_request_body(&s.h, size, last);
-    }
-
-    /// A whole push through `r`: its answer.
-    pub fn push(&self, r: &Replica, tag: &str, body: &[u8], extra: &[(&str, &str)]) -> Reply {
-        let mut s = self.open_put(r, tag, body, extra);
-        self.pump(&mut s, false);
-        self.body(&mut s, body, true);
-        self.pump(&mut s, false);
-        s.f.on_done(&s.h);
-        reply(&s)
-    }
-}
-
-/// The client's answer.
-pub fn reply(s: &Stream) -> Reply {
-    s.h.reply().expect("the client got an answer")
-}
-
-/// A dispatched call's answer reaches the stream that made it (the host glue's routing).
-pub fn deliver(s: &mut Stream, token: u32, reply: Reply) {
-    let size = reply.body.len();
-    s.h.set_answer(Some(reply));
-    s.f.on_call_response(&s.h, token, size);
-    s.h.set_answer(None);
-}
-
-/// A call answered whose stream is gone (or a root call): what the host glue does with it.
-pub fn root_response(h: &FakeHost, w: &Worker, token: u32, size: usize) {
-    if !super::break_glass::learn(h, w, token) {
-        super::claims::etcd::on_root_response(h, w, token, size);
-    }
-}
-
-/// The answer to a PUT whose client left reaches the root (the call is the root context's).
-pub fn answer_orphan(world: &World, r: &Replica, s: &mut Stream) {
-    let token = s.held_puts.remove(0);
-    let reply = world.reg.answer(&s.h.call_of(token));
-    let size = reply.body.len();
-    r.root.set_answer(Some(reply));
-    super::push::orphan_answer(&r.root, &r.w, token, size);
-    r.root.set_answer(None);
-}
-
-/// Ticks every live replica every 250 ms for `ms`.
-pub fn run_for(world: &World, replicas: &[&Replica], ms: u64) {
-    let mut t = 0;
-    while t < ms {
-        world.advance(250);
-        t += 250;
-        for r in replicas {
-            world.tick(r);
-        }
-    }
-}
 
 const V1: &str = "v1";
 
@@ -511,7 +236,7 @@ fn absent_after_a_commit_is_not_a_first_push() {
 fn claims_in_flight_are_bounded_per_client() {
     let world = World::new(SHARED);
     let a = world.replica();
-    let max = super::worker::MAX_CLAIMS_PER_CLIENT;
+    let max = crate::filter::worker::MAX_CLAIMS_PER_CLIENT;
     let mut held = Vec::new();
     for i in 0..max {
         let mut s = world.open_put(&a, &format!("t{i}"), X, &[BOB]);
@@ -598,9 +323,9 @@ mod slot_full {
   "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
     /// Tags of `app` whose records land in the same shared-data slot as `app:v1` (default 1024
-    /// slots), under the world's slot key (an attacker who knew it; see `tests_bounds`).
+    /// slots), under the world's slot key (an attacker who knew it; see `claims`).
     fn colliding(world: &World, n: usize) -> Vec<String> {
-        let key = super::super::tests_bounds::slot_key_of(world);
+        let key = super::super::claims::slot_key_of(world);
         let target = slot_index(&key, "app", V1, 1024);
         (0..).map(|i| format!("c{i}")).filter(|t| slot_index(&key, "app", t, 1024) == target).take(n).collect()
     }
@@ -786,8 +511,8 @@ fn attack_orphan_overflow_keeps_a_read_only_claim() {
         Stream { h, f, held_puts: Vec::new() }
     };
     let mut all = Vec::new();
-    // As many as a worker keeps (`tests_bounds`: one more is refused).
-    for i in 0..super::super::worker::MAX_ORPHANS {
+    // As many as a worker keeps (`claims`: one more is refused).
+    for i in 0..crate::filter::worker::MAX_ORPHANS {
         let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
         let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
         world.pump(&mut s, false);
@@ -804,4 +529,469 @@ fn attack_orphan_overflow_keeps_a_read_only_claim() {
     let r = world.push(&a, V1, Y, &[BOB]);
     assert_eq!(r.status, 201);
 }
+}
+
+// ---- Issue 27, hole B: claims order views and committed changes by the store's own counter (etcd's
+// revision, a shared-data slot's write counter), never by wall clock. Replicas whose clocks
+// disagree, or a clock that steps back, must not let a view taken before an override pass
+// as newer than it.
+
+const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
+  "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
+
+/// etcd: the override to Y is committed by replica B; a plain push of the old digest X, whose
+/// HEAD went out through replica A before it, is held at its last byte. A's clock is 10 s ahead
+/// of B's, so by wall clock its view looks newer than the override's commit.
+#[test]
+fn skew_a_view_from_a_replica_whose_clock_is_ahead_does_not_undo_an_override() {
+    for map in [false, true] {
+        let world = World::new(ETCD_BG);
+        let (a, b) = (world.replica(), world.replica());
+        a.root.clock_offset.set(10_000);
+        assert_eq!(world.push(&b, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a, &b], 1_000);
+        if map {
+            // A's map learns X (an identical re-push through A): the held push's view is that entry.
+            assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+            run_for(&world, &[&a, &b], 1_000);
+        }
+        let mut p = world.open_put(&a, V1, X, &[BOB]);
+        world.pump(&mut p, false);
+        world.body(&mut p, &X[..X.len() - 1], false);
+        world.pump(&mut p, false);
+        world.advance(100);
+        assert_eq!(world.push(&b, V1, Y, &[ADMIN, REASON]).status, 201, "the override");
+        run_for(&world, &[&a, &b], 500);
+        world.body(&mut p, &X[X.len() - 1..], true);
+        world.pump(&mut p, false);
+        assert_eq!(reply(&p).status, 409, "map: {map}: {:?}", String::from_utf8_lossy(&reply(&p).body));
+        assert_eq!(world.reg.holds(V1), Some(sha(Y)), "map: {map}");
+        assert_eq!(world.reg.history.borrow().len(), if map { 3 } else { 2 }, "map: {map}");
+    }
+}
+
+/// Shared data (one Envoy): a push of X is held at its last byte; the machine's clock steps
+/// back 10 s; the override to Y is committed. By wall clock the held push's view is newer.
+#[test]
+fn a_clock_step_back_does_not_let_a_held_push_undo_an_override() {
+    for map in [false, true] {
+        let world = World::new(SHARED_BG);
+        let (a, b) = (world.replica(), world.replica());
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        world.advance(1_000);
+        if !map {
+            a.w.cache.borrow_mut().forget(&a.w.map_key("app", Some("registry.test")), V1);
+        }
+        let mut p = world.open_put(&a, V1, X, &[BOB]);
+        world.pump(&mut p, false);
+        world.body(&mut p, &X[..X.len() - 1], false);
+        world.pump(&mut p, false);
+        world.advance(100);
+        let mut o = world.open_put(&b, V1, Y, &[ADMIN, REASON]);
+        world.pump(&mut o, false);
+        world.body(&mut o, Y, true);
+        world.pump(&mut o, true);
+        assert_eq!(o.held_puts.len(), 1, "the override is written");
+        // One Envoy, one machine clock: every worker steps back while the override is written.
+        a.root.clock_offset.set(-10_000);
+        b.root.clock_offset.set(-10_000);
+        world.answer_put(&mut o);
+        assert_eq!(reply(&o).status, 201, "the override");
+        world.advance(100);
+        world.body(&mut p, &X[X.len() - 1..], true);
+        world.pump(&mut p, false);
+        assert_eq!(reply(&p).status, 409, "map: {map}: {:?}", String::from_utf8_lossy(&reply(&p).body));
+        assert_eq!(world.reg.holds(V1), Some(sha(Y)), "map: {map}");
+        assert_eq!(world.reg.history.borrow().len(), 2, "map: {map}");
+    }
+}
+
+// ---- Issue 27, "nothing lingers": a hold whose push never settles (its write answered 5xx, the
+// outcome unknown; or its client left while the claim's call was out) has an age of its own,
+// so identical re-pushes that keep the tag's record fresh do not carry it forward forever.
+
+
+fn ttl(r: &Replica) -> u64 {
+    r.w.config.claims.ttl_ms
+}
+
+/// Identical re-pushes of X every half TTL for `ms`, ticking the replica.
+fn repush(world: &World, r: &Replica, ms: u64) {
+    let mut t = 0;
+    while t < ms {
+        assert_eq!(world.push(r, V1, X, &[BOB]).status, 201, "a re-push at {t} ms");
+        run_for(world, &[r], ttl(r) / 2);
+        t += ttl(r) / 2;
+    }
+}
+
+#[test]
+fn an_abandoned_hold_does_not_outlive_two_ttls_under_re_pushes() {
+    for policy in [SHARED_BG, ETCD_BG] {
+        let world = World::new(policy);
+        let a = world.replica();
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a], 1_000);
+        // Stored, answered 503: the filter cannot tell, so its hold stays (abandoned).
+        world.reg.fault.set(1);
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 503);
+        repush(&world, &a, 2 * ttl(&a) + ttl(&a) / 2);
+        let r = world.push(&a, V1, Y, &[ADMIN, REASON]);
+        assert_eq!(r.status, 201, "etcd: {}: {:?}", policy == ETCD_BG, String::from_utf8_lossy(&r.body));
+        assert_eq!(world.reg.holds(V1), Some(sha(Y)));
+    }
+}
+
+#[test]
+fn a_live_hold_is_never_pruned_before_two_ttls() {
+    for policy in [SHARED_BG, ETCD_BG] {
+        let world = World::new(policy);
+        let a = world.replica();
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a], 1_000);
+        // A re-push of X whose write is still at the registry (held back).
+        let mut p = world.open_put(&a, V1, X, &[BOB]);
+        world.pump(&mut p, true);
+        world.body(&mut p, X, true);
+        world.pump(&mut p, true);
+        assert_eq!(p.held_puts.len(), 1);
+        // Re-pushes keep the record fresh; just short of two TTLs the hold still refuses.
+        repush(&world, &a, 2 * ttl(&a) - ttl(&a) / 2);
+        world.advance(ttl(&a) / 2 - 300);
+        let r = world.push(&a, V1, Y, &[ADMIN, REASON]);
+        assert_eq!(r.status, 409, "etcd: {}: {:?}", policy == ETCD_BG, String::from_utf8_lossy(&r.body));
+        world.answer_put(&mut p);
+        assert_eq!(reply(&p).status, 201);
+        assert_eq!(world.reg.holds(V1), Some(sha(X)));
+    }
+}
+
+#[test]
+fn two_holders_of_one_digest_one_releases_the_other_still_fences() {
+    for policy in [SHARED_BG, ETCD_BG] {
+        let world = World::new(policy);
+        let a = world.replica();
+        // Two pushes of X to the new tag, both claimed, both held at the registry.
+        let mut ps: Vec<_> = [("authorization", "Bearer bob-readonly"), BOB].iter().map(|h| {
+            let mut p = world.open_put(&a, V1, X, &[*h]);
+            world.pump(&mut p, true);
+            world.body(&mut p, X, true);
+            world.pump(&mut p, true);
+            assert_eq!(p.held_puts.len(), 1);
+            world.advance(100);
+            p
+        }).collect();
+        // The first is refused (401): its release takes its own hold only.
+        world.answer_put(&mut ps[0]);
+        assert_eq!(reply(&ps[0]).status, 401);
+        run_for(&world, &[&a], 500);
+        let r = world.push(&a, V1, Y, &[BOB]);
+        assert_eq!(r.status, 409, "etcd: {}: {:?}", policy == ETCD_BG, String::from_utf8_lossy(&r.body));
+        world.answer_put(&mut ps[1]);
+        assert_eq!(reply(&ps[1]).status, 201);
+        assert_eq!(world.reg.history.borrow().clone(), vec![(V1.to_string(), sha(X))]);
+    }
+}
+
+// ---- Late changes from the root queue or a late answer (an attacker's read of the merged claims
+// protocol): a forget or a commit that lands after a newer change must not erase or outrank it.
+
+/// A granted (break-glass) delete's `forget` erases whatever committed change it finds when it
+/// finally lands, even one committed after the delete (a re-push of the tag). A stale "absent"
+/// view then overwrites the re-pushed tag without break-glass.
+#[test]
+fn atk_late_forget_erases_a_later_commit() {
+    {
+        let etcd = true;
+        let world = World::new(ETCD_BG);
+        let (a, b) = (world.replica(), world.replica());
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a, &b], 500);
+        // Admin deletes v1 through A (break-glass, logged).
+        let mut d = world.open(&a, "DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        assert!(d.h.reply().is_none(), "granted: {:?}", d.h.reply());
+        world.reg.tags.borrow_mut().remove(V1);
+        world.reg.history.borrow_mut().push((V1.into(), String::new()));
+        *d.h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+        d.f.on_response_headers(&d.h);
+        // A's forget is queued; its etcd calls are slow (A does not get to it for a while).
+        // Bob's push F of Y through B: HEAD now says absent; its last byte is held.
+        let mut f = world.open_put(&b, V1, Y, &[BOB]);
+        world.pump(&mut f, false);
+        world.body(&mut f, &Y[..Y.len() - 1], false);
+        world.pump(&mut f, false);
+        // Bob re-pushes X through B: a first push of the (now absent) tag, committed.
+        assert_eq!(world.push(&b, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&b], 500);
+        // A's forget lands now.
+        run_for(&world, &[&a, &b], 500);
+        // F's stale "absent" view is 1.x s old (well within half the TTL).
+        world.body(&mut f, &Y[Y.len() - 1..], true);
+        world.pump(&mut f, false);
+        let r = reply(&f);
+        eprintln!("etcd={etcd} F: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+        assert_eq!(world.reg.holds(V1), Some(sha(X)), "v1 changed X -> Y without break-glass");
+    }
+}
+
+/// The same with every replica ticking normally (etcd): A's forget reads the record, its
+/// rewrite reaches etcd after B's re-push committed (a late call): the compare fails, the
+/// forget is applied again to what it finds, the new commit. Shared data: the delete's 202
+/// reaches the filter after the re-push committed (forget is applied at the answer).
+#[test]
+fn atk_forget_reapplied_to_a_later_commit() {
+    let mut broken = Vec::new();
+    for policy in [ETCD_BG, SHARED_BG] {
+        let etcd = policy == ETCD_BG;
+        let world = World::new(policy);
+        let (a, b) = (world.replica(), world.replica());
+        let b = &b; // shared data: another worker of the same Envoy (same process, same shared data)
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        run_for(&world, &[&a, b], 500);
+        let mut d = world.open(&a, "DELETE", "/v2/app/manifests/v1", &[ADMIN, REASON]);
+        assert!(d.h.reply().is_none(), "granted: {:?}", d.h.reply());
+        world.reg.tags.borrow_mut().remove(V1);
+        world.reg.history.borrow_mut().push((V1.into(), String::new()));
+        let mut held = Vec::new();
+        if etcd {
+            *d.h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+            d.f.on_response_headers(&d.h);
+            world.advance(250);
+            // A's tick: the forget's read is answered, its write is sent and travels slowly.
+            crate::filter::claims::etcd::tick(&a.root, &a.w);
+            loop {
+                let Some(token) = a.root.pending.borrow_mut().pop_front() else { break };
+                let call = a.root.call_of(token);
+                let body = String::from_utf8_lossy(call.body.as_deref().unwrap_or_default()).to_string();
+                if body.contains("\"target\":\"MOD\"") {
+                    held.push(token);
+                    continue;
+                }
+                let reply = world.etcd.answer(&call);
+                let size = reply.body.len();
+                a.root.set_answer(Some(reply));
+                root_response(&a.root, &a.w, token, size);
+                a.root.set_answer(None);
+                crate::filter::claims::etcd::tick(&a.root, &a.w);
+            }
+            assert_eq!(held.len(), 1, "the forget's write is in flight");
+        }
+        let mut f = world.open_put(b, V1, Y, &[BOB]);
+        world.pump(&mut f, false);
+        world.body(&mut f, &Y[..Y.len() - 1], false);
+        world.pump(&mut f, false);
+        assert_eq!(world.push(b, V1, X, &[BOB]).status, 201, "a first push of the tag again");
+        run_for(&world, &[b], 500);
+        if etcd {
+            for token in held {
+                let call = a.root.call_of(token);
+                let reply = world.etcd.answer(&call);
+                let size = reply.body.len();
+                a.root.set_answer(Some(reply));
+                root_response(&a.root, &a.w, token, size);
+                a.root.set_answer(None);
+            }
+            world.answer_root(&a);
+        } else {
+            *d.h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
+            d.f.on_response_headers(&d.h);
+        }
+        run_for(&world, &[&a, b], 500);
+        world.body(&mut f, &Y[Y.len() - 1..], true);
+        world.pump(&mut f, false);
+        let r = reply(&f);
+        eprintln!("etcd={etcd} F: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+        if world.reg.holds(V1) != Some(sha(X)) {
+            broken.push(etcd);
+        }
+    }
+    assert!(broken.is_empty(), "v1 changed X -> Y without break-glass (etcd?): {broken:?}");
+}
+
+#[test]
+fn atk_stale_commit_undoes_an_override() {
+    let world = World::new(ETCD_BG);
+    let (a, b) = (world.replica(), world.replica());
+    // A: first push of X; the client has its 201; A's root context stalls before its tick.
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+    run_for(&world, &[&b], 125_000); // A stalls (> 2 TTLs): X's hold record ends by its lease
+    // Bob's push S of X through B: HEAD says X; last byte held.
+    let mut s = world.open_put(&b, V1, X, &[BOB]);
+    world.pump(&mut s, false);
+    world.body(&mut s, &X[..X.len() - 1], false);
+    world.pump(&mut s, false);
+    world.advance(100);
+    // Admin's logged override X -> Y through B.
+    let o = world.push(&b, V1, Y, &[ADMIN, REASON]);
+    assert_eq!(o.status, 201, "{}", String::from_utf8_lossy(&o.body));
+    run_for(&world, &[&b], 500);
+    // A resumes: its queued commit of X goes.
+    run_for(&world, &[&a, &b], 1_000);
+    eprintln!("record {:?}", world.etcd.value("/immutable-tags/app:v1"));
+    world.body(&mut s, &X[X.len() - 1..], true);
+    world.pump(&mut s, false);
+    let r = reply(&s);
+    eprintln!("S: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+    assert_eq!(world.reg.holds(V1), Some(sha(Y)), "the override was undone without break-glass");
+}
+
+/// A digest delete's granted tags are learned by HEAD; its `before` is read later (at the
+/// grant). A tag overridden (X -> Y, committed) in between is not removed by the registry (it
+/// no longer holds X); its forget must not erase Y, else a held push of X with a view from
+/// before the override passes and undoes it (both stores erased it before the forget named its
+/// digest). `deleted`: the registry's answer to the delete (404: no forget at all, the control).
+fn override_during_a_digest_delete(etcd: bool, deleted: &str) {
+    let world = World::new(if etcd { ETCD_BG } else { SHARED_BG });
+    let (a, b) = (world.replica(), world.replica());
+    let settle = |ms| if etcd { run_for(&world, &[&a, &b], ms) } else { world.advance(100) };
+    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+    assert_eq!(world.push(&a, "v2", X, &[BOB]).status, 201);
+    settle(500);
+    // S: Bob's push of X to v1 (HEAD says X), last byte held.
+    let mut s = world.open_put(&b, V1, X, &[BOB]);
+    world.pump(&mut s, false);
+    world.body(&mut s, &X[..X.len() - 1], false);
+    world.pump(&mut s, false);
+    // Admin's digest delete of X: tags/list, then HEADs of v1 and v2, answered one by one.
+    let mut d = world.open(&a, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[ADMIN, REASON]);
+    let mut overridden = false;
+    loop {
+        let Some(token) = d.h.pending.borrow_mut().pop_front() else { break };
+        let call = d.h.call_of(token);
+        let path = call.header(":path").unwrap_or_default().to_string();
+        let reply = if call.cluster == "etcd" { world.etcd.answer(&call) } else { world.reg.answer(&call) };
+        deliver(&mut d, token, reply);
+        if path.ends_with("/manifests/v1") && !overridden {
+            overridden = true;
+            // Admin's logged override of v1 X -> Y, committed (etcd: through A, whose order
+            // then covers it; shared data: through B).
+            let o = world.push(if etcd { &a } else { &b }, V1, Y, &[ADMIN, REASON]);
+            assert_eq!(o.status, 201, "{}", String::from_utf8_lossy(&o.body));
+            settle(500);
+        }
+    }
+    assert!(overridden);
+    assert!(d.h.reply().is_none(), "granted: {:?}", d.h.reply());
+    if deleted == "202" {
+        // The registry deletes manifest X: only v2 still holds it.
+        let gone: Vec<String> = world.reg.tags.borrow().iter().filter(|(_, g)| **g == sha(X)).map(|(t, _)| t.clone()).collect();
+        for t in gone {
+            world.reg.tags.borrow_mut().remove(&t);
+            world.reg.history.borrow_mut().push((t, String::new()));
+        }
+    }
+    *d.h.response_headers.borrow_mut() = vec![(":status".into(), deleted.into())];
+    *d.h.code_details.borrow_mut() = Some("via_upstream".into());
+    d.f.on_response_headers(&d.h);
+    d.f.on_done(&d.h);
+    settle(1_000);
+    world.body(&mut s, &X[X.len() - 1..], true);
+    world.pump(&mut s, false);
+    let r = reply(&s);
+    assert_ne!(r.status, 201, "history {:?}", world.reg.history.borrow());
+    assert_eq!(world.reg.holds(V1), Some(sha(Y)), "the override was undone without break-glass");
+}
+
+#[test]
+fn a_digest_delete_does_not_forget_an_override_made_during_its_check() {
+    override_during_a_digest_delete(false, "202");
+    override_during_a_digest_delete(true, "202");
+}
+
+#[test]
+fn an_override_during_a_digest_delete_the_registry_refused_stands() {
+    override_during_a_digest_delete(false, "404");
+}
+
+// ---- Releases retried by the root queue (an attacker's read of the etcd failover): a release
+// whose attempt may have landed is never applied again, so it cannot take another push's
+// hold (both failed before the fix: two digests stored to one tag).
+
+const POLICY: &str = r#"{"upstream": {"cluster": "registry", "write_timeout_ms": 3000}, "global": {"immutable_tags": true},
+  "claims": {"ttl_seconds": 10, "etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 2000}}}"#;
+const KEY: &str = "/immutable-tags/app:v1";
+
+fn timed_out() -> Reply {
+    answer(504, &[], b"upstream request timeout")
+}
+
+fn root_one(r: &Replica, f: impl FnOnce(&super::fake::Call) -> Reply) -> bool {
+    let Some(token) = r.root.pending.borrow_mut().pop_front() else { return false };
+    let call = r.root.call_of(token);
+    let reply = f(&call);
+    let size = reply.body.len();
+    r.root.set_answer(Some(reply));
+    root_response(&r.root, &r.w, token, size);
+    r.root.set_answer(None);
+    true
+}
+
+fn is_delete(c: &super::fake::Call) -> bool {
+    String::from_utf8_lossy(c.body.as_deref().unwrap_or_default()).contains("request_delete_range")
+}
+
+/// `outer`: every attempt of A's delete times out (the Call gives up; the release is queued
+/// again and re-read at the next tick), instead of one attempt then the Call's own retry.
+fn double_release(outer: bool) -> (u16, u16, Vec<(String, String)>) {
+    let world = World::new(POLICY);
+    let (a, b, c) = (world.replica(), world.replica(), world.replica());
+    // A's push of X: claimed; the registry refuses the write (401): a release is queued.
+    let r = world.push(&a, "v1", X, &[("authorization", "Bearer bob-readonly")]);
+    assert_eq!(r.status, 401);
+    crate::filter::claims::etcd::tick(&a.root, &a.w);
+    // The release reads the record, sends delete_if(m); etcd applies it, the answer is lost.
+    let mut applied = false;
+    while root_one(&a, |call| {
+        if is_delete(call) && !applied {
+            applied = true;
+            let _ = world.etcd.answer(call);
+            world.advance(500);
+            return timed_out();
+        }
+        if is_delete(call) && outer {
+            world.advance(500);
+            return timed_out(); // later attempts time out too
+        }
+        world.etcd.answer(call)
+    }) {
+        if applied && !outer {
+            break;
+        }
+    }
+    assert!(world.etcd.value(KEY).is_none(), "A's release applied");
+    // B pushes X: it claims the absent tag; its PUT is in flight at the registry.
+    let mut sb = world.open_put(&b, "v1", X, &[]);
+    world.pump(&mut sb, true);
+    world.body(&mut sb, X, true);
+    world.pump(&mut sb, true);
+    assert_eq!(sb.held_puts.len(), 1);
+    eprintln!("B holds: {:?}", world.etcd.value(KEY));
+    // A goes on: its Call's retry (inner) or the re-read at its next tick (outer).
+    if outer {
+        world.tick(&a);
+    } else {
+        world.answer_root(&a);
+    }
+    eprintln!("after A: {:?}", world.etcd.value(KEY));
+    // C pushes Y to the tag while B's write of X is still in flight.
+    let rc = world.push(&c, "v1", Y, &[]);
+    world.answer_put(&mut sb);
+    sb.f.on_done(&sb.h);
+    let rb = reply(&sb);
+    let history = world.reg.history.borrow().clone();
+    (rc.status, rb.status, history)
+}
+
+#[test]
+fn retried_release_drops_another_pushs_hold_inner() {
+    let (c, b, h) = double_release(false);
+    eprintln!("C {c}, B {b}, history {h:?}");
+    assert!(!(c == 201 && b == 201), "two digests both stored to one immutable tag: {h:?}");
+}
+
+#[test]
+fn retried_release_drops_another_pushs_hold_outer() {
+    let (c, b, h) = double_release(true);
+    eprintln!("C {c}, B {b}, history {h:?}");
+    assert!(!(c == 201 && b == 201), "two digests both stored to one immutable tag: {h:?}");
 }

@@ -23,16 +23,16 @@
 //! (`make sim`); `SIM_STATS=1` prints what each schedule reached. Seen to catch each of (on the
 //! one-tag scheduler before the deletes, so those seeds replay no more): the rule without its
 //! committed-change check (seed 332), holders not counted (seed 964), claim answers trusted at
-//! any age (2639). Issue 27's six sequences are fixed schedules in `tests_claims`. Found two
+//! any age (2639). Issue 27's six sequences are fixed schedules in `sequences`. Found two
 //! holes, fixed: a write landing after its claim expired (seed 5619), a view judged after the
 //! claim of a write whose writer died uncommitted expired (seed 111888), a push stored between a
 //! digest delete's check and its landing deleted with it (seed 2381; fixed by the delete fence,
 //! `claims::fence_tag`; `SIM_DIGEST_ATOMIC=1` hides the race again, see `digest_race`).
 use super::fake::FakeHost;
-use super::host::Host;
+use crate::filter::host::Host;
 use super::fake::{Call, Reply};
-use super::tests_claims::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, OCI, REASON};
-use super::{Action, Filter};
+use super::world::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, OCI, REASON};
+use crate::filter::{Action, Filter};
 use std::collections::HashMap;
 
 /// A small, seeded, well-mixed generator (SplitMix64): no dependency, the same on every host.

@@ -2,10 +2,12 @@
 //! or sent under another `:authority` than the filter's own calls, may reach another upstream
 //! (containerd's `?ns=` mirror convention, a Host-routed registry): it neither teaches the map
 //! nor is pinned.
+//! Also: no pinning without `pin_immutable_pulls`, and what a pinned read learns and forgets.
+use super::*;
 use super::fake::{sha, worker, FakeHost};
-use super::host::Host;
-use super::worker::Worker;
-use super::{Action, Filter};
+use crate::filter::host::Host;
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
 use std::rc::Rc;
 
 const PINNING: &str = r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#;
@@ -74,4 +76,39 @@ fn a_read_under_another_authority_than_the_calls_neither_teaches_nor_is_pinned()
     // Under the calls' authority (any case): taught, then pinned; the other Host still is not.
     assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "Registry.Example", M1), format!("/v2/app/manifests/{}", sha(M1)));
     assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "other-registry.example", EVIL), "/v2/app/manifests/v1");
+}
+
+// ---- Pinning off without `pin_immutable_pulls`; what a pinned read learns and forgets.
+
+#[test]
+fn reads_are_not_pinned_without_pin_immutable_pulls() {
+    let h = FakeHost::new();
+    let w = worker(&h, POLICY);
+    assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
+    let mut f = Filter::new(Some(w.clone()));
+    h.request("GET", "/v2/app/manifests/v1", &[]);
+    assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+    assert_eq!(h.request_header_value(":path").as_deref(), Some("/v2/app/manifests/v1"));
+    assert!(f.idle());
+}
+
+#[test]
+fn pinned_reads_learn_from_the_answer_and_forget_a_digest_that_is_gone() {
+    let h = FakeHost::new();
+    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#);
+    let read = |answer: &[(&str, &str)]| {
+        let mut f = Filter::new(Some(w.clone()));
+        h.request("GET", "/v2/app/manifests/v1", &[("accept", crate::filter::upstream::MANIFEST_ACCEPT)]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
+        let path = h.request_header_value(":path").unwrap();
+        *h.response_headers.borrow_mut() = answer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(f.on_response_headers(&h), Action::Continue);
+        path
+    };
+    let pinned = format!("/v2/app/manifests/{}", sha(M1));
+    // Unknown: read by tag; the registry's answer teaches the map its digest.
+    assert_eq!(read(&[(":status", "200"), CT, ("docker-content-digest", &sha(M1))]), "/v2/app/manifests/v1");
+    // Known: read by digest; the digest is gone (404), so the map forgets it.
+    assert_eq!(read(&[(":status", "404")]), pinned);
+    assert_eq!(read(&[(":status", "404")]), "/v2/app/manifests/v1");
 }

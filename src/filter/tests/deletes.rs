@@ -1,12 +1,14 @@
 //! Deletes by digest on the fake host: the registry's word decides (issue 28 item 3, issue 26
 //! step 4), and break-glass must cover every immutable tag a delete removes (issue 29).
-use super::fake::{sha, answer, FakeHost, Reply};
-use super::host::Host;
-use super::worker::Worker;
-use super::{Action, Filter};
+use super::fake::{sha, answer, FakeHost, Reply, FakeEtcd};
+use crate::filter::host::Host;
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
 use crate::config::Config;
 use crate::oci::digest::Digest;
 use std::rc::Rc;
+use crate::filter::claims::etcd as etcd_claims;
+use crate::oci::request::{classify, Reference, Request};
 
 const BG: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}, "break_glass": {"principals": ["admin"], "repositories": ["app"]}}"#;
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
@@ -230,8 +232,6 @@ fn an_over_long_reason_neither_overrides_nor_opens_a_window() {
 
 // ---- Windows in etcd: each tag's window is taken by its own round trip.
 
-use super::claims::etcd as etcd_claims;
-use super::fake::FakeEtcd;
 
 const BG_ETCD: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
   "break_glass": {"principals": ["admin"], "repositories": ["app"]},
@@ -593,7 +593,7 @@ fn a_window_taken_after_the_client_left_is_put_back_when_etcd_answers() {
     let r = etcd.answer(&call);
     assert!(etcd.window(&wkey("a-scratch")).is_none(), "etcd took it");
     b.set_answer(Some(r.clone()));
-    assert!(super::root_answer(&b, &wb, token, r.body.len()), "the root knows the call");
+    assert!(crate::filter::root_answer(&b, &wb, token, r.body.len()), "the root knows the call");
     b.set_answer(None);
     run_root(&b, &wb, &etcd);
     assert!(etcd.window(&wkey("a-scratch")).is_some(), "put back");
@@ -618,10 +618,47 @@ fn a_local_reply_while_taking_windows_puts_them_back() {
     let call = b.calls.borrow()[token as usize - 1].clone();
     let r = etcd.answer(&call);
     b.set_answer(Some(r.clone()));
-    assert!(super::root_answer(&b, &wb, token, r.body.len()));
+    assert!(crate::filter::root_answer(&b, &wb, token, r.body.len()));
     b.set_answer(None);
     assert_eq!(b.resumes.get(), 0, "never sent");
     run_root(&b, &wb, &etcd);
     assert!(etcd.window(&wkey("a-scratch")).is_some(), "put back");
     assert!(bg_lines(&b).is_empty(), "no override");
+}
+
+// ---- GitLab's registry deletes a tag with `DELETE /v2/<name>/tags/reference/<tag>`: the filter
+// judges it as `DELETE /v2/<name>/manifests/<tag>`.
+
+#[test]
+fn a_gitlab_tag_delete_is_a_tag_delete() {
+    for p in ["/v2/team/app/tags/reference/v1", "/v2/team/app/TAGS/Reference/v1", "/v2/team%2Fapp/tags/%72eference/v%31?x=1"] {
+        assert_eq!(
+            classify("DELETE", p),
+            Request::ManifestDelete { repository: "team/app".into(), reference: Reference::Tag("v1".into()) },
+            "{p}"
+        );
+        assert!(crate::oci::request::may_name_manifests(p), "{p}");
+        assert_eq!(classify("GET", p), Request::Other, "{p}");
+    }
+    for p in ["/v2/App/tags/reference/v1", "/v2/app/tags/reference/", "/v2/app/tags/reference/a/b", "//v2/app/tags/reference/v1", "/v2/app/tags/reference/v%zz"] {
+        assert!(matches!(classify("DELETE", p), Request::Invalid(_)), "{p}");
+    }
+}
+
+#[test]
+fn the_filter_refuses_a_gitlab_delete_of_an_immutable_tag_as_it_does_a_manifests_one() {
+    use super::fake::{on_headers, worker, FakeHost};
+    use crate::filter::{Action, Filter};
+    let policy = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
+    let mut seen = Vec::new();
+    for path in ["/v2/app/manifests/v1", "/v2/app/tags/reference/v1", "/v2/app/Tags/Reference/v%31"] {
+        let h = FakeHost::new();
+        let mut f = Filter::new(Some(worker(&h, policy)));
+        h.request("DELETE", path, &[]);
+        assert_eq!(on_headers(&mut f, &h, true), Action::Pause, "{path}");
+        let r = h.reply().expect("refused");
+        assert!(r.status >= 400, "{path}");
+        seen.push((r.status, r.json()["errors"][0]["code"].clone()));
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
 }

@@ -2,7 +2,7 @@
 //! bytes that are not UTF-8), bounded work per request, `on_upstream_error: allow` only for the
 //! registry's own answers, `Invalid` writes and `;` refused with or without a configuration.
 use super::fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
-use super::{Action, Filter};
+use crate::filter::{Action, Filter};
 use crate::proxy_wasm::header_map::text;
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}}"#;
@@ -203,7 +203,7 @@ fn the_body_leaves_wasm_memory_once_handed_to_the_write() {
     let put = h.calls_with("PUT");
     assert_eq!(put.len(), 1);
     assert_eq!(put[0].body.as_deref(), Some(M1), "the write carries the judged bytes");
-    let super::State::Push(p) = &f.state else { panic!("still a push") };
+    let crate::filter::State::Push(p) = &f.state else { panic!("still a push") };
     assert_eq!(p.buffered(), 0, "the write has the bytes; the filter keeps none");
 }
 

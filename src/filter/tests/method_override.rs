@@ -2,7 +2,7 @@
 //! `POST /v2/<name>/blobs/<digest>` into the blob delete the filter refuses, so the filter
 //! refuses such a request where its verdict depends on the method (manifests and blob paths).
 use super::fake::{on_headers, worker, FakeHost};
-use super::{Action, Filter};
+use crate::filter::{Action, Filter};
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
 const BLOB: &str = "/v2/app/blobs/sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

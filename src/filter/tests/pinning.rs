@@ -1,9 +1,9 @@
 //! Pull pinning on the fake host (issue 26): which reads teach the map, which reads are pinned,
 //! and what each source of a map entry may let through on its own.
 use super::fake::{on_headers, respond, sha, answer, FakeHost};
-use super::upstream::MANIFEST_ACCEPT;
-use super::worker::Worker;
-use super::{Action, Filter};
+use crate::filter::upstream::MANIFEST_ACCEPT;
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
 use crate::config::Config;
 use crate::verdict::pull::accepts_every_stored_type;
 use std::rc::Rc;

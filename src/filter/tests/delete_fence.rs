@@ -3,8 +3,8 @@
 //! manifest, no break-glass asked. The fence on `repository@D` (`claims::fence_tag`) refuses
 //! whichever of the two comes second, in both stores.
 use super::fake::Call;
-use super::host::Host;
-use super::tests_claims::{reply, run_for, sha, Stream, World, BOB, ETCD_BG, SHARED, X};
+use crate::filter::host::Host;
+use super::world::{reply, run_for, sha, Stream, World, BOB, ETCD_BG, SHARED, X};
 
 /// The delete the filter let through reaches the registry (what Envoy forwards).
 fn land(world: &World, s: &Stream) -> u16 {
@@ -20,7 +20,7 @@ fn answered(s: &mut Stream, status: u16) {
     s.f.on_done(&s.h);
 }
 
-fn delete_x(world: &World, r: &super::tests_claims::Replica) -> Stream {
+fn delete_x(world: &World, r: &super::world::Replica) -> Stream {
     let mut d = world.open(r, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[BOB]);
     world.pump(&mut d, false);
     d
@@ -97,10 +97,74 @@ fn a_delete_whose_check_took_half_the_ttl_is_refused_before_it_goes() {
             let Some(token) = next else { break };
             d.h.pending.borrow_mut().retain(|t| *t != token);
             let r = world.etcd.answer(&d.h.call_of(token));
-            super::tests_claims::deliver(&mut d, token, r);
+            super::world::deliver(&mut d, token, r);
         }
         world.advance(30_000);
         world.pump(&mut d, false);
         assert_eq!(d.h.reply().expect("refused").status, 503, "{policy}");
+    }
+}
+
+// ---- A fenced delete let through is bounded by Envoy's router: `x-envoy-upstream-rq-timeout-ms`
+// is the time left until half the TTL since the fence was taken, so the registry's answer (or
+// Envoy's 504) comes while the fence still holds.
+
+const T: &str = "x-envoy-upstream-rq-timeout-ms";
+const E: &str = "x-envoy-expected-rq-timeout-ms";
+
+/// A delete of X whose client sent its own timeouts; the fence taken, then `ms` pass before
+/// the registry's tags/list answer (TTL 60 s).
+fn delete_after(world: &World, policy: &str, ms: u64, refuse_writes: bool) -> Stream {
+    let a = world.replica();
+    let mut d = world.open(&a, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[BOB, (T, "999999"), (E, "999999")]);
+    loop {
+        let next = d.h.pending.borrow().iter().copied().find(|t| d.h.call_of(*t).cluster == "etcd");
+        let Some(token) = next else { break };
+        d.h.pending.borrow_mut().retain(|t| *t != token);
+        let r = world.etcd.answer(&d.h.call_of(token));
+        super::world::deliver(&mut d, token, r);
+    }
+    assert!(d.h.reply().is_none(), "{policy}: fence taken");
+    world.advance(ms);
+    d.h.refuse_header_writes.set(refuse_writes);
+    world.pump(&mut d, false);
+    d
+}
+
+#[test]
+fn a_fenced_delete_goes_with_the_time_left_to_half_the_ttl_replacing_the_clients() {
+    for policy in [SHARED, ETCD_BG] {
+        let world = World::new(policy);
+        let d = delete_after(&world, policy, 10_000, false);
+        assert!(d.h.reply().is_none(), "{policy}: let through");
+        assert_eq!(d.h.request_header_value(T).as_deref(), Some("20000"), "{policy}");
+        // A router that respects the expected timeout reads this one first.
+        assert_eq!(d.h.request_header_value(E).as_deref(), Some("20000"), "{policy}");
+    }
+}
+
+#[test]
+fn a_fenced_delete_whose_timeout_cannot_be_written_is_refused() {
+    for policy in [SHARED, ETCD_BG] {
+        let world = World::new(policy);
+        let d = delete_after(&world, policy, 10_000, true);
+        assert_eq!(d.h.reply().expect("refused").status, 503, "{policy}");
+    }
+}
+
+#[test]
+fn a_break_glass_delete_of_a_digest_goes_bounded_too() {
+    use super::world::{run_for, ADMIN, REASON};
+    let shared = ETCD_BG.replace(r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#, r#""claims": {}"#);
+    for policy in [shared.as_str(), ETCD_BG] {
+        let world = World::new(policy);
+        let a = world.replica();
+        assert_eq!(world.push(&a, "v1", X, &[BOB]).status, 201);
+        run_for(&world, &[&a], 500);
+        let mut d = world.open(&a, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[ADMIN, REASON, (T, "999999")]);
+        world.pump(&mut d, false);
+        assert!(d.h.reply().is_none(), "{policy}: granted: {:?}", d.h.reply());
+        let left: u64 = d.h.request_header_value(T).and_then(|v| v.parse().ok()).expect("bounded");
+        assert!((1..=30_000).contains(&left), "{policy}: {left}");
     }
 }

@@ -1,10 +1,10 @@
 //! What Envoy's own telemetry sees of the filter (issue 23): the response code details of every
 //! local reply, and the client's method kept in a header the filter alone sets.
 use super::fake::{on_headers, respond, sha, worker, answer, FakeHost};
-use super::host::Host;
-use super::push::METHOD_HEADER;
-use super::worker::Worker;
-use super::{Action, Filter};
+use crate::filter::host::Host;
+use crate::filter::push::METHOD_HEADER;
+use crate::filter::worker::Worker;
+use crate::filter::{Action, Filter};
 use std::rc::Rc;
 
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
@@ -106,7 +106,7 @@ fn every_refusal_names_the_filter_and_its_outcome() {
         (400, "immutable_tags_invalid_request"),
         (413, "immutable_tags_invalid_request"),
     ] {
-        assert_eq!(super::details(status), want);
+        assert_eq!(crate::filter::details(status), want);
     }
     // An unreadable write, answered by the filter.
     let h = FakeHost::new();

@@ -1,7 +1,7 @@
 //! A fake host for native tests of the state machine: headers, body, dispatched calls, shared
 //! data with CAS, a clock and local replies, all in memory and inspectable. Shared data and the
 //! clock can be shared between several fakes (`share_with`), so tests run "workers" that race.
-use super::host::{Host, Level, SharedError};
+use crate::filter::host::{Host, Level, SharedError};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -512,8 +512,8 @@ impl FakeEtcd {
 // Helpers shared by the state machine's test files (`tests*.rs`).
 
 /// A worker with `policy` (a test's policy is valid).
-pub fn worker(h: &FakeHost, policy: &str) -> Rc<super::worker::Worker> {
-    Rc::new(super::worker::Worker::new(h, crate::config::Config::from_json(policy.as_bytes()).unwrap()))
+pub fn worker(h: &FakeHost, policy: &str) -> Rc<crate::filter::worker::Worker> {
+    Rc::new(crate::filter::worker::Worker::new(h, crate::config::Config::from_json(policy.as_bytes()).unwrap()))
 }
 
 pub fn sha(b: &[u8]) -> String {
@@ -521,7 +521,7 @@ pub fn sha(b: &[u8]) -> String {
 }
 
 /// Answers the oldest pending dispatched call with `reply`.
-pub fn respond(f: &mut super::Filter, h: &FakeHost, reply: Reply) {
+pub fn respond(f: &mut crate::filter::Filter, h: &FakeHost, reply: Reply) {
     let token = h.pending.borrow_mut().pop_front().expect("a call to answer");
     let size = reply.body.len();
     h.set_answer(Some(reply));
@@ -530,9 +530,9 @@ pub fn respond(f: &mut super::Filter, h: &FakeHost, reply: Reply) {
 }
 
 /// What the host glue does at a request's headers: the first look, then the filter.
-pub fn on_headers(f: &mut super::Filter, h: &FakeHost, end_of_stream: bool) -> super::Action {
-    match super::Filter::first_look(h) {
+pub fn on_headers(f: &mut crate::filter::Filter, h: &FakeHost, end_of_stream: bool) -> crate::filter::Action {
+    match crate::filter::Filter::first_look(h) {
         Some(path) => f.on_request_headers(h, path, end_of_stream),
-        None => super::Action::Continue,
+        None => crate::filter::Action::Continue,
     }
 }
