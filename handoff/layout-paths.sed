@@ -24,3 +24,5 @@ s/\(crate\|immutable_tags\)::metrics\b/\1::observability::metrics/g
 s/\(crate\|immutable_tags\)::header_map\b/\1::proxy_wasm::header_map/g
 s/\(crate\|immutable_tags\)::host\b/\1::proxy_wasm/g
 s/\(crate\|immutable_tags\)::fuzz\b/\1::proptests/g
+# filter/window.rs moved under filter/break_glass/ (break_glass <-> window circle cut).
+s/\(crate\|immutable_tags\)::filter::window\b/\1::filter::break_glass::window/g

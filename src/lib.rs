@@ -44,7 +44,7 @@
 //! * **principal**: who a request's credentials name ([`verdict::break_glass`]), the subject of
 //!   a break-glass exception and of the audit record.
 //! * **window**: a break-glass grant: a short time in which the named principal may overwrite or
-//!   delete one immutable tag ([`filter::break_glass`], [`filter::window`]).
+//!   delete one immutable tag ([`filter::break_glass`], [`filter::break_glass::window`]).
 #![cfg_attr(
     test,
     allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)

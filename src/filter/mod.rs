@@ -10,7 +10,6 @@ pub mod host;
 pub mod pull;
 pub mod push;
 pub mod upstream;
-pub mod window;
 pub mod worker;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -25,7 +24,7 @@ use crate::observability::metrics::{Counter, Refusal};
 use crate::oci::error::OciError;
 use crate::config::BlobDeletes;
 use crate::oci::request::{classify_with, may_name_blobs, query_overrides_method, may_name_manifests, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
-use break_glass::{self as bg, Asked, Cover, Covered, Granted};
+use break_glass::{self as bg, window, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
 use push::Push;

@@ -23,7 +23,7 @@ pub struct Worker {
     /// so that no other configuration's Envoy could ever hold headers that must go.
     holds_headers: Cell<bool>,
     /// Windows being taken for requests that ended (`window::orphan_answer`).
-    pub orphan_takes: RefCell<Vec<super::window::Taking>>,
+    pub orphan_takes: RefCell<Vec<super::break_glass::window::Taking>>,
     /// Writes whose client left, waiting for the registry's answer (`push::orphan_answer`).
     pub orphans: RefCell<Vec<super::push::Push>>,
     /// Claims held per client address: when each was taken (an entry outlives its claim by

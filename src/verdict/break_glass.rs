@@ -232,7 +232,7 @@ fn folds_to_sub(key: &str) -> bool {
 }
 
 /// A window opened for one principal and one `repository:tag` (kept in shared data, or in etcd:
-/// `filter::window`).
+/// `filter::break_glass::window`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     pub principal: String,

@@ -16,7 +16,7 @@
 //! - Commit and release go through the root context's queue: they never delay the client,
 //!   and read, judge and rewrite the record (compare on `mod_revision`), so a release by one
 //!   holder never removes what another holder or a committed change needs.
-//!   The queue also puts back break-glass windows ([`filter::window`](crate::filter::window)) a failed write had used.
+//!   The queue also puts back break-glass windows ([`filter::break_glass::window`](crate::filter::break_glass::window)) a failed write had used.
 //! - Every call (claim, commit, release, lease grant, window) is a [`Call`]: attempts of at most
 //!   `attempt_timeout_ms` each, sent again while `timeout_ms` lasts when one times out, is
 //!   refused or etcd answers a retryable error. Envoy's round robin sends the next attempt to

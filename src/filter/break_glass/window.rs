@@ -15,10 +15,11 @@
 //!   end, and a late create of it fails. A use whose answer is lost spends the window (fail
 //!   closed). A window put back (at the `mod_revision` of its `USED`: once, and never over a
 //!   newer window) keeps its lease, and so its end, through the root context's queue.
-use super::break_glass::{line, registry_auth, Asked};
-use super::claims::etcd::Call;
-use super::host::{Host, Level, SharedError};
-use super::worker::Worker;
+use super::asked::{line, Asked};
+use super::probe::registry_auth;
+use crate::filter::claims::etcd::Call;
+use crate::filter::host::{Host, Level, SharedError};
+use crate::filter::worker::Worker;
 use crate::verdict::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
 use crate::config::EtcdSettings;
 use crate::store::etcd::{self as wire, Answer};
@@ -240,7 +241,7 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
 /// Puts a used window back (its write failed), unless a newer one was opened meanwhile.
 pub fn restore(host: &dyn Host, worker: &Worker, u: &Used) {
     if worker.config.claims.etcd.is_some() {
-        super::claims::etcd::put_later(worker, wire::replace_txn(&u.key, u.at, &u.value, u.lease));
+        crate::filter::claims::etcd::put_later(worker, wire::replace_txn(&u.key, u.at, &u.value, u.lease));
     } else if let Ok((Some(v), cas)) = host.shared_get(&u.key) {
         if v.is_empty() {
             let _ = host.shared_set(&u.key, &u.value, cas);

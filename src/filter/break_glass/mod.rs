@@ -2,51 +2,29 @@
 //! `GET /v2/` that learns whether the registry demands authentication (cached per worker), the
 //! decision (with a window standing in for the reason header: `window`), and the audit line
 //! once the registry accepted an override.
+//!
+//! This file is the grant flow (grant, looked up, restore, explain, the records); its children
+//! are the pieces it and the tag reads that open windows share:
+//!
+//! * [`asked`]: what a request brings ([`Asked`]) and the JSON log line.
+//! * [`probe`](mod@probe): does the registry demand authentication (the tick's anonymous `GET /v2/`).
+//! * [`window`]: windows in shared data or etcd: open, take, put back.
+
+pub mod asked;
+pub mod probe;
+pub mod window;
+
 use super::host::{Host, Level};
-use super::upstream::{self, Caller};
-use super::window::{self, Taken, Taking, Used};
 use super::worker::Worker;
-use crate::verdict::break_glass::{principal, Action, Ask};
+use crate::verdict::break_glass::{Action, Ask};
+use asked::{line, object};
+use window::{Taken, Taking, Used};
+// The filter's other modules, the glue and the tests reach these through break_glass.
+pub use asked::Asked;
+pub use probe::{learn, probe, registry_auth, PROBE_PERIOD_MS};
 use crate::observability::metrics::Counter;
 use crate::oci::error::OciError;
 use serde_json::{Map, Value};
-
-/// How long a worker trusts what it learned about the registry's authentication.
-const AUTH_TTL_MS: u64 = 60_000;
-
-/// What a request brings, read at its headers.
-#[derive(Debug, Clone, Default)]
-pub struct Asked {
-    pub principal: Option<String>,
-    /// `principal` is the `sub` Envoy's jwt_authn verified (`break_glass.jwt_authn_payload`).
-    pub verified: bool,
-    pub reason: Option<String>,
-    pub request_id: Option<String>,
-}
-
-impl Asked {
-    pub fn read(worker: &Worker, header: &dyn Fn(&str) -> Option<String>) -> Asked {
-        let Some(bg) = &worker.config.break_glass else { return Asked::default() };
-        Asked {
-            principal: header("authorization").and_then(|a| principal(&a)),
-            verified: false,
-            reason: header(&bg.reason_header),
-            request_id: header("x-request-id"),
-        }
-    }
-
-    /// With `break_glass.jwt_authn_payload`: the `sub` in the payload Envoy's jwt_authn put in
-    /// the dynamic metadata (only after verifying the token) is the principal, proven by Envoy.
-    /// Nothing there (no token, or one it refused with `allow_missing_or_failed`), or a read
-    /// that fails: the credentials' claim stands, to be proven by the registry.
-    pub fn verify(mut self, host: &dyn Host, worker: &Worker) -> Asked {
-        let Some(key) = worker.config.break_glass.as_ref().and_then(|b| b.jwt_authn_payload.as_deref()) else { return self };
-        if let Some(sub) = host.property(&["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", key, "sub"]).filter(|s| !s.is_empty()) {
-            (self.principal, self.verified) = (Some(sub), true);
-        }
-        self
-    }
-}
 
 /// An override granted, logged once the registry accepted the request.
 #[derive(Debug, Clone)]
@@ -59,57 +37,6 @@ pub struct Granted {
     request_id: Option<String>,
     /// The window it used, if any (put back if the write fails).
     window: Option<Used>,
-}
-
-/// One JSON log line from string fields (one code path rather than a `json!` per record).
-pub(super) fn line(fields: &[(&str, Option<&str>)]) -> String {
-    Value::Object(object(fields)).to_string()
-}
-
-fn object(fields: &[(&str, Option<&str>)]) -> Map<String, Value> {
-    let mut map = Map::new();
-    for (k, v) in fields {
-        map.insert(k.to_string(), v.map_or(Value::Null, Value::from));
-    }
-    map
-}
-
-/// What the worker knows fresh: whether the registry demands authentication.
-pub fn registry_auth(host: &dyn Host, worker: &Worker) -> Option<bool> {
-    worker.registry_auth.get().filter(|(_, at)| host.now_ms() < at.saturating_add(AUTH_TTL_MS)).map(|(auth, _)| auth)
-}
-
-/// Sends the anonymous `GET /v2/` (from the root context, on every tick), so that what a
-/// worker knows is never older than a tick when an override is asked for.
-pub fn probe(host: &dyn Host, worker: &Worker) {
-    let u = &worker.config.upstream;
-    let now = host.now_ms();
-    let (_, due_ms) = worker.auth_probe.get();
-    if worker.config.break_glass.is_some() && now >= due_ms {
-        let anonymous = Caller { authority: Some(u.authority.clone().unwrap_or_else(|| u.cluster.clone())), authorization: None };
-        let token = upstream::get_tags_list(host, u, &anonymous, "/v2/").ok();
-        worker.auth_probe.set((token, now.saturating_add(PROBE_PERIOD_MS)));
-    }
-}
-
-/// How often the root context asks the registry whether it demands authentication.
-pub const PROBE_PERIOD_MS: u64 = 10_000;
-
-/// A root call answered: if it is the probe, 401 means the registry demands authentication,
-/// 2xx that it does not. `false`: not the probe's answer.
-pub fn learn(host: &dyn Host, worker: &Worker, token: u32) -> bool {
-    let (probe, due_ms) = worker.auth_probe.get();
-    if probe != Some(token) {
-        return false;
-    }
-    worker.auth_probe.set((None, due_ms));
-    let auth = match host.call_response_header(":status").as_deref() {
-        Some("401") => true,
-        Some(s) if s.starts_with('2') => false,
-        _ => return true,
-    };
-    worker.registry_auth.set(Some((auth, host.now_ms())));
-    true
 }
 
 /// What break-glass says to a refused overwrite or delete.
