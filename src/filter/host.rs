@@ -1,5 +1,5 @@
 //! The small host interface the filter's state machine runs on. Envoy's proxy-wasm ABI
-//! implements it in [`crate::proxy_wasm`] (wasm only); `fake` implements it for native tests, so every
+//! implements it in [`crate::proxy_wasm`] (wasm only); `filter::tests::fake` implements it for native tests, so every
 //! flow is tested without Envoy. Every method reports failure as a value: a host status the
 //! filter did not expect must never become a panic (it would trap the VM for every request).
 

@@ -3,6 +3,13 @@
 //! native tests drive it with a fake host. It classifies the request at its headers and hands
 //! it to its flow: `push` (manifest writes), `delete` (deletes), `pull` (pinned reads); every
 //! other request leaves after one header read.
+//!
+//! * [`push`], [`delete`], [`pull`]: one flow each, over the decisions in [`crate::verdict`].
+//! * [`claims`]: one claim interface over two stores (shared data, etcd).
+//! * [`break_glass`]: the grant flow, what a request asks, the registry probe, the windows.
+//! * [`worker`]: what one worker's streams share (configuration, tag cache, counters, queues).
+//! * [`upstream`]: the calls to the registry; [`host`]: the [`host::Host`] trait.
+//! * `tests` (native only): the tests on the fake host, one file per topic.
 pub mod break_glass;
 pub mod claims;
 pub mod delete;
