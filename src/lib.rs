@@ -28,8 +28,9 @@
 //!
 //! * **immutable tag**: a `<repository>:<tag>` the [`policy`] protects: once it names a
 //!   manifest, a push of another digest and a delete are refused.
-//! * **harmless request**: one that cannot change what an immutable tag names (a pull, a blob,
-//!   a push of the digest the tag already has, a mutable tag); passed without a registry call.
+//! * **harmless request**: the `OPTIONS` of the same path a protected push is rewritten into at
+//!   its headers: safe by HTTP's rules, it is all the registry sees of a push the filter then
+//!   refuses; an allowed push is written by the filter itself with exactly the judged bytes.
 //! * **tag cache**: the per-worker map tag -> digest ([`store::tag_cache`]); a hint that saves a
 //!   HEAD, never trusted for absence.
 //! * **claim**: a push's reservation of a tag for a digest before the registry answers, so that
@@ -37,10 +38,11 @@
 //!   [`filter::claims`]); kept in shared data (one Envoy) or etcd (several replicas).
 //! * **committed record**: a claim made final once the registry accepted the push: the tag's
 //!   digest, which later pushes are judged against.
-//! * **hold**: how long a claim stays in force while its push is in flight; an expired hold can
-//!   be taken over.
-//! * **order / counter**: the number a claim carries so that records are compared in the order
-//!   they were made, not by clock.
+//! * **hold**: one push's share of a claim record: several pushes of the same digest hold one
+//!   record at once, each with its own take time; a record with holds refuses every other
+//!   digest, and a hold ends with its push (commit or release) or two TTLs after its take.
+//! * **order**: the claim store's own counter (etcd's revision, the slot's write count), by
+//!   which a view of a tag and a committed change are compared; never a wall clock.
 //! * **principal**: who a request's credentials name ([`verdict::break_glass`]), the subject of
 //!   a break-glass exception and of the audit record.
 //! * **window**: a break-glass grant: a short time in which the named principal may overwrite or

@@ -24,7 +24,7 @@ mod tests;
 
 use crate::observability::audit::{self, RequestInfo};
 use crate::verdict::break_glass::Action as BgAction;
-use crate::config::Mode;
+use crate::config::{Config, Mode};
 use crate::verdict::delete::tag_delete;
 use crate::oci::digest::Digest;
 use crate::observability::metrics::{Counter, Refusal};
@@ -56,6 +56,33 @@ fn strip_credentials(h: &dyn Host, worker: &Option<Rc<Worker>>) -> Option<String
     let bg = worker.as_ref()?.config.break_glass.as_ref()?;
     let names = std::iter::once("cookie").chain(bg.credential_headers.iter().map(String::as_str));
     names.filter_map(|n| h.remove_request_header(n).err()).next()
+}
+
+/// What the flows leave to their worker beyond one request: with `claims.etcd`, the lease and
+/// the root context's queue; writes and window takes whose client left, answered later through
+/// the root. Defined here beside `State`, which holds the flows' types too, so that
+/// [`worker`] holds it without importing the flows that take the worker (no import circle).
+#[derive(Default)]
+pub struct Pending {
+    /// With `claims.etcd`: this worker's lease and the root context's queue.
+    pub etcd: std::cell::RefCell<claims::etcd::State>,
+    /// Windows being taken for requests that ended (`window::orphan_answer`).
+    pub orphan_takes: std::cell::RefCell<Vec<window::Taking>>,
+    /// Writes whose client left, waiting for the registry's answer (`push::orphan_answer`).
+    pub orphans: std::cell::RefCell<Vec<Push>>,
+}
+
+impl Worker {
+    /// A worker for `config`: `Worker::without_slots`, then the claim slots in shared data
+    /// (unless claims live in etcd). Here rather than in [`worker`], which then imports no claim
+    /// store (no import circle).
+    pub fn new(host: &dyn Host, config: Config) -> Worker {
+        let worker = Worker::without_slots(host, config);
+        if worker.config.claims.etcd.is_none() {
+            claims::shared_data::create_slots(host, &worker.config.claims);
+        }
+        worker
+    }
 }
 
 /// What a request callback tells the host.

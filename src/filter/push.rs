@@ -607,7 +607,7 @@ impl Push {
     fn claim_next(&mut self, host: &dyn Host, worker: &Worker) -> Next {
         // Writes whose client left are never dropped unsettled: while too many wait, no new
         // write is sent (it could become one more), so the list stays bounded.
-        if worker.orphans.try_borrow().map_or(true, |o| o.len() >= super::worker::MAX_ORPHANS) {
+        if worker.pending.orphans.try_borrow().map_or(true, |o| o.len() >= super::worker::MAX_ORPHANS) {
             self.give_back(host, worker);
             let why = format!("{} writes whose client left are still waiting for the registry's answer on this worker; retry shortly", super::worker::MAX_ORPHANS);
             return Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), &why), Vec::new());
@@ -886,7 +886,7 @@ impl Push {
             }
             // Never dropped unsettled (its claims would outlive a refused write): the list is
             // bounded by the writes in flight, each answered by Envoy within the write timeout.
-            if let Ok(mut o) = worker.orphans.try_borrow_mut() {
+            if let Ok(mut o) = worker.pending.orphans.try_borrow_mut() {
                 push.body = None;
                 o.push(*push);
                 worker.count(host, Counter::WritesOrphaned);
@@ -911,7 +911,7 @@ fn too_large(repository: &str, tag: &str, max: usize) -> OciError {
 /// all the same): its claims are settled and its overrides' outcome logged, as if the client
 /// were there; nobody to relay it to. `false`: not such a write's answer.
 pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
-    let orphan = worker.orphans.try_borrow_mut().ok().and_then(|mut o| {
+    let orphan = worker.pending.orphans.try_borrow_mut().ok().and_then(|mut o| {
         let i = o.iter().position(|p| matches!(p.phase, Phase::Writing { token: t, .. } if t == token))?;
         Some(o.swap_remove(i))
     });

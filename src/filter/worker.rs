@@ -9,8 +9,8 @@ use std::collections::HashMap;
 pub struct Worker {
     pub config: Config,
     pub cache: RefCell<TagCache>,
-    /// With `claims.etcd`: this worker's lease and the root context's queue.
-    pub etcd: RefCell<super::claims::etcd::State>,
+    /// What the flows leave to this worker beyond one request ([`super::Pending`]).
+    pub pending: super::Pending,
     /// Envoy's metric id per `Counter::ALL` position; `None` if it could not be defined.
     counters: Vec<Option<u32>>,
     /// Whether the registry demands authentication, and when that was learned (break-glass).
@@ -22,10 +22,6 @@ pub struct Worker {
     /// Learned per worker (a new configuration makes a new worker, and relearns): not shared,
     /// so that no other configuration's Envoy could ever hold headers that must go.
     holds_headers: Cell<bool>,
-    /// Windows being taken for requests that ended (`window::orphan_answer`).
-    pub orphan_takes: RefCell<Vec<super::break_glass::window::Taking>>,
-    /// Writes whose client left, waiting for the registry's answer (`push::orphan_answer`).
-    pub orphans: RefCell<Vec<super::push::Push>>,
     /// Claims held per client address: when each was taken (an entry outlives its claim by
     /// at most a TTL, so a lost one never blocks a client for long).
     client_claims: RefCell<HashMap<String, Vec<u64>>>,
@@ -46,8 +42,9 @@ const MAX_CLIENTS: usize = 4096;
 
 impl Worker {
     /// Defines every counter (Envoy answers the same id for a name defined before, so this is
-    /// safe to repeat on reconfiguration) and creates the claim slots.
-    pub fn new(host: &dyn Host, config: Config) -> Worker {
+    /// safe to repeat on reconfiguration). The claim slots are created by `Worker::new`
+    /// (`filter/mod.rs`), so that this file names no flow and no claim store.
+    pub(super) fn without_slots(host: &dyn Host, config: Config) -> Worker {
         // Where a tag can change behind this worker's map (a break-glass override, a delete and
         // a new push, through another worker or replica), a map entry is trusted no longer than
         // the claim records that fence it: only a live record of that change stops a stale
@@ -59,10 +56,7 @@ impl Worker {
         };
         let cache = TagCache::new(config.cache.max_entries, ttl_seconds);
         let counters = Counter::ALL.iter().map(|c| host.define_counter(&c.name())).collect();
-        if config.claims.etcd.is_none() {
-            super::claims::shared_data::create_slots(host, &config.claims);
-        }
-        Worker { config, cache: RefCell::new(cache), etcd: RefCell::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), orphans: RefCell::new(Vec::new()), client_claims: RefCell::default(), orphan_takes: RefCell::new(Vec::new()) }
+        Worker { config, cache: RefCell::new(cache), pending: super::Pending::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), client_claims: RefCell::default() }
     }
 
     /// Whether `client` may take one more claim now (fewer than the bound live).

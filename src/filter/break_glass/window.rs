@@ -212,7 +212,7 @@ const MAX_ORPHANS: usize = 256;
 
 /// A take whose stream ended before etcd answered: its answer comes to the root.
 pub fn park(worker: &Worker, t: Taking) {
-    if let Ok(mut o) = worker.orphan_takes.try_borrow_mut() {
+    if let Ok(mut o) = worker.pending.orphan_takes.try_borrow_mut() {
         if o.len() >= MAX_ORPHANS {
             o.remove(0);
         }
@@ -222,7 +222,7 @@ pub fn park(worker: &Worker, t: Taking) {
 
 /// etcd answered a parked take: a window it took is put back. `false`: not a parked take.
 pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> bool {
-    let parked = worker.orphan_takes.try_borrow_mut().ok().and_then(|mut o| {
+    let parked = worker.pending.orphan_takes.try_borrow_mut().ok().and_then(|mut o| {
         let i = o.iter().position(|t| t.token() == token)?;
         Some(o.remove(i))
     });

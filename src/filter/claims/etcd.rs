@@ -205,7 +205,7 @@ fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str, timeout_ms: u
 /// The lease to bind a write to now: one granted less than a TTL ago (it has a TTL to go).
 fn lease(host: &dyn Host, worker: &Worker) -> Option<u64> {
     let ttl = worker.config.claims.ttl_ms;
-    let s = worker.etcd.try_borrow().ok()?;
+    let s = worker.pending.etcd.try_borrow().ok()?;
     s.lease.filter(|(_, at)| at.saturating_add(ttl) > host.now_ms()).map(|(id, _)| id)
 }
 
@@ -215,7 +215,7 @@ fn lease_seconds(worker: &Worker) -> u64 {
 }
 
 fn learn_lease(worker: &Worker, id: u64, sent_ms: u64) {
-    if let Ok(mut s) = worker.etcd.try_borrow_mut() {
+    if let Ok(mut s) = worker.pending.etcd.try_borrow_mut() {
         if s.lease.map_or(true, |(_, at)| at <= sent_ms) {
             s.lease = Some((id, sent_ms));
         }
@@ -224,7 +224,7 @@ fn learn_lease(worker: &Worker, id: u64, sent_ms: u64) {
 
 /// The order of a view taken now (see the module doc). 0 (older than every change) if busy.
 pub fn seen(worker: &Worker) -> u64 {
-    worker.etcd.try_borrow().map_or(0, |s| s.seen)
+    worker.pending.etcd.try_borrow().map_or(0, |s| s.seen)
 }
 
 fn learn_revision(s: &mut State, body: &[u8]) {
@@ -294,7 +294,7 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         f.token = f.call.token;
         return Claimed::Pending(f);
     };
-    if let Ok(mut s) = worker.etcd.try_borrow_mut() {
+    if let Ok(mut s) = worker.pending.etcd.try_borrow_mut() {
         learn_revision(&mut s, &body);
     }
     let now = host.now_ms();
@@ -342,7 +342,7 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
         }
         Answer::LeaseGone => {
             // Gone (e.g. etcd was out of reach): grant a new one and claim again.
-            if let Ok(mut s) = worker.etcd.try_borrow_mut() {
+            if let Ok(mut s) = worker.pending.etcd.try_borrow_mut() {
                 s.lease = None;
             }
             f.step = Step::Claim;
@@ -365,7 +365,7 @@ fn fenced(worker: &Worker, f: &InFlight, body: &[u8], revision: u64) -> Claimed 
 }
 
 fn enqueue(worker: &Worker, op: Op) {
-    if let Ok(mut s) = worker.etcd.try_borrow_mut() {
+    if let Ok(mut s) = worker.pending.etcd.try_borrow_mut() {
         s.queue.push(op);
     }
 }
@@ -400,7 +400,7 @@ pub fn put_later(worker: &Worker, body: String) {
 /// fails here is tried again at the next tick, a few times, then left to expire.
 pub fn tick(host: &dyn Host, worker: &Worker) {
     let Some(e) = &worker.config.claims.etcd else { return };
-    let Ok(mut s) = worker.etcd.try_borrow_mut() else { return };
+    let Ok(mut s) = worker.pending.etcd.try_borrow_mut() else { return };
     let now = host.now_ms();
     let ttl = worker.config.claims.ttl_ms;
     let mut ops: Vec<Op> = std::mem::take(&mut s.queue);
@@ -459,7 +459,7 @@ fn retry(s: &mut State, op: Op) {
 /// A call the root context sent answered.
 pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size: usize) {
     let Some(e) = &worker.config.claims.etcd else { return };
-    let Ok(mut s) = worker.etcd.try_borrow_mut() else { return };
+    let Ok(mut s) = worker.pending.etcd.try_borrow_mut() else { return };
     let Some(i) = s.in_flight.iter().position(|(c, _)| c.token == token) else { return };
     let (mut call, op) = s.in_flight.swap_remove(i);
     let Some((status, body)) = call.answer(host, worker, e, body_size) else {

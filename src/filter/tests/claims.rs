@@ -151,14 +151,14 @@ fn orphans_are_bounded_new_writes_refused_while_the_list_is_full() {
         s.f.on_done(&s.h); // the client vanishes during the write
         orphans.push(s);
     }
-    assert_eq!(a.w.orphans.borrow().len(), MAX_ORPHANS);
+    assert_eq!(a.w.pending.orphans.borrow().len(), MAX_ORPHANS);
     assert_eq!(a.root.counter("writes_orphaned") - a.root.counter("orphans_settled"), MAX_ORPHANS as u64);
     let r = world.push(&a, "v1", Y, &[BOB]);
     assert_eq!(r.status, 503, "{:?}", r.json());
     let msg = r.json()["errors"][0]["message"].as_str().unwrap_or("").to_string();
     assert!(msg.contains("writes whose client left"), "{msg}");
     assert_eq!(world.reg.holds("v1"), None);
-    assert_eq!(a.w.orphans.borrow().len(), MAX_ORPHANS, "not grown");
+    assert_eq!(a.w.pending.orphans.borrow().len(), MAX_ORPHANS, "not grown");
     answer_orphan(&world, &a, &mut orphans[0]);
     assert_eq!(a.root.counter("orphans_settled"), 1);
     assert_eq!(world.push(&a, "v1", Y, &[BOB]).status, 201, "room again");
