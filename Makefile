@@ -7,7 +7,7 @@ MODULE := target/wasm32-wasip1/release/immutable_tags.wasm
 WASM_OPT := wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 
-.PHONY: run test deps build unit clippy wasm-test e2e image bench mutants sim fuzz
+.PHONY: run test deps build fmt unit clippy wasm-test e2e image bench mutants sim fuzz
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE ?= 127.0.0.1:5000/immutable-tags:$(VERSION)
@@ -18,7 +18,7 @@ run: build
 	python tests/stack.py run
 
 ## test: every test: unit (native and wasm32), clippy, end-to-end through real Envoy
-test: build unit clippy wasm-test e2e
+test: build fmt unit clippy wasm-test e2e
 
 deps:
 	@bash scripts/deps.sh
@@ -28,6 +28,10 @@ build: deps
 	@# In place (cargo links a fresh copy on every build), so envoy/envoy.yaml and the tests load it.
 	$(WASM_OPT) $(MODULE) -o $(MODULE).opt && mv $(MODULE).opt $(MODULE)
 	@ls -l $(MODULE)
+
+## fmt: the formatting check (rustfmt.toml); `cargo fmt` applies it.
+fmt:
+	cargo fmt --check
 
 unit:
 	cargo test --all-targets

@@ -36,7 +36,8 @@ fn rules(n: usize) -> Config {
 }
 
 type Case = (&'static str, fn(usize) -> Config);
-const CASES: [Case; 3] = [("exclusion patterns", exclusions), ("repository scopes", scopes), ("rules", rules)];
+const CASES: [Case; 3] =
+    [("exclusion patterns", exclusions), ("repository scopes", scopes), ("rules", rules)];
 
 /// The same mix of work for any `n`: a third of the requests match an exclusion pattern, a
 /// third fall in a repository scope and match its pattern, a third miss everything (the full

@@ -3,9 +3,9 @@
 //! allocator. Prints one JSON line for bench/bench.py.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use immutable_tags::store::tag_cache::TagCache;
 use immutable_tags::config::Config;
 use immutable_tags::oci::digest::Digest;
+use immutable_tags::store::tag_cache::TagCache;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 

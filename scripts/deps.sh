@@ -51,6 +51,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# rustfmt: `make fmt` (in `make test`) checks the formatting.
+rustup component list --installed | grep -q "^rustfmt" || { say "rustup component add rustfmt"; rustup component add rustfmt; }
 targets=$(rustup target list --installed)
 for t in wasm32-wasip1 wasm32-unknown-unknown; do
   grep -qx "$t" <<<"$targets" || { say "rustup target add $t"; rustup target add "$t"; }

@@ -2,12 +2,12 @@
 //! `pluginConfig`), validated, and compiled once. Any error names the field and the value, and
 //! refuses the whole configuration: there is no half-working policy.
 
-use crate::verdict::break_glass::BreakGlass;
-use crate::policy::exclusions::Exclusions;
-use crate::policy::{Policy, Scope};
 use crate::oci::request::{is_valid_name, DEFAULT_MAX_TAGS_PER_PUSH};
+use crate::policy::exclusions::Exclusions;
 use crate::policy::rules::{RawRule, Rules, DEFAULT_MAX_REGEX_LENGTH, MAX_REGEX_LENGTH_LIMIT};
+use crate::policy::{Policy, Scope};
 use crate::util::json_doc::{Fields, Json};
+use crate::verdict::break_glass::BreakGlass;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -139,7 +139,9 @@ const LOST_GLOBAL_PROTECTION: &str = "inherits ";
 impl ConfigError {
     /// Whether this is `refuse_lost_global_protection`'s refusal (random policies skip it).
     pub fn is_lost_global_protection(&self) -> bool {
-        self.field.starts_with("repository.") && self.field.ends_with(".immutable_tags") && self.reason.starts_with(LOST_GLOBAL_PROTECTION)
+        self.field.starts_with("repository.")
+            && self.field.ends_with(".immutable_tags")
+            && self.reason.starts_with(LOST_GLOBAL_PROTECTION)
     }
 }
 
@@ -253,7 +255,13 @@ impl Config {
             )
         };
         // Each scope as resolved (nested scopes inherit), with where each field is written.
-        let from = |k: &str, origin: String| if origin == format!("repository.\"{k}\"") { "here".to_string() } else { format!("from {origin}") };
+        let from = |k: &str, origin: String| {
+            if origin == format!("repository.\"{k}\"") {
+                "here".to_string()
+            } else {
+                format!("from {origin}")
+            }
+        };
         let repos: Vec<String> = p
             .repositories
             .iter()
@@ -334,15 +342,16 @@ impl RawConfig {
                 "break_glass",
             ],
         )?;
-        let upstream = match object(&f, "upstream", &["cluster", "authority", "timeout_ms", "write_timeout_ms"])? {
-            None => RawUpstream::default(),
-            Some(u) => RawUpstream {
-                cluster: u.opt_string("cluster")?,
-                authority: u.opt_string("authority")?,
-                timeout_ms: u.opt_uint("timeout_ms", "u64", u64::MAX)?,
-                write_timeout_ms: u.opt_uint("write_timeout_ms", "u64", u64::MAX)?,
-            },
-        };
+        let upstream =
+            match object(&f, "upstream", &["cluster", "authority", "timeout_ms", "write_timeout_ms"])? {
+                None => RawUpstream::default(),
+                Some(u) => RawUpstream {
+                    cluster: u.opt_string("cluster")?,
+                    authority: u.opt_string("authority")?,
+                    timeout_ms: u.opt_uint("timeout_ms", "u64", u64::MAX)?,
+                    write_timeout_ms: u.opt_uint("write_timeout_ms", "u64", u64::MAX)?,
+                },
+            };
         let global = match f.present("global") {
             None => RawScope::default(),
             Some(v) => RawScope::read(v, "global")?,
@@ -383,7 +392,11 @@ impl RawConfig {
             Some(c) => RawClaims {
                 ttl_seconds: c.opt_uint("ttl_seconds", "u64", u64::MAX)?,
                 slots: narrow(c.opt_uint("slots", "u32", u32::MAX.into())?),
-                etcd: match object(&c, "etcd", &["cluster", "authority", "prefix", "timeout_ms", "attempt_timeout_ms"])? {
+                etcd: match object(
+                    &c,
+                    "etcd",
+                    &["cluster", "authority", "prefix", "timeout_ms", "attempt_timeout_ms"],
+                )? {
                     None => None,
                     Some(e) => Some(RawEtcd {
                         cluster: e.opt_string("cluster")?,
@@ -404,7 +417,11 @@ impl RawConfig {
             Some(Json::Str(s)) if s == "refuse" => Some(OnUpstreamError::Refuse),
             Some(Json::Str(s)) if s == "allow" => Some(OnUpstreamError::Allow),
             Some(Json::Str(s)) => {
-                return Err(err("on_upstream_error", "", format!("unknown variant `{s}`, expected `refuse` or `allow`")))
+                return Err(err(
+                    "on_upstream_error",
+                    "",
+                    format!("unknown variant `{s}`, expected `refuse` or `allow`"),
+                ))
             }
             Some(v) => return Err(v.invalid_type("on_upstream_error", "`refuse` or `allow`")),
         };
@@ -460,15 +477,27 @@ impl RawConfig {
         }
         let ttl_seconds = self.cache.ttl_seconds.unwrap_or(60);
         if ttl_seconds > 86_400 {
-            return Err(err("cache.ttl_seconds", ttl_seconds, "must be at most 86400 (0 disables the cache)"));
+            return Err(err(
+                "cache.ttl_seconds",
+                ttl_seconds,
+                "must be at most 86400 (0 disables the cache)",
+            ));
         }
         let max_immutable_tags = self.deletes.max_immutable_tags.unwrap_or(1000);
         if !(1..=100_000).contains(&max_immutable_tags) {
-            return Err(err("deletes.max_immutable_tags", max_immutable_tags, "must be between 1 and 100000"));
+            return Err(err(
+                "deletes.max_immutable_tags",
+                max_immutable_tags,
+                "must be between 1 and 100000",
+            ));
         }
         if let Some(n) = self.deletes.page_size {
             if !(1..=10_000).contains(&n) {
-                return Err(err("deletes.page_size", n, "must be between 1 and 10000 (omit it for the registry's default)"));
+                return Err(err(
+                    "deletes.page_size",
+                    n,
+                    "must be between 1 and 10000 (omit it for the registry's default)",
+                ));
             }
         }
         let blobs = match self.deletes.blobs.as_deref() {
@@ -476,7 +505,11 @@ impl RawConfig {
             Some("unprotected") => BlobDeletes::Unprotected,
             Some("allow") => BlobDeletes::Allow,
             Some(other) => {
-                return Err(err("deletes.blobs", quoted(other), "must be \"refuse\" (the default), \"unprotected\" or \"allow\""))
+                return Err(err(
+                    "deletes.blobs",
+                    quoted(other),
+                    "must be \"refuse\" (the default), \"unprotected\" or \"allow\"",
+                ))
             }
         };
         let deletes = DeleteSettings {
@@ -488,7 +521,9 @@ impl RawConfig {
         let mode = match self.mode.as_deref() {
             None | Some("enforce") => Mode::Enforce,
             Some("audit") => Mode::Audit,
-            Some(other) => return Err(err("mode", quoted(other), "must be \"enforce\" (the default) or \"audit\"")),
+            Some(other) => {
+                return Err(err("mode", quoted(other), "must be \"enforce\" (the default) or \"audit\""))
+            }
         };
         let claim_ttl = self.claims.ttl_seconds.unwrap_or(60);
         if !(1..=3600).contains(&claim_ttl) {
@@ -514,7 +549,13 @@ impl RawConfig {
         let max_manifest = self.max_manifest_bytes.unwrap_or(DEFAULT_MAX_MANIFEST_BYTES);
         let max_manifest_bytes = match usize::try_from(max_manifest) {
             Ok(n) if (1024..=64 << 20).contains(&n) => n,
-            _ => return Err(err("max_manifest_bytes", max_manifest, "must be between 1024 and 67108864 (64 MiB)")),
+            _ => {
+                return Err(err(
+                    "max_manifest_bytes",
+                    max_manifest,
+                    "must be between 1024 and 67108864 (64 MiB)",
+                ))
+            }
         };
         let max_tags = self.max_tags_per_push.unwrap_or(DEFAULT_MAX_TAGS_PER_PUSH as u64);
         let max_tags_per_push = match usize::try_from(max_tags) {
@@ -539,7 +580,11 @@ impl RawConfig {
         }
         let max_regex = self.rules_max_regex_length.unwrap_or(DEFAULT_MAX_REGEX_LENGTH);
         if !(1..=MAX_REGEX_LENGTH_LIMIT).contains(&max_regex) {
-            return Err(err("rules_max_regex_length", max_regex, format!("must be between 1 and {MAX_REGEX_LENGTH_LIMIT}")));
+            return Err(err(
+                "rules_max_regex_length",
+                max_regex,
+                format!("must be between 1 and {MAX_REGEX_LENGTH_LIMIT}"),
+            ));
         }
         let rules = Rules::compile(self.rules, max_regex)?;
         let policy = Policy::new(global, repositories, self.protect_signature_tags).with_rules(rules);
@@ -593,15 +638,26 @@ impl RawEtcd {
         let cluster = match self.cluster {
             Some(c) if !c.is_empty() => c,
             Some(c) => return Err(err("claims.etcd.cluster", quoted(&c), "must name an Envoy cluster")),
-            None => return Err(err("claims.etcd.cluster", "(absent)", "is required: the Envoy cluster that reaches etcd")),
+            None => {
+                return Err(err(
+                    "claims.etcd.cluster",
+                    "(absent)",
+                    "is required: the Envoy cluster that reaches etcd",
+                ))
+            }
         };
         let authority = self.authority.unwrap_or_else(|| cluster.clone());
-        if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(err("claims.etcd.authority", quoted(&authority), "must be a host[:port]"));
         }
         let prefix = self.prefix.unwrap_or_else(|| "/immutable-tags/".into());
         if prefix.is_empty() {
-            return Err(err("claims.etcd.prefix", "\"\"", "must not be empty (it confines the filter's keys)"));
+            return Err(err(
+                "claims.etcd.prefix",
+                "\"\"",
+                "must not be empty (it confines the filter's keys)",
+            ));
         }
         let timeout_ms = self.timeout_ms.unwrap_or(1000);
         if !(1..=60_000).contains(&timeout_ms) {
@@ -611,7 +667,11 @@ impl RawEtcd {
         // issue's target), and three more fit the budget.
         let attempt_timeout_ms = self.attempt_timeout_ms.unwrap_or((timeout_ms / 4).max(1));
         if !(1..=timeout_ms).contains(&attempt_timeout_ms) {
-            return Err(err("claims.etcd.attempt_timeout_ms", attempt_timeout_ms, format!("must be between 1 and claims.etcd.timeout_ms ({timeout_ms})")));
+            return Err(err(
+                "claims.etcd.attempt_timeout_ms",
+                attempt_timeout_ms,
+                format!("must be between 1 and claims.etcd.timeout_ms ({timeout_ms})"),
+            ));
         }
         Ok(EtcdSettings { cluster, authority, prefix, timeout_ms, attempt_timeout_ms })
     }
@@ -634,7 +694,11 @@ fn compile_scope(at: &str, raw: RawScope) -> Result<Scope, ConfigError> {
         let list = &raw.immutable_tags_exclusions;
         Some(Exclusions::compile(list).map_err(|(i, why)| {
             let value = list.get(i).map_or(String::new(), |p| quoted(p));
-            err(format!("{at}.immutable_tags_exclusions[{i}]"), value, format!("invalid regular expression: {why}"))
+            err(
+                format!("{at}.immutable_tags_exclusions[{i}]"),
+                value,
+                format!("invalid regular expression: {why}"),
+            )
         })?)
     };
     Ok(Scope { immutable_tags: raw.immutable_tags, exclusions })
@@ -660,7 +724,15 @@ mod tests {
     #[test]
     fn defaults() {
         let c = cfg("");
-        assert_eq!(c.upstream, Upstream { cluster: "registry".into(), authority: None, timeout_ms: 2000, write_timeout_ms: 30_000 });
+        assert_eq!(
+            c.upstream,
+            Upstream {
+                cluster: "registry".into(),
+                authority: None,
+                timeout_ms: 2000,
+                write_timeout_ms: 30_000
+            }
+        );
         assert_eq!(c.error_code, "DENIED");
         assert_eq!(c.cache, CacheSettings { max_entries: 10_000, ttl_seconds: 60 });
         assert_eq!(c.claims, ClaimSettings { ttl_ms: 60_000, slots: 1024, etcd: None });
@@ -668,20 +740,44 @@ mod tests {
         assert!(!immutable(&c, "app", "v1"), "nothing configured: every tag mutable");
         assert!(!cfg("{}").policy.may_protect_anything());
         assert!(!c.pin_immutable_pulls, "pinning is opt-in");
-        assert_eq!(c.deletes, DeleteSettings { protect: true, max_immutable_tags: 1000, page_size: None, blobs: BlobDeletes::Refuse });
+        assert_eq!(
+            c.deletes,
+            DeleteSettings {
+                protect: true,
+                max_immutable_tags: 1000,
+                page_size: None,
+                blobs: BlobDeletes::Refuse
+            }
+        );
     }
 
     #[test]
     fn delete_settings() {
         let c = cfg(r#"{"deletes": {"protect": false, "max_immutable_tags": 5, "page_size": 100}}"#);
-        assert_eq!(c.deletes, DeleteSettings { protect: false, max_immutable_tags: 5, page_size: Some(100), blobs: BlobDeletes::Refuse });
-        for (v, want) in [("refuse", BlobDeletes::Refuse), ("unprotected", BlobDeletes::Unprotected), ("allow", BlobDeletes::Allow)] {
+        assert_eq!(
+            c.deletes,
+            DeleteSettings {
+                protect: false,
+                max_immutable_tags: 5,
+                page_size: Some(100),
+                blobs: BlobDeletes::Refuse
+            }
+        );
+        for (v, want) in [
+            ("refuse", BlobDeletes::Refuse),
+            ("unprotected", BlobDeletes::Unprotected),
+            ("allow", BlobDeletes::Allow),
+        ] {
             assert_eq!(cfg(&format!(r#"{{"deletes": {{"blobs": "{v}"}}}}"#)).deletes.blobs, want);
         }
         let e = bad(r#"{"deletes": {"blobs": "yes"}}"#);
         assert_eq!((e.field.as_str(), e.value.as_str()), ("deletes.blobs", "\"yes\""));
         assert_eq!(bad(r#"{"deletes": {"blobs": true}}"#).field, "deletes.blobs");
-        assert!(c.summary().contains("deletes protect=false max_immutable_tags=5 page_size=100"), "{}", c.summary());
+        assert!(
+            c.summary().contains("deletes protect=false max_immutable_tags=5 page_size=100"),
+            "{}",
+            c.summary()
+        );
         let e = bad(r#"{"deletes": {"max_immutable_tags": 0}}"#);
         assert_eq!((e.field.as_str(), e.value.as_str()), ("deletes.max_immutable_tags", "0"));
         let e = bad(r#"{"deletes": {"page_size": 0}}"#);
@@ -696,7 +792,11 @@ mod tests {
         assert_eq!(cfg("{}").max_manifest_bytes, 4 << 20);
         assert_eq!(cfg(r#"{"max_manifest_bytes": 8388608}"#).max_manifest_bytes, 8 << 20);
         for bad_value in ["0", "1023", "67108865", "-1", "\"big\""] {
-            assert_eq!(bad(&format!(r#"{{"max_manifest_bytes": {bad_value}}}"#)).field, "max_manifest_bytes", "{bad_value}");
+            assert_eq!(
+                bad(&format!(r#"{{"max_manifest_bytes": {bad_value}}}"#)).field,
+                "max_manifest_bytes",
+                "{bad_value}"
+            );
         }
     }
 
@@ -727,7 +827,10 @@ mod tests {
         assert!(immutable(&c, "devtools", "v1"), "prefix of a name is not a parent");
         assert!(!immutable(&c, "staging/api", "rc-1"));
         assert!(immutable(&c, "app", "rc-1"), "staging's list does not leak into global");
-        assert_eq!(c.policy.decide("staging", "rc-2").reason, "repository.\"staging\".immutable_tags_exclusions matches \"^rc-.*$\"");
+        assert_eq!(
+            c.policy.decide("staging", "rc-2").reason,
+            "repository.\"staging\".immutable_tags_exclusions matches \"^rc-.*$\""
+        );
         assert_eq!(c.policy.decide("dev/x", "v1").reason, "repository.\"dev\".immutable_tags = false");
     }
 
@@ -759,7 +862,9 @@ mod tests {
 
     #[test]
     fn look_ahead_seed_example() {
-        let c = cfg(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^(?!v[0-9]+\\.[0-9]+\\.[0-9]+$).*$"]}}"#);
+        let c = cfg(
+            r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^(?!v[0-9]+\\.[0-9]+\\.[0-9]+$).*$"]}}"#,
+        );
         assert!(immutable(&c, "app", "v1.2.3"));
         assert!(!immutable(&c, "app", "v1.2"));
         assert!(!immutable(&c, "app", "latest"));
@@ -830,16 +935,25 @@ mod tests {
         assert_eq!(cfg("{}").max_tags_per_push, 16, "the default");
         assert_eq!(cfg(r#"{"max_tags_per_push": 0}"#).max_tags_per_push, 0);
         assert_eq!(cfg(r#"{"max_tags_per_push": 256}"#).max_tags_per_push, 256);
-        for b in [r#"{"max_tags_per_push": 257}"#, r#"{"max_tags_per_push": -1}"#, r#"{"max_tags_per_push": "8"}"#, r#"{"max_tags_per_push": 1.5}"#] {
+        for b in [
+            r#"{"max_tags_per_push": 257}"#,
+            r#"{"max_tags_per_push": -1}"#,
+            r#"{"max_tags_per_push": "8"}"#,
+            r#"{"max_tags_per_push": 1.5}"#,
+        ] {
             let e = bad(b);
             assert_eq!(e.field, "max_tags_per_push", "{b}: {e}");
         }
-        assert!(bad(r#"{"max_tags_per_push": 99999999999999999999}"#).to_string().contains("max_tags_per_push"));
+        assert!(bad(r#"{"max_tags_per_push": 99999999999999999999}"#)
+            .to_string()
+            .contains("max_tags_per_push"));
     }
 
     #[test]
     fn claims_and_on_upstream_error() {
-        let c = cfg(r#"{"upstream": {"write_timeout_ms": 2500}, "claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#);
+        let c = cfg(
+            r#"{"upstream": {"write_timeout_ms": 2500}, "claims": {"ttl_seconds": 5, "slots": 8}, "on_upstream_error": "allow"}"#,
+        );
         assert_eq!(c.claims, ClaimSettings { ttl_ms: 5_000, slots: 8, etcd: None });
         assert_eq!(c.on_upstream_error, OnUpstreamError::Allow);
         assert_eq!(cfg(r#"{"on_upstream_error": "refuse"}"#).on_upstream_error, OnUpstreamError::Refuse);
@@ -858,26 +972,53 @@ mod tests {
             let e = bad(&format!(r#"{{"upstream": {{"authority": "{a}"}}}}"#));
             assert_eq!(e.field, "upstream.authority", "{a:?}: {e}");
         }
-        assert_eq!(cfg(r#"{"upstream": {"authority": "reg:5000"}}"#).upstream.authority.as_deref(), Some("reg:5000"));
-        assert_eq!(cfg(r#"{"cache": {"ttl_seconds": 86400}}"#).cache.ttl_seconds, 86_400, "the bound itself is allowed");
+        assert_eq!(
+            cfg(r#"{"upstream": {"authority": "reg:5000"}}"#).upstream.authority.as_deref(),
+            Some("reg:5000")
+        );
+        assert_eq!(
+            cfg(r#"{"cache": {"ttl_seconds": 86400}}"#).cache.ttl_seconds,
+            86_400,
+            "the bound itself is allowed"
+        );
         assert_eq!(bad(r#"{"cache": {"ttl_seconds": 86401}}"#).field, "cache.ttl_seconds");
     }
 
     #[test]
     fn claims_in_etcd() {
         let c = cfg(r#"{"claims": {"etcd": {"cluster": "etcd"}}}"#);
-        let want = EtcdSettings { cluster: "etcd".into(), authority: "etcd".into(), prefix: "/immutable-tags/".into(), timeout_ms: 1000, attempt_timeout_ms: 250 };
+        let want = EtcdSettings {
+            cluster: "etcd".into(),
+            authority: "etcd".into(),
+            prefix: "/immutable-tags/".into(),
+            timeout_ms: 1000,
+            attempt_timeout_ms: 250,
+        };
         assert_eq!(c.claims.etcd, Some(want));
-        let c = cfg(r#"{"claims": {"etcd": {"cluster": "e", "authority": "etcd:2379", "prefix": "/x/", "timeout_ms": 300}}}"#);
-        let want = EtcdSettings { cluster: "e".into(), authority: "etcd:2379".into(), prefix: "/x/".into(), timeout_ms: 300, attempt_timeout_ms: 75 };
+        let c = cfg(
+            r#"{"claims": {"etcd": {"cluster": "e", "authority": "etcd:2379", "prefix": "/x/", "timeout_ms": 300}}}"#,
+        );
+        let want = EtcdSettings {
+            cluster: "e".into(),
+            authority: "etcd:2379".into(),
+            prefix: "/x/".into(),
+            timeout_ms: 300,
+            attempt_timeout_ms: 75,
+        };
         assert_eq!(c.claims.etcd, Some(want));
         for (json, field) in [
             (r#"{"claims": {"etcd": {}}}"#, "claims.etcd.cluster"),
             (r#"{"claims": {"etcd": {"cluster": ""}}}"#, "claims.etcd.cluster"),
             (r#"{"claims": {"etcd": {"cluster": "e", "endpoints": []}}}"#, "claims.etcd.endpoints"),
             (r#"{"claims": {"etcd": {"cluster": "e", "timeout_ms": 0}}}"#, "claims.etcd.timeout_ms"),
-            (r#"{"claims": {"etcd": {"cluster": "e", "attempt_timeout_ms": 0}}}"#, "claims.etcd.attempt_timeout_ms"),
-            (r#"{"claims": {"etcd": {"cluster": "e", "timeout_ms": 900, "attempt_timeout_ms": 901}}}"#, "claims.etcd.attempt_timeout_ms"),
+            (
+                r#"{"claims": {"etcd": {"cluster": "e", "attempt_timeout_ms": 0}}}"#,
+                "claims.etcd.attempt_timeout_ms",
+            ),
+            (
+                r#"{"claims": {"etcd": {"cluster": "e", "timeout_ms": 900, "attempt_timeout_ms": 901}}}"#,
+                "claims.etcd.attempt_timeout_ms",
+            ),
             (r#"{"claims": {"etcd": {"cluster": "e", "prefix": ""}}}"#, "claims.etcd.prefix"),
             (r#"{"claims": {"etcd": {"cluster": "e", "authority": "a b"}}}"#, "claims.etcd.authority"),
             (r#"{"claims": {"etcd": "etcd"}}"#, "claims.etcd"),
@@ -903,7 +1044,10 @@ mod policy_review_tests {
                                 "dev/release": {"immutable_tags_exclusions": ["^latest$"]}}}"#,
         )
         .unwrap_err();
-        assert_eq!((e.field.as_str(), e.value.as_str()), ("repository.\"dev/release\".immutable_tags", "(unset)"));
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("repository.\"dev/release\".immutable_tags", "(unset)")
+        );
         assert!(e.reason.contains("inherits false from repository.\"dev\".immutable_tags"), "{e}");
         assert!(e.reason.contains("set \"immutable_tags\": true on this scope to keep it immutable"), "{e}");
         // Deeper, and with global's `true` reached through an unset middle scope.

@@ -47,10 +47,7 @@
 //!   a break-glass exception and of the audit record.
 //! * **window**: a break-glass grant: a short time in which the named principal may overwrite or
 //!   delete one immutable tag ([`filter::break_glass`], [`filter::break_glass::window`]).
-#![cfg_attr(
-    test,
-    allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
-)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 // The pure core.
 pub mod config;

@@ -6,12 +6,14 @@
 //!
 //! Native only: proptest is not a wasm32 dev-dependency.
 
-use crate::store::tag_cache::TagCache;
-use crate::store::claims::{self, Claim, Slot, MAX_RECORDS};
 use crate::config::Config;
 use crate::oci::digest::Digest;
+use crate::oci::request::{
+    classify, is_valid_name, is_valid_tag, may_name_blobs, may_name_manifests, Reference, Request,
+};
 use crate::policy::is_signature_tag;
-use crate::oci::request::{classify, is_valid_name, is_valid_tag, may_name_blobs, may_name_manifests, Reference, Request};
+use crate::store::claims::{self, Claim, Slot, MAX_RECORDS};
+use crate::store::tag_cache::TagCache;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -42,7 +44,11 @@ fn valid_name() -> impl Strategy<Value = String> {
 }
 
 fn valid_tag() -> impl Strategy<Value = String> {
-    prop_oneof!["[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}", Just("manifests".to_string()), "[a-zA-Z0-9_][a-zA-Z0-9._-]{100,127}"]
+    prop_oneof![
+        "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}",
+        Just("manifests".to_string()),
+        "[a-zA-Z0-9_][a-zA-Z0-9._-]{100,127}"
+    ]
 }
 
 /// Pieces hostile paths are made of.
@@ -131,7 +137,8 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(keys, inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(keys, inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -147,20 +154,26 @@ fn policy_json() -> impl Strategy<Value = String> {
         Just("v\\\\d+"),
         Just("(?=a)a+"),
     ];
-    let scope = (prop::option::of(any::<bool>()), prop::collection::vec(pattern, 0..3)).prop_map(|(imm, ex)| {
-        let mut parts = Vec::new();
-        if let Some(b) = imm {
-            parts.push(format!("\"immutable_tags\": {b}"));
-        }
-        let list: Vec<String> = ex.iter().map(|p| format!("\"{p}\"")).collect();
-        parts.push(format!("\"immutable_tags_exclusions\": [{}]", list.join(", ")));
-        format!("{{{}}}", parts.join(", "))
-    });
+    let scope =
+        (prop::option::of(any::<bool>()), prop::collection::vec(pattern, 0..3)).prop_map(|(imm, ex)| {
+            let mut parts = Vec::new();
+            if let Some(b) = imm {
+                parts.push(format!("\"immutable_tags\": {b}"));
+            }
+            let list: Vec<String> = ex.iter().map(|p| format!("\"{p}\"")).collect();
+            parts.push(format!("\"immutable_tags_exclusions\": [{}]", list.join(", ")));
+            format!("{{{}}}", parts.join(", "))
+        });
     let key = prop_oneof![Just("a"), Just("a/b"), Just("b"), Just("a/b/c"), Just("manifests")];
-    (scope.clone(), prop::collection::btree_map(key, scope, 0..4), any::<bool>()).prop_map(|(g, repos, sig)| {
-        let r: Vec<String> = repos.iter().map(|(k, s)| format!("\"{k}\": {s}")).collect();
-        format!("{{\"global\": {g}, \"repository\": {{{}}}, \"protect_signature_tags\": {sig}}}", r.join(", "))
-    })
+    (scope.clone(), prop::collection::btree_map(key, scope, 0..4), any::<bool>()).prop_map(
+        |(g, repos, sig)| {
+            let r: Vec<String> = repos.iter().map(|(k, s)| format!("\"{k}\": {s}")).collect();
+            format!(
+                "{{\"global\": {g}, \"repository\": {{{}}}, \"protect_signature_tags\": {sig}}}",
+                r.join(", ")
+            )
+        },
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -393,7 +406,15 @@ fn claim_slots_stay_bounded_under_a_flood_of_distinct_tags() {
     for i in 0..20_000u64 {
         let tag = format!("v{i}");
         let idx = claims::slot_index(&[3; 16], "app", &tag, slots) as usize;
-        match claims::claim(&data[idx], "app", &tag, "sha256:aa", claims::View { order: i, absent: true }, i, 60_000) {
+        match claims::claim(
+            &data[idx],
+            "app",
+            &tag,
+            "sha256:aa",
+            claims::View { order: i, absent: true },
+            i,
+            60_000,
+        ) {
             Claim::Write(b) => data[idx] = b,
             Claim::Full => refused += 1,
             other => panic!("{other:?}"),

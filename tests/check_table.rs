@@ -8,9 +8,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn check(json: &str, name: &str) -> (i32, String) {
-    let p: PathBuf = std::env::temp_dir().join(format!("immutable-tags-check-table-{}-{name}.json", std::process::id()));
+    let p: PathBuf =
+        std::env::temp_dir().join(format!("immutable-tags-check-table-{}-{name}.json", std::process::id()));
     std::fs::write(&p, json).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_immutable-tags")).args(["check", p.to_str().unwrap()]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_immutable-tags"))
+        .args(["check", p.to_str().unwrap()])
+        .output()
+        .unwrap();
     (o.status.code().unwrap(), String::from_utf8(o.stdout).unwrap())
 }
 

@@ -21,7 +21,11 @@ const ISSUE_EXAMPLE: &str = r#"{
 
 fn policy_file(json: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let p = std::env::temp_dir().join(format!("immutable-tags-explain-{}-{}.json", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let p = std::env::temp_dir().join(format!(
+        "immutable-tags-explain-{}-{}.json",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&p, json).unwrap();
     p
 }
@@ -46,7 +50,11 @@ fn explain(json: &str, reference: &[&str]) -> (i32, String, String) {
     args.extend_from_slice(reference);
     let out = run(&args, None);
     std::fs::remove_file(file).unwrap();
-    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 #[test]
@@ -95,7 +103,8 @@ fn without_rules_there_is_no_rule_line() {
 
 #[test]
 fn config_from_stdin() {
-    let out = run(&["explain", "--config=-", "app:v1.0.0"], Some(r#"{"rules": [{"tags": {"regex": "^v"}}]}"#));
+    let out =
+        run(&["explain", "--config=-", "app:v1.0.0"], Some(r#"{"rules": [{"tags": {"regex": "^v"}}]}"#));
     assert_eq!(out.status.code(), Some(0));
     let out = String::from_utf8(out.stdout).unwrap();
     assert!(out.contains("reason: rules[0]\n"), "{out}");
@@ -147,17 +156,29 @@ fn check_validates_every_file_and_names_the_bad_field() {
     let o = run(&["check", good.to_str().unwrap(), bad.to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(1));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains(&format!("invalid {}: invalid configuration: field `rules[0].tags.regex`", bad.display())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "invalid {}: invalid configuration: field `rules[0].tags.regex`",
+            bad.display()
+        )),
+        "{text}"
+    );
     assert_eq!(run(&["check"], None).status.code(), Some(2));
 }
 
 #[test]
 fn check_and_explain_validate_claims_in_etcd() {
-    let good = policy_file(r#"{"global": {"immutable_tags": true}, "claims": {"etcd": {"cluster": "etcd"}}}"#);
+    let good =
+        policy_file(r#"{"global": {"immutable_tags": true}, "claims": {"etcd": {"cluster": "etcd"}}}"#);
     let o = run(&["check", good.to_str().unwrap()], None);
     assert!(o.status.success(), "{o:?}");
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("store=etcd cluster=etcd prefix=/immutable-tags/ timeout_ms=1000 attempt_timeout_ms=250"), "{text}");
+    assert!(
+        text.contains(
+            "store=etcd cluster=etcd prefix=/immutable-tags/ timeout_ms=1000 attempt_timeout_ms=250"
+        ),
+        "{text}"
+    );
     for (json, field) in [
         (r#"{"claims": {"etcd": {}}}"#, "claims.etcd.cluster"),
         (r#"{"claims": {"etcd": {"cluster": "etcd", "timeout_ms": 0}}}"#, "claims.etcd.timeout_ms"),
@@ -181,11 +202,20 @@ fn explain_says_who_may_override_and_why_a_request_would_not() {
     let (code, out, _) = explain(BREAK_GLASS, &["prod/api", "v1"]);
     assert_eq!(code, 0);
     assert!(out.contains("break-glass: overwrite may be overridden by release-admin, sre with the x-break-glass-reason header\n"), "{out}");
-    assert!(out.contains("break-glass: no delete override: break_glass.actions does not include \"delete\"\n"), "{out}");
+    assert!(
+        out.contains("break-glass: no delete override: break_glass.actions does not include \"delete\"\n"),
+        "{out}"
+    );
     let (_, out, _) = explain(BREAK_GLASS, &["dev/api", "v1"]);
-    assert!(out.contains("no overwrite override: repository 'dev/api' is not in break_glass.repositories"), "{out}");
+    assert!(
+        out.contains("no overwrite override: repository 'dev/api' is not in break_glass.repositories"),
+        "{out}"
+    );
     let (_, out, _) = explain(BREAK_GLASS, &["--as", "bob", "--reason", "CVE", "prod/api", "v1"]);
-    assert!(out.contains("overwrite by bob: refused: principal 'bob' is not in break_glass.principals"), "{out}");
+    assert!(
+        out.contains("overwrite by bob: refused: principal 'bob' is not in break_glass.principals"),
+        "{out}"
+    );
     let (_, out, _) = explain(BREAK_GLASS, &["--as", "sre", "prod/api", "v1"]);
     assert!(out.contains("overwrite by sre: refused: no x-break-glass-reason header"), "{out}");
     let (_, out, _) = explain(BREAK_GLASS, &["--as", "sre", "--reason", "CVE", "prod/api:v1"]);
@@ -207,15 +237,24 @@ fn check_prints_break_glass_and_names_its_bad_field() {
 
 #[test]
 fn check_warns_about_an_exclusion_that_matches_one_literal_tag_but_reads_like_a_prefix() {
-    let f = policy_file(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^dev-"]},
-        "repository": {"team": {"immutable_tags": true, "immutable_tags_exclusions": ["^rc-.*$", "^nightly"]}}}"#);
+    let f = policy_file(
+        r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^dev-"]},
+        "repository": {"team": {"immutable_tags": true, "immutable_tags_exclusions": ["^rc-.*$", "^nightly"]}}}"#,
+    );
     let o = run(&["check", f.to_str().unwrap()], None);
     assert!(o.status.success(), "a warning is not an error: {o:?}");
     let text = String::from_utf8_lossy(&o.stdout);
     let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning ")).collect();
     assert_eq!(warnings.len(), 2, "{text}");
-    assert!(warnings[0].contains("field `global.immutable_tags_exclusions[1]`: \"^dev-\" matches only the tag \"dev-\""), "{text}");
-    assert!(warnings[1].contains("field `repository.\"team\".immutable_tags_exclusions[1]`: \"^nightly\""), "{text}");
+    assert!(
+        warnings[0]
+            .contains("field `global.immutable_tags_exclusions[1]`: \"^dev-\" matches only the tag \"dev-\""),
+        "{text}"
+    );
+    assert!(
+        warnings[1].contains("field `repository.\"team\".immutable_tags_exclusions[1]`: \"^nightly\""),
+        "{text}"
+    );
     // What it says is what the filter does: dev-123 is immutable under that policy.
     let o = run(&["explain", "--config", f.to_str().unwrap(), "app", "dev-123"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains("immutable"), "{o:?}");
@@ -254,12 +293,25 @@ fn explain_tells_what_the_filter_does_in_audit_mode_and_other_settings() {
     assert!(out.starts_with("app:v1: immutable: a push of a different manifest would be refused; logged and let through (mode = audit)\n"), "{out}");
     assert!(out.contains("delete: would be refused; logged and let through (mode = audit)\n"), "{out}");
     assert!(!out.contains("refused with 409"), "{out}");
-    assert!(out.contains("size: a manifest over max_manifest_bytes (4194304) is refused with 413, in audit mode too\n"), "{out}");
-    let (_, out, _) = explain(r#"{"global": {"immutable_tags": true}, "deletes": {"protect": false}, "on_upstream_error": "allow"}"#, &["app:v1"]);
+    assert!(
+        out.contains(
+            "size: a manifest over max_manifest_bytes (4194304) is refused with 413, in audit mode too\n"
+        ),
+        "{out}"
+    );
+    let (_, out, _) = explain(
+        r#"{"global": {"immutable_tags": true}, "deletes": {"protect": false}, "on_upstream_error": "allow"}"#,
+        &["app:v1"],
+    );
     assert!(out.contains("delete: passes unchecked (deletes.protect = false)\n"), "{out}");
-    assert!(out.contains("registry unreachable: the push passes unchecked (on_upstream_error = allow)\n"), "{out}");
-    let (_, out, _) = explain(r#"{"global": {"immutable_tags": true}, "pin_immutable_pulls": true}"#, &["app:v1"]);
-    let pull = "pull: a GET or HEAD whose Accept names all four stored manifest types (OCI manifest and index, \
+    assert!(
+        out.contains("registry unreachable: the push passes unchecked (on_upstream_error = allow)\n"),
+        "{out}"
+    );
+    let (_, out, _) =
+        explain(r#"{"global": {"immutable_tags": true}, "pin_immutable_pulls": true}"#, &["app:v1"]);
+    let pull =
+        "pull: a GET or HEAD whose Accept names all four stored manifest types (OCI manifest and index, \
 Docker v2 manifest and list) and that has no query string is sent to the registry by the digest the filter \
 knows (pin_immutable_pulls); any other read goes as it came\n";
     assert!(out.contains(pull), "{out}");
@@ -319,7 +371,9 @@ fn check_warns_on_selectors_and_scopes_that_can_never_apply() {
 fn check_refuses_a_scope_whose_inherited_setting_would_protect_less() {
     // Before nested scopes inherited, `dev/keep` took global's `true`; now `dev`'s `false`:
     // refused at load (the filter's own refusal), not only warned about.
-    let f = policy_file(r#"{"global": {"immutable_tags": true}, "repository": {"dev": {"immutable_tags": false}, "dev/keep": {"immutable_tags_exclusions": ["^x$"]}}}"#);
+    let f = policy_file(
+        r#"{"global": {"immutable_tags": true}, "repository": {"dev": {"immutable_tags": false}, "dev/keep": {"immutable_tags_exclusions": ["^x$"]}}}"#,
+    );
     let o = run(&["check", f.to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -331,7 +385,8 @@ fn check_refuses_a_scope_whose_inherited_setting_would_protect_less() {
 
 #[test]
 fn a_full_path_rule_is_refused_with_its_migration() {
-    let (code, _, err) = explain(r#"{"rules": [{"repositories": {"matching": "team-a/**"}}]}"#, &["team-a/api:v1"]);
+    let (code, _, err) =
+        explain(r#"{"rules": [{"repositories": {"matching": "team-a/**"}}]}"#, &["team-a/api:v1"]);
     assert_eq!(code, 1);
     assert!(err.contains("field `rules[0].repositories.matching` = \"team-a/**\": repositories match the name below the project"), "{err}");
 }
@@ -350,10 +405,17 @@ fn check_does_not_call_exclusions_dead_that_a_nested_immutable_scope_inherits() 
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(!text.contains("never apply"), "{text}");
     // It still names what differs from before (global's exclusions applied to dev/release).
-    assert!(text.contains("field `repository.\"dev/release\"`: inherits immutable_tags_exclusions from repository.\"dev\""), "{text}");
+    assert!(
+        text.contains(
+            "field `repository.\"dev/release\"`: inherits immutable_tags_exclusions from repository.\"dev\""
+        ),
+        "{text}"
+    );
     // With no immutable scope below, they are dead.
-    let f = policy_file(r#"{"global": {"immutable_tags": true},
-        "repository": {"dev": {"immutable_tags": false, "immutable_tags_exclusions": [".*"]}, "dev/x": {"immutable_tags": false}}}"#);
+    let f = policy_file(
+        r#"{"global": {"immutable_tags": true},
+        "repository": {"dev": {"immutable_tags": false, "immutable_tags_exclusions": [".*"]}, "dev/x": {"immutable_tags": false}}}"#,
+    );
     let o = run(&["check", f.to_str().unwrap()], None);
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(text.contains("field `repository.\"dev\".immutable_tags_exclusions`: never apply: immutable_tags is false here (from repository.\"dev\") and in every scope that inherits them"), "{text}");
@@ -363,12 +425,20 @@ fn check_does_not_call_exclusions_dead_that_a_nested_immutable_scope_inherits() 
 /// fields and where each came from.
 #[test]
 fn check_prints_each_scopes_resolved_fields_and_their_origin() {
-    let f = policy_file(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^g$"]},
-        "repository": {"team": {"immutable_tags_exclusions": ["^t$", "^u$"]}, "team/a": {"immutable_tags": false}, "team/a/b": {"immutable_tags": true}}}"#);
+    let f = policy_file(
+        r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^g$"]},
+        "repository": {"team": {"immutable_tags_exclusions": ["^t$", "^u$"]}, "team/a": {"immutable_tags": false}, "team/a/b": {"immutable_tags": true}}}"#,
+    );
     let o = run(&["check", f.to_str().unwrap()], None);
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(text.contains("global: immutable_tags=true exclusions=1; repositories: ["), "{text}");
-    assert!(text.contains(r#"team/a/b: immutable_tags=true (here) exclusions=2 (from repository."team")"#), "{text}");
-    assert!(text.contains(r#"team/a: immutable_tags=false (here) exclusions=2 (from repository."team")"#), "{text}");
+    assert!(
+        text.contains(r#"team/a/b: immutable_tags=true (here) exclusions=2 (from repository."team")"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"team/a: immutable_tags=false (here) exclusions=2 (from repository."team")"#),
+        "{text}"
+    );
     assert!(text.contains(r#"team: immutable_tags=true (from global) exclusions=2 (here)"#), "{text}");
 }

@@ -5,11 +5,11 @@
 //! Exit status: 0 when a decision was printed (every file is valid), 1 when a configuration
 //! cannot be read or is invalid (with the line the filter would log), 2 on a usage error.
 
-use immutable_tags::verdict::break_glass::{Action, Ask};
 use immutable_tags::config::{BlobDeletes, Config, Mode, OnUpstreamError};
+use immutable_tags::oci::request::{is_valid_name, is_valid_tag};
 use immutable_tags::policy::pattern::can_match;
 use immutable_tags::policy::rules::split_top_level;
-use immutable_tags::oci::request::{is_valid_name, is_valid_tag};
+use immutable_tags::verdict::break_glass::{Action, Ask};
 use immutable_tags::BUILD;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -138,9 +138,20 @@ struct Grammar {
     max: usize,
 }
 
-const TAG: Grammar = Grammar { what: "a tag (A-Z, a-z, 0-9, _, ., -; no /)", first: tag_first, rest: tag_rest, max: 128 };
-const NAME: Grammar = Grammar { what: "a repository name (lower-case a-z, 0-9, ., _, -, /)", first: name_first, rest: name_rest, max: 255 };
-const PROJECT: Grammar = Grammar { what: "a project (lower-case a-z, 0-9, ., _, -: one path component)", first: name_first, rest: project_rest, max: 255 };
+const TAG: Grammar =
+    Grammar { what: "a tag (A-Z, a-z, 0-9, _, ., -; no /)", first: tag_first, rest: tag_rest, max: 128 };
+const NAME: Grammar = Grammar {
+    what: "a repository name (lower-case a-z, 0-9, ., _, -, /)",
+    first: name_first,
+    rest: name_rest,
+    max: 255,
+};
+const PROJECT: Grammar = Grammar {
+    what: "a project (lower-case a-z, 0-9, ., _, -: one path component)",
+    first: name_first,
+    rest: project_rest,
+    max: 255,
+};
 
 /// Adds a warning when `regex` (the translation of `pattern`) matches nothing `g` allows.
 fn never(found: &mut Vec<(String, String)>, field: String, pattern: &str, regex: &str, g: Grammar) {
@@ -153,7 +164,11 @@ fn never(found: &mut Vec<(String, String)>, field: String, pattern: &str, regex:
 /// never apply, by field path. Read from the JSON itself: the compiled policy keeps no paths.
 fn never_warnings(c: &Config, doc: &serde_json::Value) -> Vec<(String, String)> {
     let mut found = Vec::new();
-    let glob = |g: &str| immutable_tags::policy::glob::to_regex(g).map(|re| format!("(?s){re}")).unwrap_or_else(|_| ".*".into());
+    let glob = |g: &str| {
+        immutable_tags::policy::glob::to_regex(g)
+            .map(|re| format!("(?s){re}"))
+            .unwrap_or_else(|_| ".*".into())
+    };
     for (i, rule) in doc.get("rules").and_then(|r| r.as_array()).into_iter().flatten().enumerate() {
         let at = format!("rules[{i}]");
         for (key, g) in [("projects", PROJECT), ("repositories", NAME), ("tags", TAG)] {
@@ -175,7 +190,11 @@ fn never_warnings(c: &Config, doc: &serde_json::Value) -> Vec<(String, String)> 
             }
             for (field, v) in lists {
                 let values: Vec<(String, &str)> = match v {
-                    serde_json::Value::Array(a) => a.iter().enumerate().filter_map(|(j, s)| Some((format!("{field}[{j}]"), s.as_str()?))).collect(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, s)| Some((format!("{field}[{j}]"), s.as_str()?)))
+                        .collect(),
                     v => v.as_str().map(|s| (field.clone(), s)).into_iter().collect(),
                 };
                 for (field, value) in values {
@@ -275,11 +294,16 @@ fn policy_table(c: &Config) -> String {
     let p = &c.policy;
     let cell = |s: &str| s.replace('|', "\\|");
     let yes_no = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
-    let exclusions = |immutable: Option<bool>, e: Option<&immutable_tags::policy::exclusions::Exclusions>| match (immutable, e) {
-        (Some(true), Some(e)) if !e.patterns().is_empty() => e.patterns().iter().map(|x| format!("`{}`", cell(x))).collect::<Vec<_>>().join(", "),
-        (Some(true), _) => "none".to_string(),
-        _ => "none apply (tags are mutable)".to_string(),
-    };
+    let exclusions =
+        |immutable: Option<bool>, e: Option<&immutable_tags::policy::exclusions::Exclusions>| match (
+            immutable, e,
+        ) {
+            (Some(true), Some(e)) if !e.patterns().is_empty() => {
+                e.patterns().iter().map(|x| format!("`{}`", cell(x))).collect::<Vec<_>>().join(", ")
+            }
+            (Some(true), _) => "none".to_string(),
+            _ => "none apply (tags are mutable)".to_string(),
+        };
     let mut t = String::from("  | scope | tags immutable | set in | exclusions (tags that stay mutable) | set in |\n  |---|---|---|---|---|\n");
     let g = &p.global;
     let set = |is_set: bool| if is_set { "global" } else { "(unset)" };
@@ -295,11 +319,23 @@ fn policy_table(c: &Config) -> String {
     keys.sort();
     for k in keys {
         let o = p.origins(k);
-        let here = |origin: String| if origin == format!("repository.\"{k}\"") { "here".to_string() } else { origin };
-        let imm_from = if o.immutable_tags.is_some() { here(o.immutable_tags_from) } else { "(unset)".to_string() };
+        let here = |origin: String| {
+            if origin == format!("repository.\"{k}\"") {
+                "here".to_string()
+            } else {
+                origin
+            }
+        };
+        let imm_from =
+            if o.immutable_tags.is_some() { here(o.immutable_tags_from) } else { "(unset)".to_string() };
         let exc_set = o.exclusions.is_some_and(|e| !e.patterns().is_empty());
         let exc_from = if exc_set { here(o.exclusions_from) } else { "(unset)".to_string() };
-        t += &format!("  | {} | {} | {imm_from} | {} | {exc_from} |\n", cell(k), yes_no(o.immutable_tags), exclusions(o.immutable_tags, o.exclusions));
+        t += &format!(
+            "  | {} | {} | {imm_from} | {} | {exc_from} |\n",
+            cell(k),
+            yes_no(o.immutable_tags),
+            exclusions(o.immutable_tags, o.exclusions)
+        );
     }
     if p.rules.enabled() == 0 {
         t += "  rules: none\n";
@@ -315,7 +351,8 @@ fn policy_table(c: &Config) -> String {
     t += &if p.protect_signature_tags {
         "  signature tags (sha256-<hex>, .sig, .att, .sbom): immutable like any tag (protect_signature_tags = true)\n".to_string()
     } else {
-        "  signature tags (sha256-<hex>, .sig, .att, .sbom): mutable (protect_signature_tags = false)\n".to_string()
+        "  signature tags (sha256-<hex>, .sig, .att, .sbom): mutable (protect_signature_tags = false)\n"
+            .to_string()
     };
     t += match c.mode {
         Mode::Enforce => "  mode: enforce (refusals are answered)\n",
@@ -335,9 +372,19 @@ fn policy_table(c: &Config) -> String {
     t += &match &c.break_glass {
         None => "  break-glass: nobody (break_glass is not set)\n".to_string(),
         Some(b) => {
-            let actions: Vec<&str> = b.actions.iter().map(|a| if a.as_str() == "delete" { "a delete" } else { "an overwrite" }).collect();
-            let repos = if b.repositories.is_empty() { "every repository".to_string() } else { b.repositories.join(", ") };
-            let jwt = b.jwt_authn_payload.as_ref().map_or(String::new(), |m| format!("; a sub verified by jwt_authn (metadata {m}) is proven by Envoy"));
+            let actions: Vec<&str> = b
+                .actions
+                .iter()
+                .map(|a| if a.as_str() == "delete" { "a delete" } else { "an overwrite" })
+                .collect();
+            let repos = if b.repositories.is_empty() {
+                "every repository".to_string()
+            } else {
+                b.repositories.join(", ")
+            };
+            let jwt = b.jwt_authn_payload.as_ref().map_or(String::new(), |m| {
+                format!("; a sub verified by jwt_authn (metadata {m}) is proven by Envoy")
+            });
             format!(
                 "  break-glass: {} may override {} in {repos}, with a reason in the {} header{jwt}\n",
                 b.principals.join(", "),
@@ -353,7 +400,8 @@ fn policy_table(c: &Config) -> String {
 /// byte of the module counts).
 fn break_glass_summary(c: &Config) -> String {
     let Some(b) = &c.break_glass else { return "; break_glass: off".into() };
-    let repos = if b.repositories.is_empty() { "every repository".to_string() } else { b.repositories.join(", ") };
+    let repos =
+        if b.repositories.is_empty() { "every repository".to_string() } else { b.repositories.join(", ") };
     let actions: Vec<&str> = b.actions.iter().map(|a| a.as_str()).collect();
     let (p, a) = (b.principals.join(", "), actions.join(", "));
     format!("; break_glass: principals [{p}], repositories [{repos}], actions [{a}], reason header {} (at most {} bytes)", b.reason_header, b.max_reason_bytes)
@@ -366,11 +414,24 @@ fn explain_break_glass(c: &Config, e: &Explain) -> String {
     for action in [Action::Overwrite, Action::Delete] {
         let line = match (b.covers(action, &e.repository), &e.principal) {
             (Err(why), _) => format!("no {} override: {why}", action.as_str()),
-            (Ok(()), None) => format!("{} may be overridden by {} with the {} header", action.as_str(), b.principals.join(", "), b.reason_header),
+            (Ok(()), None) => format!(
+                "{} may be overridden by {} with the {} header",
+                action.as_str(),
+                b.principals.join(", "),
+                b.reason_header
+            ),
             (Ok(()), Some(p)) => {
-                let ask = Ask { principal: Some(p), reason: e.reason.as_deref(), registry_auth: Some(true), verified: false };
+                let ask = Ask {
+                    principal: Some(p),
+                    reason: e.reason.as_deref(),
+                    registry_auth: Some(true),
+                    verified: false,
+                };
                 match b.grant(action, &e.repository, &ask) {
-                    Ok(()) => format!("{} by {p}: overridden (once the registry authenticates {p} and accepts it)", action.as_str()),
+                    Ok(()) => format!(
+                        "{} by {p}: overridden (once the registry authenticates {p} and accepts it)",
+                        action.as_str()
+                    ),
                     Err(why) => format!("{} by {p}: refused: {why}", action.as_str()),
                 }
             }
@@ -438,12 +499,20 @@ fn main() -> ExitCode {
             (true, Mode::Audit) => format!("delete: {refused}\n"),
         };
         text += &match (config.on_upstream_error, config.mode) {
-            (OnUpstreamError::Allow, _) => "registry unreachable: the push passes unchecked (on_upstream_error = allow)\n".to_string(),
-            (OnUpstreamError::Refuse, Mode::Enforce) => "registry unreachable: the push is refused with 503 (on_upstream_error = refuse)\n".to_string(),
+            (OnUpstreamError::Allow, _) => {
+                "registry unreachable: the push passes unchecked (on_upstream_error = allow)\n".to_string()
+            }
+            (OnUpstreamError::Refuse, Mode::Enforce) => {
+                "registry unreachable: the push is refused with 503 (on_upstream_error = refuse)\n"
+                    .to_string()
+            }
             (OnUpstreamError::Refuse, Mode::Audit) => format!("registry unreachable: the push {refused}\n"),
         };
         // Answered in audit mode too: a body past the buffer can be neither judged nor written.
-        let too_large = format!("size: a manifest over max_manifest_bytes ({}) is refused with 413", config.max_manifest_bytes);
+        let too_large = format!(
+            "size: a manifest over max_manifest_bytes ({}) is refused with 413",
+            config.max_manifest_bytes
+        );
         text += &match config.mode {
             Mode::Enforce => format!("{too_large}\n"),
             Mode::Audit => format!("{too_large}, in audit mode too\n"),

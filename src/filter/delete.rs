@@ -6,9 +6,9 @@ use super::claims::{self, Claimed, View};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
-use crate::verdict::delete::{first_page_path, DigestCheck, Refusal, Step};
 use crate::oci::digest::Digest;
 use crate::oci::error::OciError;
+use crate::verdict::delete::{first_page_path, DigestCheck, Refusal, Step};
 use crate::verdict::push::{read_get, read_head, Current};
 use std::collections::HashMap;
 
@@ -44,10 +44,22 @@ pub enum Next {
 impl DigestDelete {
     /// Starts the check with the first `tags/list` page; reads the request's headers.
     /// `exhaustive`: break-glass may lift a refusal, so every holder must be known.
-    pub fn start(host: &dyn Host, worker: &Worker, repository: &str, digest: Digest, exhaustive: bool) -> (DigestDelete, Next) {
+    pub fn start(
+        host: &dyn Host,
+        worker: &Worker,
+        repository: &str,
+        digest: Digest,
+        exhaustive: bool,
+    ) -> (DigestDelete, Next) {
         let config = &worker.config;
         let mut d = DigestDelete {
-            check: DigestCheck::new(repository, digest, &config.error_code, config.deletes.max_immutable_tags, exhaustive),
+            check: DigestCheck::new(
+                repository,
+                digest,
+                &config.error_code,
+                config.deletes.max_immutable_tags,
+                exhaustive,
+            ),
             calls: HashMap::new(),
             caller: Caller::of(host),
             fencing: None,
@@ -59,7 +71,11 @@ impl DigestDelete {
         // A fence's tag is never committed (only claimed and given back), so no committed change
         // can find this view stale: its order does not matter.
         let view = View { order: 0, absent: true };
-        let next = d.fence(host, worker, claims::claim(host, worker, repository, &claims::fence_tag(&digest), &digest, view));
+        let next = d.fence(
+            host,
+            worker,
+            claims::claim(host, worker, repository, &claims::fence_tag(&digest), &digest, view),
+        );
         (d, next)
     }
 
@@ -69,7 +85,11 @@ impl DigestDelete {
             // the fence began, for its age.
             Claimed::Proceed { at_ms, .. } => {
                 self.fenced_ms = Some(at_ms);
-                self.list(host, worker, first_page_path(self.check.repository(), worker.config.deletes.page_size))
+                self.list(
+                    host,
+                    worker,
+                    first_page_path(self.check.repository(), worker.config.deletes.page_size),
+                )
             }
             Claimed::Pending(f) => {
                 self.fencing = Some(f);
@@ -77,7 +97,8 @@ impl DigestDelete {
             }
             // (A fence holds one digest: no other can conflict with it.)
             Claimed::Fenced | Claimed::Conflict { .. } => {
-                let mut r = self.check.unavailable("a push of it to a protected tag is in flight; retry the delete");
+                let mut r =
+                    self.check.unavailable("a push of it to a protected tag is in flight; retry the delete");
                 (r.error.status, r.error.code) = (409, "DENIED".into());
                 self.refuse(host, r)
             }
@@ -133,13 +154,19 @@ impl DigestDelete {
                     return self.refuse(host, self.check.unavailable(&why));
                 }
                 let Some(body) = host.call_response_body(body_size) else {
-                    return self.refuse(host, self.check.unavailable("cannot read the registry's tags/list answer"));
+                    return self
+                        .refuse(host, self.check.unavailable("cannot read the registry's tags/list answer"));
                 };
                 // Every `Link` value: the single read returns only the first.
                 let headers = host.call_response_headers();
-                let links: Vec<&str> = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("link")).map(|(_, v)| v.as_str()).collect();
+                let links: Vec<&str> = headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("link"))
+                    .map(|(_, v)| v.as_str())
+                    .collect();
                 if host.call_response_header("link").is_some_and(|l| !links.contains(&l.as_str())) {
-                    return self.refuse(host, self.check.unavailable("cannot read the registry's Link headers"));
+                    return self
+                        .refuse(host, self.check.unavailable("cannot read the registry's Link headers"));
                 }
                 match self.check.on_page(&worker.config.policy, &path, status.as_deref(), &body, &links) {
                     Err(r) => return self.refuse(host, r),
@@ -157,10 +184,19 @@ impl DigestDelete {
                     let body = if body_size > max { None } else { host.call_response_body(body_size) };
                     read_get(status.as_deref(), body.as_deref(), body_size, max)
                 } else {
-                    read_head(status.as_deref(), host.call_response_header("docker-content-digest").as_deref())
+                    read_head(
+                        status.as_deref(),
+                        host.call_response_header("docker-content-digest").as_deref(),
+                    )
                 };
                 if answer == Current::NoDigest {
-                    match upstream::get_manifest(host, &worker.config.upstream, &self.caller, self.check.repository(), &tag) {
+                    match upstream::get_manifest(
+                        host,
+                        &worker.config.upstream,
+                        &self.caller,
+                        self.check.repository(),
+                        &tag,
+                    ) {
                         Ok(token) => {
                             self.calls.insert(token, Call::Get(tag));
                             return Next::Wait;
@@ -199,7 +235,13 @@ impl DigestDelete {
             Step::Wait => {}
         }
         for tag in self.check.take_heads() {
-            match upstream::head_manifest(host, &worker.config.upstream, &self.caller, self.check.repository(), &tag) {
+            match upstream::head_manifest(
+                host,
+                &worker.config.upstream,
+                &self.caller,
+                self.check.repository(),
+                &tag,
+            ) {
                 Ok(token) => {
                     self.calls.insert(token, Call::Head(tag));
                 }
@@ -212,10 +254,18 @@ impl DigestDelete {
     fn refuse(&self, host: &dyn Host, r: Refusal) -> Next {
         host.log(
             Level::Info,
-            &format!("immutable-tags: refused delete of {}@{}: {}", self.check.repository(), self.check.digest(), r.error.message),
+            &format!(
+                "immutable-tags: refused delete of {}@{}: {}",
+                self.check.repository(),
+                self.check.digest(),
+                r.error.message
+            ),
         );
         let extra = if r.pass_challenge {
-            host.call_response_header("www-authenticate").map(|c| ("www-authenticate", c)).into_iter().collect()
+            host.call_response_header("www-authenticate")
+                .map(|c| ("www-authenticate", c))
+                .into_iter()
+                .collect()
         } else {
             Vec::new()
         };

@@ -51,7 +51,13 @@ pub trait Host {
     fn property(&self, path: &[&str]) -> Option<String>;
 
     /// Sends an HTTP call to `cluster`; its answer arrives as `Filter::on_call_response(token)`.
-    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String>;
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Result<u32, String>;
     /// Within `on_call_response`: the answer's headers and body.
     fn call_response_header(&self, name: &str) -> Option<String>;
     fn call_response_headers(&self) -> Vec<(String, String)>;
@@ -67,7 +73,13 @@ pub trait Host {
     fn random(&self, buf: &mut [u8]) -> Result<(), String>;
     /// Answers the client locally (the request, if any part of it went upstream, is reset).
     /// `details` (no spaces) becomes Envoy's response code details, shown in access logs.
-    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String>;
+    fn send_response(
+        &self,
+        status: u16,
+        details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), String>;
     /// Lets a request the filter held at its headers go on.
     fn resume_request(&self) -> Result<(), String>;
     /// Lets a response the filter held at its headers go on.

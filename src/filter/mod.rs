@@ -22,15 +22,18 @@ pub mod worker;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
 
-use crate::observability::audit::{self, RequestInfo};
-use crate::verdict::break_glass::Action as BgAction;
-use crate::config::{Config, Mode};
-use crate::verdict::delete::tag_delete;
-use crate::oci::digest::Digest;
-use crate::observability::metrics::{Counter, Refusal};
-use crate::oci::error::OciError;
 use crate::config::BlobDeletes;
-use crate::oci::request::{classify_with, may_name_blobs, query_overrides_method, may_name_manifests, Reference, Request, DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS};
+use crate::config::{Config, Mode};
+use crate::observability::audit::{self, RequestInfo};
+use crate::observability::metrics::{Counter, Refusal};
+use crate::oci::digest::Digest;
+use crate::oci::error::OciError;
+use crate::oci::request::{
+    classify_with, may_name_blobs, may_name_manifests, query_overrides_method, Reference, Request,
+    DEFAULT_MAX_TAGS_PER_PUSH, METHOD_OVERRIDE_HEADERS,
+};
+use crate::verdict::break_glass::Action as BgAction;
+use crate::verdict::delete::tag_delete;
 use break_glass::{self as bg, window, Asked, Cover, Covered, Granted};
 use delete::DigestDelete;
 use host::{Host, Level};
@@ -147,7 +150,14 @@ enum Callback {
 
 impl Filter {
     pub fn new(worker: Option<Rc<Worker>>) -> Filter {
-        Filter { worker, state: State::Pass, request: RequestInfo::default(), asked: Asked::default(), authority: None, fence: None }
+        Filter {
+            worker,
+            state: State::Pass,
+            request: RequestInfo::default(),
+            asked: Asked::default(),
+            authority: None,
+            fence: None,
+        }
     }
 
     fn count(&self, h: &dyn Host, counter: Counter) {
@@ -177,12 +187,21 @@ impl Filter {
         // On blob paths only: a delete (an unreadable method is looked at closer), or a method
         // override, which an intermediary could turn into a delete (refused below).
         let judge = may_name_blobs(&path)
-            && (h.read_request_header(":method").map_or(true, |m| m.map_or(true, |m| m.eq_ignore_ascii_case("DELETE"))) || method_overridden(h) || query_overrides_method(&path));
+            && (h
+                .read_request_header(":method")
+                .map_or(true, |m| m.map_or(true, |m| m.eq_ignore_ascii_case("DELETE")))
+                || method_overridden(h)
+                || query_overrides_method(&path));
         judge.then_some(Ok(path))
     }
 
     /// A request that may name manifests (`path`, from [`Filter::first_look`]) at its headers.
-    pub fn on_request_headers(&mut self, h: &dyn Host, path: Result<String, String>, end_of_stream: bool) -> Action {
+    pub fn on_request_headers(
+        &mut self,
+        h: &dyn Host,
+        path: Result<String, String>,
+        end_of_stream: bool,
+    ) -> Action {
         self.count(h, Counter::RequestsSeen);
         // A request whose path or method cannot be read may be a write: refused, never passed.
         let (path, method) = match (path, h.read_request_header(":method")) {
@@ -193,11 +212,22 @@ impl Filter {
         // Every path here may name manifests or blobs, where the verdict depends on the method.
         if method_overridden(h) || query_overrides_method(&path) {
             let msg = "Method override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) and ?_method= are not accepted on manifest or blob routes";
-            return self.refuse(h, &OciError::unclassifiable("UNSUPPORTED", msg, &path), &[], Callback::Request);
+            return self.refuse(
+                h,
+                &OciError::unclassifiable("UNSUPPORTED", msg, &path),
+                &[],
+                Callback::Request,
+            );
         }
         let max_tags = self.worker.as_ref().map_or(DEFAULT_MAX_TAGS_PER_PUSH, |w| w.config.max_tags_per_push);
         let request = classify_with(&method, &path, max_tags);
-        if matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. } | Request::Invalid(_)) {
+        if matches!(
+            request,
+            Request::ManifestPut { .. }
+                | Request::ManifestDelete { .. }
+                | Request::BlobDelete { .. }
+                | Request::Invalid(_)
+        ) {
             self.count(h, Counter::RequestsChecked);
             self.request = RequestInfo {
                 method: Some(method),
@@ -212,23 +242,33 @@ impl Filter {
         if let Request::Invalid(err) = &request {
             return self.refuse(h, err, &[], Callback::Request);
         }
-        let needs_worker = matches!(request, Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. });
+        let needs_worker = matches!(
+            request,
+            Request::ManifestPut { .. } | Request::ManifestDelete { .. } | Request::BlobDelete { .. }
+        );
         let Some(worker) = self.worker.clone() else {
             if !needs_worker {
                 return Action::Continue;
             }
-            let err = OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
+            let err =
+                OciError::new(503, "UNAVAILABLE", "immutable-tags has no valid configuration", json!({}));
             return self.refuse(h, &err, &[], Callback::Request);
         };
-        if matches!(request, Request::ManifestRead { reference: Reference::Tag(_), .. }) && worker.config.break_glass.is_some() {
+        if matches!(request, Request::ManifestRead { reference: Reference::Tag(_), .. })
+            && worker.config.break_glass.is_some()
+        {
             self.asked = Asked::read(&worker, &|n| h.request_header(n)).verify(h, &worker);
-            if let (Some(_), Request::ManifestRead { repository, reference: Reference::Tag(tag) }) = (&self.asked.reason, &request) {
+            if let (Some(_), Request::ManifestRead { repository, reference: Reference::Tag(tag) }) =
+                (&self.asked.reason, &request)
+            {
                 self.state = State::Window { repository: repository.clone(), tag: tag.clone() };
                 return Action::Continue;
             }
         }
         match request {
-            Request::ManifestRead { repository, reference: Reference::Tag(tag) } if worker.config.pin_immutable_pulls => {
+            Request::ManifestRead { repository, reference: Reference::Tag(tag) }
+                if worker.config.pin_immutable_pulls =>
+            {
                 let key = worker.map_key(&repository, h.request_header(":authority").as_deref());
                 if let Some(pinned) = pull::on_read(h, &worker, &repository, &key, &tag, &path) {
                     self.state = State::Pull { repository: key, tag, pinned };
@@ -261,7 +301,12 @@ impl Filter {
             return Action::Continue;
         }
         let msg = "Blob deletes are refused here: the registry's garbage collection removes blobs no manifest references";
-        let err = OciError::new(405, "UNSUPPORTED", msg, json!({"repository": repository, "setting": "deletes.blobs"}));
+        let err = OciError::new(
+            405,
+            "UNSUPPORTED",
+            msg,
+            json!({"repository": repository, "setting": "deletes.blobs"}),
+        );
         self.refuse(h, &err, &[], Callback::Request)
     }
 
@@ -271,7 +316,15 @@ impl Filter {
         self.refuse(h, &OciError::new(503, "UNAVAILABLE", msg, json!({})), &[], Callback::Request)
     }
 
-    fn on_put(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference, tags: Vec<String>, end_of_stream: bool) -> Action {
+    fn on_put(
+        &mut self,
+        h: &dyn Host,
+        worker: &Worker,
+        repository: String,
+        reference: Reference,
+        tags: Vec<String>,
+        end_of_stream: bool,
+    ) -> Action {
         let mut checks = Vec::new();
         for tag in tags {
             let d = worker.config.policy.decide(&repository, &tag);
@@ -310,7 +363,8 @@ impl Filter {
                     (_, false) => "immutable_tags_write_failed",
                 };
                 self.state = State::Done;
-                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 if let Err(s) = h.send_response(status, details, &headers, &body) {
                     h.log(Level::Error, &format!("immutable-tags: cannot relay the registry's answer ({s})"));
                 }
@@ -341,7 +395,10 @@ impl Filter {
             _ => None,
         };
         // Warn: a refused write deserves an operator's eye; it shows at Envoy's default level.
-        h.log(Level::Warn, &audit::refusal_record(mode, kind, err, rule.as_deref(), &self.request).to_string());
+        h.log(
+            Level::Warn,
+            &audit::refusal_record(mode, kind, err, rule.as_deref(), &self.request).to_string(),
+        );
         self.count(h, kind.counter());
         if mode == Mode::Audit {
             self.count(h, Counter::AuditWouldRefuse);
@@ -431,11 +488,16 @@ impl Filter {
                 }
                 self.state = State::Pass;
                 if let Err(s) = h.resume_response() {
-                    h.log(Level::Error, &format!("immutable-tags: cannot resume response after break-glass ({s})"));
+                    h.log(
+                        Level::Error,
+                        &format!("immutable-tags: cannot resume response after break-glass ({s})"),
+                    );
                 }
             }
             State::Unlocking(c, _) if c.token() == Some(token) => {
-                let State::Unlocking(c, err) = std::mem::replace(&mut self.state, State::Pass) else { return };
+                let State::Unlocking(c, err) = std::mem::replace(&mut self.state, State::Pass) else {
+                    return;
+                };
                 let covered = c.answered(h, &worker, body_size);
                 self.unlocked(h, covered, *err, Vec::new(), Callback::Call);
             }
@@ -449,7 +511,9 @@ impl Filter {
     pub fn on_response_headers(&mut self, h: &dyn Host) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
         // The registry answered the delete: it is done or refused, and lands no more.
-        if self.fence.is_some() && h.property(&["response", "code_details"]).as_deref() == Some("via_upstream") {
+        if self.fence.is_some()
+            && h.property(&["response", "code_details"]).as_deref() == Some("via_upstream")
+        {
             self.unfence(h);
         }
         let ok = h.response_header(":status").is_some_and(|s| s.starts_with('2'));
@@ -498,7 +562,9 @@ impl Filter {
                     Some(s) if own && s.starts_with('4') => bg::Outcome::Refused,
                     _ => bg::Outcome::Unknown,
                 };
-                if let State::Overridden { repository, digest, granted, before } = std::mem::replace(&mut self.state, State::Pass) {
+                if let State::Overridden { repository, digest, granted, before } =
+                    std::mem::replace(&mut self.state, State::Pass)
+                {
                     overridden(h, &worker, &repository, digest, &granted, &before, outcome);
                 }
                 Action::Continue
@@ -511,13 +577,15 @@ impl Filter {
                 }
                 Action::Continue
             }
-            State::Window { repository, tag } if ok => match window::open(h, &worker, repository, tag, &self.asked) {
-                Some(o) => {
-                    self.state = State::Opening(Box::new(o));
-                    Action::Pause
+            State::Window { repository, tag } if ok => {
+                match window::open(h, &worker, repository, tag, &self.asked) {
+                    Some(o) => {
+                        self.state = State::Opening(Box::new(o));
+                        Action::Pause
+                    }
+                    None => Action::Continue,
                 }
-                None => Action::Continue,
-            },
+            }
             _ => Action::Continue,
         }
     }
@@ -559,20 +627,29 @@ impl Filter {
                 self.unfence(h);
             }
             // Sent, and no answer came: the registry may have deleted it all the same.
-            (State::Overridden { repository, digest, granted, before }, Some(worker)) => overridden(h, &worker, &repository, digest, &granted, &before, bg::Outcome::Unknown),
+            (State::Overridden { repository, digest, granted, before }, Some(worker)) => {
+                overridden(h, &worker, &repository, digest, &granted, &before, bg::Outcome::Unknown)
+            }
             _ => {}
         }
     }
 
-
-    fn on_delete(&mut self, h: &dyn Host, worker: &Worker, repository: String, reference: Reference) -> Action {
+    fn on_delete(
+        &mut self,
+        h: &dyn Host,
+        worker: &Worker,
+        repository: String,
+        reference: Reference,
+    ) -> Action {
         let config = &worker.config;
         if !config.deletes.protect {
             return Action::Continue;
         }
         match reference {
             Reference::Tag(tag) => match tag_delete(&config.policy, &config.error_code, &repository, &tag) {
-                Some(err) => self.delete_refused(h, worker, err, Vec::new(), vec![tag], true, Callback::Request),
+                Some(err) => {
+                    self.delete_refused(h, worker, err, Vec::new(), vec![tag], true, Callback::Request)
+                }
                 None => Action::Continue,
             },
             // No tag of this repository can be immutable: no listing to pay for.
@@ -606,7 +683,10 @@ impl Filter {
         let left = (ttl / 2).saturating_sub(h.now_ms().saturating_sub(*at));
         let why = if left == 0 {
             "its check took half of claims.ttl_seconds or more; retry the delete"
-        } else if ["x-envoy-upstream-rq-timeout-ms", "x-envoy-expected-rq-timeout-ms"].iter().any(|n| h.set_request_header(n, &left.to_string()).is_err()) {
+        } else if ["x-envoy-upstream-rq-timeout-ms", "x-envoy-expected-rq-timeout-ms"]
+            .iter()
+            .any(|n| h.set_request_header(n, &left.to_string()).is_err())
+        {
             "the filter could not bound its time upstream"
         } else {
             return None;
@@ -644,7 +724,16 @@ impl Filter {
     /// unless break-glass covers every one of them (`complete`: `held` is all of them, on the
     /// registry's word): then it goes to the registry, and is logged once the registry accepted.
     #[allow(clippy::too_many_arguments)]
-    fn delete_refused(&mut self, h: &dyn Host, worker: &Worker, err: OciError, extra: Vec<(&str, String)>, held: Vec<String>, complete: bool, from: Callback) -> Action {
+    fn delete_refused(
+        &mut self,
+        h: &dyn Host,
+        worker: &Worker,
+        err: OciError,
+        extra: Vec<(&str, String)>,
+        held: Vec<String>,
+        complete: bool,
+        from: Callback,
+    ) -> Action {
         let covered = match audit::subject(&err).filter(|_| err.status == 409 && !held.is_empty()) {
             Some((repository, _)) => Cover::new(repository, held, &self.asked, complete).run(h, worker),
             None => Covered::No(None, Vec::new()),
@@ -653,7 +742,14 @@ impl Filter {
     }
 
     /// Acts on break-glass's answer to a refused delete.
-    fn unlocked(&mut self, h: &dyn Host, covered: Covered, mut err: OciError, extra: Vec<(&str, String)>, from: Callback) -> Action {
+    fn unlocked(
+        &mut self,
+        h: &dyn Host,
+        covered: Covered,
+        mut err: OciError,
+        extra: Vec<(&str, String)>,
+        from: Callback,
+    ) -> Action {
         match covered {
             Covered::Yes(granted) => {
                 // The delete goes on as the client sent it, but with no credential other than
@@ -661,14 +757,23 @@ impl Filter {
                 // Each tag's claim-store order before the delete goes: its forget erases only a
                 // change at or below it (a first push after the delete is newer and stays).
                 let before: Result<Vec<u64>, String> = match &self.worker {
-                    Some(w) => granted.iter().map(|g| claims::view_order(h, w, g.repository(), g.tag())).collect(),
+                    Some(w) => {
+                        granted.iter().map(|g| claims::view_order(h, w, g.repository(), g.tag())).collect()
+                    }
                     None => Ok(Vec::new()),
                 };
                 let failed = match (self.fence_stale(h), &before) {
                     (Some(e), _) => Some(e),
-                    (None, Err(why)) => Some(OciError::new(503, "UNAVAILABLE", format!("The filter could not read the claim store before the delete ({why})"), json!({}))),
+                    (None, Err(why)) => Some(OciError::new(
+                        503,
+                        "UNAVAILABLE",
+                        format!("The filter could not read the claim store before the delete ({why})"),
+                        json!({}),
+                    )),
                     (None, Ok(_)) => strip_credentials(h, &self.worker).map(|why| {
-                        let msg = format!("The filter could not remove other credentials from the override ({why})");
+                        let msg = format!(
+                            "The filter could not remove other credentials from the override ({why})"
+                        );
                         OciError::new(500, "UNKNOWN", msg, json!({}))
                     }),
                 };
@@ -682,11 +787,21 @@ impl Filter {
                 let repository = audit::subject(&err).map(|(r, _)| r.to_string()).unwrap_or_default();
                 if let Some(worker) = &self.worker {
                     // Recorded before it goes: once sent it may happen, whatever comes back.
-                    bg::delete_record(h, worker, &granted, digest.as_ref().map(Digest::to_string).as_deref(), bg::Outcome::Sent);
+                    bg::delete_record(
+                        h,
+                        worker,
+                        &granted,
+                        digest.as_ref().map(Digest::to_string).as_deref(),
+                        bg::Outcome::Sent,
+                    );
                 }
                 let authority = self.authority.as_deref();
-                let repository = self.worker.as_ref().map_or_else(|| repository.clone(), |w| w.map_key(&repository, authority));
-                self.state = State::Overridden { repository, digest, granted, before: before.unwrap_or_default() };
+                let repository = self
+                    .worker
+                    .as_ref()
+                    .map_or_else(|| repository.clone(), |w| w.map_key(&repository, authority));
+                self.state =
+                    State::Overridden { repository, digest, granted, before: before.unwrap_or_default() };
                 self.resume(h, from, "break-glass")
             }
             Covered::Ask(c) => {
@@ -696,7 +811,10 @@ impl Filter {
             Covered::No(why, missing) => {
                 if why.is_some() {
                     if let Some(d) = err.detail.as_object_mut() {
-                        d.insert("not_covered".into(), Value::Array(missing.into_iter().map(Value::from).collect()));
+                        d.insert(
+                            "not_covered".into(),
+                            Value::Array(missing.into_iter().map(Value::from).collect()),
+                        );
                     }
                 }
                 bg::explain(&mut err, why);
@@ -715,7 +833,15 @@ pub fn root_answer(h: &dyn Host, worker: &Worker, token: u32, body_size: usize) 
 
 /// A delete break-glass let through has its outcome: recorded; the map forgets what it may
 /// have removed; windows go back only when the registry refused it.
-fn overridden(h: &dyn Host, worker: &Worker, repository: &str, digest: Option<Digest>, granted: &[Granted], before: &[u64], outcome: bg::Outcome) {
+fn overridden(
+    h: &dyn Host,
+    worker: &Worker,
+    repository: &str,
+    digest: Option<Digest>,
+    granted: &[Granted],
+    before: &[u64],
+    outcome: bg::Outcome,
+) {
     if outcome == bg::Outcome::Refused {
         for g in granted.iter() {
             bg::restore(h, worker, g);

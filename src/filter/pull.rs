@@ -19,7 +19,14 @@ use crate::verdict::pull::{accepts_every_stored_type, learned_digest, pinned_pat
 /// tag is mutable, the read is narrower than the tag's own manifest, or may reach another
 /// upstream: it goes as it came and teaches nothing), else whether the request now reads the
 /// digest. `key`: the repository as the map knows it (`Worker::map_key`).
-pub fn on_read(host: &dyn Host, worker: &Worker, repository: &str, key: &str, tag: &str, raw_path: &str) -> Option<bool> {
+pub fn on_read(
+    host: &dyn Host,
+    worker: &Worker,
+    repository: &str,
+    key: &str,
+    tag: &str,
+    raw_path: &str,
+) -> Option<bool> {
     if raw_path.contains('?') || !worker.config.policy.decide(repository, tag).immutable {
         return None;
     }

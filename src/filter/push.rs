@@ -23,12 +23,12 @@ use super::claims::{self, Claimed};
 use super::host::{Host, Level};
 use super::upstream::{self, Caller};
 use super::worker::Worker;
-use crate::verdict::break_glass::Action;
-use crate::store::claims::absence_still_fenced;
 use crate::config::OnUpstreamError;
-use crate::oci::digest::Digest;
 use crate::observability::metrics::Counter;
+use crate::oci::digest::Digest;
 use crate::oci::error::OciError;
+use crate::store::claims::absence_still_fenced;
+use crate::verdict::break_glass::Action;
 use crate::verdict::push::{judge, read_get, read_head, Current, Verdict};
 use serde_json::json;
 
@@ -89,7 +89,10 @@ enum Phase {
     /// Judged allowed: claiming the tags one at a time (`claims`).
     Claiming(Claiming),
     /// The PUT is on its way; `claims` are settled when it answers.
-    Writing { token: u32, claims: Vec<TagClaim> },
+    Writing {
+        token: u32,
+        claims: Vec<TagClaim>,
+    },
     /// The registry answered the PUT (or reset it).
     Written,
 }
@@ -171,7 +174,11 @@ pub enum Next {
     Release,
     Refuse(OciError, Vec<(&'static str, String)>),
     /// Answer the client with the registry's answer to the PUT.
-    Relay { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Relay {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
 }
 
 impl Push {
@@ -189,7 +196,8 @@ impl Push {
         let header = |name: &str| client_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         // The PUT the filter sends replays these headers: without them it cannot be sent as judged.
         let Some(path) = header(":path").map(str::to_string) else {
-            let msg = "immutable-tags could not read the request's headers; a push it cannot judge is refused";
+            let msg =
+                "immutable-tags could not read the request's headers; a push it cannot judge is refused";
             return Err(OciError::new(503, "UNAVAILABLE", msg, json!({"repository": repository})));
         };
         let first = checks.first().map(|(t, _)| t.clone()).unwrap_or_default();
@@ -234,7 +242,8 @@ impl Push {
         };
         let now = host.now_ms();
         for (tag, reason) in checks {
-            let cached = worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_view(&push.map_key, &tag, now));
+            let cached =
+                worker.cache.try_borrow_mut().ok().and_then(|mut c| c.get_view(&push.map_key, &tag, now));
             worker.count(host, if cached.is_some() { Counter::MapHits } else { Counter::MapMisses });
             let since_ms = cached.as_ref().map_or(now, |(_, learned, _)| *learned);
             let from_map = cached.is_some();
@@ -310,7 +319,8 @@ impl Push {
 
     /// Sends the HEAD that learns `tag`'s current digest, counted.
     fn send_head(&self, host: &dyn Host, worker: &Worker, tag: &str) -> Result<u32, String> {
-        let token = upstream::head_manifest(host, &worker.config.upstream, &self.caller, &self.repository, tag)?;
+        let token =
+            upstream::head_manifest(host, &worker.config.upstream, &self.caller, &self.repository, tag)?;
         worker.count(host, Counter::HeadCallsDispatched);
         Ok(token)
     }
@@ -368,13 +378,27 @@ impl Push {
             }
             None => {
                 let detail = json!({"repository": self.repository, "tag": self.first_tag()});
-                Next::Refuse(OciError::new(500, "MANIFEST_INVALID", "The filter could not read the manifest body", detail), Vec::new())
+                Next::Refuse(
+                    OciError::new(
+                        500,
+                        "MANIFEST_INVALID",
+                        "The filter could not read the manifest body",
+                        detail,
+                    ),
+                    Vec::new(),
+                )
             }
         }
     }
 
     /// A dispatched call answered: a HEAD of the check, or the PUT.
-    pub fn on_call_response(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
+    pub fn on_call_response(
+        &mut self,
+        host: &dyn Host,
+        worker: &Worker,
+        token: u32,
+        body_size: usize,
+    ) -> Next {
         if let Phase::Writing { token: t, .. } = &self.phase {
             return if *t == token { self.written(host, worker, body_size) } else { Next::Wait };
         }
@@ -391,14 +415,20 @@ impl Push {
             if l.token() != token {
                 return Next::Wait;
             }
-            let Phase::Unlocking(l) = std::mem::replace(&mut self.phase, Phase::Checking) else { return Next::Wait };
+            let Phase::Unlocking(l) = std::mem::replace(&mut self.phase, Phase::Checking) else {
+                return Next::Wait;
+            };
             let tag = l.tag.clone();
             match bg::looked_up(host, worker, *l, body_size) {
                 Grant::Ask(l) => self.phase = Phase::Unlocking(l),
                 Grant::Yes(g) => self.windows.push((tag, Ok(g))),
                 Grant::No(why) => self.windows.push((tag, Err(why))),
             }
-            return if matches!(self.phase, Phase::Checking) { self.decide(host, worker) } else { Next::Wait };
+            return if matches!(self.phase, Phase::Checking) {
+                self.decide(host, worker)
+            } else {
+                Next::Wait
+            };
         }
         if self.audit_pass || !self.checking() {
             return Next::Wait; // an answer the push no longer waits for
@@ -412,7 +442,11 @@ impl Push {
 
     /// A HEAD (or GET) of a tag's check answered.
     fn looked_up(&mut self, host: &dyn Host, worker: &Worker, token: u32, body_size: usize) -> Next {
-        let Some(check) = self.tags.iter_mut().find(|t| matches!(t.lookup, Lookup::Pending(x) | Lookup::Fetching(x) if x == token)) else {
+        let Some(check) = self
+            .tags
+            .iter_mut()
+            .find(|t| matches!(t.lookup, Lookup::Pending(x) | Lookup::Fetching(x) if x == token))
+        else {
             return Next::Wait;
         };
         let status = host.call_response_header(":status");
@@ -426,15 +460,33 @@ impl Push {
         match answer {
             Current::Present(d) => {
                 if let Ok(mut c) = worker.cache.try_borrow_mut() {
-                    c.put_ordered(&self.map_key, &check.tag, d.clone(), host.now_ms(), check.order, crate::store::tag_cache::Source::Head);
+                    c.put_ordered(
+                        &self.map_key,
+                        &check.tag,
+                        d.clone(),
+                        host.now_ms(),
+                        check.order,
+                        crate::store::tag_cache::Source::Head,
+                    );
                 }
                 check.lookup = Lookup::Known(Some(d));
             }
             Current::Absent => check.lookup = Lookup::Known(None),
             Current::NoDigest if matches!(check.lookup, Lookup::Pending(_)) => {
-                match upstream::get_manifest(host, &worker.config.upstream, &self.caller, &self.repository, &check.tag) {
+                match upstream::get_manifest(
+                    host,
+                    &worker.config.upstream,
+                    &self.caller,
+                    &self.repository,
+                    &check.tag,
+                ) {
                     Ok(token) => check.lookup = Lookup::Fetching(token),
-                    Err(why) => return Next::Refuse(OciError::upstream(&self.repository, &check.tag, &why), Vec::new()),
+                    Err(why) => {
+                        return Next::Refuse(
+                            OciError::upstream(&self.repository, &check.tag, &why),
+                            Vec::new(),
+                        )
+                    }
                 }
                 return Next::Wait;
             }
@@ -444,13 +496,24 @@ impl Push {
                 } else {
                     ("DENIED", "requested access to the resource is denied")
                 };
-                let err = OciError::new(status, code, msg, json!({"repository": self.repository, "tag": check.tag}));
+                let err = OciError::new(
+                    status,
+                    code,
+                    msg,
+                    json!({"repository": self.repository, "tag": check.tag}),
+                );
                 let challenge = host.call_response_header("www-authenticate");
                 return Next::Refuse(err, challenge.map(|c| ("www-authenticate", c)).into_iter().collect());
             }
             // `allow` only for the registry's own answer, never for one Envoy made up.
-            Current::Unknown { reason } if worker.config.on_upstream_error == OnUpstreamError::Allow && upstream::from_registry(host) => {
-                let msg = format!("immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)", self.repository, check.tag);
+            Current::Unknown { reason }
+                if worker.config.on_upstream_error == OnUpstreamError::Allow
+                    && upstream::from_registry(host) =>
+            {
+                let msg = format!(
+                    "immutable-tags: {}:{}: {reason}; allowed (on_upstream_error = allow)",
+                    self.repository, check.tag
+                );
                 host.log(Level::Warn, &msg);
                 (check.lookup, check.since_ms, check.order) = (Lookup::Known(None), NO_VIEW, 0);
             }
@@ -492,7 +555,10 @@ impl Push {
         let stale: Vec<String> = self
             .tags
             .iter()
-            .filter(|t| t.from_map && matches!(&t.lookup, Lookup::Known(Some(d)) if *d != Digest::of(d.algorithm(), body)))
+            .filter(|t| {
+                t.from_map
+                    && matches!(&t.lookup, Lookup::Known(Some(d)) if *d != Digest::of(d.algorithm(), body))
+            })
             .map(|t| t.tag.clone())
             .collect();
         if !stale.is_empty() {
@@ -514,7 +580,12 @@ impl Push {
                     worker.count(host, c);
                 }
                 let wants = wants.into_iter().rev().collect();
-                self.phase = Phase::Claiming(Claiming { wants, taken: Vec::new(), in_flight: None, started_ms: host.now_ms() });
+                self.phase = Phase::Claiming(Claiming {
+                    wants,
+                    taken: Vec::new(),
+                    in_flight: None,
+                    started_ms: host.now_ms(),
+                });
                 self.claim_next(host, worker)
             }
             Judged::Ask(l) => {
@@ -547,7 +618,13 @@ impl Push {
 
     /// Judges every tag against the body: the tags to claim and the break-glass overrides
     /// granted (into `overrides`), or the overwrite refused, or a window to ask etcd for.
-    fn judge(&self, host: &dyn Host, worker: &Worker, body: &[u8], overrides: &mut Vec<(Granted, String, String)>) -> Judged {
+    fn judge(
+        &self,
+        host: &dyn Host,
+        worker: &Worker,
+        body: &[u8],
+        overrides: &mut Vec<(Granted, String, String)>,
+    ) -> Judged {
         let sha256 = Digest::sha256(body);
         let mut counters = Vec::new();
         let mut allowed = Vec::new();
@@ -565,7 +642,9 @@ impl Push {
                     let grant = match self.windows.iter().find(|(tag, _)| *tag == t.tag) {
                         Some((_, Ok(g))) => Grant::Yes(g.clone()),
                         Some((_, Err(why))) => Grant::No(why.clone()),
-                        None => bg::grant(host, worker, Action::Overwrite, &self.repository, &t.tag, &self.asked),
+                        None => {
+                            bg::grant(host, worker, Action::Overwrite, &self.repository, &t.tag, &self.asked)
+                        }
                     };
                     match grant {
                         // Judged as allowed from here on: claimed like any other write.
@@ -581,13 +660,30 @@ impl Push {
                     }
                 }
             }
-            let (tag, reason, absent, since_ms, order) = (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms, t.order);
-            allowed.push(Want { tag, reason, absent, from_map: t.from_map, pushed: pushed.to_string(), since_ms, order });
+            let (tag, reason, absent, since_ms, order) =
+                (t.tag.clone(), t.reason.clone(), current.is_none(), t.since_ms, t.order);
+            allowed.push(Want {
+                tag,
+                reason,
+                absent,
+                from_map: t.from_map,
+                pushed: pushed.to_string(),
+                since_ms,
+                order,
+            });
         }
         Judged::Allowed(counters, allowed)
     }
 
-    fn conflict(&self, worker: &Worker, tag: &str, reason: &str, current: &str, pushed: &str, in_flight: Option<String>) -> OciError {
+    fn conflict(
+        &self,
+        worker: &Worker,
+        tag: &str,
+        reason: &str,
+        current: &str,
+        pushed: &str,
+        in_flight: Option<String>,
+    ) -> OciError {
         let mut detail = json!({
             "repository": self.repository,
             "tag": tag,
@@ -622,15 +718,29 @@ impl Push {
             // commit (found by the simulation, seed 111888). A digest can only go stale where
             // tags can change through the filter.
             let may_be_stale = want.absent || worker.config.tags_can_change();
-            if may_be_stale && want.since_ms != NO_VIEW && !absence_still_fenced(want.since_ms, host.now_ms(), ttl_ms / 2) {
+            if may_be_stale
+                && want.since_ms != NO_VIEW
+                && !absence_still_fenced(want.since_ms, host.now_ms(), ttl_ms / 2)
+            {
                 self.give_back(host, worker);
                 let why = "the push took longer than half of claims.ttl_seconds; retry it";
                 return Next::Refuse(OciError::upstream(&self.repository, &want.tag, why), Vec::new());
             }
             if !worker.client_may_claim(&self.client, host.now_ms()) {
                 self.give_back(host, worker);
-                let why = format!("this client holds {} claims in flight already; retry once they are answered", super::worker::MAX_CLAIMS_PER_CLIENT);
-                return Next::Refuse(OciError::new(429, "TOOMANYREQUESTS", &why, json!({"repository": self.repository, "tag": want.tag})), Vec::new());
+                let why = format!(
+                    "this client holds {} claims in flight already; retry once they are answered",
+                    super::worker::MAX_CLAIMS_PER_CLIENT
+                );
+                return Next::Refuse(
+                    OciError::new(
+                        429,
+                        "TOOMANYREQUESTS",
+                        &why,
+                        json!({"repository": self.repository, "tag": want.tag}),
+                    ),
+                    Vec::new(),
+                );
             }
             let view = claims::View { order: want.order, absent: want.absent };
             let result = claims::claim(host, worker, &self.repository, &want.tag, &want.pushed, view);
@@ -643,10 +753,15 @@ impl Push {
             if host.now_ms().saturating_sub(c.started_ms) >= worker.config.claims.ttl_ms / 2 {
                 self.give_back(host, worker);
                 let why = "the claims took half of claims.ttl_seconds or more; retry the push";
-                return Next::Refuse(OciError::upstream(&self.repository, &self.first_tag(), why), Vec::new());
+                return Next::Refuse(
+                    OciError::upstream(&self.repository, &self.first_tag(), why),
+                    Vec::new(),
+                );
             }
         }
-        let Phase::Claiming(c) = std::mem::replace(&mut self.phase, Phase::Checking) else { return Next::Wait };
+        let Phase::Claiming(c) = std::mem::replace(&mut self.phase, Phase::Checking) else {
+            return Next::Wait;
+        };
         self.write(host, worker, c.taken)
     }
 
@@ -670,7 +785,9 @@ impl Push {
             // rests on what the client may see, and break-glass gets to judge the overwrite.
             // So is a HEAD's view once (etcd: the worker's order may have lagged; the claim's
             // answer brought it up to date, so the HEAD sent now is ordered after the change).
-            Claimed::Conflict { committed: true, .. } if want.from_map || (!want.absent && !self.rechecked) => {
+            Claimed::Conflict { committed: true, .. }
+                if want.from_map || (!want.absent && !self.rechecked) =>
+            {
                 self.rechecked |= !want.from_map;
                 Some(self.recheck(host, worker, &want.tag))
             }
@@ -684,15 +801,24 @@ impl Push {
                 // brought it up to date, so a retry is judged on the registry's word now.
                 let in_flight = match committed {
                     false => Some(format!("a push of tag '{tag}' with digest {digest} is in flight")),
-                    true if !want.absent => Some(format!("tag '{tag}' changed to {digest} while this push was judged; retry it")),
+                    true if !want.absent => {
+                        Some(format!("tag '{tag}' changed to {digest} while this push was judged; retry it"))
+                    }
                     true => None,
                 };
-                Some(Next::Refuse(self.conflict(worker, tag, &want.reason, &digest, pushed, in_flight), Vec::new()))
+                Some(Next::Refuse(
+                    self.conflict(worker, tag, &want.reason, &digest, pushed, in_flight),
+                    Vec::new(),
+                ))
             }
             Claimed::Fenced => {
                 self.give_back(host, worker);
                 // 409 DENIED: retrying later is the answer, not another digest.
-                let mut err = OciError::upstream(&self.repository, &want.tag, "a delete of this manifest is in flight; retry the push");
+                let mut err = OciError::upstream(
+                    &self.repository,
+                    &want.tag,
+                    "a delete of this manifest is in flight; retry the push",
+                );
                 (err.status, err.code) = (409, "DENIED".into());
                 Some(Next::Refuse(err, Vec::new()))
             }
@@ -729,7 +855,9 @@ impl Push {
     /// Asks the registry again what `tag` holds (the map's word on it is in doubt): its check
     /// waits for the HEAD.
     fn ask_again(&mut self, host: &dyn Host, worker: &Worker, tag: &str) -> Result<(), OciError> {
-        let (lookup, order) = self.order_then_head(host, worker, tag).map_err(|why| OciError::upstream(&self.repository, tag, &why))?;
+        let (lookup, order) = self
+            .order_then_head(host, worker, tag)
+            .map_err(|why| OciError::upstream(&self.repository, tag, &why))?;
         if let Some(t) = self.tags.iter_mut().find(|t| t.tag == tag) {
             (t.lookup, t.from_map, t.since_ms, t.order) = (lookup, false, host.now_ms(), order);
         }
@@ -771,7 +899,8 @@ impl Push {
         if let (false, Some(bg)) = (self.overrides.is_empty(), &worker.config.break_glass) {
             headers.to_mut().retain(|(k, _)| !bg.strips(k));
         }
-        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &headers, body) {
+        match upstream::put_manifest(host, &worker.config.upstream, &self.caller, &self.path, &headers, body)
+        {
             Ok(token) => {
                 self.phase = Phase::Writing { token, claims };
                 // The host copied the bytes into the call: none of a manifest stays in wasm
@@ -791,7 +920,9 @@ impl Push {
 
     /// The registry answered the PUT: settle the claims, teach the map, relay the answer.
     fn written(&mut self, host: &dyn Host, worker: &Worker, body_size: usize) -> Next {
-        let Phase::Writing { claims, .. } = std::mem::replace(&mut self.phase, Phase::Written) else { return Next::Wait };
+        let Phase::Writing { claims, .. } = std::mem::replace(&mut self.phase, Phase::Written) else {
+            return Next::Wait;
+        };
         let status = host.call_response_header(":status").and_then(|s| s.trim().parse::<u16>().ok());
         let tags: Vec<String> = self.tags.iter().map(|t| t.tag.clone()).collect();
         let forget_all = |worker: &Worker| {
@@ -816,7 +947,8 @@ impl Push {
             // change like a claimed write's, so that a map elsewhere (a kept enforce instance, a
             // replica) that still holds the old digest is sent back to the registry.
             if self.audit_pass {
-                if let Some(d) = digest.as_ref().map(|d| d.to_string()).or_else(|| self.audit_digest.clone()) {
+                if let Some(d) = digest.as_ref().map(|d| d.to_string()).or_else(|| self.audit_digest.clone())
+                {
                     for t in &tags {
                         claims::commit(host, worker, &self.repository, t, &d, claims::NO_HOLD);
                     }
@@ -832,7 +964,14 @@ impl Push {
                         // (a change after it refuses the entry; so may this commit: a recheck).
                         (Some(d), true) if status == 201 => {
                             let order = self.tags.iter().find(|c| c.tag == *t).map_or(0, |c| c.order);
-                            cache.put_ordered(&self.map_key, t, d.clone(), host.now_ms(), order, crate::store::tag_cache::Source::Push)
+                            cache.put_ordered(
+                                &self.map_key,
+                                t,
+                                d.clone(),
+                                host.now_ms(),
+                                order,
+                                crate::store::tag_cache::Source::Push,
+                            )
                         }
                         _ => cache.forget(&self.map_key, t),
                     }
@@ -853,7 +992,8 @@ impl Push {
             .into_iter()
             .filter(|(k, _)| upstream::relayed_response_header(k))
             .collect();
-        let body = if body_size == 0 { Vec::new() } else { host.call_response_body(body_size).unwrap_or_default() };
+        let body =
+            if body_size == 0 { Vec::new() } else { host.call_response_body(body_size).unwrap_or_default() };
         Next::Relay { status, headers, body }
     }
 
@@ -878,7 +1018,10 @@ impl Push {
         let mut push = self;
         push.give_back(host, worker);
         if let Phase::Writing { .. } = push.phase {
-            host.log(Level::Info, &format!("immutable-tags: {}: the client left while its push was written", push.repository));
+            host.log(
+                Level::Info,
+                &format!("immutable-tags: {}: the client left while its push was written", push.repository),
+            );
             if let Ok(mut cache) = worker.cache.try_borrow_mut() {
                 for t in &push.tags {
                     cache.forget(&push.map_key, &t.tag);
@@ -918,8 +1061,13 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
     let Some(mut push) = orphan else { return false };
     worker.count(host, Counter::OrphansSettled);
     if let Next::Relay { status, .. } = push.written(host, worker, body_size) {
-        host.log(Level::Info, &format!("immutable-tags: {}: the registry answered {status} to a push whose client left", push.repository));
+        host.log(
+            Level::Info,
+            &format!(
+                "immutable-tags: {}: the registry answered {status} to a push whose client left",
+                push.repository
+            ),
+        );
     }
     true
 }
-

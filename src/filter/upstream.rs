@@ -21,7 +21,10 @@ pub struct Caller {
 
 impl Caller {
     pub fn of(host: &dyn Host) -> Caller {
-        Caller { authority: host.request_header(":authority"), authorization: host.request_header("authorization") }
+        Caller {
+            authority: host.request_header(":authority"),
+            authorization: host.request_header("authorization"),
+        }
     }
 }
 
@@ -38,7 +41,10 @@ impl Caller {
 /// pull quota, 400, 412, ...) is the registry's word about this request, which an attacker can
 /// provoke at will, so it never opens `allow`.
 pub fn from_registry(host: &dyn Host) -> bool {
-    let server_error = host.call_response_header(":status").and_then(|s| s.trim().parse::<u16>().ok()).is_some_and(|c| (500..600).contains(&c));
+    let server_error = host
+        .call_response_header(":status")
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .is_some_and(|c| (500..600).contains(&c));
     server_error && host.call_response_header("x-envoy-upstream-service-time").is_some()
 }
 
@@ -56,24 +62,48 @@ fn dispatch_error(upstream: &Upstream, method: &str, why: &str) -> String {
 
 /// Dispatches `HEAD /v2/<repository>/manifests/<tag>` with the client's credentials.
 /// `repository` and `tag` are already validated against the OCI grammar: no escaping needed.
-pub fn head_manifest(host: &dyn Host, upstream: &Upstream, caller: &Caller, repository: &str, tag: &str) -> Result<u32, String> {
+pub fn head_manifest(
+    host: &dyn Host,
+    upstream: &Upstream,
+    caller: &Caller,
+    repository: &str,
+    tag: &str,
+) -> Result<u32, String> {
     let path = format!("/v2/{repository}/manifests/{tag}");
     read(host, upstream, caller, "HEAD", &path, MANIFEST_ACCEPT)
 }
 
 /// Dispatches `GET /v2/<repository>/manifests/<tag>` (same Accept and credentials as the HEAD):
 /// for a registry whose HEAD carries no digest, the digest is the hash of this body.
-pub fn get_manifest(host: &dyn Host, upstream: &Upstream, caller: &Caller, repository: &str, tag: &str) -> Result<u32, String> {
+pub fn get_manifest(
+    host: &dyn Host,
+    upstream: &Upstream,
+    caller: &Caller,
+    repository: &str,
+    tag: &str,
+) -> Result<u32, String> {
     let path = format!("/v2/{repository}/manifests/{tag}");
     read(host, upstream, caller, "GET", &path, MANIFEST_ACCEPT)
 }
 
 /// Dispatches `GET <path>` for a `tags/list` page with the client's credentials.
-pub fn get_tags_list(host: &dyn Host, upstream: &Upstream, caller: &Caller, path: &str) -> Result<u32, String> {
+pub fn get_tags_list(
+    host: &dyn Host,
+    upstream: &Upstream,
+    caller: &Caller,
+    path: &str,
+) -> Result<u32, String> {
     read(host, upstream, caller, "GET", path, "application/json")
 }
 
-fn read(host: &dyn Host, upstream: &Upstream, caller: &Caller, method: &str, path: &str, accept: &str) -> Result<u32, String> {
+fn read(
+    host: &dyn Host,
+    upstream: &Upstream,
+    caller: &Caller,
+    method: &str,
+    path: &str,
+    accept: &str,
+) -> Result<u32, String> {
     let authority = authority(upstream, caller, method)?;
     let mut headers = vec![
         (":method", method),
@@ -94,9 +124,21 @@ fn read(host: &dyn Host, upstream: &Upstream, caller: &Caller, method: &str, pat
 fn hop_by_hop(name: &str) -> bool {
     matches!(
         name,
-        ":method" | ":path" | ":authority" | ":scheme" | ":protocol" | "host" | "content-length"
-            | "transfer-encoding" | "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer"
-            | "upgrade" | "expect"
+        ":method"
+            | ":path"
+            | ":authority"
+            | ":scheme"
+            | ":protocol"
+            | "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
     )
 }
 
@@ -112,7 +154,8 @@ pub fn put_manifest(
 ) -> Result<u32, String> {
     let authority = authority(upstream, caller, "PUT")?;
     let mut headers: Vec<(&str, &str)> = vec![(":method", "PUT"), (":path", path), (":authority", authority)];
-    headers.extend(client_headers.iter().filter(|(k, _)| !hop_by_hop(k)).map(|(k, v)| (k.as_str(), v.as_str())));
+    headers
+        .extend(client_headers.iter().filter(|(k, _)| !hop_by_hop(k)).map(|(k, v)| (k.as_str(), v.as_str())));
     host.dispatch(&upstream.cluster, &headers, Some(body), upstream.write_timeout_ms)
         .map_err(|why| dispatch_error(upstream, "PUT", &why))
 }
@@ -122,7 +165,15 @@ pub fn relayed_response_header(name: &str) -> bool {
     !name.starts_with(':')
         && !matches!(
             name,
-            "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "proxy-connection" | "te"
-                | "trailer" | "upgrade" | "date" | "server"
+            "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "date"
+                | "server"
         )
 }

@@ -1,8 +1,8 @@
 //! What the HTTP contexts of one worker share: one VM per worker thread, so no locking.
 use super::host::Host;
-use crate::store::tag_cache::TagCache;
 use crate::config::Config;
 use crate::observability::metrics::Counter;
+use crate::store::tag_cache::TagCache;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -56,7 +56,16 @@ impl Worker {
         };
         let cache = TagCache::new(config.cache.max_entries, ttl_seconds);
         let counters = Counter::ALL.iter().map(|c| host.define_counter(&c.name())).collect();
-        Worker { config, cache: RefCell::new(cache), pending: super::Pending::default(), counters, registry_auth: Cell::new(None), auth_probe: Cell::new((None, 0)), holds_headers: Cell::new(false), client_claims: RefCell::default() }
+        Worker {
+            config,
+            cache: RefCell::new(cache),
+            pending: super::Pending::default(),
+            counters,
+            registry_auth: Cell::new(None),
+            auth_probe: Cell::new((None, 0)),
+            holds_headers: Cell::new(false),
+            client_claims: RefCell::default(),
+        }
     }
 
     /// Whether `client` may take one more claim now (fewer than the bound live).

@@ -28,12 +28,7 @@ pub fn refusal_record(
     rule: Option<&str>,
     req: &RequestInfo,
 ) -> Value {
-    let detail = |k: &str| {
-        err.detail
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let detail = |k: &str| err.detail.get(k).and_then(Value::as_str).map(str::to_string);
     let mut record = json!({
         "event": EVENT,
         "mode": mode.as_str(),
@@ -128,13 +123,7 @@ mod tests {
     #[test]
     fn audit_mode_says_would_refuse_and_missing_fields_are_null() {
         let err = OciError::unclassifiable("NAME_INVALID", "bad", "/v2/A/manifests/x\ny");
-        let r = refusal_record(
-            Mode::Audit,
-            Refusal::Invalid,
-            &err,
-            None,
-            &RequestInfo::default(),
-        );
+        let r = refusal_record(Mode::Audit, Refusal::Invalid, &err, None, &RequestInfo::default());
         assert_eq!(r["action"], "would_refuse");
         assert_eq!(r["mode"], "audit");
         assert_eq!(r["kind"], "invalid_request");
@@ -152,10 +141,7 @@ mod tests {
         ] {
             assert!(r[k].is_null(), "{k}");
         }
-        assert!(
-            !r.to_string().contains('\n'),
-            "control characters are escaped"
-        );
+        assert!(!r.to_string().contains('\n'), "control characters are escaped");
     }
 
     #[test]
@@ -187,9 +173,6 @@ mod tests {
     #[test]
     fn subject_reads_the_detail() {
         assert_eq!(subject(&overwrite()), Some(("prod/api", "v1.4.2")));
-        assert_eq!(
-            subject(&OciError::unclassifiable("NAME_INVALID", "bad", "/x")),
-            None
-        );
+        assert_eq!(subject(&OciError::unclassifiable("NAME_INVALID", "bad", "/x")), None);
     }
 }

@@ -201,18 +201,11 @@ mod tests {
         let names: Vec<String> = Counter::ALL.iter().map(|c| c.name()).collect();
         for (i, n) in names.iter().enumerate() {
             assert!(n.starts_with("immutable_tags."), "{n}");
-            assert!(
-                n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
-                "{n}"
-            );
+            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'), "{n}");
             assert!(!names[..i].contains(n), "duplicate {n}");
             assert_eq!(Counter::ALL[Counter::ALL[i].index()], Counter::ALL[i]);
         }
-        assert_eq!(
-            Counter::OverwritesRefused.name(),
-            "immutable_tags.overwrites_refused"
-        );
+        assert_eq!(Counter::OverwritesRefused.name(), "immutable_tags.overwrites_refused");
     }
 
     #[test]
@@ -222,24 +215,15 @@ mod tests {
         assert_eq!(Refusal::of("delete", 409, "TAG_IMMUTABLE"), Refusal::Delete);
         assert_eq!(Refusal::of("DELETE", 405, "UNSUPPORTED"), Refusal::Delete);
         assert_eq!(Refusal::of("DELETE", 400, "NAME_INVALID"), Refusal::Invalid);
-        assert_eq!(
-            Refusal::of("PUT", 400, "MANIFEST_INVALID"),
-            Refusal::Invalid
-        );
+        assert_eq!(Refusal::of("PUT", 400, "MANIFEST_INVALID"), Refusal::Invalid);
         assert_eq!(Refusal::of("PUT", 503, "UNAVAILABLE"), Refusal::Upstream);
         assert_eq!(Refusal::of("DELETE", 503, "UNAVAILABLE"), Refusal::Upstream);
         // Either sign is enough: a 503 of any code, or an UNAVAILABLE under another status.
         assert_eq!(Refusal::of("PUT", 503, "UNKNOWN"), Refusal::Upstream);
         assert_eq!(Refusal::of("PUT", 500, "UNAVAILABLE"), Refusal::Upstream);
-        assert_eq!(
-            Refusal::of("PUT", 401, "UNAUTHORIZED"),
-            Refusal::Unauthorized
-        );
+        assert_eq!(Refusal::of("PUT", 401, "UNAUTHORIZED"), Refusal::Unauthorized);
         assert_eq!(Refusal::of("PUT", 403, "DENIED"), Refusal::Unauthorized);
-        assert_eq!(
-            Refusal::of("PUT", 500, "MANIFEST_INVALID"),
-            Refusal::Internal
-        );
+        assert_eq!(Refusal::of("PUT", 500, "MANIFEST_INVALID"), Refusal::Internal);
         assert_eq!(Refusal::Delete.counter(), Counter::DeletesRefused);
         assert_eq!(Refusal::Upstream.as_str(), "upstream_error");
     }

@@ -44,10 +44,7 @@ impl Digest {
         };
         let ok = hex.len() == algorithm.hex_len()
             && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        ok.then(|| Digest {
-            algorithm,
-            hex: hex.to_string(),
-        })
+        ok.then(|| Digest { algorithm, hex: hex.to_string() })
     }
 
     pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Digest {

@@ -14,12 +14,7 @@ pub struct OciError {
 
 impl OciError {
     pub fn new(status: u16, code: &str, message: impl Into<String>, detail: Value) -> Self {
-        OciError {
-            status,
-            code: code.to_string(),
-            message: message.into(),
-            detail,
-        }
+        OciError { status, code: code.to_string(), message: message.into(), detail }
     }
 
     /// A request the filter cannot classify with certainty: refused, never passed on.

@@ -94,7 +94,12 @@ pub fn classify_with(method: &str, raw_path: &str, max_tags: usize) -> Request {
         Some(p) => p,
         // A write whose path cannot be decoded cannot be judged, whatever its raw spelling says
         // (`%6danifests/...%A3`: HTTP/2's bytes >= 0x80 arrive escaped; found by the fuzzer).
-        None => return refuse("NAME_INVALID", "Malformed or non-UTF-8 percent-encoding in a path the filter must judge"),
+        None => {
+            return refuse(
+                "NAME_INVALID",
+                "Malformed or non-UTF-8 percent-encoding in a path the filter must judge",
+            )
+        }
     };
     if !mentions_manifests(&path) {
         return Request::Other;
@@ -183,14 +188,23 @@ fn blob_delete(raw: &str, raw_path: &str) -> Option<Request> {
 /// GitLab's registry deletes a tag with `DELETE /v2/<name>/tags/reference/<tag>`: judged as
 /// the tag delete it is; anything unreadable that says "reference" is refused.
 fn tag_reference_delete(raw: &str, raw_path: &str) -> Option<Request> {
-    let invalid = || Some(Request::Invalid(OciError::unclassifiable("NAME_INVALID", "Unreadable tags/reference delete path", raw_path)));
+    let invalid = || {
+        Some(Request::Invalid(OciError::unclassifiable(
+            "NAME_INVALID",
+            "Unreadable tags/reference delete path",
+            raw_path,
+        )))
+    };
     let says = |p: &str| p.to_ascii_lowercase().contains("reference");
     let Some(path) = decode(raw) else { return if says(raw) { invalid() } else { None } };
     let at = rfind_ignore_case(&path, "/tags/reference/")?;
     let tag = path.get(at + "/tags/reference/".len()..)?;
     let name = path.get(..at).and_then(|p| strip_prefix_ignore_case(p, "/v2/"));
     match name {
-        Some(n) if is_valid_name(n) && is_valid_tag(tag) => Some(Request::ManifestDelete { repository: n.to_string(), reference: Reference::Tag(tag.to_string()) }),
+        Some(n) if is_valid_name(n) && is_valid_tag(tag) => Some(Request::ManifestDelete {
+            repository: n.to_string(),
+            reference: Reference::Tag(tag.to_string()),
+        }),
         _ => invalid(),
     }
 }
@@ -204,12 +218,15 @@ pub fn may_name_blobs(raw_path: &str) -> bool {
 /// Headers some frameworks honour in place of the method. distribution ignores them, but a
 /// proxy or framework between Envoy and the registry might not, turning a request the filter
 /// took for a read into a write: on a manifests or blob path they are refused.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
+    ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// A `_method` query key (any case, any escape), which some frameworks honour as the method.
 pub fn query_overrides_method(raw_path: &str) -> bool {
     let q = raw_path.split_once('?').map_or("", |(_, q)| q);
-    q.split(['&', ';']).any(|kv| decode(kv.split_once('=').map_or(kv, |(k, _)| k)).is_some_and(|k| k.eq_ignore_ascii_case("_method")))
+    q.split(['&', ';']).any(|kv| {
+        decode(kv.split_once('=').map_or(kv, |(k, _)| k)).is_some_and(|k| k.eq_ignore_ascii_case("_method"))
+    })
 }
 
 /// Cheap pre-filter, no allocation: a path (query aside) with no escape that never says
@@ -234,9 +251,7 @@ fn decode(s: &str) -> Option<String> {
     let mut i = 0;
     while let Some(pos) = b.get(i..).and_then(|t| t.iter().position(|&c| c == b'%')) {
         let at = i + pos;
-        let hex_ok = b
-            .get(at + 1..at + 3)
-            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let hex_ok = b.get(at + 1..at + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
         if !hex_ok {
             return None;
         }
@@ -246,9 +261,7 @@ fn decode(s: &str) -> Option<String> {
 }
 
 fn mentions_manifests(path: &str) -> bool {
-    path.as_bytes()
-        .windows("manifests".len())
-        .any(|w| w.eq_ignore_ascii_case(b"manifests"))
+    path.as_bytes().windows("manifests".len()).any(|w| w.eq_ignore_ascii_case(b"manifests"))
 }
 
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
@@ -312,9 +325,7 @@ pub fn is_valid_tag(tag: &str) -> bool {
     };
     b.len() <= 128
         && (first.is_ascii_alphanumeric() || *first == b'_')
-        && rest
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && rest.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]
@@ -338,7 +349,11 @@ mod tests {
     fn plain_tag_push() {
         assert_eq!(
             put("/v2/team/app/manifests/v1.2.3"),
-            Request::ManifestPut { repository: "team/app".into(), reference: tag("v1.2.3"), tags: vec!["v1.2.3".into()] }
+            Request::ManifestPut {
+                repository: "team/app".into(),
+                reference: tag("v1.2.3"),
+                tags: vec!["v1.2.3".into()]
+            }
         );
     }
 
@@ -346,11 +361,19 @@ mod tests {
     fn path_is_decoded_like_the_registry_does() {
         assert_eq!(
             put("/v2/test%2Fapp/manifests/v%31"),
-            Request::ManifestPut { repository: "test/app".into(), reference: tag("v1"), tags: vec!["v1".into()] }
+            Request::ManifestPut {
+                repository: "test/app".into(),
+                reference: tag("v1"),
+                tags: vec!["v1".into()]
+            }
         );
         assert_eq!(
             put("/v2/app/%6danifests/v%2e1%2D2"),
-            Request::ManifestPut { repository: "app".into(), reference: tag("v.1-2"), tags: vec!["v.1-2".into()] }
+            Request::ManifestPut {
+                repository: "app".into(),
+                reference: tag("v.1-2"),
+                tags: vec!["v.1-2".into()]
+            }
         );
     }
 
@@ -358,7 +381,11 @@ mod tests {
     fn name_may_contain_a_manifests_component() {
         assert_eq!(
             put("/v2/a/manifests/b/manifests/v1"),
-            Request::ManifestPut { repository: "a/manifests/b".into(), reference: tag("v1"), tags: vec!["v1".into()] }
+            Request::ManifestPut {
+                repository: "a/manifests/b".into(),
+                reference: tag("v1"),
+                tags: vec!["v1".into()]
+            }
         );
     }
 
@@ -371,7 +398,11 @@ mod tests {
         let d = Digest::sha256(b"m");
         assert_eq!(
             put(&format!("/v2/app/manifests/{d}?tag=a&tag=b&x=1&tag=a")),
-            Request::ManifestPut { repository: "app".into(), reference: Reference::Digest(d.clone()), tags: vec!["a".into(), "b".into()] }
+            Request::ManifestPut {
+                repository: "app".into(),
+                reference: Reference::Digest(d.clone()),
+                tags: vec!["a".into(), "b".into()]
+            }
         );
         assert_eq!(
             put(&format!("/v2/app/manifests/{d}")),
@@ -410,24 +441,33 @@ mod tests {
 
     #[test]
     fn a_semicolon_in_a_write_query_is_refused() {
-        for p in ["/v2/app/manifests/v1?x=1;tag=v2", "/v2/app/manifests/v1?;", "/v2/app/manifests/v1?tag=a;b"] {
+        for p in ["/v2/app/manifests/v1?x=1;tag=v2", "/v2/app/manifests/v1?;", "/v2/app/manifests/v1?tag=a;b"]
+        {
             assert!(is_invalid(&put(p)), "{p}");
             assert!(is_invalid(&classify("DELETE", p)), "{p}");
             assert!(matches!(classify("GET", p), Request::ManifestRead { .. }), "{p}");
         }
-        assert!(matches!(put("/v2/app/manifests/v1?x=%3B"), Request::ManifestPut { .. }), "an encoded ';' splits nothing");
+        assert!(
+            matches!(put("/v2/app/manifests/v1?x=%3B"), Request::ManifestPut { .. }),
+            "an encoded ';' splits nothing"
+        );
     }
 
     #[test]
     fn tag_parameters_past_the_cap_are_refused() {
         let d = Digest::sha256(b"m");
         let query = |n: usize| (0..n).map(|i| format!("tag=t{i}")).collect::<Vec<_>>().join("&");
-        assert!(matches!(put(&format!("/v2/app/manifests/{d}?{}", query(16))), Request::ManifestPut { ref tags, .. } if tags.len() == 16));
+        assert!(
+            matches!(put(&format!("/v2/app/manifests/{d}?{}", query(16))), Request::ManifestPut { ref tags, .. } if tags.len() == 16)
+        );
         let over = put(&format!("/v2/app/manifests/{d}?{}", query(17)));
         assert!(is_invalid(&over), "{over:?}");
         // Repeats count: the cap bounds the work of reading the query too.
         assert!(is_invalid(&put(&format!("/v2/app/manifests/v1?{}", ["tag=v1"; 17].join("&")))));
-        assert!(matches!(classify_with("PUT", &format!("/v2/app/manifests/{d}?{}", query(3)), 2), Request::Invalid(_)));
+        assert!(matches!(
+            classify_with("PUT", &format!("/v2/app/manifests/{d}?{}", query(3)), 2),
+            Request::Invalid(_)
+        ));
         assert!(matches!(classify_with("PUT", "/v2/app/manifests/v1?tag=v2", 0), Request::Invalid(_)));
         assert!(matches!(classify_with("PUT", "/v2/app/manifests/v1", 0), Request::ManifestPut { .. }));
         let Request::Invalid(e) = over else { unreachable!() };
@@ -458,10 +498,23 @@ mod tests {
 
     #[test]
     fn pre_filter_lets_through_only_what_may_name_manifests() {
-        for p in ["/v2/app/manifests/v1", "/v2/app/MANIFESTS/v1", "/v2/app/%6danifests/v1", "/v2/a%2fb/blobs/x", "/v2/%zz"] {
+        for p in [
+            "/v2/app/manifests/v1",
+            "/v2/app/MANIFESTS/v1",
+            "/v2/app/%6danifests/v1",
+            "/v2/a%2fb/blobs/x",
+            "/v2/%zz",
+        ] {
             assert!(may_name_manifests(p), "{p}");
         }
-        for p in ["/v2/", "/v2/_catalog", "/v2/app/tags/list", "/v2/app/blobs/uploads/x?manifests", "/v2/app/blobs/x?a=%6d", ""] {
+        for p in [
+            "/v2/",
+            "/v2/_catalog",
+            "/v2/app/tags/list",
+            "/v2/app/blobs/uploads/x?manifests",
+            "/v2/app/blobs/x?a=%6d",
+            "",
+        ] {
             assert!(!may_name_manifests(p), "{p}");
         }
     }
@@ -506,13 +559,21 @@ mod tests_blobs {
             ("/v2/app/blobs/whatever".to_string(), blob("app")),
             // An upload's cancel is no blob delete; a tag delete in a repository named "blobs".
             ("/v2/app/blobs/uploads/0f3c".to_string(), Request::Other),
-            ("/v2/a/blobs/b/manifests/v1".to_string(), Request::ManifestDelete { repository: "a/blobs/b".into(), reference: Reference::Tag("v1".into()) }),
+            (
+                "/v2/a/blobs/b/manifests/v1".to_string(),
+                Request::ManifestDelete {
+                    repository: "a/blobs/b".into(),
+                    reference: Reference::Tag("v1".into()),
+                },
+            ),
         ] {
             assert_eq!(classify("DELETE", &path), want, "{path}");
             assert_eq!(classify("delete", &path), want, "{path}");
             assert!(may_name_blobs(&path), "{path}");
         }
-        for path in [format!("//v2/app/blobs/{d}"), format!("/v2/App/blobs/{d}"), "/v2/app/blobs/%zz".to_string()] {
+        for path in
+            [format!("//v2/app/blobs/{d}"), format!("/v2/App/blobs/{d}"), "/v2/app/blobs/%zz".to_string()]
+        {
             assert!(matches!(classify("DELETE", &path), Request::Invalid(e) if e.status == 400), "{path}");
         }
         // Other methods on blobs are no concern of the filter.

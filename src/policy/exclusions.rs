@@ -91,7 +91,9 @@ impl Exclusions {
         let mut undecided = None;
         if let Some(set) = &self.plain {
             match set.find(tag) {
-                Ok(Some(id)) => return Match::Excluded(pattern(self.plain_index.get(id).copied().unwrap_or(0))),
+                Ok(Some(id)) => {
+                    return Match::Excluded(pattern(self.plain_index.get(id).copied().unwrap_or(0)))
+                }
                 Ok(None) => {}
                 Err(_) => undecided = Some(pattern(self.plain_index.first().copied().unwrap_or(0))),
             }
@@ -171,7 +173,10 @@ fn split_look_aheads(p: &str) -> Result<Split<'_>, String> {
         return Ok((heads, p));
     }
     if has_top_level_alternation(rest) {
-        return Err("a top-level `|` after a look-ahead: wrap the alternatives in a group, e.g. ^(?!x)(?:a|b)$".into());
+        return Err(
+            "a top-level `|` after a look-ahead: wrap the alternatives in a group, e.g. ^(?!x)(?:a|b)$"
+                .into(),
+        );
     }
     Ok((heads, rest))
 }
@@ -251,7 +256,19 @@ mod tests {
         for flagged in ["^dev", "^release\\.", "rc-", "^v1\\.2"] {
             assert!(literal_prefix_warning(flagged).is_some(), "{flagged}");
         }
-        for fine in ["^dev-.*$", "^dev-.*", "dev-.*", "latest", "^latest$", "^(?!v[0-9]+$).*$", "^rc-[0-9]+", "^$", "^v1.2", "^", ""] {
+        for fine in [
+            "^dev-.*$",
+            "^dev-.*",
+            "dev-.*",
+            "latest",
+            "^latest$",
+            "^(?!v[0-9]+$).*$",
+            "^rc-[0-9]+",
+            "^$",
+            "^v1.2",
+            "^",
+            "",
+        ] {
             assert_eq!(literal_prefix_warning(fine), None, "{fine}");
         }
     }

@@ -24,7 +24,10 @@ enum Token {
     RecursiveSuffix,
     /// `/**/`
     RecursiveZeroOrMore,
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
     Alternates(Vec<Vec<Token>>),
 }
 
@@ -42,7 +45,13 @@ pub fn to_regex(glob: &str) -> Result<String, String> {
     if length > MAX_GLOB_LENGTH {
         return Err(format!("{length} characters, longer than {MAX_GLOB_LENGTH}"));
     }
-    let mut p = Parser { chars: glob.chars().peekable(), prev: None, cur: None, alternates: Vec::new(), branches: vec![Vec::new()] };
+    let mut p = Parser {
+        chars: glob.chars().peekable(),
+        prev: None,
+        cur: None,
+        alternates: Vec::new(),
+        branches: vec![Vec::new()],
+    };
     p.parse()?;
     if p.branches.len() > 1 {
         return Err("unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)".into());
@@ -62,7 +71,13 @@ pub fn to_regex(glob: &str) -> Result<String, String> {
 /// Whether `glob` can match a name holding a `/` (`true` when it does not parse: the caller
 /// refuses it anyway). Negated classes and ranges spanning `/` can, as `**` and a `/` do.
 pub fn can_match_slash(glob: &str) -> bool {
-    let mut p = Parser { chars: glob.chars().peekable(), prev: None, cur: None, alternates: Vec::new(), branches: vec![Vec::new()] };
+    let mut p = Parser {
+        chars: glob.chars().peekable(),
+        prev: None,
+        cur: None,
+        alternates: Vec::new(),
+        branches: vec![Vec::new()],
+    };
     if p.parse().is_err() || p.branches.len() > 1 {
         return true;
     }
@@ -341,7 +356,11 @@ mod tests {
         use proptest::prelude::*;
 
         fn globset(glob: &str) -> Result<String, ()> {
-            globset::GlobBuilder::new(glob).literal_separator(true).build().map(|g| g.regex().to_string()).map_err(|_| ())
+            globset::GlobBuilder::new(glob)
+                .literal_separator(true)
+                .build()
+                .map(|g| g.regex().to_string())
+                .map_err(|_| ())
         }
 
         proptest! {

@@ -88,16 +88,30 @@ impl Decision {
 }
 
 impl Policy {
-    pub fn new(global: Scope, mut repositories: Vec<(String, Scope)>, protect_signature_tags: bool) -> Policy {
+    pub fn new(
+        global: Scope,
+        mut repositories: Vec<(String, Scope)>,
+        protect_signature_tags: bool,
+    ) -> Policy {
         repositories.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         let by_key = repositories.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-        let mut p = Policy { global, repositories, protect_signature_tags, rules: Rules::default(), by_key, resolved: Vec::new() };
+        let mut p = Policy {
+            global,
+            repositories,
+            protect_signature_tags,
+            rules: Rules::default(),
+            by_key,
+            resolved: Vec::new(),
+        };
         // Each field from the scope itself or the nearest enclosing scope that sets it.
         p.resolved = p
             .repositories
             .iter()
             .map(|(key, _)| {
-                let mut r = Resolved { immutable_tags: p.global.immutable_tags.map(|_| Origin::Global), exclusions: Origin::Global };
+                let mut r = Resolved {
+                    immutable_tags: p.global.immutable_tags.map(|_| Origin::Global),
+                    exclusions: Origin::Global,
+                };
                 let (mut imm, mut exc) = (false, false);
                 for i in p.enclosing(key) {
                     let s = p.repositories.get(i).map(|(_, s)| s);
@@ -134,7 +148,8 @@ impl Policy {
     /// Whether any tag of `repository` can be immutable: a repository that cannot hold one
     /// never pays for listing its tags on a delete by digest.
     pub fn may_protect_in(&self, repository: &str) -> bool {
-        self.immutable_tags(self.scope_for(repository)).0 == Some(true) || self.rules.may_select_repository(repository)
+        self.immutable_tags(self.scope_for(repository)).0 == Some(true)
+            || self.rules.may_select_repository(repository)
     }
 
     /// The scopes that are `repository` or one of its parents, nearest first (indexes into
@@ -175,7 +190,9 @@ impl Policy {
 
     fn name(&self, o: Origin) -> String {
         match o {
-            Origin::Scope(i) => self.repositories.get(i).map_or_else(String::new, |(k, _)| format!("repository.\"{k}\"")),
+            Origin::Scope(i) => {
+                self.repositories.get(i).map_or_else(String::new, |(k, _)| format!("repository.\"{k}\""))
+            }
             Origin::Global => "global".into(),
         }
     }
@@ -183,8 +200,15 @@ impl Policy {
     /// Which scope applies to `repository` and where each of its fields comes from (`explain`).
     pub fn trace(&self, repository: &str) -> String {
         let o = self.origins(repository);
-        let immutable = if o.immutable_tags.is_some() { o.immutable_tags_from } else { "nowhere (unset: mutable)".into() };
-        format!("scope {}: immutable_tags from {immutable}, immutable_tags_exclusions from {}", o.scope, o.exclusions_from)
+        let immutable = if o.immutable_tags.is_some() {
+            o.immutable_tags_from
+        } else {
+            "nowhere (unset: mutable)".into()
+        };
+        format!(
+            "scope {}: immutable_tags from {immutable}, immutable_tags_exclusions from {}",
+            o.scope, o.exclusions_from
+        )
     }
 
     /// The scope that applies to `repository`, its effective settings and where each is
@@ -236,10 +260,9 @@ impl Policy {
             Some(Match::Excluded(p)) => {
                 Decision::new(false, format!("{}.immutable_tags_exclusions matches \"{p}\"", self.name(o)))
             }
-            Some(Match::Undecided(p)) => Decision::new(
-                true,
-                format!("{where_} = true (exclusion \"{p}\" could not be evaluated)"),
-            ),
+            Some(Match::Undecided(p)) => {
+                Decision::new(true, format!("{where_} = true (exclusion \"{p}\" could not be evaluated)"))
+            }
             _ => Decision::new(true, format!("{where_} = true")),
         }
     }
@@ -250,10 +273,7 @@ pub fn is_signature_tag(tag: &str) -> bool {
     let Some(rest) = tag.strip_prefix("sha256-") else {
         return false;
     };
-    let hex = [".sig", ".att", ".sbom"]
-        .iter()
-        .find_map(|s| rest.strip_suffix(s))
-        .unwrap_or(rest);
+    let hex = [".sig", ".att", ".sbom"].iter().find_map(|s| rest.strip_suffix(s)).unwrap_or(rest);
     hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
@@ -273,18 +293,29 @@ mod tests {
         let none = Policy::new(scope(Some(false)), vec![("app".into(), scope(None))], false);
         assert!(!none.may_protect_anything());
         assert!(Policy::new(scope(Some(true)), Vec::new(), false).may_protect_anything(), "global alone");
-        assert!(Policy::new(scope(None), vec![("app".into(), scope(Some(true)))], false).may_protect_anything(), "one repository alone");
+        assert!(
+            Policy::new(scope(None), vec![("app".into(), scope(Some(true)))], false).may_protect_anything(),
+            "one repository alone"
+        );
     }
 
     #[test]
     fn may_protect_in_follows_the_repository_scope() {
-        let p = Policy::new(scope(None), vec![("prod".into(), scope(Some(true))), ("prod/dev".into(), scope(Some(false)))], false);
+        let p = Policy::new(
+            scope(None),
+            vec![("prod".into(), scope(Some(true))), ("prod/dev".into(), scope(Some(false)))],
+            false,
+        );
         assert!(p.may_protect_in("prod"));
         assert!(p.may_protect_in("prod/api"));
         assert!(!p.may_protect_in("prod/dev/x"));
         assert!(!p.may_protect_in("app"), "global unset");
         assert!(!p.may_protect_in("production"));
-        let p = Policy::new(scope(Some(true)), vec![("dev".into(), scope(Some(false))), ("team".into(), scope(None))], false);
+        let p = Policy::new(
+            scope(Some(true)),
+            vec![("dev".into(), scope(Some(false))), ("team".into(), scope(None))],
+            false,
+        );
         assert!(p.may_protect_in("app"));
         assert!(!p.may_protect_in("dev/app"));
         assert!(p.may_protect_in("team/app"), "inherits global");
@@ -302,7 +333,11 @@ mod tests {
         .unwrap();
         let p = &c.policy;
         let hit = |repo: &str, tag: &str| p.matching_rule(repo, tag).map(|r| r.reason());
-        assert_eq!(hit("app", "v1"), Some(r#"rule "releases" (rules[0])"#.into()), "the scope alone already decides");
+        assert_eq!(
+            hit("app", "v1"),
+            Some(r#"rule "releases" (rules[0])"#.into()),
+            "the scope alone already decides"
+        );
         assert_eq!(hit("dev/x", "main"), Some("rules[1]".into()));
         assert_eq!(hit("dev/x", "v2"), Some(r#"rule "releases" (rules[0])"#.into()), "the first rule wins");
         assert_eq!(hit("app", "main"), None);
@@ -323,17 +358,22 @@ mod seeds {
     /// The same table tests/explain.rs runs through `explain`.
     #[test]
     fn the_seeds_documented_examples_decide_as_the_seeds_say() {
-        let table: serde_json::Value = serde_json::from_str(include_str!("../../tests/seed_examples.json")).unwrap();
+        let table: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/seed_examples.json")).unwrap();
         let mut n = 0;
         for entry in table.as_array().unwrap() {
             let seed = entry["seed"].as_str().unwrap();
-            let c = Config::from_json(entry["policy"].to_string().as_bytes()).unwrap_or_else(|e| panic!("{seed}: {e}"));
+            let c = Config::from_json(entry["policy"].to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{seed}: {e}"));
             for case in entry["cases"].as_array().unwrap() {
                 let (reference, want) = (case[0].as_str().unwrap(), case[1].as_bool().unwrap());
                 let (repo, tag) = reference.rsplit_once(':').unwrap();
                 let d = c.policy.decide(repo, tag);
                 assert_eq!(d.immutable, want, "{seed}: {reference}: {}", d.reason);
-                assert!(!want || c.policy.may_protect_in(repo), "{seed}: {reference}: may_protect_in fails open");
+                assert!(
+                    !want || c.policy.may_protect_in(repo),
+                    "{seed}: {reference}: may_protect_in fails open"
+                );
                 n += 1;
             }
         }
@@ -342,17 +382,24 @@ mod seeds {
 
     #[test]
     fn a_nested_scope_inherits_immutable_tags_from_the_nearest_enclosing_scope() {
-        let c = cfg(r#"{"repository": {"prod": {"immutable_tags": true}, "prod/legacy": {"immutable_tags_exclusions": ["^latest$"]}}}"#);
+        let c = cfg(
+            r#"{"repository": {"prod": {"immutable_tags": true}, "prod/legacy": {"immutable_tags_exclusions": ["^latest$"]}}}"#,
+        );
         let d = c.policy.decide("prod/legacy/app", "v1.0.0");
         assert_eq!(d.reason, r#"repository."prod".immutable_tags = true"#);
         assert!(d.immutable);
         assert!(c.policy.may_protect_in("prod/legacy/app"), "deletes must check its tags");
         assert!(c.policy.may_protect_in("prod/legacy"));
         let d = c.policy.decide("prod/legacy/app", "latest");
-        assert_eq!((d.immutable, d.reason.as_str()), (false, r#"repository."prod/legacy".immutable_tags_exclusions matches "^latest$""#));
+        assert_eq!(
+            (d.immutable, d.reason.as_str()),
+            (false, r#"repository."prod/legacy".immutable_tags_exclusions matches "^latest$""#)
+        );
         // Off above, nothing set below: off (with global on, this is refused at load: see
         // config.rs `policy_review_tests`).
-        let c = cfg(r#"{"global": {"immutable_tags": false}, "repository": {"dev": {"immutable_tags": false}, "dev/keep": {"immutable_tags_exclusions": ["^x$"]}}}"#);
+        let c = cfg(
+            r#"{"global": {"immutable_tags": false}, "repository": {"dev": {"immutable_tags": false}, "dev/keep": {"immutable_tags_exclusions": ["^x$"]}}}"#,
+        );
         assert_eq!(c.policy.decide("dev/keep/a", "v1").reason, r#"repository."dev".immutable_tags = false"#);
         assert!(!c.policy.may_protect_in("dev/keep/a"));
     }
@@ -362,7 +409,10 @@ mod seeds {
         let c = cfg(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^g$"]},
             "repository": {"team": {"immutable_tags_exclusions": ["^t$"]}, "team/a": {"immutable_tags": true}, "team/a/b": {}}}"#);
         let d = c.policy.decide("team/a/b/c", "t");
-        assert_eq!((d.immutable, d.reason.as_str()), (false, r#"repository."team".immutable_tags_exclusions matches "^t$""#));
+        assert_eq!(
+            (d.immutable, d.reason.as_str()),
+            (false, r#"repository."team".immutable_tags_exclusions matches "^t$""#)
+        );
         assert!(c.policy.decide("team/a/b/c", "g").immutable, "the global list is replaced, not merged");
         assert!(c.policy.decide("other", "t").immutable);
         assert!(!c.policy.decide("other", "g").immutable);
@@ -370,7 +420,10 @@ mod seeds {
             c.policy.trace("team/a/b/c"),
             r#"scope repository."team/a/b": immutable_tags from repository."team/a", immutable_tags_exclusions from repository."team""#
         );
-        assert_eq!(c.policy.trace("other"), "scope global: immutable_tags from global, immutable_tags_exclusions from global");
+        assert_eq!(
+            c.policy.trace("other"),
+            "scope global: immutable_tags from global, immutable_tags_exclusions from global"
+        );
     }
 }
 
@@ -382,7 +435,10 @@ mod nesting_properties {
     use proptest::prelude::*;
 
     fn setting() -> impl Strategy<Value = String> {
-        (prop::option::of(any::<bool>()), prop::option::of(prop::sample::select(vec!["^v1$", "^latest$", ".*", "^x.*"])))
+        (
+            prop::option::of(any::<bool>()),
+            prop::option::of(prop::sample::select(vec!["^v1$", "^latest$", ".*", "^x.*"])),
+        )
             .prop_map(|(imm, exc)| {
                 let mut f = Vec::new();
                 if let Some(v) = imm {
@@ -396,9 +452,19 @@ mod nesting_properties {
     }
 
     fn rule() -> impl Strategy<Value = String> {
-        let projects = prop::sample::select(vec!["", r#""projects": "a", "#, r#""projects": "*", "#, r#""projects": {"excluding": "a"}, "#]);
-        let repos = prop::sample::select(vec!["", r#""repositories": {"matching": "*"}, "#, r#""repositories": {"matching": "b"}, "#]);
-        let tags = prop::sample::select(vec![r#""tags": {"matching": "v*"}"#, r#""tags": {"excluding": "latest"}"#]);
+        let projects = prop::sample::select(vec![
+            "",
+            r#""projects": "a", "#,
+            r#""projects": "*", "#,
+            r#""projects": {"excluding": "a"}, "#,
+        ]);
+        let repos = prop::sample::select(vec![
+            "",
+            r#""repositories": {"matching": "*"}, "#,
+            r#""repositories": {"matching": "b"}, "#,
+        ]);
+        let tags =
+            prop::sample::select(vec![r#""tags": {"matching": "v*"}"#, r#""tags": {"excluding": "latest"}"#]);
         (projects, repos, tags).prop_map(|(p, r, t)| format!("{{{p}{r}{t}}}"))
     }
 

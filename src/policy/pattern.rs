@@ -61,7 +61,10 @@ impl Matcher {
     fn with_scratch<T>(&self, run: impl FnOnce(&mut Scratch) -> T) -> T {
         match self.scratch.try_borrow_mut() {
             Ok(mut s) => run(&mut s),
-            Err(_) => run(&mut Scratch { cache: self.dfa.create_cache(), seen: vec![false; self.dfa.pattern_len()] }),
+            Err(_) => run(&mut Scratch {
+                cache: self.dfa.create_cache(),
+                seen: vec![false; self.dfa.pattern_len()],
+            }),
         }
     }
 

@@ -12,9 +12,9 @@
 //! with `globset` and `regex::RegexSet` instead pulled their engines and Unicode tables into
 //! the module, more than doubling its size.)
 
-use crate::util::json_doc::ConfigError;
 use crate::policy::glob;
 use crate::policy::pattern::{Matcher, Unfinished};
+use crate::util::json_doc::ConfigError;
 use crate::util::json_doc::{Fields, Json};
 
 /// Longest `regex` accepted (characters) unless `rules_max_regex_length` says otherwise.
@@ -55,8 +55,12 @@ impl Patterns {
         match f.get(name) {
             None => Ok(None),
             Some(Json::Str(v)) => Ok(Some(Patterns { values: vec![v.clone()], is_array: false })),
-            Some(v @ Json::Array(_)) => Ok(Some(Patterns { values: v.strings(&f.at(name))?, is_array: true })),
-            Some(v) => Err(v.invalid_type(&f.at(name), "a glob, a comma-separated string of globs, or an array of them")),
+            Some(v @ Json::Array(_)) => {
+                Ok(Some(Patterns { values: v.strings(&f.at(name))?, is_array: true }))
+            }
+            Some(v) => Err(
+                v.invalid_type(&f.at(name), "a glob, a comma-separated string of globs, or an array of them")
+            ),
         }
     }
 }
@@ -76,17 +80,33 @@ impl RawRule {
         let projects = match f.get("projects") {
             None => None,
             Some(Json::Object(_)) => {
-                let p = f.get("projects").map(|p| p.fields(&f.at("projects"), &["matching", "excluding"])).transpose()?;
-                p.map(|p| Ok::<_, ConfigError>((RawRepositories { matching: Patterns::read(&p, "matching")?, excluding: Patterns::read(&p, "excluding")? }, false)))
-                    .transpose()?
+                let p = f
+                    .get("projects")
+                    .map(|p| p.fields(&f.at("projects"), &["matching", "excluding"]))
+                    .transpose()?;
+                p.map(|p| {
+                    Ok::<_, ConfigError>((
+                        RawRepositories {
+                            matching: Patterns::read(&p, "matching")?,
+                            excluding: Patterns::read(&p, "excluding")?,
+                        },
+                        false,
+                    ))
+                })
+                .transpose()?
             }
-            Some(_) => Some((RawRepositories { matching: Patterns::read(&f, "projects")?, excluding: None }, true)),
+            Some(_) => {
+                Some((RawRepositories { matching: Patterns::read(&f, "projects")?, excluding: None }, true))
+            }
         };
         let repositories = match f.get("repositories") {
             None => None,
             Some(r) => {
                 let r = r.fields(&f.at("repositories"), &["matching", "excluding"])?;
-                Some(RawRepositories { matching: Patterns::read(&r, "matching")?, excluding: Patterns::read(&r, "excluding")? })
+                Some(RawRepositories {
+                    matching: Patterns::read(&r, "matching")?,
+                    excluding: Patterns::read(&r, "excluding")?,
+                })
             }
         };
         let tags = match f.get("tags") {
@@ -100,7 +120,13 @@ impl RawRule {
                 })
             }
         };
-        Ok(RawRule { name: f.opt_string("name")?, disabled: f.bool_or_false("disabled")?, projects, repositories, tags })
+        Ok(RawRule {
+            name: f.opt_string("name")?,
+            disabled: f.bool_or_false("disabled")?,
+            projects,
+            repositories,
+            tags,
+        })
     }
 }
 
@@ -208,10 +234,15 @@ impl Rules {
                     let (select, key, patterns) = one_of(&at, r.matching, r.excluding, None)?;
                     let patterns = patterns.unwrap_or(Patterns { values: Vec::new(), is_array: false });
                     let field = if plain { at.clone() } else { format!("{at}.{key}") };
-                    literal_projects = patterns.values.iter().all(|v| !v.contains(['*', '?', '[', '{', '\\']));
+                    literal_projects =
+                        patterns.values.iter().all(|v| !v.contains(['*', '?', '[', '{', '\\']));
                     let globs = compile_globs(&field, &patterns)?;
                     if let Some((g, _)) = globs.iter().find(|(g, _)| g.contains('/')) {
-                        return Err(err(field, quoted(g), "a project is one path component (the first of the name): no `/`"));
+                        return Err(err(
+                            field,
+                            quoted(g),
+                            "a project is one path component (the first of the name): no `/`",
+                        ));
                     }
                     description.push(format!("projects {key} {}", list(&globs)));
                     if !rule.disabled {
@@ -288,7 +319,17 @@ impl Rules {
             } else {
                 description.join(", ")
             };
-            out.rules.push(Rule { index, name: rule.name, projects, repositories, tags, description, project_ids, repo_ids, tag_ids });
+            out.rules.push(Rule {
+                index,
+                name: rule.name,
+                projects,
+                repositories,
+                tags,
+                description,
+                project_ids,
+                repo_ids,
+                tag_ids,
+            });
         }
         let set = |what: &str, patterns: &[String]| match patterns {
             [] => Ok(None),
@@ -345,13 +386,16 @@ impl Rules {
         if self.rules.is_empty() {
             return None;
         }
-        let (Ok(repo), Ok(tag_hits)) = (self.repository_hits(repository), set_hits(&self.tag_set, tag)) else {
+        let (Ok(repo), Ok(tag_hits)) = (self.repository_hits(repository), set_hits(&self.tag_set, tag))
+        else {
             // The matcher could not finish (pattern.rs: not as configured): the safe side is
             // an immutable tag, so the first rule answers.
             return self.rules.first();
         };
         let selects = |position: usize| {
-            self.rules.get(position).is_some_and(|rule| repo.select(rule) && selected(rule.tags, &rule.tag_ids, &tag_hits))
+            self.rules
+                .get(position)
+                .is_some_and(|rule| repo.select(rule) && selected(rule.tags, &rule.tag_ids, &tag_hits))
         };
         // A rule with a `matching`/`regex` selector can only match if one of its patterns hit:
         // the candidates are the owners of the patterns that hit. Each list is in order, so
@@ -371,7 +415,12 @@ impl Rules {
             }
         }
         // Every rule this skips was hit by one of its exclusions.
-        let unhit = self.without_matching.iter().copied().take_while(|&p| best.map_or(true, |b| p < b)).find(|&p| selects(p));
+        let unhit = self
+            .without_matching
+            .iter()
+            .copied()
+            .take_while(|&p| best.map_or(true, |b| p < b))
+            .find(|&p| selects(p));
         self.rules.get(unhit.or(best)?)
     }
 }
@@ -400,10 +449,14 @@ impl RepositoryHits {
 /// also below every project); one that can (a `/`, a negated class, a range spanning `/`), or any
 /// `excluding` (which now also spares `<project>/<glob>`), could select less.
 fn ambiguous_without_projects(at: &str, select: Select, patterns: &Patterns) -> Result<(), ConfigError> {
-    let nested = patterns.values.iter().enumerate().find(|(_, v)| split_top_level(v).into_iter().map(str::trim).any(|g| g != "**" && glob::can_match_slash(g)));
+    let nested = patterns.values.iter().enumerate().find(|(_, v)| {
+        split_top_level(v).into_iter().map(str::trim).any(|g| g != "**" && glob::can_match_slash(g))
+    });
     let (field, value) = match (select, nested) {
         (Select::Excluding, _) => (at.to_string(), patterns.values.join(",")),
-        (_, Some((i, v))) => (if patterns.is_array { format!("{at}[{i}]") } else { at.to_string() }, v.clone()),
+        (_, Some((i, v))) => {
+            (if patterns.is_array { format!("{at}[{i}]") } else { at.to_string() }, v.clone())
+        }
         _ => return Ok(()),
     };
     Err(err(
@@ -468,13 +521,22 @@ fn set_hits(set: &Option<Matcher>, s: &str) -> Result<Vec<usize>, Unfinished> {
 type Chosen = (Select, &'static str, Option<Patterns>);
 
 /// Exactly one of `matching`, `excluding`, `regex`. `None` patterns: it is the regex.
-fn one_of(at: &str, matching: Option<Patterns>, excluding: Option<Patterns>, regex: Option<&String>) -> Result<Chosen, ConfigError> {
+fn one_of(
+    at: &str,
+    matching: Option<Patterns>,
+    excluding: Option<Patterns>,
+    regex: Option<&String>,
+) -> Result<Chosen, ConfigError> {
     match (matching, excluding, regex) {
         (Some(m), None, None) => Ok((Select::Matching, "matching", Some(m))),
         (None, Some(e), None) => Ok((Select::Excluding, "excluding", Some(e))),
         (None, None, Some(_)) => Ok((Select::Matching, "regex", None)),
         _ => {
-            let want = if at.ends_with(".tags") { "`matching`, `excluding` or `regex`" } else { "`matching` or `excluding`" };
+            let want = if at.ends_with(".tags") {
+                "`matching`, `excluding` or `regex`"
+            } else {
+                "`matching` or `excluding`"
+            };
             Err(err(at, "", format!("give exactly one of {want} (omit the selector to select everything)")))
         }
     }
@@ -494,7 +556,8 @@ fn compile_globs(at: &str, patterns: &Patterns) -> Result<Vec<(String, String)>,
             if item.is_empty() {
                 return Err(err(field, quoted(value), "empty pattern (a stray comma?)"));
             }
-            let re = glob::to_regex(item).map_err(|e| err(&field, quoted(value), format!("invalid glob {}: {e}", quoted(item))))?;
+            let re = glob::to_regex(item)
+                .map_err(|e| err(&field, quoted(value), format!("invalid glob {}: {e}", quoted(item))))?;
             // `(?s)`: `**` crosses everything, as it did under globset's matcher.
             out.push((item.to_string(), format!("(?s){re}")));
         }
@@ -513,9 +576,14 @@ fn check_regex(at: &str, re: &str, max: usize) -> Result<(), ConfigError> {
         return Err(err(at, "\"\"", "empty regex (use \".*\" to select every tag)"));
     }
     if len > max {
-        return Err(err(at, quoted(re), format!("{len} characters, longer than rules_max_regex_length ({max})")));
+        return Err(err(
+            at,
+            quoted(re),
+            format!("{len} characters, longer than rules_max_regex_length ({max})"),
+        ));
     }
-    Matcher::all(std::slice::from_ref(&re.to_string())).map_err(|e| err(at, quoted(re), format!("invalid regular expression: {e}")))?;
+    Matcher::all(std::slice::from_ref(&re.to_string()))
+        .map_err(|e| err(at, quoted(re), format!("invalid regular expression: {e}")))?;
     Ok(())
 }
 
@@ -631,8 +699,10 @@ mod tests {
 
     #[test]
     fn repository_selection_alone() {
-        let r = rules(r#"[{"repositories": {"matching": "team-a/**"}, "tags": {"matching": "v*"}},
-                          {"repositories": {"excluding": "sandbox/**"}, "tags": {"regex": "^x"}, "disabled": true}]"#);
+        let r = rules(
+            r#"[{"repositories": {"matching": "team-a/**"}, "tags": {"matching": "v*"}},
+                          {"repositories": {"excluding": "sandbox/**"}, "tags": {"regex": "^x"}, "disabled": true}]"#,
+        );
         assert!(r.may_select_repository("p/team-a/api"));
         assert!(!r.may_select_repository("p/team-b/api"));
         assert!(!r.may_select_repository("p/app"), "a disabled rule selects nothing");
@@ -714,12 +784,14 @@ mod tests {
 
     #[test]
     fn the_issue_example_first_rule_wins_the_reason() {
-        let r = rules(r#"[
+        let r = rules(
+            r#"[
           {"name": "all but scratch tags", "repositories": {"matching": "**"}, "tags": {"excluding": "rc,test,nightly"}},
           {"repositories": {"matching": ["team-a/**", "team-b/api"]}, "tags": {"matching": "v*.*.*"}},
           {"repositories": {"excluding": "sandbox/**"}, "tags": {"regex": "\\d+\\.\\d+\\.\\d+"}},
           {"tags": {"matching": "**"}, "disabled": true}
-        ]"#);
+        ]"#,
+        );
         assert_eq!(r.enabled(), 3);
         assert_eq!(r.disabled(), 1);
         let m = r.first_match("team-a/api", "v1.2.3").unwrap();
@@ -736,11 +808,13 @@ mod tests {
 
     #[test]
     fn excluding_and_any_combinations() {
-        let r = rules(r#"[
+        let r = rules(
+            r#"[
           {"repositories": {"excluding": "sandbox/**"}, "tags": {"excluding": "latest"}},
           {"repositories": {"matching": "sandbox/**"}, "tags": {"regex": "^v"}},
           {}
-        ]"#);
+        ]"#,
+        );
         assert_eq!(hit(&r, "app", "v1"), Some(0));
         assert_eq!(hit(&r, "app", "latest"), Some(2), "the empty rule selects everything");
         assert_eq!(hit(&r, "sandbox/x", "v1"), Some(1));
@@ -748,30 +822,39 @@ mod tests {
         let r = rules(r#"[{"repositories": {"excluding": "sandbox/**"}, "tags": {"excluding": "latest"}}]"#);
         assert_eq!(hit(&r, "sandbox/x", "v1"), None);
         assert_eq!(hit(&r, "app", "latest"), None);
-        assert_eq!(r.rules.first().unwrap().description(), r#"projects matching ["*"], repositories excluding ["sandbox/**"], tags excluding ["latest"]"#);
+        assert_eq!(
+            r.rules.first().unwrap().description(),
+            r#"projects matching ["*"], repositories excluding ["sandbox/**"], tags excluding ["latest"]"#
+        );
         assert_eq!(rules("[{}]").rules.first().unwrap().description(), "every tag of every repository");
         // A rule with no `matching` selector is found apart from the pattern hits, yet it still
         // wins over a later rule that a pattern hit found.
-        let r = rules(r#"[{"tags": {"excluding": "latest"}}, {"tags": {"matching": "v*"}}, {"repositories": {"matching": "**"}}]"#);
+        let r = rules(
+            r#"[{"tags": {"excluding": "latest"}}, {"tags": {"matching": "v*"}}, {"repositories": {"matching": "**"}}]"#,
+        );
         assert_eq!(hit(&r, "app", "v1"), Some(0));
         assert_eq!(hit(&r, "app", "latest"), Some(2));
     }
 
     #[test]
     fn shared_patterns_serve_every_rule_that_uses_them() {
-        let r = rules(r#"[
+        let r = rules(
+            r#"[
           {"repositories": {"matching": "a/**"}, "tags": {"matching": "v*"}},
           {"repositories": {"excluding": "a/**"}, "tags": {"matching": "v*"}},
           {"repositories": {"matching": "b/**"}, "tags": {"excluding": "v*"}},
           {"tags": {"matching": "v*,x"}}
-        ]"#);
+        ]"#,
+        );
         assert_eq!(hit(&r, "a/x", "v1"), Some(0));
         assert_eq!(hit(&r, "c", "v1"), Some(1));
         assert_eq!(hit(&r, "b/x", "w"), Some(2));
         assert_eq!(hit(&r, "a/x", "x"), Some(3));
         assert_eq!(hit(&r, "a/x", "w"), None);
         // The first rule on a shared pattern is refused by its other selector; the next answers.
-        let r = rules(r#"[{"repositories": {"excluding": "a/**"}, "tags": {"matching": "v*"}}, {"tags": {"matching": "v*"}}]"#);
+        let r = rules(
+            r#"[{"repositories": {"excluding": "a/**"}, "tags": {"matching": "v*"}}, {"tags": {"matching": "v*"}}]"#,
+        );
         assert_eq!(hit(&r, "a/x", "v1"), Some(1));
         assert_eq!(hit(&r, "b", "v1"), Some(0));
     }
@@ -800,22 +883,29 @@ mod tests {
         assert_eq!(hit(&r, "any/repo", "final-7"), Some(999));
         assert_eq!(hit(&r, "r5", "t6"), None);
         // Many exclusion rules, each hit by its own exclusion, and one that is not.
-        let mut v: Vec<String> = (0..999).map(|i| format!(r#"{{"tags": {{"excluding": "x,t{i}"}}}}"#)).collect();
+        let mut v: Vec<String> =
+            (0..999).map(|i| format!(r#"{{"tags": {{"excluding": "x,t{i}"}}}}"#)).collect();
         v.push(r#"{"tags": {"excluding": "x"}}"#.into());
         let r = rules(&format!("[{}]", v.join(",")));
         assert_eq!(hit(&r, "a", "x"), None);
         assert_eq!(hit(&r, "a", "t0"), Some(1));
         assert_eq!(hit(&r, "a", "y"), Some(0));
         // A thousand rules on the same tag glob, each for its own repositories (the bench's case).
-        let v: Vec<String> =
-            (0..1000).map(|i| format!(r#"{{"repositories": {{"matching": "team{i}/**"}}, "tags": {{"matching": "dev-*"}}}}"#)).collect();
+        let v: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"repositories": {{"matching": "team{i}/**"}}, "tags": {{"matching": "dev-*"}}}}"#
+                )
+            })
+            .collect();
         let r = rules(&format!("[{}]", v.join(",")));
         assert_eq!(hit(&r, "team999/app", "dev-1"), Some(999));
         assert_eq!(hit(&r, "team0/app", "dev-1"), Some(0));
         assert_eq!(hit(&r, "team1000/app", "dev-1"), None);
         assert_eq!(hit(&r, "team5/app", "v1"), None);
         // A thousand regexes with classes fit in one set.
-        let v: Vec<String> = (0..1000).map(|i| format!(r#"{{"tags": {{"regex": "^rel{i}-\\d+\\.\\w+$"}}}}"#)).collect();
+        let v: Vec<String> =
+            (0..1000).map(|i| format!(r#"{{"tags": {{"regex": "^rel{i}-\\d+\\.\\w+$"}}}}"#)).collect();
         let r = rules(&format!("[{}]", v.join(",")));
         assert_eq!(hit(&r, "a", "rel999-1.x"), Some(999));
         assert_eq!(hit(&r, "a", "rel1000-1.x"), None);
@@ -837,16 +927,26 @@ mod tests {
           "repository": {"dev": {"immutable_tags": false}},
           "rules": [{"name": "releases", "tags": {"regex": "^v\\d"}}, {"projects": "dev", "repositories": {"matching": "keep"}}]
         }"#);
-        assert_eq!(decide(&c, "app", "main"), (true, "global.immutable_tags = true".into()), "the scope decides first");
+        assert_eq!(
+            decide(&c, "app", "main"),
+            (true, "global.immutable_tags = true".into()),
+            "the scope decides first"
+        );
         assert_eq!(
             decide(&c, "app", "v1"),
             (true, r#"rule "releases" (rules[0])"#.into()),
             "a scope exclusion does not exempt a tag from a rule"
         );
-        assert_eq!(decide(&c, "app", "latest"), (false, r#"global.immutable_tags_exclusions matches "^latest$"; no rule matches"#.into()));
+        assert_eq!(
+            decide(&c, "app", "latest"),
+            (false, r#"global.immutable_tags_exclusions matches "^latest$"; no rule matches"#.into())
+        );
         assert_eq!(decide(&c, "dev/x", "v2"), (true, r#"rule "releases" (rules[0])"#.into()));
         assert_eq!(decide(&c, "dev/keep", "main"), (true, "rules[1]".into()));
-        assert_eq!(decide(&c, "dev/x", "main"), (false, r#"repository."dev".immutable_tags = false; no rule matches"#.into()));
+        assert_eq!(
+            decide(&c, "dev/x", "main"),
+            (false, r#"repository."dev".immutable_tags = false; no rule matches"#.into())
+        );
         assert!(c.summary().contains("rules: 2 enabled, 0 disabled"), "{}", c.summary());
     }
 
@@ -855,7 +955,10 @@ mod tests {
         let c = cfg(r#"{"rules": [{"tags": {"matching": "v*.*.*"}}]}"#);
         assert!(c.policy.may_protect_anything());
         assert_eq!(decide(&c, "app", "v1.2.3"), (true, "rules[0]".into()));
-        assert_eq!(decide(&c, "app", "main"), (false, "no immutable_tags setting applies; no rule matches".into()));
+        assert_eq!(
+            decide(&c, "app", "main"),
+            (false, "no immutable_tags setting applies; no rule matches".into())
+        );
         let c = cfg(r#"{"rules": [{"tags": {"matching": "**"}, "disabled": true}]}"#);
         assert!(!c.policy.may_protect_anything(), "only disabled rules: nothing to protect");
         assert_eq!(decide(&c, "app", "v1"), (false, "no immutable_tags setting applies".into()));
@@ -865,7 +968,10 @@ mod tests {
     fn signature_tags_stay_mutable_under_rules_unless_protected() {
         let sig = format!("sha256-{}.sig", "a".repeat(64));
         let c = cfg(r#"{"rules": [{"tags": {"matching": "**"}}]}"#);
-        assert_eq!(decide(&c, "app", &sig), (false, "signature fallback tag (protect_signature_tags = false)".into()));
+        assert_eq!(
+            decide(&c, "app", &sig),
+            (false, "signature fallback tag (protect_signature_tags = false)".into())
+        );
         assert!(decide(&c, "app", "sha256-abc").0);
         let c = cfg(r#"{"rules": [{"tags": {"matching": "**"}}], "protect_signature_tags": true}"#);
         assert_eq!(decide(&c, "app", &sig), (true, "rules[0]".into()));
@@ -875,7 +981,12 @@ mod tests {
     fn config_errors_for_rules() {
         let bad = |json: &str| crate::config::Config::from_json(json.as_bytes()).unwrap_err();
         let e = bad(r#"{"rules": [{}, {}, {"tags": {"regex": "(x"}}]}"#);
-        assert!(e.to_string().starts_with(r#"invalid configuration: field `rules[2].tags.regex` = "(x": invalid regular expression"#), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                r#"invalid configuration: field `rules[2].tags.regex` = "(x": invalid regular expression"#
+            ),
+            "{e}"
+        );
         let e = bad(r#"{"rules": [{"tags": {"matching": 5}}]}"#);
         assert_eq!(e.field, "rules[0].tags.matching");
         assert!(e.reason.contains("comma-separated"), "{e}");
@@ -973,7 +1084,9 @@ mod projects {
 
     #[test]
     fn projects_select_the_first_path_component() {
-        let c = cfg(r#"{"rules": [{"projects": ["team-a"], "repositories": {"matching": "**"}, "tags": {"matching": "**"}}]}"#);
+        let c = cfg(
+            r#"{"rules": [{"projects": ["team-a"], "repositories": {"matching": "**"}, "tags": {"matching": "**"}}]}"#,
+        );
         assert!(!immutable(&c, "library/app", "v1"));
         assert!(!c.policy.may_protect_in("library/app"));
         assert!(immutable(&c, "team-a/app", "v1"));
@@ -983,7 +1096,9 @@ mod projects {
         assert!(immutable(&c, "team-b/api", "v1"));
         assert!(!immutable(&c, "team-b/web", "v1"));
         assert!(!immutable(&c, "lib/api", "v1"));
-        let c = cfg(r#"{"rules": [{"projects": {"excluding": "sandbox"}, "repositories": {"excluding": "tmp/**"}}]}"#);
+        let c = cfg(
+            r#"{"rules": [{"projects": {"excluding": "sandbox"}, "repositories": {"excluding": "tmp/**"}}]}"#,
+        );
         assert!(immutable(&c, "app", "v1"), "no project: not excluded");
         assert!(immutable(&c, "team/app", "v1"));
         assert!(!immutable(&c, "sandbox/app", "v1"));
@@ -997,8 +1112,10 @@ mod projects {
 
     #[test]
     fn the_first_rule_wins_across_project_and_repository_candidates() {
-        let c = cfg(r#"{"rules": [{"projects": "*", "repositories": {"matching": "x"}, "tags": {"matching": "v*"}},
-            {"projects": "a", "tags": {"matching": "v*"}}, {"projects": ["a", "b"]}, {"projects": "a", "repositories": {"matching": "x"}}]}"#);
+        let c = cfg(
+            r#"{"rules": [{"projects": "*", "repositories": {"matching": "x"}, "tags": {"matching": "v*"}},
+            {"projects": "a", "tags": {"matching": "v*"}}, {"projects": ["a", "b"]}, {"projects": "a", "repositories": {"matching": "x"}}]}"#,
+        );
         let hit = |repo: &str, tag: &str| c.policy.matching_rule(repo, tag).map(|r| r.index());
         assert_eq!(hit("a/x", "v1"), Some(0));
         assert_eq!(hit("a/y", "v1"), Some(1));
@@ -1053,12 +1170,28 @@ mod migration_review {
     #[test]
     fn a_glob_whose_classes_can_match_a_slash_is_refused_without_projects() {
         // Each matched `team/api` when globs matched the whole name.
-        for glob in ["team[!_]api", "prod[+-0]api", "team[^a]api", "{x,team[!_]api}", "[!a]*", "**,team[!_]api", "app, a/**"] {
+        for glob in [
+            "team[!_]api",
+            "prod[+-0]api",
+            "team[^a]api",
+            "{x,team[!_]api}",
+            "[!a]*",
+            "**,team[!_]api",
+            "app, a/**",
+        ] {
             let e = refused(glob).unwrap_or_else(|| panic!("{glob} loaded"));
-            assert!(e.contains("repositories.matching") && e.contains("add \\\"projects\\\"") || e.contains("add \"projects\""), "{e}");
+            assert!(
+                e.contains("repositories.matching") && e.contains("add \\\"projects\\\"")
+                    || e.contains("add \"projects\""),
+                "{e}"
+            );
         }
-        let e = Config::from_json(br#"{"rules": [{"repositories": {"matching": ["app", "team[!_]api"]}}]}"#).unwrap_err();
-        assert_eq!((e.field.as_str(), e.value.as_str()), ("rules[0].repositories.matching[1]", "\"team[!_]api\""));
+        let e = Config::from_json(br#"{"rules": [{"repositories": {"matching": ["app", "team[!_]api"]}}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("rules[0].repositories.matching[1]", "\"team[!_]api\"")
+        );
     }
 
     /// Loads `json` on a thread with wasm32's 1 MiB stack: a stack overflow aborts the binary.
@@ -1066,7 +1199,11 @@ mod migration_review {
     fn load_on_a_small_stack(json: String) -> Result<(), String> {
         std::thread::Builder::new()
             .stack_size(1 << 20)
-            .spawn(move || Config::from_json(json.as_bytes()).map(|_| ()).map_err(|e| format!("{}: {}", e.field, e.reason)))
+            .spawn(move || {
+                Config::from_json(json.as_bytes())
+                    .map(|_| ())
+                    .map_err(|e| format!("{}: {}", e.field, e.reason))
+            })
             .unwrap()
             .join()
             .unwrap()
@@ -1082,24 +1219,50 @@ mod migration_review {
         assert!(e.ends_with("400001 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
         for key in ["projects", "repositories"] {
             let json = serde_json::json!({"rules": [{"projects": "*", key: {"matching": deep}}]}).to_string();
-            assert!(load_on_a_small_stack(json).unwrap_err().ends_with("400001 characters, longer than 1024"));
+            assert!(load_on_a_small_stack(json)
+                .unwrap_err()
+                .ends_with("400001 characters, longer than 1024"));
         }
         // Nesting is capped within the length too; at the limit it loads.
         let deeper = format!("{}a{}", "{".repeat(17), "}".repeat(17));
-        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": deeper}}]}).to_string()).unwrap_err();
+        let e =
+            load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": deeper}}]}).to_string())
+                .unwrap_err();
         assert!(e.starts_with("rules[0].tags.matching: invalid glob"), "{e}");
         assert!(e.ends_with("alternate groups nested deeper than 16"), "{e}");
         let ok = format!("{}a{}", "{".repeat(16), "}".repeat(16));
-        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": ok}}]}).to_string()), Ok(()));
+        assert_eq!(
+            load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": ok}}]}).to_string()),
+            Ok(())
+        );
         let long = "a".repeat(1025);
-        let e = load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": long}}]}).to_string()).unwrap_err();
+        let e =
+            load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": long}}]}).to_string())
+                .unwrap_err();
         assert!(e.ends_with("1025 characters, longer than 1024"), "{}", &e[e.len().saturating_sub(200)..]);
-        assert_eq!(load_on_a_small_stack(serde_json::json!({"rules": [{"tags": {"matching": "a".repeat(1024)}}]}).to_string()), Ok(()));
+        assert_eq!(
+            load_on_a_small_stack(
+                serde_json::json!({"rules": [{"tags": {"matching": "a".repeat(1024)}}]}).to_string()
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn a_glob_that_cannot_match_a_slash_still_loads() {
-        for glob in ["**", "app, **", "**,app", "*", "team?api", "team[!/]api", "team[a-z]api", "prod[0-9]*", "{a,b}*", "team**", "[!a/]x"] {
+        for glob in [
+            "**",
+            "app, **",
+            "**,app",
+            "*",
+            "team?api",
+            "team[!/]api",
+            "team[a-z]api",
+            "prod[0-9]*",
+            "{a,b}*",
+            "team**",
+            "[!a/]x",
+        ] {
             assert_eq!(refused(glob), None, "{glob}");
         }
     }

@@ -77,8 +77,17 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
-    fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
-    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_shared_data(
@@ -178,7 +187,9 @@ pub fn headers(map: MapType) -> Result<Vec<(String, String)>, Status> {
 
 pub fn replace_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: valid pointers and lengths for the duration of the call.
-    check(unsafe { proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+    check(unsafe {
+        proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
 }
 
 pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
@@ -203,11 +214,25 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
 }
 
 /// `details` becomes the stream's response code details (`%RESPONSE_CODE_DETAILS%`).
-pub fn send_local_response(status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
+pub fn send_local_response(
+    status: u32,
+    details: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), Status> {
     let h = crate::proxy_wasm::header_map::encode(headers);
     // SAFETY: valid pointers and lengths for the duration of the call; -1: no gRPC status.
     check(unsafe {
-        proxy_send_local_response(status, details.as_ptr(), details.len(), body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1)
+        proxy_send_local_response(
+            status,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            h.as_ptr(),
+            h.len(),
+            -1,
+        )
     })
 }
 
@@ -283,13 +308,31 @@ pub fn set_shared(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
 
 /// Sends an HTTP call to `cluster`; the host answers with `proxy_on_http_call_response` on the
 /// calling stream's context, carrying the returned token.
-pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u32) -> Result<u32, Status> {
+pub fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout_ms: u32,
+) -> Result<u32, Status> {
     let h = crate::proxy_wasm::header_map::encode(headers);
     let t = crate::proxy_wasm::header_map::encode(&[]);
     let (b, n) = body.map_or((null(), 0), |b| (b.as_ptr(), b.len()));
     let mut token = 0u32;
     // SAFETY: valid pointers and lengths for the duration of the call.
-    check(unsafe { proxy_http_call(cluster.as_ptr(), cluster.len(), h.as_ptr(), h.len(), b, n, t.as_ptr(), t.len(), timeout_ms, &mut token) })?;
+    check(unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            h.as_ptr(),
+            h.len(),
+            b,
+            n,
+            t.as_ptr(),
+            t.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
     Ok(token)
 }
 

@@ -25,8 +25,8 @@
 //!
 //! `tests/test_exports.py` pins this export set.
 use super::abi;
-use super::streams::{with_stream, CALLS, CONTINUE, CURRENT, STREAMS};
 use super::root::{self, Root};
+use super::streams::{with_stream, CALLS, CONTINUE, CURRENT, STREAMS};
 use super::wasm_host::WasmHost;
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
@@ -82,7 +82,8 @@ fn serving(root_id: u32) {
         let mut roots = r.borrow_mut();
         let at = roots.iter().position(|root| root.id == root_id)?;
         let root = roots.get(at)?;
-        let latest = roots.iter().filter(|other| other.name == root.name).map(|other| other.configured).max()?;
+        let latest =
+            roots.iter().filter(|other| other.name == root.name).map(|other| other.configured).max()?;
         if root.configured >= latest || root.announced >= latest {
             return None;
         }
@@ -90,7 +91,11 @@ fn serving(root_id: u32) {
         root.announced = latest;
         root.show_mode();
         let mode = root.worker.as_ref().map_or("none (no valid configuration)", |w| w.config.mode.as_str());
-        Some(format!("immutable-tags {}: {} serves new streams again: mode={mode}", crate::BUILD, root.label()))
+        Some(format!(
+            "immutable-tags {}: {} serves new streams again: mode={mode}",
+            crate::BUILD,
+            root.label()
+        ))
     });
     if let Some(m) = message {
         WasmHost.log(Level::Info, &m);
@@ -134,10 +139,18 @@ pub extern "C" fn _initialize() {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_id: u32, _size: usize) -> u32 {
-    let text = |p| abi::property(&[p]).ok().flatten().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
+    let text =
+        |p| abi::property(&[p]).ok().flatten().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
     let configured = CONFIGURATIONS.with(|n| n.get().saturating_add(1));
     CONFIGURATIONS.with(|n| n.set(configured));
-    let mut root = Root { id: root_id, name: text("plugin_name"), vm_id: text("plugin_vm_id"), worker: None, configured, announced: configured };
+    let mut root = Root {
+        id: root_id,
+        name: text("plugin_name"),
+        vm_id: text("plugin_vm_id"),
+        worker: None,
+        configured,
+        announced: configured,
+    };
     root.worker = root::configure(&root.label());
     let ok = root.worker.is_some();
     root.show_mode();
@@ -150,7 +163,11 @@ pub extern "C" fn proxy_on_configure(root_id: u32, _size: usize) -> u32 {
     if let Some(w) = worker_of(root_id) {
         // The root's timer sweeps dead streams; with claims.etcd it also keeps the worker's
         // lease alive and sends commits and releases, so it runs more often.
-        let period = if w.config.claims.etcd.is_some() { crate::filter::claims::etcd::TICK_MS as u32 } else { SWEEP_PERIOD_MS };
+        let period = if w.config.claims.etcd.is_some() {
+            crate::filter::claims::etcd::TICK_MS as u32
+        } else {
+            SWEEP_PERIOD_MS
+        };
         if let Err(s) = abi::set_tick_period_ms(period) {
             WasmHost.log(Level::Error, &format!("immutable-tags: cannot set the tick period ({s:?})"));
             return 0;
@@ -207,7 +224,13 @@ fn worker_of(root_id: u32) -> Option<Rc<Worker>> {
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_http_call_response(id: u32, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+pub extern "C" fn proxy_on_http_call_response(
+    id: u32,
+    token: u32,
+    _headers: usize,
+    body_size: usize,
+    _trailers: usize,
+) {
     // Every call is the root context's (proxy-wasm dispatches `http_call` on the root), so its
     // answer comes even when the stream that made it is gone.
     let stream = CALLS.with(|c| c.borrow_mut().remove(&token)).unwrap_or(0);
@@ -265,7 +288,9 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
         }
     }
     // Roots of replaced configurations go too, so that one root is again the common case.
-    ROOTS.with(|r| r.borrow_mut().retain(|root| root.id == root_id || abi::set_effective_context(root.id).is_ok()));
+    ROOTS.with(|r| {
+        r.borrow_mut().retain(|root| root.id == root_id || abi::set_effective_context(root.id).is_ok())
+    });
     let _ = abi::set_effective_context(root_id);
     if gone.is_empty() {
         return;

@@ -40,7 +40,8 @@ pub fn text(bytes: Vec<u8>) -> String {
         if plain(&b) {
             out.push(char::from(b));
         } else {
-            let hex = |n: u8| char::from(b"0123456789ABCDEF".get(usize::from(n & 0xf)).copied().unwrap_or(b'0'));
+            let hex =
+                |n: u8| char::from(b"0123456789ABCDEF".get(usize::from(n & 0xf)).copied().unwrap_or(b'0'));
             out.extend(['%', hex(b >> 4), hex(b)]);
         }
     }

@@ -37,9 +37,14 @@ impl Root {
         let Some(w) = &self.worker else { return };
         let name: String = match self.name.as_str() {
             "" => "unnamed".into(),
-            n => n.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect(),
+            n => n
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+                .collect(),
         };
-        if let Ok(id) = abi::define_gauge(&format!("{}auditing.{name}", crate::observability::metrics::PREFIX)) {
+        if let Ok(id) =
+            abi::define_gauge(&format!("{}auditing.{name}", crate::observability::metrics::PREFIX))
+        {
             let _ = abi::record(id, u64::from(w.config.mode == Mode::Audit));
         }
     }
@@ -52,14 +57,23 @@ pub fn configure(label: &str) -> Option<Rc<Worker>> {
     let bytes = match abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
         Ok(b) => b.unwrap_or_default(),
         Err(s) => {
-            host.log(Level::Error, &format!("immutable-tags {}: {label}: cannot read plugin configuration ({s:?})", crate::BUILD));
+            host.log(
+                Level::Error,
+                &format!(
+                    "immutable-tags {}: {label}: cannot read plugin configuration ({s:?})",
+                    crate::BUILD
+                ),
+            );
             return None;
         }
     };
     match Config::from_json(&bytes) {
         Ok(config) => {
             // Logged on every (re)configuration, so the log says which build and policy run.
-            host.log(Level::Info, &format!("immutable-tags {}: {label}: policy loaded: {}", crate::BUILD, config.summary()));
+            host.log(
+                Level::Info,
+                &format!("immutable-tags {}: {label}: policy loaded: {}", crate::BUILD, config.summary()),
+            );
             Some(Rc::new(Worker::new(&host, config)))
         }
         Err(e) => {

@@ -45,7 +45,13 @@ impl Host for WasmHost {
         text(abi::property(path))
     }
 
-    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
         let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
         let token = abi::http_call(cluster, headers, body, timeout).map_err(|s| format!("{s:?}"))?;
         // The answer is routed to the stream that is calling now.
@@ -85,7 +91,13 @@ impl Host for WasmHost {
         abi::now_nanos().map_or(0, |n| n / 1_000_000)
     }
 
-    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+    fn send_response(
+        &self,
+        status: u16,
+        details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), String> {
         abi::send_local_response(u32::from(status), details, headers, body).map_err(|s| format!("{s:?}"))
     }
 

@@ -64,7 +64,9 @@ impl Rec {
     pub fn encode(&self) -> String {
         let (sd, sm) = self.stored.as_ref().map_or(("-", 0), |(d, m)| (d.as_str(), *m));
         let (cd, n) = match &self.claim {
-            Some((d, h)) => (format!("{d}@{}", h.iter().map(u64::to_string).collect::<Vec<_>>().join(",")), h.len()),
+            Some((d, h)) => {
+                (format!("{d}@{}", h.iter().map(u64::to_string).collect::<Vec<_>>().join(",")), h.len())
+            }
             None => ("-".into(), 0),
         };
         format!("{} {sd} {sm} {cd} {n}", self.at_ms)
@@ -118,7 +120,13 @@ impl Rec {
 ///   taken `now_ms`: the push remembers it, and its commit or release removes that one).
 ///
 /// `Err(None)`: [`MAX_HOLDS`] pushes hold the claim already (503).
-pub fn take(found: Option<&Rec>, digest: &str, view: View, now_ms: u64, ttl_ms: u64) -> Result<Rec, Option<(String, bool)>> {
+pub fn take(
+    found: Option<&Rec>,
+    digest: &str,
+    view: View,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Result<Rec, Option<(String, bool)>> {
     let mut r = found.cloned().unwrap_or(Rec { stored: None, claim: None, at_ms: now_ms });
     if let Some((d, at)) = &r.stored {
         if d != digest && (view.order < *at || view.absent) {
@@ -164,7 +172,14 @@ pub const NO_HOLD: u64 = u64::MAX;
 /// record ended): a commit that late (a paused replica's queue) could come after a change of
 /// another digest, which its order would pass as older; while the hold stands no other digest
 /// can be claimed, so a commit that finds it is the tag's latest change.
-pub fn committed(found: Option<&Rec>, digest: &str, order: u64, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Option<Rec> {
+pub fn committed(
+    found: Option<&Rec>,
+    digest: &str,
+    order: u64,
+    take_ms: u64,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Option<Rec> {
     let holds_ours = |r: &Rec| matches!(&r.claim, Some((d, h)) if d == digest && h.iter().any(|t| *t == take_ms && held(*t, now_ms, ttl_ms)));
     if take_ms != NO_HOLD && !found.is_some_and(holds_ours) {
         return None;
@@ -257,7 +272,11 @@ impl Slot {
     /// and a record it cannot read protects nothing.
     pub fn decode(bytes: &[u8]) -> Slot {
         let text = String::from_utf8_lossy(bytes);
-        let counter = text.lines().next().and_then(|l| l.strip_prefix(HEADER)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0);
+        let counter = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix(HEADER)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0);
         let records = text.lines().filter_map(parse_record).collect();
         Slot { records, counter }
     }
@@ -352,7 +371,15 @@ pub enum Claim {
 }
 
 /// Claims `repository:tag` for `digest`, for a push with this view (see [`take`]).
-pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, view: View, now_ms: u64, ttl_ms: u64) -> Claim {
+pub fn claim(
+    slot: &[u8],
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    view: View,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Claim {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     s.counter += 1;
@@ -368,7 +395,15 @@ pub fn claim(slot: &[u8], repository: &str, tag: &str, digest: &str, view: View,
 
 /// The registry stored `digest` under the tag. `None`: nothing to write (the slot is full of
 /// held records). `take_ms`: the write's hold.
-pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+pub fn commit(
+    slot: &[u8],
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    take_ms: u64,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     s.counter += 1;
@@ -377,7 +412,15 @@ pub fn commit(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: u
 }
 
 /// The write failed: one hold less on our claim. `None`: nothing to do.
-pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: u64, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+pub fn release(
+    slot: &[u8],
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    take_ms: u64,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     let r = released(s.find(repository, tag)?, digest, take_ms, now_ms, ttl_ms)?;
@@ -387,7 +430,15 @@ pub fn release(slot: &[u8], repository: &str, tag: &str, digest: &str, take_ms: 
 }
 
 /// A delete of the tag the filter granted (see [`deleted`]). `None`: nothing to do.
-pub fn forget(slot: &[u8], repository: &str, tag: &str, before: u64, digest: Option<&str>, now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+pub fn forget(
+    slot: &[u8],
+    repository: &str,
+    tag: &str,
+    before: u64,
+    digest: Option<&str>,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Option<Vec<u8>> {
     let mut s = Slot::decode(slot);
     s.prune(now_ms, ttl_ms);
     let r = deleted(s.find(repository, tag)?, before, digest, now_ms)?;
@@ -431,8 +482,14 @@ mod tests {
     #[test]
     fn first_claim_wins_and_a_different_digest_conflicts() {
         let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));
-        assert_eq!(claim(&s, "app", "v1", E, absent(0), 1, TTL), Claim::Conflict { digest: D.into(), committed: false });
-        assert!(matches!(claim(&s, "app", "v2", E, absent(0), 1, TTL), Claim::Write(_)), "other tags are independent");
+        assert_eq!(
+            claim(&s, "app", "v1", E, absent(0), 1, TTL),
+            Claim::Conflict { digest: D.into(), committed: false }
+        );
+        assert!(
+            matches!(claim(&s, "app", "v2", E, absent(0), 1, TTL), Claim::Write(_)),
+            "other tags are independent"
+        );
     }
 
     #[test]
@@ -441,11 +498,20 @@ mod tests {
         let s = written(claim(&s, "app", "v1", D, absent(0), 1, TTL));
         assert_eq!(Slot::decode(&s).records[0].rec.claim, Some((D.into(), vec![0, 1])));
         let s = release(&s, "app", "v1", D, 1, 2, TTL).unwrap();
-        assert!(matches!(claim(&s, "app", "v1", E, absent(0), 3, TTL), Claim::Conflict { .. }), "one holder left");
+        assert!(
+            matches!(claim(&s, "app", "v1", E, absent(0), 3, TTL), Claim::Conflict { .. }),
+            "one holder left"
+        );
         let s = commit(&s, "app", "v1", D, 0, 4, TTL).unwrap();
-        assert_eq!(claim(&s, "app", "v1", E, absent(0), 5, TTL), Claim::Conflict { digest: D.into(), committed: true });
+        assert_eq!(
+            claim(&s, "app", "v1", E, absent(0), 5, TTL),
+            Claim::Conflict { digest: D.into(), committed: true }
+        );
         let s = release(&s, "app", "v1", D, 0, 6, TTL).unwrap_or(s);
-        assert_eq!(claim(&s, "app", "v1", E, absent(1), 7, TTL), Claim::Conflict { digest: D.into(), committed: true });
+        assert_eq!(
+            claim(&s, "app", "v1", E, absent(1), 7, TTL),
+            Claim::Conflict { digest: D.into(), committed: true }
+        );
     }
 
     #[test]
@@ -458,11 +524,23 @@ mod tests {
         let s = commit(&s, "app", "v1", E, 40, 30, TTL).unwrap();
         let change = Slot::decode(&s).records[0].rec.stored.clone().unwrap().1;
         assert_eq!(change, slot_counter(&s), "a commit records the counter it wrote");
-        assert_eq!(claim(&s, "app", "v1", D, saw(old), 60, TTL), Claim::Conflict { digest: E.into(), committed: true });
+        assert_eq!(
+            claim(&s, "app", "v1", D, saw(old), 60, TTL),
+            Claim::Conflict { digest: E.into(), committed: true }
+        );
         // `<`, not `<=`: a view that read the counter the commit wrote was taken after it.
-        assert_eq!(claim(&s, "app", "v1", D, saw(change - 1), 60, TTL), Claim::Conflict { digest: E.into(), committed: true });
-        assert!(matches!(claim(&s, "app", "v1", D, saw(change), 20, TTL), Claim::Write(_)), "a newer view may (break-glass judged it)");
-        assert!(matches!(claim(&s, "app", "v1", E, saw(old), 60, TTL), Claim::Write(_)), "the same digest joins");
+        assert_eq!(
+            claim(&s, "app", "v1", D, saw(change - 1), 60, TTL),
+            Claim::Conflict { digest: E.into(), committed: true }
+        );
+        assert!(
+            matches!(claim(&s, "app", "v1", D, saw(change), 20, TTL), Claim::Write(_)),
+            "a newer view may (break-glass judged it)"
+        );
+        assert!(
+            matches!(claim(&s, "app", "v1", E, saw(old), 60, TTL), Claim::Write(_)),
+            "the same digest joins"
+        );
     }
 
     #[test]
@@ -478,18 +556,30 @@ mod tests {
         assert_eq!(slot_counter(&s), 4);
         // A committed ms of the format before orders is larger than any order: it refuses.
         let old = b"claims/2\napp v1 5 sha256:dddd 1700000000000 - 0\n";
-        assert_eq!(claim(old, "app", "v1", E, saw(9), 6, TTL), Claim::Conflict { digest: D.into(), committed: true });
+        assert_eq!(
+            claim(old, "app", "v1", E, saw(9), 6, TTL),
+            Claim::Conflict { digest: D.into(), committed: true }
+        );
     }
 
     #[test]
     fn absent_after_a_commit_is_no_first_push_and_a_failed_override_keeps_the_commit() {
         let s = commit(&empty_slot(), "app", "v1", D, NO_HOLD, 10, TTL).unwrap();
-        assert_eq!(claim(&s, "app", "v1", E, absent(50), 60, TTL), Claim::Conflict { digest: D.into(), committed: true });
-        assert!(matches!(claim(&s, "app", "v1", D, absent(50), 60, TTL), Claim::Write(_)), "the same digest again");
+        assert_eq!(
+            claim(&s, "app", "v1", E, absent(50), 60, TTL),
+            Claim::Conflict { digest: D.into(), committed: true }
+        );
+        assert!(
+            matches!(claim(&s, "app", "v1", D, absent(50), 60, TTL), Claim::Write(_)),
+            "the same digest again"
+        );
         let s = written(claim(&s, "app", "v1", E, saw(20), 30, TTL));
         let s = release(&s, "app", "v1", E, 30, 31, TTL).unwrap();
         assert_eq!(Slot::decode(&s).records[0].rec.stored, Some((D.into(), 1)), "the commit stays");
-        assert_eq!(claim(&s, "app", "v1", E, absent(5), 40, TTL), Claim::Conflict { digest: D.into(), committed: true });
+        assert_eq!(
+            claim(&s, "app", "v1", E, absent(5), 40, TTL),
+            Claim::Conflict { digest: D.into(), committed: true }
+        );
     }
 
     #[test]
@@ -504,8 +594,14 @@ mod tests {
     fn records_round_trip_old_ones_are_read_and_junk_refused() {
         let r = Rec { stored: Some((D.into(), 5)), claim: Some((E.into(), vec![3, 7])), at_ms: 7 };
         assert_eq!(Rec::decode(&r.encode()), Some(r));
-        assert_eq!(Rec::decode("c 5 sha256:ab"), Some(Rec { stored: None, claim: Some(("sha256:ab".into(), vec![5])), at_ms: 5 }));
-        assert_eq!(Rec::decode("d 5 sha256:ab"), Some(Rec { stored: Some(("sha256:ab".into(), 5)), claim: None, at_ms: 5 }));
+        assert_eq!(
+            Rec::decode("c 5 sha256:ab"),
+            Some(Rec { stored: None, claim: Some(("sha256:ab".into(), vec![5])), at_ms: 5 })
+        );
+        assert_eq!(
+            Rec::decode("d 5 sha256:ab"),
+            Some(Rec { stored: Some(("sha256:ab".into(), 5)), claim: None, at_ms: 5 })
+        );
         for junk in ["", "x 1 d", "c one d", "c 1", "c 1 ", "1 - 0 - x", "1 d x - 0", "1 - 0 - 0 extra"] {
             assert_eq!(Rec::decode(junk), None, "{junk:?}");
         }
@@ -523,9 +619,19 @@ mod tests {
         }
         assert_eq!(claim(&s, "app", "new", D, absent(0), 1, TTL), Claim::Full);
         let s = commit(&s, "app", "t3", D, 0, 2, TTL).unwrap();
-        assert_eq!(claim(&s, "app", "new", D, absent(0), 3, TTL), Claim::Full, "a committed record is not evicted");
-        assert!(matches!(claim(&s, "app", "t3", E, absent(3), 3, TTL), Claim::Conflict { committed: true, .. }));
-        assert!(matches!(claim(&s, "app", "new", D, absent(0), 2 + TTL, TTL), Claim::Write(_)), "room once records expire");
+        assert_eq!(
+            claim(&s, "app", "new", D, absent(0), 3, TTL),
+            Claim::Full,
+            "a committed record is not evicted"
+        );
+        assert!(matches!(
+            claim(&s, "app", "t3", E, absent(3), 3, TTL),
+            Claim::Conflict { committed: true, .. }
+        ));
+        assert!(
+            matches!(claim(&s, "app", "new", D, absent(0), 2 + TTL, TTL), Claim::Write(_)),
+            "room once records expire"
+        );
     }
 
     #[test]
@@ -542,11 +648,20 @@ mod tests {
         // without the key is no collision.
         let (a, b) = ([1u8; 16], [2u8; 16]);
         let target = slot_index(&a, "app", "v1", 1024);
-        let same: Vec<String> = (0..).map(|i| format!("c{i}")).filter(|t| slot_index(&a, "app", t, 1024) == target).take(16).collect();
-        let under_b: std::collections::HashSet<u32> = same.iter().map(|t| slot_index(&b, "app", t, 1024)).collect();
+        let same: Vec<String> = (0..)
+            .map(|i| format!("c{i}"))
+            .filter(|t| slot_index(&a, "app", t, 1024) == target)
+            .take(16)
+            .collect();
+        let under_b: std::collections::HashSet<u32> =
+            same.iter().map(|t| slot_index(&b, "app", t, 1024)).collect();
         assert!(under_b.len() >= 14, "{under_b:?}");
         // Not a fixed function of the text: the key moves single tags too.
-        let moved = (0..64).filter(|i| slot_index(&a, "app", &format!("t{i}"), 1024) != slot_index(&b, "app", &format!("t{i}"), 1024)).count();
+        let moved = (0..64)
+            .filter(|i| {
+                slot_index(&a, "app", &format!("t{i}"), 1024) != slot_index(&b, "app", &format!("t{i}"), 1024)
+            })
+            .count();
         assert!(moved >= 60, "{moved}");
     }
 
@@ -554,7 +669,14 @@ mod tests {
     fn slot_keys_round_trip_and_junk_is_refused() {
         let k: SlotKey = [0, 1, 2, 0xfe, 0xff, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0x80];
         assert_eq!(decode_slot_key(&encode_slot_key(&k)), Some(k));
-        for junk in [&b""[..], b"slot-key/1 ", b"slot-key/1 00", b"slot-key/2 0123456789abcdef", b"slot-key/1 0123456789abcdef0", b"slot-key/10123456789abcdef"] {
+        for junk in [
+            &b""[..],
+            b"slot-key/1 ",
+            b"slot-key/1 00",
+            b"slot-key/2 0123456789abcdef",
+            b"slot-key/1 0123456789abcdef0",
+            b"slot-key/10123456789abcdef",
+        ] {
             assert_eq!(decode_slot_key(junk), None, "{junk:?}");
         }
     }
@@ -578,7 +700,10 @@ mod tests {
         let s = written(claim(&s, "app", "v1", D, absent(0), 2 * TTL - 1, TTL));
         assert_eq!(Slot::decode(&s).records[0].rec.claim, Some((D.into(), vec![0, 2 * TTL - 1])));
         let s = commit(&s, "app", "v1", D, 2 * TTL - 1, 2 * TTL - 1, TTL).unwrap();
-        assert!(matches!(claim(&s, "app", "v1", E, saw(9), 2 * TTL - 1, TTL), Claim::Conflict { committed: false, .. }));
+        assert!(matches!(
+            claim(&s, "app", "v1", E, saw(9), 2 * TTL - 1, TTL),
+            Claim::Conflict { committed: false, .. }
+        ));
         assert!(matches!(claim(&s, "app", "v1", E, saw(9), 2 * TTL, TTL), Claim::Write(_)), "pruned");
         // A release of a pruned hold writes nothing.
         let s = written(claim(&empty_slot(), "app", "v1", D, absent(0), 0, TTL));

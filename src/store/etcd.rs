@@ -56,7 +56,9 @@ pub fn claim_txn(key: &str, record: &Record, lease: u64) -> String {
 pub fn create_txn(key: &str, value: &[u8], lease: u64) -> String {
     let k = b64(key.as_bytes());
     let put = put(&k, value, lease);
-    format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
+    format!(
+        r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[{put}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#
+    )
 }
 
 fn put(k: &str, value: &[u8], lease: u64) -> String {
@@ -83,7 +85,9 @@ pub fn replace_txn(key: &str, mod_revision: u64, value: &[u8], lease: u64) -> St
 /// Read the key (the compare only holds, writing nothing, if the key does not exist).
 pub fn read_txn(key: &str) -> String {
     let k = b64(key.as_bytes());
-    format!(r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
+    format!(
+        r#"{{"compare":[{{"key":"{k}","target":"CREATE","create_revision":"0"}}],"success":[],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#
+    )
 }
 
 /// Delete the key only if it is still at `mod_revision` (our own record, untouched since),
@@ -92,7 +96,9 @@ pub fn read_txn(key: &str) -> String {
 pub fn delete_if_txn(key: &str, mod_revision: u64) -> String {
     let k = b64(key.as_bytes());
     let compare = mod_is(&k, mod_revision);
-    format!(r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#)
+    format!(
+        r#"{{{compare},"success":[{{"request_delete_range":{{"key":"{k}"}}}}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#
+    )
 }
 
 /// The etcd key of `principal`'s break-glass window on `repository:tag`: repositories and tags
@@ -127,7 +133,11 @@ pub fn keepalive_body(lease: u64) -> String {
 /// its digest's delete fence, a fence the claims in its repository, in the very txn that
 /// writes them (no extra round trip, one revision for both). Both branches are never empty.
 pub fn and_read(txn: &str, key: &str, end: &str) -> String {
-    let op = format!(r#",{{"request_range":{{"key":"{}","range_end":"{}"}}}}"#, b64(key.as_bytes()), b64(end.as_bytes()));
+    let op = format!(
+        r#",{{"request_range":{{"key":"{}","range_end":"{}"}}}}"#,
+        b64(key.as_bytes()),
+        b64(end.as_bytes())
+    );
     match (txn.find(r#"],"failure""#), txn.strip_suffix("]}")) {
         (Some(i), Some(t)) if i < t.len() => format!("{}{op}{}{op}]}}", &txn[..i], &t[i..]),
         _ => txn.to_string(),
@@ -143,7 +153,9 @@ pub fn read_holds(body: &[u8], own: &str, digest: &str) -> Option<bool> {
     let mut i = 0;
     while let Some(kv) = r.field("kvs").and_then(|k| k.item(i)) {
         let v = unb64(text(kv.field("value"))?).and_then(|v| String::from_utf8(v).ok());
-        if text(kv.field("key"))? != own && v.and_then(|v| Record::decode(&v)).is_some_and(|r| crate::store::claims::holds(&r, digest)) {
+        if text(kv.field("key"))? != own
+            && v.and_then(|v| Record::decode(&v)).is_some_and(|r| crate::store::claims::holds(&r, digest))
+        {
             return Some(true);
         }
         i += 1;
@@ -211,7 +223,8 @@ pub fn parse_txn(status: Option<u16>, body: &[u8]) -> Answer<Txn> {
     if revision.is_none() {
         return Answer::Failed("etcd answered something unreadable".into());
     }
-    let range = doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_range", "kvs"]));
+    let range =
+        doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_range", "kvs"]));
     let Some(kv) = range.and_then(|kvs| kvs.item(0)) else { return Answer::Ok(Txn::Found(None)) };
     let value = text(kv.field("value")).unwrap_or_default();
     let record = unb64(value).and_then(|v| String::from_utf8(v).ok()).and_then(|v| Record::decode(&v));
@@ -240,12 +253,18 @@ fn window_txn(status: Option<u16>, body: &[u8]) -> Answer<(Json, Result<u64, u64
         Ok(d) => d,
         Err(a) => return lift(a),
     };
-    let Some(revision) = int64(at(&doc, &["header", "revision"])) else { return Answer::Failed("etcd answered something unreadable".into()) };
+    let Some(revision) = int64(at(&doc, &["header", "revision"])) else {
+        return Answer::Failed("etcd answered something unreadable".into());
+    };
     if matches!(doc.field("succeeded"), Some(Json::Bool(true))) {
         return Answer::Ok((doc, Ok(revision)));
     }
-    let range = doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_range", "kvs"]));
-    let m = range.and_then(|kvs| kvs.item(0)).map_or(Some(0), |kv| int64(kv.field("mod_revision"))).unwrap_or(u64::MAX);
+    let range =
+        doc.field("responses").and_then(|r| r.item(0)).and_then(|r| at(r, &["response_range", "kvs"]));
+    let m = range
+        .and_then(|kvs| kvs.item(0))
+        .map_or(Some(0), |kv| int64(kv.field("mod_revision")))
+        .unwrap_or(u64::MAX);
     Answer::Ok((doc, Err(m)))
 }
 
@@ -314,12 +333,17 @@ mod tests {
             }
         }
         let kv = |k: &str, v: &str| json!({"key": b64(k.as_bytes()), "value": b64(v.as_bytes())});
-        let body = |kvs: Value| json!({"responses": [{}, {"response_range": {"kvs": kvs}}]}).to_string().into_bytes();
+        let body = |kvs: Value| {
+            json!({"responses": [{}, {"response_range": {"kvs": kvs}}]}).to_string().into_bytes()
+        };
         let held = body(json!([kv("/p/app:v1", &r.encode()), kv("/p/app:v2", "5 - 0 sha256:e 1")]));
         assert_eq!(read_holds(&held, "/p/app:v9", "sha256:d"), Some(true));
         assert_eq!(read_holds(&held, "/p/app:v1", "sha256:d"), Some(false), "its own write is not another's");
         assert_eq!(read_holds(&held, "/p/app:v9", "sha256:f"), Some(false));
-        assert_eq!(read_holds(&body(json!([kv("/p/window:app:v1:admin", "x")])), "/p/app:v9", "sha256:d"), Some(false));
+        assert_eq!(
+            read_holds(&body(json!([kv("/p/window:app:v1:admin", "x")])), "/p/app:v9", "sha256:d"),
+            Some(false)
+        );
         assert_eq!(read_holds(b"{}", "/p/app:v9", "sha256:d"), None, "unreadable");
     }
 
@@ -327,15 +351,33 @@ mod tests {
     fn requests_carry_base64_and_int64_strings() {
         let r = Record { stored: None, claim: Some(("sha256:ab".into(), vec![5])), at_ms: 5 };
         let t: Value = serde_json::from_str(&claim_txn("/p/a:v1", &r, 7)).unwrap();
-        assert_eq!(t["compare"][0], json!({"key": b64(b"/p/a:v1"), "target": "CREATE", "create_revision": "0"}));
+        assert_eq!(
+            t["compare"][0],
+            json!({"key": b64(b"/p/a:v1"), "target": "CREATE", "create_revision": "0"})
+        );
         assert_eq!(t["success"][0]["request_put"]["lease"], "7");
-        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 - 0 sha256:ab@5 1");
+        assert_eq!(
+            unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(),
+            b"5 - 0 sha256:ab@5 1"
+        );
         assert_eq!(t["failure"][0]["request_range"]["key"], b64(b"/p/a:v1"));
-        let t: Value = serde_json::from_str(&put_if_txn("k", 42, &Record { stored: Some(("sha256:ab".into(), 5)), claim: None, ..r }, 7)).unwrap();
+        let t: Value = serde_json::from_str(&put_if_txn(
+            "k",
+            42,
+            &Record { stored: Some(("sha256:ab".into(), 5)), claim: None, ..r },
+            7,
+        ))
+        .unwrap();
         assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "MOD", "mod_revision": "42"}));
-        assert_eq!(unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(), b"5 sha256:ab 5 - 0");
+        assert_eq!(
+            unb64(t["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap(),
+            b"5 sha256:ab 5 - 0"
+        );
         let t: Value = serde_json::from_str(&delete_if_txn("k", 9_007_199_254_740_993)).unwrap();
-        assert_eq!(t["compare"][0]["mod_revision"], "9007199254740993", "int64 beyond f64 precision stays exact");
+        assert_eq!(
+            t["compare"][0]["mod_revision"], "9007199254740993",
+            "int64 beyond f64 precision stays exact"
+        );
         assert_eq!(grant_body(60), r#"{"TTL":"60"}"#);
         assert_eq!(keepalive_body(7_587_888_229_823_741_952), r#"{"ID":"7587888229823741952"}"#);
     }
@@ -365,7 +407,12 @@ mod tests {
         let rec = Record { stored: None, claim: Some(("sha256:other".into(), vec![77])), at_ms: 77 };
         assert_eq!(txn(&found), Answer::Ok(Txn::Found(Some((rec, 11)))));
         // The key vanished between compare and range: no `kvs`.
-        assert_eq!(txn(r#"{"header":{"revision":"13"},"responses":[{"response_range":{"header":{"revision":"13"}}}]}"#), Answer::Ok(Txn::Found(None)));
+        assert_eq!(
+            txn(
+                r#"{"header":{"revision":"13"},"responses":[{"response_range":{"header":{"revision":"13"}}}]}"#
+            ),
+            Answer::Ok(Txn::Found(None))
+        );
         // A delete-if whose compare failed has no responses at all.
         assert_eq!(txn(r#"{"header":{"revision":"13"}}"#), Answer::Ok(Txn::Found(None)));
         let unreadable = found.replace(&value, &b64(b"something else"));
@@ -378,8 +425,14 @@ mod tests {
         assert_eq!(txn(lease), Answer::LeaseGone);
         assert_eq!(parse_txn(Some(400), lease.as_bytes()), Answer::LeaseGone);
         let quorum = r#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
-        assert_eq!(parse_txn(Some(503), quorum.as_bytes()), Answer::Failed("etcd answered 503: etcdserver: request timed out".into()));
-        assert_eq!(parse_txn(Some(504), b"upstream request timeout"), Answer::Failed("etcd answered 504".into()));
+        assert_eq!(
+            parse_txn(Some(503), quorum.as_bytes()),
+            Answer::Failed("etcd answered 503: etcdserver: request timed out".into())
+        );
+        assert_eq!(
+            parse_txn(Some(504), b"upstream request timeout"),
+            Answer::Failed("etcd answered 504".into())
+        );
         assert_eq!(parse_txn(None, b""), Answer::Failed("etcd reset the call".into()));
         assert!(matches!(txn("<html>"), Answer::Failed(m) if m.contains("unreadable")));
         assert!(matches!(txn("[]"), Answer::Failed(m) if m.contains("unreadable")));
@@ -393,13 +446,19 @@ mod tests {
         assert_eq!(parse_grant(Some(200), grant), Answer::Ok(4_111_120_382_571_439_109));
         assert!(matches!(parse_grant(Some(200), br#"{"header":{}}"#), Answer::Failed(_)));
         // Lease 0 means "no lease" to etcd: a put with it would never expire.
-        assert!(matches!(parse_grant(Some(200), br#"{"header":{"revision":"1"},"ID":"0","TTL":"5"}"#), Answer::Failed(_)));
+        assert!(matches!(
+            parse_grant(Some(200), br#"{"header":{"revision":"1"},"ID":"0","TTL":"5"}"#),
+            Answer::Failed(_)
+        ));
         // A lenient writer's plain number reads the same as the gateway's string.
         assert_eq!(parse_grant(Some(200), br#"{"header":{"revision":1},"ID":42,"TTL":5}"#), Answer::Ok(42));
         let alive = br#"{"result":{"header":{"revision":"2"},"ID":"9","TTL":"5"}}"#;
         assert_eq!(parse_keepalive(Some(200), alive), Answer::Ok(()));
         // A lease that is gone answers without `TTL`.
-        assert_eq!(parse_keepalive(Some(200), br#"{"result":{"header":{"revision":"2"},"ID":"999"}}"#), Answer::LeaseGone);
+        assert_eq!(
+            parse_keepalive(Some(200), br#"{"result":{"header":{"revision":"2"},"ID":"999"}}"#),
+            Answer::LeaseGone
+        );
         // A TTL of 0 or less is a lease that has run out.
         for ttl in ["0", "-1"] {
             let gone = format!(r#"{{"result":{{"header":{{"revision":"2"}},"ID":"9","TTL":"{ttl}"}}}}"#);
@@ -416,24 +475,53 @@ mod tests {
         let wk = window_key("/p/", "app", "v1", "admin");
         assert_eq!(wk, "/p/window:app:v1:admin");
         let t: Value = serde_json::from_str(&use_txn("k")).unwrap();
-        assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "VALUE", "result": "NOT_EQUAL", "value": b64(USED)}));
-        assert_eq!(t["success"][0]["request_put"], json!({"key": "aw==", "value": b64(USED), "ignore_lease": true, "prev_kv": true}));
+        assert_eq!(
+            t["compare"][0],
+            json!({"key": "aw==", "target": "VALUE", "result": "NOT_EQUAL", "value": b64(USED)})
+        );
+        assert_eq!(
+            t["success"][0]["request_put"],
+            json!({"key": "aw==", "value": b64(USED), "ignore_lease": true, "prev_kv": true})
+        );
         // etcd 3.4's answers: used (the window and its lease; USED at the txn's revision), or not.
-        let taken = format!(r#"{{"header":{{"revision":"9"}},"succeeded":true,"responses":[{{"response_put":{{"header":{{"revision":"9"}},"prev_kv":{{"key":"aw==","mod_revision":"4","value":"{}","lease":"42"}}}}}}]}}"#, b64(b"w"));
+        let taken = format!(
+            r#"{{"header":{{"revision":"9"}},"succeeded":true,"responses":[{{"response_put":{{"header":{{"revision":"9"}},"prev_kv":{{"key":"aw==","mod_revision":"4","value":"{}","lease":"42"}}}}}}]}}"#,
+            b64(b"w")
+        );
         assert_eq!(parse_taken(Some(200), taken.as_bytes()), Answer::Ok(Some((b"w".to_vec(), 42, 9))));
-        assert_eq!(parse_taken(Some(200), br#"{"header":{"revision":"4"}}"#), Answer::Ok(None), "nothing to use");
-        assert!(matches!(parse_taken(Some(200), br#"{"header":{"revision":"4"},"succeeded":true}"#), Answer::Failed(_)));
+        assert_eq!(
+            parse_taken(Some(200), br#"{"header":{"revision":"4"}}"#),
+            Answer::Ok(None),
+            "nothing to use"
+        );
+        assert!(matches!(
+            parse_taken(Some(200), br#"{"header":{"revision":"4"},"succeeded":true}"#),
+            Answer::Failed(_)
+        ));
         assert!(matches!(parse_taken(Some(503), b"no healthy upstream"), Answer::Failed(_)));
         let t: Value = serde_json::from_str(&replace_txn("k", 9, b"w", 42)).unwrap();
         assert_eq!(t["compare"][0], json!({"key": "aw==", "target": "MOD", "mod_revision": "9"}));
         assert_eq!(t["success"][0]["request_put"], json!({"key": "aw==", "value": b64(b"w"), "lease": "42"}));
-        assert_eq!(parse_written(Some(200), br#"{"header":{"revision":"5"},"succeeded":true}"#), Answer::Ok(Ok(5)));
-        let found = format!(r#"{{"header":{{"revision":"5"}},"responses":[{{"response_range":{{"kvs":[{{"key":"aw==","mod_revision":"3","value":"{}"}}]}}}}]}}"#, b64(USED));
-        assert_eq!(parse_written(Some(200), found.as_bytes()), Answer::Ok(Err(3)), "a used window, to replace at 3");
-        assert_eq!(parse_written(Some(200), br#"{"header":{"revision":"5"},"responses":[{"response_range":{}}]}"#), Answer::Ok(Err(0)), "absent");
+        assert_eq!(
+            parse_written(Some(200), br#"{"header":{"revision":"5"},"succeeded":true}"#),
+            Answer::Ok(Ok(5))
+        );
+        let found = format!(
+            r#"{{"header":{{"revision":"5"}},"responses":[{{"response_range":{{"kvs":[{{"key":"aw==","mod_revision":"3","value":"{}"}}]}}}}]}}"#,
+            b64(USED)
+        );
+        assert_eq!(
+            parse_written(Some(200), found.as_bytes()),
+            Answer::Ok(Err(3)),
+            "a used window, to replace at 3"
+        );
+        assert_eq!(
+            parse_written(Some(200), br#"{"header":{"revision":"5"},"responses":[{"response_range":{}}]}"#),
+            Answer::Ok(Err(0)),
+            "absent"
+        );
         let t: Value = serde_json::from_str(&create_txn("k", b"v", 5)).unwrap();
         assert_eq!(t["compare"][0]["target"], "CREATE");
         assert_eq!(t["success"][0]["request_put"]["lease"], "5");
     }
-
 }

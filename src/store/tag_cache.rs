@@ -87,7 +87,9 @@ impl TagCache {
     /// Like `get_since`, with the claim store's order of the view that taught the entry.
     pub fn get_view(&mut self, repository: &str, tag: &str, now_ms: u64) -> Option<(Digest, u64, u64)> {
         let order = self.map.peek(&Self::key(repository, tag)).map_or(0, |e| e.order);
-        self.entry(repository, tag, now_ms).filter(|(_, _, s)| s.backs_verdicts()).map(|(d, at, _)| (d, at, order))
+        self.entry(repository, tag, now_ms)
+            .filter(|(_, _, s)| s.backs_verdicts())
+            .map(|(d, at, _)| (d, at, order))
     }
 
     /// The digest a read may be pinned to: learned less than `ttl` ago, from any source.
@@ -123,7 +125,15 @@ impl TagCache {
     }
 
     /// Like `put_from`, for a view of this claim-store `order` (0: unknown, the oldest).
-    pub fn put_ordered(&mut self, repository: &str, tag: &str, digest: Digest, now_ms: u64, order: u64, source: Source) {
+    pub fn put_ordered(
+        &mut self,
+        repository: &str,
+        tag: &str,
+        digest: Digest,
+        now_ms: u64,
+        order: u64,
+        source: Source,
+    ) {
         if self.ttl_ms == 0 {
             return;
         }

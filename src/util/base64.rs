@@ -11,7 +11,11 @@ pub fn encode(bytes: &[u8]) -> String {
     for chunk in bytes.chunks(3) {
         let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
-            let c = if i <= chunk.len() { STANDARD.get((n >> (18 - 6 * i) & 63) as usize).copied().unwrap_or(b'=') } else { b'=' };
+            let c = if i <= chunk.len() {
+                STANDARD.get((n >> (18 - 6 * i) & 63) as usize).copied().unwrap_or(b'=')
+            } else {
+                b'='
+            };
             out.push(char::from(c));
         }
     }
@@ -48,7 +52,14 @@ mod tests {
 
     #[test]
     fn round_trips_and_matches_the_standard() {
-        for (raw, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("/immutable-tags/a:v1", "L2ltbXV0YWJsZS10YWdzL2E6djE=")] {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("/immutable-tags/a:v1", "L2ltbXV0YWJsZS10YWdzL2E6djE="),
+        ] {
             assert_eq!(encode(raw.as_bytes()), enc);
             assert_eq!(decode(enc).unwrap(), raw.as_bytes());
         }

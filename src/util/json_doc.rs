@@ -155,7 +155,10 @@ impl Json {
                     [] => "there are no fields".to_string(),
                     [one] => format!("expected `{one}`"),
                     [a, b] => format!("expected `{a}` or `{b}`"),
-                    _ => format!("expected one of {}", allowed.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")),
+                    _ => format!(
+                        "expected one of {}",
+                        allowed.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                    ),
                 };
                 return Err(fail(&join(at, name), format!("unknown field `{name}`, {expected}")));
             }
@@ -263,21 +266,36 @@ mod tests {
             (&["a", "c", "d"][..], "expected one of `a`, `c`, `d`"),
         ] {
             let e = d.fields("x", allowed).err().unwrap();
-            assert_eq!(e.reason, format!("unknown field `{}`, {hint}", if allowed.is_empty() { "a" } else { "b" }));
+            assert_eq!(
+                e.reason,
+                format!("unknown field `{}`, {hint}", if allowed.is_empty() { "a" } else { "b" })
+            );
         }
         let e = doc(r#"{"a": 1, "a": 2}"#).fields("", &["a", "b"]).err().unwrap();
         assert_eq!((e.field.as_str(), e.reason.as_str()), ("a", "duplicate field `a`"));
         let e = doc("[]").fields("", &["a"]).err().unwrap();
-        assert_eq!((e.field.as_str(), e.reason.as_str()), ("(root)", "invalid type: sequence, expected an object"));
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("(root)", "invalid type: sequence, expected an object")
+        );
     }
 
     #[test]
     fn values_are_named_in_errors() {
         let d = doc(r#"{"n": -1, "f": 1.5, "s": "yes", "big": 5000000000, "b": null, "l": ["a", 2]}"#);
         let f = d.fields("", &["n", "f", "s", "big", "b", "l"]).unwrap();
-        assert_eq!(f.opt_uint("n", "u64", u64::MAX).unwrap_err().reason, "invalid value: integer `-1`, expected u64");
-        assert_eq!(f.opt_uint("f", "u64", u64::MAX).unwrap_err().reason, "invalid type: floating point `1.5`, expected u64");
-        assert_eq!(f.opt_uint("big", "u32", u32::MAX.into()).unwrap_err().reason, "invalid value: integer `5000000000`, expected u32");
+        assert_eq!(
+            f.opt_uint("n", "u64", u64::MAX).unwrap_err().reason,
+            "invalid value: integer `-1`, expected u64"
+        );
+        assert_eq!(
+            f.opt_uint("f", "u64", u64::MAX).unwrap_err().reason,
+            "invalid type: floating point `1.5`, expected u64"
+        );
+        assert_eq!(
+            f.opt_uint("big", "u32", u32::MAX.into()).unwrap_err().reason,
+            "invalid value: integer `5000000000`, expected u32"
+        );
         assert_eq!(f.opt_bool("s").unwrap_err().reason, "invalid type: string \"yes\", expected a boolean");
         assert_eq!(f.opt_bool("b").unwrap(), None, "null is absent for an optional field");
         assert_eq!(f.bool_or_false("b").unwrap_err().field, "b", "but not for a defaulted one");

@@ -6,11 +6,11 @@
 //! write, and only when the registry demands authentication (an anonymous `GET /v2/` answered
 //! 401, `registry_auth` below): against a registry without auth any name is unproven.
 
+use crate::policy::exclusions::{Exclusions, Match};
+use crate::policy::glob;
 use crate::util::base64::decode;
 use crate::util::json_doc::ConfigError;
-use crate::policy::glob;
 use crate::util::json_doc::{Fields, Json};
-use crate::policy::exclusions::{Exclusions, Match};
 
 pub const DEFAULT_REASON_HEADER: &str = "x-break-glass-reason";
 /// The longest reason taken (bytes): enough for a ticket and a sentence, not for a log flood.
@@ -93,24 +93,44 @@ impl BreakGlass {
     pub fn read(v: &Json) -> Result<BreakGlass, ConfigError> {
         let f: Fields = v.fields(
             "break_glass",
-            &["principals", "repositories", "actions", "reason_header", "max_reason_bytes", "credential_headers", "jwt_authn_payload"],
+            &[
+                "principals",
+                "repositories",
+                "actions",
+                "reason_header",
+                "max_reason_bytes",
+                "credential_headers",
+                "jwt_authn_payload",
+            ],
         )?;
         let principals = f.strings_or_empty("principals")?;
         let repositories = f.strings_or_empty("repositories")?;
         let names = f.strings_or_empty("actions")?;
         let header = f.opt_string("reason_header")?.unwrap_or_else(|| DEFAULT_REASON_HEADER.into());
-        let max_reason = f.opt_uint("max_reason_bytes", "u64", u64::MAX)?.unwrap_or(DEFAULT_MAX_REASON_BYTES as u64);
+        let max_reason =
+            f.opt_uint("max_reason_bytes", "u64", u64::MAX)?.unwrap_or(DEFAULT_MAX_REASON_BYTES as u64);
         if !(1..=MAX_REASON_BYTES_LIMIT).contains(&max_reason) {
             let reason = format!("must be between 1 and {MAX_REASON_BYTES_LIMIT}");
-            return Err(ConfigError { field: "break_glass.max_reason_bytes".into(), value: max_reason.to_string(), reason });
+            return Err(ConfigError {
+                field: "break_glass.max_reason_bytes".into(),
+                value: max_reason.to_string(),
+                reason,
+            });
         }
         let credential_headers = match f.present("credential_headers") {
             Some(_) => f.strings_or_empty("credential_headers")?,
             None => DEFAULT_CREDENTIAL_HEADERS.iter().map(|h| h.to_string()).collect(),
         };
-        let is_name = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if let Some(h) = credential_headers.iter().find(|h| !is_name(h) || h.eq_ignore_ascii_case("authorization")) {
-            return Err(err("credential_headers", h, "must list header names (letters, digits, - and _) other than authorization"));
+        let is_name =
+            |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if let Some(h) =
+            credential_headers.iter().find(|h| !is_name(h) || h.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(err(
+                "credential_headers",
+                h,
+                "must list header names (letters, digits, - and _) other than authorization",
+            ));
         }
         let mut actions = Vec::new();
         for a in &names {
@@ -127,7 +147,9 @@ impl BreakGlass {
             Some(("principals", "", "must list non-empty principal names"))
         } else if actions.is_empty() {
             Some(("actions", "", "must list \"overwrite\", \"delete\" or both"))
-        } else if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        } else if header.is_empty()
+            || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             Some(("reason_header", header.as_str(), "must be a header name (letters, digits, - and _)"))
         } else {
             None
@@ -140,15 +162,32 @@ impl BreakGlass {
             res.push(glob::to_regex(g).map_err(|why| err("repositories", g, &why))?);
         }
         // The exclusion matcher's code, reused: "excluded" reads "selected" here.
-        let matcher = if res.is_empty() { None } else { Some(Exclusions::compile(&res).map_err(|(_, why)| err("repositories", "", &why))?) };
+        let matcher = if res.is_empty() {
+            None
+        } else {
+            Some(Exclusions::compile(&res).map_err(|(_, why)| err("repositories", "", &why))?)
+        };
         let max_reason_bytes = usize::try_from(max_reason).unwrap_or(DEFAULT_MAX_REASON_BYTES);
         let credential_headers = credential_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
         let jwt_authn_payload = f.opt_string("jwt_authn_payload")?;
         if jwt_authn_payload.as_deref() == Some("") {
-            return Err(err("jwt_authn_payload", "", "must name the jwt_authn provider's payload_in_metadata"));
+            return Err(err(
+                "jwt_authn_payload",
+                "",
+                "must name the jwt_authn provider's payload_in_metadata",
+            ));
         }
         let reason_header = header.to_ascii_lowercase();
-        Ok(BreakGlass { principals, repositories, matcher, actions, reason_header, max_reason_bytes, credential_headers, jwt_authn_payload })
+        Ok(BreakGlass {
+            principals,
+            repositories,
+            matcher,
+            actions,
+            reason_header,
+            max_reason_bytes,
+            credential_headers,
+            jwt_authn_payload,
+        })
     }
 
     /// Whether `action` on `repository` can be overridden at all (by someone), or why not.
@@ -180,12 +219,17 @@ impl BreakGlass {
             // The header as sent (padding included): that is what is logged and stored.
             Some(_) if ask.reason.map_or(0, str::len) > self.max_reason_bytes => {
                 let n = ask.reason.map_or(0, str::len);
-                return Err(format!("the {h} header is {n} bytes, longer than break_glass.max_reason_bytes ({})", self.max_reason_bytes));
+                return Err(format!(
+                    "the {h} header is {n} bytes, longer than break_glass.max_reason_bytes ({})",
+                    self.max_reason_bytes
+                ));
             }
             Some(_) => {}
         }
         let Some(p) = ask.principal else {
-            return Err("the request names no principal (Authorization: Basic, or Bearer with a JWT sub)".into());
+            return Err(
+                "the request names no principal (Authorization: Basic, or Bearer with a JWT sub)".into()
+            );
         };
         if !self.principals.iter().any(|x| x == p) {
             return Err(format!("principal '{p}' is not in break_glass.principals"));
@@ -195,7 +239,9 @@ impl BreakGlass {
         }
         match ask.registry_auth {
             Some(true) => Ok(()),
-            Some(false) => Err(format!("the registry does not demand authentication, so principal '{p}' is unproven")),
+            Some(false) => {
+                Err(format!("the registry does not demand authentication, so principal '{p}' is unproven"))
+            }
             None => Err("the filter could not learn whether the registry demands authentication".into()),
         }
     }
@@ -227,7 +273,8 @@ pub fn principal(authorization: &str) -> Option<String> {
 }
 
 fn folds_to_sub(key: &str) -> bool {
-    let folded: String = key.chars().map(|c| if c == '\u{17f}' { 's' } else { c.to_ascii_lowercase() }).collect();
+    let folded: String =
+        key.chars().map(|c| if c == '\u{17f}' { 's' } else { c.to_ascii_lowercase() }).collect();
     folded == "sub"
 }
 
@@ -274,7 +321,12 @@ mod tests {
         BreakGlass::read(&Json::parse(json.as_bytes()).unwrap())
     }
 
-    const ADMIN: Ask = Ask { principal: Some("release-admin"), reason: Some("CVE-2026-1"), registry_auth: Some(true), verified: false };
+    const ADMIN: Ask = Ask {
+        principal: Some("release-admin"),
+        reason: Some("CVE-2026-1"),
+        registry_auth: Some(true),
+        verified: false,
+    };
 
     #[test]
     fn config_defaults_and_errors_name_the_field() {
@@ -282,7 +334,10 @@ mod tests {
         assert_eq!(b.actions, vec![Action::Overwrite, Action::Delete]);
         assert_eq!(b.reason_header, "x-break-glass-reason");
         // A header name of letters, digits, '-' and '_' is taken as is (lower-cased: Envoy's).
-        assert_eq!(bg(r#"{"principals": ["a"], "reason_header": "X-Why_2"}"#).unwrap().reason_header, "x-why_2");
+        assert_eq!(
+            bg(r#"{"principals": ["a"], "reason_header": "X-Why_2"}"#).unwrap().reason_header,
+            "x-why_2"
+        );
         assert!(b.grant(Action::Delete, "any/repo", &ADMIN).is_ok(), "default: every repository");
         for (json, field) in [
             (r#"{"principals": "release-admin"}"#, "break_glass.principals"),
@@ -303,7 +358,9 @@ mod tests {
     #[test]
     fn overriding_requests_carry_no_second_credential() {
         let b = bg(r#"{"principals": ["a"]}"#).unwrap();
-        for h in ["cookie", "x-api-key", "private-token", "job-token", "x-jfrog-art-api", "proxy-authorization"] {
+        for h in
+            ["cookie", "x-api-key", "private-token", "job-token", "x-jfrog-art-api", "proxy-authorization"]
+        {
             assert!(b.strips(h), "{h}");
         }
         assert!(!b.strips("authorization") && !b.strips("content-type"));
@@ -322,20 +379,34 @@ mod tests {
 
     #[test]
     fn grant_needs_everything_and_says_why_not() {
-        let b = bg(r#"{"principals": ["release-admin"], "repositories": ["prod/**"], "actions": ["overwrite"]}"#).unwrap();
+        let b =
+            bg(r#"{"principals": ["release-admin"], "repositories": ["prod/**"], "actions": ["overwrite"]}"#)
+                .unwrap();
         assert_eq!(b.grant(Action::Overwrite, "prod/api", &ADMIN), Ok(()));
         let why = |action, repo, ask: Ask| b.grant(action, repo, &ask).unwrap_err();
         assert!(why(Action::Delete, "prod/api", ADMIN).contains("actions"));
         assert!(why(Action::Overwrite, "dev/api", ADMIN).contains("not in break_glass.repositories"));
-        assert!(why(Action::Overwrite, "prod/api", Ask { reason: None, ..ADMIN }).contains("no x-break-glass-reason"));
+        assert!(why(Action::Overwrite, "prod/api", Ask { reason: None, ..ADMIN })
+            .contains("no x-break-glass-reason"));
         assert!(why(Action::Overwrite, "prod/api", Ask { reason: Some("  "), ..ADMIN }).contains("empty"));
-        assert!(why(Action::Overwrite, "prod/api", Ask { principal: Some("bob"), ..ADMIN }).contains("'bob' is not in"));
-        assert!(why(Action::Overwrite, "prod/api", Ask { principal: None, ..ADMIN }).contains("names no principal"));
-        assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: Some(false), ..ADMIN }).contains("unproven"));
-        assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: None, ..ADMIN }).contains("could not learn"));
+        assert!(why(Action::Overwrite, "prod/api", Ask { principal: Some("bob"), ..ADMIN })
+            .contains("'bob' is not in"));
+        assert!(why(Action::Overwrite, "prod/api", Ask { principal: None, ..ADMIN })
+            .contains("names no principal"));
+        assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: Some(false), ..ADMIN })
+            .contains("unproven"));
+        assert!(why(Action::Overwrite, "prod/api", Ask { registry_auth: None, ..ADMIN })
+            .contains("could not learn"));
         // A principal Envoy's jwt_authn verified needs no proof from the registry.
-        assert!(b.grant(Action::Overwrite, "prod/api", &Ask { registry_auth: Some(false), verified: true, ..ADMIN }).is_ok());
-        assert!(why(Action::Overwrite, "prod/api", Ask { principal: Some("bob"), verified: true, ..ADMIN }).contains("not in break_glass.principals"));
+        assert!(b
+            .grant(
+                Action::Overwrite,
+                "prod/api",
+                &Ask { registry_auth: Some(false), verified: true, ..ADMIN }
+            )
+            .is_ok());
+        assert!(why(Action::Overwrite, "prod/api", Ask { principal: Some("bob"), verified: true, ..ADMIN })
+            .contains("not in break_glass.principals"));
     }
 
     #[test]
@@ -347,7 +418,8 @@ mod tests {
         assert_eq!(principal(&format!("Bearer {jwt}")), Some("release-admin".into()));
         assert_eq!(principal("Bearer opaque-token"), None);
         assert_eq!(principal("Bearer a.e30.b"), None, "no sub");
-        let bearer = |payload: &str| format!("Bearer e30.{}.c2ln", crate::util::base64::encode(payload.as_bytes()));
+        let bearer =
+            |payload: &str| format!("Bearer e30.{}.c2ln", crate::util::base64::encode(payload.as_bytes()));
         assert_eq!(principal(&bearer(r#"{"sub":"release-admin"}"#)), Some("release-admin".into()));
         for two in [
             r#"{"sub":"release-admin","sub":"mallory"}"#,
@@ -393,15 +465,24 @@ mod tests {
         );
         // Padding counts: what is logged and stored is the header as sent.
         let padded = format!("INC-9{}", " ".repeat(DEFAULT_MAX_REASON_BYTES));
-        assert!(b.grant(Action::Delete, "prod/api", &Ask { reason: Some(&padded), ..ADMIN }).unwrap_err().contains("longer than"));
+        assert!(b
+            .grant(Action::Delete, "prod/api", &Ask { reason: Some(&padded), ..ADMIN })
+            .unwrap_err()
+            .contains("longer than"));
         let exact = "x".repeat(DEFAULT_MAX_REASON_BYTES);
         assert!(b.grant(Action::Delete, "prod/api", &Ask { reason: Some(&exact), ..ADMIN }).is_ok());
         let b = bg(r#"{"principals": ["a"], "max_reason_bytes": 10}"#).unwrap();
-        assert!(b.grant(Action::Delete, "x", &Ask { principal: Some("a"), reason: Some("12345678901"), ..ADMIN }).unwrap_err().contains("(10)"));
+        assert!(b
+            .grant(Action::Delete, "x", &Ask { principal: Some("a"), reason: Some("12345678901"), ..ADMIN })
+            .unwrap_err()
+            .contains("(10)"));
         for bad in ["0", "4097", "-1", "\"300\""] {
             let e = bg(&format!(r#"{{"principals": ["a"], "max_reason_bytes": {bad}}}"#)).unwrap_err();
             assert_eq!(e.field, "break_glass.max_reason_bytes", "{bad}");
-            assert!(e.to_string().contains(&format!("= {bad}")) || e.to_string().contains("expected"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains(&format!("= {bad}")) || e.to_string().contains("expected"),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -15,10 +15,10 @@
 
 use crate::oci::digest::Digest;
 use crate::oci::error::OciError;
-use crate::policy::Policy;
 use crate::oci::request::is_valid_tag;
-use crate::verdict::push::Current;
+use crate::policy::Policy;
 use crate::util::json_doc::Json;
+use crate::verdict::push::Current;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,7 +64,10 @@ pub fn parse_tags_page(body: &[u8]) -> Result<Vec<String>, String> {
         other => return Err(invalid(other.invalid_type("", "struct TagsPage").reason)),
     };
     if let Some(bad) = tags.iter().find(|t| !is_valid_tag(t)) {
-        return Err(format!("the registry listed an invalid tag {:?}", bad.chars().take(140).collect::<String>()));
+        return Err(format!(
+            "the registry listed an invalid tag {:?}",
+            bad.chars().take(140).collect::<String>()
+        ));
     }
     Ok(tags)
 }
@@ -80,7 +83,9 @@ pub fn next_page_path(links: &[&str], repository: &str, current: &str) -> Result
     for url in links.iter().flat_map(|l| next_urls(l)) {
         let path = resolve(url, repository, current)?;
         match &next {
-            Some(n) if *n != path => return Err(format!("the registry's Link headers name two next pages: {n:?} and {path:?}")),
+            Some(n) if *n != path => {
+                return Err(format!("the registry's Link headers name two next pages: {n:?} and {path:?}"))
+            }
             _ => next = Some(path),
         }
     }
@@ -120,7 +125,10 @@ fn next_urls(header: &str) -> Vec<&str> {
             let is_next = params.split(';').any(|p| {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
                 k.trim().eq_ignore_ascii_case("rel")
-                    && v.trim().trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
+                    && v.trim()
+                        .trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
             });
             is_next.then_some(url.trim())
         })
@@ -180,7 +188,13 @@ pub struct DigestCheck {
 }
 
 impl DigestCheck {
-    pub fn new(repository: &str, digest: Digest, error_code: &str, max_immutable_tags: usize, exhaustive: bool) -> DigestCheck {
+    pub fn new(
+        repository: &str,
+        digest: Digest,
+        error_code: &str,
+        max_immutable_tags: usize,
+        exhaustive: bool,
+    ) -> DigestCheck {
         DigestCheck {
             repository: repository.to_string(),
             digest,
@@ -225,7 +239,10 @@ impl DigestCheck {
         let error = OciError::new(
             503,
             "UNAVAILABLE",
-            format!("Cannot verify that manifest '{}' is not held by an immutable tag: {reason}", self.digest),
+            format!(
+                "Cannot verify that manifest '{}' is not held by an immutable tag: {reason}",
+                self.digest
+            ),
             self.detail(vec![("reason", Value::from(reason))]),
         );
         Refusal { error, pass_challenge: false, held: Vec::new() }
@@ -255,7 +272,9 @@ impl DigestCheck {
         self.visited.insert(path.to_string());
         let code = match status.map(|s| s.trim().parse::<u16>()) {
             None => return Err(self.unavailable("the registry reset the tags/list request")),
-            Some(Err(_)) => return Err(self.unavailable("the registry answered tags/list with an invalid status")),
+            Some(Err(_)) => {
+                return Err(self.unavailable("the registry answered tags/list with an invalid status"))
+            }
             Some(Ok(c)) => c,
         };
         let tags = match code {
@@ -287,7 +306,11 @@ impl DigestCheck {
             );
             return Err(Refusal { error, pass_challenge: false, held: Vec::new() });
         }
-        let next = if code == 200 { next_page_path(links, &self.repository, path).map_err(|e| self.unavailable(&e))? } else { None };
+        let next = if code == 200 {
+            next_page_path(links, &self.repository, path).map_err(|e| self.unavailable(&e))?
+        } else {
+            None
+        };
         match next {
             Some(n) if self.visited.contains(&n) => {
                 Err(self.unavailable("the registry's tags/list pagination loops back to a page already read"))
@@ -348,7 +371,11 @@ impl DigestCheck {
             Current::AuthRequired { status } => return Err(self.auth(status)),
             Current::Unknown { reason } => return Err(self.unavailable(&format!("tag '{tag}': {reason}"))),
             // The caller fetches the manifest first; reaching here means it could not.
-            Current::NoDigest => return Err(self.unavailable(&format!("tag '{tag}': the registry answered HEAD without a digest"))),
+            Current::NoDigest => {
+                return Err(
+                    self.unavailable(&format!("tag '{tag}': the registry answered HEAD without a digest"))
+                )
+            }
         }
         Ok(())
     }
@@ -364,7 +391,9 @@ impl DigestCheck {
         for (tag, c) in &self.immutable {
             match &c.lookup {
                 Lookup::Known(Some(d)) if *d == self.digest => held.push(tag.clone()),
-                Lookup::Known(Some(d)) if d.algorithm() != self.digest.algorithm() => other_algorithm = Some(tag),
+                Lookup::Known(Some(d)) if d.algorithm() != self.digest.algorithm() => {
+                    other_algorithm = Some(tag)
+                }
                 Lookup::Known(_) => {}
                 Lookup::Unknown | Lookup::InFlight => resolved = false,
             }
@@ -387,7 +416,10 @@ impl DigestCheck {
             let error = OciError::new(
                 409,
                 "DENIED",
-                format!("Cannot verify that manifest '{}' is not held by an immutable tag: {reason}", self.digest),
+                format!(
+                    "Cannot verify that manifest '{}' is not held by an immutable tag: {reason}",
+                    self.digest
+                ),
                 self.detail(vec![("reason", Value::from(reason))]),
             );
             return Step::Refuse(Refusal { error, pass_challenge: false, held: Vec::new() });
@@ -414,7 +446,11 @@ impl DigestCheck {
             409,
             &self.error_code,
             format!("Manifest '{}' is held by immutable tag{s} {names} and cannot be deleted", self.digest),
-            self.detail(vec![("tag", Value::from(first)), ("tags", Value::Array(list)), ("reason", Value::from(reason))]),
+            self.detail(vec![
+                ("tag", Value::from(first)),
+                ("tags", Value::Array(list)),
+                ("reason", Value::from(reason)),
+            ]),
         );
         Refusal { error, pass_challenge: false, held: tags }
     }
@@ -424,15 +460,17 @@ impl DigestCheck {
 mod tests {
     use super::*;
     // The same tests run on wasm32 under wasm-bindgen-test (Node.js).
+    use crate::config::Config;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use crate::config::Config;
 
     fn policy(json: &str) -> Policy {
         Config::from_json(json.as_bytes()).unwrap().policy
     }
     fn global() -> Policy {
-        policy(r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^dev-.*$"]}}"#)
+        policy(
+            r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$", "^dev-.*$"]}}"#,
+        )
     }
     fn d(s: &str) -> Digest {
         Digest::sha256(s.as_bytes())
@@ -458,7 +496,10 @@ mod tests {
         assert_eq!(e.status, 409);
         assert_eq!(e.code, "TAG_IMMUTABLE");
         assert_eq!(e.message, "Tag 'v1' is immutable and cannot be deleted");
-        assert_eq!(e.detail, json!({"repository": "app", "tag": "v1", "reason": "global.immutable_tags = true"}));
+        assert_eq!(
+            e.detail,
+            json!({"repository": "app", "tag": "v1", "reason": "global.immutable_tags = true"})
+        );
         assert_eq!(tag_delete(&p, "CONFLICT", "app", "v1").unwrap().code, "CONFLICT");
         assert_eq!(tag_delete(&p, "TAG_IMMUTABLE", "app", "latest"), None);
         assert_eq!(tag_delete(&policy("{}"), "TAG_IMMUTABLE", "app", "v1"), None);
@@ -478,17 +519,36 @@ mod tests {
     fn link_headers() {
         let cur = "/v2/app/tags/list?n=2";
         let ok = |l: &str| next_page_path(&[l], "app", cur).unwrap();
-        assert_eq!(ok(r#"</v2/app/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/app/tags/list?n=2&last=b"));
-        assert_eq!(ok(r#"<https://reg.example:5000/v2/app/tags/list?last=b&n=2>; rel=next"#).as_deref(), Some("/v2/app/tags/list?last=b&n=2"));
+        assert_eq!(
+            ok(r#"</v2/app/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/app/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            ok(r#"<https://reg.example:5000/v2/app/tags/list?last=b&n=2>; rel=next"#).as_deref(),
+            Some("/v2/app/tags/list?last=b&n=2")
+        );
         assert_eq!(ok(r#"<?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/app/tags/list?n=2&last=b"));
-        assert_eq!(ok(r#"</v2/app/tags/list?last=a>; rel="prev", </v2/app/tags/list?last=c>; REL="Next""#).as_deref(), Some("/v2/app/tags/list?last=c"));
+        assert_eq!(
+            ok(r#"</v2/app/tags/list?last=a>; rel="prev", </v2/app/tags/list?last=c>; REL="Next""#)
+                .as_deref(),
+            Some("/v2/app/tags/list?last=c")
+        );
         assert_eq!(ok(r#"</v2/app/tags/list?last=a>; rel="prev""#), None);
         assert_eq!(next_page_path(&[], "app", cur).unwrap(), None);
         // Separate headers: each is read; the same next twice is one page, two are an error.
-        let (first, next) = (r#"</v2/app/tags/list?n=2>; rel="first""#, r#"</v2/app/tags/list?last=b>; rel="next""#);
-        assert_eq!(next_page_path(&[first, next], "app", cur).unwrap().as_deref(), Some("/v2/app/tags/list?last=b"));
-        assert_eq!(next_page_path(&[next, next], "app", cur).unwrap().as_deref(), Some("/v2/app/tags/list?last=b"));
-        assert!(next_page_path(&[next, r#"<?last=c>; rel="next""#], "app", cur).unwrap_err().contains("two next pages"));
+        let (first, next) =
+            (r#"</v2/app/tags/list?n=2>; rel="first""#, r#"</v2/app/tags/list?last=b>; rel="next""#);
+        assert_eq!(
+            next_page_path(&[first, next], "app", cur).unwrap().as_deref(),
+            Some("/v2/app/tags/list?last=b")
+        );
+        assert_eq!(
+            next_page_path(&[next, next], "app", cur).unwrap().as_deref(),
+            Some("/v2/app/tags/list?last=b")
+        );
+        assert!(next_page_path(&[next, r#"<?last=c>; rel="next""#], "app", cur)
+            .unwrap_err()
+            .contains("two next pages"));
         assert!(next_page_path(&[r#"<?last=b>; rel=next, <?last=c>; rel=next"#], "app", cur).is_err());
         for bad in [
             r#"</v2/other/tags/list?last=b>; rel="next""#,
@@ -510,7 +570,8 @@ mod tests {
     #[test]
     fn a_digest_held_by_an_immutable_tag_is_refused() {
         let mut c = check(1000);
-        let next = c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2", "latest", "dev-3"]), &[]).unwrap();
+        let next =
+            c.on_page(&global(), FIRST, Some("200"), &page(&["v1", "v2", "latest", "dev-3"]), &[]).unwrap();
         assert_eq!(next, None);
         assert_eq!(c.unknown(), vec!["v1", "v2"], "only immutable tags are checked");
         assert_eq!(c.step(), Step::Wait);
@@ -522,7 +583,10 @@ mod tests {
         let e = refusal(c.step());
         assert_eq!(e.status, 409);
         assert_eq!(e.code, "TAG_IMMUTABLE");
-        assert_eq!(e.message, format!("Manifest '{}' is held by immutable tag 'v2' and cannot be deleted", d("target")));
+        assert_eq!(
+            e.message,
+            format!("Manifest '{}' is held by immutable tag 'v2' and cannot be deleted", d("target"))
+        );
         assert_eq!(e.detail["tag"], "v2");
         assert_eq!(e.detail["digest"], d("target").to_string());
         assert_eq!(e.detail["reason"], "global.immutable_tags = true");
@@ -565,13 +629,15 @@ mod tests {
         let mut c = check(1000);
         let p = global();
         let link = r#"</v2/app/tags/list?n=2&last=v2>; rel="next""#;
-        let next = c.on_page(&p, "/v2/app/tags/list?n=2", Some("200"), &page(&["v1", "v2"]), &[link]).unwrap();
+        let next =
+            c.on_page(&p, "/v2/app/tags/list?n=2", Some("200"), &page(&["v1", "v2"]), &[link]).unwrap();
         assert_eq!(next.as_deref(), Some("/v2/app/tags/list?n=2&last=v2"));
         c.take_heads();
         c.on_head("v1", Current::Present(d("x"))).unwrap();
         c.on_head("v2", Current::Present(d("y"))).unwrap();
         assert_eq!(c.step(), Step::Wait, "more pages to read");
-        let next = c.on_page(&p, "/v2/app/tags/list?n=2&last=v2", Some("200"), &page(&["v2", "v3"]), &[]).unwrap();
+        let next =
+            c.on_page(&p, "/v2/app/tags/list?n=2&last=v2", Some("200"), &page(&["v2", "v3"]), &[]).unwrap();
         assert_eq!(next, None);
         assert_eq!(c.unknown(), vec!["v3"], "v2 is not checked twice");
         c.take_heads();
@@ -583,7 +649,8 @@ mod tests {
     fn pagination_loops_are_refused() {
         let mut c = check(1000);
         let link = r#"</v2/app/tags/list?n=2>; rel="next""#;
-        let e = c.on_page(&global(), "/v2/app/tags/list?n=2", Some("200"), &page(&["v1"]), &[link]).unwrap_err();
+        let e =
+            c.on_page(&global(), "/v2/app/tags/list?n=2", Some("200"), &page(&["v1"]), &[link]).unwrap_err();
         assert_eq!(e.error.status, 503);
         assert!(e.error.message.contains("loops"), "{}", e.error.message);
     }
@@ -623,8 +690,12 @@ mod tests {
         assert_eq!(c.take_heads().len(), 2, "one sent for each answer");
         let mut sent = first.len() + 2;
         loop {
-            let inflight: Vec<String> =
-                c.immutable.iter().filter(|(_, x)| x.lookup == Lookup::InFlight).map(|(t, _)| t.clone()).collect();
+            let inflight: Vec<String> = c
+                .immutable
+                .iter()
+                .filter(|(_, x)| x.lookup == Lookup::InFlight)
+                .map(|(t, _)| t.clone())
+                .collect();
             assert!(inflight.len() <= MAX_IN_FLIGHT);
             if inflight.is_empty() {
                 break;
@@ -646,12 +717,22 @@ mod tests {
         assert_eq!(e.error.code, "DENIED");
         assert!(e.error.message.contains("more than 2 immutable tags"), "{}", e.error.message);
         let mut c = check(2);
-        assert!(c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "latest", "dev-1"]), &[]).is_ok(), "mutable tags do not count");
+        assert!(
+            c.on_page(&global(), FIRST, Some("200"), &page(&["a", "b", "latest", "dev-1"]), &[]).is_ok(),
+            "mutable tags do not count"
+        );
     }
 
     #[test]
     fn upstream_errors_refuse_with_503() {
-        for (status, body) in [(Some("500"), &b"{}"[..]), (Some("504"), b""), (None, b""), (Some("x"), b""), (Some("200"), b"not json"), (Some("302"), b"")] {
+        for (status, body) in [
+            (Some("500"), &b"{}"[..]),
+            (Some("504"), b""),
+            (None, b""),
+            (Some("x"), b""),
+            (Some("200"), b"not json"),
+            (Some("302"), b""),
+        ] {
             let mut c = check(1000);
             let e = c.on_page(&global(), FIRST, status, body, &[]).unwrap_err();
             assert_eq!(e.error.status, 503, "{status:?}");
@@ -662,7 +743,12 @@ mod tests {
         let mut c = check(1000);
         c.on_page(&global(), FIRST, Some("200"), &page(&["v1"]), &[]).unwrap();
         c.take_heads();
-        let e = c.on_head("v1", Current::Unknown { reason: "the registry did not answer HEAD in time (504)".into() }).unwrap_err();
+        let e = c
+            .on_head(
+                "v1",
+                Current::Unknown { reason: "the registry did not answer HEAD in time (504)".into() },
+            )
+            .unwrap_err();
         assert_eq!(e.error.status, 503);
         assert!(e.error.message.contains("tag 'v1'"));
     }
@@ -733,7 +819,10 @@ mod tests {
         assert_eq!(r.error.detail["tag"], "a-scratch");
         assert_eq!(
             r.error.message,
-            format!("Manifest '{}' is held by immutable tags 'a-scratch', 'v9' and cannot be deleted", d("target"))
+            format!(
+                "Manifest '{}' is held by immutable tags 'a-scratch', 'v9' and cannot be deleted",
+                d("target")
+            )
         );
     }
 }

@@ -32,7 +32,11 @@ pub fn pinned_path(repository: &str, digest: &Digest) -> String {
 
 /// The digest a manifest read's answer teaches: a `200` for a stored manifest type with a valid
 /// `Docker-Content-Digest`. Anything else teaches nothing.
-pub fn learned_digest(status: Option<&str>, content_type: Option<&str>, digest: Option<&str>) -> Option<Digest> {
+pub fn learned_digest(
+    status: Option<&str>,
+    content_type: Option<&str>,
+    digest: Option<&str>,
+) -> Option<Digest> {
     if status.map(str::trim) != Some("200") {
         return None;
     }
@@ -81,7 +85,9 @@ fn header_covers(value: &str) -> bool {
             return false; // a stored type in other case: some registries would not see it
         }
         for (n, param) in parts.enumerate() {
-            let Some((name, v)) = param.trim_start_matches([' ', '\t']).trim_end_matches([' ', '\t']).split_once('=') else {
+            let Some((name, v)) =
+                param.trim_start_matches([' ', '\t']).trim_end_matches([' ', '\t']).split_once('=')
+            else {
                 return false;
             };
             if !is_token(name) || !is_token(v) {
@@ -137,8 +143,22 @@ mod tests {
     fn only_stored_manifests_teach_a_digest() {
         let d = Digest::parse(D).unwrap();
         assert_eq!(learned_digest(Some("200"), Some(OCI), Some(D)), Some(d.clone()));
-        assert_eq!(learned_digest(Some("200"), Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"), Some(D)), Some(d));
-        assert_eq!(learned_digest(Some("200"), Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), Some(D)), None);
+        assert_eq!(
+            learned_digest(
+                Some("200"),
+                Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"),
+                Some(D)
+            ),
+            Some(d)
+        );
+        assert_eq!(
+            learned_digest(
+                Some("200"),
+                Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                Some(D)
+            ),
+            None
+        );
         assert_eq!(learned_digest(Some("200"), None, Some(D)), None);
         assert_eq!(learned_digest(Some("404"), Some(OCI), Some(D)), None);
         assert_eq!(learned_digest(Some("200"), Some(OCI), None), None);
@@ -150,7 +170,8 @@ mod tests {
 application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
     const V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
     const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-    const OCI_REST: &str = "application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json";
+    const OCI_REST: &str =
+        "application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json";
 
     fn covers(values: &[&str]) -> bool {
         accepts_every_stored_type(values.iter().copied())
@@ -163,7 +184,9 @@ application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.dis
         assert!(covers(&["application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.oci.image.index.v1+json, */*"]));
-        assert!(covers(&[&format!("application/vnd.docker.distribution.manifest.v1+prettyjws, {ALL}, application/json")]));
+        assert!(covers(&[&format!(
+            "application/vnd.docker.distribution.manifest.v1+prettyjws, {ALL}, application/json"
+        )]));
         // Any order, spacing, empty elements, positive q.
         assert!(covers(&[&format!("{LIST};q=0.5 ,\t{V2} ; q=1.000,, {OCI_REST};q=1.")]));
         assert!(covers(&[&format!("{LIST};Q=0.001,{V2},{OCI_REST}")]));
@@ -182,11 +205,15 @@ application/vnd.oci.image.index.v1+json, */*"]));
         assert!(!covers(&[&format!("{V2}, {OCI_REST}, application/*")]));
         assert!(!covers(&[&format!("{V2}, {OCI_REST}, {LIST};q=0")]), "q=0: not acceptable");
         assert!(!covers(&[&format!("{V2}, {OCI_REST}, {LIST};q=0.000")]));
-        for bad_q in ["q=", "q=2", "q=0.5000", "q=0.5x", "q=.5", "q=abc", "q=1.5", "q=1.0000", "q=1.x", "q=-1"] {
+        for bad_q in
+            ["q=", "q=2", "q=0.5000", "q=0.5x", "q=.5", "q=abc", "q=1.5", "q=1.0000", "q=1.x", "q=-1"]
+        {
             assert!(!covers(&[&format!("{V2}, {OCI_REST}, {LIST};{bad_q}")]), "{bad_q}");
         }
         // distribution drops an element it cannot parse, so the type would not count for it.
-        for bad in [";", "; foo", ";foo=", ";=1", "; q = 1", ";q=\"1\"", ";charset=utf-8", ";q=1;q=1", ";q=1;x=y"] {
+        for bad in
+            [";", "; foo", ";foo=", ";=1", "; q = 1", ";q=\"1\"", ";charset=utf-8", ";q=1;q=1", ";q=1;x=y"]
+        {
             assert!(!covers(&[&format!("{V2}, {OCI_REST}, {LIST}{bad}")]), "{bad}");
         }
         // Case: media types are case-insensitive, but not every registry compares them so.

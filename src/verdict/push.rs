@@ -26,7 +26,9 @@ pub fn read_head(status: Option<&str>, digest_header: Option<&str>) -> Current {
     };
     let code: u16 = match status.trim().parse() {
         Ok(c) => c,
-        Err(_) => return Current::Unknown { reason: format!("the registry answered HEAD with status {status:?}") },
+        Err(_) => {
+            return Current::Unknown { reason: format!("the registry answered HEAD with status {status:?}") }
+        }
     };
     match code {
         200 => match digest_header.map(str::trim).and_then(Digest::parse) {
@@ -45,14 +47,20 @@ pub fn read_head(status: Option<&str>, digest_header: Option<&str>) -> Current {
 /// the manifest bytes (`body`: `None` if unreadable), which must fit in `max` bytes.
 pub fn read_get(status: Option<&str>, body: Option<&[u8]>, body_size: usize, max: usize) -> Current {
     match read_head(status, None) {
-        Current::NoDigest if body_size > max => {
-            Current::Unknown { reason: format!("the manifest the registry holds is larger than max_manifest_bytes ({max} bytes)") }
-        }
+        Current::NoDigest if body_size > max => Current::Unknown {
+            reason: format!(
+                "the manifest the registry holds is larger than max_manifest_bytes ({max} bytes)"
+            ),
+        },
         Current::NoDigest => match body {
             Some(b) if !b.is_empty() => Current::Present(Digest::sha256(b)),
-            _ => Current::Unknown { reason: "the registry answered GET of the manifest without a body".into() },
+            _ => {
+                Current::Unknown { reason: "the registry answered GET of the manifest without a body".into() }
+            }
         },
-        Current::Unknown { reason } => Current::Unknown { reason: reason.replace("HEAD", "GET of the manifest") },
+        Current::Unknown { reason } => {
+            Current::Unknown { reason: reason.replace("HEAD", "GET of the manifest") }
+        }
         other => other,
     }
 }
@@ -93,24 +101,43 @@ mod tests {
         assert_eq!(read_head(Some("403"), None), Current::AuthRequired { status: 403 });
         assert_eq!(read_head(Some("200"), None), Current::NoDigest);
         assert_eq!(read_head(Some("200"), Some("garbage")), Current::NoDigest);
-        for (s, d) in [(Some("504"), None), (Some("500"), Some(D)), (Some("x"), None), (None, None), (Some("302"), None)] {
+        for (s, d) in [
+            (Some("504"), None),
+            (Some("500"), Some(D)),
+            (Some("x"), None),
+            (None, None),
+            (Some("302"), None),
+        ] {
             assert!(matches!(read_head(s, d), Current::Unknown { .. }), "{s:?} {d:?}");
         }
-        assert!(matches!(read_head(Some("504"), None), Current::Unknown { reason } if reason.contains("in time")));
+        assert!(
+            matches!(read_head(Some("504"), None), Current::Unknown { reason } if reason.contains("in time"))
+        );
     }
 
     #[test]
     fn get_answers() {
         let m = br#"{"schemaVersion":2}"#;
         assert_eq!(read_get(Some("200"), Some(m), m.len(), 100), Current::Present(Digest::sha256(m)));
-        assert!(matches!(read_get(Some("200"), Some(m), m.len(), 5), Current::Unknown { reason } if reason.contains("max_manifest_bytes")));
-        assert_eq!(read_get(Some("200"), Some(m), m.len(), m.len()), Current::Present(Digest::sha256(m)), "exactly the limit fits");
-        assert!(matches!(read_get(Some("200"), Some(m), m.len(), m.len() - 1), Current::Unknown { .. }), "one byte over");
+        assert!(
+            matches!(read_get(Some("200"), Some(m), m.len(), 5), Current::Unknown { reason } if reason.contains("max_manifest_bytes"))
+        );
+        assert_eq!(
+            read_get(Some("200"), Some(m), m.len(), m.len()),
+            Current::Present(Digest::sha256(m)),
+            "exactly the limit fits"
+        );
+        assert!(
+            matches!(read_get(Some("200"), Some(m), m.len(), m.len() - 1), Current::Unknown { .. }),
+            "one byte over"
+        );
         assert!(matches!(read_get(Some("200"), Some(b""), 0, 100), Current::Unknown { .. }));
         assert!(matches!(read_get(Some("200"), None, 9, 100), Current::Unknown { .. }));
         assert_eq!(read_get(Some("404"), None, 50, 100), Current::Absent);
         assert_eq!(read_get(Some("401"), None, 50, 100), Current::AuthRequired { status: 401 });
-        assert!(matches!(read_get(Some("500"), None, 0, 100), Current::Unknown { reason } if reason.contains("GET")));
+        assert!(
+            matches!(read_get(Some("500"), None, 0, 100), Current::Unknown { reason } if reason.contains("GET"))
+        );
         assert!(matches!(read_get(None, None, 0, 100), Current::Unknown { .. }));
     }
 

@@ -34,8 +34,14 @@ impl Asked {
     /// Nothing there (no token, or one it refused with `allow_missing_or_failed`), or a read
     /// that fails: the credentials' claim stands, to be proven by the registry.
     pub fn verify(mut self, host: &dyn Host, worker: &Worker) -> Asked {
-        let Some(key) = worker.config.break_glass.as_ref().and_then(|b| b.jwt_authn_payload.as_deref()) else { return self };
-        if let Some(sub) = host.property(&["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", key, "sub"]).filter(|s| !s.is_empty()) {
+        let Some(key) = worker.config.break_glass.as_ref().and_then(|b| b.jwt_authn_payload.as_deref())
+        else {
+            return self;
+        };
+        if let Some(sub) = host
+            .property(&["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", key, "sub"])
+            .filter(|s| !s.is_empty())
+        {
             (self.principal, self.verified) = (Some(sub), true);
         }
         self

@@ -20,10 +20,10 @@ use crate::verdict::break_glass::{Action, Ask};
 use asked::{line, object};
 use window::{Taken, Taking, Used};
 // The filter's other modules, the glue and the tests reach these through break_glass.
-pub use asked::Asked;
-pub use probe::{learn, probe, registry_auth, PROBE_PERIOD_MS};
 use crate::observability::metrics::Counter;
 use crate::oci::error::OciError;
+pub use asked::Asked;
+pub use probe::{learn, probe, registry_auth, PROBE_PERIOD_MS};
 use serde_json::{Map, Value};
 
 /// An override granted, logged once the registry accepted the request.
@@ -79,11 +79,26 @@ impl Lookup {
 #[inline(never)] // called from the push and the delete flows (module size)
 /// Lifts a refusal of `action` on `repository:tag`, or says why not. Without the reason header,
 /// a window opened for this principal and tag stands in for it, and is used up here.
-pub fn grant(host: &dyn Host, worker: &Worker, action: Action, repository: &str, tag: &str, asked: &Asked) -> Grant {
+pub fn grant(
+    host: &dyn Host,
+    worker: &Worker,
+    action: Action,
+    repository: &str,
+    tag: &str,
+    asked: &Asked,
+) -> Grant {
     let Some(bg) = &worker.config.break_glass else { return Grant::No(None) };
     match (&asked.reason, &asked.principal) {
         (Some(reason), _) => finish(host, worker, action, repository, tag, asked, reason.clone(), None),
-        (None, Some(p)) => settle(host, worker, window::take(host, worker, bg, action, repository, tag, p), action, repository, tag, asked),
+        (None, Some(p)) => settle(
+            host,
+            worker,
+            window::take(host, worker, bg, action, repository, tag, p),
+            action,
+            repository,
+            tag,
+            asked,
+        ),
         (None, None) => Grant::No(None),
     }
 }
@@ -94,7 +109,15 @@ pub fn looked_up(host: &dyn Host, worker: &Worker, l: Lookup, body_size: usize) 
     settle(host, worker, taken, l.action, &l.repository, &l.tag, &l.asked)
 }
 
-fn settle(host: &dyn Host, worker: &Worker, taken: Taken, action: Action, repository: &str, tag: &str, asked: &Asked) -> Grant {
+fn settle(
+    host: &dyn Host,
+    worker: &Worker,
+    taken: Taken,
+    action: Action,
+    repository: &str,
+    tag: &str,
+    asked: &Asked,
+) -> Grant {
     match taken {
         Taken::Found(w, used) => finish(host, worker, action, repository, tag, asked, w.reason, Some(used)),
         Taken::Not(why) => Grant::No(why),
@@ -108,9 +131,23 @@ fn settle(host: &dyn Host, worker: &Worker, taken: Taken, action: Action, reposi
 /// Judges the request with `reason` (its header's, or a window's); a window used for a
 /// refused request is put back.
 #[allow(clippy::too_many_arguments)]
-fn finish(host: &dyn Host, worker: &Worker, action: Action, repository: &str, tag: &str, asked: &Asked, reason: String, window: Option<Used>) -> Grant {
+fn finish(
+    host: &dyn Host,
+    worker: &Worker,
+    action: Action,
+    repository: &str,
+    tag: &str,
+    asked: &Asked,
+    reason: String,
+    window: Option<Used>,
+) -> Grant {
     let Some(bg) = &worker.config.break_glass else { return Grant::No(None) };
-    let ask = Ask { principal: asked.principal.as_deref(), reason: Some(&reason), registry_auth: registry_auth(host, worker), verified: asked.verified };
+    let ask = Ask {
+        principal: asked.principal.as_deref(),
+        reason: Some(&reason),
+        registry_auth: registry_auth(host, worker),
+        verified: asked.verified,
+    };
     if let Err(why) = bg.grant(action, repository, &ask) {
         if let Some(u) = &window {
             window::restore(host, worker, u);
@@ -133,7 +170,13 @@ fn finish(host: &dyn Host, worker: &Worker, action: Action, repository: &str, ta
 pub fn restore(host: &dyn Host, worker: &Worker, g: &Granted) {
     if let Some(u) = &g.window {
         window::restore(host, worker, u);
-        host.log(Level::Info, &format!("immutable-tags: {}:{}: the write failed; break-glass window put back", g.repository, g.tag));
+        host.log(
+            Level::Info,
+            &format!(
+                "immutable-tags: {}:{}: the write failed; break-glass window put back",
+                g.repository, g.tag
+            ),
+        );
     }
 }
 
@@ -168,7 +211,8 @@ pub fn decided(host: &dyn Host, g: &Granted, current: &str, pushed: &str) {
 /// then lift it). A digest delete that it could is checked against every immutable tag.
 pub fn may_override(worker: &Worker, action: Action, repository: &str, asked: &Asked) -> bool {
     let Some(bg) = &worker.config.break_glass else { return false };
-    asked.principal.as_ref().is_some_and(|p| bg.principals.contains(p)) && bg.covers(action, repository).is_ok()
+    asked.principal.as_ref().is_some_and(|p| bg.principals.contains(p))
+        && bg.covers(action, repository).is_ok()
 }
 
 /// A refused delete: every immutable tag it would remove needs an override of its own (a
@@ -200,7 +244,16 @@ pub enum Covered {
 impl Cover {
     pub fn new(repository: &str, tags: Vec<String>, asked: &Asked, complete: bool) -> Cover {
         let repository = repository.to_string();
-        Cover { repository, tags, next: 0, granted: Vec::new(), missing: Vec::new(), asked: asked.clone(), complete, pending: None }
+        Cover {
+            repository,
+            tags,
+            next: 0,
+            granted: Vec::new(),
+            missing: Vec::new(),
+            asked: asked.clone(),
+            complete,
+            pending: None,
+        }
     }
 
     pub fn token(&self) -> Option<u32> {
@@ -274,11 +327,17 @@ impl Cover {
         let (mut names, mut why, mut asked) = (Vec::new(), String::new(), !self.granted.is_empty());
         for (t, w) in self.missing {
             asked |= w.is_some();
-            let w = w.unwrap_or_else(|| format!("no break-glass window is open for the principal the request claims, '{p}', on it"));
+            let w = w.unwrap_or_else(|| {
+                format!("no break-glass window is open for the principal the request claims, '{p}', on it")
+            });
             if one {
                 why = w;
             } else {
-                why.push_str(if why.is_empty() { "a delete by digest removes every tag holding it, and break-glass does not cover " } else { "; " });
+                why.push_str(if why.is_empty() {
+                    "a delete by digest removes every tag holding it, and break-glass does not cover "
+                } else {
+                    "; "
+                });
                 why.push_str(&format!("tag '{t}': {w}"));
             }
             names.push(t);
@@ -338,7 +397,13 @@ impl Outcome {
 /// A delete lifted by break-glass: one warning line per tag it removes (each naming all of
 /// them), when it is sent and again with its outcome; counted once per tag unless refused.
 #[inline(never)]
-pub fn delete_record(host: &dyn Host, worker: &Worker, granted: &[Granted], digest: Option<&str>, outcome: Outcome) {
+pub fn delete_record(
+    host: &dyn Host,
+    worker: &Worker,
+    granted: &[Granted],
+    digest: Option<&str>,
+    outcome: Outcome,
+) {
     let tags: Value = granted.iter().map(|g| Value::from(g.tag.as_str())).collect();
     for g in granted {
         let mut map = record(worker, g, digest, None);

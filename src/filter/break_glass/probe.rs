@@ -11,7 +11,11 @@ const AUTH_TTL_MS: u64 = 60_000;
 
 /// What the worker knows fresh: whether the registry demands authentication.
 pub fn registry_auth(host: &dyn Host, worker: &Worker) -> Option<bool> {
-    worker.registry_auth.get().filter(|(_, at)| host.now_ms() < at.saturating_add(AUTH_TTL_MS)).map(|(auth, _)| auth)
+    worker
+        .registry_auth
+        .get()
+        .filter(|(_, at)| host.now_ms() < at.saturating_add(AUTH_TTL_MS))
+        .map(|(auth, _)| auth)
 }
 
 /// Sends the anonymous `GET /v2/` (from the root context, on every tick), so that what a
@@ -21,7 +25,10 @@ pub fn probe(host: &dyn Host, worker: &Worker) {
     let now = host.now_ms();
     let (_, due_ms) = worker.auth_probe.get();
     if worker.config.break_glass.is_some() && now >= due_ms {
-        let anonymous = Caller { authority: Some(u.authority.clone().unwrap_or_else(|| u.cluster.clone())), authorization: None };
+        let anonymous = Caller {
+            authority: Some(u.authority.clone().unwrap_or_else(|| u.cluster.clone())),
+            authorization: None,
+        };
         let token = upstream::get_tags_list(host, u, &anonymous, "/v2/").ok();
         worker.auth_probe.set((token, now.saturating_add(PROBE_PERIOD_MS)));
     }

@@ -17,12 +17,12 @@
 //!   newer window) keeps its lease, and so its end, through the root context's queue.
 use super::asked::{line, Asked};
 use super::probe::registry_auth;
+use crate::config::EtcdSettings;
 use crate::filter::claims::etcd::Call;
 use crate::filter::host::{Host, Level, SharedError};
 use crate::filter::worker::Worker;
-use crate::verdict::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
-use crate::config::EtcdSettings;
 use crate::store::etcd::{self as wire, Answer};
+use crate::verdict::break_glass::{Action, Ask, BreakGlass, Window, WINDOW_MS};
 
 /// A window used for a write: what `restore` writes back.
 #[derive(Debug, Clone)]
@@ -77,18 +77,40 @@ fn opened(host: &dyn Host, repository: &str, tag: &str, principal: Option<&str>,
 /// until `on_open_response` says it is done.
 pub fn open(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, asked: &Asked) -> Option<Opening> {
     let bg = worker.config.break_glass.as_ref()?;
-    let ask = Ask { principal: asked.principal.as_deref(), reason: asked.reason.as_deref(), registry_auth: registry_auth(host, worker), verified: asked.verified };
+    let ask = Ask {
+        principal: asked.principal.as_deref(),
+        reason: asked.reason.as_deref(),
+        registry_auth: registry_auth(host, worker),
+        verified: asked.verified,
+    };
     // Any action the exception allows: the push or delete that uses the window is judged again.
     let why = bg.grant(bg.actions.first().copied().unwrap_or(Action::Overwrite), repository, &ask).err();
-    let w = Window { principal: asked.principal.clone().unwrap_or_default(), reason: asked.reason.clone().unwrap_or_default(), expires_ms: host.now_ms() + WINDOW_MS };
+    let w = Window {
+        principal: asked.principal.clone().unwrap_or_default(),
+        reason: asked.reason.clone().unwrap_or_default(),
+        expires_ms: host.now_ms() + WINDOW_MS,
+    };
     let why = match (why, &worker.config.claims.etcd) {
         (Some(why), _) => Some(why),
-        (None, None) => host.shared_set(&Window::key(repository, tag, &w.principal), &w.encode(), 0).err().map(|e| format!("{e:?}")),
+        (None, None) => host
+            .shared_set(&Window::key(repository, tag, &w.principal), &w.encode(), 0)
+            .err()
+            .map(|e| format!("{e:?}")),
         (None, Some(e)) => match Call::send(host, e, "/v3/lease/grant", wire::grant_body(WINDOW_MS / 1000)) {
             Ok(call) => {
                 let key = wire::window_key(&e.prefix, repository, tag, &w.principal);
-                let (repository, tag, principal) = (repository.to_string(), tag.to_string(), asked.principal.clone());
-                return Some(Opening { call, lease: 0, writes: 0, key, value: w.encode(), repository, tag, principal });
+                let (repository, tag, principal) =
+                    (repository.to_string(), tag.to_string(), asked.principal.clone());
+                return Some(Opening {
+                    call,
+                    lease: 0,
+                    writes: 0,
+                    key,
+                    value: w.encode(),
+                    repository,
+                    tag,
+                    principal,
+                });
             }
             Err(why) => Some(down(e, &why)),
         },
@@ -118,7 +140,11 @@ pub fn on_open_response(host: &dyn Host, worker: &Worker, o: &mut Opening, body_
         // The key changed as we wrote (another window, or its use): three writes at most.
         Answer::Ok(Err(m)) if o.writes < 3 => {
             o.writes += 1;
-            let body = if m == 0 { wire::create_txn(&o.key, &o.value, o.lease) } else { wire::replace_txn(&o.key, m, &o.value, o.lease) };
+            let body = if m == 0 {
+                wire::create_txn(&o.key, &o.value, o.lease)
+            } else {
+                wire::replace_txn(&o.key, m, &o.value, o.lease)
+            };
             match Call::send(host, e, "/v3/kv/txn", body) {
                 Ok(call) => {
                     o.call = call;
@@ -165,15 +191,29 @@ impl Taking {
 }
 
 /// Uses up `principal`'s window on `repository:tag`, if one is open.
-pub fn take(host: &dyn Host, worker: &Worker, bg: &BreakGlass, action: Action, repository: &str, tag: &str, principal: &str) -> Taken {
+pub fn take(
+    host: &dyn Host,
+    worker: &Worker,
+    bg: &BreakGlass,
+    action: Action,
+    repository: &str,
+    tag: &str,
+    principal: &str,
+) -> Taken {
     let Some(e) = &worker.config.claims.etcd else {
         let key = Window::key(repository, tag, principal);
         let Ok((Some(value), cas)) = host.shared_get(&key) else { return Taken::Not(None) };
-        let Some(w) = Window::open(&value, host.now_ms()).filter(|w| w.principal == principal) else { return Taken::Not(None) };
+        let Some(w) = Window::open(&value, host.now_ms()).filter(|w| w.principal == principal) else {
+            return Taken::Not(None);
+        };
         return match host.shared_set(&key, b"", cas) {
             Ok(()) => Taken::Found(w, Used { key, value, lease: 0, at: 0 }),
-            Err(SharedError::CasMismatch) => Taken::Not(Some("the break-glass window was used by another request".into())),
-            Err(SharedError::Other(s)) => Taken::Not(Some(format!("the break-glass window could not be used up ({s})"))),
+            Err(SharedError::CasMismatch) => {
+                Taken::Not(Some("the break-glass window was used by another request".into()))
+            }
+            Err(SharedError::Other(s)) => {
+                Taken::Not(Some(format!("the break-glass window could not be used up ({s})")))
+            }
         };
     };
     // A round trip only for a principal and a write a window could serve.
@@ -230,7 +270,10 @@ pub fn orphan_answer(host: &dyn Host, worker: &Worker, token: u32, body_size: us
     match on_take_response(host, worker, t, body_size) {
         Taken::Found(_, used) => {
             restore(host, worker, &used);
-            host.log(Level::Info, "immutable-tags: a break-glass window taken for a request that ended is put back");
+            host.log(
+                Level::Info,
+                "immutable-tags: a break-glass window taken for a request that ended is put back",
+            );
         }
         Taken::Pending(t) => park(worker, t),
         Taken::Not(_) => {}

@@ -36,12 +36,12 @@
 //!   is, never newer: a spurious refusal, never a wrong grant, and the refused claim's answer
 //!   raises the worker's order, so the client's retry passes.
 use super::Claimed;
-use crate::store::claims::{self, Rec, View};
 use crate::config::EtcdSettings;
-use crate::store::etcd::{self as wire, Answer, Txn};
 use crate::filter::host::{Host, Level};
 use crate::filter::worker::Worker;
 use crate::observability::metrics::Counter;
+use crate::store::claims::{self, Rec, View};
+use crate::store::etcd::{self as wire, Answer, Txn};
 
 /// Calls one claim may make (grant, claim, rewrite, retries) before it gives up.
 const MAX_STEPS: u32 = 6;
@@ -75,7 +75,9 @@ fn fault(status: Option<u16>, body: &[u8]) -> Option<Fault> {
         Some(503) if !etcd => Some(Fault::Refused),
         Some(429 | 503 | 504) => Some(Fault::Unavailable),
         // A stream's error travels in a 200 (`{"error":{...}}`): its message says it.
-        _ if etcd && ["no leader", "leader changed", "too many requests"].iter().any(|m| says(m)) => Some(Fault::Unavailable),
+        _ if etcd && ["no leader", "leader changed", "too many requests"].iter().any(|m| says(m)) => {
+            Some(Fault::Unavailable)
+        }
         _ => None,
     }
 }
@@ -93,13 +95,24 @@ pub struct Call {
 }
 
 impl Call {
-    pub(crate) fn send(host: &dyn Host, e: &EtcdSettings, path: &'static str, body: String) -> Result<Call, String> {
+    pub(crate) fn send(
+        host: &dyn Host,
+        e: &EtcdSettings,
+        path: &'static str,
+        body: String,
+    ) -> Result<Call, String> {
         let token = call(host, e, path, &body, e.attempt_timeout_ms)?;
         Ok(Call { token, path, body, started_ms: host.now_ms(), attempts: 1 })
     }
 
     /// The answer (status, body); `None`: an attempt failed and was sent again, wait for that.
-    pub(crate) fn answer(&mut self, host: &dyn Host, worker: &Worker, e: &EtcdSettings, body_size: usize) -> Option<(Option<u16>, Vec<u8>)> {
+    pub(crate) fn answer(
+        &mut self,
+        host: &dyn Host,
+        worker: &Worker,
+        e: &EtcdSettings,
+        body_size: usize,
+    ) -> Option<(Option<u16>, Vec<u8>)> {
         let (status, body) = answer(host, body_size);
         let Some(f) = fault(status, &body) else {
             if self.attempts > 1 {
@@ -107,12 +120,15 @@ impl Call {
             }
             return Some((status, body));
         };
-        worker.count(host, match f {
-            Fault::Timeout => Counter::EtcdAttemptTimeouts,
-            Fault::Refused => Counter::EtcdAttemptsRefused,
-            Fault::Reset => Counter::EtcdAttemptResets,
-            Fault::Unavailable => Counter::EtcdAttemptsUnavailable,
-        });
+        worker.count(
+            host,
+            match f {
+                Fault::Timeout => Counter::EtcdAttemptTimeouts,
+                Fault::Refused => Counter::EtcdAttemptsRefused,
+                Fault::Reset => Counter::EtcdAttemptResets,
+                Fault::Unavailable => Counter::EtcdAttemptsUnavailable,
+            },
+        );
         // A last attempt shorter than a quarter of one is not worth sending.
         let left = e.timeout_ms.saturating_sub(host.now_ms().saturating_sub(self.started_ms));
         if self.attempts < MAX_ATTEMPTS && left.saturating_mul(4) >= e.attempt_timeout_ms {
@@ -160,10 +176,21 @@ enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
     /// `held`: the take time of the write's hold, which it removes (`claims::take`).
-    Commit { digest: String, at_ms: u64, held: u64 },
-    Release { digest: String, held: u64 },
+    Commit {
+        digest: String,
+        at_ms: u64,
+        held: u64,
+    },
+    Release {
+        digest: String,
+        held: u64,
+    },
     /// A delete the filter granted went through.
-    Deleted { at_ms: u64, before: u64, digest: Option<String> },
+    Deleted {
+        at_ms: u64,
+        before: u64,
+        digest: Option<String>,
+    },
 }
 
 /// What the root context sends (it outlives the streams).
@@ -197,7 +224,12 @@ fn down(e: &EtcdSettings, why: &str) -> String {
 }
 
 fn call(host: &dyn Host, e: &EtcdSettings, path: &str, body: &str, timeout_ms: u64) -> Result<u32, String> {
-    let headers = [(":method", "POST"), (":path", path), (":authority", e.authority.as_str()), ("content-type", "application/json")];
+    let headers = [
+        (":method", "POST"),
+        (":path", path),
+        (":authority", e.authority.as_str()),
+        ("content-type", "application/json"),
+    ];
     host.dispatch(&e.cluster, &headers, Some(body.as_bytes()), timeout_ms)
         .map_err(|why| format!("cannot dispatch to cluster '{}' ({why})", e.cluster))
 }
@@ -233,10 +265,29 @@ fn learn_revision(s: &mut State, body: &[u8]) {
     }
 }
 
-pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
-    let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
+pub fn claim(
+    host: &dyn Host,
+    worker: &Worker,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    view: View,
+) -> Claimed {
+    let Some(e) = &worker.config.claims.etcd else {
+        return Claimed::Unavailable("no etcd configured".into());
+    };
     let key = wire::key(&e.prefix, repository, tag);
-    let f = InFlight { token: 0, key, digest: digest.to_string(), view, step: Step::Claim, steps: 0, call: Box::default(), sent_ms: host.now_ms(), at_ms: 0 };
+    let f = InFlight {
+        token: 0,
+        key,
+        digest: digest.to_string(),
+        view,
+        step: Step::Claim,
+        steps: 0,
+        call: Box::default(),
+        sent_ms: host.now_ms(),
+        at_ms: 0,
+    };
     send(host, worker, e, f)
 }
 
@@ -256,7 +307,11 @@ fn send(host: &dyn Host, worker: &Worker, e: &EtcdSettings, mut f: InFlight) -> 
             f.step = Step::Claim;
             f.at_ms = now;
             let ttl = worker.config.claims.ttl_ms;
-            let first = claims::take(None, &f.digest, f.view, now, ttl).unwrap_or(Rec { stored: None, claim: None, at_ms: now });
+            let first = claims::take(None, &f.digest, f.view, now, ttl).unwrap_or(Rec {
+                stored: None,
+                claim: None,
+                at_ms: now,
+            });
             ("/v3/kv/txn", wire::claim_txn(&f.key, &first, l))
         }
         (Some(l), Step::Write(m, r)) => ("/v3/kv/txn", wire::put_if_txn(&f.key, *m, r, l)),
@@ -289,7 +344,9 @@ fn answer(host: &dyn Host, body_size: usize) -> (Option<u16>, Vec<u8>) {
 }
 
 pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size: usize) -> Claimed {
-    let Some(e) = &worker.config.claims.etcd else { return Claimed::Unavailable("no etcd configured".into()) };
+    let Some(e) = &worker.config.claims.etcd else {
+        return Claimed::Unavailable("no etcd configured".into());
+    };
     let Some((status, body)) = f.call.answer(host, worker, e, body_size) else {
         f.token = f.call.token;
         return Claimed::Pending(f);
@@ -306,7 +363,10 @@ pub fn on_response(host: &dyn Host, worker: &Worker, mut f: InFlight, body_size:
             let change = Change::Release { digest: f.digest.clone(), held: f.at_ms };
             enqueue(worker, Op::Update { key: f.key.clone(), change, write: None, tries: 0 });
         }
-        return Claimed::Unavailable(down(e, "its answer came too late (half of claims.ttl_seconds or more)"));
+        return Claimed::Unavailable(down(
+            e,
+            "its answer came too late (half of claims.ttl_seconds or more)",
+        ));
     }
     if f.step == Step::Grant {
         return match wire::parse_grant(status, &body) {
@@ -360,8 +420,19 @@ fn fenced(worker: &Worker, f: &InFlight, body: &[u8], revision: u64) -> Claimed 
     if held == Some(false) {
         return Claimed::Proceed { revision, at_ms: f.at_ms };
     }
-    enqueue(worker, Op::Update { key: f.key.clone(), change: Change::Release { digest: f.digest.clone(), held: f.at_ms }, write: None, tries: 0 });
-    held.map_or_else(|| Claimed::Unavailable("the claim store's answer is unreadable".into()), |_| Claimed::Fenced)
+    enqueue(
+        worker,
+        Op::Update {
+            key: f.key.clone(),
+            change: Change::Release { digest: f.digest.clone(), held: f.at_ms },
+            write: None,
+            tries: 0,
+        },
+    );
+    held.map_or_else(
+        || Claimed::Unavailable("the claim store's answer is unreadable".into()),
+        |_| Claimed::Fenced,
+    )
 }
 
 fn enqueue(worker: &Worker, op: Op) {
@@ -385,7 +456,14 @@ pub fn release(worker: &Worker, repository: &str, tag: &str, digest: &str, held:
 }
 
 /// Queues the forgetting of the tag's committed change (a delete the filter granted).
-pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64, digest: Option<&str>) {
+pub fn forget(
+    host: &dyn Host,
+    worker: &Worker,
+    repository: &str,
+    tag: &str,
+    before: u64,
+    digest: Option<&str>,
+) {
     let Some(e) = &worker.config.claims.etcd else { return };
     let change = Change::Deleted { at_ms: host.now_ms(), before, digest: digest.map(str::to_string) };
     enqueue(worker, Op::Update { key: wire::key(&e.prefix, repository, tag), change, write: None, tries: 0 });
@@ -505,14 +583,31 @@ pub fn on_root_response(host: &dyn Host, worker: &Worker, token: u32, body_size:
             let next = match &change {
                 // Order 0: the revision this write gets (see `crate::store::etcd`).
                 // A commit of no hold (audit mode) is only trusted while young: see `committed`.
-                Change::Commit { held: claims::NO_HOLD, at_ms, .. } if now.saturating_sub(*at_ms) >= ttl / 2 => None,
-                Change::Commit { digest, at_ms, held } => claims::committed(live.map(|(r, _)| r), digest, 0, *held, *at_ms, ttl).map(Some),
-                Change::Release { digest, held } => live.and_then(|(r, _)| claims::released(r, digest, *held, now, ttl)),
-                Change::Deleted { at_ms, before, digest } => live.and_then(|(r, _)| claims::deleted(r, *before, digest.as_deref(), *at_ms)),
+                Change::Commit { held: claims::NO_HOLD, at_ms, .. }
+                    if now.saturating_sub(*at_ms) >= ttl / 2 =>
+                {
+                    None
+                }
+                Change::Commit { digest, at_ms, held } => {
+                    claims::committed(live.map(|(r, _)| r), digest, 0, *held, *at_ms, ttl).map(Some)
+                }
+                Change::Release { digest, held } => {
+                    live.and_then(|(r, _)| claims::released(r, digest, *held, now, ttl))
+                }
+                Change::Deleted { at_ms, before, digest } => {
+                    live.and_then(|(r, _)| claims::deleted(r, *before, digest.as_deref(), *at_ms))
+                }
             };
             if let Some(next) = next {
                 if tries + 1 < MAX_TRIES {
-                    send_op(host, worker, e, &mut s, Op::Update { key, change, write: Some((m, next)), tries: tries + 1 }, now);
+                    send_op(
+                        host,
+                        worker,
+                        e,
+                        &mut s,
+                        Op::Update { key, change, write: Some((m, next)), tries: tries + 1 },
+                        now,
+                    );
                 }
             }
         }

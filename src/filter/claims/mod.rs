@@ -47,8 +47,14 @@ pub enum Claimed {
     /// Let the push through, holding the claim: commit or release it when the registry
     /// answers. `revision`: the store's version of the record (etcd; 0 in shared data);
     /// `at_ms`: the hold's take time, which its commit or release names.
-    Proceed { revision: u64, at_ms: u64 },
-    Conflict { digest: String, committed: bool },
+    Proceed {
+        revision: u64,
+        at_ms: u64,
+    },
+    Conflict {
+        digest: String,
+        committed: bool,
+    },
     /// Refuse with 503, for this reason (it names the claim store).
     Unavailable(String),
     /// Asked the store; the answer arrives as the call `token`'s response.
@@ -81,17 +87,26 @@ pub fn view_order(host: &dyn Host, worker: &Worker, repository: &str, tag: &str)
 }
 
 /// Claims `repository:tag` for `digest`, for a push with this view of the tag.
-pub fn claim(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
+pub fn claim(
+    host: &dyn Host,
+    worker: &Worker,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    view: View,
+) -> Claimed {
     let settings = &worker.config.claims;
     match &settings.etcd {
         None => match shared_data::claim(host, settings, repository, tag, digest, view) {
-            Claimed::Proceed { revision, at_ms } => match shared_data::fenced(host, settings, repository, tag, digest) {
-                Ok(false) => Claimed::Proceed { revision, at_ms },
-                fenced => {
-                    shared_data::release(host, settings, repository, tag, digest, at_ms);
-                    fenced.map_or_else(Claimed::Unavailable, |_| Claimed::Fenced)
+            Claimed::Proceed { revision, at_ms } => {
+                match shared_data::fenced(host, settings, repository, tag, digest) {
+                    Ok(false) => Claimed::Proceed { revision, at_ms },
+                    fenced => {
+                        shared_data::release(host, settings, repository, tag, digest, at_ms);
+                        fenced.map_or_else(Claimed::Unavailable, |_| Claimed::Fenced)
+                    }
                 }
-            },
+            }
             other => other,
         },
         Some(_) => etcd::claim(host, worker, repository, tag, digest, view),
@@ -124,7 +139,14 @@ pub fn release(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, di
 /// A delete of the tag the filter granted (break-glass) went through: its committed change no
 /// longer refuses "absent" (the one way a protected tag becomes new again). `before`: the
 /// tag's [`view_order`] read before the delete was sent (see `crate::store::claims::deleted`).
-pub fn forget(host: &dyn Host, worker: &Worker, repository: &str, tag: &str, before: u64, digest: Option<&str>) {
+pub fn forget(
+    host: &dyn Host,
+    worker: &Worker,
+    repository: &str,
+    tag: &str,
+    before: u64,
+    digest: Option<&str>,
+) {
     match &worker.config.claims.etcd {
         None => shared_data::forget(host, &worker.config.claims, repository, tag, before, digest),
         Some(_) => etcd::forget(host, worker, repository, tag, before, digest),

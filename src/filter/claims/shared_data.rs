@@ -2,9 +2,9 @@
 //! [`crate::store::claims`] what to write, writes it back with CAS, and retries when another worker
 //! wrote first.
 use super::Claimed;
-use crate::store::claims::{self, Claim, View};
 use crate::config::ClaimSettings;
 use crate::filter::host::{Host, Level, SharedError};
+use crate::store::claims::{self, Claim, View};
 
 /// Attempts before a contended slot is given up on (the push is then refused with 503).
 pub const CAS_ATTEMPTS: usize = 32;
@@ -27,14 +27,20 @@ const SLOT_KEY_MARK: &str = "immutable-tags/claims/slot-key-mark";
 pub fn slot_key(host: &dyn Host) -> Result<claims::SlotKey, String> {
     for _ in 0..2 {
         match host.shared_get(SLOT_KEY).map_err(|s| format!("cannot read the claim slots' key ({s})"))? {
-            (Some(bytes), cas) if cas != 0 => return claims::decode_slot_key(&bytes).ok_or_else(|| "the claim slots' key is malformed".to_string()),
+            (Some(bytes), cas) if cas != 0 => {
+                return claims::decode_slot_key(&bytes)
+                    .ok_or_else(|| "the claim slots' key is malformed".to_string())
+            }
             _ => {
                 let mut key = claims::SlotKey::default();
                 host.random(&mut key).map_err(|s| format!("cannot draw the claim slots' key ({s})"))?;
-                host.shared_set(SLOT_KEY_MARK, b"", 0).map_err(|s| format!("cannot create the claim slots' key ({s:?})"))?;
+                host.shared_set(SLOT_KEY_MARK, b"", 0)
+                    .map_err(|s| format!("cannot create the claim slots' key ({s:?})"))?;
                 match host.shared_set(SLOT_KEY, &claims::encode_slot_key(&key), 1) {
                     Ok(()) | Err(SharedError::CasMismatch) => continue, // read back what is there
-                    Err(SharedError::Other(s)) => return Err(format!("cannot create the claim slots' key ({s})")),
+                    Err(SharedError::Other(s)) => {
+                        return Err(format!("cannot create the claim slots' key ({s})"))
+                    }
                 }
             }
         }
@@ -74,7 +80,8 @@ fn update<T>(
         let (bytes, cas) = host.shared_get(&key).map_err(|s| format!("cannot read claim slot ({s})"))?;
         let Some(bytes) = bytes.filter(|_| cas != 0) else {
             // Not created at configuration (should not happen): create it, then read again.
-            host.shared_set(&key, &claims::empty_slot(), 0).map_err(|s| format!("cannot create claim slot ({s:?})"))?;
+            host.shared_set(&key, &claims::empty_slot(), 0)
+                .map_err(|s| format!("cannot create claim slot ({s:?})"))?;
             continue;
         };
         let (write, result) = step(&bytes);
@@ -98,41 +105,83 @@ pub fn order(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &
 }
 
 /// Claims the tag for a push with this view of it (see `claims::take`).
-pub fn claim(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, view: View) -> Claimed {
+pub fn claim(
+    host: &dyn Host,
+    settings: &ClaimSettings,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    view: View,
+) -> Claimed {
     let now_ms = host.now_ms();
     let step = |slot: &[u8]| claims::claim(slot, repository, tag, digest, view, now_ms, settings.ttl_ms);
     let r = update(host, settings, repository, tag, |slot| match step(slot) {
         Claim::Write(b) => (Some(b), Claimed::Proceed { revision: 0, at_ms: now_ms }),
         Claim::Conflict { digest, committed } => (None, Claimed::Conflict { digest, committed }),
-        Claim::Full => (None, Claimed::Unavailable("too many pushes in flight (claim slot full, or too many pushes of this tag)".into())),
+        Claim::Full => (
+            None,
+            Claimed::Unavailable(
+                "too many pushes in flight (claim slot full, or too many pushes of this tag)".into(),
+            ),
+        ),
     });
     r.unwrap_or_else(Claimed::Unavailable)
 }
 
 /// Best effort: a failure only means the record lives until it expires.
-pub fn commit(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, held: u64) {
+pub fn commit(
+    host: &dyn Host,
+    settings: &ClaimSettings,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    held: u64,
+) {
     let now_ms = host.now_ms();
-    let r = update(host, settings, repository, tag, |slot| (claims::commit(slot, repository, tag, digest, held, now_ms, settings.ttl_ms), ()));
+    let r = update(host, settings, repository, tag, |slot| {
+        (claims::commit(slot, repository, tag, digest, held, now_ms, settings.ttl_ms), ())
+    });
     if let Err(why) = r {
         host.log(Level::Warn, &format!("immutable-tags: cannot commit claim on {repository}:{tag}: {why}"));
     }
 }
 
 /// Best effort: a failure only means the claim lives until it expires.
-pub fn release(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str, held: u64) {
+pub fn release(
+    host: &dyn Host,
+    settings: &ClaimSettings,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    held: u64,
+) {
     let now_ms = host.now_ms();
-    let r = update(host, settings, repository, tag, |slot| (claims::release(slot, repository, tag, digest, held, now_ms, settings.ttl_ms), ()));
+    let r = update(host, settings, repository, tag, |slot| {
+        (claims::release(slot, repository, tag, digest, held, now_ms, settings.ttl_ms), ())
+    });
     if let Err(why) = r {
         host.log(Level::Warn, &format!("immutable-tags: cannot release claim on {repository}:{tag}: {why}"));
     }
 }
 
 /// Best effort: a failure only means the committed record lives until it expires.
-pub fn forget(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, before: u64, digest: Option<&str>) {
+pub fn forget(
+    host: &dyn Host,
+    settings: &ClaimSettings,
+    repository: &str,
+    tag: &str,
+    before: u64,
+    digest: Option<&str>,
+) {
     let now_ms = host.now_ms();
-    let r = update(host, settings, repository, tag, |slot| (claims::forget(slot, repository, tag, before, digest, now_ms, settings.ttl_ms), ()));
+    let r = update(host, settings, repository, tag, |slot| {
+        (claims::forget(slot, repository, tag, before, digest, now_ms, settings.ttl_ms), ())
+    });
     if let Err(why) = r {
-        host.log(Level::Warn, &format!("immutable-tags: cannot forget the record of {repository}:{tag}: {why}"));
+        host.log(
+            Level::Warn,
+            &format!("immutable-tags: cannot forget the record of {repository}:{tag}: {why}"),
+        );
     }
 }
 
@@ -140,21 +189,35 @@ pub fn forget(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: 
 /// a delete of its digest holds the fence; for a fence, whether any push of the digest holds a
 /// claim in the repository (every slot is read: digest deletes are rare). A failed read is an
 /// error (the caller refuses).
-pub fn fenced(host: &dyn Host, settings: &ClaimSettings, repository: &str, tag: &str, digest: &str) -> Result<bool, String> {
+pub fn fenced(
+    host: &dyn Host,
+    settings: &ClaimSettings,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+) -> Result<bool, String> {
     let now = host.now_ms();
     let fence = tag.starts_with('@');
     let (lo, hi) = match fence {
         true => (0, settings.slots),
         false => {
-            let i = claims::slot_index(&slot_key(host)?, repository, &super::fence_tag(digest), settings.slots);
+            let i =
+                claims::slot_index(&slot_key(host)?, repository, &super::fence_tag(digest), settings.slots);
             (i, i + 1)
         }
     };
     for i in lo..hi {
-        let Ok((bytes, _)) = host.shared_get(&claims::slot_key(settings.slots, i)) else { return Err("cannot read a claim slot".into()) };
+        let Ok((bytes, _)) = host.shared_get(&claims::slot_key(settings.slots, i)) else {
+            return Err("cannot read a claim slot".into());
+        };
         let slot = claims::Slot::decode(&bytes.unwrap_or_default());
         // A fence looks for claims, a claim for the fence.
-        if slot.records.iter().any(|r| r.repository == repository && r.tag.starts_with('@') != fence && r.rec.live(now, settings.ttl_ms) && claims::holds(&r.rec, digest)) {
+        if slot.records.iter().any(|r| {
+            r.repository == repository
+                && r.tag.starts_with('@') != fence
+                && r.rec.live(now, settings.ttl_ms)
+                && claims::holds(&r.rec, digest)
+        }) {
             return Ok(true);
         }
     }

@@ -16,8 +16,14 @@ fn a_proven_listed_principal_with_a_reason_overwrites_and_is_audited() {
     let lines = bg_lines(&h);
     assert_eq!(lines.len(), 1);
     let l = &lines[0];
-    assert_eq!((l["principal"].as_str(), l["reason"].as_str(), l["action"].as_str()), (Some("admin"), Some(REASON.1), Some("overwrite")));
-    assert_eq!((l["repository"].as_str(), l["tag"].as_str(), l["request_id"].as_str()), (Some("app"), Some("v1"), Some("req-7")));
+    assert_eq!(
+        (l["principal"].as_str(), l["reason"].as_str(), l["action"].as_str()),
+        (Some("admin"), Some(REASON.1), Some("overwrite"))
+    );
+    assert_eq!(
+        (l["repository"].as_str(), l["tag"].as_str(), l["request_id"].as_str()),
+        (Some("app"), Some("v1"), Some("req-7"))
+    );
     assert_eq!(l["current_digest"], sha(M1));
     assert_eq!(l["pushed_digest"], sha(M2));
     assert!(!h.logs.borrow().iter().any(|(_, m)| m.contains("YWRtaW46cHc")), "never a credential");
@@ -29,7 +35,8 @@ fn a_proven_listed_principal_with_a_reason_overwrites_and_is_audited() {
 fn an_override_the_registry_refuses_is_not_counted() {
     let h = FakeHost::new();
     let w = bg_worker(&h, BG, Some(true));
-    let denied = answer(401, &[("www-authenticate", "Basic realm=x")], br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
+    let denied =
+        answer(401, &[("www-authenticate", "Basic realm=x")], br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
     let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON], denied);
     assert_eq!(r.status, 401, "the registry's answer is relayed");
     assert!(bg_lines(&h).is_empty());
@@ -39,7 +46,11 @@ fn an_override_the_registry_refuses_is_not_counted() {
 #[test]
 fn an_override_is_refused_and_the_refusal_says_why() {
     for (auth, extra, expect) in [
-        (Some(false), vec![ADMIN, REASON], "does not demand authentication, so principal 'admin' is unproven"),
+        (
+            Some(false),
+            vec![ADMIN, REASON],
+            "does not demand authentication, so principal 'admin' is unproven",
+        ),
         (None, vec![ADMIN, REASON], "could not learn"),
         (Some(true), vec![BOB, REASON], "principal 'bob' is not in break_glass.principals"),
         (Some(true), vec![ADMIN, ("x-break-glass-reason", " ")], "header is empty"),
@@ -81,7 +92,9 @@ fn overrides_race_for_the_claim_like_any_write() {
 
 #[test]
 fn deletes_are_overridden_only_when_the_actions_allow_it() {
-    for (policy, status, count) in [(BG.to_string(), None, 1), (BG.replace(r#", "delete"]"#, "]"), Some(409), 0)] {
+    for (policy, status, count) in
+        [(BG.to_string(), None, 1), (BG.replace(r#", "delete"]"#, "]"), Some(409), 0)]
+    {
         let h = FakeHost::new();
         let w = bg_worker(&h, &policy, Some(true));
         let mut f = Filter::new(Some(w.clone()));
@@ -113,11 +126,23 @@ fn a_window_lets_one_push_of_its_principal_through_without_the_header() {
         f.on_response_headers(&h);
     };
     open("401", ADMIN);
-    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2)).status, 409, "a read the registry refused opens nothing");
+    assert_eq!(
+        bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2)).status,
+        409,
+        "a read the registry refused opens nothing"
+    );
     open("200", BOB);
-    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[BOB], created(M2)).status, 409, "an unlisted principal opens nothing");
+    assert_eq!(
+        bg_push(&h, &w, "v1", M2, M1, &[BOB], created(M2)).status,
+        409,
+        "an unlisted principal opens nothing"
+    );
     open("200", ADMIN);
-    assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[SRE], created(M2)).status, 409, "the window is the principal's");
+    assert_eq!(
+        bg_push(&h, &w, "v1", M2, M1, &[SRE], created(M2)).status,
+        409,
+        "the window is the principal's"
+    );
     let r = bg_push(&h, &w, "v1", M2, M1, &[ADMIN], created(M2));
     assert_eq!(r.status, 201, "{:?} {:?}", r.json(), h.logs.borrow());
     assert_eq!(bg_lines(&h)[0]["reason"], REASON.1);
@@ -135,7 +160,10 @@ fn the_probe_learns_from_the_registry_answer() {
     let w = worker(&h, BG);
     crate::filter::break_glass::probe(&h, &w);
     let call = h.last_call().unwrap();
-    assert_eq!((call.header(":method"), call.header(":path"), call.header("authorization")), (Some("GET"), Some("/v2/"), None));
+    assert_eq!(
+        (call.header(":method"), call.header(":path"), call.header("authorization")),
+        (Some("GET"), Some("/v2/"), None)
+    );
     for (status, learned) in [("500", None), ("401", Some(true)), ("200", Some(false))] {
         let token = h.pending.borrow_mut().pop_front().unwrap();
         h.set_answer(Some(answer(status.parse().unwrap(), &[], b"")));
@@ -156,7 +184,11 @@ fn audit_mode_overrides_and_logs_like_enforce() {
     let w = bg_worker(&h, &BG.replace(r#"{"global""#, r#"{"mode": "audit", "global""#), Some(true));
     assert_eq!(bg_push(&h, &w, "v1", M2, M1, &[ADMIN, REASON], created(M2)).status, 201);
     assert_eq!(bg_lines(&h)[0]["mode"], "audit");
-    assert_eq!((h.counter("break_glass_overrides"), h.counter("audit_would_refuse")), (1, 0), "an override is no refusal");
+    assert_eq!(
+        (h.counter("break_glass_overrides"), h.counter("audit_would_refuse")),
+        (1, 0),
+        "an override is no refusal"
+    );
 }
 
 #[test]

@@ -60,13 +60,19 @@ fn only_streams_under_judgement_keep_state_and_only_until_their_answer() {
 #[test]
 fn without_a_valid_configuration_writes_are_refused_and_reads_pass() {
     let h = FakeHost::new();
-    for (method, path) in [("PUT", "/v2/app/manifests/v1".to_string()), ("DELETE", format!("/v2/app/manifests/{}", sha(M1)))] {
+    for (method, path) in
+        [("PUT", "/v2/app/manifests/v1".to_string()), ("DELETE", format!("/v2/app/manifests/{}", sha(M1)))]
+    {
         let mut f = Filter::new(None);
         h.replies.borrow_mut().clear();
         h.request(method, &path, &[CT]);
         assert_eq!(on_headers(&mut f, &h, false), Action::Pause, "{method}");
         let r = h.reply().expect("refused");
-        assert_eq!((r.status, r.json()["errors"][0]["code"].as_str()), (503, Some("UNAVAILABLE")), "{method}");
+        assert_eq!(
+            (r.status, r.json()["errors"][0]["code"].as_str()),
+            (503, Some("UNAVAILABLE")),
+            "{method}"
+        );
     }
     h.replies.borrow_mut().clear();
     let mut f = Filter::new(None);

@@ -3,11 +3,11 @@
 //! bounds: the shared-data slot hash is keyed with a secret every worker of one Envoy shares
 //! (an attacker cannot compute colliding tags), and writes whose client left ("orphans") are
 //! bounded per worker.
+use super::fake::Process;
+use super::world::{sha, World, BOB, OCI, SHARED, X, Y};
 use super::*;
 use crate::filter::claims::shared_data::{self, SLOT_KEY};
-use super::fake::Process;
 use crate::filter::host::{Host, SharedError};
-use super::world::{sha, World, BOB, OCI, SHARED, X, Y};
 use crate::filter::Filter;
 use crate::store::claims::{self, decode_slot_key, encode_slot_key, slot_index, Slot, SlotKey};
 
@@ -29,7 +29,8 @@ fn tags_computed_to_collide_offline_do_not_fill_a_protected_tags_slot() {
     let world = World::new(SHARED);
     let a = world.replica();
     let target = fnv_slot("app", "v1", 1024);
-    let colliding: Vec<String> = (0..).map(|i| format!("c{i}")).filter(|t| fnv_slot("app", t, 1024) == target).take(16).collect();
+    let colliding: Vec<String> =
+        (0..).map(|i| format!("c{i}")).filter(|t| fnv_slot("app", t, 1024) == target).take(16).collect();
     for t in &colliding {
         assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
     }
@@ -48,7 +49,10 @@ pub fn slot_key_of(world: &World) -> SlotKey {
 /// The slot (its shared-data key) holding the record of `app:tag`, if any.
 fn slot_holding(world: &World, tag: &str) -> Option<String> {
     let shared = world.clock.process.shared.borrow();
-    shared.iter().find(|(_, (v, _))| Slot::decode(v).records.iter().any(|r| r.repository == "app" && r.tag == tag)).map(|(k, _)| k.clone())
+    shared
+        .iter()
+        .find(|(_, (v, _))| Slot::decode(v).records.iter().any(|r| r.repository == "app" && r.tag == tag))
+        .map(|(k, _)| k.clone())
 }
 
 /// Every worker of one Envoy hashes with the same key, created once: the first worker draws
@@ -114,12 +118,21 @@ fn no_key_no_claim() {
                 world.clock.process.random_fails.set(true);
             }
             _ => {
-                world.clock.process.shared.borrow_mut().insert(SLOT_KEY.into(), (b"slot-key/1 00".to_vec(), 7));
+                world
+                    .clock
+                    .process
+                    .shared
+                    .borrow_mut()
+                    .insert(SLOT_KEY.into(), (b"slot-key/1 00".to_vec(), 7));
             }
         }
         let r = world.push(&a, "v1", X, &[BOB]);
         assert_eq!(r.status, 503, "{how}: {:?}", r.json());
-        assert!(r.json()["errors"][0]["message"].as_str().unwrap_or("").contains("claim slots' key"), "{how}: {:?}", r.json());
+        assert!(
+            r.json()["errors"][0]["message"].as_str().unwrap_or("").contains("claim slots' key"),
+            "{how}: {:?}",
+            r.json()
+        );
         assert_eq!(world.reg.holds("v1"), None, "{how}");
     }
 }
@@ -140,7 +153,11 @@ fn orphans_are_bounded_new_writes_refused_while_the_list_is_full() {
         let h = a.root.share_with();
         *h.source.borrow_mut() = Some(format!("10.8.{}.{}:1", i / 200, i % 200));
         let len = X.len().to_string();
-        h.request("PUT", &format!("/v2/app/manifests/t{i}"), &[("content-type", OCI), ("content-length", &len), BOB]);
+        h.request(
+            "PUT",
+            &format!("/v2/app/manifests/t{i}"),
+            &[("content-type", OCI), ("content-length", &len), BOB],
+        );
         let mut f = Filter::new(Some(a.w.clone()));
         f.on_request_headers(&h, Filter::first_look(&h).unwrap(), false);
         let mut s = Stream { h, f, held_puts: Vec::new() };
@@ -222,7 +239,8 @@ fn concurrent_pushes_of_different_manifests_to_a_new_tag_have_one_winner() {
     for ((f, h), b) in filters.iter_mut().zip(&hosts).zip(&bodies) {
         send_body(f, h, &[b]);
     }
-    let writers: Vec<usize> = hosts.iter().enumerate().filter(|(_, h)| !h.calls_with("PUT").is_empty()).map(|(i, _)| i).collect();
+    let writers: Vec<usize> =
+        hosts.iter().enumerate().filter(|(_, h)| !h.calls_with("PUT").is_empty()).map(|(i, _)| i).collect();
     assert_eq!(writers, vec![0]);
     for h in &hosts[1..] {
         assert_eq!(h.reply().unwrap().status, 409);
@@ -231,7 +249,12 @@ fn concurrent_pushes_of_different_manifests_to_a_new_tag_have_one_winner() {
 
 /// Every claim record in the fake process's shared data, decoded.
 fn records(h: &FakeHost) -> Vec<crate::store::claims::Record> {
-    h.process.shared.borrow().values().flat_map(|(v, _)| crate::store::claims::Slot::decode(v).records).collect()
+    h.process
+        .shared
+        .borrow()
+        .values()
+        .flat_map(|(v, _)| crate::store::claims::Slot::decode(v).records)
+        .collect()
 }
 
 #[test]
@@ -285,7 +308,10 @@ fn an_upstream_error_let_through_by_policy_is_still_fenced_by_the_claims() {
     // on_upstream_error = allow gives up the registry's word, not the claims': a push that
     // learned nothing must not override what a push through this Envoy just committed.
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "on_upstream_error": "allow", "cache": {"ttl_seconds": 0}}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "on_upstream_error": "allow", "cache": {"ttl_seconds": 0}}"#,
+    );
     assert_eq!(push(&h, &w, "v1", M1, None).status, 201);
     h.advance(1000);
     let mut f = Filter::new(Some(w.clone()));
@@ -311,7 +337,10 @@ fn a_stored_push_the_registry_names_no_digest_for_commits_the_claimed_one() {
     assert_eq!(h.reply().unwrap().status, 201);
     let r = records(&h);
     assert_eq!(r.len(), 1, "{r:?}");
-    assert_eq!((r[0].tag.as_str(), r[0].rec.stored.clone().map(|s| s.0), r[0].rec.claim.clone()), ("v1", Some(sha(M1)), None));
+    assert_eq!(
+        (r[0].tag.as_str(), r[0].rec.stored.clone().map(|s| s.0), r[0].rec.claim.clone()),
+        ("v1", Some(sha(M1)), None)
+    );
 }
 
 #[test]
@@ -331,5 +360,9 @@ fn a_stored_multi_tag_push_commits_every_tag_it_named() {
     assert_eq!(h.reply().unwrap().status, 201);
     let r = records(&h);
     assert_eq!(r.len(), 2, "{r:?}");
-    assert!(r.iter().all(|r| r.rec.claim.is_none() && r.rec.stored.as_ref().map(|s| s.0.clone()) == Some(sha(M1))), "{r:?}");
+    assert!(
+        r.iter()
+            .all(|r| r.rec.claim.is_none() && r.rec.stored.as_ref().map(|s| s.0.clone()) == Some(sha(M1))),
+        "{r:?}"
+    );
 }

@@ -46,7 +46,8 @@ fn without_etcd_replicas_each_let_a_different_manifest_through() {
 
 #[test]
 fn etcd_failures_refuse_with_503_naming_the_claim_store_and_send_no_put() {
-    let quorum = br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
+    let quorum =
+        br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
     let cases: Vec<(&str, Reply)> = vec![
         ("error body", answer(503, &[], quorum)),
         ("5xx", answer(500, &[], b"internal")),
@@ -79,7 +80,11 @@ fn etcd_failures_refuse_with_503_naming_the_claim_store_and_send_no_put() {
 
 #[test]
 fn a_connect_failure_is_tried_once_more_before_refusing() {
-    let envoy_503 = answer(503, &[], b"upstream connect error or disconnect/reset before headers. reset reason: connection failure");
+    let envoy_503 = answer(
+        503,
+        &[],
+        b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+    );
     let etcd = FakeEtcd::default();
     let (h, w) = replica(&etcd, ETCD_POLICY);
     let mut f = to_claim(&h, &w, M1);
@@ -91,7 +96,10 @@ fn a_connect_failure_is_tried_once_more_before_refusing() {
     // MAX_ATTEMPTS times in a row: refused.
     let mut f = to_claim_tag(&h, &w, "v2", M2);
     let mut n = 0;
-    while respond_with(&mut f, &h, |c| { assert_eq!(c.cluster, "etcd"); envoy_503.clone() }) {
+    while respond_with(&mut f, &h, |c| {
+        assert_eq!(c.cluster, "etcd");
+        envoy_503.clone()
+    }) {
         n += 1;
     }
     assert_eq!((n, h.reply().unwrap().status), (crate::filter::claims::etcd::MAX_ATTEMPTS, 503));

@@ -64,7 +64,11 @@ fn a_delete_by_digest_gets_the_manifests_of_tags_whose_head_has_no_digest() {
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
     assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
-    respond(&mut f, &h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#));
+    respond(
+        &mut f,
+        &h,
+        answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#),
+    );
     respond(&mut f, &h, head_without_digest());
     assert_eq!(h.last_call().unwrap().header(":method"), Some("GET"));
     respond(&mut f, &h, answer(200, &[], M1));
@@ -76,7 +80,10 @@ fn a_delete_by_digest_gets_the_manifests_of_tags_whose_head_has_no_digest() {
 #[test]
 fn a_digest_delete_where_no_tag_can_be_immutable_is_not_checked() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "rules": [{"projects": "prod", "repositories": {"matching": "**"}, "tags": {"matching": "**"}}]}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "rules": [{"projects": "prod", "repositories": {"matching": "**"}, "tags": {"matching": "**"}}]}"#,
+    );
     let mut f = Filter::new(Some(w.clone()));
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[]);
     assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
@@ -100,7 +107,11 @@ fn a_delete_by_digest_hashes_a_manifest_of_exactly_the_limit() {
         let mut f = Filter::new(Some(w.clone()));
         h.request("DELETE", &format!("/v2/app/manifests/{}", sha(&deleted)), &[]);
         assert_eq!(on_headers(&mut f, &h, true), Action::Pause);
-        respond(&mut f, &h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#));
+        respond(
+            &mut f,
+            &h,
+            answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#),
+        );
         respond(&mut f, &h, head_without_digest());
         respond(&mut f, &h, answer(200, &[("content-type", CT.1)], held));
         assert_eq!(h.reply().map(|r| r.status), refused.then_some(409), "{:?}", h.reply().map(|r| r.json()));

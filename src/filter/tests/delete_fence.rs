@@ -3,12 +3,18 @@
 //! manifest, no break-glass asked. The fence on `repository@D` (`claims::fence_tag`) refuses
 //! whichever of the two comes second, in both stores.
 use super::fake::Call;
-use crate::filter::host::Host;
 use super::world::{reply, run_for, sha, Stream, World, BOB, ETCD_BG, SHARED, X};
+use crate::filter::host::Host;
 
 /// The delete the filter let through reaches the registry (what Envoy forwards).
 fn land(world: &World, s: &Stream) -> u16 {
-    let call = Call { cluster: "registry".into(), headers: s.h.request_headers.borrow().clone(), body: None, timeout_ms: 0, at_ms: world.clock.now_ms() };
+    let call = Call {
+        cluster: "registry".into(),
+        headers: s.h.request_headers.borrow().clone(),
+        body: None,
+        timeout_ms: 0,
+        at_ms: world.clock.now_ms(),
+    };
     world.reg.answer(&call).status
 }
 
@@ -46,7 +52,11 @@ fn a_push_of_a_digest_being_deleted_is_refused_and_the_tag_never_deleted() {
         answered(&mut d, deleted);
         assert_eq!(pushed.status, 409, "{policy}: {}", String::from_utf8_lossy(&pushed.body));
         assert!(String::from_utf8_lossy(&pushed.body).contains("a delete of this manifest is in flight"));
-        assert!(!world.reg.history.borrow().iter().any(|(t, _)| t == "v1"), "{policy}: {:?}", world.reg.history.borrow());
+        assert!(
+            !world.reg.history.borrow().iter().any(|(t, _)| t == "v1"),
+            "{policy}: {:?}",
+            world.reg.history.borrow()
+        );
         // The registry answered the delete: the fence is given back, the push goes through.
         run_for(&world, &[&a, &b], 500);
         assert_eq!(world.push(&b, "v1", X, &[BOB]).status, 201, "{policy}");
@@ -68,7 +78,9 @@ fn a_delete_of_a_digest_a_push_is_writing_is_refused() {
         let mut d = delete_x(&world, &b);
         let refused = d.h.reply().expect("refused");
         assert_eq!(refused.status, 409, "{policy}");
-        assert!(String::from_utf8_lossy(&refused.body).contains("a push of it to a protected tag is in flight"));
+        assert!(
+            String::from_utf8_lossy(&refused.body).contains("a push of it to a protected tag is in flight")
+        );
         d.f.on_done(&d.h);
         world.answer_put(&mut p);
         assert_eq!(reply(&p).status, 201);
@@ -116,7 +128,12 @@ const E: &str = "x-envoy-expected-rq-timeout-ms";
 /// the registry's tags/list answer (TTL 60 s).
 fn delete_after(world: &World, policy: &str, ms: u64, refuse_writes: bool) -> Stream {
     let a = world.replica();
-    let mut d = world.open(&a, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[BOB, (T, "999999"), (E, "999999")]);
+    let mut d = world.open(
+        &a,
+        "DELETE",
+        &format!("/v2/app/manifests/{}", sha(X)),
+        &[BOB, (T, "999999"), (E, "999999")],
+    );
     loop {
         let next = d.h.pending.borrow().iter().copied().find(|t| d.h.call_of(*t).cluster == "etcd");
         let Some(token) = next else { break };
@@ -155,13 +172,21 @@ fn a_fenced_delete_whose_timeout_cannot_be_written_is_refused() {
 #[test]
 fn a_break_glass_delete_of_a_digest_goes_bounded_too() {
     use super::world::{run_for, ADMIN, REASON};
-    let shared = ETCD_BG.replace(r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#, r#""claims": {}"#);
+    let shared = ETCD_BG.replace(
+        r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#,
+        r#""claims": {}"#,
+    );
     for policy in [shared.as_str(), ETCD_BG] {
         let world = World::new(policy);
         let a = world.replica();
         assert_eq!(world.push(&a, "v1", X, &[BOB]).status, 201);
         run_for(&world, &[&a], 500);
-        let mut d = world.open(&a, "DELETE", &format!("/v2/app/manifests/{}", sha(X)), &[ADMIN, REASON, (T, "999999")]);
+        let mut d = world.open(
+            &a,
+            "DELETE",
+            &format!("/v2/app/manifests/{}", sha(X)),
+            &[ADMIN, REASON, (T, "999999")],
+        );
         world.pump(&mut d, false);
         assert!(d.h.reply().is_none(), "{policy}: granted: {:?}", d.h.reply());
         let left: u64 = d.h.request_header_value(T).and_then(|v| v.parse().ok()).expect("bounded");

@@ -1,14 +1,14 @@
 //! Deletes by digest on the fake host: the registry's word decides (issue 28 item 3, issue 26
 //! step 4), and break-glass must cover every immutable tag a delete removes (issue 29).
-use super::fake::{sha, answer, FakeHost, Reply, FakeEtcd};
+use super::fake::{answer, sha, FakeEtcd, FakeHost, Reply};
+use crate::config::Config;
+use crate::filter::claims::etcd as etcd_claims;
 use crate::filter::host::Host;
 use crate::filter::worker::Worker;
 use crate::filter::{Action, Filter};
-use crate::config::Config;
 use crate::oci::digest::Digest;
-use std::rc::Rc;
-use crate::filter::claims::etcd as etcd_claims;
 use crate::oci::request::{classify, Reference, Request};
+use std::rc::Rc;
 
 const BG: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}, "break_glass": {"principals": ["admin"], "repositories": ["app"]}}"#;
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
@@ -29,7 +29,11 @@ fn head(body: &[u8]) -> Reply {
 }
 
 fn tags(list: &[&str]) -> Reply {
-    answer(200, &[("content-type", "application/json")], serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes())
+    answer(
+        200,
+        &[("content-type", "application/json")],
+        serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes(),
+    )
 }
 
 /// Answers the pending call for `path` (any order the registry likes).
@@ -37,7 +41,10 @@ fn respond_to(f: &mut Filter, h: &FakeHost, path: &str, reply: Reply) {
     let token = {
         let calls = h.calls.borrow();
         let pending = h.pending.borrow();
-        *pending.iter().find(|t| calls[**t as usize - 1].header(":path") == Some(path)).unwrap_or_else(|| panic!("no call for {path}"))
+        *pending
+            .iter()
+            .find(|t| calls[**t as usize - 1].header(":path") == Some(path))
+            .unwrap_or_else(|| panic!("no call for {path}"))
     };
     h.pending.borrow_mut().retain(|t| *t != token);
     let size = reply.body.len();
@@ -59,7 +66,12 @@ fn open_window(h: &FakeHost, w: &Rc<Worker>, tag: &str) {
 
 /// `DELETE /v2/app/manifests/<digest of M1>` while `a-scratch` and `v9` hold M1 and `v1` holds M2;
 /// the HEADs answered in `order`. The client's answer (`None`: let through), and the filter.
-fn delete_m1(h: &FakeHost, w: &Rc<Worker>, extra: &[(&str, &str)], order: &[&str]) -> (Option<Reply>, Filter) {
+fn delete_m1(
+    h: &FakeHost,
+    w: &Rc<Worker>,
+    extra: &[(&str, &str)],
+    order: &[&str],
+) -> (Option<Reply>, Filter) {
     let mut f = Filter::new(Some(w.clone()));
     h.replies.borrow_mut().clear();
     h.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), extra);
@@ -79,7 +91,8 @@ fn delete_m1(h: &FakeHost, w: &Rc<Worker>, extra: &[(&str, &str)], order: &[&str
 /// The override records: decisions (`outcome: sent`) and outcomes.
 fn bg_lines(h: &FakeHost) -> Vec<serde_json::Value> {
     let events = ["immutable_tags.break_glass", "immutable_tags.break_glass_decision"];
-    let lines: Vec<serde_json::Value> = h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str(l).ok()).collect();
+    let lines: Vec<serde_json::Value> =
+        h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str(l).ok()).collect();
     for l in &lines {
         assert!(l["event"] != events[1] || l["outcome"] == "sent", "a decision is a sent line: {l}");
     }
@@ -90,8 +103,8 @@ fn detail(r: &Reply) -> serde_json::Value {
     r.json()["errors"][0]["detail"].clone()
 }
 
-const ORDERS: [[&str; 3]; 3] = [["v9", "a-scratch", "v1"], ["a-scratch", "v9", "v1"], ["v1", "v9", "a-scratch"]];
-
+const ORDERS: [[&str; 3]; 3] =
+    [["v9", "a-scratch", "v1"], ["a-scratch", "v9", "v1"], ["v1", "v9", "a-scratch"]];
 
 /// The registry's answer to a delete that went upstream (`details`: Envoy's response code
 /// details, if any), then the stream's end.
@@ -123,7 +136,12 @@ fn a_window_for_one_tag_does_not_delete_the_manifest_another_tag_holds() {
         h.replies.borrow_mut().clear();
         h.request("DELETE", "/v2/app/manifests/v9", &[ADMIN]);
         let path = Filter::first_look(&h).unwrap();
-        assert_eq!(f.on_request_headers(&h, path, true), Action::Continue, "{order:?}: {:?}", h.reply().map(|r| r.json()));
+        assert_eq!(
+            f.on_request_headers(&h, path, true),
+            Action::Continue,
+            "{order:?}: {:?}",
+            h.reply().map(|r| r.json())
+        );
     }
 }
 
@@ -154,7 +172,11 @@ fn windows_for_every_tag_let_a_delete_by_digest_through_and_record_each() {
     assert!(reply.is_none(), "{:?}", reply.map(|r| r.json()));
     *h.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
     f.on_response_headers(&h);
-    let named: Vec<String> = bg_lines(&h).iter().filter(|l| l["outcome"] == "accepted").map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    let named: Vec<String> = bg_lines(&h)
+        .iter()
+        .filter(|l| l["outcome"] == "accepted")
+        .map(|l| l["tag"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(named, vec!["a-scratch", "v9"]);
     assert_eq!(h.counter("break_glass_overrides"), 2);
 }
@@ -216,7 +238,14 @@ fn an_over_long_reason_neither_overrides_nor_opens_a_window() {
     f.on_request_headers(&h, path, true);
     let r = h.reply().expect("refused");
     assert_eq!(r.status, 409);
-    assert!(detail(&r)["break_glass"].as_str().unwrap().contains("50031 bytes, longer than break_glass.max_reason_bytes (256)"), "{}", detail(&r));
+    assert!(
+        detail(&r)["break_glass"]
+            .as_str()
+            .unwrap()
+            .contains("50031 bytes, longer than break_glass.max_reason_bytes (256)"),
+        "{}",
+        detail(&r)
+    );
     // A read with it opens no window, and says why.
     let mut f = Filter::new(Some(w.clone()));
     h.request("HEAD", "/v2/app/manifests/v9", &[ADMIN, ("x-break-glass-reason", &long)]);
@@ -231,7 +260,6 @@ fn an_over_long_reason_neither_overrides_nor_opens_a_window() {
 }
 
 // ---- Windows in etcd: each tag's window is taken by its own round trip.
-
 
 const BG_ETCD: &str = r#"{"global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]},
   "break_glass": {"principals": ["admin"], "repositories": ["app"]},
@@ -334,7 +362,11 @@ fn windows_in_etcd_must_cover_every_tag_and_one_alone_is_put_back() {
     assert_eq!((b.reply().map(|r| r.status), b.resumes.get()), (None, 1), "let through");
     *b.response_headers.borrow_mut() = vec![(":status".into(), "202".into())];
     f.on_response_headers(&b);
-    let named: Vec<String> = bg_lines(&b).iter().filter(|l| l["outcome"] == "accepted").map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    let named: Vec<String> = bg_lines(&b)
+        .iter()
+        .filter(|l| l["outcome"] == "accepted")
+        .map(|l| l["tag"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(named, vec!["a-scratch", "v9"]);
     assert_eq!(b.counter("break_glass_overrides"), 2);
     assert!(etcd.window(&wkey("v9")).is_none() && etcd.window(&wkey("a-scratch")).is_none(), "both used up");
@@ -368,12 +400,23 @@ fn a_delete_that_ends_while_taking_windows_puts_back_those_it_took() {
 // when the registry itself refused it.
 
 fn window_open(h: &FakeHost, tag: &str) -> bool {
-    h.shared_get(&format!("immutable_tags.break_glass/app:{tag}:admin")).unwrap().0.is_some_and(|v| !v.is_empty())
+    h.shared_get(&format!("immutable_tags.break_glass/app:{tag}:admin"))
+        .unwrap()
+        .0
+        .is_some_and(|v| !v.is_empty())
 }
 
 /// The override lines with `outcome`, as (tag, outcome).
 fn outcomes(h: &FakeHost) -> Vec<(String, String)> {
-    bg_lines(h).iter().map(|l| (l["tag"].as_str().unwrap_or_default().to_string(), l["outcome"].as_str().unwrap_or_default().to_string())).collect()
+    bg_lines(h)
+        .iter()
+        .map(|l| {
+            (
+                l["tag"].as_str().unwrap_or_default().to_string(),
+                l["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -400,7 +443,10 @@ fn a_break_glass_delete_is_recorded_when_it_is_sent() {
     let lines = bg_lines(&h);
     assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent")]), "{lines:?}");
     for l in &lines {
-        assert_eq!((l["principal"].as_str(), l["reason"].as_str(), l["action"].as_str()), (Some("admin"), Some(REASON.1), Some("delete")));
+        assert_eq!(
+            (l["principal"].as_str(), l["reason"].as_str(), l["action"].as_str()),
+            (Some("admin"), Some(REASON.1), Some("delete"))
+        );
         assert_eq!(l["current_digest"], sha(M1));
         assert_eq!(l["tags"], serde_json::json!(["a-scratch", "v9"]), "every tag the delete removes");
     }
@@ -412,7 +458,10 @@ fn a_client_reset_after_the_delete_was_sent_records_an_unknown_outcome() {
     let w = worker(&h, BG);
     let (_, mut f) = delete_m1(&h, &w, &[ADMIN, REASON], &ORDERS[0]);
     f.on_done(&h); // RST_STREAM before the registry's 202: distribution deletes anyway
-    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
+    assert_eq!(
+        outcomes(&h),
+        pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")])
+    );
     assert_eq!(h.counter("break_glass_overrides"), 2, "counted: it may have happened");
 }
 
@@ -432,7 +481,10 @@ fn an_upstream_reset_after_the_delete_keeps_the_windows_used_and_records_it() {
     let mut f = sent_with_windows(&h, &w);
     answered(&h, &mut f, "503", Some("upstream_reset_before_response_started{connection_termination}"));
     assert!(!window_open(&h, "v9") && !window_open(&h, "a-scratch"), "not put back");
-    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
+    assert_eq!(
+        outcomes(&h),
+        pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")])
+    );
 }
 
 #[test]
@@ -455,7 +507,10 @@ fn a_gateway_timeout_records_an_unknown_outcome() {
     let w = worker(&h, BG);
     let (_, mut f) = delete_m1(&h, &w, &[ADMIN, REASON], &ORDERS[0]);
     answered(&h, &mut f, "504", None);
-    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")]));
+    assert_eq!(
+        outcomes(&h),
+        pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "unknown"), ("v9", "unknown")])
+    );
 }
 
 #[test]
@@ -475,7 +530,10 @@ fn a_refusal_from_the_registry_itself_puts_the_windows_back() {
     let mut f = sent_with_windows(&h, &w);
     answered(&h, &mut f, "403", Some("via_upstream"));
     assert!(window_open(&h, "v9") && window_open(&h, "a-scratch"), "put back");
-    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "refused"), ("v9", "refused")]));
+    assert_eq!(
+        outcomes(&h),
+        pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "refused"), ("v9", "refused")])
+    );
     assert_eq!(h.counter("break_glass_overrides"), 0);
 }
 
@@ -494,7 +552,10 @@ fn an_accepted_delete_is_recorded_once_sent_and_once_accepted() {
     let w = worker(&h, BG);
     let mut f = sent_with_windows(&h, &w);
     answered(&h, &mut f, "202", Some("via_upstream"));
-    assert_eq!(outcomes(&h), pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "accepted"), ("v9", "accepted")]));
+    assert_eq!(
+        outcomes(&h),
+        pairs(&[("a-scratch", "sent"), ("v9", "sent"), ("a-scratch", "accepted"), ("v9", "accepted")])
+    );
     assert_eq!(h.counter("break_glass_overrides"), 2);
 }
 
@@ -522,7 +583,10 @@ fn delete_m1_paged(h: &FakeHost, first_page: Reply) -> Filter {
 #[test]
 fn a_next_link_in_a_second_link_header_is_followed() {
     let h = FakeHost::new();
-    let first = paged(&["v1"], &[r#"</v2/app/tags/list?n=1>; rel="first""#, r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#]);
+    let first = paged(
+        &["v1"],
+        &[r#"</v2/app/tags/list?n=1>; rel="first""#, r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#],
+    );
     let mut f = delete_m1_paged(&h, first);
     assert!(h.reply().is_none(), "{:?}", h.reply().map(|r| r.json()));
     respond_to(&mut f, &h, "/v2/app/tags/list?n=1&last=v1", tags(&["v9"]));
@@ -539,7 +603,10 @@ fn a_next_link_in_a_second_link_header_is_followed() {
 #[test]
 fn next_links_that_disagree_refuse_the_delete() {
     for links in [
-        vec![r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#, r#"</v2/app/tags/list?n=1&last=zz>; rel="next""#],
+        vec![
+            r#"</v2/app/tags/list?n=1&last=v1>; rel="next""#,
+            r#"</v2/app/tags/list?n=1&last=zz>; rel="next""#,
+        ],
         vec![r#"</v2/app/tags/list?n=1&last=v1>; rel="next", </v2/app/tags/list?n=1&last=zz>; rel="next""#],
     ] {
         let h = FakeHost::new();
@@ -569,7 +636,11 @@ fn a_refused_digest_delete_logs_every_tag_it_would_remove() {
     let (reply, _) = delete_m1(&h, &w, &[ADMIN], &ORDERS[0]);
     assert_eq!(reply.map(|r| r.status), Some(409));
     let logs = h.logs.borrow();
-    let line = logs.iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["event"] == "immutable_tags.refusal").expect("logged");
+    let line = logs
+        .iter()
+        .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "immutable_tags.refusal")
+        .expect("logged");
     assert_eq!(line["tags"], serde_json::json!(["a-scratch", "v9"]));
     assert_eq!(line["not_covered"], serde_json::json!(["a-scratch"]));
     assert_eq!(line["digest"], sha(M1));
@@ -631,7 +702,11 @@ fn a_local_reply_while_taking_windows_puts_them_back() {
 
 #[test]
 fn a_gitlab_tag_delete_is_a_tag_delete() {
-    for p in ["/v2/team/app/tags/reference/v1", "/v2/team/app/TAGS/Reference/v1", "/v2/team%2Fapp/tags/%72eference/v%31?x=1"] {
+    for p in [
+        "/v2/team/app/tags/reference/v1",
+        "/v2/team/app/TAGS/Reference/v1",
+        "/v2/team%2Fapp/tags/%72eference/v%31?x=1",
+    ] {
         assert_eq!(
             classify("DELETE", p),
             Request::ManifestDelete { repository: "team/app".into(), reference: Reference::Tag("v1".into()) },
@@ -640,7 +715,13 @@ fn a_gitlab_tag_delete_is_a_tag_delete() {
         assert!(crate::oci::request::may_name_manifests(p), "{p}");
         assert_eq!(classify("GET", p), Request::Other, "{p}");
     }
-    for p in ["/v2/App/tags/reference/v1", "/v2/app/tags/reference/", "/v2/app/tags/reference/a/b", "//v2/app/tags/reference/v1", "/v2/app/tags/reference/v%zz"] {
+    for p in [
+        "/v2/App/tags/reference/v1",
+        "/v2/app/tags/reference/",
+        "/v2/app/tags/reference/a/b",
+        "//v2/app/tags/reference/v1",
+        "/v2/app/tags/reference/v%zz",
+    ] {
         assert!(matches!(classify("DELETE", p), Request::Invalid(_)), "{p}");
     }
 }

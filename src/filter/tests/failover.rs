@@ -5,8 +5,10 @@
 //! (never too few: the retry section below). Fake replicas, fake etcd, a registry that stores
 //! whatever it is sent.
 use super::fake::{answer, Call, Reply};
+use super::world::{
+    deliver, reply, root_response, run_for, sha, Replica, Stream, World, ADMIN, ETCD_BG, REASON, X, Y,
+};
 use crate::filter::host::Host;
-use super::world::{deliver, reply, run_for, Stream, World, X, root_response, sha, Replica, Y, ADMIN, ETCD_BG, REASON};
 
 /// timeout_ms 2000 (the issue's), so attempts of 500 ms: four fit.
 const POLICY: &str = r#"{"upstream": {"cluster": "registry", "write_timeout_ms": 3000}, "global": {"immutable_tags": true},
@@ -29,7 +31,12 @@ fn step(s: &mut Stream, mut f: impl FnMut(&Call) -> Reply) -> bool {
 
 /// A push of `body` to v1 through `r`, its etcd calls answered by `etcd(call, n)` (n: the
 /// how-manieth etcd call of the stream), the registry's by the registry.
-fn push_with(world: &World, r: &super::world::Replica, body: &[u8], mut etcd: impl FnMut(&Call, usize) -> Reply) -> Reply {
+fn push_with(
+    world: &World,
+    r: &super::world::Replica,
+    body: &[u8],
+    mut etcd: impl FnMut(&Call, usize) -> Reply,
+) -> Reply {
     let mut s = world.open_put(r, "v1", body, &[]);
     let mut n = 0;
     let mut answer = |c: &Call| {
@@ -73,7 +80,12 @@ fn a_hung_member_costs_one_attempt_not_the_push() {
     assert_eq!(r.status, 201);
     assert_eq!(timeouts, vec![500, 500], "a quarter of timeout_ms per attempt, the same call again");
     assert_eq!(world.reg.holds("v1"), Some(super::world::sha(X)));
-    for (name, n) in [("etcd_attempt_timeouts", 1), ("etcd_attempts_retried", 1), ("etcd_failovers", 1), ("etcd_calls_failed", 0)] {
+    for (name, n) in [
+        ("etcd_attempt_timeouts", 1),
+        ("etcd_attempts_retried", 1),
+        ("etcd_failovers", 1),
+        ("etcd_calls_failed", 0),
+    ] {
         assert_eq!(a.root.counter(name), n, "{name}");
     }
 }
@@ -90,7 +102,14 @@ fn attempts_stop_when_the_budget_is_spent_then_the_push_is_refused() {
         timed_out()
     });
     assert_eq!(r.status, 503);
-    assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains("claim store (etcd, cluster 'etcd') is unavailable"), "{:?}", r.json());
+    assert!(
+        r.json()["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("claim store (etcd, cluster 'etcd') is unavailable"),
+        "{:?}",
+        r.json()
+    );
     assert_eq!(timeouts, vec![500, 500, 500, 500], "MAX_ATTEMPTS, and the budget is spent");
     assert!(a.root.now_ms() - start <= 2000, "within timeout_ms");
     assert_eq!((a.root.counter("etcd_attempt_timeouts"), a.root.counter("etcd_calls_failed")), (4, 1));
@@ -183,8 +202,11 @@ fn a_retried_commit_that_was_applied_drops_one_hold_only() {
     loop {
         let Some(token) = a.root.pending.borrow_mut().pop_front() else { break };
         let call = a.root.call_of(token);
-        let mut reply = if call.cluster == "etcd" { world.etcd.answer(&call) } else { world.reg.answer(&call) };
-        if call.header(":path") == Some("/v3/kv/txn") && call.body.as_deref().is_some_and(|b| b.windows(11).any(|w| w == b"request_put")) {
+        let mut reply =
+            if call.cluster == "etcd" { world.etcd.answer(&call) } else { world.reg.answer(&call) };
+        if call.header(":path") == Some("/v3/kv/txn")
+            && call.body.as_deref().is_some_and(|b| b.windows(11).any(|w| w == b"request_put"))
+        {
             n += 1;
             if n == 1 {
                 reply = timed_out();
@@ -211,7 +233,13 @@ fn etcds_retryable_errors_are_tried_again_and_others_are_not() {
     for (status, body) in retryable {
         let world = World::new(POLICY);
         let a = world.replica();
-        let r = push_with(&world, &a, X, |c, n| if n == 1 { answer(status, &[], body) } else { world.etcd.answer(c) });
+        let r =
+            push_with(
+                &world,
+                &a,
+                X,
+                |c, n| if n == 1 { answer(status, &[], body) } else { world.etcd.answer(c) },
+            );
         assert_eq!(r.status, 201, "{status} {}", String::from_utf8_lossy(body));
         assert_eq!(a.root.counter("etcd_attempts_retried"), 1);
     }
@@ -219,7 +247,10 @@ fn etcds_retryable_errors_are_tried_again_and_others_are_not() {
     let world = World::new(POLICY);
     let a = world.replica();
     let reset = Reply { status: 0, headers: vec![], body: vec![] };
-    assert_eq!(push_with(&world, &a, X, |c, n| if n == 1 { reset.clone() } else { world.etcd.answer(c) }).status, 201);
+    assert_eq!(
+        push_with(&world, &a, X, |c, n| if n == 1 { reset.clone() } else { world.etcd.answer(c) }).status,
+        201
+    );
     assert_eq!(a.root.counter("etcd_attempt_resets"), 1);
     let final_: [(u16, &[u8]); 3] = [
         (400, br#"{"error":"etcdserver: duplicate key given in txn request","code":3}"#),
@@ -229,7 +260,13 @@ fn etcds_retryable_errors_are_tried_again_and_others_are_not() {
     for (status, body) in final_ {
         let world = World::new(POLICY);
         let a = world.replica();
-        let r = push_with(&world, &a, X, |c, n| if n == 1 { answer(status, &[], body) } else { world.etcd.answer(c) });
+        let r =
+            push_with(
+                &world,
+                &a,
+                X,
+                |c, n| if n == 1 { answer(status, &[], body) } else { world.etcd.answer(c) },
+            );
         assert_eq!(r.status, 503, "{status} {}", String::from_utf8_lossy(body));
         assert_eq!(a.root.counter("etcd_attempts_retried"), 0);
     }
@@ -366,7 +403,11 @@ fn a_retried_release_that_was_applied_is_not_applied_again() {
     // "not applied", read again and released again: three pushes, X 1.
     let world = World::new(POLICY);
     let a = world.replica();
-    let (mut s1, mut s2, mut s3) = (world.open_put(&a, "v1", X, &[]), world.open_put(&a, "v1", X, &[]), world.open_put(&a, "v1", X, &[]));
+    let (mut s1, mut s2, mut s3) = (
+        world.open_put(&a, "v1", X, &[]),
+        world.open_put(&a, "v1", X, &[]),
+        world.open_put(&a, "v1", X, &[]),
+    );
     to_put(&world, &mut s1, X, |c, _| world.etcd.answer(c));
     to_put(&world, &mut s2, X, |c, _| world.etcd.answer(c));
     fail_put(&mut s1);
@@ -419,7 +460,8 @@ const WKEY: &str = "/immutable-tags/window:app:v1:admin";
 /// Whether `c` writes admin's window on v1.
 fn window_write(c: &Call) -> bool {
     let key = crate::util::base64::encode(WKEY.as_bytes());
-    c.header(":path") != Some("/v3/lease/grant") && c.body.as_deref().is_some_and(|b| String::from_utf8_lossy(b).contains(&key))
+    c.header(":path") != Some("/v3/lease/grant")
+        && c.body.as_deref().is_some_and(|b| String::from_utf8_lossy(b).contains(&key))
 }
 
 /// A read of v1 by admin with the reason header, answered 200; etcd answers by `etcd`.
@@ -505,7 +547,8 @@ fn a_use_of_a_window_whose_answer_is_lost_serves_at_most_one_override() {
     loop {
         let Some(token) = s.h.pending.borrow_mut().pop_front() else { break };
         let call = s.h.call_of(token);
-        let mut reply = if call.cluster == "etcd" { world.etcd.answer(&call) } else { world.reg.answer(&call) };
+        let mut reply =
+            if call.cluster == "etcd" { world.etcd.answer(&call) } else { world.reg.answer(&call) };
         if window_write(&call) && !lost {
             lost = true;
             reply = timed_out();

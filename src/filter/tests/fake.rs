@@ -119,7 +119,12 @@ impl FakeHost {
     pub fn share_with(&self) -> FakeHost {
         let n = self.process.hosts.get() + 1;
         self.process.hosts.set(n);
-        FakeHost { process: self.process.clone(), token_base: n * 100_000, clock_offset: self.clock_offset.clone(), ..FakeHost::default() }
+        FakeHost {
+            process: self.process.clone(),
+            token_base: n * 100_000,
+            clock_offset: self.clock_offset.clone(),
+            ..FakeHost::default()
+        }
     }
 
     pub fn request(&self, method: &str, path: &str, extra: &[(&str, &str)]) {
@@ -223,14 +228,24 @@ impl Host for FakeHost {
 
     fn property(&self, path: &[&str]) -> Option<String> {
         match path {
-            ["source", "address"] => Some(self.source.borrow().clone().unwrap_or_else(|| "127.0.0.1:40000".to_string())),
+            ["source", "address"] => {
+                Some(self.source.borrow().clone().unwrap_or_else(|| "127.0.0.1:40000".to_string()))
+            }
             ["response", "code_details"] => self.code_details.borrow().clone(),
-            ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", _, "sub"] => self.jwt_authn_sub.borrow().clone(),
+            ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", _, "sub"] => {
+                self.jwt_authn_sub.borrow().clone()
+            }
             _ => None,
         }
     }
 
-    fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, String> {
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
         let method = headers.iter().find(|(k, _)| *k == ":method").map(|(_, v)| *v);
         match (self.dispatch_error.borrow().clone(), self.dispatch_error_method.borrow().as_deref()) {
             (Some(e), None) => return Err(e),
@@ -319,7 +334,13 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), String> {
+    fn send_response(
+        &self,
+        status: u16,
+        details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), String> {
         assert!(!details.is_empty() && !details.contains(char::is_whitespace), "details {details:?}");
         self.details.borrow_mut().push(details.to_string());
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -377,20 +398,25 @@ impl FakeEtcd {
     pub fn answer(&self, call: &Call) -> Reply {
         use crate::util::base64::{decode as unb64, encode as b64};
         use serde_json::{json, Value};
-        let body: Value = serde_json::from_slice(call.body.as_deref().unwrap_or_default()).unwrap_or(Value::Null);
+        let body: Value =
+            serde_json::from_slice(call.body.as_deref().unwrap_or_default()).unwrap_or(Value::Null);
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-        let raw = |v: &Value| String::from_utf8(unb64(v.as_str().unwrap_or_default()).unwrap_or_default()).unwrap_or_default();
+        let raw = |v: &Value| {
+            String::from_utf8(unb64(v.as_str().unwrap_or_default()).unwrap_or_default()).unwrap_or_default()
+        };
         let ok = |v: Value| answer(200, &[("content-type", "application/json")], v.to_string().as_bytes());
         let header = |r: u64| json!({"cluster_id": "1", "revision": r.to_string()});
         let now = self.clock.borrow().as_ref().map(|p| p.now_ms.get());
         if let Some(now) = now {
-            let due: Vec<u64> = self.lease_ends.borrow().iter().filter(|(_, end)| **end <= now).map(|(l, _)| *l).collect();
+            let due: Vec<u64> =
+                self.lease_ends.borrow().iter().filter(|(_, end)| **end <= now).map(|(l, _)| *l).collect();
             for l in due {
                 self.expire(l);
                 self.lease_ends.borrow_mut().remove(&l);
             }
         }
-        let ttl_ms = |id: u64| self.ttls.borrow().get(&id).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1000;
+        let ttl_ms =
+            |id: u64| self.ttls.borrow().get(&id).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1000;
         match call.header(":path") {
             Some("/v3/lease/grant") => {
                 let id = 7_000 + self.ttls.borrow().len() as u64 + 1;
@@ -399,7 +425,9 @@ impl FakeEtcd {
                 if let Some(now) = now {
                     self.lease_ends.borrow_mut().insert(id, now + ttl_ms(id));
                 }
-                ok(json!({"header": header(self.revision.get()), "ID": id.to_string(), "TTL": s(&body["TTL"])}))
+                ok(
+                    json!({"header": header(self.revision.get()), "ID": id.to_string(), "TTL": s(&body["TTL"])}),
+                )
             }
             Some("/v3/lease/keepalive") => {
                 let id: u64 = s(&body["ID"]).parse().unwrap_or(0);
@@ -416,10 +444,16 @@ impl FakeEtcd {
                 let lease: u64 = s(&body["lease"]).parse().unwrap_or(0);
                 if lease != 0 && !self.leases.borrow().contains(&lease) {
                     let m = "etcdserver: requested lease not found";
-                    return answer(400, &[], json!({"error": m, "message": m, "code": 5}).to_string().as_bytes());
+                    return answer(
+                        400,
+                        &[],
+                        json!({"error": m, "message": m, "code": 5}).to_string().as_bytes(),
+                    );
                 }
                 self.revision.set(self.revision.get() + 1);
-                self.kv.borrow_mut().insert(raw(&body["key"]), (raw(&body["value"]), self.revision.get(), lease));
+                self.kv
+                    .borrow_mut()
+                    .insert(raw(&body["key"]), (raw(&body["value"]), self.revision.get(), lease));
                 ok(json!({"header": header(self.revision.get())}))
             }
             Some("/v3/kv/deleterange") => {
@@ -440,7 +474,9 @@ impl FakeEtcd {
                     // A missing key is at revision 0.
                     "MOD" => current.as_ref().map_or(0, |(_, m, _)| *m).to_string() == s(&c["mod_revision"]),
                     // A value compare on a missing key fails whatever the result asked.
-                    "VALUE" => current.as_ref().is_some_and(|(v, _, _)| (*v == raw(&c["value"])) == (s(&c["result"]) != "NOT_EQUAL")),
+                    "VALUE" => current.as_ref().is_some_and(|(v, _, _)| {
+                        (*v == raw(&c["value"])) == (s(&c["result"]) != "NOT_EQUAL")
+                    }),
                     _ => false,
                 };
                 let ops = if holds { &body["success"] } else { &body["failure"] };
@@ -454,10 +490,16 @@ impl FakeEtcd {
                         }
                         if lease != 0 && !self.leases.borrow().contains(&lease) {
                             let m = "etcdserver: requested lease not found";
-                            return answer(400, &[], json!({"error": m, "message": m, "code": 5}).to_string().as_bytes());
+                            return answer(
+                                400,
+                                &[],
+                                json!({"error": m, "message": m, "code": 5}).to_string().as_bytes(),
+                            );
                         }
                         self.revision.set(self.revision.get() + 1);
-                        self.kv.borrow_mut().insert(raw(&p["key"]), (raw(&p["value"]), self.revision.get(), lease));
+                        self.kv
+                            .borrow_mut()
+                            .insert(raw(&p["key"]), (raw(&p["value"]), self.revision.get(), lease));
                         let mut r = json!({"header": header(self.revision.get())});
                         if let (Some((v, m, l)), true) = (&prev, p["prev_kv"] == true) {
                             r["prev_kv"] = json!({"key": p["key"], "mod_revision": m.to_string(), "value": b64(v.as_bytes()), "lease": l.to_string()});
@@ -471,10 +513,16 @@ impl FakeEtcd {
                         // Its own key (to `range_end`, exclusive, when given), as read now.
                         let (from, end) = (raw(&q["key"]), q.get("range_end").map(&raw));
                         let mut r = json!({"header": header(self.revision.get())});
-                        let mut kvs: Vec<(String, (String, u64, u64))> = self.kv.borrow().iter().filter(|(k, _)| match &end {
-                            Some(e) => **k >= from && *k < e,
-                            None => **k == from,
-                        }).map(|(k, v)| (k.clone(), v.clone())).collect();
+                        let mut kvs: Vec<(String, (String, u64, u64))> = self
+                            .kv
+                            .borrow()
+                            .iter()
+                            .filter(|(k, _)| match &end {
+                                Some(e) => **k >= from && *k < e,
+                                None => **k == from,
+                            })
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
                         kvs.sort();
                         if !kvs.is_empty() {
                             r["count"] = json!(kvs.len().to_string());
@@ -513,7 +561,10 @@ impl FakeEtcd {
 
 /// A worker with `policy` (a test's policy is valid).
 pub fn worker(h: &FakeHost, policy: &str) -> Rc<crate::filter::worker::Worker> {
-    Rc::new(crate::filter::worker::Worker::new(h, crate::config::Config::from_json(policy.as_bytes()).unwrap()))
+    Rc::new(crate::filter::worker::Worker::new(
+        h,
+        crate::config::Config::from_json(policy.as_bytes()).unwrap(),
+    ))
 }
 
 pub fn sha(b: &[u8]) -> String {

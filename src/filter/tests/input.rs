@@ -1,7 +1,7 @@
 //! Issue 21 on the fake host: nothing the filter cannot read gets through (host reads that fail,
 //! bytes that are not UTF-8), bounded work per request, `on_upstream_error: allow` only for the
 //! registry's own answers, `Invalid` writes and `;` refused with or without a configuration.
-use super::fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
+use super::fake::{answer, on_headers, respond, sha, worker, FakeHost, Reply};
 use crate::filter::{Action, Filter};
 use crate::proxy_wasm::header_map::text;
 
@@ -12,7 +12,9 @@ const CT: (&str, &str) = ("content-type", "application/vnd.oci.image.manifest.v1
 
 fn head_answer(body: Option<&[u8]>) -> Reply {
     match body {
-        Some(b) => answer(200, &[("docker-content-digest", &sha(b)), ("x-envoy-upstream-service-time", "1")], b""),
+        Some(b) => {
+            answer(200, &[("docker-content-digest", &sha(b)), ("x-envoy-upstream-service-time", "1")], b"")
+        }
         None => answer(404, &[("x-envoy-upstream-service-time", "1")], b""),
     }
 }
@@ -60,7 +62,12 @@ fn a_delete_with_a_non_utf8_query_byte_is_judged() {
 
 #[test]
 fn a_non_utf8_name_or_tag_is_invalid() {
-    for path in [&b"/v2/app/manifests/v1\xff"[..], b"/v2/a\xffp/manifests/v1", b"/v2/app/manifests/\xc3\xa9", b"/v2/app/manifests/v\x01"] {
+    for path in [
+        &b"/v2/app/manifests/v1\xff"[..],
+        b"/v2/a\xffp/manifests/v1",
+        b"/v2/app/manifests/\xc3\xa9",
+        b"/v2/app/manifests/v\x01",
+    ] {
         for method in ["PUT", "DELETE"] {
             let h = FakeHost::new();
             let w = worker(&h, POLICY);
@@ -133,7 +140,11 @@ fn unreadable_headers_at_a_push_refuse_it() {
 
 #[test]
 fn invalid_writes_are_refused_without_a_configuration_too() {
-    for (method, path) in [("PUT", "//v2/app/manifests/v1"), ("PUT", "/v2/app/manifests/v1;x"), ("DELETE", "/v2/app/manifests/v1%zz")] {
+    for (method, path) in [
+        ("PUT", "//v2/app/manifests/v1"),
+        ("PUT", "/v2/app/manifests/v1;x"),
+        ("DELETE", "/v2/app/manifests/v1%zz"),
+    ] {
         let h = FakeHost::new();
         let mut f = Filter::new(None);
         h.request(method, path, &[CT]);
@@ -182,7 +193,10 @@ fn a_push_naming_thousands_of_tags_is_refused_before_any_call() {
     assert_eq!(h.calls_with("HEAD").len(), 16);
     // The cap is the configuration's.
     let h = FakeHost::new();
-    let mut f = Filter::new(Some(worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_tags_per_push": 2}"#)));
+    let mut f = Filter::new(Some(worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_tags_per_push": 2}"#,
+    )));
     h.request("PUT", &format!("/v2/app/manifests/{d}?{}", query[..3].join("&")), &[CT]);
     on_headers(&mut f, &h, false);
     let err = refused(&h, 400, "UNSUPPORTED");
@@ -220,7 +234,11 @@ fn push_over(head: Reply) -> (Reply, usize) {
     h.body.borrow_mut().extend_from_slice(M2);
     f.on_request_body(&h, M2.len(), true);
     if h.reply().is_none() {
-        respond(&mut f, &h, answer(201, &[("docker-content-digest", &sha(M2)), ("x-envoy-upstream-service-time", "2")], b""));
+        respond(
+            &mut f,
+            &h,
+            answer(201, &[("docker-content-digest", &sha(M2)), ("x-envoy-upstream-service-time", "2")], b""),
+        );
     }
     (h.reply().expect("an answer"), h.calls_with("PUT").len())
 }
@@ -230,9 +248,17 @@ fn allow_never_applies_to_envoys_own_answers() {
     // What Envoy's router answers itself (no `x-envoy-upstream-service-time`): overflow, no
     // healthy host, a reset or connection failure before headers, a timeout's 504.
     for local in [
-        answer(503, &[("x-envoy-overloaded", "true"), ("content-type", "text/plain")], b"upstream connect error or disconnect/reset before headers. reset reason: overflow"),
+        answer(
+            503,
+            &[("x-envoy-overloaded", "true"), ("content-type", "text/plain")],
+            b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ),
         answer(503, &[("content-type", "text/plain")], b"no healthy upstream"),
-        answer(503, &[("content-type", "text/plain")], b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
+        answer(
+            503,
+            &[("content-type", "text/plain")],
+            b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+        ),
         answer(504, &[("content-type", "text/plain")], b"upstream request timeout"),
     ] {
         let (r, puts) = push_over(local.clone());

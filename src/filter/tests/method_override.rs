@@ -10,7 +10,13 @@ const BLOB: &str = "/v2/app/blobs/sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 #[test]
 fn an_override_header_on_a_blob_path_is_refused_naming_it() {
     for header in ["x-http-method-override", "x-http-method", "x-method-override"] {
-        for (method, path) in [("POST", BLOB), ("GET", BLOB), ("HEAD", "/v2/app/BLOBS/x"), ("POST", "/v2/app/blobs/uploads/"), ("PATCH", "/v2/app/blob%73/x")] {
+        for (method, path) in [
+            ("POST", BLOB),
+            ("GET", BLOB),
+            ("HEAD", "/v2/app/BLOBS/x"),
+            ("POST", "/v2/app/blobs/uploads/"),
+            ("PATCH", "/v2/app/blob%73/x"),
+        ] {
             let h = FakeHost::new();
             let mut f = Filter::new(Some(worker(&h, POLICY)));
             h.request(method, path, &[(header, "DELETE")]);
@@ -36,7 +42,13 @@ fn an_unreadable_override_header_on_a_blob_path_counts_as_present() {
 
 #[test]
 fn blob_traffic_without_override_headers_passes_untouched() {
-    for (method, path) in [("GET", BLOB), ("HEAD", BLOB), ("POST", "/v2/app/blobs/uploads/"), ("PATCH", "/v2/app/blobs/uploads/u"), ("PUT", "/v2/app/blobs/uploads/u?digest=x")] {
+    for (method, path) in [
+        ("GET", BLOB),
+        ("HEAD", BLOB),
+        ("POST", "/v2/app/blobs/uploads/"),
+        ("PATCH", "/v2/app/blobs/uploads/u"),
+        ("PUT", "/v2/app/blobs/uploads/u?digest=x"),
+    ] {
         let h = FakeHost::new();
         let mut f = Filter::new(Some(worker(&h, POLICY)));
         h.request(method, path, &[]);
@@ -48,7 +60,12 @@ fn blob_traffic_without_override_headers_passes_untouched() {
 #[test]
 fn a_method_query_parameter_on_a_manifest_or_blob_path_is_refused() {
     for q in ["_method=DELETE", "_METHOD=delete", "%5fmethod=DELETE", "a=1&_Method=PUT", "_method"] {
-        for (method, path) in [("GET", BLOB), ("POST", BLOB), ("GET", "/v2/app/manifests/v1"), ("POST", "/v2/app/tags/reference/v1")] {
+        for (method, path) in [
+            ("GET", BLOB),
+            ("POST", BLOB),
+            ("GET", "/v2/app/manifests/v1"),
+            ("POST", "/v2/app/tags/reference/v1"),
+        ] {
             let h = FakeHost::new();
             let mut f = Filter::new(Some(worker(&h, POLICY)));
             h.request(method, &format!("{path}?{q}"), &[]);

@@ -11,63 +11,63 @@
 /// Envoy's workers share: shared data, clock), `FakeEtcd`, and the small drivers (`on_headers`,
 /// `respond`, `answer`, `sha`).
 mod fake;
-/// Several replicas over `fake`: one clock, one fake etcd, a registry that stores whatever it is
-/// sent and records every write. For tests of the claims protocol across replicas, and `sim`.
-mod world;
 /// The deterministic simulation of the claims protocol on `world` (`make sim`; a failing seed
 /// replays with `SIM_SEED=<n> cargo test --lib sim::`). Fixed schedules go in `sequences`.
 mod sim;
+/// Several replicas over `fake`: one clock, one fake etcd, a registry that stores whatever it is
+/// sent and records every write. For tests of the claims protocol across replicas, and `sim`.
+mod world;
 
 // Topics.
-/// Pushes on one worker: lookup, body, size limit, harmless request, audit mode, answers.
-mod push;
+/// Break-glass on one Envoy: principals, reasons, actions, the audit line, windows, the probe.
+mod break_glass;
+/// The glue's callbacks past the headers, state kept per stream, requests without a worker.
+mod callbacks;
 /// Claims in shared data (one Envoy): CAS, one winner, commit, release; the slot key, orphans.
 mod claims;
 /// Claims in etcd, replicas each with its own process: winner, failures, retries, leases.
 mod claims_etcd;
-/// The claims protocol's holes across replicas (issue 27's sequences) on `world`, both stores:
-/// held pushes against overrides, clock skew and steps, holds that linger, late changes.
-mod sequences;
-/// etcd calls failing over within `claims.etcd.timeout_ms`, and retries that must not undercount
-/// holds or bring back a used window.
-mod failover;
-/// Deletes (by tag, by digest, GitLab's path): the registry's word decides, break-glass covers
-/// every immutable tag a delete removes, every `Link` of the tags list is read.
-mod deletes;
 /// A digest delete's check on one worker: tags list bound, HEADs without a digest, size limit.
 mod delete_checks;
 /// A digest delete against a push of that digest: the fence, in both stores, and the delete's
 /// bounded upstream timeout.
 mod delete_fence;
-/// Break-glass on one Envoy: principals, reasons, actions, the audit line, windows, the probe.
-mod break_glass;
-/// Break-glass windows in etcd: one use across replicas, put back when unused.
-mod windows_etcd;
-/// The tag map: what teaches it, how long it is trusted, stale entries after an override.
-mod stale_map;
-/// Pull pinning: which reads teach the map and which are pinned.
-mod pinning;
-/// Which reads are pinned at all: not without `pin_immutable_pulls`, not with a query or under
-/// another authority; what a pinned read learns and forgets.
-mod pinning_scope;
+/// Deletes (by tag, by digest, GitLab's path): the registry's word decides, break-glass covers
+/// every immutable tag a delete removes, every `Link` of the tags list is read.
+mod deletes;
+/// etcd calls failing over within `claims.etcd.timeout_ms`, and retries that must not undercount
+/// holds or bring back a used window.
+mod failover;
 /// What a request may carry: host reads that fail, bytes that are not UTF-8, bounded work,
 /// `;` and `Invalid` writes.
 mod input;
 /// Method-override headers and query parameters on manifest and blob paths.
 mod method_override;
+/// Pull pinning: which reads teach the map and which are pinned.
+mod pinning;
+/// Which reads are pinned at all: not without `pin_immutable_pulls`, not with a query or under
+/// another authority; what a pinned read learns and forgets.
+mod pinning_scope;
+/// Pushes on one worker: lookup, body, size limit, harmless request, audit mode, answers.
+mod push;
+/// The claims protocol's holes across replicas (issue 27's sequences) on `world`, both stores:
+/// held pushes against overrides, clock skew and steps, holds that linger, late changes.
+mod sequences;
+/// The tag map: what teaches it, how long it is trusted, stale entries after an override.
+mod stale_map;
 /// What Envoy's telemetry sees: response code details, the client's method header.
 mod telemetry;
-/// The glue's callbacks past the headers, state kept per stream, requests without a worker.
-mod callbacks;
+/// Break-glass windows in etcd: one use across replicas, put back when unused.
+mod windows_etcd;
 
-use fake::{on_headers, respond, sha, worker, answer, FakeHost, Reply};
+use crate::filter::claims::etcd as etcd_claims;
 use crate::filter::host::Host;
 use crate::filter::worker::Worker;
 use crate::filter::{Action, Filter};
 use crate::oci::digest::Digest;
-use std::rc::Rc;
-use crate::filter::claims::etcd as etcd_claims;
 use fake::FakeEtcd;
+use fake::{answer, on_headers, respond, sha, worker, FakeHost, Reply};
+use std::rc::Rc;
 
 // Pushes on one worker.
 const POLICY: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true, "immutable_tags_exclusions": ["^latest$"]}}"#;
@@ -92,7 +92,11 @@ fn created(body: &[u8]) -> Reply {
 /// Starts a PUT of `body` to `app:tag` (headers only).
 fn put_headers(f: &mut Filter, h: &FakeHost, tag: &str, body: &[u8]) -> Action {
     let len = body.len().to_string();
-    h.request("PUT", &format!("/v2/app/manifests/{tag}"), &[CT, ("content-length", &len), ("authorization", "Bearer t")]);
+    h.request(
+        "PUT",
+        &format!("/v2/app/manifests/{tag}"),
+        &[CT, ("content-length", &len), ("authorization", "Bearer t")],
+    );
     on_headers(f, h, false)
 }
 
@@ -111,7 +115,9 @@ fn send_body(f: &mut Filter, h: &FakeHost, parts: &[&[u8]]) -> Vec<Action> {
 fn push(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8], registry_holds: Option<&[u8]>) -> Reply {
     let mut f = Filter::new(Some(w.clone()));
     put_headers(&mut f, h, tag, body);
-    while !h.pending.borrow().is_empty() && h.last_call().and_then(|c| c.header(":method").map(str::to_string)).as_deref() == Some("HEAD") {
+    while !h.pending.borrow().is_empty()
+        && h.last_call().and_then(|c| c.header(":method").map(str::to_string)).as_deref() == Some("HEAD")
+    {
         respond(&mut f, h, head_answer(registry_holds));
     }
     send_body(&mut f, h, &[body]);
@@ -205,7 +211,15 @@ fn bg_worker(h: &FakeHost, policy: &str, registry_auth: Option<bool>) -> Rc<Work
 
 /// A push of `body` to `app:tag` with `extra` headers over a tag that holds `holds`; `put`: the
 /// registry's answer to the filter's PUT.
-fn bg_push(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8], holds: &[u8], extra: &[(&str, &str)], put: Reply) -> Reply {
+fn bg_push(
+    h: &FakeHost,
+    w: &Rc<Worker>,
+    tag: &str,
+    body: &[u8],
+    holds: &[u8],
+    extra: &[(&str, &str)],
+    put: Reply,
+) -> Reply {
     let mut f = Filter::new(Some(w.clone()));
     let len = body.len().to_string();
     let mut headers = vec![CT, ("content-length", len.as_str())];
@@ -228,7 +242,12 @@ fn bg_push(h: &FakeHost, w: &Rc<Worker>, tag: &str, body: &[u8], holds: &[u8], e
 }
 
 fn bg_lines(h: &FakeHost) -> Vec<serde_json::Value> {
-    h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "immutable_tags.break_glass").collect()
+    h.logs
+        .borrow()
+        .iter()
+        .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "immutable_tags.break_glass")
+        .collect()
 }
 
 fn why(r: &Reply) -> String {
@@ -285,14 +304,26 @@ fn push_to_etcd(h: &FakeHost, w: &Rc<Worker>, body: &[u8], holds: &[u8], extra: 
     h.replies.borrow_mut().clear();
     h.request("PUT", "/v2/app/manifests/v1", &headers);
     on_headers(&mut f, h, false);
-    while h.last_call().is_some_and(|c| c.header(":method") == Some("HEAD")) && respond_with(&mut f, h, |_| head_answer(Some(holds))) {}
+    while h.last_call().is_some_and(|c| c.header(":method") == Some("HEAD"))
+        && respond_with(&mut f, h, |_| head_answer(Some(holds)))
+    {}
     send_body(&mut f, h, &[body]);
-    while h.last_call().is_some_and(|c| c.header(":method") == Some("HEAD")) && respond_with(&mut f, h, |_| head_answer(Some(holds))) {}
+    while h.last_call().is_some_and(|c| c.header(":method") == Some("HEAD"))
+        && respond_with(&mut f, h, |_| head_answer(Some(holds)))
+    {}
     f
 }
 
 /// A whole push: etcd answered by `etcd`, the PUT by `put`.
-fn bg_push_etcd(h: &FakeHost, w: &Rc<Worker>, etcd: &FakeEtcd, body: &[u8], holds: &[u8], extra: &[(&str, &str)], put: Reply) -> Reply {
+fn bg_push_etcd(
+    h: &FakeHost,
+    w: &Rc<Worker>,
+    etcd: &FakeEtcd,
+    body: &[u8],
+    holds: &[u8],
+    extra: &[(&str, &str)],
+    put: Reply,
+) -> Reply {
     let mut f = push_to_etcd(h, w, body, holds, extra);
     let mut put = Some(put);
     while respond_with(&mut f, h, |c| match (c.cluster.as_str(), c.header(":method")) {

@@ -1,10 +1,10 @@
 //! Pull pinning on the fake host (issue 26): which reads teach the map, which reads are pinned,
 //! and what each source of a map entry may let through on its own.
-use super::fake::{on_headers, respond, sha, answer, FakeHost};
+use super::fake::{answer, on_headers, respond, sha, FakeHost};
+use crate::config::Config;
 use crate::filter::upstream::MANIFEST_ACCEPT;
 use crate::filter::worker::Worker;
 use crate::filter::{Action, Filter};
-use crate::config::Config;
 use crate::verdict::pull::accepts_every_stored_type;
 use std::rc::Rc;
 
@@ -16,7 +16,8 @@ const FULL: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.
 application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 /// `v1` holds LIST; distribution answers a read of `v1` that lacks the list type with CHILD.
 const LIST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
-const CHILD: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","n":1}"#;
+const CHILD: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","n":1}"#;
 
 fn worker(h: &FakeHost) -> Rc<Worker> {
     Rc::new(Worker::new(h, Config::from_json(PINNING.as_bytes()).unwrap()))
@@ -24,16 +25,24 @@ fn worker(h: &FakeHost) -> Rc<Worker> {
 
 /// A client's `method` of `app:v1` with these `Accept` headers, answered `body` (of its media
 /// type) by the registry: the `:path` the registry was asked.
-fn read(h: &FakeHost, w: &Rc<Worker>, method: &str, accept: &[&str], body: &[u8], media_type: &str) -> String {
+fn read(
+    h: &FakeHost,
+    w: &Rc<Worker>,
+    method: &str,
+    accept: &[&str],
+    body: &[u8],
+    media_type: &str,
+) -> String {
     let mut f = Filter::new(Some(w.clone()));
     let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
     h.request(method, "/v2/app/manifests/v1", &headers);
     assert_eq!(on_headers(&mut f, h, true), Action::Continue);
     let path = h.request_header_value(":path").unwrap();
-    *h.response_headers.borrow_mut() = [(":status", "200"), ("content-type", media_type), ("docker-content-digest", &sha(body))]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    *h.response_headers.borrow_mut() =
+        [(":status", "200"), ("content-type", media_type), ("docker-content-digest", &sha(body))]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     assert_eq!(f.on_response_headers(h), Action::Continue);
     f.on_done(h);
     path
@@ -108,7 +117,11 @@ fn a_pinned_digest_is_served_only_to_reads_that_would_get_it() {
         assert_eq!(distribution_read(&h, &w, method, &[V2]), BY_TAG);
         assert_eq!(distribution_read(&h, &w, method, &[FULL, V2]), BY_TAG);
         assert_eq!(distribution_read(&h, &w, method, &[MANIFEST_ACCEPT]), by_digest(LIST));
-        assert_eq!(distribution_read(&h, &w, method, &[FULL]), by_digest(LIST), "the narrow reads left the pin alone");
+        assert_eq!(
+            distribution_read(&h, &w, method, &[FULL]),
+            by_digest(LIST),
+            "the narrow reads left the pin alone"
+        );
     }
 }
 
@@ -163,8 +176,14 @@ fn delete(h: &FakeHost, w: &Rc<Worker>, digest: &str, v1_holds: &[u8]) -> (usize
     on_headers(&mut f, h, true);
     while let Some(call) = h.last_call().filter(|_| !h.pending.borrow().is_empty()) {
         match call.header(":method") {
-            Some("HEAD") => respond(&mut f, h, answer(200, &[("docker-content-digest", &sha(v1_holds))], b"")),
-            _ => respond(&mut f, h, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#)),
+            Some("HEAD") => {
+                respond(&mut f, h, answer(200, &[("docker-content-digest", &sha(v1_holds))], b""))
+            }
+            _ => respond(
+                &mut f,
+                h,
+                answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1"]}"#),
+            ),
         }
     }
     (h.calls_with("HEAD").len() - heads, h.resumes.get() > resumes)

@@ -3,8 +3,8 @@
 //! (containerd's `?ns=` mirror convention, a Host-routed registry): it neither teaches the map
 //! nor is pinned.
 //! Also: no pinning without `pin_immutable_pulls`, and what a pinned read learns and forgets.
-use super::*;
 use super::fake::{sha, worker, FakeHost};
+use super::*;
 use crate::filter::host::Host;
 use crate::filter::worker::Worker;
 use crate::filter::{Action, Filter};
@@ -14,7 +14,8 @@ const PINNING: &str = r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pu
 const PINNING_AUTHORITY: &str = r#"{"upstream": {"cluster": "registry", "authority": "registry.example"},
     "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#;
 const M1: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":1}"#;
-const EVIL: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":666}"#;
+const EVIL: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":666}"#;
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const FULL: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
@@ -31,10 +32,11 @@ fn read(h: &FakeHost, w: &Rc<Worker>, path: &str, authority: &str, body: &[u8]) 
     };
     assert_eq!(action, Action::Continue);
     let sent = h.request_header_value(":path").unwrap();
-    *h.response_headers.borrow_mut() = [(":status", "200"), ("content-type", OCI), ("docker-content-digest", &sha(body))]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    *h.response_headers.borrow_mut() =
+        [(":status", "200"), ("content-type", OCI), ("docker-content-digest", &sha(body))]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     assert_eq!(f.on_response_headers(h), Action::Continue);
     f.on_done(h);
     sent
@@ -50,7 +52,10 @@ fn a_read_with_a_query_teaches_nothing() {
     // Neither a victim's read with another query nor one without is pinned to that digest.
     let victim = "/v2/library/app/manifests/v1?ns=docker.io";
     assert_eq!(read(&h, &w, victim, "mirror.example", M1), victim);
-    assert_eq!(read(&h, &w, "/v2/library/app/manifests/v1", "mirror.example", M1), "/v2/library/app/manifests/v1");
+    assert_eq!(
+        read(&h, &w, "/v2/library/app/manifests/v1", "mirror.example", M1),
+        "/v2/library/app/manifests/v1"
+    );
 }
 
 #[test]
@@ -59,7 +64,10 @@ fn a_read_with_a_query_is_not_pinned() {
     let w = worker(&h, PINNING);
     // A plain read teaches the map (the control) ...
     assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "mirror.example", M1), "/v2/app/manifests/v1");
-    assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "mirror.example", M1), format!("/v2/app/manifests/{}", sha(M1)));
+    assert_eq!(
+        read(&h, &w, "/v2/app/manifests/v1", "mirror.example", M1),
+        format!("/v2/app/manifests/{}", sha(M1))
+    );
     // ... but a read whose query may pick another upstream goes as it came.
     let other = "/v2/app/manifests/v1?ns=docker.io";
     assert_eq!(read(&h, &w, other, "mirror.example", EVIL), other);
@@ -74,7 +82,10 @@ fn a_read_under_another_authority_than_the_calls_neither_teaches_nor_is_pinned()
     assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "other-registry.example", EVIL), "/v2/app/manifests/v1");
     assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "registry.example", M1), "/v2/app/manifests/v1");
     // Under the calls' authority (any case): taught, then pinned; the other Host still is not.
-    assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "Registry.Example", M1), format!("/v2/app/manifests/{}", sha(M1)));
+    assert_eq!(
+        read(&h, &w, "/v2/app/manifests/v1", "Registry.Example", M1),
+        format!("/v2/app/manifests/{}", sha(M1))
+    );
     assert_eq!(read(&h, &w, "/v2/app/manifests/v1", "other-registry.example", EVIL), "/v2/app/manifests/v1");
 }
 
@@ -95,13 +106,17 @@ fn reads_are_not_pinned_without_pin_immutable_pulls() {
 #[test]
 fn pinned_reads_learn_from_the_answer_and_forget_a_digest_that_is_gone() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "pin_immutable_pulls": true, "global": {"immutable_tags": true}}"#,
+    );
     let read = |answer: &[(&str, &str)]| {
         let mut f = Filter::new(Some(w.clone()));
         h.request("GET", "/v2/app/manifests/v1", &[("accept", crate::filter::upstream::MANIFEST_ACCEPT)]);
         assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
         let path = h.request_header_value(":path").unwrap();
-        *h.response_headers.borrow_mut() = answer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        *h.response_headers.borrow_mut() =
+            answer.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(f.on_response_headers(&h), Action::Continue);
         path
     };

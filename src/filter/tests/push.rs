@@ -162,7 +162,10 @@ fn an_absent_answer_older_than_the_claim_ttl_is_not_trusted() {
 #[test]
 fn an_announced_oversized_manifest_is_refused_before_anything_is_sent() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#,
+    );
     let mut f = Filter::new(Some(w.clone()));
     put_headers(&mut f, &h, "v1", &[b' '; 1025]);
     let r = h.reply().unwrap();
@@ -173,7 +176,10 @@ fn an_announced_oversized_manifest_is_refused_before_anything_is_sent() {
 #[test]
 fn an_oversized_body_without_a_length_is_refused_when_it_outgrows_the_limit() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "max_manifest_bytes": 1024}"#,
+    );
     let mut f = Filter::new(Some(w.clone()));
     h.request("PUT", "/v2/app/manifests/v1", &[CT, ("transfer-encoding", "chunked")]);
     on_headers(&mut f, &h, false);
@@ -204,7 +210,10 @@ fn a_harmless_answer_before_the_body_refuses_instead_of_hanging() {
     // A registry that answers the OPTIONS without reading a body ends the route's upstream
     // exchange; Envoy then hands the filter no more of the body. Refused (503, retry), never
     // written, in audit mode too.
-    for policy in [POLICY, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#] {
+    for policy in [
+        POLICY,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#,
+    ] {
         let h = FakeHost::new();
         let w = worker(&h, policy);
         let mut f = Filter::new(Some(w.clone()));
@@ -243,7 +252,10 @@ fn an_envoy_that_delivers_bodies_behind_held_headers_never_sends_the_harmless_re
 #[test]
 fn audit_mode_writes_unjudged_a_push_whose_head_could_not_be_sent() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#,
+    );
     *h.dispatch_error.borrow_mut() = Some("BadArgument".into());
     let mut f = Filter::new(Some(w.clone()));
     // Let go at once (Istio-style Envoys deliver the body only then)...
@@ -262,7 +274,10 @@ fn audit_mode_writes_unjudged_a_push_whose_head_could_not_be_sent() {
 #[test]
 fn audit_mode_writes_what_it_would_refuse() {
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#,
+    );
     let mut f = Filter::new(Some(w.clone()));
     put_headers(&mut f, &h, "v1", M2);
     respond(&mut f, &h, head_answer(Some(M1)));
@@ -314,7 +329,10 @@ fn a_body_jumping_past_the_limit_is_refused_before_it_ends() {
     send_part(&mut f, &h, &[b' '; 1000]); // 2000 bytes, more to come: refused now, not at the end
     let r = h.reply().expect("refused while the body still grows");
     let e = &r.json()["errors"][0];
-    assert_eq!((r.status, e["code"].as_str(), e["detail"]["tag"].as_str()), (413, Some("SIZE_INVALID"), Some("v1")));
+    assert_eq!(
+        (r.status, e["code"].as_str(), e["detail"]["tag"].as_str()),
+        (413, Some("SIZE_INVALID"), Some("v1"))
+    );
     assert!(h.calls_with("PUT").is_empty());
 }
 
@@ -325,7 +343,10 @@ fn an_announced_oversized_manifest_names_the_tag() {
     let mut f = Filter::new(Some(w.clone()));
     put_headers(&mut f, &h, "v7", &[b' '; 1025]);
     let r = h.reply().unwrap();
-    assert_eq!(r.json()["errors"][0]["detail"], serde_json::json!({"repository": "app", "tag": "v7", "limit": 1024}));
+    assert_eq!(
+        r.json()["errors"][0]["detail"],
+        serde_json::json!({"repository": "app", "tag": "v7", "limit": 1024})
+    );
 }
 
 #[test]
@@ -465,7 +486,8 @@ fn a_push_answered_early_says_whether_the_registry_or_envoy_answered() {
     }
 }
 
-const AUDIT: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#;
+const AUDIT: &str =
+    r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#;
 
 #[test]
 fn audit_mode_keeps_headers_held_over_a_buffered_body_part() {
@@ -566,7 +588,10 @@ fn a_tag_holding_a_sha512_digest_is_judged_by_sha512() {
         let r = h.reply().unwrap();
         assert_eq!(r.status, status, "{:?}", r.json());
         if status == 409 {
-            assert_eq!(r.json()["errors"][0]["detail"]["pushed_digest"], Digest::of(Algorithm::Sha512, M2).to_string());
+            assert_eq!(
+                r.json()["errors"][0]["detail"]["pushed_digest"],
+                Digest::of(Algorithm::Sha512, M2).to_string()
+            );
         }
     }
 }
@@ -587,11 +612,16 @@ fn audit_mode_answers_an_oversized_body_it_cannot_write() {
     // Nothing over max_manifest_bytes is ever written, whatever the mode: once the body is
     // complete (trailers, or its last part), the refusal is answered.
     let h = FakeHost::new();
-    let w = worker(&h, &LIMIT_1K.replace(r#""max_manifest_bytes""#, r#""mode": "audit", "max_manifest_bytes""#));
+    let w =
+        worker(&h, &LIMIT_1K.replace(r#""max_manifest_bytes""#, r#""mode": "audit", "max_manifest_bytes""#));
     for end in ["trailers", "last part"] {
         let mut f = Filter::new(Some(w.clone()));
         h.replies.borrow_mut().clear();
-        h.request("PUT", &format!("/v2/app/manifests/{}", if end == "trailers" { "v1" } else { "v2" }), &[CT, ("transfer-encoding", "chunked")]);
+        h.request(
+            "PUT",
+            &format!("/v2/app/manifests/{}", if end == "trailers" { "v1" } else { "v2" }),
+            &[CT, ("transfer-encoding", "chunked")],
+        );
         on_headers(&mut f, &h, false);
         respond(&mut f, &h, head_answer(None));
         if end == "trailers" {

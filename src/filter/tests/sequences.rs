@@ -3,12 +3,12 @@
 //! records every stored write. Every stream is its own `FakeHost` (its own request and calls)
 //! sharing its replica's worker; every replica shares the one clock (`Process`), and etcd's
 //! leases end on that clock.
-use super::world::*;
 use super::fake::{answer, Call, FakeHost, Reply};
+use super::world::*;
+use crate::config::Config;
 use crate::filter::host::Host;
 use crate::filter::worker::Worker;
 use crate::filter::Filter;
-use crate::config::Config;
 use std::rc::Rc;
 
 const V1: &str = "v1";
@@ -85,7 +85,12 @@ fn an_override_outlives_the_replica_that_made_it() {
     a.dead = true; // SIGKILL: its lease is no longer kept alive
     run_for(&world, &[&a, &b], 50_000);
     let r = world.push(&b, V1, X, &[BOB]);
-    assert_eq!((r.status, world.reg.holds(V1)), (409, Some(sha(Y))), "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        (r.status, world.reg.holds(V1)),
+        (409, Some(sha(Y))),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
 }
 
 /// Issue 27, sequence 4: a claim answer that arrives after the TTL is not trusted.
@@ -140,7 +145,13 @@ fn a_claim_whose_push_ended_without_an_answer_does_not_linger() {
 
 /// A call that only makes the fake etcd look at its clock.
 fn answer_probe() -> Call {
-    Call { cluster: "etcd".into(), headers: vec![(":path".into(), "/v3/none".into())], body: None, timeout_ms: 0, at_ms: 0 }
+    Call {
+        cluster: "etcd".into(),
+        headers: vec![(":path".into(), "/v3/none".into())],
+        body: None,
+        timeout_ms: 0,
+        at_ms: 0,
+    }
 }
 
 /// Issue 27, sequence 6 and issue 21, item 3: the filter's own write survives its client. An
@@ -155,14 +166,19 @@ fn an_override_whose_client_leaves_is_logged_and_settled() {
     world.pump(&mut p, false);
     world.body(&mut p, Y, true);
     world.pump(&mut p, true);
-    let decided = |h: &FakeHost| h.logs.borrow().iter().filter(|(_, l)| l.contains("break_glass_decision")).count();
+    let decided =
+        |h: &FakeHost| h.logs.borrow().iter().filter(|(_, l)| l.contains("break_glass_decision")).count();
     assert_eq!(decided(&p.h), 1, "logged when made");
     let line = p.h.logs.borrow().iter().find(|(_, l)| l.contains("break_glass_decision")).unwrap().1.clone();
-    assert!(line.contains("\"principal\":\"admin\"") && line.contains(&sha(X)) && line.contains(&sha(Y)), "{line}");
+    assert!(
+        line.contains("\"principal\":\"admin\"") && line.contains(&sha(X)) && line.contains(&sha(Y)),
+        "{line}"
+    );
     p.f.on_done(&p.h); // the client left
     answer_orphan(&world, &a, &mut p);
     assert_eq!(world.reg.holds(V1), Some(sha(Y)));
-    let outcome = a.root.logs.borrow().iter().any(|(_, l)| l.contains("\"event\":\"immutable_tags.break_glass\""));
+    let outcome =
+        a.root.logs.borrow().iter().any(|(_, l)| l.contains("\"event\":\"immutable_tags.break_glass\""));
     assert!(outcome, "the outcome is logged though the client left");
     run_for(&world, &[&a], 500);
     let v = world.etcd.value("/immutable-tags/app:v1").unwrap();
@@ -180,7 +196,11 @@ fn an_unauthorised_push_that_vanishes_does_not_block_the_tag() {
     world.body(&mut p, Y, true);
     world.pump(&mut p, true);
     p.f.on_done(&p.h);
-    assert_eq!((a.root.counter("claims_taken"), a.root.counter("claims_settled")), (1, 0), "one claim in flight");
+    assert_eq!(
+        (a.root.counter("claims_taken"), a.root.counter("claims_settled")),
+        (1, 0),
+        "one claim in flight"
+    );
     answer_orphan(&world, &a, &mut p);
     assert_eq!(a.root.counter("claims_settled"), 1, "settled by the orphaned write's answer");
     run_for(&world, &[&a], 1_000);
@@ -198,7 +218,12 @@ fn query_tags_of_a_stored_write_are_committed_not_released() {
         world.body(&mut old, &Y[..Y.len() - 1], false);
         let r = {
             let len = X.len().to_string();
-            let mut s = world.open(&a, "PUT", "/v2/app/manifests/v1?tag=v2", &[("content-type", OCI), ("content-length", &len), BOB]);
+            let mut s = world.open(
+                &a,
+                "PUT",
+                "/v2/app/manifests/v1?tag=v2",
+                &[("content-type", OCI), ("content-length", &len), BOB],
+            );
             world.pump(&mut s, false);
             world.body(&mut s, X, true);
             world.pump(&mut s, false);
@@ -271,7 +296,15 @@ fn claims_in_flight_are_bounded_per_client() {
 /// (break-glass). After it, a first push of other content is no longer refused by the record.
 #[test]
 fn a_granted_delete_makes_the_tag_new_again() {
-    for policy in [ETCD_BG, ETCD_BG.replace(r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#, r#""claims": {}"#).as_str()] {
+    for policy in [
+        ETCD_BG,
+        ETCD_BG
+            .replace(
+                r#""claims": {"etcd": {"cluster": "etcd", "authority": "etcd.test", "timeout_ms": 500}}"#,
+                r#""claims": {}"#,
+            )
+            .as_str(),
+    ] {
         let world = World::new(policy);
         let a = world.replica();
         assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
@@ -327,87 +360,102 @@ mod slot_full {
     fn colliding(world: &World, n: usize) -> Vec<String> {
         let key = super::super::claims::slot_key_of(world);
         let target = slot_index(&key, "app", V1, 1024);
-        (0..).map(|i| format!("c{i}")).filter(|t| slot_index(&key, "app", t, 1024) == target).take(n).collect()
+        (0..)
+            .map(|i| format!("c{i}"))
+            .filter(|t| slot_index(&key, "app", t, 1024) == target)
+            .take(n)
+            .collect()
     }
-/// and committed; the attacker (push rights to any protected tag of the same slot) commits 16
-/// colliding tags: the committed record of v1 is evicted, and the held push of Y is stored over X.
-#[test]
-fn attack_slot_eviction_lets_absent_overwrite_a_new_tag() {
-    let world = World::new(SHARED_BG);
-    let a = world.replica();
-    let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
-    world.pump(&mut p2, false); // HEAD: absent
-    world.body(&mut p2, &Y[..Y.len() - 1], false);
-    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
-    // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
-    let ts = colliding(&world, 16);
-    for t in &ts[..15] {
-        assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+    /// and committed; the attacker (push rights to any protected tag of the same slot) commits 16
+    /// colliding tags: the committed record of v1 is evicted, and the held push of Y is stored over X.
+    #[test]
+    fn attack_slot_eviction_lets_absent_overwrite_a_new_tag() {
+        let world = World::new(SHARED_BG);
+        let a = world.replica();
+        let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+        world.pump(&mut p2, false); // HEAD: absent
+        world.body(&mut p2, &Y[..Y.len() - 1], false);
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
+        // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
+        let ts = colliding(&world, 16);
+        for t in &ts[..15] {
+            assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+        }
+        assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
+        world.advance(1_000);
+        world.body(&mut p2, &Y[Y.len() - 1..], true);
+        world.pump(&mut p2, false);
+        let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
+        assert_eq!(world.reg.holds(V1), Some(sha(X)), "the tag was overwritten: {hist:?}");
     }
-    assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
-    world.advance(1_000);
-    world.body(&mut p2, &Y[Y.len() - 1..], true);
-    world.pump(&mut p2, false);
-    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
-    assert_eq!(world.reg.holds(V1), Some(sha(X)), "the tag was overwritten: {hist:?}");
-}
 
-/// B: an override is undone: worker B's map says X (learned before the override through A);
-/// the override's record is evicted; B's same-digest push of X is let through on the map's word.
-#[test]
-fn attack_slot_eviction_undoes_an_override() {
-    let world = World::new(SHARED_BG);
-    let a = world.replica();
-    // A second worker of the same Envoy: its own map, the same shared data.
-    let b = Replica { root: a.root.share_with(), w: Rc::new(Worker::new(&a.root, Config::from_json(SHARED_BG.as_bytes()).unwrap())), dead: false };
-    b.w.registry_auth.set(Some((true, b.root.now_ms())));
-    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
-    assert_eq!(world.push(&b, V1, X, &[BOB]).status, 201, "B learns X (identical re-push)");
-    world.advance(1_000);
-    assert_eq!(world.push(&a, V1, Y, &[ADMIN, REASON]).status, 201, "the override");
-    world.advance(1_000);
-    // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
-    let ts = colliding(&world, 16);
-    for t in &ts[..15] {
-        assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+    /// B: an override is undone: worker B's map says X (learned before the override through A);
+    /// the override's record is evicted; B's same-digest push of X is let through on the map's word.
+    #[test]
+    fn attack_slot_eviction_undoes_an_override() {
+        let world = World::new(SHARED_BG);
+        let a = world.replica();
+        // A second worker of the same Envoy: its own map, the same shared data.
+        let b = Replica {
+            root: a.root.share_with(),
+            w: Rc::new(Worker::new(&a.root, Config::from_json(SHARED_BG.as_bytes()).unwrap())),
+            dead: false,
+        };
+        b.w.registry_auth.set(Some((true, b.root.now_ms())));
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
+        assert_eq!(world.push(&b, V1, X, &[BOB]).status, 201, "B learns X (identical re-push)");
+        world.advance(1_000);
+        assert_eq!(world.push(&a, V1, Y, &[ADMIN, REASON]).status, 201, "the override");
+        world.advance(1_000);
+        // v1's record and 15 others fill the slot; the 16th is refused, nothing is evicted.
+        let ts = colliding(&world, 16);
+        for t in &ts[..15] {
+            assert_eq!(world.push(&a, t, X, &[BOB]).status, 201);
+        }
+        assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
+        let r = world.push(&b, V1, X, &[BOB]);
+        let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
+        assert_eq!(r.status, 409, "the override's committed record still fences the map's stale X");
+        assert_eq!(world.reg.holds(V1), Some(sha(Y)), "override undone: {hist:?}");
     }
-    assert_eq!(world.push(&a, &ts[15], X, &[BOB]).status, 503, "slot full: refused, not evicted");
-    let r = world.push(&b, V1, X, &[BOB]);
-    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).cloned().collect();
-    assert_eq!(r.status, 409, "the override's committed record still fences the map's stale X");
-    assert_eq!(world.reg.holds(V1), Some(sha(Y)), "override undone: {hist:?}");
-}
 
-/// A': the eviction needs no stored write: 16 read-only pushes to colliding tags, in flight
-/// at once (one HTTP/2 connection: one worker), evict the committed record; all get 401.
-#[test]
-fn attack_read_only_claims_in_flight_evict_a_committed_record() {
-    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
-    let world = World::new(SHARED_BG);
-    let a = world.replica();
-    let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
-    world.pump(&mut p2, false); // HEAD: absent
-    world.body(&mut p2, &Y[..Y.len() - 1], false);
-    assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
-    let mut held = Vec::new();
-    let ts = colliding(&world, 16);
-    for t in &ts[..15] {
-        let mut s = world.open_put(&a, t, X, &[RO]);
-        world.pump(&mut s, false);
-        world.body(&mut s, X, true);
-        world.pump(&mut s, true);
-        held.push(s);
+    /// A': the eviction needs no stored write: 16 read-only pushes to colliding tags, in flight
+    /// at once (one HTTP/2 connection: one worker), evict the committed record; all get 401.
+    #[test]
+    fn attack_read_only_claims_in_flight_evict_a_committed_record() {
+        const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+        let world = World::new(SHARED_BG);
+        let a = world.replica();
+        let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+        world.pump(&mut p2, false); // HEAD: absent
+        world.body(&mut p2, &Y[..Y.len() - 1], false);
+        assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201, "the legitimate first push");
+        let mut held = Vec::new();
+        let ts = colliding(&world, 16);
+        for t in &ts[..15] {
+            let mut s = world.open_put(&a, t, X, &[RO]);
+            world.pump(&mut s, false);
+            world.body(&mut s, X, true);
+            world.pump(&mut s, true);
+            held.push(s);
+        }
+        assert_eq!(world.push(&a, &ts[15], X, &[RO]).status, 503, "slot full: refused, not evicted");
+        for s in &mut held {
+            world.answer_put(s);
+            assert_eq!(reply(s).status, 401);
+        }
+        world.body(&mut p2, &Y[Y.len() - 1..], true);
+        world.pump(&mut p2, false);
+        let hist: Vec<_> = world
+            .reg
+            .history
+            .borrow()
+            .iter()
+            .filter(|(t, _)| t == V1)
+            .map(|(_, d)| d[7..15].to_string())
+            .collect();
+        assert_eq!(world.reg.holds(V1), Some(sha(X)), "overwritten: {hist:?}");
     }
-    assert_eq!(world.push(&a, &ts[15], X, &[RO]).status, 503, "slot full: refused, not evicted");
-    for s in &mut held {
-        world.answer_put(s);
-        assert_eq!(reply(s).status, 401);
-    }
-    world.body(&mut p2, &Y[Y.len() - 1..], true);
-    world.pump(&mut p2, false);
-    let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).map(|(_, d)| d[7..15].to_string()).collect();
-    assert_eq!(world.reg.holds(V1), Some(sha(X)), "overwritten: {hist:?}");
-}
 }
 
 /// Hole D (attack 3): a release whose etcd delete loses its compare must be re-applied on the
@@ -416,41 +464,41 @@ mod lost_release {
     use super::*;
     const V1: &str = "v1";
 
-#[test]
-fn attack_lost_release_lets_a_read_only_client_block_a_new_tag() {
-    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
-    let world = World::new(ETCD_BG);
-    let a = world.replica();
-    run_for(&world, &[&a], 500);
-    let mut p1 = world.open_put(&a, V1, X, &[RO]);
-    world.pump(&mut p1, false);
-    world.body(&mut p1, X, true);
-    world.pump(&mut p1, false);
-    assert_eq!(reply(&p1).status, 401);
-    // The root's tick: the release reads the record; its answer sends the delete.
-    world.advance(250);
-    crate::filter::claims::etcd::tick(&a.root, &a.w);
-    let read = a.root.pending.borrow_mut().pop_front().unwrap();
-    let r = world.etcd.answer(&a.root.call_of(read));
-    let size = r.body.len();
-    a.root.set_answer(Some(r));
-    root_response(&a.root, &a.w, read, size);
-    a.root.set_answer(None);
-    // Meanwhile a second read-only push of X joins the claim (holders 1 -> 2).
-    let mut p2 = world.open_put(&a, V1, X, &[RO]);
-    world.pump(&mut p2, false);
-    world.body(&mut p2, X, true);
-    world.pump(&mut p2, true);
-    assert_eq!(p2.held_puts.len(), 1, "P2 joined the claim");
-    world.answer_root(&a); // the delete loses its compare: read as "gone"
-    world.answer_put(&mut p2);
-    assert_eq!(reply(&p2).status, 401);
-    run_for(&world, &[&a], 1_000);
-    println!("record: {:?}", world.etcd.value("/immutable-tags/app:v1"));
-    run_for(&world, &[&a], 1_000);
-    let r = world.push(&a, V1, Y, &[BOB]);
-    assert_eq!(r.status, 201, "blocked by a hold nobody owns: {}", String::from_utf8_lossy(&r.body));
-}
+    #[test]
+    fn attack_lost_release_lets_a_read_only_client_block_a_new_tag() {
+        const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+        let world = World::new(ETCD_BG);
+        let a = world.replica();
+        run_for(&world, &[&a], 500);
+        let mut p1 = world.open_put(&a, V1, X, &[RO]);
+        world.pump(&mut p1, false);
+        world.body(&mut p1, X, true);
+        world.pump(&mut p1, false);
+        assert_eq!(reply(&p1).status, 401);
+        // The root's tick: the release reads the record; its answer sends the delete.
+        world.advance(250);
+        crate::filter::claims::etcd::tick(&a.root, &a.w);
+        let read = a.root.pending.borrow_mut().pop_front().unwrap();
+        let r = world.etcd.answer(&a.root.call_of(read));
+        let size = r.body.len();
+        a.root.set_answer(Some(r));
+        root_response(&a.root, &a.w, read, size);
+        a.root.set_answer(None);
+        // Meanwhile a second read-only push of X joins the claim (holders 1 -> 2).
+        let mut p2 = world.open_put(&a, V1, X, &[RO]);
+        world.pump(&mut p2, false);
+        world.body(&mut p2, X, true);
+        world.pump(&mut p2, true);
+        assert_eq!(p2.held_puts.len(), 1, "P2 joined the claim");
+        world.answer_root(&a); // the delete loses its compare: read as "gone"
+        world.answer_put(&mut p2);
+        assert_eq!(reply(&p2).status, 401);
+        run_for(&world, &[&a], 1_000);
+        println!("record: {:?}", world.etcd.value("/immutable-tags/app:v1"));
+        run_for(&world, &[&a], 1_000);
+        let r = world.push(&a, V1, Y, &[BOB]);
+        assert_eq!(r.status, 201, "blocked by a hold nobody owns: {}", String::from_utf8_lossy(&r.body));
+    }
 }
 
 /// Hole C (attack 3): a write the registry stored but answered 5xx (a proxy's 502, Envoy's 503
@@ -461,30 +509,45 @@ mod stored_5xx {
     const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
   "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
-#[test]
-fn attack_stored_write_answered_5xx_releases_the_claim() {
-    for status in [500u16, 502, 503] {
-        for policy in [SHARED_BG, ETCD_BG] {
-            let world = World::new(policy);
-            let a = world.replica();
-            let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
-            world.pump(&mut p2, false); // HEAD: absent
-            world.body(&mut p2, &Y[..Y.len() - 1], false);
-            let mut p1 = world.open_put(&a, V1, X, &[BOB]);
-            world.pump(&mut p1, false);
-            world.body(&mut p1, X, true);
-            world.pump(&mut p1, true);
-            let token = p1.held_puts.remove(0);
-            world.reg.answer(&p1.h.call_of(token)); // stored...
-            deliver(&mut p1, token, answer(status, &[], b"upstream connect error or disconnect/reset before headers"));
-            run_for(&world, &[&a], 500);
-            world.body(&mut p2, &Y[Y.len() - 1..], true);
-            world.pump(&mut p2, false);
-            let hist: Vec<_> = world.reg.history.borrow().iter().filter(|(t, _)| t == V1).map(|(_, d)| d[7..15].to_string()).collect();
-            assert_eq!(world.reg.holds(V1), Some(sha(X)), "{status}: the stored X was overwritten: {hist:?}");
+    #[test]
+    fn attack_stored_write_answered_5xx_releases_the_claim() {
+        for status in [500u16, 502, 503] {
+            for policy in [SHARED_BG, ETCD_BG] {
+                let world = World::new(policy);
+                let a = world.replica();
+                let mut p2 = world.open_put(&a, V1, Y, &[BOB]);
+                world.pump(&mut p2, false); // HEAD: absent
+                world.body(&mut p2, &Y[..Y.len() - 1], false);
+                let mut p1 = world.open_put(&a, V1, X, &[BOB]);
+                world.pump(&mut p1, false);
+                world.body(&mut p1, X, true);
+                world.pump(&mut p1, true);
+                let token = p1.held_puts.remove(0);
+                world.reg.answer(&p1.h.call_of(token)); // stored...
+                deliver(
+                    &mut p1,
+                    token,
+                    answer(status, &[], b"upstream connect error or disconnect/reset before headers"),
+                );
+                run_for(&world, &[&a], 500);
+                world.body(&mut p2, &Y[Y.len() - 1..], true);
+                world.pump(&mut p2, false);
+                let hist: Vec<_> = world
+                    .reg
+                    .history
+                    .borrow()
+                    .iter()
+                    .filter(|(t, _)| t == V1)
+                    .map(|(_, d)| d[7..15].to_string())
+                    .collect();
+                assert_eq!(
+                    world.reg.holds(V1),
+                    Some(sha(X)),
+                    "{status}: the stored X was overwritten: {hist:?}"
+                );
+            }
         }
     }
-}
 }
 
 /// Hole E (attack 3): orphans (writes whose client left) are never dropped unsettled, so a
@@ -495,40 +558,44 @@ mod orphan_overflow {
     const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true},
   "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
-#[test]
-fn attack_orphan_overflow_keeps_a_read_only_claim() {
-    const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
-    let world = World::new(SHARED_BG);
-    let a = world.replica();
-    let open_from = |tag: &str, src: String| {
-        let h = a.root.share_with();
-        *h.source.borrow_mut() = Some(src);
-        let len = X.len().to_string();
-        h.request("PUT", &format!("/v2/app/manifests/{tag}"), &[("content-type", OCI), ("content-length", &len), RO]);
-        let mut f = Filter::new(Some(a.w.clone()));
-        let p = Filter::first_look(&h).unwrap();
-        f.on_request_headers(&h, p, false);
-        Stream { h, f, held_puts: Vec::new() }
-    };
-    let mut all = Vec::new();
-    // As many as a worker keeps (`claims`: one more is refused).
-    for i in 0..crate::filter::worker::MAX_ORPHANS {
-        let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
-        let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
-        world.pump(&mut s, false);
-        world.body(&mut s, X, true);
-        world.pump(&mut s, true);
-        assert_eq!(s.held_puts.len(), 1, "push {i} written");
-        s.f.on_done(&s.h); // the client vanishes
-        all.push(s);
+    #[test]
+    fn attack_orphan_overflow_keeps_a_read_only_claim() {
+        const RO: (&str, &str) = ("authorization", "Bearer bob-readonly");
+        let world = World::new(SHARED_BG);
+        let a = world.replica();
+        let open_from = |tag: &str, src: String| {
+            let h = a.root.share_with();
+            *h.source.borrow_mut() = Some(src);
+            let len = X.len().to_string();
+            h.request(
+                "PUT",
+                &format!("/v2/app/manifests/{tag}"),
+                &[("content-type", OCI), ("content-length", &len), RO],
+            );
+            let mut f = Filter::new(Some(a.w.clone()));
+            let p = Filter::first_look(&h).unwrap();
+            f.on_request_headers(&h, p, false);
+            Stream { h, f, held_puts: Vec::new() }
+        };
+        let mut all = Vec::new();
+        // As many as a worker keeps (`claims`: one more is refused).
+        for i in 0..crate::filter::worker::MAX_ORPHANS {
+            let tag = if i == 0 { V1.to_string() } else { format!("junk{i}") };
+            let mut s = open_from(&tag, format!("10.9.{}.{}:1", i / 16, i % 16));
+            world.pump(&mut s, false);
+            world.body(&mut s, X, true);
+            world.pump(&mut s, true);
+            assert_eq!(s.held_puts.len(), 1, "push {i} written");
+            s.f.on_done(&s.h); // the client vanishes
+            all.push(s);
+        }
+        for s in &mut all {
+            answer_orphan(&world, &a, s); // 401s, settled from the root (the first is no orphan any more)
+        }
+        world.advance(5_000);
+        let r = world.push(&a, V1, Y, &[BOB]);
+        assert_eq!(r.status, 201);
     }
-    for s in &mut all {
-        answer_orphan(&world, &a, s); // 401s, settled from the root (the first is no orphan any more)
-    }
-    world.advance(5_000);
-    let r = world.push(&a, V1, Y, &[BOB]);
-    assert_eq!(r.status, 201);
-}
 }
 
 // ---- Issue 27, hole B: claims order views and committed changes by the store's own counter (etcd's
@@ -610,7 +677,6 @@ fn a_clock_step_back_does_not_let_a_held_push_undo_an_override() {
 // outcome unknown; or its client left while the claim's call was out) has an age of its own,
 // so identical re-pushes that keep the tag's record fresh do not carry it forward forever.
 
-
 fn ttl(r: &Replica) -> u64 {
     r.w.config.claims.ttl_ms
 }
@@ -672,15 +738,18 @@ fn two_holders_of_one_digest_one_releases_the_other_still_fences() {
         let world = World::new(policy);
         let a = world.replica();
         // Two pushes of X to the new tag, both claimed, both held at the registry.
-        let mut ps: Vec<_> = [("authorization", "Bearer bob-readonly"), BOB].iter().map(|h| {
-            let mut p = world.open_put(&a, V1, X, &[*h]);
-            world.pump(&mut p, true);
-            world.body(&mut p, X, true);
-            world.pump(&mut p, true);
-            assert_eq!(p.held_puts.len(), 1);
-            world.advance(100);
-            p
-        }).collect();
+        let mut ps: Vec<_> = [("authorization", "Bearer bob-readonly"), BOB]
+            .iter()
+            .map(|h| {
+                let mut p = world.open_put(&a, V1, X, &[*h]);
+                world.pump(&mut p, true);
+                world.body(&mut p, X, true);
+                world.pump(&mut p, true);
+                assert_eq!(p.held_puts.len(), 1);
+                world.advance(100);
+                p
+            })
+            .collect();
         // The first is refused (401): its release takes its own hold only.
         world.answer_put(&mut ps[0]);
         assert_eq!(reply(&ps[0]).status, 401);
@@ -729,7 +798,12 @@ fn atk_late_forget_erases_a_later_commit() {
         world.body(&mut f, &Y[Y.len() - 1..], true);
         world.pump(&mut f, false);
         let r = reply(&f);
-        eprintln!("etcd={etcd} F: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+        eprintln!(
+            "etcd={etcd} F: {} {}; history {:?}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            world.reg.history.borrow()
+        );
         assert_eq!(world.reg.holds(V1), Some(sha(X)), "v1 changed X -> Y without break-glass");
     }
 }
@@ -800,7 +874,12 @@ fn atk_forget_reapplied_to_a_later_commit() {
         world.body(&mut f, &Y[Y.len() - 1..], true);
         world.pump(&mut f, false);
         let r = reply(&f);
-        eprintln!("etcd={etcd} F: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+        eprintln!(
+            "etcd={etcd} F: {} {}; history {:?}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            world.reg.history.borrow()
+        );
         if world.reg.holds(V1) != Some(sha(X)) {
             broken.push(etcd);
         }
@@ -815,7 +894,7 @@ fn atk_stale_commit_undoes_an_override() {
     // A: first push of X; the client has its 201; A's root context stalls before its tick.
     assert_eq!(world.push(&a, V1, X, &[BOB]).status, 201);
     run_for(&world, &[&b], 125_000); // A stalls (> 2 TTLs): X's hold record ends by its lease
-    // Bob's push S of X through B: HEAD says X; last byte held.
+                                     // Bob's push S of X through B: HEAD says X; last byte held.
     let mut s = world.open_put(&b, V1, X, &[BOB]);
     world.pump(&mut s, false);
     world.body(&mut s, &X[..X.len() - 1], false);
@@ -831,7 +910,12 @@ fn atk_stale_commit_undoes_an_override() {
     world.body(&mut s, &X[X.len() - 1..], true);
     world.pump(&mut s, false);
     let r = reply(&s);
-    eprintln!("S: {} {}; history {:?}", r.status, String::from_utf8_lossy(&r.body), world.reg.history.borrow());
+    eprintln!(
+        "S: {} {}; history {:?}",
+        r.status,
+        String::from_utf8_lossy(&r.body),
+        world.reg.history.borrow()
+    );
     assert_eq!(world.reg.holds(V1), Some(sha(Y)), "the override was undone without break-glass");
 }
 
@@ -874,7 +958,8 @@ fn override_during_a_digest_delete(etcd: bool, deleted: &str) {
     assert!(d.h.reply().is_none(), "granted: {:?}", d.h.reply());
     if deleted == "202" {
         // The registry deletes manifest X: only v2 still holds it.
-        let gone: Vec<String> = world.reg.tags.borrow().iter().filter(|(_, g)| **g == sha(X)).map(|(t, _)| t.clone()).collect();
+        let gone: Vec<String> =
+            world.reg.tags.borrow().iter().filter(|(_, g)| **g == sha(X)).map(|(t, _)| t.clone()).collect();
         for t in gone {
             world.reg.tags.borrow_mut().remove(&t);
             world.reg.history.borrow_mut().push((t, String::new()));

@@ -29,9 +29,9 @@
 //! digest delete's check and its landing deleted with it (seed 2381; fixed by the delete fence,
 //! `claims::fence_tag`; `SIM_DIGEST_ATOMIC=1` hides the race again, see `digest_race`).
 use super::fake::FakeHost;
-use crate::filter::host::Host;
 use super::fake::{Call, Reply};
 use super::world::{answer_orphan, deliver, sha, Replica, Stream, World, ADMIN, BOB, ETCD_BG, OCI, REASON};
+use crate::filter::host::Host;
 use crate::filter::{Action, Filter};
 use std::collections::HashMap;
 
@@ -55,7 +55,8 @@ const SHARED_BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"imm
   "break_glass": {"principals": ["admin"], "repositories": ["app"], "actions": ["overwrite", "delete"]}}"#;
 
 fn manifest(n: usize) -> Vec<u8> {
-    format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":{n}}}"#).into_bytes()
+    format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":{n}}}"#)
+        .into_bytes()
 }
 
 struct Client {
@@ -109,7 +110,8 @@ fn open(r: &Replica, c: &Client) -> (Stream, bool) {
             let query: Vec<String> = c.tags[1..].iter().map(|t| format!("tag={t}")).collect();
             let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
             let len = c.body.len().to_string();
-            let mut h = vec![("content-type".to_string(), OCI.to_string()), ("content-length".to_string(), len)];
+            let mut h =
+                vec![("content-type".to_string(), OCI.to_string()), ("content-length".to_string(), len)];
             h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             ("PUT", format!("/v2/app/manifests/{}{q}", c.tags[0]), h)
         }
@@ -118,7 +120,11 @@ fn open(r: &Replica, c: &Client) -> (Stream, bool) {
                 Delete::Tag(t) => t.to_string(),
                 Delete::Digest => sha(&c.body),
             };
-            ("DELETE", format!("/v2/app/manifests/{reference}"), headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            (
+                "DELETE",
+                format!("/v2/app/manifests/{reference}"),
+                headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            )
         }
     };
     let h = r.root.share_with();
@@ -134,12 +140,21 @@ fn open(r: &Replica, c: &Client) -> (Stream, bool) {
 
 /// A delete the filter let through: no answer of its own, no call of its own pending.
 fn let_through(c: &Client, s: &Stream) -> bool {
-    c.delete.is_some() && s.h.replies.borrow().is_empty() && s.h.pending.borrow().is_empty() && (c.continued || s.h.resumes.get() > 0)
+    c.delete.is_some()
+        && s.h.replies.borrow().is_empty()
+        && s.h.pending.borrow().is_empty()
+        && (c.continued || s.h.resumes.get() > 0)
 }
 
 /// The registry does the delete a client sent (the request Envoy forwards).
 fn forward(world: &World, s: &Stream) -> Reply {
-    let call = Call { cluster: "registry".into(), headers: s.h.request_headers.borrow().clone(), body: None, timeout_ms: 0, at_ms: world.clock.now_ms() };
+    let call = Call {
+        cluster: "registry".into(),
+        headers: s.h.request_headers.borrow().clone(),
+        body: None,
+        timeout_ms: 0,
+        at_ms: world.clock.now_ms(),
+    };
     world.reg.answer(&call)
 }
 
@@ -214,8 +229,25 @@ pub fn run(seed: u64) -> Result<(), String> {
                 8 => (Vec::new(), Some(Delete::Tag(TAGS[rng.below(3)]))),
                 _ => (Vec::new(), Some(Delete::Digest)),
             };
-            trace.push(format!("client {} on r{rep}: {} {d} {tags:?} {delete:?}", clients.len(), if admin { "admin" } else { "bob" }));
-            clients.push(Client { rep, body: digests[d].clone(), admin, phase: 0, stream: None, tags, delete, continued: false, response: None, sent_ms: 0, status: 0, retries: 0 });
+            trace.push(format!(
+                "client {} on r{rep}: {} {d} {tags:?} {delete:?}",
+                clients.len(),
+                if admin { "admin" } else { "bob" }
+            ));
+            clients.push(Client {
+                rep,
+                body: digests[d].clone(),
+                admin,
+                phase: 0,
+                stream: None,
+                tags,
+                delete,
+                continued: false,
+                response: None,
+                sent_ms: 0,
+                status: 0,
+                retries: 0,
+            });
         } else if r < 70 && !clients.is_empty() {
             let i = rng.below(clients.len());
             let c = &mut clients[i];
@@ -226,7 +258,8 @@ pub fn run(seed: u64) -> Result<(), String> {
                 // A client that got a 5xx tries again (a new request, the same write), twice at most.
                 if c.status >= 500 && c.retries < 2 && c.stream.is_none() {
                     trace.push(format!("client {i} retries after {}", c.status));
-                    (c.phase, c.retries, c.status, c.continued, c.response) = (0, c.retries + 1, 0, false, None);
+                    (c.phase, c.retries, c.status, c.continued, c.response) =
+                        (0, c.retries + 1, 0, false, None);
                 }
                 continue;
             }
@@ -261,7 +294,13 @@ pub fn run(seed: u64) -> Result<(), String> {
                             fault(&world, &mut rng);
                             forward(&world, &s);
                         }
-                        let puts: Vec<u32> = s.h.pending.borrow().iter().copied().filter(|t| s.h.call_of(*t).header(":method") == Some("PUT")).collect();
+                        let puts: Vec<u32> =
+                            s.h.pending
+                                .borrow()
+                                .iter()
+                                .copied()
+                                .filter(|t| s.h.call_of(*t).header(":method") == Some("PUT"))
+                                .collect();
                         s.h.pending.borrow_mut().clear();
                         s.held_puts = puts;
                         if !s.held_puts.is_empty() {
@@ -307,7 +346,11 @@ pub fn run(seed: u64) -> Result<(), String> {
                         if call.header(":method") == Some("PUT") {
                             fault(&world, &mut rng);
                         }
-                        let reply = if call.cluster == "etcd" { world.etcd.answer(&call) } else { world.reg.answer(&call) };
+                        let reply = if call.cluster == "etcd" {
+                            world.etcd.answer(&call)
+                        } else {
+                            world.reg.answer(&call)
+                        };
                         deliver(s, token, reply);
                     }
                     if !s.h.replies.borrow().is_empty() {
@@ -356,7 +399,13 @@ pub fn run(seed: u64) -> Result<(), String> {
                     c.phase = 4;
                     c.status = 0;
                     if let Some(mut s) = c.stream.take() {
-                        let puts: Vec<u32> = s.h.pending.borrow().iter().copied().filter(|t| s.h.call_of(*t).header(":method") == Some("PUT")).collect();
+                        let puts: Vec<u32> =
+                            s.h.pending
+                                .borrow()
+                                .iter()
+                                .copied()
+                                .filter(|t| s.h.call_of(*t).header(":method") == Some("PUT"))
+                                .collect();
                         s.h.pending.borrow_mut().clear();
                         s.held_puts = puts;
                         if s.held_puts.is_empty() {
@@ -375,7 +424,10 @@ pub fn run(seed: u64) -> Result<(), String> {
                 stepped += back;
                 // One machine's clock steps back: a replica's (etcd), or the one Envoy's.
                 let i = clocks.below(n_replicas);
-                trace.push(format!("clock of {} steps back {back} ms", if etcd { format!("r{i}") } else { "the Envoy".into() }));
+                trace.push(format!(
+                    "clock of {} steps back {back} ms",
+                    if etcd { format!("r{i}") } else { "the Envoy".into() }
+                ));
                 for (_, r) in replicas.iter().enumerate().filter(|(j, _)| !etcd || *j == i) {
                     r.root.clock_offset.set(r.root.clock_offset.get() - back);
                 }
@@ -393,7 +445,8 @@ pub fn run(seed: u64) -> Result<(), String> {
                     }
                 }
                 let Some(s) = c.stream.as_mut() else { continue };
-                let puts: Vec<u32> = s.h.pending.borrow().iter().copied().filter(|t| landing(&s.h, *t, due)).collect();
+                let puts: Vec<u32> =
+                    s.h.pending.borrow().iter().copied().filter(|t| landing(&s.h, *t, due)).collect();
                 for t in puts {
                     s.h.pending.borrow_mut().retain(|x| *x != t);
                     fault(&world, &mut rng);
@@ -405,7 +458,9 @@ pub fn run(seed: u64) -> Result<(), String> {
                     hosts.push(c.stream.take().unwrap().h);
                 }
             }
-            let (late, kept): (Vec<_>, Vec<_>) = orphans.drain(..).partition(|(_, s)| s.held_puts.first().is_some_and(|t| landing(&s.h, *t, due)));
+            let (late, kept): (Vec<_>, Vec<_>) = orphans
+                .drain(..)
+                .partition(|(_, s)| s.held_puts.first().is_some_and(|t| landing(&s.h, *t, due)));
             orphans = kept;
             for (rep, mut s) in late {
                 fault(&world, &mut rng);
@@ -421,11 +476,27 @@ pub fn run(seed: u64) -> Result<(), String> {
         }
         if std::env::var("SIM_TRACE").is_ok() {
             let last = trace.last().cloned().unwrap_or_default();
-            let slots: Vec<String> = world.clock.process.shared.borrow().values().flat_map(|(v, _)| crate::store::claims::Slot::decode(v).records).map(|r| format!("{}:{}", r.tag, r.rec.encode())).collect();
-            let reg: Vec<String> = TAGS.iter().map(|t| world.reg.holds(t).map_or("-".into(), |d| d[7..13].to_string())).collect();
-            eprintln!("{:>8} {last:<40} etcd={:?} shared={slots:?} reg={reg:?}", world.clock.now_ms() - 1_000_000, world.etcd.value("/immutable-tags/app:v1"));
+            let slots: Vec<String> = world
+                .clock
+                .process
+                .shared
+                .borrow()
+                .values()
+                .flat_map(|(v, _)| crate::store::claims::Slot::decode(v).records)
+                .map(|r| format!("{}:{}", r.tag, r.rec.encode()))
+                .collect();
+            let reg: Vec<String> = TAGS
+                .iter()
+                .map(|t| world.reg.holds(t).map_or("-".into(), |d| d[7..13].to_string()))
+                .collect();
+            eprintln!(
+                "{:>8} {last:<40} etcd={:?} shared={slots:?} reg={reg:?}",
+                world.clock.now_ms() - 1_000_000,
+                world.etcd.value("/immutable-tags/app:v1")
+            );
         }
-        check(&world, &hosts, &clients, &orphans).map_err(|e| format!("{e}\nseed {seed}, after:\n  {}", trace.join("\n  ")))?;
+        check(&world, &hosts, &clients, &orphans)
+            .map_err(|e| format!("{e}\nseed {seed}, after:\n  {}", trace.join("\n  ")))?;
     }
     if std::env::var("SIM_STATS").is_ok() {
         // What the schedule reached (to see that the scheduler explores what it claims to).
@@ -458,7 +529,12 @@ fn landing(h: &FakeHost, token: u32, due: u64) -> bool {
 /// The oracle, per tag: its first stored digest; then every change of digest was an override
 /// decided (and logged) for exactly that change, and every removal a delete decided for that
 /// tag (after which the tag is new again).
-fn check(world: &World, hosts: &[FakeHost], clients: &[Client], orphans: &[(usize, Stream)]) -> Result<(), String> {
+fn check(
+    world: &World,
+    hosts: &[FakeHost],
+    clients: &[Client],
+    orphans: &[(usize, Stream)],
+) -> Result<(), String> {
     let mut decisions: HashMap<(String, String, String), usize> = HashMap::new();
     let live = clients.iter().filter_map(|c| c.stream.as_ref()).chain(orphans.iter().map(|(_, s)| s));
     for h in hosts.iter().chain(live.map(|s| &s.h)) {
@@ -484,7 +560,10 @@ fn check(world: &World, hosts: &[FakeHost], clients: &[Client], orphans: &[(usiz
                 (Some(c), true) => {
                     let n = decisions.entry((tag.to_string(), "delete".into(), String::new())).or_default();
                     if *n == 0 {
-                        return Err(format!("{tag} ({c}) deleted without a delete decided for it; history {:?}", world.reg.history.borrow()));
+                        return Err(format!(
+                            "{tag} ({c}) deleted without a delete decided for it; history {:?}",
+                            world.reg.history.borrow()
+                        ));
                     }
                     *n -= 1;
                     current = None;
@@ -493,7 +572,10 @@ fn check(world: &World, hosts: &[FakeHost], clients: &[Client], orphans: &[(usiz
                 (Some(c), false) if c != d => {
                     let n = decisions.entry((tag.to_string(), c.clone(), d.clone())).or_default();
                     if *n == 0 {
-                        return Err(format!("{tag} changed {c} -> {d} without an override decided for it; history {:?}", world.reg.history.borrow()));
+                        return Err(format!(
+                            "{tag} changed {c} -> {d} without an override decided for it; history {:?}",
+                            world.reg.history.borrow()
+                        ));
                     }
                     *n -= 1;
                 }

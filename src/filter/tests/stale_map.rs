@@ -10,7 +10,10 @@ fn an_enforce_map_older_than_an_audit_overwrite_is_not_trusted_for_a_same_digest
     // would turn the tag back: it must be re-judged on the registry's word.
     let h = FakeHost::new();
     let enforce = worker(&h, POLICY);
-    let audit = worker(&h, r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#);
+    let audit = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}, "mode": "audit"}"#,
+    );
     assert_eq!(push(&h, &enforce, "v1", M1, None).status, 201);
     assert_eq!(push(&h, &audit, "v1", M2, Some(M1)).status, 201);
     assert_eq!(push(&h, &enforce, "v1", M1, Some(M2)).status, 409);
@@ -73,11 +76,20 @@ fn a_stale_map_met_by_an_overrides_record_is_judged_again_on_the_registrys_word(
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
     assert_eq!(r.status, 409, "{:?}", r.json());
     assert_eq!(r.json()["errors"][0]["detail"]["current_digest"], sha(M2));
-    assert!(why(&r).contains("no break-glass window is open for the principal the request claims, 'admin',"), "{}", why(&r));
+    assert!(
+        why(&r).contains("no break-glass window is open for the principal the request claims, 'admin',"),
+        "{}",
+        why(&r)
+    );
     assert_eq!(ha.calls_with("HEAD").len(), heads + 1, "the registry asked again");
     // A window open (through B), A's map stale again: the same push through A uses the window.
     open_in_etcd(&hb, &wb, &etcd);
-    wa.cache.borrow_mut().put("registry.test\napp", "v1", crate::oci::digest::Digest::sha256(M1), ha.now_ms());
+    wa.cache.borrow_mut().put(
+        "registry.test\napp",
+        "v1",
+        crate::oci::digest::Digest::sha256(M1),
+        ha.now_ms(),
+    );
     ha.advance(5); // A's view of the tag (its HEAD) is newer than B's commit
     let puts = ha.calls_with("PUT").len();
     let r = bg_push_etcd(&ha, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
@@ -106,7 +118,8 @@ fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
     // so v2 is asked again. What the registry then says of v2 decides; v1's window is used
     // exactly when the push is written, and put back when it is not (the client leaving while
     // v2 is asked again included: `None`).
-    const M3: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":3}"#;
+    const M3: &[u8] =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":3}"#;
     let unauthorized = || answer(401, &[("www-authenticate", "Basic realm=\"r\"")], b"");
     let cases: [(&str, Option<Reply>, Option<u16>); 4] = [
         ("holds M3", Some(head_answer(Some(M3))), Some(409)),
@@ -133,7 +146,8 @@ fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
         loop {
             let Some(token) = h1.pending.borrow().front().copied() else { break };
             let call = h1.call_of(token);
-            if (call.header(":method"), call.header(":path")) == (Some("HEAD"), Some("/v2/app/manifests/v2")) {
+            if (call.header(":method"), call.header(":path")) == (Some("HEAD"), Some("/v2/app/manifests/v2"))
+            {
                 asked_again = true;
                 if gone {
                     break;
@@ -148,7 +162,11 @@ fn a_window_used_before_a_stale_map_is_rechecked_is_used_once_or_put_back() {
         f.on_done(&h1);
         assert!(asked_again, "{case}: v2 asked again");
         assert_eq!(h1.reply().map(|r| r.status), status, "{case}");
-        assert_eq!(h1.calls_with("PUT").iter().filter(|c| c.body.as_deref() == Some(M1)).count(), usize::from(status == Some(201)) + 1, "{case}");
+        assert_eq!(
+            h1.calls_with("PUT").iter().filter(|c| c.body.as_deref() == Some(M1)).count(),
+            usize::from(status == Some(201)) + 1,
+            "{case}"
+        );
         // The window: used up by the written push, else still there for v1.
         let written = status == Some(201);
         let next = bg_push(&h1, &w1, "v1", M3, if written { M1 } else { M2 }, &[ADMIN], created(M3));
@@ -168,7 +186,11 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     open_in_etcd(&h, &w, &etcd);
     w.cache.borrow_mut().put("registry.test\napp", "v1", Digest::sha256(M2), h.now_ms());
     w.cache.borrow_mut().put("registry.test\napp", "v2", Digest::sha256(M1), h.now_ms());
-    let record = crate::store::etcd::Record { stored: Some((sha(b"m3"), h.now_ms() + 1)), claim: None, at_ms: h.now_ms() + 1 };
+    let record = crate::store::etcd::Record {
+        stored: Some((sha(b"m3"), h.now_ms() + 1)),
+        claim: None,
+        at_ms: h.now_ms() + 1,
+    };
     etcd.kv.borrow_mut().insert("/immutable-tags/app:v2".into(), (record.encode(), 1, 0));
     h.advance(5);
     let mut f = push_m1_to_v1_and_v2(&h, &w);
@@ -184,7 +206,10 @@ fn an_etcd_window_kept_across_a_recheck_is_put_back_once() {
     run_root(&h, &w, &etcd);
     assert!(etcd.window(WKEY).is_some(), "put back");
     let key = crate::util::base64::encode(WKEY.as_bytes());
-    let creates = h.calls.borrow()[sent..].iter().filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key))).count();
+    let creates = h.calls.borrow()[sent..]
+        .iter()
+        .filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key)))
+        .count();
     assert_eq!(creates, 1, "put back once");
 }
 

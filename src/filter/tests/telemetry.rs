@@ -1,6 +1,6 @@
 //! What Envoy's own telemetry sees of the filter (issue 23): the response code details of every
 //! local reply, and the client's method kept in a header the filter alone sets.
-use super::fake::{on_headers, respond, sha, worker, answer, FakeHost};
+use super::fake::{answer, on_headers, respond, sha, worker, FakeHost};
 use crate::filter::host::Host;
 use crate::filter::push::METHOD_HEADER;
 use crate::filter::worker::Worker;
@@ -14,12 +14,21 @@ const M2: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.
 /// A push of `body` to `app:v1` while the registry holds `holds`, the PUT answered `put`:
 /// the response code details of the client's answer, and the request's headers as they left
 /// the filter (what an access log reads).
-fn push(policy: &str, body: &[u8], holds: Option<&[u8]>, put: u16, extra: &[(&str, &str)]) -> (String, u16, FakeHost) {
+fn push(
+    policy: &str,
+    body: &[u8],
+    holds: Option<&[u8]>,
+    put: u16,
+    extra: &[(&str, &str)],
+) -> (String, u16, FakeHost) {
     let h = FakeHost::new();
     let w = worker(&h, policy);
     let mut f = Filter::new(Some(w));
     let len = body.len().to_string();
-    let mut headers = vec![("content-length", len.as_str()), ("content-type", "application/vnd.oci.image.manifest.v1+json")];
+    let mut headers = vec![
+        ("content-length", len.as_str()),
+        ("content-type", "application/vnd.oci.image.manifest.v1+json"),
+    ];
     headers.extend_from_slice(extra);
     h.request("PUT", "/v2/app/manifests/v1", &headers);
     on_headers(&mut f, &h, false);
@@ -63,7 +72,8 @@ fn a_write_the_registry_refuses_says_so() {
 
 #[test]
 fn audit_mode_names_an_unjudged_write() {
-    let audit = r#"{"mode": "audit", "upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
+    let audit =
+        r#"{"mode": "audit", "upstream": {"cluster": "registry"}, "global": {"immutable_tags": true}}"#;
     let (details, status, _) = push(audit, M2, Some(M1), 201, &[]);
     assert_eq!((status, details.as_str()), (201, "immutable_tags_written_unjudged_audit"));
 }
@@ -140,7 +150,9 @@ fn blob_delete(policy: &str, repository: &str) -> Option<u16> {
 #[test]
 fn blob_deletes_are_refused_unless_allowed_where_no_tag_can_be_immutable() {
     let scoped = |blobs: &str| {
-        format!(r#"{{"upstream": {{"cluster": "registry"}}, "deletes": {{"blobs": "{blobs}"}}, "repository": {{"prod": {{"immutable_tags": true}}}}}}"#)
+        format!(
+            r#"{{"upstream": {{"cluster": "registry"}}, "deletes": {{"blobs": "{blobs}"}}, "repository": {{"prod": {{"immutable_tags": true}}}}}}"#
+        )
     };
     // The default: refused everywhere, also where no tag is immutable.
     assert_eq!(blob_delete(POLICY, "app"), Some(405));
@@ -166,7 +178,11 @@ fn a_blob_delete_without_configuration_is_refused() {
 fn blob_reads_and_uploads_cost_one_more_header_read_and_pass() {
     let h = FakeHost::new();
     let mut f = Filter::new(Some(worker(&h, POLICY)));
-    for (method, path) in [("GET", "/v2/app/blobs/sha256:00"), ("PATCH", "/v2/app/blobs/uploads/x"), ("DELETE", "/v2/app/blobs/uploads/x")] {
+    for (method, path) in [
+        ("GET", "/v2/app/blobs/sha256:00"),
+        ("PATCH", "/v2/app/blobs/uploads/x"),
+        ("DELETE", "/v2/app/blobs/uploads/x"),
+    ] {
         h.request(method, path, &[]);
         assert_eq!(on_headers(&mut f, &h, true), Action::Continue);
         assert!(h.reply().is_none());
@@ -179,7 +195,8 @@ const BG: &str = r#"{"upstream": {"cluster": "registry"}, "global": {"immutable_
 /// `Basic admin:pw`.
 const ADMIN: (&str, &str) = ("authorization", "Basic YWRtaW46cHc=");
 const REASON: (&str, &str) = ("x-break-glass-reason", "CVE-2026-1 in v1");
-const OTHER_CREDENTIALS: [(&str, &str); 3] = [("cookie", "session=valid"), ("x-api-key", "k"), ("private-token", "t")];
+const OTHER_CREDENTIALS: [(&str, &str); 3] =
+    [("cookie", "session=valid"), ("x-api-key", "k"), ("private-token", "t")];
 
 fn bg_worker(h: &FakeHost) -> Rc<Worker> {
     let w = worker(h, BG);
@@ -265,7 +282,12 @@ fn one_principals_window_does_not_replace_anothers() {
     respond(&mut f, &h, answer(200, &[("docker-content-digest", &sha(M1))], b""));
     h.body.borrow_mut().extend_from_slice(M2);
     f.on_request_body(&h, M2.len(), true);
-    assert_eq!(h.calls_with("PUT").len(), 1, "{:?}", h.reply().map(|r| String::from_utf8_lossy(&r.body).to_string()));
+    assert_eq!(
+        h.calls_with("PUT").len(),
+        1,
+        "{:?}",
+        h.reply().map(|r| String::from_utf8_lossy(&r.body).to_string())
+    );
 }
 
 // --- the map keys by the registry's host when the client's :authority picks it ---------------
@@ -312,7 +334,10 @@ fn a_digest_learned_on_one_host_does_not_answer_for_another() {
     assert_ne!(w.map_key("app", Some("a.example/x")), w.map_key("x/app", Some("a.example")));
     // With upstream.authority set every call goes to that host: one key.
     let h = FakeHost::new();
-    let w = worker(&h, r#"{"upstream": {"cluster": "registry", "authority": "r.internal"}, "global": {"immutable_tags": true}}"#);
+    let w = worker(
+        &h,
+        r#"{"upstream": {"cluster": "registry", "authority": "r.internal"}, "global": {"immutable_tags": true}}"#,
+    );
     assert_eq!(push_via(&h, &w, "a.example", M1, Some(M1)), (201, true));
     assert_eq!(push_via(&h, &w, "b.example", M1, Some(M1)), (201, false));
 }
@@ -337,7 +362,9 @@ fn a_principal_verified_by_jwt_authn_needs_no_proof_from_the_registry() {
         h.body.borrow_mut().extend_from_slice(M2);
         f.on_request_body(&h, M2.len(), true);
         let written = !h.calls_with("PUT").is_empty();
-        let why = h.reply().map(|r| r.json()["errors"][0]["detail"]["break_glass"].as_str().unwrap_or("").to_string());
+        let why = h
+            .reply()
+            .map(|r| r.json()["errors"][0]["detail"]["break_glass"].as_str().unwrap_or("").to_string());
         (written, why)
     };
     assert!(overwrite(Some("admin"), ("authorization", "Bearer x")).0);

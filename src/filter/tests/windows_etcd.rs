@@ -7,7 +7,12 @@ fn etcd_calls(h: &FakeHost) -> usize {
 }
 
 fn window_lines(h: &FakeHost) -> Vec<serde_json::Value> {
-    h.logs.borrow().iter().filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "immutable_tags.break_glass_window").collect()
+    h.logs
+        .borrow()
+        .iter()
+        .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "immutable_tags.break_glass_window")
+        .collect()
 }
 
 #[test]
@@ -21,7 +26,11 @@ fn a_window_opened_through_one_replica_is_used_once_through_another() {
     assert!(f.in_flight());
     assert_eq!(a.last_call().unwrap().header(":path"), Some("/v3/lease/grant"));
     respond_with(&mut f, &a, |c| etcd.answer(c));
-    assert_eq!((a.last_call().unwrap().header(":path"), a.response_resumes.get()), (Some("/v3/kv/txn"), 0), "create if absent");
+    assert_eq!(
+        (a.last_call().unwrap().header(":path"), a.response_resumes.get()),
+        (Some("/v3/kv/txn"), 0),
+        "create if absent"
+    );
     respond_with(&mut f, &a, |c| etcd.answer(c));
     assert_eq!(a.response_resumes.get(), 1, "let go once etcd has it");
     assert!(f.idle(), "nothing left to remember");
@@ -33,12 +42,19 @@ fn a_window_opened_through_one_replica_is_used_once_through_another() {
     let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2));
     assert_eq!(r.status, 201, "{:?}", r.json());
     assert_eq!(b.calls_with("PUT")[0].body.as_deref(), Some(M2));
-    assert_eq!((bg_lines(&b)[0]["reason"].as_str(), bg_lines(&b)[0]["principal"].as_str()), (Some(REASON.1), Some("admin")));
+    assert_eq!(
+        (bg_lines(&b)[0]["reason"].as_str(), bg_lines(&b)[0]["principal"].as_str()),
+        (Some(REASON.1), Some("admin"))
+    );
     assert_eq!(etcd.window(WKEY), None, "used up");
     // Once: the next overwrite (through A) is refused, and says why.
     let r = bg_push_etcd(&a, &wa, &etcd, M1, M2, &[ADMIN], created(M1));
     assert_eq!(r.status, 409);
-    assert!(why(&r).contains("no break-glass window is open for the principal the request claims, 'admin',"), "{}", why(&r));
+    assert!(
+        why(&r).contains("no break-glass window is open for the principal the request claims, 'admin',"),
+        "{}",
+        why(&r)
+    );
     assert!(a.calls_with("PUT").is_empty());
     assert_eq!(a.counter("break_glass_overrides") + b.counter("break_glass_overrides"), 1);
 }
@@ -49,7 +65,13 @@ fn no_window_refuses_and_only_a_principal_a_window_could_serve_costs_a_round_tri
     let (b, wb) = bg_replica(&etcd);
     let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2));
     assert_eq!(r.status, 409);
-    assert!(why(&r).contains("no break-glass window is open for the principal the request claims, 'admin', on this tag"), "{}", why(&r));
+    assert!(
+        why(&r).contains(
+            "no break-glass window is open for the principal the request claims, 'admin', on this tag"
+        ),
+        "{}",
+        why(&r)
+    );
     assert_eq!(b.calls_with("POST").iter().filter(|c| c.header(":path") == Some("/v3/kv/txn")).count(), 1);
     // Unlisted, or anonymous: no window can exist, no call, nothing said.
     let before = etcd_calls(&b);
@@ -92,9 +114,12 @@ fn of_two_replicas_racing_for_one_window_exactly_one_overrides() {
 
 #[test]
 fn etcd_out_of_reach_refuses_the_override_saying_so() {
-    let quorum = br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
+    let quorum =
+        br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
     let reset = Reply { status: 0, headers: Vec::new(), body: Vec::new() };
-    for (what, reply) in [("an error", Some(answer(503, &[], quorum))), ("a reset", Some(reset)), ("no dispatch", None)] {
+    for (what, reply) in
+        [("an error", Some(answer(503, &[], quorum))), ("a reset", Some(reset)), ("no dispatch", None)]
+    {
         let etcd = FakeEtcd::default();
         let (a, wa) = bg_replica(&etcd);
         let (b, wb) = bg_replica(&etcd);
@@ -112,7 +137,11 @@ fn etcd_out_of_reach_refuses_the_override_saying_so() {
         }
         let r = b.reply().expect(what);
         assert_eq!(r.status, 409, "{what}");
-        assert!(why(&r).contains("the break-glass window store (etcd, cluster 'etcd') is unavailable"), "{what}: {}", why(&r));
+        assert!(
+            why(&r).contains("the break-glass window store (etcd, cluster 'etcd') is unavailable"),
+            "{what}: {}",
+            why(&r)
+        );
         assert!(b.calls_with("PUT").is_empty(), "{what}: fail closed");
     }
 }
@@ -137,19 +166,34 @@ fn a_failed_overriding_write_puts_the_window_back() {
     let (b, wb) = bg_replica(&etcd);
     open_in_etcd(&a, &wa, &etcd);
     let (_, _, lease) = etcd.kv.borrow()[WKEY].clone();
-    let blob_unknown = answer(400, &[("content-type", "application/json")], br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#);
+    let blob_unknown = answer(
+        400,
+        &[("content-type", "application/json")],
+        br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#,
+    );
     let r = bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], blob_unknown);
     assert_eq!(r.status, 400, "the registry's answer is relayed");
     assert!(bg_lines(&b).is_empty(), "no override");
     assert_eq!(etcd.window(WKEY), None, "taken while the write was out");
     let sent = b.calls.borrow().len();
     run_root(&b, &wb, &etcd);
-    assert_eq!(etcd.kv.borrow().get(WKEY).map(|(_, _, l)| *l), Some(lease), "put back, with its lease (and so its end)");
+    assert_eq!(
+        etcd.kv.borrow().get(WKEY).map(|(_, _, l)| *l),
+        Some(lease),
+        "put back, with its lease (and so its end)"
+    );
     // Once: a second create, sent beside the first, would bring back a window used between them.
     let key = crate::util::base64::encode(WKEY.as_bytes());
-    let creates = b.calls.borrow()[sent..].iter().filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key))).count();
+    let creates = b.calls.borrow()[sent..]
+        .iter()
+        .filter(|c| c.body.as_deref().is_some_and(|x| String::from_utf8_lossy(x).contains(&key)))
+        .count();
     assert_eq!(creates, 1, "put back once");
-    assert_eq!(bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status, 201, "the retry overrides");
+    assert_eq!(
+        bg_push_etcd(&b, &wb, &etcd, M2, M1, &[ADMIN], created(M2)).status,
+        201,
+        "the retry overrides"
+    );
     assert_eq!(bg_lines(&b).len(), 1);
     // A write whose outcome is unknown (reset) may have overwritten: its window stays used.
     // (Once the root committed that override's claim, a moment later: a view of the tag as
@@ -199,7 +243,11 @@ fn a_digest_delete_waiting_on_etcd_for_its_window_takes_only_etcd_s_answer() {
     b.request("DELETE", &format!("/v2/app/manifests/{}", sha(M1)), &[ADMIN]);
     assert_eq!(on_headers(&mut f, &b, true), Action::Pause);
     respond_with(&mut f, &b, |c| etcd.answer(c)); // the delete's fence
-    respond(&mut f, &b, answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1","v2"]}"#));
+    respond(
+        &mut f,
+        &b,
+        answer(200, &[("content-type", "application/json")], br#"{"name":"app","tags":["v1","v2"]}"#),
+    );
     assert_eq!(b.calls_with("HEAD").len(), 2, "both tags are asked at once");
     // v1 holds the digest: refused unless admin's window is open, which etcd is asked while
     // v2's HEAD is still out. That HEAD's late answer is not etcd's.
@@ -257,7 +305,11 @@ fn a_window_etcd_cannot_write_is_not_opened_and_the_read_goes_on() {
     let (a, wa) = bg_replica(&etcd);
     let (mut f, action) = read_with_reason(&a, &wa, ADMIN);
     assert_eq!(action, Action::Pause);
-    let quorum = answer(503, &[], br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#);
+    let quorum = answer(
+        503,
+        &[],
+        br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#,
+    );
     while respond_with(&mut f, &a, |_| quorum.clone()) {}
     assert_eq!(a.response_resumes.get(), 1);
     let why = window_lines(&a)[0]["not_opened"].as_str().unwrap_or_default().to_string();
@@ -267,7 +319,11 @@ fn a_window_etcd_cannot_write_is_not_opened_and_the_read_goes_on() {
     // it), then the window is not opened and the read goes on.
     let (b, wb) = bg_replica(&etcd);
     let (mut f, _) = read_with_reason(&b, &wb, ADMIN);
-    let refused = answer(503, &[], b"upstream connect error or disconnect/reset before headers. reset reason: connection failure");
+    let refused = answer(
+        503,
+        &[],
+        b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+    );
     let mut sent = 0;
     while sent < 10 && respond_with(&mut f, &b, |_| refused.clone()) {
         sent += 1;

@@ -3,16 +3,18 @@
 //! that clock, and a registry that stores whatever it is sent and records every stored write and
 //! deleted tag. Every stream is its own `FakeHost` sharing its replica's worker.
 use super::fake::{answer, Call, FakeEtcd, FakeHost, Reply};
+use crate::config::Config;
 use crate::filter::host::Host;
 use crate::filter::worker::Worker;
 use crate::filter::Filter;
-use crate::config::Config;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-pub const X: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":"x"}"#;
-pub const Y: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":"y"}"#;
+pub const X: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":"x"}"#;
+pub const Y: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","n":"y"}"#;
 pub const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 /// `Basic admin:pw` (listed for break-glass) and `Basic bob:pw` (a plain pusher).
 pub const ADMIN: (&str, &str) = ("authorization", "Basic YWRtaW46cHc=");
@@ -49,9 +51,14 @@ impl Registry {
         }
         let tag = path.rsplit('/').next().unwrap_or_default().to_string();
         if path.ends_with("/tags/list") {
-            let mut list: Vec<String> = self.tags.borrow().keys().filter(|t| !t.starts_with("sha256:")).cloned().collect();
+            let mut list: Vec<String> =
+                self.tags.borrow().keys().filter(|t| !t.starts_with("sha256:")).cloned().collect();
             list.sort();
-            return answer(200, &[("content-type", "application/json")], serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes());
+            return answer(
+                200,
+                &[("content-type", "application/json")],
+                serde_json::json!({"name": "app", "tags": list}).to_string().as_bytes(),
+            );
         }
         let fault = match c.header(":method") {
             Some("PUT" | "DELETE") => self.fault.replace(0),
@@ -91,7 +98,13 @@ impl Registry {
             }
             Some("DELETE") => {
                 let gone: Vec<String> = match tag.starts_with("sha256:") {
-                    true => self.tags.borrow().iter().filter(|(_, d)| **d == tag).map(|(t, _)| t.clone()).collect(),
+                    true => self
+                        .tags
+                        .borrow()
+                        .iter()
+                        .filter(|(_, d)| **d == tag)
+                        .map(|(t, _)| t.clone())
+                        .collect(),
                     false => self.tags.borrow().contains_key(&tag).then(|| tag.clone()).into_iter().collect(),
                 };
                 let known = !gone.is_empty() || self.history.borrow().iter().any(|(_, d)| *d == tag);
@@ -171,8 +184,8 @@ impl World {
 
     pub fn answer_root(&self, r: &Replica) {
         loop {
-        let next = r.root.pending.borrow_mut().pop_front();
-        let Some(token) = next else { break };
+            let next = r.root.pending.borrow_mut().pop_front();
+            let Some(token) = next else { break };
             let call = r.root.call_of(token);
             let reply = if call.cluster == "etcd" { self.etcd.answer(&call) } else { self.reg.answer(&call) };
             let size = reply.body.len();
