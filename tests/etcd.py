@@ -65,7 +65,9 @@ class Member:
             "--initial-cluster-token", "immutable-tags-test",
             "--cert-file", c["server"], "--key-file", c["server_key"],
             "--client-cert-auth", "--trusted-ca-file", c["ca"],
-            "--heartbeat-interval", "50", "--election-timeout", "500",
+            # etcd's defaults: at 50/500 ms a loaded 2-core machine stalled a leader's
+            # heartbeats past the timeout, electing anew mid-test ("leader changed" 503s).
+            "--heartbeat-interval", "100", "--election-timeout", "1000",
         ], stdout=log, stderr=log)
 
     def stop(self) -> None:

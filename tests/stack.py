@@ -221,8 +221,13 @@ class Envoy:
                 self.stop()
                 raise RuntimeError("envoy started although it was expected to refuse its configuration")
             return self
-        wait_http(f"http://127.0.0.1:{self.admin_port}/ready", proc=self.proc)
-        wait_http(self.url + "/", proc=self.proc)
+        try:
+            wait_http(f"http://127.0.0.1:{self.admin_port}/ready", proc=self.proc)
+            wait_http(self.url + "/", proc=self.proc)
+        except RuntimeError as e:
+            # Say why Envoy went (a port taken since free_port(), a refused configuration).
+            tail = "\n".join(self.log().splitlines()[-8:])
+            raise RuntimeError(f"{e}; the end of its log ({self.log_path}):\n{tail}") from None
         return self
 
     def log(self) -> str:

@@ -10,8 +10,8 @@ import time
 import pytest
 
 import stack
-import test_delete_fence as fence
 from oci import OCI_MANIFEST, make_manifest, request, sha256
+from relay import Relay
 
 TTL_S = 4
 
@@ -19,7 +19,7 @@ TTL_S = 4
 @pytest.fixture(scope="module")
 def slow(workdir):
     reg = stack.Registry(workdir).start()
-    relay = fence.Relay(reg.port)
+    relay = Relay(reg.port, hold_s=3 * TTL_S)
     policy = {"global": {"immutable_tags": True}, "upstream": {"write_timeout_ms": 1000},
               "claims": {"ttl_seconds": TTL_S}}
     port, admin = stack.free_port(), stack.free_port()
@@ -30,20 +30,19 @@ def slow(workdir):
     reg.stop()
 
 
-def test_a_delete_the_registry_holds_past_half_the_ttl_is_answered_504_at_half_the_ttl(slow, monkeypatch):
+def test_a_delete_the_registry_holds_past_half_the_ttl_is_answered_504_at_half_the_ttl(slow):
     reg, relay, envoy = slow
     repo = "timeout/slow-delete"
     m = make_manifest(reg.url, repo, "slow")
     d = sha256(m)
     assert request(reg.url, "PUT", f"/v2/{repo}/manifests/{d}", body=m, headers={"Content-Type": OCI_MANIFEST}).status == 201
-    monkeypatch.setattr(fence, "HOLD_S", 3 * TTL_S)
-    relay.method = b"DELETE"
+    relay.hold_method = b"DELETE"
     try:
         start = time.monotonic()
         # The client asks for more time: the filter's bound replaces it.
         r = request(envoy.url, "DELETE", f"/v2/{repo}/manifests/{d}", headers={"x-envoy-upstream-rq-timeout-ms": "60000"})
         took = time.monotonic() - start
     finally:
-        relay.method = None
+        relay.hold_method = None
     assert r.status == 504, r
     assert TTL_S / 2 - 1 < took < TTL_S / 2 + 0.5, took
