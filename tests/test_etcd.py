@@ -84,7 +84,10 @@ def assert_one_winner(results, registry, repo, tag, manifests, what: str) -> Non
         if r.status == 503 and "status 500" in err["message"]:
             continue
         assert r.status == 409 and err["code"] == SAMPLE_POLICY["error_code"], f"{what}: {statuses} {err}"
-    assert statuses.count(409) >= len(results) // 2, f"{what}: {statuses}"
+    # Some loser met the winner's claim (not only the registry's own 500s): the claim was in
+    # play. How many HEADs meet distribution's 500 depends on the machine's load (the winner's
+    # write takes longer there), so this is not a share: one 409 per round.
+    assert statuses.count(409) >= 1, f"{what}: {statuses}"
     assert current_digest(registry.url, repo, tag) == sha256(manifests[won[0]]), f"{what}: the registry holds the winner"
 
 
